@@ -1,0 +1,58 @@
+"""Choosing the compute device: CUDA when present, CPU always works, Apple MPS only on request."""
+from __future__ import annotations
+
+import sys
+
+from .errors import DeviceError
+
+CHOICES = ("auto", "cpu", "cuda", "mps")
+
+
+def resolve_device(requested: str = "auto", warn=None) -> str:
+    import torch
+
+    warn = warn or (lambda msg: print(f"tagseg: warning: {msg}", file=sys.stderr))
+    choice = (requested or "auto").lower()
+    if choice.startswith("cuda") and choice != "cuda" and not choice[5:].isdigit():
+        raise DeviceError(f"unknown device '{requested}' (choose from {', '.join(CHOICES)} or cuda:N)")
+    if choice not in CHOICES and not choice.startswith("cuda:"):
+        raise DeviceError(f"unknown device '{requested}' (choose from {', '.join(CHOICES)} or cuda:N)")
+    if choice == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        warn("no CUDA GPU available; running on CPU")
+        return "cpu"
+    if choice.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device '{requested}' requested but CUDA is not available on this machine; use --device cpu")
+        index = int(choice[5:]) if ":" in choice else 0
+        if index >= torch.cuda.device_count():
+            raise DeviceError(f"device '{requested}' requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+        return choice
+    if choice == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise DeviceError("device 'mps' requested but Apple MPS is not available; use --device cpu")
+        return "mps"
+    return "cpu"
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", ())
+    if oom and isinstance(exc, oom):
+        return True
+    return "out of memory" in str(exc).lower()
+
+
+def describe_devices() -> dict:
+    import torch
+
+    info = {"torch": torch.__version__, "cuda_available": torch.cuda.is_available(), "cuda_devices": []}
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(i)
+            info["cuda_devices"].append({"index": i, "name": props.name, "memory_gb": round(props.total_memory / 2**30, 1)})
+    info["mps_available"] = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+    info["cpu_threads"] = torch.get_num_threads()
+    return info

@@ -1,0 +1,84 @@
+"""Prompts in RAS millimetres (what Slicer shows at the cursor) and their validation against a volume."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import PromptError
+from .volume import Volume
+
+
+def _ras(value, what: str) -> np.ndarray:
+    try:
+        arr = np.asarray(value, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise PromptError(f"{what}: expected three numbers R,A,S in mm, got {value!r}") from None
+    if arr.shape != (3,):
+        raise PromptError(f"{what}: expected three numbers R,A,S in mm, got {arr.size}")
+    if not np.all(np.isfinite(arr)):
+        raise PromptError(f"{what}: coordinates must be finite numbers, got {tuple(arr)}")
+    return arr
+
+
+@dataclass(frozen=True)
+class Point:
+    ras: tuple[float, float, float]
+    positive: bool = True
+
+
+@dataclass(frozen=True)
+class Box:
+    """An axis-aligned box in RAS given by two opposite corners (any order)."""
+
+    corner_a: tuple[float, float, float]
+    corner_b: tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """Everything the user has said so far; immutable so undo is a pop and results can be cached by it."""
+
+    points: tuple[Point, ...] = ()
+    boxes: tuple[Box, ...] = ()
+    text: str = ""
+    anatomy: Volume | None = field(default=None, compare=False)
+    anatomy_key: str = ""
+
+    @property
+    def positive_points(self) -> tuple[Point, ...]:
+        return tuple(p for p in self.points if p.positive)
+
+    @property
+    def negative_points(self) -> tuple[Point, ...]:
+        return tuple(p for p in self.points if not p.positive)
+
+    def has_spatial_prompt(self) -> bool:
+        return bool(self.positive_points or self.boxes)
+
+
+def make_point(volume: Volume, ras, positive: bool = True) -> Point:
+    what = "include point" if positive else "exclude point"
+    arr = _ras(ras, what)
+    if not volume.contains_kji(volume.ras_to_kji(arr))[0]:
+        raise PromptError(f"{what} ({arr[0]:.1f}, {arr[1]:.1f}, {arr[2]:.1f}) is outside the volume "
+                          f"(RAS bounds {volume.describe_bounds()})")
+    return Point(tuple(float(v) for v in arr), bool(positive))
+
+
+def make_box(volume: Volume, corner_a, corner_b) -> Box:
+    a, b = _ras(corner_a, "box corner"), _ras(corner_b, "box corner")
+    kji = volume.ras_to_kji(np.stack([a, b]))
+    lo, hi = np.minimum(kji[0], kji[1]), np.maximum(kji[0], kji[1])
+    size_mm = np.abs(a - b)
+    if np.all(size_mm < 1e-6):
+        raise PromptError("box has zero size (both corners are the same point)")
+    # a box may be flat along the slice axis (a 2D box drawn on one slice); it needs extent in-plane
+    if np.count_nonzero((hi - lo) * volume.spacing_kji > 1e-6) < 2:
+        raise PromptError(f"box has zero size in two directions ({size_mm[0]:.1f} x {size_mm[1]:.1f} x {size_mm[2]:.1f} mm)")
+    shape = np.array(volume.shape_kji)
+    inter_lo, inter_hi = np.maximum(lo, -0.5), np.minimum(hi, shape - 0.5)
+    if np.any(inter_hi < inter_lo):
+        raise PromptError(f"box ({a[0]:.1f}, {a[1]:.1f}, {a[2]:.1f})-({b[0]:.1f}, {b[1]:.1f}, {b[2]:.1f}) "
+                          f"is outside the volume (RAS bounds {volume.describe_bounds()})")
+    return Box(tuple(float(v) for v in a), tuple(float(v) for v in b))

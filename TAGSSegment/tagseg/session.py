@@ -1,0 +1,163 @@
+"""The interactive session: all interaction state in one object (after nnInteractive's session).
+
+Model work runs on one persistent worker thread (cuDNN plan caches are per thread, so a fresh
+thread per click would be slow on GPU); the public methods stay synchronous.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from typing import Callable
+
+import numpy as np
+
+from . import prompts as P
+from .backends import create_backend, resolve_model_name
+from .backends.base import Backend, GridPrompts
+from .devices import resolve_device
+from .errors import PromptError
+from .geometry import resample_like
+from .text import parse_description
+from .volume import Volume
+
+
+class Session:
+    """Segment one volume from clicks, boxes, a description and an optional organ mask.
+
+    >>> s = Session(vol); s.set_text("pancreatic tumor"); s.add_point((r, a, s_)); mask = s.predict()
+    """
+
+    def __init__(self, volume: Volume, model: str = "auto", device: str = "auto",
+                 warn: Callable[[str], None] | None = None) -> None:
+        if not isinstance(volume, Volume):
+            raise TypeError("Session needs a tagseg.Volume (see tagseg.load_volume)")
+        self.volume = volume
+        self.model = model
+        self._warn = warn
+        self.device = resolve_device(device, warn)
+        self._history: list[P.PromptSet] = [P.PromptSet()]
+        self._redo: list[P.PromptSet] = []
+        self._backends: dict[str, Backend] = {}
+        self._results: dict[tuple, np.ndarray] = {}
+        self._worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="tagseg-model")
+        self.timings: dict[str, float] = {}
+
+    # ---- prompts -------------------------------------------------------------------------
+    @property
+    def prompts(self) -> P.PromptSet:
+        return self._history[-1]
+
+    def _push(self, new: P.PromptSet) -> None:
+        self._history.append(new)
+        self._redo.clear()
+
+    def set_text(self, text: str | None) -> None:
+        """The description: names the result and selects anatomy and intensity preset (and, with
+        model="auto", the model)."""
+        desc = parse_description(text)
+        self._push(P.PromptSet(self.prompts.points, self.prompts.boxes, desc.text, self.prompts.anatomy,
+                               self.prompts.anatomy_key))
+
+    def set_anatomy(self, organ_mask: Volume | None) -> None:
+        """A binary organ mask on any grid; the result is kept inside it (dilated). None clears it."""
+        if organ_mask is None:
+            anatomy, key = None, ""
+        else:
+            if not isinstance(organ_mask, Volume):
+                raise PromptError("anatomy mask must be a tagseg.Volume")
+            on_grid = resample_like(organ_mask, self.volume, order=0)
+            binary = np.asarray(on_grid.array) > 0
+            if not binary.any():
+                raise PromptError("anatomy mask is empty on this volume's grid (no organ voxel overlaps the image)")
+            anatomy = self.volume.with_array(binary.astype(np.uint8), name=organ_mask.name)
+            key = anatomy.content_key()
+        self._push(P.PromptSet(self.prompts.points, self.prompts.boxes, self.prompts.text, anatomy, key))
+
+    def add_point(self, ras, positive: bool = True) -> None:
+        point = P.make_point(self.volume, ras, positive)
+        self._push(P.PromptSet(self.prompts.points + (point,), self.prompts.boxes, self.prompts.text,
+                               self.prompts.anatomy, self.prompts.anatomy_key))
+
+    def add_box(self, corner_a, corner_b) -> None:
+        box = P.make_box(self.volume, corner_a, corner_b)
+        self._push(P.PromptSet(self.prompts.points, self.prompts.boxes + (box,), self.prompts.text,
+                               self.prompts.anatomy, self.prompts.anatomy_key))
+
+    def undo(self) -> bool:
+        """Take back the last interaction; False when there is nothing to undo."""
+        if len(self._history) == 1:
+            return False
+        self._redo.append(self._history.pop())
+        return True
+
+    def redo(self) -> bool:
+        if not self._redo:
+            return False
+        self._history.append(self._redo.pop())
+        return True
+
+    def reset(self) -> None:
+        """Forget every prompt (cached image encodings are kept: they depend on the image only)."""
+        self._history = [P.PromptSet()]
+        self._redo.clear()
+
+    # ---- prediction ------------------------------------------------------------------------
+    def _grid_prompts(self, prompts: P.PromptSet) -> GridPrompts:
+        vol = self.volume
+        pos = vol.ras_to_kji([p.ras for p in prompts.positive_points]) if prompts.positive_points else np.zeros((0, 3))
+        neg = vol.ras_to_kji([p.ras for p in prompts.negative_points]) if prompts.negative_points else np.zeros((0, 3))
+        boxes = []
+        for box in prompts.boxes:
+            kji = vol.ras_to_kji([box.corner_a, box.corner_b])
+            boxes.append((np.minimum(kji[0], kji[1]), np.maximum(kji[0], kji[1])))
+        anatomy = None if prompts.anatomy is None else np.asarray(prompts.anatomy.array) > 0
+        return GridPrompts(pos, neg, tuple(boxes), prompts.text, anatomy)
+
+    def backend_name(self) -> str:
+        return resolve_model_name(self.model, parse_description(self.prompts.text))
+
+    def _backend(self, name: str) -> Backend:
+        if name not in self._backends:
+            self._backends[name] = create_backend(name, self.device)
+        return self._backends[name]
+
+    def predict(self) -> Volume:
+        """The mask for the current prompts: a uint8 Volume on the input grid (1 = target)."""
+        prompts = self.prompts
+        if not prompts.has_spatial_prompt():
+            if prompts.negative_points:
+                raise PromptError("only exclude points given; add an include point or a box")
+            raise PromptError("no prompt given; add an include point (--point) or a box (--box)")
+        name = self.backend_name()
+        key = (name, prompts.points, prompts.boxes, prompts.text, prompts.anatomy_key)
+        start = time.perf_counter()
+        if key in self._results:
+            array = self._results[key]
+            self.timings = {"total": time.perf_counter() - start, "cached_result": 1.0}
+        else:
+            grid_prompts = self._grid_prompts(prompts)
+
+            def job():
+                backend = self._backend(name)
+                backend.set_image(self.volume)
+                return backend.predict(grid_prompts), dict(backend.timings)
+
+            array, stage_times = self._worker.submit(job).result()
+            self._results[key] = array
+            self.timings = dict(stage_times, total=time.perf_counter() - start)
+        desc = parse_description(prompts.text)
+        result = self.volume.with_array(array, name=desc.segment_name)
+        result.meta.update({"model": name, "anatomy": desc.anatomy, "timings": dict(self.timings)})
+        return result
+
+    def close(self) -> None:
+        """Stop the worker thread and drop models (frees GPU memory)."""
+        self._worker.shutdown(wait=True)
+        self._backends.clear()
+        self._results.clear()
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
