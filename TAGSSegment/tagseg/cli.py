@@ -48,6 +48,7 @@ class _Reporter:
 # A typical lesion size (the dev lesions are 7-17 mm in equivalent radius); see the README for larger ones.
 DEMO_TUMOUR_RADIUS_MM = 10.0
 
+
 def _one_line(text: object) -> str:
     return " ".join(str(text).split())
 
