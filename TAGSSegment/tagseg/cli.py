@@ -7,7 +7,6 @@ prediction (written to temporary names, then renamed), so a failed run leaves no
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -373,14 +372,6 @@ def _tagseg_version() -> str:
         return "unknown (source tree, not installed)"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _weights_info() -> dict:
     from .backends import litemedsam_net
 
@@ -391,7 +382,7 @@ def _weights_info() -> dict:
     if not path.is_file():
         return {"path": str(path), "sha256_ok": False, "problem": "file missing"}
     return {"path": str(path), "size_bytes": path.stat().st_size,
-            "sha256_ok": _sha256(path) == litemedsam_net.EXPECTED_SHA256, "license": litemedsam_net.LICENSE}
+            "sha256_ok": litemedsam_net._sha256(path) == litemedsam_net.EXPECTED_SHA256, "license": litemedsam_net.LICENSE}
 
 
 def _cmd_info(args: argparse.Namespace, reporter: _Reporter) -> int:
