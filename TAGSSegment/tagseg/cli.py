@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import InputError, PromptError, TagsegError
+from .paths import cache_dir, sha256_file
 
 PROG = "tagseg"
 OUTPUT_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha")
@@ -382,7 +383,7 @@ def _weights_info() -> dict:
     if not path.is_file():
         return {"path": str(path), "sha256_ok": False, "problem": "file missing"}
     return {"path": str(path), "size_bytes": path.stat().st_size,
-            "sha256_ok": litemedsam_net._sha256(path) == litemedsam_net.EXPECTED_SHA256, "license": litemedsam_net.LICENSE}
+            "sha256_ok": sha256_file(path) == litemedsam_net.EXPECTED_SHA256, "license": litemedsam_net.LICENSE}
 
 
 def _cmd_info(args: argparse.Namespace, reporter: _Reporter) -> int:
@@ -401,7 +402,7 @@ def _cmd_info(args: argparse.Namespace, reporter: _Reporter) -> int:
         "devices": describe_devices(),
         "models": sorted(backends.BACKENDS),
         "default_model": backends.DEFAULT_BACKEND,
-        "cache_dir": str(litemedsam_net.cache_dir()),
+        "cache_dir": str(cache_dir()),
         "default_weights": _weights_info(),
     }
     if args.model:

