@@ -22,6 +22,7 @@ from typing import Sequence
 
 from .errors import InputError, PromptError, TagsegError
 from .paths import cache_dir, sha256_file
+from .text import parse_description
 
 PROG = "tagseg"
 OUTPUT_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha")
@@ -81,15 +82,32 @@ def _parser() -> argparse.ArgumentParser:
     seg.add_argument("--box", action="append", default=[], metavar="R1,A1,S1,R2,A2,S2",
                      help="box by two opposite corners (repeatable)")
     seg.add_argument("--text", default="", help='description, e.g. "pancreatic tumor" (names the segment)')
-    seg.add_argument("--anatomy", metavar="MASK", help="organ mask (any grid); the result stays inside it")
+    seg.add_argument("--anatomy", metavar="MASK",
+                     help="organ mask file (any grid), or a folder of per-organ masks (TotalSegmentator output: "
+                          "the organ is picked from --text). Default model: the result stays inside it; "
+                          "TAGS: the organ-mask input channel")
     seg.add_argument("--model", default="auto", metavar="NAME|PATH", help="model name or checkpoint (default: auto)")
     seg.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     seg.add_argument("--png", metavar="OVERLAY.png", help="also write an axial overlay preview")
     seg.add_argument("--json", action="store_true", help="print a JSON summary instead of text")
+    tags = seg.add_argument_group("TAGS checkpoints (extensions beyond the paper; defaults = the paper)")
+    tags.add_argument("--text-fusion", type=float, default=0.0, metavar="W",
+                      help="mix the text-conditioned tumour map into the result with weight W in 0..1 (default 0)")
+    tags.add_argument("--text-only", action="store_true",
+                      help="without clicks: start from the text map's peak inside the --anatomy organ")
+    tags.add_argument("--sliding-window", action="store_true", help="cover prompts wider than one crop")
+    tags.add_argument("--negatives", choices=("auto", "constraint"), default="auto",
+                      help="exclude clicks as model tokens when the checkpoint supports it (auto) or only as "
+                           "constraints on the result")
+    tags.add_argument("--anatomy-fallback", choices=("prompt-box", "ct", "ones"), default="prompt-box",
+                      help="organ channel without --anatomy (default: a box around the prompts + 20 mm)")
+    tags.add_argument("--allow-download", action="store_true",
+                      help="let the text encoder download CLIP weights for a new description")
     seg.set_defaults(func=_cmd_segment)
 
     info = commands.add_parser("info", help="versions, devices, models and weights")
-    info.add_argument("--model", metavar="NAME", help="also build this model and report its parameters")
+    info.add_argument("--model", metavar="NAME|PATH",
+                      help="also report this model: a backend, a TAGS preset (tags-b, tags-tiny) or a checkpoint")
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(func=_cmd_info)
 
@@ -100,6 +118,32 @@ def _parser() -> argparse.ArgumentParser:
                       help="also run a real case from ../shared/data when present (default: yes)")
     demo.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     demo.set_defaults(func=_cmd_demo)
+
+    weights = commands.add_parser("weights", help="third-party weights TAGS can use (SAM, CLIP): list, download, verify",
+                                  description="Downloads happen only here, on request; size, licence and SHA-256 "
+                                              "are shown and verified. Offline, it says what to place where.")
+    weights.add_argument("action", choices=("list", "download", "verify"))
+    weights.add_argument("name", nargs="?", help="sam-vit-b or clip-vit-l-14")
+    weights.add_argument("--json", action="store_true", help="print JSON")
+    weights.set_defaults(func=_cmd_weights)
+
+    convert = commands.add_parser("convert-checkpoint",
+                                  help="convert the TAGS authors' .pth.tar into a tagseg .safetensors checkpoint",
+                                  description="Reads tensors only (torch.load weights_only=True); a file that would "
+                                              "need code to run is refused.")
+    convert.add_argument("source", metavar="SRC.pth.tar")
+    convert.add_argument("output", metavar="OUT.safetensors")
+    convert.add_argument("--task", required=True, help="kits, lits or pancreas (sets window, statistics, organ)")
+    convert.add_argument("--preset", default="tags-b")
+    convert.add_argument("--object-word-mode", choices=("dataset-key", "organ"), default="dataset-key",
+                         help="CLIP object word the checkpoint was trained with (authors: the dataset key)")
+    convert.set_defaults(func=_cmd_convert)
+
+    models = commands.add_parser("models", help="installed TAGS checkpoints (used by --model auto): list, install, remove")
+    models.add_argument("action", choices=("list", "install", "remove"))
+    models.add_argument("target", nargs="?", metavar="FILE|SHA", help="checkpoint to install, or SHA/file to remove")
+    models.add_argument("--json", action="store_true", help="print JSON")
+    models.set_defaults(func=_cmd_models)
     return parser
 
 
@@ -287,7 +331,6 @@ def _check_prompts_inside(volume, points, neg_points, boxes) -> None:
 # ---- segment -----------------------------------------------------------------------------------------------
 def _cmd_segment(args: argparse.Namespace, reporter: _Reporter) -> int:
     from .backends import resolve_model_name
-    from .text import parse_description
 
     image_path = Path(args.image).expanduser()
     output = Path(args.output).expanduser()
@@ -295,7 +338,7 @@ def _cmd_segment(args: argparse.Namespace, reporter: _Reporter) -> int:
     points = [parse_coordinates(p, 3, "--point") for p in args.point]
     neg_points = [parse_coordinates(p, 3, "--neg-point") for p in args.neg_point]
     boxes = [parse_coordinates(b, 6, "--box") for b in args.box]
-    if not points and not boxes:
+    if not points and not boxes and not args.text_only:
         if neg_points:
             raise PromptError("only exclude points given; add an include point (--point) or a box (--box)")
         raise PromptError("no prompt given; add an include point (--point R,A,S) or a box (--box R1,A1,S1,R2,A2,S2)")
@@ -305,19 +348,35 @@ def _cmd_segment(args: argparse.Namespace, reporter: _Reporter) -> int:
 
     t0 = time.perf_counter()
     volume = _load_image(image_path, reporter)
-    anatomy = _load_image(Path(args.anatomy).expanduser(), reporter) if args.anatomy else None
+    anatomy = _load_anatomy(Path(args.anatomy).expanduser(), description, reporter) if args.anatomy else None
+    if args.text_only and not points and not boxes and anatomy is None:
+        raise PromptError("--text-only needs --anatomy: the first click is searched inside the organ")
     stages = {"load": time.perf_counter() - t0}
     _check_prompts_inside(volume, points, neg_points, boxes)
 
     from .session import Session
 
-    session = Session(volume, model=model_name, device=args.device, warn=reporter.warn)
+    is_tags = model_name.startswith("tags:")
+    options = {"text_fusion": args.text_fusion, "sliding_window": args.sliding_window, "negatives": args.negatives,
+               "anatomy_fallback": args.anatomy_fallback, "allow_download": args.allow_download}
+    if not is_tags and (args.text_fusion or args.text_only or args.sliding_window):
+        raise PromptError(f"--text-fusion/--text-only/--sliding-window need a TAGS checkpoint (model: {model_name})")
+    session = Session(volume, model=model_name, device=args.device, warn=reporter.warn, backend_options=options)
     interrupted: list[bool] = []
+    proposed = None
     try:
         if args.text:
             session.set_text(args.text)
         if anatomy is not None:
-            session.set_anatomy(anatomy)
+            try:
+                session.set_anatomy(anatomy)
+            except PromptError as exc:
+                if not is_tags:
+                    raise
+                reporter.warn(f"{exc}; using the {args.anatomy_fallback} fallback for the organ channel")
+        if args.text_only and not points and not boxes:
+            proposed = session.propose_point()
+            session.add_point(proposed, positive=True)
         for p in points:
             session.add_point(p, positive=True)
         for p in neg_points:
@@ -342,7 +401,7 @@ def _cmd_segment(args: argparse.Namespace, reporter: _Reporter) -> int:
         "model_load_s": None if load_s is None else round(load_s, 3),
         "backend_timings_s": {k: round(float(v), 3) for k, v in mask.meta.get("timings", {}).items()},
         "prompts": {"points": points, "neg_points": neg_points, "boxes": boxes, "text": description.text,
-                    "anatomy": args.anatomy},
+                    "anatomy": args.anatomy, "proposed_point": proposed},
         "warnings": reporter.warnings,
     }
     if args.json:
@@ -356,8 +415,26 @@ def _cmd_segment(args: argparse.Namespace, reporter: _Reporter) -> int:
     print(f"predict  {stages['predict']:7.2f} s  {model_name} on {session.device} (first prediction{extra})")
     written = output.name + (f", {png.name}" if png else "")
     print(f"write    {stages['write']:7.2f} s  {written}")
+    if proposed is not None:
+        print(f"text-only start: first click proposed at R,A,S = {proposed[0]:.1f},{proposed[1]:.1f},{proposed[2]:.1f}")
     print(f"{description.segment_name}: {stats['volume_ml']:.2f} ml ({stats['voxels']} voxels)")
     return 0
+
+
+def _load_anatomy(path: Path, description, reporter: _Reporter):
+    """An organ mask file, or from a folder of per-organ masks the organ(s) the description names."""
+    if not path.is_dir() or _looks_like_dicom_folder(path):
+        return _load_image(path, reporter)
+    from .io import load_organ_mask
+    from .text import ORGAN_LABELS
+
+    if not description.anatomy or description.anatomy not in ORGAN_LABELS:
+        raise PromptError(f"{path}: a folder of organ masks needs --text naming the organ (e.g. 'kidney tumor')")
+    return load_organ_mask(path, ORGAN_LABELS[description.anatomy])
+
+
+def _looks_like_dicom_folder(path: Path) -> bool:
+    return not any(p.name.endswith((".nii", ".nii.gz", ".nrrd", ".mha")) for p in path.iterdir())
 
 
 # ---- info ---------------------------------------------------------------------------------------------------
@@ -406,9 +483,7 @@ def _cmd_info(args: argparse.Namespace, reporter: _Reporter) -> int:
         "default_weights": _weights_info(),
     }
     if args.model:
-        if args.model not in backends.BACKENDS:
-            raise ModelError(f"unknown model '{args.model}' (known: {', '.join(sorted(backends.BACKENDS))})")
-        report["model"] = backends.create_backend(args.model, "cpu").info()
+        report["model"] = _model_info(args.model)
     if args.json:
         print(json.dumps(report, indent=2, default=str))
         return 0
@@ -426,6 +501,83 @@ def _cmd_info(args: argparse.Namespace, reporter: _Reporter) -> int:
     if "model" in report:
         for key, value in report["model"].items():
             print(f"{'  ' + key:10s} {value}")
+    return 0
+
+
+def _model_info(model: str) -> dict:
+    from . import backends
+    from .tags.config import PRESETS
+
+    if model in PRESETS:
+        from .tags import build_tags
+
+        net = build_tags(model)
+        return {"name": model, "kind": "TAGS preset (random weights: train it or load a checkpoint)",
+                "config": net.config.to_dict(), "parameters": net.parameter_counts()}
+    name = backends.resolve_model_name(model, parse_description(""))
+    if name.startswith(backends.TAGS_PREFIX):
+        from .tags.checkpoint import load_model
+
+        net, ckpt = load_model(name[len(backends.TAGS_PREFIX):])
+        meta = {k: v for k, v in ckpt.metadata.items() if k != "config"}
+        return {"name": name, "kind": "TAGS checkpoint", "sha256": ckpt.sha256, "metadata": meta,
+                "config": net.config.to_dict(), "parameters": net.parameter_counts()}
+    return backends.create_backend(name, "cpu").info()
+
+
+# ---- weights, checkpoints, installed models ------------------------------------------------------------------
+def _cmd_weights(args: argparse.Namespace, reporter: _Reporter) -> int:
+    from .weights import weights_command
+
+    return weights_command(args.action, args.name, args.json)
+
+
+def _cmd_convert(args: argparse.Namespace, reporter: _Reporter) -> int:
+    from .errors import InputError
+    from .tags.checkpoint import convert_authors_checkpoint, load_model
+    from .tags.config import get_preset
+
+    src, dst = Path(args.source).expanduser(), Path(args.output).expanduser()
+    if not src.is_file():
+        raise InputError(f"{src}: no such file")
+    if not dst.name.endswith(".safetensors"):
+        raise InputError(f"{dst}: the output must end in .safetensors")
+    config = get_preset(args.preset).to_dict()
+    digest = convert_authors_checkpoint(src, dst, task=args.task, preset=args.preset, config=config,
+                                        object_word_mode=args.object_word_mode)
+    try:
+        load_model(dst)
+    except TagsegError:
+        dst.unlink(missing_ok=True)
+        raise
+    print(f"wrote {dst} (SHA-256 {digest}); install it with: {PROG} models install {dst}")
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace, reporter: _Reporter) -> int:
+    from .errors import InputError
+    from .tags import checkpoint
+
+    if args.action == "install":
+        if not args.target:
+            raise InputError("models install needs a checkpoint file")
+        path = checkpoint.install_checkpoint(Path(args.target).expanduser())
+        print(f"installed {path}")
+        return 0
+    if args.action == "remove":
+        if not args.target:
+            raise InputError("models remove needs the SHA-256 (or its first 12 characters) or the file name")
+        print(f"removed {checkpoint.uninstall(args.target)}")
+        return 0
+    entries = checkpoint.installed_checkpoints()
+    if args.json:
+        print(json.dumps({"models_dir": str(checkpoint.models_dir()), "installed": entries}, indent=2, default=str))
+        return 0
+    print(f"models folder {checkpoint.models_dir()}")
+    for e in entries or ():
+        print(f"  {e.get('anatomy', '?'):10s} {e.get('preset', '?'):9s} {str(e.get('sha256', ''))[:12]}  {e.get('file')}")
+    if not entries:
+        print("  (none installed; --model auto uses the embedded default)")
     return 0
 
 

@@ -28,12 +28,13 @@ class Session:
     """
 
     def __init__(self, volume: Volume, model: str = "auto", device: str = "auto",
-                 warn: Callable[[str], None] | None = None) -> None:
+                 warn: Callable[[str], None] | None = None, backend_options: dict | None = None) -> None:
         if not isinstance(volume, Volume):
             raise TypeError("Session needs a tagseg.Volume (see tagseg.load_volume)")
         check_volume(volume)
         self.volume = volume
         self.model = model
+        self.backend_options = dict(backend_options or {})
         self._warn = warn
         self.device = resolve_device(device, warn)
         self._history: list[P.PromptSet] = [P.PromptSet()]
@@ -119,7 +120,7 @@ class Session:
 
     def _backend(self, name: str) -> Backend:
         if name not in self._backends:
-            self._backends[name] = create_backend(name, self.device)
+            self._backends[name] = create_backend(name, self.device, self.backend_options)
         return self._backends[name]
 
     def predict(self) -> Volume:
@@ -150,6 +151,22 @@ class Session:
         result = self.volume.with_array(array, name=desc.segment_name)
         result.meta.update({"model": name, "anatomy": desc.anatomy, "timings": dict(self.timings)})
         return result
+
+    def propose_point(self) -> tuple[float, float, float]:
+        """Text-only start: a first include point (RAS) where the model's text-conditioned tumour map
+        peaks inside the organ mask. Only backends with a text branch (TAGS) can do this."""
+        prompts = self.prompts
+        name = self.backend_name()
+        grid_prompts = self._grid_prompts(prompts)
+
+        def job():
+            backend = self._backend(name)
+            if not hasattr(backend, "propose_point"):
+                raise PromptError(f"model '{name}' has no text branch; a text-only start needs a TAGS checkpoint")
+            backend.set_image(self.volume)
+            return backend.propose_point(grid_prompts)
+
+        return tuple(float(v) for v in self._worker.submit(job).result())
 
     def close(self) -> None:
         """Stop the worker thread and drop models (frees GPU memory)."""

@@ -69,7 +69,7 @@ def shared_backend():
     """The real backend, loaded once; every Session the CLI opens in this module gets this instance."""
     backend = backends.create_backend(MODEL, "cpu")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(backends.BACKENDS, MODEL, lambda device: backend)
+        patch.setitem(backends.BACKENDS, MODEL, lambda device, options: backend)
         yield backend
 
 

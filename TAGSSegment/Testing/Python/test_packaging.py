@@ -49,7 +49,8 @@ def test_every_module_python_file_is_packaged():
 
 def test_every_resource_is_packaged():
     listed = set(cmake_list(module_cmake(), "MODULE_PYTHON_RESOURCES"))
-    on_disk = {path.relative_to(MODULE_DIR).as_posix() for path in (MODULE_DIR / "Resources").rglob("*")
+    data_files = [p for p in (MODULE_DIR / "tagseg").rglob("*") if p.suffix not in (".py", ".pyc")]
+    on_disk = {path.relative_to(MODULE_DIR).as_posix() for path in [*(MODULE_DIR / "Resources").rglob("*"), *data_files]
                if path.is_file() and "__pycache__" not in path.parts}
     missing = sorted(on_disk - listed)
     assert not missing, f"add to MODULE_PYTHON_RESOURCES in TAGSSegment/CMakeLists.txt: {missing}"

@@ -58,7 +58,7 @@ def shared_backend():
     """The real backend, loaded once; every Session of this module gets this instance."""
     backend = backends.create_backend(MODEL, "cpu")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(backends.BACKENDS, MODEL, lambda device: backend)
+        patch.setitem(backends.BACKENDS, MODEL, lambda device, options: backend)
         yield backend
 
 
@@ -157,7 +157,7 @@ class RecordingBackend(Backend):
 @pytest.fixture()
 def recorder():
     instance = RecordingBackend()
-    backends.register_backend(RecordingBackend.name, lambda device: instance)
+    backends.register_backend(RecordingBackend.name, lambda device, options: instance)
     yield instance
     backends.BACKENDS.pop(RecordingBackend.name, None)
 

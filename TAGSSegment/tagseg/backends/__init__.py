@@ -12,21 +12,34 @@ from .base import Backend, GridPrompts
 DEFAULT_BACKEND = "litemedsam-3d"
 
 
-def _litemedsam_3d(device: str) -> Backend:
+TAGS_PREFIX = "tags:"
+CHECKPOINT_SUFFIXES = (".safetensors",)
+FOREIGN_CHECKPOINT_SUFFIXES = (".pth", ".pt", ".tar", ".ckpt", ".bin", ".pkl")
+
+
+def _litemedsam_3d(device: str, options: dict) -> Backend:
     from .litemedsam3d import LiteMedSAM3D
 
     return LiteMedSAM3D(device=device)
 
 
-BACKENDS: dict[str, Callable[[str], Backend]] = {DEFAULT_BACKEND: _litemedsam_3d}
+# name -> factory(device, options); options are backend-specific settings (e.g. TAGS extensions)
+BACKENDS: dict[str, Callable[[str, dict], Backend]] = {DEFAULT_BACKEND: _litemedsam_3d}
 
 
-def register_backend(name: str, factory: Callable[[str], Backend]) -> None:
+def register_backend(name: str, factory: Callable[[str, dict], Backend]) -> None:
     BACKENDS[name] = factory
 
 
+def _installed_tags_checkpoint(anatomy: str) -> str | None:
+    from ..tags.checkpoint import find_installed
+
+    path = find_installed(anatomy)
+    return f"{TAGS_PREFIX}{path}" if path else None
+
+
 # Each finder maps an anatomy key to the model name of a registered checkpoint, or None.
-CHECKPOINT_FINDERS: list[Callable[[str], str | None]] = []
+CHECKPOINT_FINDERS: list[Callable[[str], str | None]] = [_installed_tags_checkpoint]
 
 
 def registered_checkpoint_for(anatomy: str | None) -> str | None:
@@ -44,17 +57,34 @@ def resolve_model_name(model: str, description: Description) -> str:
         return registered_checkpoint_for(description.anatomy) or DEFAULT_BACKEND
     if model in BACKENDS:
         return model
+    if model.startswith(TAGS_PREFIX):
+        return model
     path = Path(os.path.expanduser(model))
+    if path.is_file():
+        name = path.name.lower()
+        if name.endswith(CHECKPOINT_SUFFIXES):
+            return f"{TAGS_PREFIX}{path.resolve()}"
+        if name.endswith(FOREIGN_CHECKPOINT_SUFFIXES):
+            raise ModelError(f"{model}: a PyTorch pickle, not a tagseg checkpoint; convert the authors' .pth.tar "
+                             "with `tagseg convert-checkpoint` (only tensors are read, nothing is executed)")
+        raise ModelError(f"{model}: not a model file this version can load (expected a TAGS .safetensors checkpoint)")
     if path.exists():
-        raise ModelError(f"{model}: not a model this version can load (TAGS checkpoints need the 'tags' backend)")
+        raise ModelError(f"{model}: is a folder, not a checkpoint file")
     known = ", ".join(sorted(BACKENDS))
     raise ModelError(f"unknown model '{model}' (known: auto, {known}; or a checkpoint file path)")
 
 
-def create_backend(name: str, device: str) -> Backend:
+def create_backend(name: str, device: str, options: dict | None = None) -> Backend:
+    options = dict(options or {})
+    if name.startswith(TAGS_PREFIX):
+        from .tags import TagsBackend, TagsOptions
+
+        known = set(TagsOptions.__dataclass_fields__)
+        return TagsBackend(name[len(TAGS_PREFIX):], device,
+                           options=TagsOptions(**{k: v for k, v in options.items() if k in known}))
     if name not in BACKENDS:
         raise ModelError(f"unknown model '{name}'")
-    return BACKENDS[name](device)
+    return BACKENDS[name](device, options)
 
 
 __all__ = ["Backend", "GridPrompts", "BACKENDS", "DEFAULT_BACKEND", "register_backend", "resolve_model_name",

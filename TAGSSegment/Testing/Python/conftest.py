@@ -1,0 +1,61 @@
+"""Fixtures shared by the TAGS tests: a tags-tiny network trained inside the test session on a synthetic
+phantom (no pretrained TAGS weights exist anywhere), saved as a real checkpoint file."""
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+TINY_PHANTOM = dict(seed=1, shape_kji=(24, 80, 80), spacing_ijk=(1.2, 1.2, 2.0), tumour_radius_mm=9.0)
+# a soft-tissue window with statistics near the phantom's organs (what `tagseg train` would measure)
+TINY_INTENSITY = {"window": [-160.0, 240.0], "mean": 40.0, "std": 60.0}
+TRAIN_STEPS = 60
+
+
+def dice(a, b) -> float:
+    x, y = np.asarray(a) > 0, np.asarray(b) > 0
+    return 2.0 * np.count_nonzero(x & y) / max(int(x.sum() + y.sum()), 1)
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(tmp_path_factory):
+    """tags-tiny trained for TRAIN_STEPS steps on one phantom, plus its checkpoint and the phantom on disk."""
+    import torch
+
+    from tagseg.io import save_volume
+    from tagseg.synth import make_phantom
+    from tagseg.tags import build_tags
+    from tagseg.tags import text_encoder as te
+    from tagseg.tags.checkpoint import save_model
+    from tagseg.tags.crop import Intensity
+    from tagseg.tags.fit import Case, fit
+
+    folder = tmp_path_factory.mktemp("tags_tiny")
+    phantom = make_phantom(**TINY_PHANTOM)
+    organ = phantom.organs[phantom.tumour_organ]
+    model = build_tags("tags-tiny", seed=0)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    encoder = te.make_text_encoder(model.config.text_encoder)
+    word = te.object_word(phantom.tumour_organ, mode="anatomy")
+    class_embeddings = te.class_embeddings(encoder, word)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        history = fit(model, [Case(phantom.image, phantom.label, organ)], Intensity.from_metadata(TINY_INTENSITY),
+                      class_embeddings, steps=TRAIN_STEPS, lr=1e-3, seed=0)
+    checkpoint = folder / "liver-tiny.safetensors"
+    save_model(model, checkpoint, task="synthetic-liver", anatomy=phantom.tumour_organ, intensity=TINY_INTENSITY,
+               text={"encoder": model.config.text_encoder, "object_word": word, "object_word_mode": "anatomy"},
+               organ_labels=[phantom.tumour_organ], class_embeddings=class_embeddings,
+               provenance={"trained_on": "tagseg.synth phantom seed 1", "steps": TRAIN_STEPS})
+    image_path, label_path, organ_path = folder / "image.nii.gz", folder / "label.nii.gz", folder / "organ.nii.gz"
+    save_volume(phantom.image, image_path)
+    save_volume(phantom.label, label_path)
+    save_volume(organ, organ_path)
+    organ_dir = folder / "organs"
+    organ_dir.mkdir()
+    for name, mask in phantom.organs.items():
+        save_volume(mask, organ_dir / f"{name}.nii.gz")
+    return SimpleNamespace(model=model, initial=initial, history=history, checkpoint=Path(checkpoint),
+                           phantom=phantom, organ=organ, image_path=image_path, label_path=label_path,
+                           organ_path=organ_path, organ_dir=organ_dir, class_embeddings=class_embeddings,
+                           word=word)

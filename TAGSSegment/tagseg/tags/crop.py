@@ -1,0 +1,105 @@
+"""From a source `Volume` to a TAGS input crop and back (TAGS_SPEC.md §4.2, §6).
+
+The crop is a cube of P voxels at the checkpoint's isotropic spacing, axis-aligned in patient
+space, in the layout the published datasets have after their transpose: array axes (D, H, W) =
+(inferior->superior, anterior->posterior, right->left), i.e. the common LPS-stored axial CT read as
+K, J, I. Sampling goes straight from the source grid to the crop (one interpolation), so a crop
+equals "resample to 1 mm, then cut [c - P/2, c + P/2)" without resampling the whole volume.
+Out-of-volume voxels become 0 after z-scoring (the dataset mean), as the authors' zero padding did.
+Training and inference both build crops here, so they cannot drift apart.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..geometry import resample
+from ..volume import Volume
+
+# RAS direction of the crop's i (W), j (H), k (D) axes: columns of the direction matrix
+CROP_DIRECTIONS = np.diag([-1.0, -1.0, 1.0])
+
+
+@dataclass(frozen=True)
+class Intensity:
+    """Clip window and z-score statistics a checkpoint was trained with (§4.3)."""
+
+    window: tuple[float, float]
+    mean: float
+    std: float
+
+    @classmethod
+    def from_metadata(cls, meta: dict) -> "Intensity":
+        lo, hi = meta["window"]
+        return cls((float(lo), float(hi)), float(meta["mean"]), float(meta["std"]))
+
+
+@dataclass(frozen=True)
+class CropGrid:
+    """A P^3 crop: its IJK->RAS matrix and size. Crop voxel P/2 (per axis) sits on `centre_ras`."""
+
+    ijk_to_ras: np.ndarray
+    size: int
+
+    @classmethod
+    def centred(cls, centre_ras, size: int, spacing_mm: float) -> "CropGrid":
+        matrix = np.eye(4)
+        matrix[:3, :3] = CROP_DIRECTIONS * spacing_mm
+        matrix[:3, 3] = np.asarray(centre_ras, float) - matrix[:3, :3] @ np.full(3, size // 2)
+        return cls(matrix, size)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.size,) * 3
+
+    @property
+    def spacing_mm(self) -> float:
+        return float(np.linalg.norm(self.ijk_to_ras[:3, 0]))
+
+    def ras_to_kji(self, points_ras) -> np.ndarray:
+        pts = np.atleast_2d(np.asarray(points_ras, float))
+        ijk = (np.linalg.inv(self.ijk_to_ras) @ np.c_[pts, np.ones(len(pts))].T)[:3].T
+        return ijk[:, ::-1]
+
+    def kji_to_ras(self, points_kji) -> np.ndarray:
+        kji = np.atleast_2d(np.asarray(points_kji, float))
+        return (self.ijk_to_ras @ np.c_[kji[:, ::-1], np.ones(len(kji))].T)[:3].T
+
+    def contains_kji(self, points_kji, margin: float = 0.0) -> np.ndarray:
+        kji = np.atleast_2d(points_kji)
+        return np.all((kji >= -0.5 + margin) & (kji <= self.size - 0.5 - margin), axis=1)
+
+
+def ct_channel(volume: Volume, grid: CropGrid, intensity: Intensity) -> np.ndarray:
+    """Clip to the window, z-score, out-of-volume = 0; float32 [P, P, P] in (D, H, W)."""
+    sampled = np.asarray(resample(volume, grid.ijk_to_ras, grid.shape, order=1, fill=np.nan).array, np.float32)
+    lo, hi = intensity.window
+    out = (np.clip(sampled, lo, hi) - intensity.mean) / intensity.std
+    out[~np.isfinite(out)] = 0.0
+    return out.astype(np.float32)
+
+
+def mask_channel(mask: Volume, grid: CropGrid) -> np.ndarray:
+    """A binary mask on any grid -> {0, 1} float32 on the crop (linear, then > 0.5, as published)."""
+    binary = mask.with_array((np.asarray(mask.array) > 0).astype(np.float32))
+    sampled = np.asarray(resample(binary, grid.ijk_to_ras, grid.shape, order=1, fill=0.0).array)
+    return (sampled > 0.5).astype(np.float32)
+
+
+def crop_to_source(prob_crop: np.ndarray, grid: CropGrid, source: Volume
+                   ) -> tuple[tuple[slice, slice, slice], np.ndarray] | None:
+    """A crop-grid probability map -> the block of the source grid the crop covers (linear, 0 outside
+    the crop). Returns (KJI slices, float32 block), or None when the crop misses the volume."""
+    corners = np.array([[k, j, i] for k in (-0.5, grid.size - 0.5) for j in (-0.5, grid.size - 0.5)
+                        for i in (-0.5, grid.size - 0.5)])
+    kji = source.ras_to_kji(grid.kji_to_ras(corners))
+    lo = np.maximum(np.floor(kji.min(0)).astype(int), 0)
+    hi = np.minimum(np.ceil(kji.max(0)).astype(int) + 1, source.shape_kji)
+    if np.any(hi <= lo):
+        return None
+    block_ijk_to_ras = source.ijk_to_ras.copy()
+    block_ijk_to_ras[:3, 3] = source.ijk_to_ras[:3, :3] @ lo[::-1].astype(float) + source.ijk_to_ras[:3, 3]
+    crop_volume = Volume(np.asarray(prob_crop, np.float32), grid.ijk_to_ras, "crop", {})
+    block = resample(crop_volume, block_ijk_to_ras, tuple(hi - lo), order=1, fill=0.0).array
+    return tuple(slice(a, b) for a, b in zip(lo, hi)), np.asarray(block, np.float32)

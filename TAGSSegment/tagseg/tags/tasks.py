@@ -1,0 +1,85 @@
+"""The published per-dataset TAGS tasks (TAGS_SPEC §4.1–§4.3): what each trained checkpoint expects.
+
+A TAGS checkpoint is only valid for the data it was trained on: the CT is clipped to that dataset's HU window
+and z-scored with its foreground mean/std, and the 3rd input channel is that dataset's organ mask. Keeping the
+numbers in one table lets the converter stamp them into a checkpoint's metadata and lets inference check them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..text import ORGAN_LABELS
+
+OBJECT_WORD_MODES = ("dataset-key", "organ")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One dataset the authors trained on, with the preprocessing a checkpoint trained on it needs."""
+
+    key: str                          # the authors' `--data` value
+    dataset: str                      # human-readable dataset name
+    anatomy: str                      # tagseg anatomy key (tagseg.text.ANATOMY_WORDS / ORGAN_LABELS)
+    window: tuple[float, float]       # HU clip window (lo, hi) before z-scoring
+    mean: float                       # foreground mean used for z-scoring (after clipping)
+    std: float                        # foreground std used for z-scoring
+    organ_file: str                   # organ-mask file the authors' loader reads next to the image
+    spatial_index: tuple[int, int, int]  # transpose from the NIfTI voxel order to [D, H, W]
+    organ_word: str                   # object word for the "organ" variant of the CLIP prompts (§10 #1)
+    split: tuple[int, int, int]       # fold-0 case counts (train, val, test)
+    tumour_label: int = 2             # label value of the tumour in the dataset's ground truth
+    source: str = "TAGS"              # "TAGS", or "3DSAM-adapter only" when TAGS never trained on it
+
+    @property
+    def dataset_key(self) -> str:
+        """The word the authors' code puts into the CLIP prompts: literally the dataset key (§3.4)."""
+        return self.key
+
+    @property
+    def organ_labels(self) -> tuple[str, ...]:
+        """TotalSegmentator-style organ names whose union is the organ-mask channel."""
+        return ORGAN_LABELS.get(self.anatomy, (self.anatomy,))
+
+    @property
+    def used_by_tags(self) -> bool:
+        return self.source == "TAGS"
+
+    def object_word(self, mode: str = "dataset-key") -> str:
+        """The CLIP object word: the authors' dataset key ("dataset-key") or the organ name ("organ")."""
+        if mode == "dataset-key":
+            return self.dataset_key
+        if mode == "organ":
+            return self.organ_word
+        raise ValueError(f"object word mode {mode!r} is not one of {', '.join(OBJECT_WORD_MODES)}")
+
+    def intensity(self) -> dict:
+        """The checkpoint-metadata form of the intensity normalisation."""
+        return {"window": [float(self.window[0]), float(self.window[1])], "mean": float(self.mean),
+                "std": float(self.std)}
+
+
+TASKS: dict[str, Task] = {
+    "kits": Task(key="kits", dataset="KiTS21", anatomy="kidney", window=(-54.0, 247.0), mean=59.53867,
+                 std=55.457336, organ_file="kidney.nii.gz", spatial_index=(0, 1, 2), organ_word="kidney",
+                 split=(209, 30, 61)),
+    "lits": Task(key="lits", dataset="LiTS17", anatomy="liver", window=(-48.0, 163.0), mean=60.057533,
+                 std=40.198017, organ_file="liver.nii.gz", spatial_index=(2, 1, 0), organ_word="liver",
+                 split=(83, 11, 24)),
+    "pancreas": Task(key="pancreas", dataset="MSD Task07 Pancreas", anatomy="pancreas", window=(-39.0, 204.0),
+                     mean=68.45214, std=63.422806, organ_file="pancreas.nii.gz", spatial_index=(2, 1, 0),
+                     organ_word="pancreas", split=(196, 28, 57)),
+    # 3DSAM-adapter's fourth dataset; TAGS never trained on it. MSD Colon labels the cancer 1, not 2.
+    "colon": Task(key="colon", dataset="MSD Task10 Colon", anatomy="colon", window=(-57.0, 175.0), mean=65.175035,
+                  std=32.651197, organ_file="colon.nii.gz", spatial_index=(2, 1, 0), organ_word="colon",
+                  split=(89, 11, 26), tumour_label=1, source="3DSAM-adapter only"),
+}
+
+
+def task_for_anatomy(anatomy: str | None, *, include_adapter_only: bool = False) -> Task | None:
+    """The TAGS task trained on this anatomy; None when TAGS has none (colon is 3DSAM-adapter only unless asked)."""
+    if not anatomy:
+        return None
+    for task in TASKS.values():
+        if task.anatomy == anatomy.strip().lower() and (task.used_by_tags or include_adapter_only):
+            return task
+    return None
