@@ -1,0 +1,217 @@
+"""The `tags` backend end to end: a tags-tiny checkpoint trained inside the test session (conftest) driven
+through the CLI and the Session, with text, anatomy, refinement, exclude clicks, boxes, crops and bad input."""
+import json
+
+import numpy as np
+import pytest
+
+from conftest import dice
+from tagseg import cli
+from tagseg.backends.base import GridPrompts
+from tagseg.backends.tags import TagsBackend, TagsOptions
+from tagseg.errors import ModelError, PromptError
+from tagseg.io import load_volume, save_volume
+from tagseg.session import Session
+
+
+def run(capsys, *args):
+    code = cli.main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def label_clicks(tiny, count=3, seed=2):
+    label = tiny.phantom.label
+    voxels = np.argwhere(np.asarray(label.array) > 0)
+    picks = voxels[np.random.default_rng(seed).choice(len(voxels), count, replace=False)]
+    return label.kji_to_ras(picks)
+
+
+def coords(values):
+    return ",".join(f"{v:.3f}" for v in values)
+
+
+def test_cli_segments_with_a_tags_checkpoint_text_and_anatomy(tiny_trained, tmp_path, capsys):
+    out = tmp_path / "mask.nii.gz"
+    points = [f"--point={coords(p)}" for p in label_clicks(tiny_trained)]
+    code, stdout, err = run(capsys, "segment", tiny_trained.image_path, "-o", out, *points, "--text", "liver tumor",
+                            "--anatomy", tiny_trained.organ_path, "--model", tiny_trained.checkpoint, "--json")
+    assert code == 0, err
+    summary = json.loads(stdout)
+    assert summary["model"].startswith("tags:") and summary["segment_name"]
+    assert dice(load_volume(out).array, tiny_trained.phantom.label.array) >= 0.85
+
+
+def test_anatomy_folder_picks_the_organ_named_by_the_text(tiny_trained, tmp_path, capsys):
+    out = tmp_path / "mask.seg.nrrd"
+    points = [f"--point={coords(p)}" for p in label_clicks(tiny_trained)]
+    code, _, err = run(capsys, "segment", tiny_trained.image_path, "-o", out, *points, "--text", "hepatic lesion",
+                       "--anatomy", tiny_trained.organ_dir, "--model", tiny_trained.checkpoint)
+    assert code == 0, err
+    assert dice(load_volume(out).array, tiny_trained.phantom.label.array) >= 0.85
+    code, _, err = run(capsys, "segment", tiny_trained.image_path, "-o", tmp_path / "x.nii.gz", *points,
+                       "--text", "tumor", "--anatomy", tiny_trained.organ_dir, "--model", tiny_trained.checkpoint)
+    assert code == 2 and "needs --text naming the organ" in err and not (tmp_path / "x.nii.gz").exists()
+
+
+def test_text_only_start_proposes_a_click_inside_the_organ(tiny_trained, tmp_path, capsys):
+    out = tmp_path / "mask.nii.gz"
+    code, stdout, err = run(capsys, "segment", tiny_trained.image_path, "-o", out, "--text", "liver tumor",
+                            "--anatomy", tiny_trained.organ_path, "--model", tiny_trained.checkpoint,
+                            "--text-only", "--json")
+    assert code == 0, err
+    proposed = json.loads(stdout)["prompts"]["proposed_point"]
+    organ = tiny_trained.organ
+    k, j, i = np.round(organ.ras_to_kji(proposed)[0]).astype(int)
+    assert np.asarray(organ.array)[k, j, i] > 0
+    code, _, err = run(capsys, "segment", tiny_trained.image_path, "-o", tmp_path / "y.nii.gz", "--text", "liver tumor",
+                       "--model", tiny_trained.checkpoint, "--text-only")
+    assert code == 2 and "--text-only needs --anatomy" in err
+
+
+def test_tags_options_are_refused_for_the_default_model(tiny_trained, tmp_path, capsys):
+    points = [f"--point={coords(p)}" for p in label_clicks(tiny_trained, 1)]
+    code, _, err = run(capsys, "segment", tiny_trained.image_path, "-o", tmp_path / "m.nii.gz", *points,
+                       "--model", "litemedsam-3d", "--text-fusion", "0.3")
+    assert code == 2 and "need a TAGS checkpoint" in err
+
+
+@pytest.fixture()
+def backend(tiny_trained):
+    b = TagsBackend(tiny_trained.checkpoint, "cpu")
+    b.set_image(tiny_trained.phantom.image)
+    return b
+
+
+def grid_prompts(tiny, positive_kji, negative_kji=(), boxes=(), text="liver tumor", anatomy=True):
+    organ = np.asarray(tiny.organ.array) > 0 if anatomy else None
+    return GridPrompts(np.asarray(positive_kji, float).reshape(-1, 3), np.asarray(negative_kji, float).reshape(-1, 3),
+                       tuple(boxes), text, organ)
+
+
+def label_kji(tiny):
+    return np.argwhere(np.asarray(tiny.phantom.label.array) > 0)
+
+
+def test_a_click_inside_the_crop_reuses_the_encoding(tiny_trained, backend):
+    voxels = label_kji(tiny_trained)
+    rng = np.random.default_rng(0)
+    first = voxels[rng.choice(len(voxels), 2, replace=False)]
+    backend.predict(grid_prompts(tiny_trained, first))
+    assert "encode" in backend.timings
+    backend.predict(grid_prompts(tiny_trained, np.vstack([first, voxels[:1]])))
+    assert "encode" not in backend.timings and "decode" in backend.timings
+
+
+def test_exclude_click_removes_what_it_touches(tiny_trained, backend):
+    phantom = tiny_trained.phantom
+    voxels = label_kji(tiny_trained)
+    clicks = voxels[np.random.default_rng(2).choice(len(voxels), 3, replace=False)]
+    base = backend.predict(grid_prompts(tiny_trained, clicks))
+    inside = np.argwhere(base > 0)
+    # an exclude click on a predicted voxel far from the include clicks
+    far = inside[np.argmax(np.min(np.linalg.norm(inside[:, None] - clicks[None], axis=2), axis=1))]
+    for negatives in ("auto", "constraint"):
+        b = TagsBackend(tiny_trained.checkpoint, "cpu", options=TagsOptions(negatives=negatives))
+        b.set_image(phantom.image)
+        refined = b.predict(grid_prompts(tiny_trained, clicks, [far]))
+        assert refined[tuple(far)] == 0
+        assert all(refined[tuple(c)] == base[tuple(c)] for c in clicks)   # include clicks are protected
+
+
+def test_box_prompt_segments_and_stays_inside_the_box(tiny_trained, backend):
+    voxels = label_kji(tiny_trained)
+    lo, hi = voxels.min(0).astype(float) - 1, voxels.max(0).astype(float) + 1
+    mask = backend.predict(grid_prompts(tiny_trained, np.zeros((0, 3)), boxes=[(lo, hi)]))
+    assert dice(mask, tiny_trained.phantom.label.array) >= 0.7
+    margin = np.ceil(5.0 / tiny_trained.phantom.image.spacing_kji).astype(int) + 1
+    outside = np.ones(mask.shape, bool)
+    a, b = np.maximum(lo.astype(int) - margin, 0), (hi.astype(int) + margin + 1)
+    outside[a[0]:b[0], a[1]:b[1], a[2]:b[2]] = False
+    assert not mask[outside].any()
+
+
+def test_prompts_wider_than_a_crop_need_the_sliding_window(tiny_trained, backend):
+    image = tiny_trained.phantom.image
+    k, j, i = image.shape_kji
+    far_apart = np.array([[k // 2, 5, 5], [k // 2, j - 6, i - 6]], float)        # ~100 mm apart, crop is 48 mm
+    with pytest.raises(PromptError, match="sliding window"):
+        backend.predict(grid_prompts(tiny_trained, far_apart))
+    wide = TagsBackend(tiny_trained.checkpoint, "cpu", options=TagsOptions(sliding_window=True))
+    wide.set_image(image)
+    mask = wide.predict(grid_prompts(tiny_trained, far_apart))
+    assert mask.shape == image.shape_kji and "sliding window" in " ".join(wide.trace)
+
+
+def test_without_an_organ_mask_the_documented_fallback_is_used(tiny_trained, backend):
+    voxels = label_kji(tiny_trained)
+    clicks = voxels[np.random.default_rng(2).choice(len(voxels), 3, replace=False)]
+    mask = backend.predict(grid_prompts(tiny_trained, clicks, anatomy=False))
+    assert "degraded" in " ".join(backend.trace) and mask.any()
+
+
+def test_empty_organ_mask_warns_and_falls_back(tiny_trained, tmp_path, capsys):
+    empty = tmp_path / "empty.nii.gz"
+    save_volume(tiny_trained.organ.with_array(np.zeros(tiny_trained.organ.shape_kji, np.uint8)), empty)
+    points = [f"--point={coords(p)}" for p in label_clicks(tiny_trained)]
+    code, _, err = run(capsys, "segment", tiny_trained.image_path, "-o", tmp_path / "m.nii.gz", *points,
+                       "--anatomy", empty, "--model", tiny_trained.checkpoint)
+    assert code == 0 and "warning" in err and "fallback" in err
+
+
+def test_organ_mask_on_another_grid_is_resampled(tiny_trained):
+    from tagseg.geometry import resample
+    from tagseg.volume import make_ijk_to_ras
+
+    organ = tiny_trained.organ
+    coarse = resample(organ, make_ijk_to_ras((2.5, 2.5, 3.0), organ.ijk_to_ras[:3, 3] - 1.0), (16, 40, 40), order=0)
+    clicks = label_clicks(tiny_trained)
+    with Session(tiny_trained.phantom.image, model=str(tiny_trained.checkpoint), device="cpu") as session:
+        session.set_text("liver tumor")
+        session.set_anatomy(coarse)
+        for p in clicks:
+            session.add_point(p)
+        assert dice(session.predict().array, tiny_trained.phantom.label.array) >= 0.8
+
+
+def test_input_volume_is_never_modified(tiny_trained, backend):
+    before = np.array(tiny_trained.phantom.image.array, copy=True)
+    backend.predict(grid_prompts(tiny_trained, label_kji(tiny_trained)[:2]))
+    assert np.array_equal(before, tiny_trained.phantom.image.array)
+
+
+def test_model_auto_picks_an_installed_checkpoint_for_the_described_anatomy(tiny_trained, tmp_path, capsys,
+                                                                             monkeypatch):
+    monkeypatch.setenv("TAGSEG_MODELS_DIR", str(tmp_path / "models"))
+    code, stdout, err = run(capsys, "models", "install", tiny_trained.checkpoint)
+    assert code == 0, err
+    code, stdout, _ = run(capsys, "models", "list", "--json")
+    assert json.loads(stdout)["installed"][0]["anatomy"] == "liver"
+    points = [f"--point={coords(p)}" for p in label_clicks(tiny_trained, 2)]
+    code, stdout, err = run(capsys, "segment", tiny_trained.image_path, "-o", tmp_path / "m.nii.gz", *points,
+                            "--text", "liver tumor", "--json")
+    assert code == 0, err
+    assert json.loads(stdout)["model"].startswith("tags:")
+
+
+def test_pickled_checkpoints_are_not_loaded_as_models(tmp_path, capsys, tiny_trained):
+    fake = tmp_path / "best.pth.tar"
+    fake.write_bytes(b"not really")
+    points = [f"--point={coords(p)}" for p in label_clicks(tiny_trained, 1)]
+    code, _, err = run(capsys, "segment", tiny_trained.image_path, "-o", tmp_path / "m.nii.gz", *points,
+                       "--model", fake)
+    assert code == 2 and "convert-checkpoint" in err and len(err.strip().splitlines()) == 1
+
+
+def test_info_reports_tags_b_parameter_counts(capsys):
+    code, stdout, err = run(capsys, "info", "--model", "tags-b", "--json")
+    assert code == 0, err
+    params = json.loads(stdout)["model"]["parameters"]
+    assert params["frozen"] == pytest.approx(88.8e6, rel=0.01) and params["trainable"] == pytest.approx(37.3e6, rel=0.01)
+
+
+def test_checkpoint_metadata_drives_preprocessing(tiny_trained):
+    b = TagsBackend(tiny_trained.checkpoint, "cpu")
+    assert b.intensity.window == (-160.0, 240.0) and b.config.name == "tags-tiny"
+    with pytest.raises(ModelError):
+        TagsOptions(text_fusion=1.5).validate()

@@ -1,0 +1,157 @@
+"""GPU check for the TAGS network: one JSON line with latencies and peak memory.
+
+Builds a TAGS preset with random weights (no TAGS weights exist publicly), then through the real
+`tags` backend on a synthetic CT: a cold and a warm first prediction (encoder + decoder), 20
+refinement clicks inside the crop (prompt encoder + decoder only), one prediction with text fusion,
+and bf16 training steps with the published losses and optimisers. Sized to finish in well under
+4 minutes on one H100/H200 with tags-b; `--preset tags-tiny --device cpu` smoke-tests it anywhere.
+
+    python scripts/gpu_check.py                 # tags-b on cuda
+    python scripts/gpu_check.py --preset tags-tiny --device cpu
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "TAGSSegment"))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from tagseg.backends.base import GridPrompts  # noqa: E402
+from tagseg.backends.tags import TagsBackend, TagsOptions  # noqa: E402
+from tagseg.synth import make_phantom  # noqa: E402
+from tagseg.tags import build_tags  # noqa: E402
+from tagseg.tags.crop import Intensity  # noqa: E402
+from tagseg.tags.fit import Case, training_crop, tumour_centre_ras  # noqa: E402
+from tagseg.tags.recipe import make_optimisers, sample_training_points, training_step  # noqa: E402
+
+INTENSITY = {"window": [-160.0, 240.0], "mean": 40.0, "std": 60.0}
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _peak_gb(device: str) -> float | None:
+    if not device.startswith("cuda"):
+        return None
+    return round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)
+
+
+def _reset_peak(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="tags-b")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--refines", type=int, default=20)
+    parser.add_argument("--train-steps", type=int, default=3)
+    parser.add_argument("--autocast", default="bf16", choices=("bf16", "fp16", "off"))
+    args = parser.parse_args()
+    device = args.device
+    if device == "cpu" and args.preset == "tags-b":
+        print(json.dumps({"error": "tags-b on CPU takes minutes per pass; use --preset tags-tiny"}))
+        return 2
+    torch.manual_seed(0)
+    result: dict = {"preset": args.preset, "device": device, "torch": torch.__version__,
+                    "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else platform.processor(),
+                    "autocast": args.autocast}
+
+    start = time.perf_counter()
+    model = build_tags(args.preset, seed=0).to(device)
+    result["build_s"] = round(time.perf_counter() - start, 2)
+    result["parameters"] = model.parameter_counts()
+    config = model.config
+    embed = torch.nn.functional.normalize(torch.randn(config.embed_dim, 2), dim=0)
+    metadata = {"config": config.to_dict(), "intensity": INTENSITY, "task": "gpu-check", "anatomy": "liver",
+                "text": {"encoder": config.text_encoder, "object_word": "liver", "object_word_mode": "anatomy"}}
+
+    phantom = make_phantom(seed=0, shape_kji=(80, 256, 256), spacing_ijk=(0.8, 0.8, 2.0), tumour_radius_mm=15.0)
+    label = np.asarray(phantom.label.array) > 0
+    voxels = np.argwhere(label)
+    rng = np.random.default_rng(2)
+    organ = np.asarray(phantom.organs[phantom.tumour_organ].array) > 0
+    autocast = {"bf16": "bf16", "fp16": "fp16", "off": "off"}[args.autocast]
+
+    def prompts(points):
+        return GridPrompts(np.asarray(points, float), np.zeros((0, 3)), (), phantom.description, organ)
+
+    backend = TagsBackend(model=model, metadata=metadata, class_embeddings=embed, device=device,
+                          options=TagsOptions(autocast=autocast))
+    backend.set_image(phantom.image)
+    clicks = voxels[rng.choice(len(voxels), 3, replace=False)]
+    _reset_peak(device)
+    start = time.perf_counter()
+    backend.predict(prompts(clicks))
+    _sync(device)
+    result["first_prediction_cold_s"] = round(time.perf_counter() - start, 3)
+    result["first_prediction_cold_stages_s"] = {k: round(v, 3) for k, v in backend.timings.items()}
+
+    backend._grid = None                               # force a new crop: a warm first prediction
+    backend._encodings.clear()
+    start = time.perf_counter()
+    backend.predict(prompts(clicks))
+    _sync(device)
+    result["first_prediction_warm_s"] = round(time.perf_counter() - start, 3)
+    result["first_prediction_warm_stages_s"] = {k: round(v, 3) for k, v in backend.timings.items()}
+    result["inference_peak_gb"] = _peak_gb(device)
+
+    refine_times, encodes = [], 0
+    points = list(clicks)
+    for _ in range(args.refines):
+        points.append(voxels[rng.integers(len(voxels))])
+        start = time.perf_counter()
+        backend.predict(prompts(points))
+        _sync(device)
+        refine_times.append(time.perf_counter() - start)
+        encodes += "encode" in backend.timings
+    result["refine_s"] = {"median": round(statistics.median(refine_times), 3), "min": round(min(refine_times), 3),
+                          "max": round(max(refine_times), 3), "n": len(refine_times), "re_encoded": encodes}
+
+    fusion = TagsBackend(model=model, metadata=metadata, class_embeddings=embed, device=device,
+                         options=TagsOptions(autocast=autocast, text_fusion=0.3))
+    fusion.set_image(phantom.image)
+    fusion.predict(prompts(clicks))
+    start = time.perf_counter()
+    fusion.predict(prompts(points[:4]))
+    _sync(device)
+    result["refine_with_text_fusion_s"] = round(time.perf_counter() - start, 3)
+    del fusion, backend
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+    case = Case(phantom.image, phantom.label, phantom.organs[phantom.tumour_organ])
+    optimisers = make_optimisers(model)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[args.autocast]
+    centre = tumour_centre_ras(phantom.label)
+    step_times, losses = [], []
+    _reset_peak(device)
+    for _ in range(args.train_steps):
+        crop, crop_label = training_crop(case, centre + rng.uniform(-8, 8, 3), model, Intensity.from_metadata(INTENSITY))
+        pts, pl = sample_training_points(crop_label.numpy(), rng)
+        _sync(device)
+        start = time.perf_counter()
+        losses.append(training_step(model, optimisers, crop, crop_label, pts, pl, embed, autocast_dtype=dtype))
+        _sync(device)
+        step_times.append(time.perf_counter() - start)
+    result["train_step_s"] = [round(t, 3) for t in step_times]
+    result["train_peak_gb"] = _peak_gb(device)
+    result["train_losses"] = [round(x["loss"], 4) for x in losses]
+    result["finite"] = all(np.isfinite(x["loss"]) for x in losses)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
