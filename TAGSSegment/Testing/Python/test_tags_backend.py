@@ -215,3 +215,28 @@ def test_checkpoint_metadata_drives_preprocessing(tiny_trained):
     assert b.intensity.window == (-160.0, 240.0) and b.config.name == "tags-tiny"
     with pytest.raises(ModelError):
         TagsOptions(text_fusion=1.5).validate()
+
+
+def test_weights_command_lists_and_refuses_downloads_offline(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TAGSEG_WEIGHTS_DIR", str(tmp_path / "weights"))
+    code, stdout, err = run(capsys, "weights", "list", "--json")
+    assert code == 0, err
+    assert "sam-vit-b" in stdout and "clip-vit-l-14" in stdout
+    code, _, err = run(capsys, "weights", "download", "sam-vit-b")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "sam_vit_b_01ec64.pth" in err
+    assert not any((tmp_path / "weights").rglob("*")) if (tmp_path / "weights").exists() else True
+
+
+def test_out_of_memory_while_encoding_becomes_a_device_error(tiny_trained, monkeypatch):
+    from tagseg.errors import DeviceError
+
+    b = TagsBackend(tiny_trained.checkpoint, "cpu")
+    b.set_image(tiny_trained.phantom.image)
+
+    def exhausted(crops):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(b.model, "encode", exhausted)
+    with pytest.raises(DeviceError, match="out of memory"):
+        b.predict(grid_prompts(tiny_trained, label_kji(tiny_trained)[:1]))
