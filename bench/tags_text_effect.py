@@ -29,8 +29,12 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from tagseg.tags.model import TagsNet
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "TAGSSegment"))
@@ -89,26 +93,6 @@ def organ_seeds(organ: str, count: int, start: int) -> list[int]:
     return seeds
 
 
-def save_loadable(model, path: Path, **kwargs) -> None:
-    """save_model, re-written with a padded provenance if the file's first byte is 0x80.
-
-    Why: checkpoint._refuse_unloadable takes any file starting with 0x80 for a pickle, but a safetensors
-    file starts with its little-endian header length, whose low byte is 0x80 for about 1 header in 32
-    (the length is 8-byte aligned and includes a timestamp). Padding changes the length.
-    """
-    from tagseg.tags.checkpoint import save_model
-
-    provenance = dict(kwargs.pop("provenance", {}))
-    for pad in range(16):
-        if pad:
-            provenance["pad"] = "-" * (8 * pad)
-        save_model(model, path, provenance=provenance, **kwargs)
-        with open(path, "rb") as handle:
-            if handle.read(1) != b"\x80":
-                return
-    raise SystemExit("could not write a checkpoint the loader accepts")
-
-
 def train(args: argparse.Namespace, seeds: list[int], checkpoint: Path) -> dict:
     """Train tags-tiny on the phantoms `seeds` with tagseg.tags.fit and save it; returns training facts."""
     import torch
@@ -117,6 +101,7 @@ def train(args: argparse.Namespace, seeds: list[int], checkpoint: Path) -> dict:
     from tagseg.tags import build_tags
     from tagseg.tags import text_encoder as te
     from tagseg.tags.crop import Intensity
+    from tagseg.tags.checkpoint import save_model
     from tagseg.tags.fit import Case, fit
 
     torch.manual_seed(args.seed)
@@ -138,13 +123,14 @@ def train(args: argparse.Namespace, seeds: list[int], checkpoint: Path) -> dict:
     history = fit(model, cases, Intensity.from_metadata(INTENSITY), class_embeddings, steps=args.steps, lr=LR,
                   seed=args.seed, log=log)
     seconds = time.perf_counter() - start
-    save_loadable(model, checkpoint, task=f"synthetic-{args.organ}", anatomy=args.organ, intensity=INTENSITY,
-                  text={"encoder": model.config.text_encoder, "object_word": word, "object_word_mode": "anatomy"},
-                  organ_labels=[args.organ], class_embeddings=class_embeddings,
-                  provenance={"trained_on": f"tagseg.synth seeds {seeds}", "steps": args.steps})
+    save_model(model, checkpoint, task=f"synthetic-{args.organ}", anatomy=args.organ, intensity=INTENSITY,
+               text={"encoder": model.config.text_encoder, "object_word": word, "object_word_mode": "anatomy"},
+               organ_labels=[args.organ], class_embeddings=class_embeddings,
+               provenance={"trained_on": f"tagseg.synth seeds {seeds}", "steps": args.steps})
     tail = history[-min(25, len(history)):]
     return {"seconds": seconds, "word": word, "encoder": model.config.text_encoder,
-            "main": statistics.fmean(h["main"] for h in tail), "alignment": statistics.fmean(h["alignment"] for h in tail),
+            "main": statistics.fmean(h["main"] for h in tail),
+            "alignment": statistics.fmean(h["alignment"] for h in tail),
             "first_main": history[0]["main"], "first_alignment": history[0]["alignment"],
             "hyper": sum(signs), "hypo": len(signs) - sum(signs)}
 
@@ -199,7 +185,9 @@ def ci_text(diffs: list[float]) -> tuple[str, bool]:
     return f"{m:+.3f} [{m - half:+.3f}, {m + half:+.3f}]", (m - half > 0 or m + half < 0)
 
 
-def report(args, train_seeds, test_seeds, facts, results: list[CaseResult], seconds: dict) -> str:
+def report(args: argparse.Namespace, train_seeds: list[int], test_seeds: list[int], facts: dict,
+           results: list[CaseResult], seconds: dict[str, float]) -> str:
+    """The Markdown page: summary tables, per-case numbers and a conclusion written from the numbers."""
     import torch
 
     n = len(results)

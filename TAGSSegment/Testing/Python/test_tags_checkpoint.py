@@ -461,3 +461,22 @@ def test_install_refuses_a_damaged_checkpoint(tmp_path, monkeypatch):
     with pytest.raises(ModelError, match="damaged"):
         ckpt.install_checkpoint(source)
     assert ckpt.installed_checkpoints() == [] and not models.exists()
+
+
+def test_a_header_length_whose_first_byte_is_0x80_still_loads(tmp_path):
+    """safetensors starts with the header length; 128 mod 256 makes byte 0 equal pickle's 0x80 magic."""
+    from tagseg.tags.checkpoint import load_checkpoint, save_checkpoint
+
+    tensors = {"image_encoder.x": torch.zeros(2)}
+    for pad in range(0, 400, 8):
+        path = tmp_path / f"c{pad}.safetensors"
+        meta = {"format": "tagseg-tags", "format_version": 1, "preset": "p", "config": {}, "task": "t",
+                "anatomy": "liver", "organ_labels": ["liver"], "tumour_label": 2,
+                "intensity": {"window": [-1, 1], "mean": 0.0, "std": 1.0}, "spacing_mm": [1.0, 1.0, 1.0],
+                "text": {"encoder": "e", "object_word": "liver", "object_word_mode": "anatomy"},
+                "provenance": {"note": "x" * pad}}
+        save_checkpoint(path, tensors, meta)
+        if path.read_bytes()[0] == 0x80:
+            assert torch.equal(load_checkpoint(path).state_dict["image_encoder.x"], tensors["image_encoder.x"])
+            return
+    pytest.fail("no padding produced a header length with first byte 0x80")

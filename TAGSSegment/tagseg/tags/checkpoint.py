@@ -349,8 +349,12 @@ def _refuse_unloadable(src: Path) -> None:
     if not src.is_file():
         raise ModelError(f"checkpoint {src} not found" if not src.exists() else f"checkpoint {src} is not a file")
     with src.open("rb") as handle:
-        head = handle.read(4)
-    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        head = handle.read(9)
+    # safetensors: an 8-byte little-endian header length, then the JSON header. Its first byte can be 0x80
+    # (a length of 128 mod 256), so look for pickle/zip magic only when the file is not laid out that way.
+    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < src.stat().st_size:
+        return
+    if head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
         raise ModelError(f"{src} looks like a PyTorch pickle checkpoint, not a {SUFFIX} file — {_CONVERT_HINT}")
 
 
