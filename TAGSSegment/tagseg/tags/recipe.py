@@ -73,21 +73,27 @@ def make_optimisers(model: TagsNet, lr: float = 1e-4, weight_decay: float = 1e-5
     return Optimisers(optimisers, schedulers)
 
 
+def losses_for(logits: torch.Tensor, maps: list[torch.Tensor], target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(DiceCE on the mask, alignment loss) in fp32."""
+    return dice_ce_loss(logits.float(), target), alignment_loss([m.float() for m in maps], target)
+
+
 def training_step(model: TagsNet, optimisers: Optimisers, crop: torch.Tensor, label: torch.Tensor,
                   points_dwh: torch.Tensor, point_labels: torch.Tensor, class_embeddings: torch.Tensor,
-                  autocast_dtype: torch.dtype | None = None) -> dict[str, float]:
+                  autocast_dtype: torch.dtype | None = None, forward=None) -> dict[str, float]:
     """One step on one crop [3, P, P, P] with label [P, P, P]: DiceCE + alignment loss, gradient clipping
-    at 1.0 on the encoder, the decoder and the applied prompt encoder, then the three optimisers."""
-    model.train()
+    at 1.0 on the encoder, the decoder and the applied prompt encoder, then the three optimisers.
+    `forward` is the module to call (a DistributedDataParallel wrapper of `model` under torchrun)."""
+    forward = forward or model
+    forward.train()
     device = next(model.parameters()).device
     crops = crop[None].to(device)
     target = label[None].to(device)
     enabled = autocast_dtype is not None
     with torch.autocast(device_type=device.type, dtype=autocast_dtype or torch.bfloat16, enabled=enabled):
-        logits, encoded = model(crops, points_dwh[None].to(device), point_labels[None].to(device))
+        logits, encoded = forward(crops, points_dwh[None].to(device), point_labels[None].to(device))
         maps = model.alignment_maps(encoded, class_embeddings.to(device))
-    main = dice_ce_loss(logits.float(), target)
-    align = alignment_loss([m.float() for m in maps], target)
+    main, align = losses_for(logits, maps, target)
     loss = main + align
     optimisers.zero_grad()
     loss.backward()

@@ -1,0 +1,372 @@
+"""`tagseg train`: the published TAGS recipe (TAGS_SPEC.md §5) on one GPU or many (torchrun + DDP).
+
+One crop per case per epoch, 10 positive + 20 random clicks, DiceCE + alignment losses, three AdamW
+with LinearLR stepped per epoch, clipping 1.0, validation every epoch, `best`/`last` checkpoints in
+the project's TAGS format (they drop straight into the CLI and Slicer) plus a resumable training
+state. Randomness is re-seeded from (seed, epoch, rank) at every epoch, so a run resumed from `last`
+continues exactly as an uninterrupted one would. Launched by `torchrun`, it trains with
+DistributedDataParallel and distributed samplers; otherwise in one process.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .errors import InputError
+from .tags import build_tags
+from .tags.losses import alignment_loss, soft_dice_loss
+from .tags.model import TagsNet
+from .tags.recipe import Optimisers, make_optimisers, sample_training_points, training_step
+
+STATE_NAME = "last.train-state.pt"
+
+
+@dataclass
+class TrainConfig:
+    out: str
+    preset: str = "tags-b"
+    epochs: int = 200
+    lr: float = 1e-4
+    weight_decay: float = 1e-5
+    schedule_iters: int | None = None      # LinearLR total_iters; None = 500 for 200 epochs, else 2.5 x epochs
+    seed: int = 0
+    autocast: str = "off"                  # the paper trains in fp32; "bf16"/"fp16" are options
+    point_labels: bool = False             # extension: learn a +/- label embedding for clicks
+    max_steps_per_epoch: int | None = None # bound an epoch (tests, smoke runs)
+    device: str = "auto"
+    sam_weights: str | None = None
+    text_encoder: str | None = None        # default: the preset's (paper: open_clip:ViT-L-14:openai)
+    object_word: str = ""
+    object_word_mode: str = "dataset-key"
+    task: str = "custom"
+    anatomy: str = "tumour"
+    organ_labels: list = field(default_factory=lambda: ["organ"])
+    intensity: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
+
+    def total_iters(self) -> int:
+        if self.schedule_iters:
+            return self.schedule_iters
+        return 500 if self.epochs == 200 else max(1, round(2.5 * self.epochs))
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str) -> Distributed:
+    """torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; without them this is a single process."""
+    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        return Distributed()
+    import torch.distributed as dist
+
+    env = Distributed(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+    return env
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _crop_from_sample(sample: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(CT, CT, organ) [3, P, P, P] and the binary label [P, P, P] from a loader sample."""
+    image = torch.as_tensor(sample["image"]).float()
+    organ = torch.as_tensor(sample["organ"]).float()
+    label = torch.as_tensor(sample["label"]).float()
+    if image.dim() == 5:                                  # a batch of one from a DataLoader
+        image, organ, label = image[0], organ[0], label[0]
+    return torch.cat([image, image, organ], dim=0), (label[0] > 0.5).float()
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, train_data, val_data, class_embeddings: torch.Tensor | None = None,
+                 log: Callable[[str], None] | None = None) -> None:
+        from .devices import resolve_device
+
+        self.config = config
+        self.out = Path(config.out)
+        self.device = resolve_device(config.device)
+        self.dist = init_distributed(self.device)
+        if self.dist.enabled and self.device.startswith("cuda"):
+            self.device = f"cuda:{self.dist.local_rank}"
+            torch.cuda.set_device(self.dist.local_rank)
+        self.log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+        self.train_data, self.val_data = train_data, val_data
+        seed_everything(config.seed)
+        self.model = self._build_model()
+        self.class_embeddings = (class_embeddings if class_embeddings is not None
+                                 else self._class_embeddings()).float()
+        self.forward = self.model
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.dist.local_rank] if self.device.startswith("cuda") else None
+            # prompt encoders 1-3 get no gradient in the published forward
+            self.forward = DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=True)
+        self.optimisers: Optimisers = make_optimisers(self.model, config.lr, config.weight_decay, config.total_iters())
+        self.epoch = 0
+        self.best_val = math.inf
+        self.history: list[dict] = []
+
+    # -- setup --------------------------------------------------------------------------------
+    def _build_model(self) -> TagsNet:
+        from .tags.config import get_preset
+
+        preset = get_preset(self.config.preset)
+        if self.config.point_labels != preset.point_labels:
+            preset = type(preset).from_dict({**preset.to_dict(), "point_labels": self.config.point_labels})
+        model = build_tags(preset, seed=self.config.seed)
+        if self.config.sam_weights:
+            from .tags.sam_weights import load_sam_weights
+
+            load_sam_weights(model, self.config.sam_weights)
+            self.log(f"SAM ViT-B weights loaded from {self.config.sam_weights}")
+        return model.to(self.device)
+
+    def _class_embeddings(self) -> torch.Tensor:
+        from .tags import text_encoder as te
+
+        spec = self.config.text_encoder or self.model.config.text_encoder
+        return te.class_embeddings(te.make_text_encoder(spec), self.config.object_word)
+
+    def _autocast_dtype(self):
+        return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.config.autocast]
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def _metadata_kwargs(self) -> dict:
+        c = self.config
+        spec = c.text_encoder or self.model.config.text_encoder
+        return dict(task=c.task, anatomy=c.anatomy, intensity=c.intensity, organ_labels=c.organ_labels,
+                    text={"encoder": spec, "object_word": c.object_word, "object_word_mode": c.object_word_mode},
+                    class_embeddings=self.class_embeddings)
+
+    def save(self, name: str, extra: dict | None = None) -> Path:
+        from .tags.checkpoint import save_model
+
+        path = self.out / f"{name}.safetensors"
+        provenance = {**self.config.provenance, "epoch": self.epoch, "best_val_loss": self.best_val,
+                      "recipe": {k: v for k, v in asdict(self.config).items()
+                                 if k in ("preset", "epochs", "lr", "weight_decay", "seed", "autocast", "point_labels")},
+                      "world_size": self.dist.world, **(extra or {})}
+        save_model(self.model, path, provenance=provenance, **self._metadata_kwargs())
+        return path
+
+    def save_state(self) -> None:
+        state = {"epoch": self.epoch, "best_val": self.best_val, "history": self.history,
+                 "optimisers": self.optimisers.state_dict(), "config": asdict(self.config)}
+        _atomic_torch_save(state, self.out / STATE_NAME)
+
+    def resume(self) -> bool:
+        """Continue from `last`: weights from last.safetensors, optimisers and counters from the state file."""
+        from .tags.checkpoint import load_model
+
+        state_path, last = self.out / STATE_NAME, self.out / "last.safetensors"
+        if not (state_path.is_file() and last.is_file()):
+            return False
+        model, _ = load_model(last)
+        self.model.load_state_dict(model.state_dict())
+        state = torch.load(state_path, map_location=self.device, weights_only=True)
+        self.optimisers.load_state_dict(state["optimisers"])
+        self.epoch, self.best_val, self.history = state["epoch"], state["best_val"], list(state["history"])
+        self.log(f"resumed from {last} after epoch {self.epoch}")
+        return True
+
+    # -- loops ----------------------------------------------------------------------------------
+    def _loader(self, dataset, shuffle: bool, epoch: int):
+        from torch.utils.data import DataLoader
+        from torch.utils.data.distributed import DistributedSampler
+
+        seed = _epoch_seed(self.config.seed, epoch, self.dist.rank)
+        if hasattr(dataset, "set_random_state"):
+            dataset.set_random_state(seed)
+        sampler = None
+        if self.dist.enabled:
+            sampler = DistributedSampler(dataset, num_replicas=self.dist.world, rank=self.dist.rank,
+                                         shuffle=shuffle, seed=self.config.seed, drop_last=False)
+            sampler.set_epoch(epoch)
+        generator = torch.Generator().manual_seed(seed)
+        return DataLoader(dataset, batch_size=1, shuffle=shuffle and sampler is None, sampler=sampler,
+                          num_workers=0, generator=generator, collate_fn=lambda items: items[0])
+
+    def train_epoch(self, epoch: int) -> dict:
+        seed = _epoch_seed(self.config.seed, epoch, self.dist.rank)
+        torch.manual_seed(seed)
+        rng = np.random.default_rng(seed)
+        losses, mains, aligns = [], [], []
+        loader = self._loader(self.train_data, True, epoch)
+        for step, sample in enumerate(loader):
+            if self.config.max_steps_per_epoch is not None and step >= self.config.max_steps_per_epoch:
+                break
+            crop, label = _crop_from_sample(sample)
+            points, labels = sample_training_points(label.numpy(), rng)
+            result = training_step(self.model, self.optimisers, crop, label, points, labels, self.class_embeddings,
+                                   autocast_dtype=self._autocast_dtype(), forward=self.forward)
+            losses.append(result["loss"])
+            mains.append(result["main"])
+            aligns.append(result["alignment"])
+        self.optimisers.epoch_end()
+        return {"train_loss": _mean(losses), "train_main": _mean(mains), "train_alignment": _mean(aligns),
+                "steps": len(losses)}
+
+    @torch.no_grad()
+    def validate(self, epoch: int) -> dict:
+        """Published validation: 10 positive clicks (random ones without tumour), Dice loss + alignment loss."""
+        model = self.model.eval()
+        rng = np.random.default_rng(_epoch_seed(self.config.seed, 10_000 + epoch, self.dist.rank))
+        totals = torch.zeros(3, dtype=torch.float64)
+        for sample in self._loader(self.val_data, False, 10_000 + epoch):
+            crop, label = _crop_from_sample(sample)
+            points, point_labels = sample_training_points(label.numpy(), rng, positives=10, randoms=0)
+            if len(points) == 0:
+                points, point_labels = sample_training_points(label.numpy(), rng, positives=0, randoms=10)
+            crops, target = crop[None].to(self.device), label[None].to(self.device)
+            with torch.autocast(device_type=torch.device(self.device).type, dtype=self._autocast_dtype() or torch.bfloat16,
+                                enabled=self._autocast_dtype() is not None):
+                logits, encoded = model(crops, points[None].to(self.device), point_labels[None].to(self.device))
+                maps = model.alignment_maps(encoded, self.class_embeddings.to(self.device))
+            prob = torch.softmax(logits.float(), 1)[:, 1]
+            loss = soft_dice_loss(prob, target) + alignment_loss([m.float() for m in maps], target)
+            pred = (prob > 0.5).float()
+            dice = 1.0 if target.sum() + pred.sum() == 0 else float(2 * (pred * target).sum() / (pred.sum() + target.sum()))
+            totals += torch.tensor([float(loss), dice, 1.0], dtype=torch.float64)
+        if self.dist.enabled:
+            import torch.distributed as dist
+
+            dist.all_reduce(totals)
+        n = max(float(totals[2]), 1.0)
+        return {"val_loss": float(totals[0]) / n, "val_dice": float(totals[1]) / n, "val_cases": int(totals[2])}
+
+    def fit(self, resume: bool = False) -> dict:
+        self.out.mkdir(parents=True, exist_ok=True)
+        if resume and not self.resume():
+            self.log("no resumable run in the output folder; starting from scratch")
+        csv_path = self.out / "log.csv"
+        writer = self._tensorboard()
+        start_epoch = self.epoch
+        bar = _progress(self.config.epochs, start_epoch, enabled=self.dist.main)
+        for epoch in range(start_epoch, self.config.epochs):
+            started = time.perf_counter()
+            row = {"epoch": epoch + 1, **self.train_epoch(epoch)}
+            row.update(self.validate(epoch))
+            row["lr"] = self.optimisers.optimisers["encoder"].param_groups[0]["lr"]
+            row["seconds"] = round(time.perf_counter() - started, 2)
+            self.epoch = epoch + 1
+            improved = row["val_loss"] < self.best_val
+            if improved:
+                self.best_val = row["val_loss"]
+            self.history.append(row)
+            if self.dist.main:
+                self.save("last")
+                if improved:
+                    self.save("best", {"best_epoch": self.epoch})
+                self.save_state()
+                _append_csv(csv_path, row)
+                if writer is not None:
+                    for key, value in row.items():
+                        if key != "epoch" and isinstance(value, (int, float)):
+                            writer.add_scalar(key, value, self.epoch)
+                    writer.flush()
+                bar.update(row)
+            if self.dist.enabled:
+                import torch.distributed as dist
+
+                dist.barrier()
+        bar.close()
+        if writer is not None:
+            writer.close()
+        return {"epochs": self.epoch, "best_val_loss": self.best_val, "history": self.history,
+                "best": str(self.out / "best.safetensors"), "last": str(self.out / "last.safetensors")}
+
+    def _tensorboard(self):
+        if not self.dist.main:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except Exception:  # tensorboard is optional
+            self.log("tensorboard is not installed; logging to log.csv only")
+            return None
+        return SummaryWriter(str(self.out / "tensorboard"))
+
+
+def _mean(values: list[float]) -> float:
+    return float(np.mean(values)) if values else float("nan")
+
+
+def _append_csv(path: Path, row: dict) -> None:
+    new = not path.exists()
+    with path.open("a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+class _progress:
+    """A tqdm bar over epochs with the ETA, on the main rank only."""
+
+    def __init__(self, total: int, done: int, enabled: bool) -> None:
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=done, unit="epoch", dynamic_ncols=True, file=sys.stderr)
+
+    def update(self, row: dict) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{row['train_loss']:.3f}", val=f"{row['val_loss']:.3f}",
+                                 dice=f"{row['val_dice']:.3f}")
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def write_run_config(out: Path, config: TrainConfig) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(asdict(config), indent=2))
+
+
+def check_output_folder(out: Path, resume: bool) -> None:
+    if out.exists() and any(out.iterdir()) and not resume and (out / "last.safetensors").exists():
+        raise InputError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
