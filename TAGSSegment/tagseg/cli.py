@@ -144,6 +144,10 @@ def _parser() -> argparse.ArgumentParser:
     models.add_argument("target", nargs="?", metavar="FILE|SHA", help="checkpoint to install, or SHA/file to remove")
     models.add_argument("--json", action="store_true", help="print JSON")
     models.set_defaults(func=_cmd_models)
+
+    from .research_cli import add_commands
+
+    add_commands(commands)
     return parser
 
 

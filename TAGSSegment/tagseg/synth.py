@@ -244,8 +244,16 @@ def _draw_centre(rng: np.random.Generator, spec: _OrganSpec, region) -> np.ndarr
     return np.clip(centre, lo, hi)
 
 
-def _choose_host(rng: np.random.Generator, reach: float, box, radius_mm: float | None) -> tuple[_OrganSpec, float]:
+def _choose_host(rng: np.random.Generator, reach: float, box, radius_mm: float | None,
+                 tumour_organ: str | None = None) -> tuple[_OrganSpec, float]:
     hosts = [spec for spec in _ORGANS if spec.host_weight > 0]
+    if tumour_organ is not None:
+        # "kidney" means either kidney: a dataset of one tumour type needs its host fixed, the side may vary
+        wanted = tumour_organ.strip().lower()
+        hosts = [spec for spec in hosts if spec.name == wanted or spec.name.startswith(wanted + "_")]
+        if not hosts:
+            names = sorted({spec.name for spec in _ORGANS if spec.host_weight > 0})
+            raise ValueError(f"tumour_organ {tumour_organ!r} is not a phantom organ (choose from {', '.join(names)})")
     fits = {spec.name: _fit_radius(spec, reach, box) for spec in hosts}
     if radius_mm is not None:
         radius = float(radius_mm)
@@ -282,11 +290,13 @@ def _default_origin(shape_kji, spacing_ijk, directions) -> np.ndarray:
 
 def make_phantom(seed: int = 0, shape_kji=(40, 160, 160), spacing_ijk=(1.0, 1.0, 2.5), directions=None,
                  origin_ras=None, tumour_radius_mm: float | None = None,
-                 contrast_hu: float | None = None) -> Phantom:
+                 contrast_hu: float | None = None, tumour_organ: str | None = None) -> Phantom:
     """A CT-like abdomen (int16 HU) with one tumour inside an organ, deterministic for `seed`.
 
     `directions` (3x3, columns = RAS directions of i, j, k) and `origin_ras` only change how the
-    fixed RAS anatomy is sampled. `contrast_hu` is signed (negative = hypodense).
+    fixed RAS anatomy is sampled. `contrast_hu` is signed (negative = hypodense). `tumour_organ`
+    forces the host ("pancreas", "liver", "kidney" = either kidney, "kidney_left", ...), so a
+    synthetic dataset can hold one tumour type; None keeps the seeded choice.
     """
     shape_kji = tuple(int(n) for n in shape_kji)
     if len(shape_kji) != 3 or min(shape_kji) < 1:
@@ -306,7 +316,7 @@ def make_phantom(seed: int = 0, shape_kji=(40, 160, 160), spacing_ijk=(1.0, 1.0,
     shape = _random_tumour_shape(rng, contrast_hu)
     noise_hu = rng.uniform(*NOISE_RANGE_HU)
     box = _grid_box(shape_kji, ijk_to_ras)
-    host, radius = _choose_host(rng, shape.reach, box, tumour_radius_mm)
+    host, radius = _choose_host(rng, shape.reach, box, tumour_radius_mm, tumour_organ)
     centre = _draw_centre(rng, host, _centre_region(host, radius * shape.reach, box))
     tumour = shape.blob(centre, radius)
 

@@ -1,0 +1,271 @@
+"""The researcher commands of the `tagseg` CLI: train, evaluate, synth, organs.
+
+Kept apart from cli.py (the clinician-facing segment/info/demo) so each file stays one concern; the
+error handling, exit codes and one-line messages are cli.py's.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import InputError
+
+TASK_CHOICES = ("kits", "lits", "pancreas", "custom")
+
+
+def add_commands(commands) -> None:
+    train = commands.add_parser("train", help="train TAGS with the published recipe (torchrun for several GPUs)",
+                                description="Train TAGS on a dataset folder (MSD, KiTS, LiTS or image/label pairs). "
+                                            "Several GPUs: torchrun --nproc_per_node N -m tagseg train ...")
+    train.add_argument("--data", required=True, metavar="DIR")
+    train.add_argument("--task", required=True, choices=TASK_CHOICES,
+                       help="published task (window, statistics, organ, object word) or custom (from dataset.json)")
+    train.add_argument("--out", required=True, metavar="RUN_DIR")
+    train.add_argument("--preset", default="tags-b")
+    train.add_argument("--epochs", type=int, default=200)
+    train.add_argument("--lr", type=float, default=1e-4)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--autocast", choices=("off", "bf16", "fp16"), default="off",
+                       help="mixed precision (the paper: off = fp32)")
+    train.add_argument("--layout", default="auto", help="auto, msd, kits, lits, folder, case-folder")
+    train.add_argument("--organ-dir", metavar="DIR", help="organ masks as DIR/<case>/<organ>.nii.gz")
+    train.add_argument("--split", metavar="FILE", help="3DSAM-adapter split.pkl or a tagseg split .json")
+    train.add_argument("--fold", type=int, default=0)
+    train.add_argument("--tumour-label", type=int, default=None, help="tumour value in the labels (default: task's)")
+    train.add_argument("--sam-weights", metavar="PTH", help="sam_vit_b_01ec64.pth (tagseg weights download sam-vit-b)")
+    train.add_argument("--text-encoder", help="open_clip spec (default: the preset's; paper: open_clip:ViT-L-14:openai)")
+    train.add_argument("--object-word-mode", choices=("dataset-key", "anatomy"), default="dataset-key")
+    train.add_argument("--point-labels", action="store_true", help="extension: learn include/exclude click labels")
+    train.add_argument("--max-steps-per-epoch", type=int, help="bound each epoch (smoke tests)")
+    train.add_argument("--cache", metavar="DIR", help="preprocessed-volume cache (default: RUN_DIR/../cache)")
+    train.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from last")
+    train.add_argument("--device", default="auto")
+    train.set_defaults(func=cmd_train)
+
+    ev = commands.add_parser("evaluate", help="the paper's evaluation protocol for any model (Dice, NSD@5mm)")
+    ev.add_argument("--data", required=True, metavar="DIR")
+    ev.add_argument("--model", required=True, metavar="CHECKPOINT|NAME")
+    ev.add_argument("--clicks", type=int, default=3)
+    ev.add_argument("--seed", type=int, default=2)
+    ev.add_argument("--out", required=True, metavar="results.csv")
+    ev.add_argument("--layout", default="auto")
+    ev.add_argument("--organ-dir", metavar="DIR")
+    ev.add_argument("--split", metavar="FILE", help="evaluate the --subset of this split (default: every case)")
+    ev.add_argument("--fold", type=int, default=0)
+    ev.add_argument("--subset", default="test")
+    ev.add_argument("--tumour-label", type=int, default=2)
+    ev.add_argument("--text", default=None, help="description given to the model (default: '<organ> tumor')")
+    ev.add_argument("--sliding-window", action="store_true", help="TAGS extension: several crops")
+    ev.add_argument("--limit", type=int, help="only the first N cases")
+    ev.add_argument("--device", default="auto")
+    ev.set_defaults(func=cmd_evaluate)
+
+    synth = commands.add_parser("synth", help="write synthetic CT-like cases with tumours (MSD layout)")
+    synth.add_argument("--out", required=True, metavar="DIR")
+    synth.add_argument("--cases", type=int, default=8)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--organ", default="pancreas")
+    synth.add_argument("--shape", default="48,128,128", metavar="K,J,I", help="voxels per case (slices,rows,cols)")
+    synth.add_argument("--from-ct", metavar="CT", help="insert tumours into this real CT instead of phantoms")
+    synth.add_argument("--organ-mask", metavar="MASK", help="with --from-ct: the organ mask (label map) to use")
+    synth.set_defaults(func=cmd_synth)
+
+    organs = commands.add_parser("organs", help="organ masks for the anatomy prompt with TotalSegmentator (optional)")
+    organs.add_argument("--data", required=True, metavar="DIR")
+    organs.add_argument("--anatomy", required=True, help="kidney, liver, pancreas, ...")
+    organs.add_argument("--out", required=True, metavar="ORGAN_DIR", help="writes ORGAN_DIR/<case>/<organ>.nii.gz")
+    organs.add_argument("--device", default="gpu")
+    organs.set_defaults(func=cmd_organs)
+
+
+def _task(name: str):
+    from .tags.tasks import TASKS
+
+    return TASKS.get(name)
+
+
+def _cases(args, organ, tumour_label: int, split_subsets: tuple[str, ...] | None):
+    from .data.datasets import (check_cases, discover_cases, load_split_json, load_split_pkl, make_split,
+                                split_cases)
+
+    root = Path(args.data).expanduser()
+    if not root.is_dir():
+        raise InputError(f"{root}: not a folder")
+    cases = discover_cases(root, layout=args.layout, organ=organ, organ_dir=args.organ_dir)
+    split = None
+    if args.split:
+        path = Path(args.split).expanduser()
+        split = load_split_pkl(path, args.fold) if path.suffix == ".pkl" else load_split_json(path)
+    return cases, split, check_cases, make_split, split_cases
+
+
+def cmd_train(args: argparse.Namespace, reporter) -> int:
+    from .data import transforms as T
+    from .data.datasets import save_split_json
+    from .data.loader import TrainingDataset
+    from .data.preprocess import PreprocessedCache, task_intensity
+    from .data.synthetic import dataset_intensity
+    from .tags import text_encoder as te
+    from .tags.config import get_preset
+    from .text import ORGAN_LABELS
+    from .train import Trainer, TrainConfig, check_output_folder, init_distributed, write_run_config
+
+    task = _task(args.task)
+    out = Path(args.out).expanduser()
+    check_output_folder(out, args.resume)
+    preset = get_preset(args.preset)
+    tumour_label = args.tumour_label if args.tumour_label is not None else (task.tumour_label if task else 2)
+    cases, split, check_cases, make_split, split_cases = _cases(args, "auto", tumour_label, None)
+    check_cases(cases, tumour_label=tumour_label)
+    if split is None:
+        split = make_split([c.case_id for c in cases], args.seed)
+    sets = split_cases(cases, split)
+    if not sets.get("train") or not sets.get("val"):
+        raise InputError("the split has no training or no validation cases")
+    if task is not None:
+        intensity = task_intensity(task)
+        anatomy, organ_labels = task.anatomy, list(task.organ_labels)
+        word = te.object_word(anatomy, mode=args.object_word_mode, task=task.key)
+    else:
+        stats = dataset_intensity(args.data)
+        if stats is None:
+            raise InputError(f"{args.data}: a custom task needs intensity statistics in dataset.json "
+                             "(window/mean/std, as `tagseg synth` writes) or use --task kits|lits|pancreas")
+        intensity = task_intensity(stats)
+        anatomy = _custom_anatomy(args.data)
+        organ_labels = list(ORGAN_LABELS.get(anatomy, (anatomy,)))
+        word = te.object_word(anatomy, mode="anatomy")
+    intensity_meta = {"window": list(intensity.window), "mean": intensity.mean, "std": intensity.std}
+    crop = preset.crop_size
+    cache = PreprocessedCache(Path(args.cache).expanduser() if args.cache else out.parent / "cache",
+                              spacing_mm=preset.spacing_mm)
+    dist = init_distributed(args.device if args.device != "auto" else "cpu")
+    if dist.main:
+        out.mkdir(parents=True, exist_ok=True)
+        cache.warm(sets["train"] + sets["val"], intensity.window, tumour_label)
+        save_split_json(out / "split.json", split, meta={"seed": args.seed, "fold": args.fold})
+    if dist.enabled:
+        import torch.distributed as tdist
+
+        tdist.barrier()
+    task_spec = task if task is not None else intensity_meta
+    train_set = TrainingDataset(sets["train"], cache, T.train_transforms(task_spec, crop=crop), task_spec, args.seed,
+                                tumour_label=tumour_label)
+    val_set = TrainingDataset(sets["val"], cache, T.val_transforms(task_spec, crop=crop), task_spec, args.seed,
+                              tumour_label=tumour_label)
+    config = TrainConfig(out=str(out), preset=args.preset, epochs=args.epochs, lr=args.lr, seed=args.seed,
+                         autocast=args.autocast, point_labels=args.point_labels,
+                         max_steps_per_epoch=args.max_steps_per_epoch, device=args.device,
+                         sam_weights=args.sam_weights, text_encoder=args.text_encoder, object_word=word,
+                         object_word_mode=args.object_word_mode if task else "anatomy",
+                         task=task.key if task else "custom", anatomy=anatomy, organ_labels=organ_labels,
+                         intensity=intensity_meta,
+                         provenance={"data": str(Path(args.data).resolve()), "train_cases": len(sets["train"]),
+                                     "val_cases": len(sets["val"])})
+    if dist.main:
+        write_run_config(out, config)
+    result = Trainer(config, train_set, val_set).fit(resume=args.resume)
+    if dist.main:
+        last = result["history"][-1] if result["history"] else {}
+        print(f"trained {result['epochs']} epochs; best validation loss {result['best_val_loss']:.4f}; "
+              f"last validation Dice {last.get('val_dice', float('nan')):.3f}")
+        print(f"best checkpoint: {result['best']}")
+    if dist.enabled:
+        import torch.distributed as tdist
+
+        tdist.destroy_process_group()
+    return 0
+
+
+def _custom_anatomy(root) -> str:
+    meta = Path(root) / "dataset.json"
+    if meta.is_file():
+        labels = json.loads(meta.read_text()).get("labels", {})
+        name = labels.get("1") or labels.get(1)
+        if isinstance(name, str) and name:
+            return name.lower()
+    return "organ"
+
+
+def cmd_evaluate(args: argparse.Namespace, reporter) -> int:
+    import numpy as np
+
+    from .backends import resolve_model_name
+    from .data.datasets import load_case
+    from .evaluate import evaluate_case, session_predictor, summarise, write_results_csv
+    from .text import parse_description
+
+    out = Path(args.out).expanduser()
+    if out.suffix.lower() != ".csv":
+        raise InputError(f"{out}: --out must be a .csv file")
+    if args.clicks < 1:
+        raise InputError("--clicks must be at least 1")
+    cases, split, _, _, split_cases = _cases(args, "auto", args.tumour_label, None)
+    if split is not None:
+        cases = split_cases(cases, split).get(args.subset, [])
+    cases = [c for c in cases if c.label is not None][: args.limit or None]
+    if not cases:
+        raise InputError(f"{args.data}: no labelled cases to evaluate")
+    anatomy = _custom_anatomy(args.data)
+    text = args.text if args.text is not None else f"{anatomy if anatomy != 'organ' else ''} tumor".strip()
+    model = resolve_model_name(args.model, parse_description(text))
+    options = {"sliding_window": args.sliding_window}
+    organs: dict = {}
+    predictor = session_predictor(model, args.device, text, options, organ_for=lambda cid: organs.get(cid))
+    rng = np.random.default_rng(args.seed)
+    results = []
+    for index, case in enumerate(cases, 1):
+        image, label, organ = load_case(case)
+        organs[case.case_id] = organ
+        tumour = label.with_array((np.asarray(label.array) == args.tumour_label).astype(np.uint8))
+        result = evaluate_case(case.case_id, image, tumour, predictor(case.case_id), args.clicks, rng)
+        results.append(result)
+        shown = "skipped (no tumour)" if result.dice is None else f"Dice {result.dice:.4f} NSD {result.nsd:.4f}"
+        print(f"[{index}/{len(cases)}] {case.case_id}: {shown}", file=sys.stderr, flush=True)
+    write_results_csv(results, out, extra={"model": model, "clicks": args.clicks, "seed": args.seed})
+    summary = summarise(results)
+    print(summary.line())
+    print(f"per-case results: {out}")
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace, reporter) -> int:
+    from .data.synthetic import insert_into_ct, write_synthetic_dataset
+
+    out = Path(args.out).expanduser()
+    if args.cases < 1:
+        raise InputError("--cases must be at least 1")
+    if args.from_ct:
+        if not args.organ_mask:
+            raise InputError("--from-ct needs --organ-mask")
+        root = insert_into_ct(Path(args.from_ct).expanduser(), Path(args.organ_mask).expanduser(), out,
+                              cases=args.cases, seed=args.seed, organ=args.organ)
+    else:
+        try:
+            shape = tuple(int(v) for v in args.shape.split(","))
+        except ValueError:
+            raise InputError(f"--shape {args.shape}: expected three integers K,J,I") from None
+        if len(shape) != 3 or min(shape) < 8:
+            raise InputError(f"--shape {args.shape}: expected three integers >= 8")
+        root = write_synthetic_dataset(out, cases=args.cases, seed=args.seed, organ=args.organ, shape_kji=shape)
+    print(f"wrote {args.cases} cases to {root} (MSD layout: dataset.json, imagesTr, labelsTr, organsTr)")
+    return 0
+
+
+def cmd_organs(args: argparse.Namespace, reporter) -> int:
+    from .data.datasets import discover_cases
+    from .organs import organ_names, run_totalsegmentator, totalsegmentator_available, INSTALL_HINT
+    from .errors import ModelError
+
+    names = organ_names(args.anatomy)
+    if not totalsegmentator_available():
+        raise ModelError(INSTALL_HINT)
+    cases = discover_cases(Path(args.data).expanduser(), organ=None)
+    out = Path(args.out).expanduser()
+    for case in cases:
+        written = run_totalsegmentator(case.image, out / case.case_id, args.anatomy, device=args.device)
+        print(f"{case.case_id}: {', '.join(p.name for p in written)}")
+    print(f"organ masks ({'+'.join(names)}) in {out}; pass --organ-dir {out} to train/evaluate")
+    return 0
