@@ -3,8 +3,9 @@
 Builds a TAGS preset with random weights (no TAGS weights exist publicly), then through the real
 `tags` backend on a synthetic CT: a cold and a warm first prediction (encoder + decoder), 20
 refinement clicks inside the crop (prompt encoder + decoder only), one prediction with text fusion,
-and bf16 training steps with the published losses and optimisers. Sized to finish in well under
-4 minutes on one H100/H200 with tags-b; `--preset tags-tiny --device cpu` smoke-tests it anywhere.
+and 50 bf16 training steps on synthetic 128³ crops with the published losses and optimisers.
+Sized to finish in well under 4 minutes on one H100/H200 with tags-b; `--preset tags-tiny
+--device cpu` smoke-tests it anywhere.
 
     python scripts/gpu_check.py                 # tags-b on cuda
     python scripts/gpu_check.py --preset tags-tiny --device cpu
@@ -56,7 +57,7 @@ def main() -> int:
     parser.add_argument("--preset", default="tags-b")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--refines", type=int, default=20)
-    parser.add_argument("--train-steps", type=int, default=3)
+    parser.add_argument("--train-steps", type=int, default=50)
     parser.add_argument("--autocast", default="bf16", choices=("bf16", "fp16", "off"))
     args = parser.parse_args()
     device = args.device
@@ -145,9 +146,15 @@ def main() -> int:
         losses.append(training_step(model, optimisers, crop, crop_label, pts, pl, embed, autocast_dtype=dtype))
         _sync(device)
         step_times.append(time.perf_counter() - start)
-    result["train_step_s"] = [round(t, 3) for t in step_times]
+    steady = step_times[1:] or step_times
+    result["train_steps"] = len(step_times)
+    result["train_first_step_s"] = round(step_times[0], 3)
+    result["train_step_median_s"] = round(statistics.median(steady), 3)
+    result["train_steps_per_s"] = round(len(steady) / sum(steady), 2)
     result["train_peak_gb"] = _peak_gb(device)
-    result["train_losses"] = [round(x["loss"], 4) for x in losses]
+    result["train_loss_first_last"] = [round(losses[0]["loss"], 4), round(losses[-1]["loss"], 4)]
+    result["gpus"] = torch.cuda.device_count() if device.startswith("cuda") else 0
+    result["ddp"] = "not run: one GPU" if result["gpus"] < 2 else "run scripts/gpu_check_ddp (not written)"
     result["finite"] = all(np.isfinite(x["loss"]) for x in losses)
     print(json.dumps(result))
     return 0

@@ -1,0 +1,531 @@
+"""TAGS Segment: the Slicer module that sets up TAGS and registers the "TAGS" Segment Editor effect.
+
+The panel installs dependencies (only when asked), installs TAGS checkpoints, picks the compute device and
+shows a status log; the segmenting itself happens in the effect. Both share one TAGSLogic through
+`TAGSSegmentLib.state`, where all the GUI-free decisions live. torch and the model code are imported only
+inside functions that need them, never when Slicer loads this module or builds the panel.
+"""
+import importlib.util
+import logging
+import os
+import sys
+
+import qt
+import vtk
+
+import slicer
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+from TAGSSegmentLib import state
+
+try:
+    from slicer.i18n import tr as _
+    from slicer.i18n import translate
+except ImportError:  # Slicer < 5.4
+    def _(text):
+        return text
+
+    def translate(context, text):
+        return text
+
+TORCH_REQUIREMENT = ">=2.1"          # same floor as pyproject.toml; never pin an old torch
+DEVICE_SETTING = "TAGSSegment/Device"
+ALLOW_MPS_SETTING = "TAGSSegment/AllowMPS"
+
+
+def _savedDevice():
+    return str(qt.QSettings().value(DEVICE_SETTING, "auto") or "auto")
+
+
+#
+# Module
+#
+
+
+class TAGSSegment(ScriptedLoadableModule):
+    """Module description, citation and licences; registers the TAGS effect once Slicer has started."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("TAGS Segment")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
+        self.parent.dependencies = ["Segmentations"]
+        self.parent.contributors = ["TAGSSegment developers"]
+        self.parent.helpText = _("""
+Interactive 3D tumour segmentation from clicks, boxes and a free-text description.
+Set up dependencies, models and the compute device here, then segment with the <b>TAGS</b> effect of the
+Segment Editor: type a description (e.g. "pancreatic tumor"), click the target in a slice view, Ctrl+click to
+exclude, drag a box. See <a href="https://github.com/tagsegment/TAGSSegment/blob/main/docs/SLICER.md">the
+user guide</a>.
+""")
+        self.parent.acknowledgementText = _("""
+Based on TAGS: "3D Tumor-Adaptive Guidance for SAM", Li et al., ICCV 2025 workshops (arXiv:2505.17096);
+please cite it when you use this module.
+Weights: the default model uses the LiteMedSAM weights (bowang-lab/MedSAM, Apache-2.0); TAGS models build on
+Segment Anything (Meta, Apache-2.0) and CLIP (OpenAI, MIT). TAGS checkpoints you install keep their own
+licences. The module itself is Apache-2.0.
+""")
+        slicer.app.connect("startupCompleted()", self.registerEditorEffect)
+        slicer.app.connect("aboutToQuit()", state.release_shared_logic)
+
+    def registerEditorEffect(self):
+        """Register the scripted effect with the Segment Editor (template pattern); apply the saved device."""
+        import qSlicerSegmentationsEditorEffectsPythonQt as effects
+
+        state.set_device(_savedDevice())
+        instance = effects.qSlicerSegmentEditorScriptedEffect(None)
+        effectPath = os.path.join(os.path.dirname(__file__), "TAGSSegmentLib", "SegmentEditorEffect.py")
+        instance.setPythonSource(effectPath.replace("\\", "/"))
+        instance.self().register()
+
+
+#
+# Widget
+#
+
+
+class TAGSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Setup panel: dependencies, models, device, self-test and the status log."""
+
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self._deviceInfo = None  # filled by describe_devices() once torch is loaded on request
+
+    def setup(self):
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/TAGSSegment.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        allowMps = slicer.util.settingsValue(ALLOW_MPS_SETTING, False, converter=slicer.util.toBool)
+        self.ui.allowMpsCheckBox.checked = allowMps
+        self._fillDeviceComboBox(_savedDevice())
+
+        self.ui.installDependenciesButton.connect("clicked()", self.onInstallDependencies)
+        self.ui.refreshButton.connect("clicked()", self.onRefresh)
+        self.ui.installCheckpointFileButton.connect("clicked()", self.onInstallCheckpointFromFile)
+        self.ui.installCheckpointUrlButton.connect("clicked()", self.onInstallCheckpointFromUrl)
+        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
+        self.ui.allowMpsCheckBox.connect("toggled(bool)", self.onAllowMpsToggled)
+        self.ui.openSegmentEditorButton.connect("clicked()", self.onOpenSegmentEditor)
+        self.ui.runSelfTestButton.connect("clicked()", self.onRunSelfTest)
+        self.ui.clearLogButton.connect("clicked()", self.ui.statusLog.clear)
+
+        for line in state.log_history():
+            self.ui.statusLog.appendPlainText(line)
+        state.add_log_listener(self._appendLog)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self._refreshCheapStatus()
+
+    def cleanup(self):
+        """Stop the shared logic (worker thread, GPU memory) and every observer and listener."""
+        self.removeObservers()
+        state.remove_log_listener(self._appendLog)
+        state.release_shared_logic()
+
+    def enter(self):
+        self._refreshCheapStatus()
+
+    def onSceneStartClose(self, caller, event):
+        if state.has_shared_logic():
+            state.shared_logic().cancel_pending()
+
+    def _appendLog(self, line):
+        self.ui.statusLog.appendPlainText(line)
+
+    def _log(self, text):
+        state.log_message(text)
+
+    # ---- status ------------------------------------------------------------------------------------------------
+
+    def _refreshCheapStatus(self):
+        """Everything that can be known without importing torch (find_spec and package metadata only)."""
+        lines = []
+        torchVersion = state.installed_version("torch")
+        if torchVersion:
+            lines.append(f"torch {torchVersion}: installed.")
+        elif importlib.util.find_spec("PyTorchUtils") is None:
+            lines.append("torch: missing. The PyTorch extension is not installed either; "
+                         "'Install dependencies' offers to install it.")
+        else:
+            lines.append("torch: missing; 'Install dependencies' installs it with the PyTorch extension.")
+        missing = state.missing_requirements(self.resourcePath("requirements.txt"))
+        lines.append("Other packages: all installed." if not missing else
+                     f"Other packages missing: {', '.join(missing)}.")
+        self.ui.dependencyStatusLabel.text = "\n".join(lines)
+        self.ui.installDependenciesButton.enabled = bool(missing or not torchVersion)
+        self.ui.defaultModelLabel.text = state.default_model_status()
+        if "torch" in sys.modules:  # already paid for: show the full picture
+            try:
+                self._refreshDevices()
+                self._refreshModels()
+            except Exception as exc:  # opening the panel must never fail
+                logging.exception("TAGS Segment: status refresh failed")
+                self._log(f"Status refresh failed: {exc}")
+        else:
+            self.ui.installedModelsListWidget.clear()
+            self.ui.installedModelsListWidget.addItem("Press 'Check devices and models' to list installed checkpoints.")
+            self._updateDeviceWarning()
+
+    def onRefresh(self):
+        with slicer.util.tryWithErrorDisplay(_("Checking devices and models failed."), waitCursor=True):
+            self._refreshCheapStatus()
+            if state.installed_version("torch"):
+                self._refreshDevices()
+                self._refreshModels()
+
+    def _refreshDevices(self):
+        from tagseg.devices import describe_devices
+
+        self._deviceInfo = describe_devices()
+        self._updateDeviceWarning()
+
+    def _updateDeviceWarning(self):
+        device = state.current_device()
+        if self._deviceInfo is None:
+            self.ui.deviceInfoLabel.text = "GPU details appear after 'Check devices and models'."
+            warning = "CPU selected: each prediction takes seconds." if device == "cpu" else ""
+        else:
+            self.ui.deviceInfoLabel.text, warning = state.describe_device_info(self._deviceInfo, device)
+        self.ui.deviceWarningLabel.text = warning
+        self.ui.deviceWarningLabel.visible = bool(warning)
+
+    def _refreshModels(self):
+        from tagseg import weights
+        from tagseg.paths import cache_dir
+        from tagseg.tags.checkpoint import installed_checkpoints, models_dir
+
+        self.ui.installedModelsListWidget.clear()
+        entries = installed_checkpoints()
+        for entry in reversed(entries):  # newest first: "auto" uses the newest for an anatomy
+            self.ui.installedModelsListWidget.addItem(
+                f"{entry.get('anatomy', '?')}: {entry.get('task', '?')} ({entry.get('preset', '?')}), "
+                f"{entry.get('file', '?')}")
+        if not entries:
+            self.ui.installedModelsListWidget.addItem("No TAGS checkpoints installed: the default model is used.")
+        lines = []
+        for name in sorted(weights.CATALOGUE):
+            info = weights.describe(name)
+            lines.append(f"{name} ({info['licence']}): {'present' if info['present'] else 'not downloaded'}"
+                         f" — {info['purpose']}")
+        self.ui.weightsStatusLabel.text = "\n".join(lines)
+        self.ui.dataFolderLabel.text = f"Checkpoints: {models_dir()}\nCache: {cache_dir()}"
+
+    # ---- dependencies ------------------------------------------------------------------------------------------
+
+    def onInstallDependencies(self):
+        with slicer.util.tryWithErrorDisplay(_("Installing the dependencies failed."), waitCursor=True):
+            if self._ensureTorch():
+                self._ensurePackages()
+                self._log("Dependencies are installed.")
+            self._refreshCheapStatus()
+
+    def _ensureTorch(self):
+        """torch through the PyTorch extension, which picks the CUDA or CPU build matching this computer."""
+        if state.installed_version("torch"):
+            return True
+        if importlib.util.find_spec("PyTorchUtils") is None:
+            if not slicer.util.confirmOkCancelDisplay(
+                    "TAGS needs the PyTorch extension, which installs the right torch for this computer.\n"
+                    "Install it now? Slicer must be restarted afterwards; then press 'Install dependencies' again.",
+                    windowTitle="TAGS Segment"):
+                return False
+            manager = slicer.app.extensionsManagerModel()
+            if not manager.installExtensionFromServer("PyTorch"):
+                raise RuntimeError("The PyTorch extension could not be installed: install it from the "
+                                   "Extensions Manager, restart Slicer and try again.")
+            self._log("PyTorch extension installed; restart Slicer, then press 'Install dependencies' again.")
+            return False
+        import PyTorchUtils
+
+        torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+        if not torchLogic.torchInstalled():
+            self._log("Installing torch with the PyTorch extension (this downloads up to a few GB)…")
+            torch = torchLogic.installTorch(askConfirmation=True, torchVersionRequirement=TORCH_REQUIREMENT)
+            if torch is None:
+                self._log("torch was not installed.")
+                return False
+        return True
+
+    def _ensurePackages(self):
+        """The engine's other packages from Resources/requirements.txt (torch is already there, so nothing
+        replaces it)."""
+        requirementsPath = self.resourcePath("requirements.txt")
+        try:
+            import slicer.packaging as packaging
+        except ImportError:
+            packaging = None
+        if packaging is not None and hasattr(packaging, "pip_ensure"):
+            packaging.pip_ensure(packaging.load_requirements(requirementsPath), requester="TAGSSegment")
+            return
+        missing = state.missing_requirements(requirementsPath)  # Slicer < 5.12
+        if missing and slicer.util.confirmOkCancelDisplay(
+                "TAGS Segment needs these Python packages:\n\n" + "\n".join(missing) + "\n\nInstall them now?",
+                windowTitle="TAGS Segment"):
+            slicer.util.pip_install(missing)
+
+    # ---- models ------------------------------------------------------------------------------------------------
+
+    def onInstallCheckpointFromFile(self):
+        path = qt.QFileDialog.getOpenFileName(
+            self.parent, "Install TAGS checkpoint", "", "TAGS checkpoints (*.safetensors);;All files (*)")
+        if not path:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Installing the checkpoint failed."), waitCursor=True):
+            self._installCheckpoint(path)
+
+    def onInstallCheckpointFromUrl(self):
+        with slicer.util.tryWithErrorDisplay(_("Downloading the checkpoint failed."), waitCursor=True):
+            url = self.ui.checkpointUrlLineEdit.text.strip()
+            sha256 = state.normalise_sha256(self.ui.checkpointSha256LineEdit.text)
+            fileName = state.download_file_name(url, sha256)
+            from tagseg.paths import sha256_file
+            from tagseg.weights import offline_mode
+
+            if offline_mode():
+                raise RuntimeError("Offline mode is set (HF_HUB_OFFLINE or TAGSEG_OFFLINE): download the file "
+                                   "elsewhere and use 'Install TAGS checkpoint from file…'.")
+            if not slicer.util.confirmOkCancelDisplay(
+                    f"Download {url}?\n\nThe file is checked against SHA-256 {sha256} and then copied to the TAGS "
+                    "models folder. Check the checkpoint's licence before using it.", windowTitle="TAGS Segment"):
+                return
+            import SampleData
+
+            self._log(f"Downloading {url}…")
+            path = SampleData.SampleDataLogic().downloadFileIntoCache(url, fileName, f"SHA256:{sha256}")
+            if not path or not os.path.isfile(path) or sha256_file(path) != sha256:
+                raise RuntimeError(f"The download of {url} failed or does not match SHA-256 {sha256}.")
+            self._installCheckpoint(path)
+
+    def _installCheckpoint(self, path):
+        from tagseg.tags.checkpoint import install_checkpoint
+
+        installed = install_checkpoint(path)
+        state.release_shared_logic()  # the next prediction resolves model="auto" again and finds it
+        self._log(f"Installed TAGS checkpoint {installed}")
+        self._refreshModels()
+
+    # ---- device ------------------------------------------------------------------------------------------------
+
+    def _fillDeviceComboBox(self, device):
+        combo = self.ui.deviceComboBox
+        wasBlocked = combo.blockSignals(True)
+        combo.clear()
+        for label, value in state.device_choices(self.ui.allowMpsCheckBox.checked):
+            combo.addItem(label, value)
+        index = combo.findData(device)
+        combo.setCurrentIndex(index if index >= 0 else 0)
+        combo.blockSignals(wasBlocked)
+        self._applyDevice(combo.itemData(combo.currentIndex))
+
+    def _applyDevice(self, device):
+        if state.set_device(device):
+            self._log(f"Device changed to {device}; the model will be loaded again on the next prediction.")
+        qt.QSettings().setValue(DEVICE_SETTING, device)
+        self._updateDeviceWarning()
+
+    def onDeviceChanged(self, index):
+        self._applyDevice(self.ui.deviceComboBox.itemData(index))
+
+    def onAllowMpsToggled(self, allowed):
+        qt.QSettings().setValue(ALLOW_MPS_SETTING, bool(allowed))
+        self._fillDeviceComboBox(state.current_device())
+
+    # ---- actions -----------------------------------------------------------------------------------------------
+
+    def onOpenSegmentEditor(self):
+        """Switch to the Segment Editor on the chosen volume with the TAGS effect active, creating a
+        segmentation and a segment where there is none (the effect needs a selected segment)."""
+        with slicer.util.tryWithErrorDisplay(_("Opening the Segment Editor failed."), waitCursor=True):
+            volumeNode = self.ui.inputVolumeSelector.currentNode() or self._displayedVolume()
+            if volumeNode is None:
+                self._log("Load a volume first (e.g. File > Add Data or Sample Data).")
+                return
+            slicer.util.selectModule("SegmentEditor")
+            editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
+            segmentationNode = editor.segmentationNode()
+            if segmentationNode is None:
+                segmentationNode = self._newSegmentation(volumeNode)
+                editor.setSegmentationNode(segmentationNode)
+            if hasattr(editor, "setSourceVolumeNode"):
+                editor.setSourceVolumeNode(volumeNode)
+            else:
+                editor.setMasterVolumeNode(volumeNode)
+            if segmentationNode.GetSegmentation().GetNumberOfSegments() == 0:
+                editor.setCurrentSegmentID(segmentationNode.GetSegmentation().AddEmptySegment())
+            editor.setActiveEffectByName("TAGS")
+
+    @staticmethod
+    def _displayedVolume():
+        layoutManager = slicer.app.layoutManager()
+        sliceWidget = layoutManager.sliceWidget("Red") if layoutManager else None
+        if sliceWidget:
+            volumeId = sliceWidget.sliceLogic().GetSliceCompositeNode().GetBackgroundVolumeID()
+            if volumeId:
+                return slicer.mrmlScene.GetNodeByID(volumeId)
+        return slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+
+    @staticmethod
+    def _newSegmentation(volumeNode):
+        try:
+            from TAGSSegmentLib.logic import ensure_segmentation
+        except ImportError:  # dependencies not installed yet: a plain segmentation works as well
+            segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "TAGS")
+            segmentationNode.CreateDefaultDisplayNodes()
+            segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+            return segmentationNode
+        return ensure_segmentation(slicer.mrmlScene, volumeNode, name="TAGS")
+
+    def onRunSelfTest(self):
+        with slicer.util.tryWithErrorDisplay(_("The TAGS self-test failed."), waitCursor=True):
+            from TAGSSegmentLib.logic import run_selftest
+
+            device = state.current_device()
+            self._log(f"Self-test on {device} started (adds a phantom and a segmentation to the scene)…")
+            result = run_selftest(slicer.mrmlScene, device=device, log=self._log)
+            timings = state.format_timings(result.get("timings"))
+            self._log(f"Self-test passed: Dice {result['dice']:.3f} in {result['seconds']:.1f} s"
+                      + (f" ({timings})" if timings else ""))
+
+
+#
+# Logic
+#
+
+
+class TAGSSegmentLogic(ScriptedLoadableModuleLogic):
+    """Slicer's module logic slot; the real logic is the shared TAGSLogic (see TAGSSegmentLib.state)."""
+
+    def __init__(self):
+        ScriptedLoadableModuleLogic.__init__(self)
+
+    @staticmethod
+    def tagsLogic():
+        return state.shared_logic()
+
+
+#
+# Test
+#
+
+
+class TAGSSegmentTest(ScriptedLoadableModuleTest):
+    """Runs in a real Slicer (ctest, Developer > Self Tests, or `Slicer --testing`)."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_TAGSSegment_effect_registered()
+        self.setUp()
+        self.test_TAGSSegment_effect_writes_with_undo()
+        self.setUp()
+        self.test_TAGSSegment_selftest()
+
+    def test_TAGSSegment_effect_registered(self):
+        """The module registered the TAGS effect with the Segment Editor at startup."""
+        factory = slicer.qSlicerSegmentEditorEffectFactory.instance()
+        names = [effect.name for effect in factory.registeredEffects()]
+        self.assertIn("TAGS", names)
+
+    def test_TAGSSegment_effect_writes_with_undo(self):
+        """A prompt through the effect writes the (fake) model's mask into the selected segment; one undo
+        restores the empty segment. The fake needs no torch and no weights."""
+        import concurrent.futures
+        import time
+
+        import numpy as np
+
+        volumeNode = slicer.util.addVolumeFromArray(np.zeros((20, 40, 40), np.int16), name="TAGS test volume")
+        volumeNode.SetSpacing(1.0, 1.0, 2.0)
+        segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+        segmentationNode.CreateDefaultDisplayNodes()
+        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+        segmentId = segmentationNode.GetSegmentation().AddEmptySegment()
+
+        class FakeLogic:
+            last_timings = {"fake": 0.0}
+
+            def predict_async(self, volume_node, include_ras, exclude_ras, boxes_ras, text, anatomy=None):
+                rasToIjk = vtk.vtkMatrix4x4()
+                volume_node.GetRASToIJKMatrix(rasToIjk)
+                i, j, k, _ = rasToIjk.MultiplyPoint([*include_ras[0], 1.0])
+                mask = np.zeros(slicer.util.arrayFromVolume(volume_node).shape, np.uint8)
+                k, j, i = (int(round(v)) for v in (k, j, i))
+                mask[max(k - 2, 0):k + 3, max(j - 4, 0):j + 5, max(i - 4, 0):i + 5] = 1
+                future = concurrent.futures.Future()
+                future.set_result(mask)
+                return future
+
+            def cancel_pending(self):
+                pass
+
+            def shutdown(self):
+                pass
+
+        previous = state.replace_shared_logic(FakeLogic())
+        editor = slicer.qMRMLSegmentEditorWidget()
+        try:
+            editor.setMRMLScene(slicer.mrmlScene)
+            editor.setMRMLSegmentEditorNode(slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentEditorNode"))
+            editor.setMaximumNumberOfUndoStates(10)
+            editor.setSegmentationNode(segmentationNode)
+            if hasattr(editor, "setSourceVolumeNode"):
+                editor.setSourceVolumeNode(volumeNode)
+            else:
+                editor.setMasterVolumeNode(volumeNode)
+            editor.setCurrentSegmentID(segmentId)
+            editor.setActiveEffectByName("TAGS")
+            effect = editor.activeEffect()
+            self.assertIsNotNone(effect, "the TAGS effect could not be activated")
+            tags = effect.self()
+            tags.descriptionEdit.text = "liver tumor"
+            bounds = [0.0] * 6
+            volumeNode.GetRASBounds(bounds)
+            center = [(bounds[0] + bounds[1]) / 2, (bounds[2] + bounds[3]) / 2, (bounds[4] + bounds[5]) / 2]
+            tags.addPrompt(ras=center, include=True)
+            for _ in range(200):
+                if not tags.queue.busy:
+                    break
+                slicer.app.processEvents()
+                time.sleep(0.01)
+            tags._poll()
+            written = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, volumeNode)
+            self.assertGreater(int(written.sum()), 0, "the effect did not write the mask")
+            self.assertEqual(len(tags.markers.node_ids()), 1, "the include point marker is missing")
+            editor.undo()
+            undone = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, volumeNode)
+            self.assertEqual(int(undone.sum()) if undone is not None else 0, 0, "undo did not restore the segment")
+            editor.setActiveEffect(None)
+            self.assertEqual(tags.markers.node_ids(), [], "prompt markers survived deactivation")
+        finally:
+            state.replace_shared_logic(previous)
+            editor.setActiveEffect(None)
+
+    def test_TAGSSegment_selftest(self):
+        """The logic's own self-test (synthetic volume, real model on the CPU). Needs torch and the packages
+        from Resources/requirements.txt; skipped with a message where they are missing."""
+        if importlib.util.find_spec("torch") is None:
+            self.skipTest("torch is not installed: press 'Install dependencies' in the TAGS Segment module")
+        from TAGSSegmentLib.logic import run_selftest
+
+        from TAGSSegmentLib.logic import SELFTEST_MIN_DICE
+
+        self.delayDisplay("Running the TAGS self-test on the CPU")
+        result = run_selftest(slicer.mrmlScene, device="cpu", log=logging.info)  # raises AssertionError on failure
+        self.assertIsInstance(result, dict)
+        self.assertGreaterEqual(result["dice"], SELFTEST_MIN_DICE)
+        for key in ("undo_ok", "redo_ok", "others_unchanged"):
+            self.assertIs(result[key], True, f"self-test reports {key}={result[key]!r}")
+        segmentationNode = slicer.mrmlScene.GetNodeByID(result["segmentation_id"])
+        self.assertIsNotNone(segmentationNode.GetSegmentation().GetSegment(result["tumor_segment_id"]))
+        self.delayDisplay(f"TAGS self-test passed: Dice {result['dice']:.3f} in {result['seconds']:.1f} s")

@@ -1,0 +1,779 @@
+"""GUI-free logic of the TAGSSegment extension.
+
+It turns MRML nodes into `tagseg` volumes and prompts, writes model masks through the Segment Editor's
+own write path (undo, masking and overwrite settings keep working), and runs `tagseg.Session`s on one
+worker thread. It imports only slicer's MRML/logic classes, vtk, numpy, the standard library and
+`tagseg`, so CI tests it against slicer-core (the real MRML stack on PyPI) and Slicer's self-test and
+the CI test share one body (`run_selftest`).
+
+Conventions used everywhere in this module:
+- every RAS point or box entering or leaving it is WORLD RAS (parent transforms applied), which is what
+  markups report with `GetNthControlPointPositionWorld` and what a Slicer user sees at the cursor;
+- every mask array is uint8 in KJI order on the source volume's voxel grid (`arrayFromVolume` order);
+- the user's voxels are copied, never modified.
+"""
+from __future__ import annotations
+
+import colorsys
+import concurrent.futures
+import threading
+import time
+import zlib
+from collections import OrderedDict
+from typing import Callable, Sequence
+
+import numpy as np
+import vtk
+from vtk.util import numpy_support
+
+import slicer
+import tagseg
+from tagseg.errors import InputError, PromptError
+from tagseg.text import parse_description
+from tagseg.volume import Volume, check_volume
+
+DEFAULT_SEGMENT_NAME = "Tumor"
+DEFAULT_SEGMENTATION_NAME = "TAGS segmentation"
+GENERAL_ANATOMY_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
+
+# Lesion colour per host anatomy (keys of tagseg.text.ANATOMY_WORDS): one fixed, distinguishable colour
+# each, so "liver tumor" looks the same in every scene.
+ANATOMY_COLORS: dict[str, tuple[float, float, float]] = {
+    "liver": (0.90, 0.55, 0.20),
+    "pancreas": (0.95, 0.80, 0.25),
+    "kidney": (0.80, 0.30, 0.60),
+    "lung": (0.30, 0.75, 0.95),
+    "brain": (0.95, 0.35, 0.35),
+    "breast": (0.95, 0.60, 0.75),
+    "colon": (0.60, 0.45, 0.25),
+    "prostate": (0.55, 0.35, 0.85),
+    "bladder": (0.95, 0.90, 0.45),
+    "stomach": (0.75, 0.55, 0.45),
+    "adrenal": (0.40, 0.80, 0.45),
+    "spleen": (0.65, 0.20, 0.30),
+    "bone": (0.90, 0.90, 0.80),
+    "lymph_node": (0.35, 0.85, 0.70),
+    "head_neck": (0.45, 0.55, 0.95),
+}
+
+# lesion words -> 3dSlicerLabel of the General Anatomy terminology, tried when the full name has no entry
+_TERMINOLOGY_LESION_LABELS = {"cyst": "cyst"}
+_TERMINOLOGY_MASS = "mass"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# small vtk <-> numpy helpers
+
+def _matrix_to_numpy(matrix: vtk.vtkMatrix4x4) -> np.ndarray:
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)], dtype=np.float64)
+
+
+def _numpy_to_matrix(array: np.ndarray) -> vtk.vtkMatrix4x4:
+    matrix = vtk.vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            matrix.SetElement(r, c, float(array[r, c]))
+    return matrix
+
+
+def _translation(offset_ijk: Sequence[float]) -> np.ndarray:
+    matrix = np.eye(4)
+    matrix[:3, 3] = offset_ijk
+    return matrix
+
+
+def _node_label(node) -> str:
+    return node.GetName() or node.GetID() or node.GetClassName()
+
+
+def _to_world(node, what: str) -> np.ndarray:
+    """4x4 from the node's own frame to world; a non-linear parent chain cannot be a matrix."""
+    parent = node.GetParentTransformNode()
+    if parent is None:
+        return np.eye(4)
+    if not parent.IsTransformToWorldLinear():
+        raise InputError(f"{what} '{_node_label(node)}' is under a non-linear transform; harden it first")
+    matrix = vtk.vtkMatrix4x4()
+    parent.GetMatrixTransformToWorld(matrix)
+    return _matrix_to_numpy(matrix)
+
+
+def _between(source_node, target_node) -> np.ndarray:
+    """4x4 from `source_node`'s frame to `target_node`'s frame (both may be transformed)."""
+    matrix = vtk.vtkMatrix4x4()
+    if not slicer.vtkMRMLTransformNode.GetMatrixTransformBetweenNodes(
+            source_node.GetParentTransformNode(), target_node.GetParentTransformNode(), matrix):
+        raise InputError(f"the transform between '{_node_label(source_node)}' and '{_node_label(target_node)}' "
+                         "is non-linear; harden it first")
+    return _matrix_to_numpy(matrix)
+
+
+def _image_array(image) -> np.ndarray:
+    """A KJI copy of a single-component vtkImageData."""
+    dims = image.GetDimensions()
+    flat = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
+    return np.array(flat.reshape(dims[2], dims[1], dims[0]), copy=True)
+
+
+def _image_is_empty(image) -> bool:
+    if image is None or image.GetPointData() is None or image.GetPointData().GetScalars() is None:
+        return True
+    extent = image.GetExtent()
+    if extent[0] > extent[1] or extent[2] > extent[3] or extent[4] > extent[5]:
+        return True
+    return not numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).any()
+
+
+def _check_scalar_volume_node(volume_node):
+    """The node's image data, or InputError naming why the node cannot be a source volume."""
+    if volume_node is None:
+        raise InputError("no source volume selected")
+    label = _node_label(volume_node)
+    if not volume_node.IsA("vtkMRMLScalarVolumeNode"):
+        raise InputError(f"'{label}' is a {volume_node.GetClassName()}, not a scalar volume")
+    image = volume_node.GetImageData()
+    scalars = image.GetPointData().GetScalars() if image is not None else None
+    if scalars is None:
+        raise InputError(f"volume '{label}' has no voxel data")
+    components = scalars.GetNumberOfComponents()
+    if volume_node.IsA("vtkMRMLVectorVolumeNode") or components != 1:
+        raise InputError(f"volume '{label}' has {components} components per voxel (RGB or vector); a single-"
+                         "component scalar volume is needed (convert it with 'Vector to Scalar Volume')")
+    return image
+
+
+def _local_ijk_to_ras(volume_node, image) -> np.ndarray:
+    """IJK->RAS in the node's own frame, for array index 0 (the image extent may not start at 0)."""
+    matrix = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(matrix)
+    extent = image.GetExtent()
+    return _matrix_to_numpy(matrix) @ _translation((extent[0], extent[2], extent[4]))
+
+
+def _grid(volume_node) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """World IJK->RAS and KJI shape of a source volume, without copying voxels."""
+    image = _check_scalar_volume_node(volume_node)
+    world = _to_world(volume_node, "volume") @ _local_ijk_to_ras(volume_node, image)
+    dims = image.GetDimensions()
+    return world, (int(dims[2]), int(dims[1]), int(dims[0]))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# nodes -> tagseg inputs
+
+def volume_from_node(volume_node) -> Volume:
+    """The node as a `tagseg.Volume`: voxels copied (KJI), IJK->RAS in world coordinates.
+
+    World coordinates because clicks, markups and ROIs are reported in world RAS; the parent transform
+    chain is applied when linear, and a non-linear one is refused (it has no IJK->RAS matrix)."""
+    image = _check_scalar_volume_node(volume_node)
+    world = _to_world(volume_node, "volume") @ _local_ijk_to_ras(volume_node, image)
+    parent = volume_node.GetParentTransformNode()
+    meta = {"node_id": volume_node.GetID(), "transform_id": parent.GetID() if parent is not None else None}
+    volume = Volume(_image_array(image), world, name=_node_label(volume_node), meta=meta)
+    check_volume(volume)
+    return volume
+
+
+def world_points(markups_node) -> np.ndarray:
+    """World RAS (N, 3) of the node's placed control points; points still being placed are skipped."""
+    if markups_node is None:
+        return np.zeros((0, 3))
+    points = []
+    for index in range(markups_node.GetNumberOfControlPoints()):
+        if markups_node.GetNthControlPointPositionStatus(index) != markups_node.PositionDefined:
+            continue
+        position = [0.0, 0.0, 0.0]
+        markups_node.GetNthControlPointPositionWorld(index, position)
+        points.append(position)
+    return np.asarray(points, dtype=np.float64).reshape(-1, 3)
+
+
+def world_box(roi_node) -> tuple[np.ndarray, np.ndarray]:
+    """World-RAS axis-aligned bounds (lo, hi) of a markups ROI (a rotated or transformed ROI gives the box
+    that encloses it, which is what a box prompt can express)."""
+    if roi_node is None:
+        raise PromptError("no ROI selected for the box prompt")
+    bounds = [1.0, -1.0, 1.0, -1.0, 1.0, -1.0]
+    roi_node.GetRASBounds(bounds)
+    lo, hi = np.array(bounds[0::2], dtype=np.float64), np.array(bounds[1::2], dtype=np.float64)
+    if not np.all(np.isfinite(bounds)) or np.any(hi < lo) or np.all(hi - lo <= 0):
+        raise PromptError(f"ROI '{_node_label(roi_node)}' has no box yet; place it first")
+    return lo, hi
+
+
+def segment_mask(segmentation_node, segment_id: str, volume_node) -> Volume | None:
+    """A segment as a binary uint8 Volume on the volume's world grid (nearest neighbour), None when empty.
+
+    Works whatever the segmentation's geometry and transform: the segment is mapped through world
+    coordinates onto the volume's voxels (used for the anatomy prompt and for reading results back)."""
+    if segmentation_node is None:
+        raise PromptError("no segmentation selected")
+    segment = segmentation_node.GetSegmentation().GetSegment(segment_id) if segment_id else None
+    if segment is None:
+        raise PromptError(f"segment '{segment_id}' is not in segmentation '{_node_label(segmentation_node)}'")
+    target_matrix, target_shape = _grid(volume_node)
+    image = slicer.vtkOrientedImageData()
+    if not slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(
+            segmentation_node, segment_id, image, False):
+        raise InputError(f"segment '{segment.GetName()}' has no binary labelmap (conversion failed)")
+    if _image_is_empty(image):
+        return None
+    binary = (_image_array(image) == segment.GetLabelValue()).astype(np.uint8)
+    if not binary.any():
+        return None
+    extent = image.GetExtent()
+    image_to_node = vtk.vtkMatrix4x4()
+    image.GetImageToWorldMatrix(image_to_node)  # "world" of an oriented image = the segmentation node's frame
+    source_matrix = (_to_world(segmentation_node, "segmentation") @ _matrix_to_numpy(image_to_node)
+                     @ _translation((extent[0], extent[2], extent[4])))
+    block, lo = _resample_block(binary, source_matrix, target_matrix, target_shape)
+    if block is None or not block.any():
+        return None
+    out = np.zeros(target_shape, dtype=np.uint8)
+    out[lo[0]:lo[0] + block.shape[0], lo[1]:lo[1] + block.shape[1], lo[2]:lo[2] + block.shape[2]] = block
+    return Volume(out, target_matrix, name=segment.GetName(), meta={"segment_id": segment_id})
+
+
+def _resample_block(binary: np.ndarray, source_matrix: np.ndarray, target_matrix: np.ndarray,
+                    target_shape: Sequence[int] | None = None) -> tuple[np.ndarray | None, np.ndarray]:
+    """Nearest-neighbour resampling of a binary KJI mask onto only the block of the target grid its voxels
+    can reach (whole-grid resampling of a 512x512xN volume per click would be slow). Returns the uint8 block
+    and its first target index (KJI); (None, 0) when nothing lands on the target (clipped to target_shape)."""
+    from tagseg.geometry import resample
+
+    nz = np.argwhere(binary)
+    if len(nz) == 0:
+        return None, np.zeros(3, int)
+    lo_src, hi_src = nz.min(0) - 0.5, nz.max(0) + 0.5  # outer voxel faces
+    corners = np.array([[k, j, i] for k in (lo_src[0], hi_src[0]) for j in (lo_src[1], hi_src[1])
+                        for i in (lo_src[2], hi_src[2])], dtype=np.float64)
+    source = Volume(binary, source_matrix)
+    corners_target = Volume(np.zeros((1, 1, 1), np.uint8), target_matrix).ras_to_kji(source.kji_to_ras(corners))
+    lo = np.floor(corners_target.min(0)).astype(int)
+    hi = np.ceil(corners_target.max(0)).astype(int)
+    if target_shape is not None:
+        lo, hi = np.maximum(lo, 0), np.minimum(hi, np.asarray(target_shape) - 1)
+    if np.any(hi < lo):
+        return None, np.zeros(3, int)
+    block_matrix = target_matrix @ _translation((lo[2], lo[1], lo[0]))
+    block = resample(source, block_matrix, tuple(int(n) for n in hi - lo + 1), order=0)
+    return (np.asarray(block.array) > 0).astype(np.uint8), lo
+
+
+def _reference_grid(segmentation_node) -> np.ndarray | None:
+    """IJK->(segmentation frame) matrix of the segmentation's reference geometry, None when it has none."""
+    parameter = slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
+    geometry = segmentation_node.GetSegmentation().GetConversionParameter(parameter)
+    if not geometry:
+        return None
+    matrix = vtk.vtkMatrix4x4()
+    extent = [0, -1, 0, -1, 0, -1]
+    if not slicer.vtkSegmentationConverter.DeserializeImageGeometry(geometry, matrix, extent):
+        return None
+    return _matrix_to_numpy(matrix)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# masks -> segmentation
+
+def oriented_labelmap(mask_kji: np.ndarray, volume_node, segmentation_node) -> slicer.vtkOrientedImageData:
+    """The model's KJI mask (volume voxel grid) as a `vtkOrientedImageData` in the segmentation node's frame.
+
+    That frame is what `ModifySegmentByLabelmap`/`modifySelectedSegmentByLabelmap` expect, so the result is
+    right even when the volume and the segmentation sit under different linear transforms. When the
+    segmentation's reference grid differs from the volume's (a segmentation made on another image), the
+    mask is resampled onto that grid (nearest neighbour), as Segment Editor effects work on it and its
+    "editable intensity range" needs it. The image covers only the mask's bounding box (same grid, smaller
+    extent) so large volumes write quickly; an empty mask gives a full-extent image of zeros."""
+    image_data = _check_scalar_volume_node(volume_node)
+    if segmentation_node is None:
+        raise InputError("no segmentation selected")
+    dims = image_data.GetDimensions()
+    shape = (dims[2], dims[1], dims[0])
+    mask = np.asarray(mask_kji)
+    if mask.shape != shape:
+        raise ValueError(f"mask shape {mask.shape} does not match the volume's KJI shape {shape}")
+    matrix = _between(volume_node, segmentation_node) @ _local_ijk_to_ras(volume_node, image_data)
+    binary = (mask > 0).astype(np.uint8)
+    start = np.zeros(3, int)
+    reference = _reference_grid(segmentation_node)
+    if reference is not None and np.allclose(reference, matrix, rtol=0.0, atol=1e-5):
+        matrix = reference  # bit-equal geometry, so the editor's geometry checks pass
+    elif reference is not None and binary.any():
+        block, start = _resample_block(binary, matrix, reference)
+        binary, matrix = (block, reference) if block is not None else (np.zeros_like(binary), matrix)
+    if binary.any():
+        nz = np.argwhere(binary)
+        lo, hi = nz.min(0), nz.max(0)
+        binary = binary[lo[0]:hi[0] + 1, lo[1]:hi[1] + 1, lo[2]:hi[2] + 1]
+        start = start + lo
+    first, last = start, start + np.array(binary.shape) - 1
+    image = slicer.vtkOrientedImageData()
+    image.SetExtent(int(first[2]), int(last[2]), int(first[1]), int(last[1]), int(first[0]), int(last[0]))
+    image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(np.ascontiguousarray(binary).ravel(), deep=True,
+                                                               array_type=vtk.VTK_UNSIGNED_CHAR))
+    image.SetImageToWorldMatrix(_numpy_to_matrix(matrix))
+    return image
+
+
+def ensure_segmentation(scene, volume_node, segmentation_node=None,
+                        name: str = DEFAULT_SEGMENTATION_NAME) -> slicer.vtkMRMLSegmentationNode:
+    """The segmentation to write into: a new one on the volume's geometry when None, else the given one
+    (given the volume's geometry if it has none yet, so the first write does not pick a random grid)."""
+    if volume_node is None:
+        raise InputError("no source volume selected")
+    if segmentation_node is None:
+        segmentation_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+        segmentation_node.CreateDefaultDisplayNodes()
+        segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
+        _place_beside(scene, segmentation_node, volume_node)
+        return segmentation_node
+    if segmentation_node.GetDisplayNode() is None:
+        segmentation_node.CreateDefaultDisplayNodes()
+    parameter = slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
+    if not segmentation_node.GetSegmentation().GetConversionParameter(parameter):
+        segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
+    return segmentation_node
+
+
+def _place_beside(scene, node, sibling) -> None:
+    """Put `node` in the same Subject Hierarchy folder/study as `sibling` (skipped where SH is absent)."""
+    try:
+        hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+        if hierarchy is None:
+            return
+        sibling_item = hierarchy.GetItemByDataNode(sibling)
+        if not sibling_item:
+            return
+        parent = hierarchy.GetItemParent(sibling_item)
+        item = hierarchy.GetItemByDataNode(node)
+        if item:
+            hierarchy.SetItemParent(item, parent)
+        else:  # no plugin made an item (headless): make it where it belongs
+            hierarchy.CreateItem(parent, node)
+    except (AttributeError, TypeError):
+        pass
+
+
+def segment_color(description: str) -> tuple[float, float, float]:
+    """The colour `add_segment` gives: fixed per anatomy, else derived from the name (stable across runs)."""
+    desc = parse_description(description)
+    if desc.anatomy in ANATOMY_COLORS:
+        return ANATOMY_COLORS[desc.anatomy]
+    name = (desc.text or DEFAULT_SEGMENT_NAME).lower()
+    hue = (zlib.crc32(name.encode("utf-8")) % 360) / 360.0
+    return tuple(float(c) for c in colorsys.hsv_to_rgb(hue, 0.65, 0.95))
+
+
+def _unique_segment_name(segmentation, base: str) -> str:
+    taken = {segmentation.GetNthSegment(i).GetName().lower() for i in range(segmentation.GetNumberOfSegments())}
+    if base.lower() not in taken:
+        return base
+    number = 2
+    while f"{base} {number}".lower() in taken:
+        number += 1
+    return f"{base} {number}"
+
+
+def _terminology_logic():
+    """Slicer's terminology logic when the Terminologies module is loaded (real Slicer), else None."""
+    modules = getattr(slicer, "modules", None)
+    module = getattr(modules, "terminologies", None) if modules is not None else None
+    if module is None:
+        return None
+    try:
+        return module.logic()
+    except Exception:
+        return None
+
+
+def _apply_terminology(segment, name: str, lesion_word: str | None) -> bool:
+    """Set standard codes: the exact name if the General Anatomy list knows it (then also its colour), else
+    the lesion kind ("mass", "cyst"). Returns True when a terminology entry was set."""
+    logic = _terminology_logic()
+    if logic is None:
+        return False
+    try:
+        loaded = vtk.vtkStringArray()
+        logic.GetLoadedTerminologyNames(loaded)
+        names = [loaded.GetValue(i) for i in range(loaded.GetNumberOfValues())]
+        if GENERAL_ANATOMY_CONTEXT not in names:
+            return False
+        candidates = [name.lower()]
+        if lesion_word:
+            candidates.append(_TERMINOLOGY_LESION_LABELS.get(lesion_word, _TERMINOLOGY_MASS))
+        entry = slicer.vtkSlicerTerminologyEntry()
+        for position, label in enumerate(candidates):
+            if logic.FindTypeInTerminologyBy3dSlicerLabel(GENERAL_ANATOMY_CONTEXT, label, entry):
+                segment.SetTerminology(logic.SerializeTerminologyEntry(entry))
+                if position == 0 and entry.GetTypeObject() is not None:
+                    rgb = entry.GetTypeObject().GetRecommendedDisplayRGBValue()
+                    segment.SetColor(rgb[0] / 255.0, rgb[1] / 255.0, rgb[2] / 255.0)
+                return True
+    except (AttributeError, TypeError):
+        return False
+    return False
+
+
+def add_segment(segmentation_node, description: str) -> str:
+    """A new empty segment named after the description ("Tumor" when empty, "… 2" when taken), coloured per
+    anatomy, with terminology codes where Slicer's Terminologies module knows the name. Returns its ID."""
+    if segmentation_node is None:
+        raise InputError("no segmentation selected")
+    desc = parse_description(description)
+    segmentation = segmentation_node.GetSegmentation()
+    name = _unique_segment_name(segmentation, desc.text or DEFAULT_SEGMENT_NAME)
+    segment_id = segmentation.AddEmptySegment("", name, list(segment_color(description)))
+    segment = segmentation.GetSegment(segment_id)
+    segment.SetNameAutoGenerated(False)
+    segment.SetColorAutoGenerated(False)
+    _apply_terminology(segment, name, desc.lesion_word)
+    return segment_id
+
+
+def make_editor_logic(scene, segmentation_node, volume_node, segment_id: str
+                      ) -> tuple[slicer.vtkSlicerSegmentEditorLogic, slicer.vtkMRMLSegmentEditorNode]:
+    """A headless Segment Editor (logic + parameter node) on this segmentation, for CI and the self-test;
+    inside Slicer the effect writes through its own editor instead."""
+    if not hasattr(slicer, "vtkSlicerSegmentEditorLogic"):
+        raise RuntimeError("this Slicer has no vtkSlicerSegmentEditorLogic (needs Slicer 5.9 or later)")
+    editor_node = scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
+    editor = slicer.vtkSlicerSegmentEditorLogic()
+    editor.SetMRMLScene(scene)
+    editor.SetSegmentEditorNode(editor_node)
+    editor_node.SetAndObserveSegmentationNode(segmentation_node)
+    editor_node.SetAndObserveSourceVolumeNode(volume_node)
+    editor_node.SetSelectedSegmentID(segment_id)
+    return editor, editor_node
+
+
+def write_mask(editor_logic, segmentation_node, segment_id: str, oriented_image) -> bool:
+    """Replace the segment with the mask as one undoable Segment Editor step (masking and overwrite settings
+    of the editor apply). An empty mask writes nothing and returns False: "nothing found" keeps the old
+    segment rather than erasing the user's work."""
+    if _image_is_empty(oriented_image):
+        return False
+    editor_segmentation = editor_logic.GetSegmentationNode()
+    if editor_segmentation is None or editor_segmentation.GetID() != segmentation_node.GetID():
+        raise ValueError("the editor logic edits another segmentation; undo would not cover this write")
+    if segmentation_node.GetSegmentation().GetSegment(segment_id) is None:
+        raise InputError(f"segment '{segment_id}' is not in segmentation '{_node_label(segmentation_node)}'")
+    editor_logic.SaveStateForUndo()
+    editor_logic.ModifySegmentByLabelmap(segmentation_node, segment_id, oriented_image,
+                                         slicer.vtkSlicerSegmentEditorLogic.ModificationModeSet, False, False)
+    return True
+
+
+def volume_node_from_volume(scene, volume: Volume, name: str | None = None) -> slicer.vtkMRMLScalarVolumeNode:
+    """A new scalar volume node holding a copy of a `tagseg.Volume` (its matrix becomes the node's own
+    IJK->RAS, no transform). Used by the self-test and to show engine outputs."""
+    array = np.asarray(volume.array)
+    if array.dtype == bool:
+        array = array.astype(np.uint8)
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name or volume.name or "TAGS volume")
+    image = vtk.vtkImageData()
+    k, j, i = array.shape
+    image.SetDimensions(i, j, k)
+    image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(np.ascontiguousarray(array).ravel(), deep=True))
+    node.SetIJKToRASMatrix(_numpy_to_matrix(np.asarray(volume.ijk_to_ras)))
+    node.SetAndObserveImageData(image)
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the model worker
+
+def _points_array(points, what: str) -> np.ndarray:
+    if points is None:
+        return np.zeros((0, 3))
+    try:
+        array = np.asarray(points, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise PromptError(f"{what}: expected RAS triples, got {points!r}") from None
+    if array.size == 0:
+        return np.zeros((0, 3))
+    if array.ndim == 1 and array.size == 3:
+        array = array[None, :]
+    if array.ndim != 2 or array.shape[1] != 3:
+        raise PromptError(f"{what}: expected RAS triples, got an array of shape {array.shape}")
+    return array
+
+
+def _boxes_list(boxes) -> list[tuple[np.ndarray, np.ndarray]]:
+    result = []
+    for box in boxes or ():
+        corners = _points_array(box, "box")
+        if corners.shape != (2, 3):
+            raise PromptError(f"box: expected two RAS corners, got {len(corners)}")
+        result.append((corners[0], corners[1]))
+    return result
+
+
+class TAGSLogic:
+    """Runs `tagseg` predictions for Slicer volume nodes on one worker thread.
+
+    One `tagseg.Session` is kept per source volume (at most `max_sessions`, least recently used dropped)
+    and re-created when the node, its voxels (image data MTime), its geometry or its transform change, or
+    when model/device/options change. Prompts are stateless per call: the caller (the effect) holds the
+    prompt list and Segment Editor undo holds the history. MRML is read only on the calling thread."""
+
+    max_sessions = 2
+
+    def __init__(self, model: str = "auto", device: str = "auto", backend_options: dict | None = None,
+                 warn: Callable[[str], None] | None = None) -> None:
+        self.model = model
+        self.device = device
+        self.backend_options = dict(backend_options or {})
+        self.warn = warn
+        self.warnings: list[str] = []
+        self.last_timings: dict = {}
+        self.last_info: dict = {}
+        self._sessions: OrderedDict[str, tuple[tuple, tagseg.Session]] = OrderedDict()  # worker thread only
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._pending: list[concurrent.futures.Future] = []
+        self._lock = threading.Lock()
+
+    # ---- settings -------------------------------------------------------------------------------------------
+    def configure(self, model: str | None = None, device: str | None = None,
+                  backend_options: dict | None = None) -> bool:
+        """Change model/device/options; sessions built with the old settings are closed (freeing GPU memory)
+        after any running prediction. Returns True when something changed."""
+        changed = False
+        if model is not None and model != self.model:
+            self.model, changed = model, True
+        if device is not None and device != self.device:
+            self.device, changed = device, True
+        if backend_options is not None and dict(backend_options) != self.backend_options:
+            self.backend_options, changed = dict(backend_options), True
+        if changed:
+            self.cancel_pending()
+            self._worker().submit(self._close_sessions)
+        return changed
+
+    def _on_warning(self, message: str) -> None:
+        """Called on the worker thread; a GUI callback must only queue the message for the main thread."""
+        self.warnings.append(message)
+        if self.warn is not None:
+            self.warn(message)
+
+    # ---- prediction -----------------------------------------------------------------------------------------
+    def predict(self, volume_node, include_ras=(), exclude_ras=(), boxes_ras=(), text: str = "",
+                anatomy: Volume | None = None) -> np.ndarray:
+        """The mask (uint8 KJI on the volume's voxel grid) for these prompts; blocks until done.
+        tagseg errors (PromptError for a click outside the volume, ...) are raised as they are."""
+        return self.predict_async(volume_node, include_ras, exclude_ras, boxes_ras, text, anatomy).result()
+
+    def predict_async(self, volume_node, include_ras=(), exclude_ras=(), boxes_ras=(), text: str = "",
+                      anatomy: Volume | None = None) -> concurrent.futures.Future:
+        """Like `predict` but returns at once; poll `future.done()` from a timer, then `future.result()`.
+
+        Must be called on the main thread (it reads the volume node). A new request supersedes older ones:
+        their futures are cancelled and their results dropped. Errors are delivered through the future."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        submitted = time.perf_counter()
+        try:
+            volume = volume_from_node(volume_node)
+            read_seconds = time.perf_counter() - submitted
+            request = (_points_array(include_ras, "include point"), _points_array(exclude_ras, "exclude point"),
+                       _boxes_list(boxes_ras), str(text or ""), anatomy)
+            image = volume_node.GetImageData()
+            key = (volume_node.GetID(), image.GetAddressAsString("vtkImageData"), image.GetMTime(),
+                   np.asarray(volume.ijk_to_ras).round(9).tobytes(), self.model, self.device,
+                   repr(sorted(self.backend_options.items())))
+        except Exception as exc:
+            future.set_exception(exc)
+            return future
+        with self._lock:
+            for older in self._pending:
+                older.cancel()
+            self._pending = [future]
+        self._worker().submit(self._run, future, key, volume, request, submitted, read_seconds)
+        return future
+
+    def _worker(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="tags-logic")
+        return self._executor
+
+    def _session_for(self, key: tuple, volume: Volume) -> tagseg.Session:
+        node_id = key[0]
+        entry = self._sessions.get(node_id)
+        if entry is not None and entry[0] == key:
+            self._sessions.move_to_end(node_id)
+            return entry[1]
+        if entry is not None:
+            del self._sessions[node_id]
+            entry[1].close()
+        session = tagseg.Session(volume, model=self.model, device=self.device, warn=self._on_warning,
+                                 backend_options=self.backend_options)
+        self._sessions[node_id] = (key, session)
+        while len(self._sessions) > self.max_sessions:
+            _, (_, oldest) = self._sessions.popitem(last=False)
+            oldest.close()
+        return session
+
+    def _run(self, future: concurrent.futures.Future, key: tuple, volume: Volume, request: tuple,
+             submitted: float, read_seconds: float) -> None:
+        if future.done():  # cancelled while queued
+            return
+        started = time.perf_counter()
+        include, exclude, boxes, text, anatomy = request
+        try:
+            session = self._session_for(key, volume)
+            session.reset()
+            session.set_text(text)
+            if anatomy is not None:
+                session.set_anatomy(anatomy)
+            for point in include:
+                session.add_point(point, positive=True)
+            for point in exclude:
+                session.add_point(point, positive=False)
+            for corner_a, corner_b in boxes:
+                session.add_box(corner_a, corner_b)
+            model_start = time.perf_counter()
+            result = session.predict()
+            mask = np.array(result.array, dtype=np.uint8, copy=True)
+            finished = time.perf_counter()
+            timings = {"read_volume": read_seconds, "queued": started - submitted - read_seconds,
+                       **session.timings, "model": finished - model_start, "total": finished - submitted}
+            self.last_timings = timings
+            self.last_info = {"model": result.meta.get("model"), "anatomy": result.meta.get("anatomy"),
+                              "device": session.device, "segment_name": result.name}
+            outcome = ("result", mask)
+        except BaseException as exc:  # delivered to the caller through the future
+            outcome = ("error", exc)
+        try:
+            if outcome[0] == "result":
+                future.set_result(outcome[1])
+            else:
+                future.set_exception(outcome[1])
+        except concurrent.futures.InvalidStateError:
+            pass  # cancelled meanwhile: the result is dropped
+        with self._lock:
+            if future in self._pending:
+                self._pending.remove(future)
+
+    def cancel_pending(self) -> int:
+        """Drop the results of every request not yet delivered (superseded, or its scene was closed).
+        A running model call finishes in the background; its result is discarded. Returns the count."""
+        with self._lock:
+            pending, self._pending = self._pending, []
+        return sum(1 for future in pending if future.cancel())
+
+    def _close_sessions(self) -> None:
+        while self._sessions:
+            _, (_, session) = self._sessions.popitem(last=False)
+            session.close()
+
+    def shutdown(self) -> None:
+        """Cancel pending requests, stop the worker (after a running prediction) and close every session,
+        freeing models and GPU memory. The logic can be used again afterwards (it restarts lazily)."""
+        self.cancel_pending()
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+        self._close_sessions()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# self-test shared by Slicer's TAGSSegmentTest and CI
+
+SELFTEST_PHANTOM = dict(seed=0, shape_kji=(16, 64, 64), spacing_ijk=(2.0, 2.0, 4.0))
+SELFTEST_MIN_DICE = 0.6
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    x, y = np.asarray(a) > 0, np.asarray(b) > 0
+    return 2.0 * float(np.count_nonzero(x & y)) / max(int(x.sum() + y.sum()), 1)
+
+
+def _segment_array(segmentation_node, segment_id: str, volume_node, shape) -> np.ndarray:
+    mask = segment_mask(segmentation_node, segment_id, volume_node)
+    return np.zeros(shape, dtype=np.uint8) if mask is None else np.asarray(mask.array)
+
+
+def run_selftest(scene, *, device: str = "cpu", volume_node=None, log: Callable[[str], None] = print,
+                 logic: TAGSLogic | None = None) -> dict:
+    """End-to-end check with the embedded default model: phantom -> markups clicks -> prediction -> Segment
+    Editor write -> Dice, untouched neighbour segment, Undo and Redo. Raises AssertionError on failure.
+
+    `volume_node`, when given, must hold the phantom's voxels (any geometry or linear transform), so the
+    known label still applies voxel by voxel. `logic` lets a caller reuse a loaded model."""
+    from tagseg.synth import make_phantom
+
+    start = time.perf_counter()
+    phantom = make_phantom(**SELFTEST_PHANTOM)
+    label = np.asarray(phantom.label.array) > 0
+    if volume_node is None:
+        volume_node = volume_node_from_volume(scene, phantom.image, "TAGS self-test phantom")
+    source = volume_from_node(volume_node)
+    if source.shape_kji != phantom.image.shape_kji or not np.array_equal(source.array, phantom.image.array):
+        raise ValueError("volume_node must hold the self-test phantom's voxels (tagseg.synth.make_phantom"
+                         f"(**{SELFTEST_PHANTOM}))")
+    before_hash = zlib.crc32(np.ascontiguousarray(source.array).tobytes())
+    log(f"TAGS self-test: volume {source.shape_kji} KJI, {source.describe_bounds()}")
+
+    segmentation_node = ensure_segmentation(scene, volume_node, name="TAGS self-test segmentation")
+    segmentation = segmentation_node.GetSegmentation()
+    other_organ = next(name for name in sorted(phantom.organs) if name != phantom.tumour_organ
+                       and np.asarray(phantom.organs[name].array).any())
+    other_id = segmentation.AddEmptySegment("", "Other", [0.3, 0.3, 0.9])
+    other_mask = np.asarray(phantom.organs[other_organ].array) > 0
+    slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+        oriented_labelmap(other_mask, volume_node, segmentation_node), segmentation_node, other_id,
+        slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
+    tumor_id = add_segment(segmentation_node, "")
+    other_before = _segment_array(segmentation_node, other_id, volume_node, source.shape_kji)
+
+    rng = np.random.default_rng(0)
+    inside = np.argwhere(label)
+    outside = np.argwhere(other_mask & ~label)
+    include_node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "TAGS self-test include")
+    exclude_node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "TAGS self-test exclude")
+    for index in rng.integers(0, len(inside), size=3):
+        include_node.AddControlPointWorld(vtk.vtkVector3d(*source.kji_to_ras(inside[index])[0]), "include")
+    exclude_node.AddControlPointWorld(
+        vtk.vtkVector3d(*source.kji_to_ras(outside[rng.integers(0, len(outside))])[0]), "exclude")
+
+    own_logic = logic is None
+    logic = TAGSLogic(model="litemedsam-3d", device=device) if own_logic else logic
+    try:
+        mask = logic.predict(volume_node, world_points(include_node), world_points(exclude_node), [],
+                             phantom.description)
+    finally:
+        if own_logic:
+            logic.shutdown()
+    dice = _dice(mask, label)
+    log(f"TAGS self-test: Dice {dice:.3f} vs the phantom label ({int(mask.sum())} voxels predicted)")
+    assert dice >= SELFTEST_MIN_DICE, f"self-test Dice {dice:.3f} is below {SELFTEST_MIN_DICE}"
+    assert zlib.crc32(np.ascontiguousarray(volume_from_node(volume_node).array).tobytes()) == before_hash, \
+        "the source volume's voxels changed during prediction"
+
+    editor, editor_node = make_editor_logic(scene, segmentation_node, volume_node, tumor_id)
+    try:
+        written = write_mask(editor, segmentation_node, tumor_id, oriented_labelmap(mask, volume_node,
+                                                                                      segmentation_node))
+        assert written, "write_mask wrote nothing for a non-empty mask"
+        tumor_after = _segment_array(segmentation_node, tumor_id, volume_node, source.shape_kji)
+        assert np.array_equal(tumor_after > 0, mask > 0), "the written segment differs from the predicted mask"
+        others_unchanged = bool(np.array_equal(
+            _segment_array(segmentation_node, other_id, volume_node, source.shape_kji), other_before))
+        assert others_unchanged, "writing the tumour changed the unrelated 'Other' segment"
+
+        editor.Undo()
+        undo_ok = (segment_mask(segmentation_node, tumor_id, volume_node) is None and np.array_equal(
+            _segment_array(segmentation_node, other_id, volume_node, source.shape_kji), other_before))
+        assert undo_ok, "Undo did not restore the segmentation (Tumor should be empty, Other unchanged)"
+        editor.Redo()
+        redo_ok = bool(np.array_equal(
+            _segment_array(segmentation_node, tumor_id, volume_node, source.shape_kji) > 0, mask > 0))
+        assert redo_ok, "Redo did not re-apply the predicted mask"
+    finally:
+        scene.RemoveNode(editor_node)
+    seconds = time.perf_counter() - start
+    log(f"TAGS self-test passed in {seconds:.1f} s (undo and redo restore every segment)")
+    return {"dice": dice, "seconds": seconds, "undo_ok": bool(undo_ok), "redo_ok": redo_ok,
+            "others_unchanged": others_unchanged, "timings": dict(logic.last_timings),
+            "segmentation_id": segmentation_node.GetID(), "tumor_segment_id": tumor_id}
