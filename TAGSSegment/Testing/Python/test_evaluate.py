@@ -84,3 +84,39 @@ def test_clicks_are_seeded():
     a = draw_clicks(label, 3, np.random.default_rng(2))
     b = draw_clicks(label, 3, np.random.default_rng(2))
     assert np.array_equal(a, b)
+
+
+def test_evaluate_command_reproduces_hand_computed_numbers(tmp_path, capsys, monkeypatch):
+    """`tagseg evaluate` end to end on a tiny known case with a model that always answers the shifted cube."""
+    from tagseg import backends, cli
+    from tagseg.backends.base import Backend
+    from tagseg.io import save_volume
+
+    pred, truth = cubes()
+
+    class ShiftedCube(Backend):
+        name = "shifted-cube"
+
+        def set_image(self, volume):
+            self.shape = volume.shape_kji
+
+        def predict(self, prompts):
+            return pred.astype(np.uint8)
+
+    monkeypatch.setitem(backends.BACKENDS, "shifted-cube", lambda device, options: ShiftedCube())
+    data = tmp_path / "data"
+    data.mkdir()
+    grid = make_ijk_to_ras((1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    save_volume(Volume(np.zeros((4, 4, 4), np.int16), grid, "img", {}), data / "case1_image.nii.gz")
+    save_volume(Volume((truth * 2).astype(np.uint8), grid, "lab", {}), data / "case1_label.nii.gz")
+    save_volume(Volume(np.zeros((4, 4, 4), np.uint8), grid, "lab", {}), data / "case2_image.nii.gz")
+    save_volume(Volume(np.zeros((4, 4, 4), np.uint8), grid, "lab", {}), data / "case2_label.nii.gz")
+    out = tmp_path / "results.csv"
+    code = cli.main(["evaluate", "--data", str(data), "--model", "shifted-cube", "--out", str(out), "--device", "cpu",
+                     "--clicks", "3", "--seed", "2"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    rows = {r["case_id"]: r for r in csv.DictReader(out.open())}
+    assert rows["case1"]["dice"] == "0.500000" and rows["case1"]["nsd"] == "1.000000"
+    assert rows["case2"]["dice"] == "" and "no tumour" in rows["case2"]["note"]
+    assert "1 cases scored (1 skipped): Dice 0.5000 ± 0.0000, NSD@5mm 1.0000 ± 0.0000" in printed.out
