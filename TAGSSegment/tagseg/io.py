@@ -158,21 +158,28 @@ def load_volume(path: str | os.PathLike) -> Volume:
     return _image_to_volume(image, name)
 
 
+def load_mask_union(paths, name: str = "organ") -> Volume:
+    """The union of binary masks stored on one grid (kidney = kidney_left + kidney_right)."""
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise InputError(f"{name}: no organ mask files")
+    masks = [load_volume(p) for p in paths]
+    union = np.zeros(masks[0].shape_kji, np.uint8)
+    for path, mask in zip(paths, masks):
+        if not mask.same_grid(masks[0]):
+            raise InputError(f"{path}: organ mask not on the grid of {paths[0].name}")
+        union |= (np.asarray(mask.array) > 0).astype(np.uint8)
+    return masks[0].with_array(union, name=name)
+
+
 def load_organ_mask(folder: str | os.PathLike, organ_names) -> Volume:
-    """The union of `<organ>.nii.gz` masks from a folder of per-organ masks (TotalSegmentator's layout),
-    e.g. kidney = kidney_left + kidney_right. Masks must share one grid."""
+    """The union of `<organ>.nii.gz` masks from a folder of per-organ masks (TotalSegmentator's layout)."""
     folder = Path(folder)
     found = [folder / f"{name}{ext}" for name in organ_names for ext in (".nii.gz", ".nii", ".nrrd")
              if (folder / f"{name}{ext}").is_file()]
     if not found:
         raise InputError(f"{folder}: no organ mask named {', '.join(n + '.nii.gz' for n in organ_names)}")
-    masks = [load_volume(p) for p in found]
-    union = np.zeros(masks[0].shape_kji, np.uint8)
-    for path, mask in zip(found, masks):
-        if not mask.same_grid(masks[0]):
-            raise InputError(f"{path.name}: not on the same grid as {found[0].name}")
-        union |= (np.asarray(mask.array) > 0).astype(np.uint8)
-    return masks[0].with_array(union, name="+".join(p.name.split(".")[0] for p in found))
+    return load_mask_union(found, name="+".join(p.name.split(".")[0] for p in found))
 
 
 def _merge_segmentation_layers(image):

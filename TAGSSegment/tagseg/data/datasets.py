@@ -15,7 +15,6 @@ import json
 import os
 import pickle
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -23,7 +22,8 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from ..errors import InputError
-from ..io import LPS_TO_RAS, load_volume
+from ..io import LPS_TO_RAS, load_mask_union, load_volume
+from ..paths import write_json_atomic
 from ..text import ORGAN_LABELS
 from ..volume import Volume
 
@@ -256,15 +256,7 @@ def discover_cases(root: str | os.PathLike, layout: str = "auto", organ: str | S
 
 def load_organ_union(paths: Sequence[Path], name: str = "organ") -> Volume:
     """The union of several binary masks on one grid (kidney = kidney_left + kidney_right)."""
-    if not paths:
-        raise InputError(f"{name}: no organ mask files")
-    masks = [load_volume(p) for p in paths]
-    union = np.zeros(masks[0].shape_kji, np.uint8)
-    for path, mask in zip(paths, masks):
-        if not mask.same_grid(masks[0]):
-            raise InputError(f"{path}: organ mask not on the grid of {paths[0].name}")
-        union |= (np.asarray(mask.array) > 0).astype(np.uint8)
-    return masks[0].with_array(union, name=name)
+    return load_mask_union(paths, name)
 
 
 def load_case(case: Case) -> tuple[Volume, Volume | None, Volume | None]:
@@ -508,15 +500,7 @@ def save_split_json(path: str | os.PathLike, split: Mapping[str, Sequence[str]],
     path = Path(path)
     clean = _validate_split({k: list(v) for k, v in split.items()}, str(path))
     payload = {"format": "tagseg-split/1", **({"meta": dict(meta)} if meta else {}), **clean}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as stream:
-            json.dump(payload, stream, indent=1)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_json_atomic(path, payload)
     return path
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -18,6 +17,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..io import load_volume, save_volume
+from ..paths import write_json_atomic
 from ..synth import insert_tumour, make_phantom
 from ..text import ORGAN_LABELS
 from ..volume import Volume
@@ -42,17 +42,6 @@ def _sample(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, limit
     return values if len(values) <= limit else rng.choice(values, limit, replace=False)
 
 
-def _write_json(path: Path, payload: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as stream:
-            json.dump(payload, stream, indent=1)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _write_case(out: Path, case_id: str, image: Volume, organ: np.ndarray, tumour: np.ndarray,
                 organ_name: str) -> dict:
     label = np.where(tumour > 0, 2, np.where(organ > 0, 1, 0)).astype(np.uint8)
@@ -65,7 +54,7 @@ def _write_case(out: Path, case_id: str, image: Volume, organ: np.ndarray, tumou
 
 def _dataset_json(out: Path, name: str, description: str, organ: str, training: list[dict], details: list[dict],
                   intensity: dict, seed: int) -> None:
-    _write_json(out / "dataset.json", {
+    write_json_atomic(out / "dataset.json", {
         "name": name, "description": description, "tensorImageSize": "3D", "modality": {"0": "CT"},
         "labels": {"0": "background", "1": organ, "2": "tumour"},
         "numTraining": len(training), "numTest": 0, "training": training, "test": [],
