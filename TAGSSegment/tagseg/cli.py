@@ -301,8 +301,8 @@ def dice(a, b) -> float:
 
 def _model_load_seconds(session) -> float | None:
     """Seconds the session's backend took to load, when the backend reports it."""
-    backend = getattr(session, "_backends", {}).get(session.backend_name())
-    value = getattr(backend, "load_seconds", None)
+    entry = getattr(session, "_backends", {}).get(session.backend_name())
+    value = getattr(entry[0] if entry else None, "load_seconds", None)
     return float(value) if value is not None else None
 
 

@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 
 from . import prompts as P
-from .backends import create_backend, resolve_model_name
+from .backends import acquire_backend, resolve_model_name
 from .backends.base import Backend, GridPrompts
 from .devices import resolve_device
 from .errors import PromptError
@@ -39,7 +39,7 @@ class Session:
         self.device = resolve_device(device, warn)
         self._history: list[P.PromptSet] = [P.PromptSet()]
         self._redo: list[P.PromptSet] = []
-        self._backends: dict[str, Backend] = {}
+        self._backends: dict[str, tuple[Backend, object]] = {}
         self._results: dict[tuple, np.ndarray] = {}
         self._worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="tagseg-model")
         self.timings: dict[str, float] = {}
@@ -118,9 +118,10 @@ class Session:
     def backend_name(self) -> str:
         return resolve_model_name(self.model, parse_description(self.prompts.text))
 
-    def _backend(self, name: str) -> Backend:
+    def _backend(self, name: str) -> tuple[Backend, object]:
+        """(backend, lock): loaded once per process and shared between sessions (see `acquire_backend`)."""
         if name not in self._backends:
-            self._backends[name] = create_backend(name, self.device, self.backend_options)
+            self._backends[name] = acquire_backend(name, self.device, self.backend_options)
         return self._backends[name]
 
     def predict(self) -> Volume:
@@ -140,9 +141,10 @@ class Session:
             grid_prompts = self._grid_prompts(prompts)
 
             def job():
-                backend = self._backend(name)
-                backend.set_image(self.volume)
-                return backend.predict(grid_prompts), dict(backend.timings)
+                backend, lock = self._backend(name)
+                with lock:
+                    backend.set_image(self.volume)
+                    return backend.predict(grid_prompts), dict(backend.timings)
 
             array, stage_times = self._worker.submit(job).result()
             self._results[key] = array
@@ -160,11 +162,12 @@ class Session:
         grid_prompts = self._grid_prompts(prompts)
 
         def job():
-            backend = self._backend(name)
+            backend, lock = self._backend(name)
             if not hasattr(backend, "propose_point"):
                 raise PromptError(f"model '{name}' has no text branch; a text-only start needs a TAGS checkpoint")
-            backend.set_image(self.volume)
-            return backend.propose_point(grid_prompts)
+            with lock:
+                backend.set_image(self.volume)
+                return backend.propose_point(grid_prompts)
 
         return tuple(float(v) for v in self._worker.submit(job).result())
 

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
 
@@ -87,5 +89,36 @@ def create_backend(name: str, device: str, options: dict | None = None) -> Backe
     return BACKENDS[name](device, options)
 
 
+# Loaded backends shared by every Session in the process (a model load costs seconds; a Slicer user
+# switching volumes, or `tagseg evaluate` going through cases, should pay it once). Each entry has a
+# lock: sessions run on their own worker threads, and a backend holds per-volume state.
+_SHARED: "OrderedDict[tuple, tuple[Backend, threading.Lock]]" = OrderedDict()
+_SHARED_LOCK = threading.Lock()
+SHARED_BACKENDS = 2
+
+
+def acquire_backend(name: str, device: str, options: dict | None = None) -> tuple[Backend, threading.Lock]:
+    """A loaded backend for (name, device, options) and the lock to hold while using it."""
+    factory = None if name.startswith(TAGS_PREFIX) else BACKENDS.get(name)
+    key = (name, device, repr(sorted((options or {}).items())), id(factory))
+    with _SHARED_LOCK:
+        if key in _SHARED:
+            _SHARED.move_to_end(key)
+            return _SHARED[key]
+    entry = (create_backend(name, device, options), threading.Lock())
+    with _SHARED_LOCK:
+        entry = _SHARED.setdefault(key, entry)
+        _SHARED.move_to_end(key)
+        while len(_SHARED) > SHARED_BACKENDS:
+            _SHARED.popitem(last=False)
+    return entry
+
+
+def release_shared_backends() -> None:
+    """Drop every shared backend (frees GPU memory; the next use loads again)."""
+    with _SHARED_LOCK:
+        _SHARED.clear()
+
+
 __all__ = ["Backend", "GridPrompts", "BACKENDS", "DEFAULT_BACKEND", "register_backend", "resolve_model_name",
-           "create_backend"]
+           "create_backend", "acquire_backend", "release_shared_backends"]
