@@ -196,6 +196,9 @@ def _check_writable(path: Path, what: str) -> None:
 
     Missing parent folders are created only when writing, so a failed run leaves nothing behind.
     """
+    too_long = [part for part in path.parts if len(os.fsencode(part)) > 255]
+    if too_long:
+        raise InputError(f"cannot create {what}: the name '{too_long[0][:40]}...' is longer than 255 bytes")
     if path.is_dir():
         raise InputError(f"{path}: {what} is an existing folder; give a file name")
     parent = path.parent
@@ -230,7 +233,7 @@ def _check_outputs(image: Path, output: Path, png: Path | None) -> str:
 
 def _temporary_sibling(path: Path, suffix: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{suffix}", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=".tagseg-", suffix=f".part{suffix}", dir=path.parent)
     os.close(fd)
     return Path(name)
 
@@ -565,6 +568,9 @@ def _cmd_models(args: argparse.Namespace, reporter: _Reporter) -> int:
     if args.action == "install":
         if not args.target:
             raise InputError("models install needs a checkpoint file")
+        from .tags.checkpoint import load_model
+
+        load_model(Path(args.target).expanduser())          # refuse what could not be loaded later
         path = checkpoint.install_checkpoint(Path(args.target).expanduser())
         print(f"installed {path}")
         return 0
@@ -751,6 +757,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         _error(str(exc))
+        return 2
+    except OSError as exc:
+        # the operating system refused a file operation (name too long, permission, disk full, ...)
+        if debug:
+            traceback.print_exc()
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        _error(f"{where}{exc.strerror or exc}"[:400])
         return 2
     except Exception as exc:
         if debug:

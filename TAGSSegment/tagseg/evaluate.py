@@ -151,6 +151,7 @@ def write_results_csv(results: Iterable[CaseResult], path: str | os.PathLike, ex
     """Per-case rows (plus constant columns such as model and seed), written atomically."""
     path = Path(path)
     extra = dict(extra or {})
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
     try:
         with tmp.open("w", newline="") as handle:

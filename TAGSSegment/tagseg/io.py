@@ -42,6 +42,8 @@ def _nifti_data_end(header: bytes) -> int | None:
             break
     else:
         return None
+    if 1 <= dims[0] <= 7 and any(n == 0 for n in dims[1:dims[0] + 1]):
+        return -1                                   # a declared size of zero: no voxels at all
     if not 1 <= dims[0] <= 7 or bitpix <= 0 or bitpix % 8 or any(n < 1 for n in dims[1:dims[0] + 1]):
         return None
     return max(offset, header_size) + int(np.prod(dims[1:dims[0] + 1], dtype=np.int64)) * bitpix // 8
@@ -58,6 +60,8 @@ def _check_nifti_complete(path: Path) -> None:
             end = _nifti_data_end(header)
             if end is None:
                 return
+            if end < 0:
+                raise InputError(f"{path}: the header declares an empty volume (a dimension of size 0)")
             if not compressed:
                 missing = end - path.stat().st_size
             else:
@@ -72,6 +76,8 @@ def _check_nifti_complete(path: Path) -> None:
                     if not chunk:
                         break
                     missing -= len(chunk)
+    except InputError:
+        raise
     except (OSError, EOFError, zlib.error) as exc:
         raise InputError(f"{path}: the file is truncated or corrupt ({exc})") from None
     if missing > 0:
@@ -195,7 +201,8 @@ def _merge_segmentation_layers(image):
 def _atomic_target(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = _suffix(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{suffix}", dir=path.parent)
+    # a short temporary name: `.<long name>.part` could exceed the file system's 255-byte limit
+    fd, tmp = tempfile.mkstemp(prefix=".tagseg-", suffix=f".part{suffix}", dir=path.parent)
     os.close(fd)
     return Path(tmp)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -197,9 +198,12 @@ def cmd_evaluate(args: argparse.Namespace, reporter) -> int:
     from .evaluate import evaluate_case, session_predictor, summarise, write_results_csv
     from .text import parse_description
 
+    from .cli import _check_writable
+
     out = Path(args.out).expanduser()
     if out.suffix.lower() != ".csv":
         raise InputError(f"{out}: --out must be a .csv file")
+    _check_writable(out, "the results file")
     if args.clicks < 1:
         raise InputError("--clicks must be at least 1")
     cases, split, _, _, split_cases = _cases(args, "auto", args.tumour_label, None)
@@ -232,15 +236,41 @@ def cmd_evaluate(args: argparse.Namespace, reporter) -> int:
 
 
 def cmd_synth(args: argparse.Namespace, reporter) -> int:
-    from .data.synthetic import insert_into_ct, write_synthetic_dataset
+    import shutil
+    import tempfile
 
     out = Path(args.out).expanduser()
     if args.cases < 1:
         raise InputError("--cases must be at least 1")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InputError(f"{out}: already exists and is not an empty folder")
+    final, parent = out, out.parent
+    created = not parent.exists()
+    parent.mkdir(parents=True, exist_ok=True)
+    # written into a temporary sibling and renamed at the end: a failure leaves no half dataset
+    work = Path(tempfile.mkdtemp(prefix=".tagseg-synth-", dir=parent))
+    done = False
+    try:
+        _write_synth(args, work)
+        if final.exists():
+            final.rmdir()
+        os.replace(work, final)
+        done = True
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        if created and not done:
+            shutil.rmtree(parent, ignore_errors=True)
+    print(f"wrote {args.cases} cases to {final} (MSD layout: dataset.json, imagesTr, labelsTr, organsTr)")
+    return 0
+
+
+def _write_synth(args: argparse.Namespace, out: Path) -> Path:
+    from .data.synthetic import insert_into_ct, write_synthetic_dataset
+
     if args.from_ct:
         if not args.organ_mask:
             raise InputError("--from-ct needs --organ-mask")
-        root = insert_into_ct(Path(args.from_ct).expanduser(), Path(args.organ_mask).expanduser(), out,
+        return insert_into_ct(Path(args.from_ct).expanduser(), Path(args.organ_mask).expanduser(), out,
                               cases=args.cases, seed=args.seed, organ=args.organ)
     else:
         try:
@@ -249,9 +279,7 @@ def cmd_synth(args: argparse.Namespace, reporter) -> int:
             raise InputError(f"--shape {args.shape}: expected three integers K,J,I") from None
         if len(shape) != 3 or min(shape) < 8:
             raise InputError(f"--shape {args.shape}: expected three integers >= 8")
-        root = write_synthetic_dataset(out, cases=args.cases, seed=args.seed, organ=args.organ, shape_kji=shape)
-    print(f"wrote {args.cases} cases to {root} (MSD layout: dataset.json, imagesTr, labelsTr, organsTr)")
-    return 0
+    return write_synthetic_dataset(out, cases=args.cases, seed=args.seed, organ=args.organ, shape_kji=shape)
 
 
 def cmd_organs(args: argparse.Namespace, reporter) -> int:

@@ -62,7 +62,11 @@ class Description:
 
 def parse_description(text: str | None) -> Description:
     """Parse free text; unknown words are fine (no anatomy), the text still names the segment."""
-    clean = " ".join(str(text or "").split())[:MAX_DESCRIPTION_CHARS]
+    raw = str(text or "")
+    # undecodable command-line bytes arrive as lone surrogates; control characters (NUL) would cut file headers
+    raw = raw.encode("utf-8", "replace").decode("utf-8")
+    raw = "".join(ch if ch.isprintable() else " " for ch in raw)
+    clean = " ".join(raw.split())[:MAX_DESCRIPTION_CHARS].strip()
     low = clean.lower()
     words = re.findall(r"[a-z]+", low)
     anatomy = None

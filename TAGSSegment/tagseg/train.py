@@ -368,5 +368,8 @@ def write_run_config(out: Path, config: TrainConfig) -> None:
 
 
 def check_output_folder(out: Path, resume: bool) -> None:
+    for folder in (out, *out.parents):
+        if folder.exists() and not folder.is_dir():
+            raise InputError(f"{out}: cannot use it as the run folder: {folder} is a file")
     if out.exists() and any(out.iterdir()) and not resume and (out / "last.safetensors").exists():
         raise InputError(f"{out} already holds a run; pass --resume to continue it or choose another --out")

@@ -125,6 +125,11 @@ def check_volume(volume: Volume) -> None:
         raise InputError(f"{label}: unsupported voxel type {array.dtype}; a real-valued scalar volume is needed")
     spacing = volume.spacing_ijk
     if not np.all(np.isfinite(volume.ijk_to_ras)) or np.any(spacing <= 1e-6) or abs(np.linalg.det(volume.ijk_to_ras[:3, :3])) < 1e-12:
-        raise InputError(f"{label}: invalid geometry (spacing {tuple(np.round(spacing, 4))}); check the header")
+        shown = ", ".join(f"{float(v):.3g}" for v in spacing)
+        raise InputError(f"{label}: invalid geometry (spacing {shown} mm); check the header")
+    directions = volume.ijk_to_ras[:3, :3] / spacing[None, :]
+    if np.max(np.abs(directions.T @ directions - np.eye(3))) > 1e-3:
+        raise InputError(f"{label}: the voxel axes are not perpendicular (a sheared grid); resample it to an "
+                         "orthogonal grid first")
     if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).any():
         raise InputError(f"{label}: every voxel is NaN or infinite")

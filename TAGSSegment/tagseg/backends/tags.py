@@ -111,9 +111,11 @@ class TagsBackend(Backend):
     def set_image(self, volume: Volume) -> None:
         if self._volume is not None and self._volume.content_key() == volume.content_key():
             return
+        from ..intensity import finite_or_floor
+
         self._volume = volume
-        array = np.asarray(volume.array)
-        self._float_volume = volume if array.dtype == np.float32 else volume.with_array(array.astype(np.float32))
+        # NaN/inf voxels count as the lowest finite value (the documented rule), before any resampling spreads them
+        self._float_volume = volume.with_array(finite_or_floor(np.asarray(volume.array)))
         self._encodings.clear()
         self._extents.clear()
         self._grid = None
@@ -236,9 +238,13 @@ class TagsBackend(Backend):
         volume = self._need_volume()
         include = [volume.kji_to_ras(prompts.positive_kji)] if len(prompts.positive_kji) else []
         corners = []
+        vlo, vhi = volume.bounds_ras()
         for lo, hi in prompts.boxes_kji:
             a, b = volume.kji_to_ras(np.array([lo, hi]))
-            blo, bhi = np.minimum(a, b), np.maximum(a, b)
+            if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+                raise PromptError("a box corner is not a finite coordinate")
+            # only the part of a box inside the volume can hold the tumour
+            blo, bhi = np.clip(np.minimum(a, b), vlo, vhi), np.clip(np.maximum(a, b), vlo, vhi)
             centre, quarter = (blo + bhi) / 2, (bhi - blo) / 4
             derived = [centre] + [centre + s * quarter * e for e in np.eye(3) for s in (-1, 1)]
             include.append(np.array(derived))
@@ -397,7 +403,9 @@ class TagsBackend(Backend):
             keep = np.zeros_like(mask, bool)
             margin = self.options.box_margin_mm / volume.spacing_kji
             inside_any = np.zeros(len(prompts.positive_kji), bool)
+            limit = np.array(volume.shape_kji, float)
             for lo, hi in prompts.boxes_kji:
+                lo, hi = np.clip(lo, -1.0, limit), np.clip(hi, -1.0, limit)
                 a = np.maximum(np.floor(lo - margin).astype(int), 0)
                 b = np.minimum(np.ceil(hi + margin).astype(int) + 1, volume.shape_kji)
                 keep[a[0]:b[0], a[1]:b[1], a[2]:b[2]] = True

@@ -45,6 +45,22 @@ class TagsConfig:
         return tuple(step * (s + 1) for s in range(4))
 
     def validate(self) -> "TagsConfig":
+        limits = {"crop_size": 1024, "upsample": 16, "patch_size": 64, "embed_dim": 4096, "depth": 96, "num_heads": 64,
+                  "sam_window_size": 256, "sam_img_size": 4096, "cubic_window": 64, "neck_dim": 4096,
+                  "prompt_heads": 64, "prompt_mlp_dim": 16384, "prompt_depth": 16, "prompt_global_queries": 256,
+                  "decoder_channels": 4096, "text_dim": 4096}
+        for name, upper in limits.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= upper:
+                raise ModelError(f"preset {self.name}: {name} must be an integer in 1..{upper}, got {value!r}")
+        for name in ("spacing_mm", "mlp_ratio", "logit_scale"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e4:
+                raise ModelError(f"preset {self.name}: {name} must be a positive number, got {value!r}")
+        if not isinstance(self.alignment_weight, (int, float)) or not 0 <= self.alignment_weight <= 1:
+            raise ModelError(f"preset {self.name}: alignment_weight must be within 0..1")
+        if self.embed_dim % self.num_heads or self.neck_dim % (2 * self.prompt_heads):
+            raise ModelError(f"preset {self.name}: widths must divide evenly by the number of heads")
         grid = self.token_grid
         if self.crop_size * self.upsample % self.patch_size:
             raise ModelError(f"preset {self.name}: crop*upsample must be a multiple of the patch size")
@@ -72,9 +88,13 @@ class TagsConfig:
         if unknown:
             raise ModelError(f"network config has unknown fields {unknown} (written by a newer tagseg?)")
         values = dict(data)
-        if "global_attn_indexes" in values:
-            values["global_attn_indexes"] = tuple(values["global_attn_indexes"])
-        return cls(**values).validate()
+        try:
+            if "global_attn_indexes" in values:
+                values["global_attn_indexes"] = tuple(int(i) for i in values["global_attn_indexes"])
+            config = cls(**values)
+        except (TypeError, ValueError) as exc:
+            raise ModelError(f"network config is malformed ({exc})") from None
+        return config.validate()
 
 
 TAGS_B = TagsConfig(name="tags-b")
