@@ -786,23 +786,12 @@ def test_default_segment_names():
 
 @pytest.fixture(scope="module")
 def mrml():
-    try:
-        import slicer
-    except ImportError as exc:
-        pytest.skip(f"slicer-core is not importable ({exc}); install the [test] extra")
-    scene = slicer.vtkMRMLScene()
-    app_logic = slicer.vtkSlicerApplicationLogic()
-    app_logic.SetMRMLScene(scene)
-    app_logic.GetColorLogic().SetMRMLScene(scene)
-    app_logic.GetColorLogic().AddDefaultColorNodes()
-    for logic, name in ((app_logic.GetColorLogic(), "Colors"),
-                        (slicer.vtkSlicerSegmentationsModuleLogic(), "Segmentations"),
-                        (slicer.vtkSlicerMarkupsLogic(), "Markups")):
-        logic.SetMRMLScene(scene)
-        logic.SetMRMLApplicationLogic(app_logic)
-        app_logic.SetModuleLogic(name, logic)
-    yield types.SimpleNamespace(slicer=slicer, scene=scene, keep=app_logic)
-    scene.Clear(1)
+    slicer = pytest.importorskip("slicer", reason="slicer-core is not importable; install the [test] extra")
+    from slicer_harness import make_scene
+
+    harness = make_scene()
+    yield types.SimpleNamespace(slicer=slicer, scene=harness.scene, keep=harness)
+    harness.scene.Clear(1)
 
 
 def test_prompt_markers_are_locked_coloured_and_removed(mrml):
