@@ -10,6 +10,7 @@ TINY_PHANTOM = dict(seed=1, shape_kji=(24, 80, 80), spacing_ijk=(1.2, 1.2, 2.0),
 # a soft-tissue window with statistics near the phantom's organs (what `tagseg train` would measure)
 TINY_INTENSITY = {"window": [-160.0, 240.0], "mean": 40.0, "std": 60.0}
 TRAIN_STEPS = 60
+DEFAULT_MODEL = "litemedsam-3d"
 
 
 def dice(a, b) -> float:
@@ -59,3 +60,14 @@ def tiny_trained(tmp_path_factory):
                            phantom=phantom, organ=organ, image_path=image_path, label_path=label_path,
                            organ_path=organ_path, organ_dir=organ_dir, class_embeddings=class_embeddings,
                            word=word)
+
+
+@pytest.fixture(scope="module")
+def shared_backend():
+    """The real default backend, loaded once per test module; every Session the module opens gets it."""
+    from tagseg import backends
+
+    backend = backends.create_backend(DEFAULT_MODEL, "cpu")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(backends.BACKENDS, DEFAULT_MODEL, lambda device, options: backend)
+        yield backend

@@ -65,15 +65,6 @@ def files_in(folder: Path) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def shared_backend():
-    """The real backend, loaded once; every Session the CLI opens in this module gets this instance."""
-    backend = backends.create_backend(MODEL, "cpu")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(backends.BACKENDS, MODEL, lambda device, options: backend)
-        yield backend
-
-
-@pytest.fixture(scope="module")
 def case(tmp_path_factory):
     """The small phantom on disk plus three clicks drawn from its label."""
     folder = tmp_path_factory.mktemp("case")

@@ -54,15 +54,6 @@ def ras_centroid(mask: Volume) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def shared_backend():
-    """The real backend, loaded once; every Session of this module gets this instance."""
-    backend = backends.create_backend(MODEL, "cpu")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(backends.BACKENDS, MODEL, lambda device, options: backend)
-        yield backend
-
-
-@pytest.fixture(scope="module")
 def phantom():
     return make_phantom(**PHANTOM)
 

@@ -194,6 +194,26 @@ def phantom_node():
     return harness, phantom, node
 
 
+def save_seg_nrrd(scene, segmentation_node, path) -> None:
+    storage = slicer.vtkMRMLSegmentationStorageNode()
+    scene.AddNode(storage)
+    storage.SetFileName(str(path))
+    assert storage.WriteData(segmentation_node)
+
+
+def load_seg_nrrd_beside(volume, name, path):
+    """A fresh scene with `volume` as a node and the `.seg.nrrd` read back: (scene harness, volume node,
+    segmentation node); keep the harness while using the nodes."""
+    fresh = make_scene()
+    node_in = L.volume_node_from_volume(fresh.scene, volume, name)
+    seg_in = fresh.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    reader = slicer.vtkMRMLSegmentationStorageNode()
+    fresh.scene.AddNode(reader)
+    reader.SetFileName(str(path))
+    assert reader.ReadData(seg_in)
+    return fresh, node_in, seg_in
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # geometry: volumes, markups, ROIs
 
@@ -555,18 +575,9 @@ def test_seg_nrrd_round_trip_keeps_name_geometry_and_voxels(h, tmp_path):
     mask = blob()
     assert L.write_mask(editor, seg, sid, L.oriented_labelmap(mask, node, seg))
     path = tmp_path / "tags.seg.nrrd"
-    storage = slicer.vtkMRMLSegmentationStorageNode()
-    h.scene.AddNode(storage)
-    storage.SetFileName(str(path))
-    assert storage.WriteData(seg)
+    save_seg_nrrd(h.scene, seg, path)
 
-    fresh = make_scene()
-    node_in = L.volume_node_from_volume(fresh.scene, volume)
-    seg_in = fresh.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
-    reader = slicer.vtkMRMLSegmentationStorageNode()
-    fresh.scene.AddNode(reader)
-    reader.SetFileName(str(path))
-    assert reader.ReadData(seg_in)
+    fresh, node_in, seg_in = load_seg_nrrd_beside(volume, None, path)
     segmentation = seg_in.GetSegmentation()
     assert segmentation.GetNumberOfSegments() == 1
     sid_in = segmentation.GetNthSegmentID(0)
@@ -816,18 +827,9 @@ def test_real_dev_case_written_saved_and_reloaded(h, shared_logic, tmp_path):
     editor, _ = L.make_editor_logic(h.scene, seg, node, sid)
     assert L.write_mask(editor, seg, sid, L.oriented_labelmap(mask, node, seg))
     path = tmp_path / "lung1.seg.nrrd"
-    storage = slicer.vtkMRMLSegmentationStorageNode()
-    h.scene.AddNode(storage)
-    storage.SetFileName(str(path))
-    assert storage.WriteData(seg)
+    save_seg_nrrd(h.scene, seg, path)
 
-    fresh = make_scene()
-    node_in = L.volume_node_from_volume(fresh.scene, image, "lung1")
-    seg_in = fresh.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
-    reader = slicer.vtkMRMLSegmentationStorageNode()
-    fresh.scene.AddNode(reader)
-    reader.SetFileName(str(path))
-    assert reader.ReadData(seg_in)
+    fresh, node_in, seg_in = load_seg_nrrd_beside(image, "lung1", path)
     segmentation = seg_in.GetSegmentation()
     sid_in = segmentation.GetNthSegmentID(0)
     assert segmentation.GetNumberOfSegments() == 1 and segmentation.GetSegment(sid_in).GetName() == "lung nodule"

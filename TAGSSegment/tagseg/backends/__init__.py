@@ -100,7 +100,8 @@ SHARED_BACKENDS = 2
 def acquire_backend(name: str, device: str, options: dict | None = None) -> tuple[Backend, threading.Lock]:
     """A loaded backend for (name, device, options) and the lock to hold while using it."""
     factory = None if name.startswith(TAGS_PREFIX) else BACKENDS.get(name)
-    key = (name, device, repr(sorted((options or {}).items())), id(factory))
+    # the factory itself (not its id, which a new function may reuse) tells re-registered backends apart
+    key = (name, device, repr(sorted((options or {}).items())), factory)
     with _SHARED_LOCK:
         if key in _SHARED:
             _SHARED.move_to_end(key)
