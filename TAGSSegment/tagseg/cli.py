@@ -148,6 +148,9 @@ def _parser() -> argparse.ArgumentParser:
     from .research_cli import add_commands
 
     add_commands(commands)
+    from .server import add_serve_command     # `tagseg serve`: the engine as an HTTP server
+
+    add_serve_command(commands)
     return parser
 
 

@@ -19,3 +19,11 @@ class ModelError(TagsegError):
 
 class DeviceError(TagsegError):
     """The requested compute device is unavailable or ran out of memory."""
+
+
+class EngineUnavailable(TagsegError):
+    """The engine process (`tagseg serve`) cannot be reached: not started, exited, killed, or unreachable."""
+
+
+class Superseded(TagsegError):
+    """A newer prediction request for the same session arrived first; this one was dropped (newest wins)."""
