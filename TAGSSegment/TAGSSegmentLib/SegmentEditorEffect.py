@@ -5,9 +5,18 @@ prompt markers live in the GUI-free `TAGSSegmentLib.state` (tested in CI); the m
 `TAGSLogic` on its worker thread. Writes go through the effect API so undo, masking and overwrite settings
 of the Segment Editor apply. torch and the model code are imported only when a prediction is made.
 """
-import logging
 import os
 import sys
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+if __name__ == os.path.basename(_PACKAGE_DIR) and "__path__" not in globals():
+    # Slicer executed this file itself under the package's name (its fallback when the package did not expose
+    # the class, see TAGSSegmentLib/__init__.py). Since 5.10 this module then replaces the package in
+    # sys.modules; 5.8 fills an empty module of that name. Either way it must stay a package, or no
+    # `TAGSSegmentLib.<submodule>` could be imported for the rest of the session.
+    __path__ = [_PACKAGE_DIR]
+
+import logging
 
 import qt
 import vtk
@@ -232,7 +241,9 @@ description. Device and models are set in the <b>TAGS Segment</b> module.</html>
                 self._setStatus("TAGS prompts are placed in slice views; clicks in the 3D view are ignored.", log=False)
             return False
 
-        if eventId == vtk.vtkCommand.LeftButtonPressEvent:
+        # A quick second click arrives as a double click (press, release, double click, release). Take it as a
+        # press, as the Draw effect does: unanswered, Slicer maximizes the view and the click is lost.
+        if eventId in (vtk.vtkCommand.LeftButtonPressEvent, vtk.vtkCommand.LeftButtonDoubleClickEvent):
             exclude = bool(callerInteractor.GetControlKey() or callerInteractor.GetShiftKey()
                            or self.excludeButton.checked)
             self._press = (self._viewKey(viewWidget), tuple(callerInteractor.GetEventPosition()), exclude)
