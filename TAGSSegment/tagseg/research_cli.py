@@ -14,6 +14,8 @@ from pathlib import Path
 from .errors import InputError
 
 TASK_CHOICES = ("kits", "lits", "pancreas", "custom")
+PROTOCOL_CHOICES = ("paper", "interactive")
+EXIT_CASES_FAILED = 3
 
 
 def add_commands(commands) -> None:
@@ -32,10 +34,15 @@ def add_commands(commands) -> None:
                        help="mixed precision (the paper: off = fp32)")
     train.add_argument("--layout", default="auto", help="auto, msd, kits, lits, folder, case-folder")
     train.add_argument("--organ-dir", metavar="DIR", help="organ masks as DIR/<case>/<organ>.nii.gz")
-    train.add_argument("--split", metavar="FILE", help="3DSAM-adapter split.pkl or a tagseg split .json")
+    train.add_argument("--split", metavar="FILE",
+                       help="3DSAM-adapter split.pkl (the paper's folds) or a tagseg split .json; without it, a "
+                            "seeded 70/10/20 split of this data, saved as RUN_DIR/split.json")
     train.add_argument("--fold", type=int, default=0)
     train.add_argument("--tumour-label", type=int, default=None, help="tumour value in the labels (default: task's)")
-    train.add_argument("--sam-weights", metavar="PTH", help="sam_vit_b_01ec64.pth (tagseg weights download sam-vit-b)")
+    train.add_argument("--sam-weights", metavar="PTH",
+                       help="sam_vit_b_01ec64.pth (tagseg weights download sam-vit-b); required unless --from-scratch")
+    train.add_argument("--from-scratch", action="store_true",
+                       help="train without SAM weights: the frozen backbone stays random (tests, tiny presets)")
     train.add_argument("--text-encoder", help="open_clip spec (default: the preset's; paper: open_clip:ViT-L-14:openai)")
     train.add_argument("--object-word-mode", choices=("dataset-key", "anatomy"), default="dataset-key")
     train.add_argument("--point-labels", action="store_true", help="extension: learn include/exclude click labels")
@@ -45,7 +52,14 @@ def add_commands(commands) -> None:
     train.add_argument("--device", default="auto")
     train.set_defaults(func=cmd_train)
 
-    ev = commands.add_parser("evaluate", help="the paper's evaluation protocol for any model (Dice, NSD@5mm)")
+    ev = commands.add_parser(
+        "evaluate", help="the paper's evaluation protocol for any model (Dice, NSD@5mm)",
+        description="Per case: clicks drawn from the tumour (seeded), one prediction, Dice and the authors' NSD "
+                    "at 5 mm on the original grid. --protocol paper (default) runs TAGS as the authors' test.py "
+                    "does: one crop at the floored midpoint of the clicks whatever their spread, fp32, text "
+                    "unused, zeros in the organ channel when the mask misses the crop. The extensions are "
+                    "opt-in flags; the CSV records per case what actually ran. A case that fails is a row with "
+                    "its error; the run goes on and exits with code 3 if any case failed.")
     ev.add_argument("--data", required=True, metavar="DIR")
     ev.add_argument("--model", required=True, metavar="CHECKPOINT|NAME")
     ev.add_argument("--clicks", type=int, default=3)
@@ -57,8 +71,21 @@ def add_commands(commands) -> None:
     ev.add_argument("--fold", type=int, default=0)
     ev.add_argument("--subset", default="test")
     ev.add_argument("--tumour-label", type=int, default=2)
-    ev.add_argument("--text", default=None, help="description given to the model (default: '<organ> tumor')")
-    ev.add_argument("--sliding-window", action="store_true", help="TAGS extension: several crops")
+    ev.add_argument("--text", default=None,
+                    help="description (default: '<organ> tumor'); picks the model with --model auto, and reaches "
+                         "the model only with --text-fusion or --protocol interactive (the paper: text unused)")
+    ev.add_argument("--protocol", choices=tuple(PROTOCOL_CHOICES), default="paper",
+                    help="paper (default): the authors' test.py; interactive: what the app does (sliding window, "
+                         "bf16 on GPU, a box around the clicks as organ channel when the mask is missing)")
+    ext = ev.add_argument_group("TAGS extensions (off in --protocol paper; each flag turns one on)")
+    ext.add_argument("--sliding-window", action="store_true", default=None,
+                     help="cover clicks wider than one crop with overlapping crops")
+    ext.add_argument("--autocast", choices=("off", "bf16", "fp16", "auto"), default=None,
+                     help="mixed precision (paper: off = fp32; auto = bf16 on CUDA)")
+    ext.add_argument("--text-fusion", type=float, default=None, metavar="W",
+                     help="mix the text-conditioned tumour map into the result with weight W (paper: 0)")
+    ext.add_argument("--anatomy-fallback", choices=("zeros", "prompt-box", "ct", "ones"), default=None,
+                     help="organ channel when the mask is missing or misses the crop (paper: zeros)")
     ev.add_argument("--limit", type=int, help="only the first N cases")
     ev.add_argument("--device", default="auto")
     ev.set_defaults(func=cmd_evaluate)
@@ -113,6 +140,11 @@ def cmd_train(args: argparse.Namespace, reporter) -> int:
     from .text import ORGAN_LABELS
     from .train import Trainer, TrainConfig, check_output_folder, init_distributed, write_run_config
 
+    if not args.sam_weights and not args.from_scratch:
+        raise InputError("no --sam-weights: the frozen SAM ViT-B backbone would stay random; pass --sam-weights "
+                         "sam_vit_b_01ec64.pth (tagseg weights download sam-vit-b) or --from-scratch to mean it")
+    if args.sam_weights and args.from_scratch:
+        raise InputError("--sam-weights and --from-scratch contradict each other; pass one")
     task = _task(args.task)
     out = Path(args.out).expanduser()
     check_output_folder(out, args.resume)
@@ -122,6 +154,8 @@ def cmd_train(args: argparse.Namespace, reporter) -> int:
     check_cases(cases, tumour_label=tumour_label)
     if split is None:
         split = make_split([c.case_id for c in cases], args.seed)
+        print("no --split: a seeded 70/10/20 split of this data (saved as split.json in the run folder), "
+              "not the paper's 3DSAM-adapter fold", file=sys.stderr, flush=True)
     sets = split_cases(cases, split)
     if not sets.get("train") or not sets.get("val"):
         raise InputError("the split has no training or no validation cases")
@@ -195,7 +229,8 @@ def cmd_evaluate(args: argparse.Namespace, reporter) -> int:
 
     from .backends import resolve_model_name
     from .data.datasets import load_case
-    from .evaluate import evaluate_case, session_predictor, summarise, write_results_csv
+    from .evaluate import (ResultsWriter, evaluate_case, failed_case, protocol_options, session_predictor,
+                           summarise)
     from .text import parse_description
 
     from .cli import _check_writable
@@ -206,6 +241,8 @@ def cmd_evaluate(args: argparse.Namespace, reporter) -> int:
     _check_writable(out, "the results file")
     if args.clicks < 1:
         raise InputError("--clicks must be at least 1")
+    if args.text_fusion is not None and not 0.0 <= args.text_fusion <= 1.0:
+        raise InputError(f"--text-fusion {args.text_fusion}: must be within 0..1")
     cases, split, _, _, split_cases = _cases(args, "auto", args.tumour_label, None)
     if split is not None:
         cases = split_cases(cases, split).get(args.subset, [])
@@ -215,23 +252,42 @@ def cmd_evaluate(args: argparse.Namespace, reporter) -> int:
     anatomy = _custom_anatomy(args.data)
     text = args.text if args.text is not None else f"{anatomy if anatomy != 'organ' else ''} tumor".strip()
     model = resolve_model_name(args.model, parse_description(text))
-    options = {"sliding_window": args.sliding_window}
+    options = protocol_options(args.protocol, sliding_window=args.sliding_window, autocast=args.autocast,
+                               text_fusion=args.text_fusion, anatomy_fallback=args.anatomy_fallback)
+    # the paper's test.py never looks at text; it reaches the model only when an extension uses it
+    model_text = text if (args.protocol != "paper" or options["text_fusion"] > 0) else ""
     organs: dict = {}
-    predictor = session_predictor(model, args.device, text, options, organ_for=lambda cid: organs.get(cid))
+    predictor = session_predictor(model, args.device, model_text, options, organ_for=lambda cid: organs.get(cid))
     rng = np.random.default_rng(args.seed)
     results = []
-    for index, case in enumerate(cases, 1):
-        image, label, organ = load_case(case)
-        organs[case.case_id] = organ
-        tumour = label.with_array((np.asarray(label.array) == args.tumour_label).astype(np.uint8))
-        result = evaluate_case(case.case_id, image, tumour, predictor(case.case_id), args.clicks, rng)
-        results.append(result)
-        shown = "skipped (no tumour)" if result.dice is None else f"Dice {result.dice:.4f} NSD {result.nsd:.4f}"
-        print(f"[{index}/{len(cases)}] {case.case_id}: {shown}", file=sys.stderr, flush=True)
-    write_results_csv(results, out, extra={"model": model, "clicks": args.clicks, "seed": args.seed})
+    extra = {"model": model, "clicks": args.clicks, "seed": args.seed, "requested_protocol": args.protocol}
+    with ResultsWriter(out, extra) as writer:
+        for index, case in enumerate(cases, 1):
+            try:
+                image, label, organ = load_case(case)
+                tumour = label.with_array((np.asarray(label.array) == args.tumour_label).astype(np.uint8))
+            except Exception as exc:  # noqa: BLE001 - an unreadable case is a row, not the end of the run
+                result = failed_case(case.case_id, exc)
+            else:
+                organs[case.case_id] = organ
+                result = evaluate_case(case.case_id, image, tumour, predictor(case.case_id), args.clicks, rng)
+                organs.pop(case.case_id, None)
+            results.append(result)
+            writer.write(result)
+            if result.failed:
+                shown = f"FAILED: {result.error}"
+            elif result.dice is None:
+                shown = "skipped (no tumour)"
+            else:
+                shown = f"Dice {result.dice:.4f} NSD {result.nsd:.4f} [{result.protocol}]"
+            print(f"[{index}/{len(cases)}] {case.case_id}: {shown}", file=sys.stderr, flush=True)
     summary = summarise(results)
     print(summary.line())
     print(f"per-case results: {out}")
+    if summary.failed:
+        print(f"{summary.failed} of {len(results)} cases failed (their rows in {out} give the error); "
+              f"exit code {EXIT_CASES_FAILED}", file=sys.stderr, flush=True)
+        return EXIT_CASES_FAILED
     return 0
 
 

@@ -195,3 +195,114 @@ def test_evaluate_command_reproduces_hand_computed_numbers(tmp_path, capsys, mon
     assert rows["case1"]["dice"] == "0.500000" and rows["case1"]["nsd"] == "1.000000"
     assert rows["case2"]["dice"] == "" and "no tumour" in rows["case2"]["note"]
     assert "1 cases scored (1 skipped): Dice 0.5000 ± 0.0000, NSD@5mm 1.0000 ± 0.0000" in printed.out
+
+
+# ---- `tagseg evaluate --protocol paper` with a TAGS checkpoint ---------------------------------------------
+def write_msd_case(root, case_id, image, label, organ=None):
+    from tagseg.io import save_volume
+
+    for folder in ("imagesTr", "labelsTr"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    save_volume(image, root / "imagesTr" / f"{case_id}.nii.gz")
+    save_volume(label, root / "labelsTr" / f"{case_id}.nii.gz")
+    if organ is not None:
+        (root / "organsTr" / case_id).mkdir(parents=True, exist_ok=True)
+        save_volume(organ, root / "organsTr" / case_id / "liver.nii.gz")
+
+
+def wide_case():
+    """A 240 mm long phantom with two small tumours 210 mm apart: three clicks drawn from them span ~200 mm,
+    far more than one tags-tiny crop (32 voxels at 1.5 mm = 48 mm)."""
+    grid = make_ijk_to_ras((1.5, 1.5, 2.0), (0.0, 0.0, 0.0))
+    image = np.full((12, 20, 160), -100, np.int16)
+    label = np.zeros(image.shape, np.uint8)
+    organ = np.zeros(image.shape, np.uint8)
+    for i in (8, 148):
+        image[4:8, 7:12, i - 2:i + 3] = 60
+        label[5:7, 8:11, i - 1:i + 2] = 2
+        organ[2:10, 4:16, i - 6:i + 7] = 1
+    vol = Volume(image, grid, "img", {})
+    return vol, vol.with_array(label), vol.with_array(organ)
+
+
+@pytest.fixture
+def wide_dataset(tmp_path):
+    import json
+
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "1": "liver", "2": "tumour"}}))
+    image, label, organ = wide_case()
+    write_msd_case(root, "wide_001", image, label, organ)
+    return root
+
+
+def click_spread_mm(row) -> float:
+    points = np.array([[float(v) for v in p.split(",")] for p in row["clicks_ras"].split(";")])
+    return float(np.max(points.max(0) - points.min(0)))
+
+
+def test_paper_protocol_finishes_a_case_whose_clicks_span_200_mm(tiny_trained, wide_dataset, tmp_path, capsys):
+    from tagseg import cli
+
+    out = tmp_path / "results.csv"
+    code = cli.main(["evaluate", "--data", str(wide_dataset), "--model", str(tiny_trained.checkpoint), "--out",
+                     str(out), "--device", "cpu", "--clicks", "3", "--seed", "2"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    (row,) = list(csv.DictReader(out.open()))
+    assert click_spread_mm(row) >= 200.0              # the premise: far wider than one 48 mm crop
+    assert row["error"] == "" and 0.0 <= float(row["dice"]) <= 1.0 and row["nsd"] != ""
+    # one crop, fp32, the organ mask (as far as it reaches) in the third channel: the authors' test.py
+    assert row["protocol"] == "paper" and row["requested_protocol"] == "paper"
+    assert "crops=1" in row["inference"] and "precision=fp32" in row["inference"]
+    assert "text_fusion=0.0" in row["inference"]
+    assert "[paper]" in printed.err and "failed" not in printed.err
+
+
+def test_extensions_are_recorded_per_case(tiny_trained, wide_dataset, tmp_path, capsys):
+    from tagseg import cli
+
+    out = tmp_path / "results.csv"
+    code = cli.main(["evaluate", "--data", str(wide_dataset), "--model", str(tiny_trained.checkpoint), "--out",
+                     str(out), "--device", "cpu", "--seed", "2", "--sliding-window", "--text-fusion", "0.2"])
+    assert code == 0, capsys.readouterr().err
+    (row,) = list(csv.DictReader(out.open()))
+    assert row["protocol"].startswith("extended:") and "sliding window" in row["protocol"]
+    assert "text fusion 0.2" in row["protocol"]
+
+
+def test_a_failing_case_is_a_row_and_the_run_goes_on(tiny_trained, wide_dataset, tmp_path, capsys):
+    from tagseg import cli
+    from tagseg.io import save_volume
+
+    image, label, organ = wide_case()
+    # a label on another grid than its image: the prediction cannot be scored against it
+    small = Volume(np.asarray(label.array)[:, :, :80].copy(), label.ijk_to_ras, "lab", {})
+    write_msd_case(wide_dataset, "wide_002", image, small, organ)
+    write_msd_case(wide_dataset, "wide_003", image, label, organ)
+    (wide_dataset / "imagesTr" / "wide_004.nii.gz").write_bytes(b"not a volume")
+    save_volume(label, wide_dataset / "labelsTr" / "wide_004.nii.gz")
+    out = tmp_path / "results.csv"
+    code = cli.main(["evaluate", "--data", str(wide_dataset), "--model", str(tiny_trained.checkpoint), "--out",
+                     str(out), "--device", "cpu", "--seed", "2"])
+    printed = capsys.readouterr()
+    assert code == 3, printed.err
+    rows = {r["case_id"]: r for r in csv.DictReader(out.open())}
+    assert list(rows) == ["wide_001", "wide_002", "wide_003", "wide_004"]
+    assert rows["wide_001"]["error"] == "" and rows["wide_003"]["error"] == "" and rows["wide_003"]["dice"] != ""
+    assert "shape" in rows["wide_002"]["error"] and rows["wide_002"]["dice"] == ""
+    assert rows["wide_004"]["error"] and rows["wide_004"]["dice"] == ""
+    assert "2 of 4 cases failed" in printed.err
+    assert "2 cases scored (0 skipped, 2 failed)" in printed.out
+
+
+def test_results_are_written_as_each_case_finishes(tmp_path):
+    from tagseg.evaluate import ResultsWriter
+
+    out = tmp_path / "r.csv"
+    pred, truth = cubes()
+    with ResultsWriter(out, {"model": "m"}) as writer:
+        writer.write(CaseResult("a", 0.5, 1.0, 8, 8, 0.1, protocol="paper"))
+        rows = list(csv.DictReader(out.open()))          # readable before the run ends
+        assert [r["case_id"] for r in rows] == ["a"] and rows[0]["protocol"] == "paper"

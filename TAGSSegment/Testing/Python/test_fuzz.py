@@ -1445,7 +1445,8 @@ def evaluate(c: Ctx, kind: str, out: str = "results.csv", extra=(), register: bo
     return ["evaluate", "--data", data, "--model", FAKE, "--out", output, "--device", "cpu", *extra]
 
 
-TRAIN = ["--task", "custom", "--preset", "tags-tiny", "--epochs", "1", "--max-steps-per-epoch", "1", "--device", "cpu"]
+TRAIN = ["--task", "custom", "--preset", "tags-tiny", "--epochs", "1", "--max-steps-per-epoch", "1", "--device", "cpu",
+         "--from-scratch"]
 
 
 def train(c: Ctx, data, out=None, extra=()):

@@ -15,7 +15,7 @@ from tagseg import cli
 
 MODULE_DIR = Path(__file__).resolve().parents[2]
 SYNTH = ["--cases", "6", "--shape", "24,64,64", "--organ", "liver", "--seed", "0"]
-TRAIN = ["--task", "custom", "--preset", "tags-tiny", "--lr", "1e-3", "--point-labels", "--device", "cpu"]
+TRAIN = ["--task", "custom", "--preset", "tags-tiny", "--lr", "1e-3", "--point-labels", "--device", "cpu", "--from-scratch"]
 MIN_VAL_DICE = 0.4
 
 

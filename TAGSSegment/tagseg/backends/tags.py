@@ -15,6 +15,14 @@ Extensions over the paper, each switchable in `TagsOptions` (§10 #13-16):
 - boxes: crop centred on the box, include points at its centre and interior, output kept inside the
   box plus a margin.
 - `sliding_window`: prompts wider than one crop are covered by overlapping crops (averaged).
+- `autocast` "auto" runs bf16 on CUDA (the paper: fp32, `autocast="off"`).
+- `anatomy_fallback` "prompt-box": a box around the prompts when the organ mask is absent or misses
+  the crop (the paper: zeros, `anatomy_fallback="zeros"`).
+
+Prompts wider than one crop are refused by default (`wide_prompts="refuse"`, for the app);
+`wide_prompts="one-crop"` is the paper: one crop at the floored midpoint whatever the spread, every
+include click going to the prompt encoder, those outside the crop included. After each `predict`,
+`last_run` says what ran (crops, precision, organ channel, text fusion).
 """
 from __future__ import annotations
 
@@ -31,7 +39,8 @@ from ..text import parse_description
 from ..volume import Volume
 from .base import Backend, GridPrompts
 
-ANATOMY_FALLBACKS = ("prompt-box", "ct", "ones")
+ANATOMY_FALLBACKS = ("prompt-box", "zeros", "ct", "ones")
+WIDE_PROMPTS = ("refuse", "one-crop")
 
 
 @dataclass(frozen=True)
@@ -39,7 +48,9 @@ class TagsOptions:
     text_fusion: float = 0.0            # weight of the text map in the probability; 0 = the paper
     negatives: str = "auto"             # "auto" (tokens if the checkpoint has label embeddings), "constraint"
     sliding_window: bool = False        # cover prompts wider than one crop with several crops
-    anatomy_fallback: str = "prompt-box"  # organ channel without a mask: box around the prompts + 20 mm, "ct", "ones"
+    anatomy_fallback: str = "prompt-box"  # organ channel without a mask: box around the prompts + 20 mm,
+                                          # "zeros" (the paper), "ct" (the authors' use_mask=False), "ones"
+    wide_prompts: str = "refuse"        # prompts wider than a crop without sliding window: "refuse", "one-crop" (paper)
     box_margin_mm: float = 5.0
     negative_radius_mm: float = 3.0
     autocast: str = "auto"              # "auto" (bf16 on CUDA), "bf16", "fp16", "off"
@@ -52,6 +63,8 @@ class TagsOptions:
             raise ModelError(f"negatives must be 'auto' or 'constraint', got '{self.negatives}'")
         if self.anatomy_fallback not in ANATOMY_FALLBACKS:
             raise ModelError(f"anatomy fallback must be one of {', '.join(ANATOMY_FALLBACKS)}")
+        if self.wide_prompts not in WIDE_PROMPTS:
+            raise ModelError(f"wide_prompts must be one of {', '.join(WIDE_PROMPTS)}")
         if self.autocast not in ("auto", "bf16", "fp16", "off"):
             raise ModelError(f"autocast must be auto, bf16, fp16 or off, got '{self.autocast}'")
         return self
@@ -106,6 +119,9 @@ class TagsBackend(Backend):
         self._grid = None
         self._extents: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
         self.trace: list[str] = []
+        self.last_run: dict = {}
+        self._organ_sources: dict[tuple, str] = {}
+        self._run_organ: list[str] = []
 
     # -- Backend interface --------------------------------------------------------------------
     def set_image(self, volume: Volume) -> None:
@@ -118,6 +134,7 @@ class TagsBackend(Backend):
         self._float_volume = volume.with_array(finite_or_floor(np.asarray(volume.array)))
         self._encodings.clear()
         self._extents.clear()
+        self._organ_sources.clear()
         self._grid = None
 
     def info(self) -> dict:
@@ -129,6 +146,7 @@ class TagsBackend(Backend):
     def predict(self, prompts: GridPrompts) -> np.ndarray:
         self.timings = {}
         self.trace = []
+        self._run_organ = []
         volume = self._need_volume()
         ras = self._prompts_in_ras(prompts)
         if len(ras.include) == 0:
@@ -139,7 +157,7 @@ class TagsBackend(Backend):
         from ..tags.crop import crop_to_source
 
         for grid in grids:
-            crop_prob = self._crop_probability(grid, ras, prompts)
+            crop_prob = self._crop_probability(grid, ras, prompts, keep_outside=len(grids) == 1)
             start = time.perf_counter()
             placed = crop_to_source(crop_prob, grid, volume)
             if placed is not None:
@@ -156,6 +174,9 @@ class TagsBackend(Backend):
         mask = (prob > 0.5).astype(np.uint8)
         mask = self._apply_constraints(mask, prompts)
         self._tick("postprocess", start)
+        self.last_run = {"crops": len(grids), "precision": self._precision(),
+                         "organ_channel": "/".join(sorted(set(self._run_organ))) or "none",
+                         "text_fusion": float(self.options.text_fusion)}
         return mask
 
     # -- text ---------------------------------------------------------------------------------
@@ -275,6 +296,11 @@ class TagsBackend(Backend):
 
         size, spacing = self.config.crop_size, self.config.spacing_mm
         wide = np.any(ras.extent_hi - ras.extent_lo > self._span_mm())
+        if wide and not self.options.sliding_window and self.options.wide_prompts == "one-crop":
+            # the paper: one crop at the midpoint whatever the spread; the prompts outside it still count
+            self.trace.append(f"one crop: the prompts span {np.max(ras.extent_hi - ras.extent_lo):.0f} mm, "
+                              "more than the crop (as published)")
+            wide = False
         if wide and not self.options.sliding_window:
             raise PromptError(
                 f"the prompts span {np.max(ras.extent_hi - ras.extent_lo):.0f} mm, more than one "
@@ -293,7 +319,9 @@ class TagsBackend(Backend):
             points = np.concatenate([ras.include, ras.exclude, [ras.extent_lo, ras.extent_hi]])
             if np.all(current.contains_kji(current.ras_to_kji(points), margin=margin)):
                 return [current]
-        centre = np.floor((ras.extent_lo + ras.extent_hi) / 2 / spacing + 0.5) * spacing
+        from ..tags.crop import floored_centre_ras
+
+        centre = floored_centre_ras(self._need_volume(), np.array([ras.extent_lo, ras.extent_hi]), spacing)
         self._grid = CropGrid.centred(centre, size, spacing)
         # the fallback organ box is fixed when the crop is made, so later clicks keep the cached encoding
         self._extents[_grid_key(self._grid)] = (ras.extent_lo, ras.extent_hi)
@@ -303,13 +331,22 @@ class TagsBackend(Backend):
         from ..tags.crop import mask_channel
 
         volume = self._need_volume()
+        source = self._organ_sources
+        key = _grid_key(grid)
+        missing = "no mask"
         if prompts.anatomy is not None and prompts.anatomy.any():
             organ = mask_channel(volume.with_array(prompts.anatomy.astype(np.uint8)), grid)
             if organ.any():
+                source[key] = "mask"
                 return organ
+            missing = "mask misses the crop"
             self.trace.append("anatomy: the organ mask does not reach this crop; using the fallback")
         fallback = self.options.anatomy_fallback
+        source[key] = f"{fallback} ({missing})"
+        if fallback == "zeros":
+            return np.zeros(grid.shape, np.float32)  # the paper: the organ mask as it is in the crop, empty
         if fallback == "ones" or extent is None:
+            source[key] = f"ones ({missing})"
             return np.ones(grid.shape, np.float32)
         if fallback == "ct":
             return None  # the authors' use_mask=False: the CT goes into the third channel
@@ -330,14 +367,20 @@ class TagsBackend(Backend):
         third = ct if organ is None else organ
         return self._torch.from_numpy(np.stack([ct, ct, third]))[None]
 
+    def _precision(self) -> str:
+        """The precision the model runs in: fp32, or bf16/fp16 autocast ("auto" = bf16 on CUDA)."""
+        choice = self.options.autocast
+        if choice == "off" or (choice == "auto" and self._torch.device(self.device).type != "cuda"):
+            return "fp32"
+        return "fp16" if choice == "fp16" else "bf16"
+
     def _autocast(self):
         torch = self._torch
         device_type = torch.device(self.device).type
-        choice = self.options.autocast
-        if choice == "off" or (choice == "auto" and device_type != "cuda"):
+        precision = self._precision()
+        if precision == "fp32":
             return torch.autocast(device_type=device_type, enabled=False)
-        dtype = torch.float16 if choice == "fp16" else torch.bfloat16
-        return torch.autocast(device_type=device_type, dtype=dtype)
+        return torch.autocast(device_type=device_type, dtype=torch.float16 if precision == "fp16" else torch.bfloat16)
 
     def _encoded(self, grid, prompts: GridPrompts):
         organ_key = None if prompts.anatomy is None else hash(prompts.anatomy.tobytes())
@@ -345,6 +388,7 @@ class TagsBackend(Backend):
         key = (_grid_key(grid), organ_key, None if extent is None else tuple(np.round(np.ravel(extent), 2)))
         if key in self._encodings:
             self._encodings.move_to_end(key)
+            self._run_organ.append(self._organ_sources.get(_grid_key(grid), "unknown"))
             return self._encodings[key]
         start = time.perf_counter()
         crops = self._input_crop(grid, prompts).to(self.device)
@@ -362,17 +406,22 @@ class TagsBackend(Backend):
                                   f"{self.config.crop_size}^3 crop; try --device cpu") from None
             raise
         self._tick("encode", start)
+        self._run_organ.append(self._organ_sources.get(_grid_key(grid), "unknown"))
         self._encodings[key] = encoded
         while len(self._encodings) > self._cache_size:
             self._encodings.popitem(last=False)
         return encoded
 
-    def _crop_probability(self, grid, ras: _Prompts, prompts: GridPrompts) -> np.ndarray:
+    def _crop_probability(self, grid, ras: _Prompts, prompts: GridPrompts, keep_outside: bool = False) -> np.ndarray:
+        """Tumour probability on one crop. With `keep_outside` (one crop, as published) include clicks
+        outside the crop still go to the prompt encoder (their sampled features are zero); with several
+        crops each crop gets only its own clicks."""
         torch = self._torch
         encoded = self._encoded(grid, prompts)
         use_tokens = self.model.point_label_embed is not None and self.options.negatives == "auto"
         include = grid.ras_to_kji(ras.include)
-        include = include[grid.contains_kji(include)]
+        if not keep_outside:
+            include = include[grid.contains_kji(include)]
         points, labels = [include], [np.ones(len(include))]
         if use_tokens and len(ras.exclude):
             exclude = grid.ras_to_kji(ras.exclude)

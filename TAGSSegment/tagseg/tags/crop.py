@@ -71,6 +71,34 @@ class CropGrid:
         return np.all((kji >= -0.5 + margin) & (kji <= self.size - 0.5 - margin), axis=1)
 
 
+def floored_centre_ras(volume: Volume, points_ras, spacing_mm: float) -> np.ndarray:
+    """Centre of the crop the authors' test.py cuts around `points_ras` (TAGS_SPEC.md §6 step 4).
+
+    They resample the volume to `spacing_mm` with `F.interpolate(scale_factor=s / spacing_mm)`, whose
+    voxel n sits (n + 0.5) * spacing_mm from the volume's outer edge along each axis, take the clicks as
+    voxels of that grid, and crop [c - P/2, c + P/2) with c = floor((min + max) / 2) per axis. Here each
+    point is mapped to the resampled voxel that holds it, c is floored the same way, and the returned
+    RAS point is voxel c, moved by one voxel along the axes where the crop runs opposite to the
+    volume so the crop covers the same voxels. A volume that is not axis-aligned with the crop falls
+    back to flooring the midpoint on a `spacing_mm` lattice in patient space.
+    """
+    pts = np.atleast_2d(np.asarray(points_ras, float))
+    # crop axis a (i, j, k) against volume axis b: a signed permutation when the grids are aligned
+    alignment = CROP_DIRECTIONS.T @ volume.directions_ijk
+    nearest = np.round(alignment)
+    aligned = (np.allclose(alignment, nearest, atol=1e-3) and np.all(np.abs(nearest).sum(0) == 1)
+               and np.all(np.abs(nearest).sum(1) == 1))
+    if not aligned:
+        mid = (pts.min(0) + pts.max(0)) / 2
+        return np.floor(mid / spacing_mm) * spacing_mm
+    spacing = np.asarray(volume.spacing_kji, float)
+    index = np.floor((volume.ras_to_kji(pts) + 0.5) * spacing / spacing_mm)
+    centre = np.floor((index.min(0) + index.max(0)) / 2)
+    sign_ijk = nearest.sum(0)                      # +1 where the crop runs along the volume axis, -1 against
+    centre -= (sign_ijk[::-1] < 0)
+    return volume.kji_to_ras((centre + 0.5) * spacing_mm / spacing - 0.5)[0]
+
+
 def ct_channel(volume: Volume, grid: CropGrid, intensity: Intensity) -> np.ndarray:
     """Clip to the window, z-score, out-of-volume = 0; float32 [P, P, P] in (D, H, W)."""
     sampled = np.asarray(resample(volume, grid.ijk_to_ras, grid.shape, order=1, fill=np.nan).array, np.float32)
