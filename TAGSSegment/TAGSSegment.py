@@ -513,19 +513,24 @@ class TAGSSegmentTest(ScriptedLoadableModuleTest):
 
     def test_TAGSSegment_selftest(self):
         """The logic's own self-test (synthetic volume, real model on the CPU). Needs torch and the packages
-        from Resources/requirements.txt; skipped with a message where they are missing."""
+        from Resources/requirements.txt; where they are missing it says so and returns: runTest calls the tests
+        directly (Self Tests, Reload and Test), where a skipTest would be reported as an error."""
         if importlib.util.find_spec("torch") is None:
-            self.skipTest("torch is not installed: press 'Install dependencies' in the TAGS Segment module")
-        from TAGSSegmentLib.logic import run_selftest
-
-        from TAGSSegmentLib.logic import SELFTEST_MIN_DICE
+            self.delayDisplay("TAGS self-test not run: torch is not installed "
+                              "(press 'Install dependencies' in the TAGS Segment module)")
+            return
+        from TAGSSegmentLib.logic import SELFTEST_MIN_DICE, run_selftest
 
         self.delayDisplay("Running the TAGS self-test on the CPU")
         result = run_selftest(slicer.mrmlScene, device="cpu", log=logging.info)  # raises AssertionError on failure
         self.assertIsInstance(result, dict)
         self.assertGreaterEqual(result["dice"], SELFTEST_MIN_DICE)
-        for key in ("undo_ok", "redo_ok", "others_unchanged"):
-            self.assertIs(result[key], True, f"self-test reports {key}={result[key]!r}")
+        if result["editor_checked"]:
+            for key in ("undo_ok", "redo_ok", "others_unchanged"):
+                self.assertIs(result[key], True, f"self-test reports {key}={result[key]!r}")
+        else:
+            self.delayDisplay("Segment Editor write/undo checks skipped: this Slicer has no "
+                              "vtkSlicerSegmentEditorLogic (Slicer 5.10 and later have it)")
         segmentationNode = slicer.mrmlScene.GetNodeByID(result["segmentation_id"])
         self.assertIsNotNone(segmentationNode.GetSegmentation().GetSegment(result["tumor_segment_id"]))
         self.delayDisplay(f"TAGS self-test passed: Dice {result['dice']:.3f} in {result['seconds']:.1f} s")

@@ -394,6 +394,8 @@ def test_module_widget_lifecycle_and_test_class():
     assert "slicer.mrmlScene.Clear()" in ast.unparse(_method(test, "setUp"))
     selftest = ast.unparse(_method(test, "test_TAGSSegment_selftest"))
     assert "run_selftest(slicer.mrmlScene, device='cpu'" in selftest and "assertIsInstance(result, dict)" in selftest
+    skips = [c for c in _calls(test, "skipTest")]
+    assert not skips, "Slicer's Self Tests call runTest directly, where a skipTest is an error: say so and return"
     run_test = ast.unparse(_method(test, "runTest"))
     tests = [n.name for n in test.body if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")]
     assert tests and all(f"self.{name}()" in run_test for name in tests), "runTest (Self Tests) must run every test"
