@@ -486,7 +486,7 @@ TERMINOLOGY_TAG = "TerminologyEntry"
 
 
 def _terminology_of(segment: Any) -> str:
-    if hasattr(segment, "GetTerminology"):  # Slicer >= 5.8
+    if hasattr(segment, "GetTerminology"):  # vtkSegment::Get/SetTerminology: Slicer 5.10 and later
         return segment.GetTerminology() or ""
     import vtk  # older Slicer: the tag, read through an output reference
 
@@ -522,8 +522,22 @@ class PromptMarkers:
     def _node(self, node_id: str | None) -> Any:
         return self.scene.GetNodeByID(node_id) if node_id and self.scene else None
 
+    def _selection_node(self) -> Any:
+        node = self.scene.GetNodeByID("vtkMRMLSelectionNodeSingleton")
+        return node if node is not None else self.scene.GetFirstNodeByClass("vtkMRMLSelectionNode")
+
     def _make(self, class_name: str, name: str, color: Vec3) -> Any:
+        """A new marker node. The Markups logic makes every markups node added to the scene the active place
+        list (`vtkSlicerMarkupsLogic::OnMRMLSceneNodeAdded`), so the user's next "place point" would land in
+        this hidden node: the selection node's active place list and class are put back as they were."""
+        selection = self._selection_node()
+        previous = ((selection.GetActivePlaceNodeID(), selection.GetActivePlaceNodeClassName())
+                    if selection is not None else None)
         node = self.scene.AddNewNodeByClass(class_name, self.scene.GenerateUniqueName(name))
+        if selection is not None and (selection.GetActivePlaceNodeID(),
+                                      selection.GetActivePlaceNodeClassName()) != previous:
+            selection.SetReferenceActivePlaceNodeClassName(previous[1])
+            selection.SetReferenceActivePlaceNodeID(previous[0])
         node.SetSaveWithScene(False)
         node.SetHideFromEditors(True)
         node.SetSelectable(False)

@@ -980,3 +980,29 @@ def test_adopt_description_renames_only_default_named_segments(mrml):
     assert not state.adopt_description(node, other, "  ", _add_segment_like_the_logic)
     assert not state.adopt_description(node, "no-such-id", "tumor", _add_segment_like_the_logic)
     assert segmentation.GetNumberOfSegments() == 4
+
+
+def test_prompt_markers_leave_the_users_active_place_list_alone(mrml):
+    """The Markups logic makes every new markups node the active place list; the hidden prompt markers must not
+    stay active, or the user's next "place point" would go into them (and vanish with the prompts)."""
+    state = _state()
+    scene = mrml.scene
+    selection = scene.GetNodeByID("vtkMRMLSelectionNodeSingleton")
+    assert selection is not None
+    users = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "my landmarks")
+    assert selection.GetActivePlaceNodeID() == users.GetID()   # the Markups logic at work
+    prompts = state.Prompts()
+    prompts.add_point((1, 2, 3))
+    prompts.add_point((4, 5, 6), include=False)
+    prompts.add_box((-5, -5, -1), (5, 5, 1))
+    markers = state.PromptMarkers(scene)
+    markers.show(prompts)
+    assert len(markers.node_ids()) == 3
+    assert selection.GetActivePlaceNodeID() == users.GetID()
+    assert selection.GetActivePlaceNodeClassName() == "vtkMRMLMarkupsFiducialNode"
+    markers.remove()
+    scene.RemoveNode(users)
+    selection.SetReferenceActivePlaceNodeID(None)
+    markers.show(prompts)                                       # no list was active: none is afterwards
+    assert selection.GetActivePlaceNodeID() is None
+    markers.remove()
