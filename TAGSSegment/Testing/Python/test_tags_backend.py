@@ -240,3 +240,59 @@ def test_out_of_memory_while_encoding_becomes_a_device_error(tiny_trained, monke
     monkeypatch.setattr(b.model, "encode", exhausted)
     with pytest.raises(DeviceError, match="out of memory"):
         b.predict(grid_prompts(tiny_trained, label_kji(tiny_trained)[:1]))
+
+
+@pytest.mark.parametrize("directions", [np.diag([-1.0, -1.0, 1.0]), np.diag([1.0, -1.0, -1.0]),
+                                        np.array([[0.0, -1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])])
+def test_crop_covers_the_authors_floored_crop(directions):
+    """test.py resamples to 1 mm with F.interpolate (voxel n at (n + 0.5) mm from the volume's edge), takes
+    c = (max + min) // 2 of the clicks' 1 mm voxels and crops [c - P/2, c + P/2). Our crop must cover
+    exactly those 1 mm voxels, whichever way the volume's axes run."""
+    from tagseg.tags.crop import CropGrid, floored_centre_ras
+    from tagseg.volume import Volume, make_ijk_to_ras
+
+    spacing_ijk = np.array([0.7, 0.9, 2.5])
+    volume = Volume(np.zeros((40, 60, 70), np.int16), make_ijk_to_ras(spacing_ijk, (12.3, -40.1, 7.7), directions),
+                    "v", {})
+    size = 16
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        kji = rng.uniform(0, np.array(volume.shape_kji) - 1, (3, 3))
+        spacing_kji = spacing_ijk[::-1]
+        one_mm = np.floor((kji + 0.5) * spacing_kji)            # the 1 mm voxel holding each click
+        c = (one_mm.max(0) + one_mm.min(0)) // 2
+        grid = CropGrid.centred(floored_centre_ras(volume, volume.kji_to_ras(kji), 1.0), size, 1.0)
+        corners = np.array([[a, b, d] for a in (0, size - 1) for b in (0, size - 1) for d in (0, size - 1)], float)
+        covered = (volume.ras_to_kji(grid.kji_to_ras(corners)) + 0.5) * spacing_kji - 0.5   # 1 mm voxel indices
+        assert np.allclose(covered, np.round(covered), atol=1e-6)       # crop voxels sit on the 1 mm grid
+        assert np.allclose(covered.min(0), c - size // 2) and np.allclose(covered.max(0), c + size // 2 - 1)
+
+
+def test_one_crop_mode_segments_whatever_the_spread_as_published(tiny_trained):
+    image = tiny_trained.phantom.image
+    k, j, i = image.shape_kji
+    far_apart = np.array([[k // 2, 5, 5], [k // 2, j - 6, i - 6]], float)        # ~100 mm apart, crop is 48 mm
+    paper = TagsBackend(tiny_trained.checkpoint, "cpu",
+                        options=TagsOptions(wide_prompts="one-crop", anatomy_fallback="zeros", autocast="off"))
+    paper.set_image(image)
+    mask = paper.predict(grid_prompts(tiny_trained, far_apart))
+    assert mask.shape == image.shape_kji and "one crop" in " ".join(paper.trace)
+    assert paper.last_run["crops"] == 1 and paper.last_run["precision"] == "fp32"
+    assert paper.last_run["organ_channel"] in ("mask", "zeros (mask misses the crop)")
+
+
+def test_paper_organ_channel_is_zeros_when_the_mask_misses_the_crop(tiny_trained):
+    from tagseg.tags.crop import CropGrid
+
+    paper = TagsBackend(tiny_trained.checkpoint, "cpu", options=TagsOptions(anatomy_fallback="zeros"))
+    image = tiny_trained.phantom.image
+    paper.set_image(image)
+    far = np.zeros(image.shape_kji, bool)
+    far[0, 0, 0] = True                                   # an organ mask nowhere near the crop
+    prompts = GridPrompts(np.zeros((0, 3)), np.zeros((0, 3)), (), "", far)
+    grid = CropGrid.centred(image.kji_to_ras(np.array(image.shape_kji, float) / 2)[0], 32, 1.5)
+    assert not paper._organ_channel(grid, prompts, None).any()
+    box = TagsBackend(tiny_trained.checkpoint, "cpu")   # the app's default: a box around the prompts
+    box.set_image(image)
+    extent = (image.kji_to_ras(np.array(image.shape_kji, float) / 2)[0],) * 2
+    assert box._organ_channel(grid, prompts, extent).any()

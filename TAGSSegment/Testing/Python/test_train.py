@@ -150,3 +150,20 @@ def test_bad_datasets_give_one_line_errors(tmp_path, capsys):
     assert run("evaluate", "--data", tmp_path / "missing", "--model", "litemedsam-3d", "--out", tmp_path / "x.csv") == 2
     assert run("evaluate", "--data", empty, "--model", "litemedsam-3d", "--out", tmp_path / "x.txt") == 2
     assert run("synth", "--out", tmp_path / "s", "--cases", "0") == 2
+
+
+def test_training_without_sam_weights_needs_from_scratch(data, tmp_path, capsys):
+    common = ["--data", data, "--task", "custom", "--preset", "tags-tiny", "--device", "cpu", "--epochs", "1"]
+    assert run("train", "--out", tmp_path / "r", *common) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--sam-weights" in err and "--from-scratch" in err
+    assert not (tmp_path / "r").exists()
+    assert run("train", "--out", tmp_path / "r", *common, "--from-scratch", "--sam-weights", tmp_path / "x.pth") == 2
+    assert "contradict" in capsys.readouterr().err
+
+
+def test_training_without_split_says_whose_split_it_uses(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run("train", "--data", data, "--out", out, *TRAIN, "--epochs", "1", "--max-steps-per-epoch", "1",
+               "--cache", tmp_path / "cache") == 0
+    assert "no --split" in capsys.readouterr().err and (out / "split.json").is_file()
