@@ -223,8 +223,7 @@ class TAGSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onInstallDependencies(self):
         with slicer.util.tryWithErrorDisplay(_("Installing the dependencies failed."), waitCursor=True):
-            if self._ensureTorch():
-                self._ensurePackages()
+            if self._ensureTorch() and self._ensurePackages():
                 self._log("Dependencies are installed.")
             self._refreshCheapStatus()
 
@@ -237,9 +236,10 @@ class TAGSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     "TAGS needs the PyTorch extension, which installs the right torch for this computer.\n"
                     "Install it now? Slicer must be restarted afterwards; then press 'Install dependencies' again.",
                     windowTitle="TAGS Segment"):
+                self._log("The PyTorch extension was not installed.")
                 return False
-            manager = slicer.app.extensionsManagerModel()
-            if not manager.installExtensionFromServer("PyTorch"):
+            # this was the question: the extensions manager must not ask twice more
+            if not state.install_extension_quietly(slicer.app.extensionsManagerModel(), "PyTorch"):
                 raise RuntimeError("The PyTorch extension could not be installed: install it from the "
                                    "Extensions Manager, restart Slicer and try again.")
             self._log("PyTorch extension installed; restart Slicer, then press 'Install dependencies' again.")
@@ -257,20 +257,22 @@ class TAGSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _ensurePackages(self):
         """The engine's other packages from Resources/requirements.txt (torch is already there, so nothing
-        replaces it)."""
-        requirementsPath = self.resourcePath("requirements.txt")
+        replaces it), after one question. False when the user declined."""
         try:
             import slicer.packaging as packaging
-        except ImportError:
+        except ImportError:  # Slicer < 5.12
             packaging = None
-        if packaging is not None and hasattr(packaging, "pip_ensure"):
-            packaging.pip_ensure(packaging.load_requirements(requirementsPath), requester="TAGSSegment")
-            return
-        missing = state.missing_requirements(requirementsPath)  # Slicer < 5.12
-        if missing and slicer.util.confirmOkCancelDisplay(
-                "TAGS Segment needs these Python packages:\n\n" + "\n".join(missing) + "\n\nInstall them now?",
-                windowTitle="TAGS Segment"):
-            slicer.util.pip_install(missing)
+
+        def confirm(missing):
+            return slicer.util.confirmOkCancelDisplay(
+                "TAGS Segment needs these Python packages:\n\n" + "\n".join(missing) + "\n\nInstall them now? "
+                "This modifies Slicer's Python environment.", windowTitle="TAGS Segment")
+
+        if state.ensure_packages(self.resourcePath("requirements.txt"), confirm, packaging,
+                                 getattr(slicer.util, "pip_install", None)):
+            return True
+        self._log("The Python packages were not installed.")
+        return False
 
     # ---- models ------------------------------------------------------------------------------------------------
 

@@ -645,6 +645,42 @@ def missing_requirements(path: str | Path) -> list[str]:
     return missing
 
 
+def ensure_packages(requirements_path: str | Path, confirm: Callable[[list[str]], bool], packaging: Any = None,
+                    pip_install: Callable[[list[str]], Any] | None = None) -> bool:
+    """Install what `requirements_path` lists and this Python lacks, after ONE confirmation: `confirm(missing)`.
+
+    Returns True when everything is installed, False when the user declined (not an error: nothing is
+    installed and nothing is reported as failed). Slicer >= 5.12 installs through
+    `packaging.pip_ensure(..., prompt_install=False)`: its own question would come after ours, and declining
+    it raises a RuntimeError that would read as a failed installation. Older Slicer uses `pip_install`."""
+    missing = missing_requirements(requirements_path)
+    if not missing:
+        return True
+    if not confirm(missing):
+        return False
+    if packaging is not None and hasattr(packaging, "pip_ensure"):
+        packaging.pip_ensure(packaging.load_requirements(str(requirements_path)), prompt_install=False,
+                             requester="TAGSSegment")
+    elif pip_install is not None:
+        pip_install(missing)
+    else:
+        raise RuntimeError("this Slicer has neither slicer.packaging.pip_ensure nor slicer.util.pip_install")
+    return True
+
+
+def install_extension_quietly(manager: Any, name: str) -> bool:
+    """`installExtensionFromServer(name)` of Slicer's extensions manager model, after the caller asked the user
+    once: without the model's own two questions ("Install extension?", "Restart Slicer?"), which it skips
+    while `interactive` is off, and without the restart (`restart=False`), which the caller announces.
+    Returns True when the extension is installed."""
+    was_interactive = bool(manager.interactive)
+    manager.setInteractive(False)
+    try:
+        return bool(manager.installExtensionFromServer(name, False))
+    finally:
+        manager.setInteractive(was_interactive)
+
+
 def installed_version(distribution: str) -> str | None:
     try:
         return importlib.metadata.version(distribution)

@@ -382,11 +382,8 @@ def test_module_widget_lifecycle_and_test_class():
     for method in ("__init__", "setup", "enter", "_refreshCheapStatus"):
         body = ast.unparse(_method(widget, method))
         for call in ("pip_ensure", "pip_install", "installTorch", "installExtensionFromServer",
-                     "downloadFileIntoCache"):
+                     "downloadFileIntoCache", "ensure_packages", "install_extension_quietly"):
             assert call not in body, f"{method} calls {call}: install only when the user presses a button"
-    install = ast.unparse(_method(widget, "_ensurePackages"))
-    assert "pip_ensure(packaging.load_requirements(requirementsPath), requester='TAGSSegment')" in install
-    assert "slicer.util.pip_install" in install and "hasattr(packaging, 'pip_ensure')" in install
     open_editor = ast.unparse(_method(widget, "onOpenSegmentEditor"))
     assert "selectModule('SegmentEditor')" in open_editor and "setActiveEffectByName('TAGS')" in open_editor
     test = _class(tree, "TAGSSegmentTest")
@@ -1006,3 +1003,80 @@ def test_prompt_markers_leave_the_users_active_place_list_alone(mrml):
     markers.show(prompts)                                       # no list was active: none is afterwards
     assert selection.GetActivePlaceNodeID() is None
     markers.remove()
+
+
+# ---- installing dependencies: one question each, and "no" is not a failure
+
+
+class FakePackaging:
+    """slicer.packaging of Slicer >= 5.12, recording its calls."""
+
+    def __init__(self):
+        self.calls = []
+
+    def load_requirements(self, path):
+        return [line for line in Path(path).read_text().splitlines() if line and not line.startswith("#")]
+
+    def pip_ensure(self, requirements, **kwargs):
+        self.calls.append((requirements, kwargs))
+
+
+@pytest.fixture
+def requirements_with_one_missing(tmp_path):
+    path = tmp_path / "requirements.txt"
+    path.write_text("# engine\npytest\nno-such-package-tagseg-test>=1\n")
+    return path
+
+
+def test_declining_the_package_question_installs_nothing_and_is_no_error(requirements_with_one_missing):
+    state, packaging, installed = _state(), FakePackaging(), []
+    asked = []
+    assert state.ensure_packages(requirements_with_one_missing, lambda missing: asked.append(missing) or False,
+                                 packaging, installed.extend) is False
+    assert asked == [["no-such-package-tagseg-test>=1"]] and packaging.calls == [] and installed == []
+
+
+def test_accepted_packages_install_without_a_second_question(requirements_with_one_missing):
+    state, packaging, installed = _state(), FakePackaging(), []
+    assert state.ensure_packages(requirements_with_one_missing, lambda missing: True, packaging, installed.extend)
+    [(requirements, kwargs)] = packaging.calls                  # Slicer >= 5.12: pip_ensure, its prompt off
+    assert requirements == ["pytest", "no-such-package-tagseg-test>=1"]
+    assert kwargs == {"prompt_install": False, "requester": "TAGSSegment"} and installed == []
+    assert state.ensure_packages(requirements_with_one_missing, lambda missing: True, None, installed.extend)
+    assert installed == ["no-such-package-tagseg-test>=1"]     # older Slicer: pip_install of what is missing
+
+
+def test_nothing_missing_asks_nothing(tmp_path):
+    path = tmp_path / "requirements.txt"
+    path.write_text("pytest\n")
+    assert _state().ensure_packages(path, lambda missing: pytest.fail("asked"), FakePackaging(), None)
+
+
+class FakeExtensionsManager:
+    """The part of qSlicerExtensionsManagerModel that installExtensionFromServer's questions depend on."""
+
+    def __init__(self, result=True, error=None):
+        self.interactive, self.result, self.error, self.calls = True, result, error, []
+
+    def setInteractive(self, value):  # noqa: N802 (Slicer's name)
+        self.interactive = bool(value)
+
+    def installExtensionFromServer(self, name, restart=True, update=False):  # noqa: N802
+        self.calls.append({"name": name, "restart": restart, "interactive": self.interactive})
+        if self.error:
+            raise self.error
+        return self.result
+
+
+def test_pytorch_extension_installs_without_the_managers_own_questions():
+    state = _state()
+    manager = FakeExtensionsManager()
+    assert state.install_extension_quietly(manager, "PyTorch")
+    assert manager.calls == [{"name": "PyTorch", "restart": False, "interactive": False}]
+    assert manager.interactive is True                           # the user's setting is back
+    failing = FakeExtensionsManager(result=False)
+    assert not state.install_extension_quietly(failing, "PyTorch") and failing.interactive
+    broken = FakeExtensionsManager(error=RuntimeError("network"))
+    with pytest.raises(RuntimeError):
+        state.install_extension_quietly(broken, "PyTorch")
+    assert broken.interactive
