@@ -99,8 +99,11 @@ def _parser() -> argparse.ArgumentParser:
     tags.add_argument("--negatives", choices=("auto", "constraint"), default="auto",
                       help="exclude clicks as model tokens when the checkpoint supports it (auto) or only as "
                            "constraints on the result")
-    tags.add_argument("--anatomy-fallback", choices=("prompt-box", "ct", "ones"), default="prompt-box",
-                      help="organ channel without --anatomy (default: a box around the prompts + 20 mm)")
+    tags.add_argument("--anatomy-fallback", choices=("prompt-box", "zeros", "ct", "ones"), default="prompt-box",
+                      help="organ channel without --anatomy or when it misses the crop (default: a box around the "
+                           "prompts + 20 mm; the paper: zeros)")
+    tags.add_argument("--autocast", choices=("auto", "off", "bf16", "fp16"), default="auto",
+                      help="precision (default auto: bf16 on CUDA, fp32 elsewhere; the paper: off = fp32)")
     tags.add_argument("--allow-download", action="store_true",
                       help="let the text encoder download CLIP weights for a new description")
     seg.set_defaults(func=_cmd_segment)
@@ -368,7 +371,8 @@ def _cmd_segment(args: argparse.Namespace, reporter: _Reporter) -> int:
 
     is_tags = model_name.startswith("tags:")
     options = {"text_fusion": args.text_fusion, "sliding_window": args.sliding_window, "negatives": args.negatives,
-               "anatomy_fallback": args.anatomy_fallback, "allow_download": args.allow_download}
+               "anatomy_fallback": args.anatomy_fallback, "allow_download": args.allow_download,
+               "autocast": args.autocast}
     if not is_tags and (args.text_fusion or args.text_only or args.sliding_window):
         raise PromptError(f"--text-fusion/--text-only/--sliding-window need a TAGS checkpoint (model: {model_name})")
     session = Session(volume, model=model_name, device=args.device, warn=reporter.warn, backend_options=options)
