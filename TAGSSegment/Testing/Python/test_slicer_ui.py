@@ -552,6 +552,42 @@ def test_workflow_parses_and_runs_the_slicer_tests():
             assert ("run" in step) != ("uses" in step), f"a step needs exactly one of run/uses: {step}"
 
 
+def test_workflow_pins_the_supported_slicer_releases():
+    """The Slicer job tests 5.10 and 5.12 by release name, never "whatever is newest"."""
+    job = _workflow()["jobs"]["slicer"]
+    releases = job["strategy"]["matrix"]["slicer-release"]
+    assert sorted(r.rsplit(".", 1)[0] for r in releases) == ["5.10", "5.12"], releases
+    runs = "\n".join(step.get("run", "") for step in job["steps"])
+    assert "release_id_or_name=$SLICER_RELEASE" in runs and "sort=meta.revision" not in runs
+
+
+def _cmake_extension_settings() -> dict:
+    return dict(re.findall(r'set\((EXTENSION_\w+)\s+"([^"]*)"\)', (REPO / "CMakeLists.txt").read_text()))
+
+
+def test_extensions_index_entry_matches_the_cmake_metadata():
+    """TAGSSegment.json is what Slicer's Extensions Index (5.8 and later) reads; it must follow the catalog entry
+    schema v1.0.1 (required keys, no others) and agree with CMakeLists.txt."""
+    entry = json.loads((REPO / "TAGSSegment.json").read_text())
+    allowed = {"$schema": str, "category": str, "scm_url": str, "scm_revision": str, "scm_type": str,
+               "build_dependencies": list, "build_subdirectory": str, "enabled": bool, "tier": int}
+    assert {"$schema", "category", "scm_url"} <= set(entry) <= set(allowed), sorted(entry)
+    assert all(isinstance(entry[key], allowed[key]) for key in entry)
+    assert entry["$schema"].endswith("/slicer-extension-catalog-entry-schema-v1.0.1.json#")
+    cmake = _cmake_extension_settings()
+    assert entry["build_dependencies"] == cmake["EXTENSION_DEPENDS"].split() == ["PyTorch"]
+    assert entry["category"] == cmake["EXTENSION_CATEGORY"]
+    assert entry["scm_url"].removesuffix(".git") == cmake["EXTENSION_HOMEPAGE"]
+    assert entry["build_subdirectory"] == "." and 1 <= entry["tier"] <= 5
+
+
+def test_supported_slicer_versions_are_declared():
+    """Slicer 5.10 and 5.12: the CMake configure refuses older Slicer, the README says so."""
+    assert re.search(r"find_package\(Slicer 5\.10 REQUIRED\)", (REPO / "CMakeLists.txt").read_text())
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert re.search(r"Slicer 5\.10 and 5\.12", readme), "README: state the supported Slicer versions"
+
+
 def test_workflow_torch_matches_the_makefile():
     makefile = (REPO / "Makefile").read_text()
     flow = _workflow()
