@@ -49,6 +49,21 @@ def looks_like_ct(array: np.ndarray) -> bool:
     return lo < -100 and -1200 <= sample.min() and hi < 4000
 
 
+BACKGROUND_FRACTION = 0.25
+
+
+def constant_background(sample: np.ndarray) -> float | None:
+    """The fill value of a masked image (skull-stripped or zero-padded MR: one value, the minimum, in a
+    quarter or more of the voxels), or None. Percentiles taken with it would depend on how much of the
+    field of view is empty, and a z-scored image's fill would land mid-grey."""
+    if sample.size == 0:
+        return None
+    low = float(sample.min())
+    if np.count_nonzero(sample == low) >= BACKGROUND_FRACTION * sample.size:
+        return low
+    return None
+
+
 def normalise(array: np.ndarray, preset: IntensityPreset, reference: np.ndarray | None = None) -> np.ndarray:
     """Map voxel values to float32 0..1 with `preset`. `reference` supplies percentile statistics (e.g. the whole volume)."""
     data = finite_or_floor(array)
@@ -57,6 +72,9 @@ def normalise(array: np.ndarray, preset: IntensityPreset, reference: np.ndarray 
     else:
         ref = data if reference is None else finite_or_floor(reference)
         sample = ref.ravel()[:: max(1, ref.size // 2_000_000)]
+        background = constant_background(sample)
+        if background is not None:
+            sample = sample[sample != background]
         lo, hi = (float(v) for v in np.percentile(sample, preset.percentiles))
     if hi <= lo:
         return np.zeros_like(data, dtype=np.float32)

@@ -31,20 +31,23 @@ from .litemedsam_net import INPUT_SIZE, LiteMedSAM
 
 @dataclass
 class Options:
-    candidate_sizes_mm: tuple[float, ...] = (8.0, 12.0, 16.0, 20.0, 24.0, 30.0, 36.0, 45.0)  # box growth around clicks
-    refine_seed: bool = True              # re-decode the seed consensus with its own box
-    max_touched_edges: int = 2            # candidate masks reaching this many box sides do not vote
-    max_box_growths: int = 3              # a seed mask that fills its box gets a box this many times larger ...
-    box_growth: float = 0.3               # ... by this fraction each time
+    min_box_mm: float = 6.0               # smallest seed box around the clicks (plus the clicks' own spread) ...
+    box_step: float = 1.5                 # ... each next candidate this much larger, up to the whole slice
+    min_seed_quality: float = 0.5         # seed: the first mask whose (IoU estimate + IoU with the next box's mask) / 2
+                                          # reaches this and peaks
+    max_body_fraction: float = 0.5        # a seed mask covering more of the body on its slice is the organ, not a lesion
+    body_level: float = 0.05              # normalised intensity above which a pixel is body, not air or background
+    refine_seed: bool = True              # re-decode the chosen seed mask with its own box
     box_margin_px: float = 3.0            # margin (model pixels) added to a mask's box, as in LiteMedSAM's training
     min_iou: float = 0.35                 # propagation stops below this IoU estimate ...
     min_area_fraction: float = 0.04       # ... or when the slice mask falls under this fraction of the largest
     min_overlap: float = 0.4              # ... or when less than this fraction lies over the previous mask (dilated)
     max_growth: float = 1.6               # a propagated slice may grow at most this much in area
-    depth_reach: float = 1.0              # propagate at most this x the seed's equivalent radius beyond the clicks
+    depth_reach: float = 1.5              # propagate at most this x the seed's equivalent radius beyond the clicks
     depth_slack_slices: float = 0.5       # ... plus this many slices
     stability_expand: float = 0.5         # a propagated slice is re-decoded with a box this much wider ...
     min_stability: float = 0.3            # ... and stops when the two masks agree less than this (IoU)
+    slice_step_mm: float = 3.0            # on thin slices, model every slice this far apart and interpolate between
     anatomy_dilation_mm: float = 5.0
     decode_cache_size: int = 1024         # decoded (slice, box) results kept, 128 KB each
     click_disk_mm: float = 2.0            # radius of the disk added for an include click the model left out
@@ -73,6 +76,7 @@ class SliceResult:
     mask: np.ndarray        # bool, window pixels (h, w)
     iou: float
     box: np.ndarray         # model coordinates
+    z: int = -1             # working slice index
 
 
 class LiteMedSAM3D(Backend):
@@ -184,49 +188,64 @@ class LiteMedSAM3D(Backend):
             if allowed is not None:
                 mask &= allowed
             return SliceResult(mask, float(ious[0]), box_model)
-        pm = win.to_model(pos_rc)
-        lo, hi = pm.min(0), pm.max(0)
-        px_per_mm = INPUT_SIZE / (win.w * self.spacing[2])
-        candidates = []
-        for size in o.candidate_sizes_mm:
-            half = size / 2 * px_per_mm
-            cand = np.array([lo[0] - half, lo[1] - half, hi[0] + half, hi[1] + half])
-            candidates.append(cand if box_model is None else _intersect(cand, box_model))
-        logits, ious = self._decode(z, win, np.array(candidates))
-        probs = 1.0 / (1.0 + np.exp(-np.clip(logits, -30, 30)))
-        scores = np.array([self._prompt_score(lg > 0, local_pos, local_neg) for lg in logits])
-        voters = scores >= scores.max() - 1e-6
-        # a mask that fills its box on several sides says the box was too small: it does not vote
-        enclosed = voters & np.array([_edges_touched(lg > 0, c, win) < o.max_touched_edges
-                                      for lg, c in zip(logits, candidates)])
-        if enclosed.any():
-            voters = enclosed
-        consensus = probs[voters].mean(axis=0) > 0.5
-        if allowed is not None:
-            consensus &= allowed
-        box = self._mask_box(consensus, win, o.box_margin_px)
+        boxes = self._candidate_boxes(win, win.to_model(pos_rc), box_model)
+        body_area = max(1, int(ndimage.binary_fill_holes(crop_pad(self._data[z], (win.r0, win.c0), (win.h, win.w))
+                                                         > o.body_level).sum()))
+        masks, ious, fits, quality = [], [], [], []
+        pick = None
+        for i, box in enumerate(boxes):
+            logits, iou = self._decode(z, win, box[None])
+            m = logits[0] > 0
+            if allowed is not None:
+                m &= allowed
+            masks.append(m)
+            ious.append(float(iou[0]))
+            fits.append(self._prompt_score(m, local_pos, local_neg) > -1e-6 and _edges_touched(m, box, win) < 2
+                        and m.sum() <= o.max_body_fraction * body_area)
+            if i == 0:
+                continue
+            # a mask that holds the clicks, no longer fills its box and stays the same when the box grows
+            quality.append((ious[i - 1] + _iou(masks[i - 1], m)) / 2 if fits[i - 1] else -1.0)
+            if len(quality) >= 2 and quality[-2] >= o.min_seed_quality and quality[-2] >= quality[-1]:
+                pick = i - 2
+                break
+        self.trace.append(("candidates", z, [(int(m.sum()), bool(f), round(q, 2)) for m, f, q in
+                                              zip(masks, fits, quality)]))
+        if pick is None:
+            quality.append(ious[-1] / 2 if fits[-1] else -1.0)
+            pick = int(np.argmax(quality)) if max(quality) > -1.0 else int(np.argmax(ious))
+        mask, iou = masks[pick], float(ious[pick])
+        box = self._mask_box(mask, win, o.box_margin_px)
         if box is None:
-            best = int(np.argmax(scores))
-            return SliceResult(logits[best] > 0, float(ious[best]), candidates[best])
+            return SliceResult(mask, iou, boxes[pick])
         if box_model is not None:
             box = _intersect(box, box_model)
-        if not o.refine_seed:
-            return SliceResult(consensus, float(ious[voters].mean()), box)
-        for _ in range(o.max_box_growths + 1):
-            refined, iou = self._decode(z, win, box[None])
-            mask = refined[0] > 0
-            if _edges_touched(mask, box, win) < 2 or (box_model is not None):
+        if o.refine_seed:
+            refined, refined_iou = self._decode(z, win, box[None])
+            candidate = refined[0] > 0
+            if allowed is not None:
+                candidate &= allowed
+            if self._prompt_score(candidate, local_pos, local_neg) >= self._prompt_score(mask, local_pos, local_neg):
+                mask, iou = candidate, float(refined_iou[0])
+        return SliceResult(mask, iou, box)
+
+    def _candidate_boxes(self, win: Window, clicks_model: np.ndarray, box_model: np.ndarray | None) -> np.ndarray:
+        """Boxes around the clicks from `min_box_mm` up to the whole window, each `box_step` times larger."""
+        o = self.options
+        lo, hi = clicks_model.min(0), clicks_model.max(0)
+        px_per_mm = INPUT_SIZE / (win.w * self.spacing[2])
+        boxes, size = [], o.min_box_mm
+        while True:
+            half = size / 2 * px_per_mm
+            box = np.array([lo[0] - half, lo[1] - half, hi[0] + half, hi[1] + half])
+            if box_model is not None:
+                box = _intersect(box, box_model)
+            boxes.append(box)
+            covers = box[0] <= 0 and box[1] <= 0 and box[2] >= INPUT_SIZE and box[3] >= INPUT_SIZE
+            if covers or len(boxes) >= 24:
                 break
-            # the mask fills its box: the lesion is larger than the votes suggested, so let the box grow
-            grown = _expand(box, o.box_growth)
-            if np.allclose(np.clip(grown, 0, INPUT_SIZE - 1), np.clip(box, 0, INPUT_SIZE - 1)):
-                break
-            box = grown
-        if allowed is not None:
-            mask &= allowed
-        if self._prompt_score(mask, local_pos, local_neg) < self._prompt_score(consensus, local_pos, local_neg):
-            mask = consensus
-        return SliceResult(mask, float(iou[0]), box)
+            size *= o.box_step
+        return np.array(boxes)
 
     @staticmethod
     def _prompt_score(mask: np.ndarray, local_pos: np.ndarray, local_neg: np.ndarray) -> float:
@@ -283,8 +302,8 @@ class LiteMedSAM3D(Backend):
         """Seed slices, propagation and constraints in one field of view; a bool mask on the working grid."""
         o = self.options
         n_slices = self.work.shape_kji[0]
-        zpos = np.round(pos[:, 0]).astype(int) if len(pos) else np.zeros(0, int)
-        zneg = np.round(neg[:, 0]).astype(int) if len(neg) else np.zeros(0, int)
+        zpos = np.clip(np.round(pos[:, 0]), 0, n_slices - 1).astype(int) if len(pos) else np.zeros(0, int)
+        zneg = np.clip(np.round(neg[:, 0]), 0, n_slices - 1).astype(int) if len(neg) else np.zeros(0, int)
         box_model, zrange = None, (0, n_slices - 1)
         if box3d is not None:
             lo, hi = box3d
@@ -309,6 +328,7 @@ class LiteMedSAM3D(Backend):
                                    allowed_in(z), box_model)
             res.mask = self._include_clicks(res.mask, pos[zpos == z][:, 1:] - [win.r0, win.c0])
             res.mask = self._apply_negatives(res.mask, z, win, pos, neg_on(z))
+            res.z = z
             results[z] = res
             self.trace.append(("seed", z, res.iou, int(res.mask.sum()), 1.0))
         max_area = max(r.mask.sum() for r in results.values())
@@ -320,54 +340,90 @@ class LiteMedSAM3D(Backend):
             reach = float(n_slices)
         lo_limit = max(zrange[0], int(np.floor(seeds[0] - reach)))
         hi_limit = min(zrange[1], int(np.ceil(seeds[-1] + reach)))
+        step = self._slice_step(radius_mm)
+        prompted = set(zpos.tolist()) | set(zneg.tolist())
 
         for direction, start, stop in ((1, seeds[0], hi_limit), (-1, seeds[-1], lo_limit)):
             prev = results[start]
-            z = start + direction
-            while (z <= stop) if direction > 0 else (z >= stop):
+            visits = set(range(start + direction * step, stop + direction, direction * step))
+            visits |= {z for z in prompted if (start < z <= stop if direction > 0 else stop <= z < start)}
+            for z in sorted(visits, reverse=direction < 0):
                 must = seeds[0] < z < seeds[-1]   # between clicked slices the lesion continues
                 if z in results:
                     prev = results[z]
-                    z += direction
                     continue
-                box = self._mask_box(prev.mask, win, o.box_margin_px)
-                if box is None:
-                    break
-                if box_model is not None:
-                    box = _intersect(box, box_model)
-                wide = _expand(box, o.stability_expand)
-                if box_model is not None:
-                    wide = _intersect(wide, box_model)
-                logits, ious = self._decode(z, win, np.stack([box, wide]))
-                m = logits[0] > 0
-                stability = _iou(m, logits[1] > 0)
-                a = allowed_in(z)
-                if a is not None:
-                    m = m & a
-                m = self._apply_negatives(m, z, win, pos, neg_on(z))
-                area, prev_area = int(m.sum()), int(prev.mask.sum())
-                if area > o.max_growth * prev_area:
-                    limit = ndimage.binary_dilation(prev.mask, iterations=max(2, int(0.15 * np.sqrt(prev_area))))
-                    m = m & limit
-                    area = int(m.sum())
-                grown = ndimage.binary_dilation(prev.mask, iterations=2)
-                overlap = (m & grown).sum() / max(area, 1)
-                stop_here = (area == 0 or ious[0] < o.min_iou or area < o.min_area_fraction * max_area
-                             or overlap < o.min_overlap or stability < o.min_stability)
+                m, iou, box, stop_here = self._propagate_to(z, win, prev, box_model, allowed_in(z), pos, neg_on(z),
+                                                            max_area, abs(z - prev.z))
                 if stop_here and not must:
                     break
-                if area == 0:
-                    z += direction
+                if not m.any():
                     continue
-                results[z] = SliceResult(m, float(ious[0]), box)
-                self.trace.append(("prop", z, float(ious[0]), area, float(stability)))
-                prev = results[z]
-                z += direction
+                results[z] = prev = SliceResult(m, iou, box, z)
+                self.trace.append(("prop", z, iou, int(m.sum())))
 
+        masks = {z: ndimage.binary_fill_holes(r.mask) for z, r in results.items()}
+        masks = self._fill_between(masks, step, n_slices)
         mask = np.zeros(self.work.shape_kji, bool)
-        for z, res in results.items():
-            paste(mask[z], ndimage.binary_fill_holes(res.mask), (win.r0, win.c0))
+        for z, m in masks.items():
+            paste(mask[z], m, (win.r0, win.c0))
         return self._keep_prompted_components(mask, pos, seeds)
+
+    def _slice_step(self, radius_mm: float) -> int:
+        """Slices modelled on thin-slice volumes: every slice_step_mm (at most a third of the lesion radius)."""
+        step_mm = min(self.options.slice_step_mm, radius_mm / 3.0)
+        return max(1, int(np.floor(step_mm / self.spacing[0] + 1e-6)))
+
+    def _propagate_to(self, z: int, win: Window, prev: SliceResult, box_model, allowed, pos, neg_rc,
+                      max_area: int, distance: int):
+        """Slice z from its neighbour's mask: (mask, IoU estimate, box, whether the lesion ends here)."""
+        o = self.options
+        box = self._mask_box(prev.mask, win, o.box_margin_px)
+        if box_model is not None:
+            box = _intersect(box, box_model)
+        wide = _expand(box, o.stability_expand)
+        if box_model is not None:
+            wide = _intersect(wide, box_model)
+        logits, ious = self._decode(z, win, np.stack([box, wide]))
+        m = logits[0] > 0
+        stability = _iou(m, logits[1] > 0)
+        if allowed is not None:
+            m = m & allowed
+        m = self._apply_negatives(m, z, win, pos, neg_rc)
+        area, prev_area = int(m.sum()), int(prev.mask.sum())
+        growth = o.max_growth ** max(1, distance)
+        if area > growth * prev_area:
+            limit = ndimage.binary_dilation(prev.mask, iterations=max(2, int(0.15 * distance * np.sqrt(prev_area))))
+            m = m & limit
+            area = int(m.sum())
+        grown = ndimage.binary_dilation(prev.mask, iterations=2 * max(1, distance))
+        overlap = (m & grown).sum() / max(area, 1)
+        stop_here = (area == 0 or ious[0] < o.min_iou or area < o.min_area_fraction * max_area
+                     or overlap < o.min_overlap or stability < o.min_stability)
+        return m, float(ious[0]), box, stop_here
+
+    def _fill_between(self, masks: dict[int, np.ndarray], step: int, n_slices: int) -> dict[int, np.ndarray]:
+        """Slices skipped on thin-slice volumes: shape-based interpolation between modelled neighbours, and a
+        shrinking cap over half a step beyond each end."""
+        if step <= 1 or not masks:
+            return masks
+        sampling = self.spacing[1:]
+        out = dict(masks)
+        zs = sorted(masks)
+        for z0, z1 in zip(zs[:-1], zs[1:]):
+            if z1 - z0 <= 1:
+                continue
+            d0, d1 = _signed_distance(masks[z0], sampling), _signed_distance(masks[z1], sampling)
+            for z in range(z0 + 1, z1):
+                t = (z - z0) / (z1 - z0)
+                out[z] = (1 - t) * d0 + t * d1 < 0
+        for end, direction in ((zs[0], -1), (zs[-1], 1)):
+            inside = ndimage.distance_transform_edt(masks[end], sampling=sampling)
+            depth = inside.max()
+            for k in range(1, (step + 1) // 2):
+                z = end + direction * k
+                if 0 <= z < n_slices and z not in out:
+                    out[z] = inside > depth * k / step
+        return out
 
     def _include_clicks(self, mask: np.ndarray, local_pos: np.ndarray) -> np.ndarray:
         """An include click always ends up inside the result: a click the model left out gets a small disk."""
@@ -449,6 +505,14 @@ def _expand(box: np.ndarray, fraction: float) -> np.ndarray:
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
     union = np.count_nonzero(a | b)
     return 1.0 if union == 0 else np.count_nonzero(a & b) / union
+
+
+def _signed_distance(mask: np.ndarray, sampling) -> np.ndarray:
+    """In-plane signed distance in mm: negative inside the mask, positive outside."""
+    if not mask.any():
+        return np.full(mask.shape, 1e6)
+    return (ndimage.distance_transform_edt(~mask, sampling=sampling)
+            - ndimage.distance_transform_edt(mask, sampling=sampling))
 
 
 def _merge_boxes(boxes, shape) -> tuple[np.ndarray, np.ndarray] | None:
