@@ -48,6 +48,8 @@ class _Reporter:
 
 # A typical lesion size (the dev lesions are 7-17 mm in equivalent radius); see the README for larger ones.
 DEMO_TUMOUR_RADIUS_MM = 10.0
+# ...and a large soft-edged one, like the gliomas on isotropic FLAIR (tagseg.synth.make_lesion_phantom)
+DEMO_LARGE_PHANTOM = {"radius_mm": 30.0, "edge": "soft", "modality": "mr", "slices": "isotropic"}
 
 
 def _one_line(text: object) -> str:
@@ -120,6 +122,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--real", action=argparse.BooleanOptionalAction, default=True,
                       help="also run a real case from ../shared/data when present (default: yes)")
     demo.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    demo.add_argument("--large", action=argparse.BooleanOptionalAction, default=True,
+                      help="also segment a large soft-edged tumour phantom (30 mm radius, isotropic MR; default: yes)")
     demo.set_defaults(func=_cmd_demo)
 
     weights = commands.add_parser("weights", help="third-party weights TAGS can use (SAM, CLIP): list, download, verify",
@@ -700,7 +704,7 @@ def _cmd_demo(args: argparse.Namespace, reporter: _Reporter) -> int:
     device = resolve_device(args.device, reporter.warn)
     case_dir = shared_data_dir().joinpath(*REAL_CASE)
     run_real = args.real and (case_dir / "image.nii.gz").is_file() and (case_dir / "label.nii.gz").is_file()
-    steps = _Steps(3 + (2 if run_real else 0))
+    steps = _Steps(3 + (2 if run_real else 0) + (3 if args.large else 0))
     try:
         steps.start("phantom")
         phantom = synth.make_phantom(seed=args.seed, tumour_radius_mm=DEMO_TUMOUR_RADIUS_MM)
@@ -710,6 +714,16 @@ def _cmd_demo(args: argparse.Namespace, reporter: _Reporter) -> int:
         print(f"phantom: seed {args.seed}, {phantom.description}, {phantom.radius_mm:.1f} mm radius, "
               f"contrast {phantom.contrast_hu:+.0f} HU; case written to {written['image'].parent}")
         _print_case(result)
+        if args.large:
+            steps.start("large phantom")
+            large = synth.make_lesion_phantom(seed=args.seed, **DEMO_LARGE_PHANTOM)
+            written = synth.write_case(large, out / "large_phantom")
+            print(f"large_phantom: seed {args.seed}, {large.description}, {large.radius_mm:g} mm radius, "
+                  f"{large.extra['edge']} edge ({large.extra['ramp_mm']:.1f} mm ramp), {large.extra['modality']}, "
+                  f"{large.extra['slices']} slices {'x'.join(str(n) for n in large.image.shape_kji[::-1])}; "
+                  f"case written to {written['image'].parent}")
+            _print_case(_demo_case("large_phantom", large.image, large.label, large.description, args.seed, out,
+                                   device, reporter, steps))
         if run_real:
             image = load_volume(case_dir / "image.nii.gz")
             label = load_volume(case_dir / "label.nii.gz")

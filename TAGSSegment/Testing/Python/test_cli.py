@@ -397,7 +397,8 @@ def test_demo_on_a_small_phantom(capsys, monkeypatch, shared_backend, tmp_path):
                                                        spacing_ijk=PHANTOM["spacing_ijk"]))
     # the small test grid keeps the seed's own tumour size (the one the segment tests use)
     monkeypatch.setattr(cli, "DEMO_TUMOUR_RADIUS_MM", None)
-    result = run(capsys, "demo", "--out", tmp_path, "--seed", str(PHANTOM["seed"]), "--no-real", "--device", "cpu")
+    result = run(capsys, "demo", "--out", tmp_path, "--seed", str(PHANTOM["seed"]), "--no-real", "--no-large",
+                 "--device", "cpu")
     assert result.code == 0, result.err
     scores = [float(s) for s in re.findall(r"Dice (\d\.\d+)", result.out)]
     assert len(scores) == 1 and scores[0] > MIN_DICE, result.out

@@ -12,7 +12,8 @@ from scipy import ndimage
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tagseg.io import load_volume  # noqa: E402
-from tagseg.synth import Phantom, insert_tumour, make_phantom, write_case  # noqa: E402
+from tagseg.synth import (  # noqa: E402
+    Phantom, insert_tumour, lesion_phantom_name, make_lesion_phantom, make_phantom, write_case, write_lesion_cases)
 from tagseg.volume import Volume  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
@@ -230,3 +231,170 @@ def test_insert_tumour_in_phantom_keeps_to_the_mask():
     new_image, label = insert_tumour(p.image, kidney, seed=1, radius_mm=6.0)
     assert not ((label.array > 0) & (kidney.array == 0)).any()
     assert (new_image.array != p.image.array).any()
+
+
+# ---------------------------------------------------------------------------------------- lesion phantoms
+@lru_cache(maxsize=None)
+def lesion(seed: int, radius: float, edge: str, modality: str, slices: str) -> Phantom:
+    return make_lesion_phantom(seed, radius, edge, modality, slices)
+
+
+def equivalent_radius(label: Volume) -> float:
+    return (3 * label_centroid_and_volume(label)[1] / (4 * np.pi)) ** (1 / 3)
+
+
+def test_lesion_phantom_is_deterministic_and_seeded():
+    a, b = make_lesion_phantom(1, 5.0, "soft", "ct", "isotropic"), lesion(1, 5.0, "soft", "ct", "isotropic")
+    assert np.array_equal(a.image.array, b.image.array) and np.array_equal(a.label.array, b.label.array)
+    assert np.allclose(a.image.ijk_to_ras, b.image.ijk_to_ras)
+    c = lesion(2, 5.0, "soft", "ct", "isotropic")
+    assert not np.array_equal(c.label.array, b.label.array) or not np.array_equal(c.image.array, b.image.array)
+
+
+@pytest.mark.parametrize("slices", ["thick", "isotropic"])
+@pytest.mark.parametrize("modality", ["ct", "mr", "mr-zscored"])
+def test_smallest_lesion_is_present_with_its_size_and_geometry(modality, slices):
+    p = lesion(0, 3.0, "sharp", modality, slices)
+    assert p.image.same_grid(p.label) and p.label.array.dtype == np.uint8
+    if slices == "thick":
+        assert p.image.spacing_ijk[2] == 5.0 and 0.7 <= p.image.spacing_ijk[0] == p.image.spacing_ijk[1] <= 0.8
+    else:
+        assert np.allclose(p.image.spacing_ijk, 1.0)
+    assert p.label.array.sum() > 0
+    assert 0.6 * 3 < equivalent_radius(p.label) < 1.5 * 3
+    assert p.radius_mm == 3.0 and p.extra["modality"] == modality and p.extra["slices"] == slices
+    host = p.organs.get(p.tumour_organ)
+    assert host is not None and not ((p.label.array > 0) & (host.array == 0)).any(), "the lesion leaves its host"
+    assert max(p.image.shape_kji[1:]) <= 224 and p.image.array.size <= 5_000_000
+
+
+@pytest.mark.parametrize("radius", [8.0, 20.0])
+def test_requested_radius_is_the_labels_equivalent_radius(radius):
+    for edge in ("sharp", "soft"):
+        p = lesion(3, radius, edge, "mr-zscored", "thick")
+        assert 0.8 * radius < equivalent_radius(p.label) < 1.25 * radius, edge
+
+
+def test_ct_intensities_have_air_body_and_tissue():
+    p = lesion(0, 6.0, "sharp", "ct", "thick")
+    image = p.image.array
+    assert image.dtype == np.int16
+    assert abs(np.median(image[:, :4, :4]) + 1000) < 40, "corners are air"
+    body = p.organs["body"].array > 0
+    assert body.mean() > 0.4 and np.median(image[body]) > -200
+    assert p.tumour_organ in {"liver", "lung"} and p.description in {"liver tumor", "lung tumor"}
+    hosts = {lesion(seed, 6.0, "sharp", "ct", "thick").tumour_organ for seed in range(6)}
+    assert hosts == {"liver", "lung"}, "seeds vary the CT host between a liver-like organ and lung"
+
+
+def test_raw_mr_is_positive_and_zscored_mr_is_negative_with_a_constant_background():
+    raw = lesion(0, 6.0, "sharp", "mr", "isotropic")
+    assert raw.image.array.dtype == np.int16 and raw.image.array.min() >= 0
+    brain = raw.organs["brain"].array > 0
+    assert np.median(raw.image.array[brain]) > 100 and np.median(raw.image.array[~brain]) < np.median(
+        raw.image.array[brain]) / 2
+    z = lesion(0, 6.0, "sharp", "mr-zscored", "isotropic")
+    image, brain = z.image.array, z.organs["brain"].array > 0
+    assert image.dtype == np.float32 and image.min() < -1.0
+    assert abs(float(image[brain].mean())) < 0.05 and abs(float(image[brain].std()) - 1.0) < 0.05
+    background = image[~brain]
+    assert background.size > 0 and np.all(background == image.min()), "background is one fill value, the minimum"
+    assert z.description == "brain tumor"
+
+
+def edge_shell_signal(p: Phantom) -> float:
+    """Mean intensity shift 1-2 mm outside the label, as a fraction of the lesion's contrast."""
+    label = p.label.array > 0
+    host = p.organs[p.tumour_organ].array > 0
+    outside = ndimage.distance_transform_edt(~label, sampling=p.image.spacing_kji)
+    image = p.image.array.astype(float)
+    shell = (outside > 1) & (outside <= 2) & host
+    far = (outside > 12) & host
+    return float((image[shell].mean() - image[far].mean()) / p.contrast_hu)
+
+
+def test_soft_edge_ramps_where_a_sharp_edge_stops():
+    sharp = lesion(4, 12.0, "sharp", "mr-zscored", "isotropic")
+    soft = lesion(4, 12.0, "soft", "mr-zscored", "isotropic")
+    assert edge_shell_signal(sharp) < 0.05 < 0.15 < edge_shell_signal(soft)
+    assert soft.extra["ramp_mm"] > 2.5 * sharp.extra["ramp_mm"]
+    core = ndimage.binary_erosion(soft.label.array > 0, iterations=6)
+    lesion_mean = soft.image.array[core].mean()
+    assert np.sign(lesion_mean) == np.sign(soft.contrast_hu)
+
+
+def test_largest_lesion_fits_a_modest_grid():
+    p = lesion(0, 40.0, "soft", "mr", "isotropic")
+    assert p.image.array.size <= 4_500_000 and max(p.image.shape_kji) <= 224, p.image.shape_kji
+    assert 0.8 * 40 < equivalent_radius(p.label) < 1.25 * 40
+    label = p.label.array > 0
+    for axis in range(3):
+        profile = label.any(axis=tuple(a for a in range(3) if a != axis))
+        assert not profile[0] and not profile[-1], f"the lesion touches the grid's edge along axis {axis}"
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(radius_mm=2.9), "from 3 to 40"), (dict(radius_mm=41.0), "from 3 to 40"),
+    (dict(radius_mm=float("nan")), "from 3 to 40"), (dict(radius_mm="big"), "number"),
+    (dict(edge="fuzzy"), "edge"), (dict(modality="pet"), "modality"), (dict(slices="2mm"), "slices"),
+])
+def test_lesion_options_out_of_range_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_lesion_phantom(0, **kwargs)
+
+
+def test_write_lesion_cases_uses_the_dev_case_layout(tmp_path):
+    folders = write_lesion_cases(tmp_path, cases=2, seed=5, radius_mm=4.0, edge="soft", modality="mr-zscored",
+                                 slices="thick")
+    assert [f.name for f in folders] == [lesion_phantom_name(4.0, "soft", "mr-zscored", "thick", s) for s in (5, 6)]
+    p = lesion(5, 4.0, "soft", "mr-zscored", "thick")
+    loaded = load_volume(folders[0] / "label.nii.gz")
+    assert np.array_equal(loaded.array, p.label.array) and loaded.same_grid(p.label, atol=1e-4)
+    assert np.allclose(load_volume(folders[0] / "image.nii.gz").array, p.image.array)
+
+
+def run_cli(capsys, *args):
+    from tagseg import cli
+
+    code = cli.main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_synth_command_writes_lesion_phantoms(capsys, tmp_path):
+    out = tmp_path / "phantoms"
+    code, stdout, err = run_cli(capsys, "synth", "--out", out, "--cases", "1", "--radius-mm", "4", "--edge", "soft",
+                                "--modality", "mr", "--slices", "thick")
+    assert code == 0, err
+    case = out / lesion_phantom_name(4.0, "soft", "mr", "thick", 0)
+    assert {"image.nii.gz", "label.nii.gz"} <= {f.name for f in case.iterdir()}
+    assert "lesion phantoms" in stdout and "soft edge" in stdout
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--radius-mm", "100"], "--radius-mm"), (["--radius-mm", "nan"], "--radius-mm"),
+    (["--radius-mm", "0.5"], "--radius-mm"), (["--radius-mm", "ten"], "--radius-mm"),
+    (["--radius-mm", "-5"], "--radius-mm"),
+    (["--modality", "ct", "--shape", "16,48,48"], "--shape"),
+    (["--edge", "soft", "--from-ct", "x.nii.gz"], "--from-ct"),
+    (["--slices", "thick", "--cases", "100000"], "--cases"),
+])
+def test_synth_command_refuses_absurd_lesion_options(capsys, tmp_path, args, fragment):
+    out = tmp_path / "phantoms"
+    code, stdout, err = run_cli(capsys, "synth", "--out", out, *args)
+    lines = [line for line in err.splitlines() if line]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("tagseg: error:") and fragment in lines[0], err
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_synth_command_refuses_unknown_choices(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "synth", "--out", tmp_path / "p", "--edge", "fuzzy")
+    assert code == 2 and "--edge" in err.splitlines()[-1] and "Traceback" not in err
+
+
+def test_synth_command_choices_match_the_generator():
+    from tagseg import research_cli, synth
+
+    assert research_cli.LESION_EDGES == synth.EDGES and research_cli.LESION_MODALITIES == synth.MODALITIES
+    assert research_cli.LESION_SLICES == synth.SLICE_GEOMETRIES
+    assert research_cli.LESION_RADIUS_MM == synth.LESION_RADIUS_LIMITS_MM
