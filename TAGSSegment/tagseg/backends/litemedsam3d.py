@@ -33,8 +33,7 @@ from .litemedsam_net import INPUT_SIZE, LiteMedSAM
 class Options:
     min_box_mm: float = 6.0               # smallest seed box around the clicks (plus the clicks' own spread) ...
     box_step: float = 1.5                 # ... each next candidate this much larger, up to the whole slice
-    min_seed_quality: float = 0.5         # seed: the first mask whose (IoU estimate + IoU with the next box's mask) / 2
-                                          # reaches this and peaks
+    min_seed_iou: float = 0.8             # seed: the first fitting mask whose IoU estimate reaches this and peaks
     max_body_fraction: float = 0.5        # a seed mask covering more of the body on its slice is the organ, not a lesion
     body_level: float = 0.05              # normalised intensity above which a pixel is body, not air or background
     refine_seed: bool = True              # re-decode the chosen seed mask with its own box
@@ -47,6 +46,9 @@ class Options:
     depth_slack_slices: float = 0.5       # ... plus this many slices
     stability_expand: float = 0.5         # a propagated slice is re-decoded with a box this much wider ...
     min_stability: float = 0.3            # ... and stops when the two masks agree less than this (IoU)
+    end_intensity_shift: float = 2.0      # a propagated slice whose mean is this many seed SDs off is the last one ...
+    max_intensity_shift: float = 4.0      # ... and this many SDs off is not the lesion
+    max_click_shift: float = 1.0          # a seed mask's median lies within this many of its SDs of the clicked intensity
     slice_step_mm: float = 3.0            # on thin slices, model every slice this far apart and interpolate between
     anatomy_dilation_mm: float = 5.0
     decode_cache_size: int = 1024         # decoded (slice, box) results kept, 128 KB each
@@ -191,29 +193,38 @@ class LiteMedSAM3D(Backend):
         boxes = self._candidate_boxes(win, win.to_model(pos_rc), box_model)
         body_area = max(1, int(ndimage.binary_fill_holes(crop_pad(self._data[z], (win.r0, win.c0), (win.h, win.w))
                                                          > o.body_level).sum()))
-        masks, ious, fits, quality = [], [], [], []
+        image = self._slice(z, win)
+        click_value = float(np.median([image[max(0, r - 1):r + 2, max(0, c - 1):c + 2].mean()
+                                       for r, c in np.clip(np.round(local_pos).astype(int), 0, np.array(image.shape) - 1)]))
+        masks, ious, fits, holds = [], [], [], []
         pick = None
-        for i, box in enumerate(boxes):
+        for box in boxes:
             logits, iou = self._decode(z, win, box[None])
             m = logits[0] > 0
             if allowed is not None:
                 m &= allowed
             masks.append(m)
             ious.append(float(iou[0]))
-            fits.append(self._prompt_score(m, local_pos, local_neg) > -1e-6 and _edges_touched(m, box, win) < 2
-                        and m.sum() <= o.max_body_fraction * body_area)
-            if i == 0:
-                continue
-            # a mask that holds the clicks, no longer fills its box and stays the same when the box grows
-            quality.append((ious[i - 1] + _iou(masks[i - 1], m)) / 2 if fits[i - 1] else -1.0)
-            if len(quality) >= 2 and quality[-2] >= o.min_seed_quality and quality[-2] >= quality[-1]:
-                pick = i - 2
+            holds.append(self._prompt_score(m, local_pos, local_neg) > -1e-6
+                         and m.sum() <= o.max_body_fraction * body_area
+                         and self._holds_click_intensity(image, m, click_value))
+            fits.append(holds[-1] and _edges_touched(m, box, win) < 2)
+            # the object: the first mask that holds the clicks, no longer fills its box, and whose IoU estimate
+            # is high and peaks (the next fitting box's mask scores lower)
+            fitting = [i for i, f in enumerate(fits) if f]
+            if len(fitting) >= 2 and ious[fitting[-2]] >= o.min_seed_iou and ious[fitting[-2]] >= ious[fitting[-1]]:
+                pick = fitting[-2]
                 break
-        self.trace.append(("candidates", z, [(int(m.sum()), bool(f), round(q, 2)) for m, f, q in
-                                              zip(masks, fits, quality)]))
+        self.trace.append(("candidates", z, [(int(m.sum()), bool(f), round(i, 2)) for m, f, i in
+                                              zip(masks, fits, ious)]))
         if pick is None:
-            quality.append(ious[-1] / 2 if fits[-1] else -1.0)
-            pick = int(np.argmax(quality)) if max(quality) > -1.0 else int(np.argmax(ious))
+            fitting = [i for i, f in enumerate(fits) if f]
+            if fitting and ious[fitting[-1]] >= o.min_seed_iou:
+                pick = fitting[-1]
+            else:
+                # nothing fits: the best estimate among masks that at least hold the clicks and their intensity
+                plausible = [i for i in range(len(masks)) if holds[i]]
+                pick = max(fitting or plausible or range(len(masks)), key=lambda i: ious[i])
         mask, iou = masks[pick], float(ious[pick])
         box = self._mask_box(mask, win, o.box_margin_px)
         if box is None:
@@ -228,6 +239,15 @@ class LiteMedSAM3D(Backend):
             if self._prompt_score(candidate, local_pos, local_neg) >= self._prompt_score(mask, local_pos, local_neg):
                 mask, iou = candidate, float(refined_iou[0])
         return SliceResult(mask, iou, box)
+
+    def _holds_click_intensity(self, image: np.ndarray, mask: np.ndarray, click_value: float) -> bool:
+        """An organ mask around a lesion is mostly organ: its intensity is no longer the clicked lesion's."""
+        if not mask.any():
+            return False
+        values = image[mask]
+        median = float(np.median(values))
+        spread = max(float(np.subtract(*np.percentile(values, [84, 16]))) / 2, 0.02)
+        return abs(median - click_value) <= self.options.max_click_shift * spread
 
     def _candidate_boxes(self, win: Window, clicks_model: np.ndarray, box_model: np.ndarray | None) -> np.ndarray:
         """Boxes around the clicks from `min_box_mm` up to the whole window, each `box_step` times larger."""
@@ -332,6 +352,8 @@ class LiteMedSAM3D(Backend):
             results[z] = res
             self.trace.append(("seed", z, res.iou, int(res.mask.sum()), 1.0))
         max_area = max(r.mask.sum() for r in results.values())
+        seed_values = np.concatenate([self._slice(z, win)[r.mask] for z, r in results.items()])
+        seed_mean, seed_sd = float(seed_values.mean()), max(float(seed_values.std()), 0.02)
         # lesions are compact: beyond the clicked slices they reach about one in-plane radius further
         pixel_mm2 = self.spacing[1] * self.spacing[2]
         radius_mm = np.sqrt(max_area * pixel_mm2 / np.pi)
@@ -358,8 +380,15 @@ class LiteMedSAM3D(Backend):
                     break
                 if not m.any():
                     continue
+                # a slice whose mean intensity departs from the seeds' is the lesion's partial-volume end (kept,
+                # last) or no longer the lesion (dropped)
+                shift = abs(float(self._slice(z, win)[m].mean()) - seed_mean) / seed_sd
+                if shift > o.max_intensity_shift and not must:
+                    break
                 results[z] = prev = SliceResult(m, iou, box, z)
-                self.trace.append(("prop", z, iou, int(m.sum())))
+                self.trace.append(("prop", z, iou, int(m.sum()), round(shift, 2)))
+                if shift > o.end_intensity_shift and not must:
+                    break
 
         masks = {z: ndimage.binary_fill_holes(r.mask) for z, r in results.items()}
         masks = self._fill_between(masks, step, n_slices)
@@ -367,6 +396,10 @@ class LiteMedSAM3D(Backend):
         for z, m in masks.items():
             paste(mask[z], m, (win.r0, win.c0))
         return self._keep_prompted_components(mask, pos, seeds)
+
+    def _slice(self, z: int, win: Window) -> np.ndarray:
+        """Normalised intensities of working slice z in window pixels."""
+        return crop_pad(self._data[z], (win.r0, win.c0), (win.h, win.w))
 
     def _slice_step(self, radius_mm: float) -> int:
         """Slices modelled on thin-slice volumes: every slice_step_mm (at most a third of the lesion radius)."""
