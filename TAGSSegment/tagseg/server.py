@@ -18,8 +18,6 @@ Each session wraps a `tagseg.Session` (prompts, result cache; models are shared 
 A predict request that is still waiting when a newer one for the same session arrives is answered
 409 Superseded (newest wins). Nothing is unpickled; every size is bounded before it is read.
 """
-from __future__ import annotations
-
 import asyncio
 import hmac
 import json
@@ -330,6 +328,7 @@ def _anatomy(session, mask: Volume):
 # ---- the application -----------------------------------------------------------------------------------
 def build_app(engine: Engine):
     from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, Response
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -357,6 +356,10 @@ def build_app(engine: Engine):
     async def _http(request, exc):
         names = {404: "NotFound", 405: "MethodNotAllowed"}
         return error(exc.status_code, names.get(exc.status_code, "BadRequest"), str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request, exc):
+        return error(400, "BadRequest", "malformed request")
 
     @app.exception_handler(Exception)
     async def _internal(request, exc):
@@ -387,8 +390,9 @@ def build_app(engine: Engine):
         if not _ID.match(vid):
             raise Reject(400, "BadRequest", "a volume id is 64 lower-case hex digits (SHA-256)")
         body = await read_body(request, engine.max_upload_bytes + MAX_FRAME_HEADER + 8)
+        volume = await asyncio.to_thread(parse_volume, vid, body, engine.max_upload_bytes)   # checked even if known
         if vid not in engine.volumes:
-            engine.add_volume(vid, await asyncio.to_thread(parse_volume, vid, body, engine.max_upload_bytes))
+            engine.add_volume(vid, volume)
         return {"volume": vid}
 
     @app.post("/v1/sessions")
