@@ -79,6 +79,7 @@ class SliceResult:
     iou: float
     box: np.ndarray         # model coordinates
     z: int = -1             # working slice index
+    continuity: float = 1.0  # propagated slices: the fraction lying over the (dilated) mask it came from
 
 
 class LiteMedSAM3D(Backend):
@@ -344,10 +345,11 @@ class LiteMedSAM3D(Backend):
         seeds = sorted(set(zpos.tolist())) if len(zpos) else [int(round((zrange[0] + zrange[1]) / 2))]
         results: dict[int, SliceResult] = {}
         for z in seeds:
-            res = self._seed_slice(z, win, pos[zpos == z][:, 1:] if len(pos) else np.zeros((0, 2)), neg_on(z),
-                                   allowed_in(z), box_model)
-            res.mask = self._include_clicks(res.mask, pos[zpos == z][:, 1:] - [win.r0, win.c0])
-            res.mask = self._apply_negatives(res.mask, z, win, pos, neg_on(z))
+            clicks_z = pos[zpos == z][:, 1:] if len(pos) else np.zeros((0, 2))
+            # exclude points constrain the result below; they do not steer which candidate is the lesion
+            res = self._seed_clicks(z, win, clicks_z, np.zeros((0, 2)), allowed_in(z), box_model)
+            res.mask = self._include_clicks(res.mask, clicks_z - [win.r0, win.c0])
+            res.mask = self._apply_negatives(res.mask, win, neg_on(z), self._click_mask(res.mask.shape, win, clicks_z))
             res.z = z
             results[z] = res
             self.trace.append(("seed", z, res.iou, int(res.mask.sum()), 1.0))
@@ -365,30 +367,28 @@ class LiteMedSAM3D(Backend):
         step = self._slice_step(radius_mm)
         prompted = set(zpos.tolist()) | set(zneg.tolist())
 
-        for direction, start, stop in ((1, seeds[0], hi_limit), (-1, seeds[-1], lo_limit)):
-            prev = results[start]
-            visits = set(range(start + direction * step, stop + direction, direction * step))
-            visits |= {z for z in prompted if (start < z <= stop if direction > 0 else stop <= z < start)}
-            for z in sorted(visits, reverse=direction < 0):
-                must = seeds[0] < z < seeds[-1]   # between clicked slices the lesion continues
-                if z in results:
-                    prev = results[z]
+        # between two seeds the lesion continues: each slice is propagated from both and keeps the result with
+        # the higher IoU estimate (a new seed cannot spoil slices another seed got right); beyond the outer
+        # seeds propagation runs until the lesion ends
+        chains: dict[int, SliceResult] = {}
+        for i, seed in enumerate(seeds):
+            for direction in (1, -1):
+                j = i + direction
+                if 0 <= j < len(seeds):
+                    last, must = seeds[j] - direction, True
+                else:
+                    last, must = (hi_limit, False) if direction > 0 else (lo_limit, False)
+                if (last - seed) * direction <= 0:
                     continue
-                m, iou, box, stop_here = self._propagate_to(z, win, prev, box_model, allowed_in(z), pos, neg_on(z),
-                                                            max_area, abs(z - prev.z))
-                if stop_here and not must:
-                    break
-                if not m.any():
-                    continue
-                # a slice whose mean intensity departs from the seeds' is the lesion's partial-volume end (kept,
-                # last) or no longer the lesion (dropped)
-                shift = abs(float(self._slice(z, win)[m].mean()) - seed_mean) / seed_sd
-                if shift > o.max_intensity_shift and not must:
-                    break
-                results[z] = prev = SliceResult(m, iou, box, z)
-                self.trace.append(("prop", z, iou, int(m.sum()), round(shift, 2)))
-                if shift > o.end_intensity_shift and not must:
-                    break
+                visits = set(range(seed + direction * step, last + direction, direction * step))
+                visits |= {z for z in prompted if min(seed, last) <= z <= max(seed, last) and z != seed}
+                found: dict[int, SliceResult] = {}
+                self._propagate_chain(results[seed], sorted(visits, reverse=direction < 0), must, found, win,
+                                      box_model, allowed_in, neg_on, max_area, seed_mean, seed_sd)
+                for z, res in found.items():
+                    if z not in chains or res.iou + res.continuity > chains[z].iou + chains[z].continuity:
+                        chains[z] = res
+        results.update({z: r for z, r in chains.items() if z not in results})
 
         masks = {z: ndimage.binary_fill_holes(r.mask) for z, r in results.items()}
         masks = self._fill_between(masks, step, n_slices)
@@ -396,6 +396,45 @@ class LiteMedSAM3D(Backend):
         for z, m in masks.items():
             paste(mask[z], m, (win.r0, win.c0))
         return self._keep_prompted_components(mask, pos, seeds)
+
+    def _propagate_chain(self, start: SliceResult, visits: list[int], must: bool, results: dict, win: Window,
+                         box_model, allowed_in, neg_on, max_area: int, seed_mean: float, seed_sd: float) -> None:
+        """Slice by slice from `start` through `visits` into `results`; stops where the lesion ends unless
+        `must` continue."""
+        o = self.options
+        prev = start
+        for z in visits:
+            m, iou, box, stop_here, overlap = self._propagate_to(z, win, prev, box_model, allowed_in(z), neg_on(z),
+                                                        max_area, abs(z - prev.z))
+            if stop_here and not must:
+                break
+            if not m.any():
+                continue
+            # a slice whose mean intensity departs from the seeds' is the lesion's partial-volume end (kept,
+            # last) or no longer the lesion (dropped)
+            shift = abs(float(self._slice(z, win)[m].mean()) - seed_mean) / seed_sd
+            if shift > o.max_intensity_shift and not must:
+                break
+            results[z] = prev = SliceResult(m, iou, box, z, overlap)
+            self.trace.append(("prop", z, iou, int(m.sum()), round(shift, 2)))
+            if shift > o.end_intensity_shift and not must:
+                break
+
+    def _seed_clicks(self, z: int, win: Window, pos_rc: np.ndarray, neg_rc: np.ndarray, allowed, box_model) -> SliceResult:
+        """A clicked slice: each include click the mask does not yet hold gets its own seed, in click order,
+        so a corrective click adds the region it points at and leaves the rest of the slice as it was."""
+        if len(pos_rc) <= 1:
+            return self._seed_slice(z, win, pos_rc, neg_rc, allowed, box_model)
+        result = None
+        for click in pos_rc:
+            if result is not None:
+                r, c = np.round(click - [win.r0, win.c0]).astype(int)
+                if 0 <= r < result.mask.shape[0] and 0 <= c < result.mask.shape[1] and result.mask[r, c]:
+                    continue
+            part = self._seed_slice(z, win, click[None], neg_rc, allowed, box_model)
+            result = part if result is None else SliceResult(result.mask | part.mask, max(result.iou, part.iou),
+                                                             result.box)
+        return result
 
     def _slice(self, z: int, win: Window) -> np.ndarray:
         """Normalised intensities of working slice z in window pixels."""
@@ -406,9 +445,9 @@ class LiteMedSAM3D(Backend):
         step_mm = min(self.options.slice_step_mm, radius_mm / 3.0)
         return max(1, int(np.floor(step_mm / self.spacing[0] + 1e-6)))
 
-    def _propagate_to(self, z: int, win: Window, prev: SliceResult, box_model, allowed, pos, neg_rc,
+    def _propagate_to(self, z: int, win: Window, prev: SliceResult, box_model, allowed, neg_rc,
                       max_area: int, distance: int):
-        """Slice z from its neighbour's mask: (mask, IoU estimate, box, whether the lesion ends here)."""
+        """Slice z from its neighbour's mask: (mask, IoU estimate, box, whether the lesion ends here, overlap)."""
         o = self.options
         box = self._mask_box(prev.mask, win, o.box_margin_px)
         if box_model is not None:
@@ -421,7 +460,7 @@ class LiteMedSAM3D(Backend):
         stability = _iou(m, logits[1] > 0)
         if allowed is not None:
             m = m & allowed
-        m = self._apply_negatives(m, z, win, pos, neg_rc)
+        m = self._apply_negatives(m, win, neg_rc, prev.mask)
         area, prev_area = int(m.sum()), int(prev.mask.sum())
         growth = o.max_growth ** max(1, distance)
         if area > growth * prev_area:
@@ -432,7 +471,7 @@ class LiteMedSAM3D(Backend):
         overlap = (m & grown).sum() / max(area, 1)
         stop_here = (area == 0 or ious[0] < o.min_iou or area < o.min_area_fraction * max_area
                      or overlap < o.min_overlap or stability < o.min_stability)
-        return m, float(ious[0]), box, stop_here
+        return m, float(ious[0]), box, stop_here, float(overlap)
 
     def _fill_between(self, masks: dict[int, np.ndarray], step: int, n_slices: int) -> dict[int, np.ndarray]:
         """Slices skipped on thin-slice volumes: shape-based interpolation between modelled neighbours, and a
@@ -470,29 +509,35 @@ class LiteMedSAM3D(Backend):
                 out = out | disk
         return out
 
-    def _apply_negatives(self, mask: np.ndarray, z: int, win: Window, pos: np.ndarray, neg_rc: np.ndarray) -> np.ndarray:
-        """Remove what an exclude point touches: its component when no include point is in it, else the
-        part of that component nearer (in mm) to the exclude point than to any include point."""
+    def _apply_negatives(self, mask: np.ndarray, win: Window, neg_rc: np.ndarray, keep: np.ndarray) -> np.ndarray:
+        """Remove what an exclude point touches: the part of its component nearer (in mm) to the exclude point
+        than to `keep` (the slice's include clicks, or on a propagated slice the mask it came from). An
+        exclude point on `keep` itself says the slice is not lesion there: its whole component goes."""
         if len(neg_rc) == 0 or not mask.any():
             return mask
         out = mask.copy()
         labels, _ = ndimage.label(out)
-        sr, sc = self.spacing[1], self.spacing[2]
-        pos_rc = pos[:, 1:] - [win.r0, win.c0] if len(pos) else np.zeros((0, 2))
-        rows, cols = np.mgrid[0:out.shape[0], 0:out.shape[1]]
+        sampling = self.spacing[1:]
+        to_keep = ndimage.distance_transform_edt(~keep, sampling=sampling) if keep.any() else None
         for n in np.round(neg_rc - [win.r0, win.c0]).astype(int):
             if not (0 <= n[0] < out.shape[0] and 0 <= n[1] < out.shape[1]) or labels[n[0], n[1]] == 0:
                 continue
             comp = labels == labels[n[0], n[1]]
-            pos_in = [p for p in np.round(pos_rc).astype(int)
-                      if 0 <= p[0] < out.shape[0] and 0 <= p[1] < out.shape[1] and comp[p[0], p[1]]]
-            if not pos_in:
+            if to_keep is None or keep[n[0], n[1]]:
                 out &= ~comp
                 continue
-            d_neg = np.hypot((rows - n[0]) * sr, (cols - n[1]) * sc)
-            d_pos = np.min([np.hypot((rows - p[0]) * sr, (cols - p[1]) * sc) for p in pos_in], axis=0)
-            out &= ~(comp & (d_neg < d_pos))
+            point = np.ones(out.shape, bool)
+            point[n[0], n[1]] = False
+            to_neg = ndimage.distance_transform_edt(point, sampling=sampling)
+            out &= ~(comp & (to_neg < to_keep))
         return out
+
+    def _click_mask(self, shape: tuple[int, int], win: Window, pos_rc: np.ndarray) -> np.ndarray:
+        keep = np.zeros(shape, bool)
+        for r, c in np.round(pos_rc - [win.r0, win.c0]).astype(int):
+            if 0 <= r < shape[0] and 0 <= c < shape[1]:
+                keep[r, c] = True
+        return keep
 
     @staticmethod
     def _keep_prompted_components(mask: np.ndarray, pos: np.ndarray, seeds: list[int]) -> np.ndarray:
