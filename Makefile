@@ -28,6 +28,7 @@ demo: venv
 
 bench: venv
 	$(VENV_PY) bench/run_bench.py
+	HF_HUB_OFFLINE=1 $(VENV_PY) bench/corrective_bench.py
 
 # Outputs and caches; the venv survives because rebuilding it takes minutes (see distclean).
 clean:
