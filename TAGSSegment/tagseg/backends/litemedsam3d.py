@@ -46,7 +46,8 @@ class Options:
     depth_reach: float = 1.5              # propagate at most this x the seed's equivalent radius beyond the clicks
     depth_slack_slices: float = 0.5       # ... plus this many slices
     stability_expand: float = 0.5         # a propagated slice is re-decoded with a box this much wider ...
-    min_stability: float = 0.3            # ... and stops when the two masks agree less than this (IoU)
+    min_stability: float = 0.3            # ... and stops when the two masks agree less than this (IoU) ...
+    grow_unstable: bool = True            # ... unless the wider box's mask is a whole object over the previous mask
     end_intensity_shift: float = 2.0      # a propagated slice whose mean is this many seed SDs off is the last one ...
     max_intensity_shift: float = 4.0      # ... and this many SDs off is not the lesion
     max_click_shift: float = 1.0          # a seed mask's median lies within this many of its SDs of the clicked intensity
@@ -55,6 +56,7 @@ class Options:
     decode_cache_size: int = 1024         # decoded (slice, box) results kept, 128 KB each
     click_disk_mm: float = 2.0            # radius of the disk added for an include click the model left out
     incremental: bool = True              # a click added after a result corrects that result (else: recompute all)
+    min_correction_mm: float = 5.0        # an include correction adds at most a lesion-radius ball (at least this)
     result_memory: int = 16               # results kept for corrections
     stats: dict = field(default_factory=dict)
 
@@ -354,13 +356,18 @@ class LiteMedSAM3D(Backend):
         """A corrective click edits the previous result where it points and leaves the rest as it was: an
         include click adds the lesion segmented from that click alone, an exclude click removes the part
         of its 3D region nearer (in mm) to it than to any include click."""
+        o = self.options
         index = tuple(np.clip(np.round(point).astype(int), 0, np.array(previous.shape) - 1))
         self.trace.append(("correction", "include" if positive else "exclude", index))
         if positive:
             if previous[index]:
                 return previous
             added = self._segment(win, point[None], neg, box3d, allowed)
-            return previous | added
+            # a correction adds the missed part near the click, never a structure larger than the lesion
+            radius_mm = max(o.min_correction_mm, (3 * previous.sum() * np.prod(self.spacing) / (4 * np.pi)) ** (1 / 3))
+            grid = np.ogrid[tuple(slice(0, n) for n in previous.shape)]
+            near = sum(((g - p) * sp) ** 2 for g, p, sp in zip(grid, point, self.spacing)) <= radius_mm ** 2
+            return previous | (added & near)
         if not previous[index] or len(pos) == 0:
             return previous
         out = previous.copy()
@@ -393,7 +400,10 @@ class LiteMedSAM3D(Backend):
         if whole_if_deep and np.hypot((rc[0] - core[0]) * sampling[0], (rc[1] - core[1]) * sampling[1]) <= depth[core] / 2:
             mask[comp] = False
             return "whole"
-        mask[rows[to_click < to_core], cols[to_click < to_core]] = False
+        # the leak is about as wide as the click is deep inside the mask: cut no further than twice that
+        reach = 2.0 * depth[rc] + max(sampling)
+        cut = (to_click < to_core) & (to_click <= reach)
+        mask[rows[cut], cols[cut]] = False
         return "part"
 
     def _segment(self, win: Window, pos: np.ndarray, neg: np.ndarray, box3d, allowed):
@@ -484,6 +494,7 @@ class LiteMedSAM3D(Backend):
             m, iou, box, stop_here, overlap = self._propagate_to(z, win, prev, box_model, allowed_in(z), neg_on(z),
                                                         max_area, abs(z - prev.z))
             if stop_here and not must:
+                self.trace.append(("stop", z, iou, int(m.sum()), "criteria", self._why))
                 break
             if not m.any():
                 continue
@@ -491,6 +502,7 @@ class LiteMedSAM3D(Backend):
             # last) or no longer the lesion (dropped)
             shift = abs(float(self._slice(z, win)[m].mean()) - seed_mean) / seed_sd
             if shift > o.max_intensity_shift and not must:
+                self.trace.append(("stop", z, iou, int(m.sum()), "intensity", round(shift, 2)))
                 break
             results[z] = prev = SliceResult(m, iou, box, z, overlap)
             self.trace.append(("prop", z, iou, int(m.sum()), round(shift, 2)))
@@ -535,6 +547,12 @@ class LiteMedSAM3D(Backend):
         logits, ious = self._decode(z, win, np.stack([box, wide]))
         m = logits[0] > 0
         stability = _iou(m, logits[1] > 0)
+        wide_mask = logits[1] > 0
+        if (stability < o.min_stability and o.grow_unstable and ious[1] >= o.min_iou and wide_mask.any()
+                and _edges_touched(wide_mask, wide, win) < 2 and (wide_mask & prev.mask).any()):
+            # the wider box holds a whole object the tight one cut: the lesion grew (or the seed was too
+            # small), not ended; go on with the wider box's mask
+            m, box, ious, stability = wide_mask, wide, ious[::-1], 1.0
         if allowed is not None:
             m = m & allowed
         m = self._apply_negatives(m, win, neg_rc, prev.mask)
@@ -546,6 +564,7 @@ class LiteMedSAM3D(Backend):
             area = int(m.sum())
         grown = ndimage.binary_dilation(prev.mask, iterations=2 * max(1, distance))
         overlap = (m & grown).sum() / max(area, 1)
+        self._why = (area, round(float(ious[0]), 2), round(area / max_area, 2), round(float(overlap), 2), round(stability, 2))
         stop_here = (area == 0 or ious[0] < o.min_iou or area < o.min_area_fraction * max_area
                      or overlap < o.min_overlap or stability < o.min_stability)
         return m, float(ious[0]), box, stop_here, float(overlap)
