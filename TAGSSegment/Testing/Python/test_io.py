@@ -293,7 +293,7 @@ def test_failed_write_leaves_no_partial_or_temporary_file(tmp_path, monkeypatch)
 
     monkeypatch.setattr(sitk, "WriteImage", write_then_fail)
     for name in ("out.nii.gz", "out.nrrd", "out.seg.nrrd"):
-        with pytest.raises(RuntimeError, match="disk full"):
+        with pytest.raises(InputError, match="disk full"):
             save_volume(make_volume("lps"), tmp_path / name)
     assert os.listdir(tmp_path) == []
 
@@ -303,7 +303,7 @@ def test_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
     save_volume(make_volume("lps"), path)
     before = path.read_bytes()
     monkeypatch.setattr(sitk, "WriteImage", lambda *args, **kwargs: (_ for _ in ()).throw(RuntimeError("disk full")))
-    with pytest.raises(RuntimeError):
+    with pytest.raises(InputError, match="disk full.*previous file is unchanged"):
         save_volume(make_volume("oblique"), path)
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == [path.name]
