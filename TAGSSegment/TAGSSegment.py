@@ -37,10 +37,28 @@ except ImportError:  # Slicer < 5.4
 TORCH_REQUIREMENT = ">=2.1"          # same floor as pyproject.toml; never pin an old torch
 DEVICE_SETTING = "TAGSSegment/Device"
 ALLOW_MPS_SETTING = "TAGSSegment/AllowMPS"
+ENGINE_MODE_SETTING = "TAGSSegment/EngineMode"      # local | remote | in-process
+ENGINE_URL_SETTING = "TAGSSegment/EngineURL"
+ENGINE_TOKEN_SETTING = "TAGSSegment/EngineToken"    # stored in Slicer's settings file, readable by this user
 
 
 def _savedDevice():
     return str(qt.QSettings().value(DEVICE_SETTING, "auto") or "auto")
+
+
+def _savedEngine():
+    settings = qt.QSettings()
+    return (str(settings.value(ENGINE_MODE_SETTING, "local") or "local"),
+            str(settings.value(ENGINE_URL_SETTING, "") or ""), str(settings.value(ENGINE_TOKEN_SETTING, "") or ""))
+
+
+def _applySavedEngine():
+    """Use the saved engine choice; an invalid saved remote URL falls back to the local engine process."""
+    try:
+        state.set_engine(*_savedEngine())
+    except ValueError as exc:
+        state.log_message(f"Saved engine settings ignored ({exc}); using the local engine process.")
+        state.set_engine("local")
 
 
 #
@@ -79,6 +97,7 @@ licences. The module itself is Apache-2.0.
         import qSlicerSegmentationsEditorEffectsPythonQt as effects
 
         state.set_device(_savedDevice())
+        _applySavedEngine()
         instance = effects.qSlicerSegmentEditorScriptedEffect(None)
         effectPath = os.path.join(os.path.dirname(__file__), "TAGSSegmentLib", "SegmentEditorEffect.py")
         instance.setPythonSource(effectPath.replace("\\", "/"))
@@ -118,6 +137,7 @@ class TAGSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.openSegmentEditorButton.connect("clicked()", self.onOpenSegmentEditor)
         self.ui.runSelfTestButton.connect("clicked()", self.onRunSelfTest)
         self.ui.clearLogButton.connect("clicked()", self.ui.statusLog.clear)
+        self._setupEngineSection()
 
         for line in state.log_history():
             self.ui.statusLog.appendPlainText(line)
@@ -314,6 +334,95 @@ class TAGSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         state.release_shared_logic()  # the next prediction resolves model="auto" again and finds it
         self._log(f"Installed TAGS checkpoint {installed}")
         self._refreshModels()
+
+    # ---- engine ------------------------------------------------------------------------------------------------
+
+    def _setupEngineSection(self):
+        """Where the model runs: a local `tagseg serve` child process (default), a remote engine server (URL and
+        token, e.g. a GPU machine), or Slicer's own process (fallback). Built here rather than in the .ui file."""
+        import ctk
+
+        section = ctk.ctkCollapsibleButton()
+        section.text = _("Engine")
+        section.collapsed = True
+        form = qt.QFormLayout(section)
+        self.engineModeComboBox = qt.QComboBox()
+        for label, value in state.ENGINE_MODES:
+            self.engineModeComboBox.addItem(label, value)
+        self.engineUrlEdit = qt.QLineEdit()
+        self.engineUrlEdit.setPlaceholderText("http://127.0.0.1:8765")
+        self.engineUrlEdit.toolTip = _("The 'url' that `tagseg serve` prints; reach a remote GPU server through "
+                                       "`ssh -L 8765:127.0.0.1:8765 gpu-host` and enter http://127.0.0.1:8765.")
+        self.engineTokenEdit = qt.QLineEdit()
+        self.engineTokenEdit.setEchoMode(qt.QLineEdit.Password)
+        self.engineTokenEdit.toolTip = _("The first line of the server's --token-file (saved in Slicer's settings).")
+        buttons = qt.QHBoxLayout()
+        self.engineApplyButton = qt.QPushButton(_("Apply"))
+        self.engineTestButton = qt.QPushButton(_("Test connection"))
+        buttons.addWidget(self.engineApplyButton)
+        buttons.addWidget(self.engineTestButton)
+        self.engineStatusLabel = qt.QLabel()
+        self.engineStatusLabel.wordWrap = True
+        form.addRow(_("Run the model:"), self.engineModeComboBox)
+        form.addRow(_("Server URL:"), self.engineUrlEdit)
+        form.addRow(_("Token:"), self.engineTokenEdit)
+        form.addRow(buttons)
+        form.addRow(self.engineStatusLabel)
+        self.layout.insertWidget(max(self.layout.count() - 1, 0), section)
+        mode, url, token = _savedEngine()
+        index = self.engineModeComboBox.findData(mode)
+        self.engineModeComboBox.setCurrentIndex(index if index >= 0 else 0)
+        self.engineUrlEdit.text, self.engineTokenEdit.text = url, token
+        self.engineModeComboBox.connect("currentIndexChanged(int)", self._updateEngineWidgets)
+        self.engineApplyButton.connect("clicked()", self.onApplyEngine)
+        self.engineTestButton.connect("clicked()", self.onTestEngine)
+        self._updateEngineWidgets()
+
+    def _updateEngineWidgets(self, *args):
+        remote = self.engineModeComboBox.currentData == "remote"
+        self.engineUrlEdit.enabled = self.engineTokenEdit.enabled = remote
+        logic = state.shared_logic() if state.has_shared_logic() else None
+        running = getattr(logic, "engine_url", None) if logic is not None else None
+        pid = getattr(logic, "engine_pid", None) if logic is not None else None
+        mode = state.engine_settings()["mode"]
+        if mode == "in-process":
+            text = _("The model runs inside Slicer (fallback): Slicer may respond slowly while it runs.")
+        elif running:
+            text = _("Engine at {url}{pid}.").format(url=running, pid=f" (process {pid})" if pid else "")
+        else:
+            text = _("The engine starts with the first prediction.")
+        self.engineStatusLabel.text = text
+
+    def onApplyEngine(self):
+        mode = self.engineModeComboBox.currentData
+        url, token = self.engineUrlEdit.text.strip(), self.engineTokenEdit.text.strip()
+        try:
+            changed = state.set_engine(mode, url, token)
+        except ValueError as exc:
+            slicer.util.errorDisplay(str(exc), windowTitle="TAGS")
+            return
+        settings = qt.QSettings()
+        settings.setValue(ENGINE_MODE_SETTING, mode)
+        settings.setValue(ENGINE_URL_SETTING, state.engine_settings()["url"])
+        settings.setValue(ENGINE_TOKEN_SETTING, token)
+        if changed:
+            self._log(f"Engine: {self.engineModeComboBox.currentText}"
+                      + (f" at {state.engine_settings()['url']}" if mode == "remote" else "") + ".")
+        self._updateEngineWidgets()
+
+    def onTestEngine(self):
+        """Ask the chosen remote server for /v1/health (at most a few seconds), or report the local engine."""
+        if self.engineModeComboBox.currentData != "remote":
+            self._updateEngineWidgets()
+            return
+        with slicer.util.tryWithErrorDisplay(_("The engine server did not answer."), waitCursor=True):
+            from tagseg.client import engine_health
+
+            url = state.normalise_engine_url(self.engineUrlEdit.text)
+            health = engine_health(url, self.engineTokenEdit.text.strip() or None, timeout=3.0)
+            self.engineStatusLabel.text = _("Connected: tagseg {version} on {device}, {sessions} session(s).").format(
+                version=health.get("version", "?"), device=health.get("device", "?"),
+                sessions=health.get("sessions", 0))
 
     # ---- device ------------------------------------------------------------------------------------------------
 

@@ -2,8 +2,10 @@
 
 A thin Qt layer: prompt bookkeeping, the one-in-flight prediction queue, box geometry, error wording and the
 prompt markers live in the GUI-free `TAGSSegmentLib.state` (tested in CI); the model runs in the shared
-`TAGSLogic` on its worker thread. Writes go through the effect API so undo, masking and overwrite settings
-of the Segment Editor apply. torch and the model code are imported only when a prediction is made.
+`TAGSLogic`'s engine process (`tagseg serve`), whose exchange this effect's QTimer drives without blocking
+(PythonQt holds the GIL while the event loop runs, so no Python thread is relied on). Writes go through the
+effect API so undo, masking and overwrite settings of the Segment Editor apply. torch and the model code are
+imported only when a prediction is made (and then in the engine process).
 """
 import os
 import sys
@@ -26,7 +28,7 @@ from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
 from TAGSSegmentLib import state
 
-POLL_INTERVAL_MS = 50            # how often the main thread looks at the running prediction
+POLL_INTERVAL_MS = 20            # how often the main thread advances the engine exchange (each tick <= ~30 ms)
 PROGRESS_DIALOG_DELAY_S = 2.0    # a quick prediction never flashes a dialog
 
 
@@ -205,6 +207,17 @@ description. Device and models are set in the <b>TAGS Segment</b> module.</html>
         self._refreshAnatomyComboBox()
         self._setStatus("Type a description, then click the target in a slice view (Ctrl+click excludes, drag = box).",
                         log=False)
+        qt.QTimer.singleShot(0, self._warmUp)
+
+    @staticmethod
+    def _warmUp():
+        """Start the engine process now (it takes a few seconds), so the first click does not wait for it."""
+        try:
+            warmUp = getattr(state.shared_logic(), "warm_up", None)
+            if callable(warmUp):
+                warmUp()
+        except Exception:  # missing dependencies are reported by the first click, with instructions
+            logging.debug("TAGS: engine warm-up failed", exc_info=True)
 
     def deactivate(self):
         self._cancelPrediction(None)
@@ -452,10 +465,14 @@ description. Device and models are set in the <b>TAGS Segment</b> module.</html>
 
     @staticmethod
     def _startPrediction(request):
-        """Called by the queue on the main thread; the model itself runs on the logic's worker thread."""
+        """Called by the queue on the main thread; the model itself runs in the engine process."""
         return state.shared_logic().predict_async(**request["kwargs"])
 
     def _poll(self):
+        try:
+            state.poll_shared_logic()    # sends/reads what the sockets allow, then returns (bounded time)
+        except Exception:
+            logging.exception("TAGS: engine poll failed")
         outcome = self.queue.poll()
         if self.queue.busy:
             elapsed = self.queue.elapsed

@@ -1,16 +1,17 @@
 """GUI-free logic of the TAGSSegment extension.
 
 It turns MRML nodes into `tagseg` volumes and prompts, writes model masks through the Segment Editor's
-own write path (undo, masking and overwrite settings keep working), and runs `tagseg.Session`s on one
-worker thread. It imports only slicer's MRML/logic classes, vtk, numpy, the standard library and
-`tagseg`, so CI tests it against slicer-core (the real MRML stack on PyPI) and Slicer's self-test and
-the CI test share one body (`run_selftest`).
+own write path (undo, masking and overwrite settings keep working), and runs predictions in a `tagseg
+serve` engine process (`TAGSLogic`, driven from the main thread by `poll()`; see `engine.py`) or, as a
+fallback, in Slicer's process on a worker thread (`InProcessTAGSLogic`). It imports only slicer's
+MRML/logic classes, vtk, numpy, the standard library and `tagseg`, so CI tests it against slicer-core
+(the real MRML stack on PyPI) and Slicer's self-test and the CI test share one body (`run_selftest`).
 
 Conventions used everywhere in this module:
 - every RAS point or box entering or leaving it is WORLD RAS (parent transforms applied), which is what
   markups report with `GetNthControlPointPositionWorld` and what a Slicer user sees at the cursor;
 - every mask array is uint8 in KJI order on the source volume's voxel grid (`arrayFromVolume` order);
-- the user's voxels are copied, never modified.
+- the user's voxels are read (copied or viewed), never modified.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import concurrent.futures
 import threading
 import time
 import zlib
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Callable, Sequence
 
 import numpy as np
@@ -261,6 +262,13 @@ def _resample_block(binary: np.ndarray, source_matrix: np.ndarray, target_matrix
     return (np.asarray(block.array) > 0).astype(np.uint8), lo
 
 
+def _mask_bbox(mask: np.ndarray):
+    """Half-open KJI bounding box of the non-zero voxels, None when there are none (per-axis reductions)."""
+    from tagseg.client import mask_bbox
+
+    return mask_bbox(mask)
+
+
 def _reference_grid(segmentation_node) -> np.ndarray | None:
     """IJK->(segmentation frame) matrix of the segmentation's reference geometry, None when it has none."""
     parameter = slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
@@ -295,18 +303,27 @@ def oriented_labelmap(mask_kji: np.ndarray, volume_node, segmentation_node) -> s
     if mask.shape != shape:
         raise ValueError(f"mask shape {mask.shape} does not match the volume's KJI shape {shape}")
     matrix = _between(volume_node, segmentation_node) @ _local_ijk_to_ras(volume_node, image_data)
-    binary = (mask > 0).astype(np.uint8)
-    start = np.zeros(3, int)
+    # crop to the mask's bounding box first (a few reductions), so a small lesion in a 512x512x300 grid costs
+    # milliseconds rather than a full-grid threshold and nonzero scan on the main thread
+    box = _mask_bbox(mask)
+    if box is None:
+        binary, start = np.zeros(shape, dtype=np.uint8), np.zeros(3, int)
+    else:
+        (k0, j0, i0), (k1, j1, i1) = box
+        binary, start = (mask[k0:k1, j0:j1, i0:i1] > 0).astype(np.uint8), np.array([k0, j0, i0])
     reference = _reference_grid(segmentation_node)
     if reference is not None and np.allclose(reference, matrix, rtol=0.0, atol=1e-5):
         matrix = reference  # bit-equal geometry, so the editor's geometry checks pass
     elif reference is not None and binary.any():
-        block, start = _resample_block(binary, matrix, reference)
-        binary, matrix = (block, reference) if block is not None else (np.zeros_like(binary), matrix)
-    if binary.any():
-        nz = np.argwhere(binary)
-        lo, hi = nz.min(0), nz.max(0)
-        binary = binary[lo[0]:hi[0] + 1, lo[1]:hi[1] + 1, lo[2]:hi[2] + 1]
+        block, block_start = _resample_block(binary, matrix @ _translation(start[::-1]), reference)
+        if block is not None:
+            binary, start, matrix = block, block_start, reference
+        else:
+            binary = np.zeros_like(binary)
+    box = _mask_bbox(binary) if binary.any() else None
+    if box is not None:
+        lo, hi = np.array(box[0]), np.array(box[1])
+        binary = binary[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
         start = start + lo
     first, last = start, start + np.array(binary.shape) - 1
     image = slicer.vtkOrientedImageData()
@@ -511,8 +528,12 @@ def _boxes_list(boxes) -> list[tuple[np.ndarray, np.ndarray]]:
     return result
 
 
-class TAGSLogic:
-    """Runs `tagseg` predictions for Slicer volume nodes on one worker thread.
+class InProcessTAGSLogic:
+    """The fallback: `tagseg` predictions inside Slicer's own process, on one worker thread.
+
+    Inside Slicer that thread starves (PythonQt keeps the GIL while the event loop idles, see
+    `TAGSLogic`) and a crash in native code takes Slicer with it; it is kept for setups where no engine
+    process can run (module setting "In Slicer's process").
 
     One `tagseg.Session` is kept per source volume (at most `max_sessions`, least recently used dropped)
     and re-created when the node, its voxels (image data MTime), its geometry or its transform change, or
@@ -655,6 +676,11 @@ class TAGSLogic:
             if future in self._pending:
                 self._pending.remove(future)
 
+    def poll(self) -> bool:
+        """Nothing to drive (the worker thread runs by itself); True while a request is pending."""
+        with self._lock:
+            return bool(self._pending)
+
     def cancel_pending(self) -> int:
         """Drop the results of every request not yet delivered (superseded, or its scene was closed).
         A running model call finishes in the background; its result is discarded. Returns the count."""
@@ -675,6 +701,457 @@ class TAGSLogic:
         if executor is not None:
             executor.shutdown(wait=True, cancel_futures=True)
         self._close_sessions()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the engine client (default): `tagseg serve` in its own process, driven from the main thread
+
+HASH_CHUNK = 8 << 20          # bytes hashed (or compressed) per step of a timer tick
+
+
+def volume_view(volume_node) -> tuple[Volume, tuple]:
+    """The node's voxels as a `Volume` *without copying* (a read-only view of the image's scalars), world
+    IJK->RAS, and the key naming this content: (node ID, image data, image MTime, matrix, dtype, shape).
+
+    Checks the geometry and voxel type like `volume_from_node` without a pass over the voxels (the engine
+    checks those), so a click on a 512x512x300 CT costs the main thread no copy."""
+    image = _check_scalar_volume_node(volume_node)
+    world = _to_world(volume_node, "volume") @ _local_ijk_to_ras(volume_node, image)
+    dims = image.GetDimensions()
+    flat = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
+    if min(dims) < 1 or flat.size != dims[0] * dims[1] * dims[2]:
+        raise InputError(f"volume '{_node_label(volume_node)}' has no voxel data")
+    array = flat.reshape(dims[2], dims[1], dims[0])
+    parent = volume_node.GetParentTransformNode()
+    meta = {"node_id": volume_node.GetID(), "transform_id": parent.GetID() if parent is not None else None}
+    volume = Volume(array, world, name=_node_label(volume_node), meta=meta)
+    check_volume(Volume(np.zeros((1, 1, 1), array.dtype), world, name=volume.name))
+    key = (volume_node.GetID(), image.GetAddressAsString("vtkImageData"), image.GetMTime(),
+           np.asarray(world).round(9).tobytes(), array.dtype.str, array.shape)
+    return volume, key
+
+
+class _DrivenFuture(concurrent.futures.Future):
+    """A Future whose blocking calls (`result`, `exception`) drive the logic's `poll()` while they wait, so
+    code that blocks on purpose (tests, the self-test, scripts) needs no timer. Never marked running, so
+    `cancel()` drops it until its result is set."""
+
+    def __init__(self, driver) -> None:
+        super().__init__()
+        self._driver = driver
+
+    def _drive(self, timeout: float | None) -> None:
+        end = None if timeout is None else time.monotonic() + timeout
+        while not self.done():
+            if end is not None and time.monotonic() >= end:
+                return
+            self._driver.poll()
+            if not self.done():
+                time.sleep(0.002)
+
+    def result(self, timeout: float | None = None):
+        self._drive(timeout)
+        return super().result(timeout=0)
+
+    def exception(self, timeout: float | None = None):
+        self._drive(timeout)
+        return super().exception(timeout=0)
+
+
+class _Job:
+    __slots__ = ("future", "volume", "volume_key", "node_id", "points", "boxes", "text", "anatomy", "submitted",
+                 "restarted", "read_seconds")
+
+    def __init__(self, future, volume, volume_key, points, boxes, text, anatomy, submitted, read_seconds):
+        self.future, self.volume, self.volume_key = future, volume, volume_key
+        self.node_id = volume_key[0]
+        self.points, self.boxes, self.text, self.anatomy = points, boxes, text, anatomy
+        self.submitted, self.read_seconds, self.restarted = submitted, read_seconds, False
+
+
+class TAGSLogic:
+    """Runs `tagseg` predictions for Slicer volume nodes in a `tagseg serve` engine process.
+
+    By default the engine is a child process started on first use (Slicer's PythonSlicer, loopback, a random
+    token in a private file, `--exit-with-stdin` so it lives as long as Slicer); with `engine_url` (and
+    `engine_token`) it is a server the user runs elsewhere, e.g. on a GPU machine. A crash or an out-of-memory
+    error then takes down the engine, not Slicer: a local engine that fails is started again once by itself.
+
+    Nothing here blocks the main thread: PythonQt holds the GIL whenever Slicer's event loop runs, so a
+    client *thread* would starve as a worker thread does. Instead `poll()` (called by the effect's QTimer;
+    blocking `Future.result()` calls it too) advances a non-blocking exchange for at most `tick_budget_s`:
+    the volume is hashed and uploaded once per (node, image modified time) a few megabytes per tick, a
+    click sends only its prompts, and the mask is decoded when its reply has arrived. Requests run one at a
+    time; a new request cancels older undelivered ones (newest wins). One engine session per source volume
+    (at most `max_sessions`); prompts are stateless per call, as in `InProcessTAGSLogic`."""
+
+    max_sessions = 2
+    tick_budget_s = 0.03
+
+    def __init__(self, model: str = "auto", device: str = "auto", backend_options: dict | None = None,
+                 warn: Callable[[str], None] | None = None, *, engine_url: str | None = None,
+                 engine_token: str | None = None, python: str | None = None) -> None:
+        from TAGSSegmentLib.engine import Endpoint, LocalEngine, TaskRunner
+
+        self.model = model
+        self.device = device
+        self.backend_options = dict(backend_options or {})   # used by the in-process fallback only
+        self.warn = warn
+        self.warnings: list[str] = []
+        self.last_timings: dict = {}
+        self.last_info: dict = {}
+        self.longest_call_s = 0.0       # longest poll()/predict_async() so far: the main-thread cost
+        self._remote = Endpoint(engine_url, engine_token) if engine_url else None
+        self._local = None if self._remote is not None else LocalEngine(device="auto", python=python)
+        self._runner = TaskRunner()
+        self._jobs: deque[_Job] = deque()
+        self._current: _Job | None = None
+        self._background: deque = deque()         # tasks without a caller waiting (closing sessions)
+        self._running_background = False
+        self._hashes: OrderedDict[tuple, str] = OrderedDict()     # volume key -> content id (server-independent)
+        self._uploaded: set[str] = set()                          # content ids the current server holds
+        self._sessions: OrderedDict[str, tuple[tuple, str, str]] = OrderedDict()  # node id -> (key, sid, device)
+        self._anatomies: set[tuple[str, str]] = set()             # (sid, anatomy id) registered
+        self._endpoint_seen = None
+        self._poll_lock = threading.Lock()
+
+    # ---- settings -------------------------------------------------------------------------------------------
+    @property
+    def engine_url(self) -> str | None:
+        """The engine's URL (None until a local engine has started)."""
+        if self._remote is not None:
+            return self._remote.url
+        return self._local.endpoint.url if self._local.endpoint is not None else None
+
+    @property
+    def engine_pid(self) -> int | None:
+        return self._local.pid if self._local is not None else None
+
+    def configure(self, model: str | None = None, device: str | None = None,
+                  backend_options: dict | None = None) -> bool:
+        """Change model/device; sessions opened with the old settings are closed on the engine (freeing its
+        GPU memory) after any running prediction. Returns True when something changed."""
+        changed = False
+        if model is not None and model != self.model:
+            self.model, changed = model, True
+        if device is not None and device != self.device:
+            self.device, changed = device, True
+        if backend_options is not None and dict(backend_options) != self.backend_options:
+            self.backend_options, changed = dict(backend_options), True
+        if changed:
+            self.cancel_pending()
+            while self._sessions:
+                _, (_, sid, _) = self._sessions.popitem(last=False)
+                self._close_later(sid)
+        return changed
+
+    def _on_warning(self, message: str) -> None:
+        self.warnings.append(message)
+        if self.warn is not None:
+            self.warn(message)
+
+    def warm_up(self) -> None:
+        """Start the local engine process now (returns at once; `poll()` then reads its ready line), so the
+        first click does not wait for it. Nothing to do for a remote engine."""
+        if self._local is None or (self._local.alive() and self._local.endpoint is not None):
+            return
+        if not self._local.alive():
+            self._local.start()
+
+        def wait_ready():
+            yield from self._endpoint()
+        self._background.append(wait_ready())
+
+    # ---- prediction -----------------------------------------------------------------------------------------
+    def predict(self, volume_node, include_ras=(), exclude_ras=(), boxes_ras=(), text: str = "",
+                anatomy: Volume | None = None) -> np.ndarray:
+        """The mask (uint8 KJI on the volume's voxel grid) for these prompts; blocks (polling) until done.
+        tagseg errors (PromptError for a click outside the volume, ...) are raised as they are."""
+        return self.predict_async(volume_node, include_ras, exclude_ras, boxes_ras, text, anatomy).result()
+
+    def predict_async(self, volume_node, include_ras=(), exclude_ras=(), boxes_ras=(), text: str = "",
+                      anatomy: Volume | None = None) -> concurrent.futures.Future:
+        """Like `predict` but returns at once; `poll()` from a timer, then `future.result()` once done.
+
+        Must be called on the main thread (it reads the volume node, without copying voxels). A new request
+        supersedes older ones: their futures are cancelled and their results dropped."""
+        submitted = time.perf_counter()
+        future = _DrivenFuture(self)
+        try:
+            volume, volume_key = volume_view(volume_node)
+            include = _points_array(include_ras, "include point")
+            exclude = _points_array(exclude_ras, "exclude point")
+            from tagseg import prompts as P
+
+            points = tuple([P.make_point(volume, p, True) for p in include]
+                           + [P.make_point(volume, p, False) for p in exclude])
+            boxes = tuple(P.make_box(volume, a, b) for a, b in _boxes_list(boxes_ras))
+            text = parse_description(str(text or "")).text
+            if anatomy is not None and not isinstance(anatomy, Volume):
+                raise PromptError("anatomy mask must be a tagseg.Volume")
+        except Exception as exc:
+            future.set_exception(exc)
+            self._note_call(submitted)
+            return future
+        self.cancel_pending()
+        self._jobs.append(_Job(future, volume, volume_key, points, boxes, text, anatomy, submitted,
+                               time.perf_counter() - submitted))
+        self.poll()   # start at once: a click whose volume is already uploaded sends its prompts now
+        self._note_call(submitted)
+        return future
+
+    def _note_call(self, start: float) -> None:
+        self.longest_call_s = max(self.longest_call_s, time.perf_counter() - start)
+
+    @property
+    def busy(self) -> bool:
+        return self._runner.busy or bool(self._jobs) or bool(self._background)
+
+    def poll(self) -> bool:
+        """Advance the engine exchange for about `tick_budget_s` at most, without blocking; call it from a
+        timer on the main thread. Finished requests complete their futures here. True while work remains."""
+        if not self._poll_lock.acquire(blocking=False):
+            return True
+        start = time.perf_counter()
+        try:
+            deadline = start + self.tick_budget_s
+            while True:
+                if not self._runner.busy and not self._start_next():
+                    break
+                finished, result, error = self._runner.step(deadline)
+                if not finished:
+                    break
+                self._finish(result, error)
+                if time.perf_counter() > deadline:
+                    break
+            return self.busy
+        finally:
+            self._note_call(start)
+            self._poll_lock.release()
+
+    def _start_next(self) -> bool:
+        while self._jobs:
+            job = self._jobs.popleft()
+            if job.future.done():      # cancelled while it waited
+                continue
+            self._current, self._running_background = job, False
+            self._runner.start(self._job_task(job))
+            return True
+        if self._background:
+            self._current, self._running_background = None, True
+            self._runner.start(self._background.popleft())
+            return True
+        return False
+
+    def _finish(self, result, error) -> None:
+        job, self._current = self._current, None
+        if self._running_background or job is None:
+            self._running_background = False
+            if error is not None:       # e.g. the engine failed to start while warming up
+                self._on_warning(f"TAGS engine: {str(error).strip().splitlines()[0] if str(error).strip() else error!r}")
+            return
+        try:
+            if error is not None:
+                job.future.set_exception(error)
+            elif result is not None:
+                job.future.set_result(result)
+            elif not job.future.done():
+                job.future.cancel()
+        except concurrent.futures.InvalidStateError:
+            pass  # cancelled meanwhile: the result is dropped
+
+    def cancel_pending(self) -> int:
+        """Drop the results of every request not yet delivered (superseded, or its scene was closed). A request
+        already sent finishes on the engine; its result is discarded. Returns the count."""
+        jobs = list(self._jobs) + ([self._current] if self._current is not None else [])
+        return sum(1 for job in jobs if job.future.cancel())
+
+    def shutdown(self) -> None:
+        """Cancel pending requests, drop the exchange in progress and stop a local engine process (freeing its
+        models and GPU memory). The logic can be used again afterwards (the engine restarts lazily)."""
+        self.cancel_pending()
+        self._runner.close()
+        self._jobs.clear()
+        self._background.clear()
+        self._current, self._running_background = None, False
+        if self._local is not None:
+            self._local.stop()
+        self._forget_server()
+
+    # ---- tasks (generators run by poll) ---------------------------------------------------------------------
+    def _forget_server(self) -> None:
+        self._uploaded.clear()
+        self._sessions.clear()
+        self._anatomies.clear()
+
+    def _close_later(self, sid: str) -> None:
+        def close():
+            endpoint = yield from self._endpoint()
+            try:
+                yield from endpoint.call("DELETE", f"/v1/sessions/{sid}", reply_timeout=30.0)
+            except tagseg.TagsegError:
+                pass
+        self._background.append(close())
+
+    def _endpoint(self):
+        if self._remote is not None:
+            return self._remote
+        endpoint = yield from self._local.ready()
+        if endpoint is not self._endpoint_seen:       # a new process: it holds no volume and no session
+            self._forget_server()
+            self._endpoint_seen = endpoint
+        return endpoint
+
+    def _job_task(self, job: _Job):
+        from tagseg.errors import EngineUnavailable
+
+        while True:
+            try:
+                return (yield from self._predict_task(job))
+            except EngineUnavailable as exc:
+                if self._local is None or job.restarted:
+                    if self._remote is not None:
+                        raise EngineUnavailable(f"{exc} (set the engine in the TAGS Segment module)") from None
+                    raise
+                job.restarted = True
+                self._on_warning(f"The TAGS engine process stopped ({exc}); starting it again.")
+                self._local.stop(wait=0.0)
+                self._forget_server()
+
+    def _hash_task(self, volume: Volume, key: tuple | None):
+        from tagseg.client import volume_digest, volume_header
+
+        if key is not None and key in self._hashes:
+            self._hashes.move_to_end(key)
+            return self._hashes[key]
+        digest = volume_digest(volume_header(volume))
+        raw = memoryview(np.ascontiguousarray(volume.array)).cast("B")
+        for offset in range(0, raw.nbytes, HASH_CHUNK):
+            digest.update(raw[offset:offset + HASH_CHUNK])
+            yield ("cpu",)
+        vid = digest.hexdigest()
+        if key is not None:
+            self._hashes[key] = vid
+            while len(self._hashes) > 8:
+                self._hashes.popitem(last=False)
+        return vid
+
+    def _upload_task(self, endpoint, vid: str, volume: Volume):
+        """Send a volume the engine does not hold yet (asked first: another Slicer may have sent it)."""
+        from tagseg.client import _UnknownVolume, frame, volume_header
+
+        if vid in self._uploaded:
+            return
+        try:
+            yield from endpoint.call("GET", f"/v1/volumes/{vid}", reply_timeout=60.0)
+        except _UnknownVolume:
+            header = volume_header(volume)
+            header["name"] = str(volume.name or "")[:200]
+            raw = memoryview(np.ascontiguousarray(volume.array)).cast("B")
+            if endpoint.loopback:
+                header["encoding"], payload = "raw", [raw]
+            else:                                   # compressed a few megabytes per step, for a slower network
+                header["encoding"], payload = "zlib", []
+                compressor = zlib.compressobj(1)
+                for offset in range(0, raw.nbytes, HASH_CHUNK):
+                    payload.append(compressor.compress(raw[offset:offset + HASH_CHUNK]))
+                    yield ("cpu",)
+                payload.append(compressor.flush())
+            yield from endpoint.call("PUT", f"/v1/volumes/{vid}", body_parts=[frame(header), *payload])
+        self._uploaded.add(vid)
+
+    def _session_task(self, endpoint, job: _Job, vid: str, timings: dict):
+        from tagseg.client import _UnknownVolume
+
+        key = (vid, self.model, self.device)
+        entry = self._sessions.get(job.node_id)
+        if entry is not None and entry[0] == key:
+            self._sessions.move_to_end(job.node_id)
+            return entry[1], entry[2]
+        if entry is not None:
+            del self._sessions[job.node_id]
+            self._close_later(entry[1])
+        start = time.perf_counter()
+        yield from self._upload_task(endpoint, vid, job.volume)
+        timings["upload"] = time.perf_counter() - start
+        start = time.perf_counter()
+        request = {"volume": vid, "model": self.model, "device": self.device}
+        try:
+            reply, _ = yield from endpoint.call("POST", "/v1/sessions", json_body=request)
+        except _UnknownVolume:
+            self._uploaded.discard(vid)
+            yield from self._upload_task(endpoint, vid, job.volume)
+            reply, _ = yield from endpoint.call("POST", "/v1/sessions", json_body=request)
+        timings["open_session"] = time.perf_counter() - start
+        sid, device = str(reply["session"]), str(reply.get("device", self.device))
+        for message in reply.get("warnings", ()):
+            self._on_warning(str(message))
+        self._sessions[job.node_id] = (key, sid, device)
+        while len(self._sessions) > self.max_sessions:
+            _, (_, old, _) = self._sessions.popitem(last=False)
+            self._close_later(old)
+        return sid, device
+
+    def _anatomy_task(self, endpoint, sid: str, anatomy: Volume) -> str:
+        vid = yield from self._hash_task(anatomy, None)
+        if (sid, vid) not in self._anatomies:
+            yield from self._upload_task(endpoint, vid, anatomy)
+            yield from endpoint.call("POST", f"/v1/sessions/{sid}/anatomy", json_body={"volume": vid})
+            self._anatomies.add((sid, vid))
+        return vid
+
+    def _predict_task(self, job: _Job):
+        from tagseg.client import _UnknownAnatomy, _UnknownSession, _UnknownVolume, decode_mask, prompt_json
+
+        timings: dict = {"read_volume": job.read_seconds}
+        start = time.perf_counter()
+        endpoint = yield from self._endpoint()
+        timings["engine_start"] = time.perf_counter() - start
+        start = time.perf_counter()
+        vid = yield from self._hash_task(job.volume, job.volume_key)
+        timings["hash"] = time.perf_counter() - start
+        for attempt in range(3):
+            try:
+                sid, device = yield from self._session_task(endpoint, job, vid, timings)
+                anatomy_vid = None
+                if job.anatomy is not None:
+                    anatomy_vid = yield from self._anatomy_task(endpoint, sid, job.anatomy)
+                if job.future.done():           # cancelled before its prompts were sent: skip the model
+                    return None
+                sent = time.perf_counter()
+                body = prompt_json(job.points, job.boxes, job.text, anatomy_vid)
+                header, payload = yield from endpoint.call("POST", f"/v1/sessions/{sid}/predict", json_body=body)
+                break
+            except (_UnknownSession, _UnknownVolume, _UnknownAnatomy) as exc:
+                if attempt == 2:
+                    raise tagseg.errors.EngineUnavailable(
+                        f"the tagseg engine at {endpoint.url} keeps forgetting this session ({exc})") from None
+                if isinstance(exc, _UnknownVolume):
+                    self._uploaded.clear()
+                self._sessions.pop(job.node_id, None)
+                self._anatomies = {a for a in self._anatomies if a[0] != sid}
+        received = time.perf_counter()
+        try:
+            mask = decode_mask(header, payload)
+        except (ValueError, KeyError, TypeError, zlib.error) as exc:
+            raise tagseg.TagsegError(f"engine at {endpoint.url} sent a malformed mask ({exc})") from None
+        if mask.shape != job.volume.shape_kji:
+            raise tagseg.TagsegError(f"engine at {endpoint.url} sent a mask of shape {mask.shape}, expected "
+                                     f"{job.volume.shape_kji}")
+        mask = mask.astype(np.uint8, copy=False)
+        engine_timings = {str(k): float(v) for k, v in dict(header.get("timings") or {}).items()
+                          if isinstance(v, (int, float))}
+        finished = time.perf_counter()
+        timings.update(engine_timings)
+        timings["round_trip"] = received - sent
+        timings["remote_overhead"] = max(received - sent - engine_timings.get("server", 0.0), 0.0)
+        timings["total"] = finished - job.submitted
+        self.last_timings = timings
+        meta = dict(header.get("meta") or {})
+        self.last_info = {"model": meta.get("model"), "anatomy": meta.get("anatomy"), "device": device,
+                          "segment_name": str(header.get("name", "")), "engine": endpoint.url,
+                          "bbox": header.get("bbox")}
+        return mask
 
 
 # --------------------------------------------------------------------------------------------------------------

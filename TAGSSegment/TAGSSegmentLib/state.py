@@ -9,6 +9,7 @@ Nothing here imports Qt, torch or model code at module level; the logic is built
 """
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import importlib.util
 import math
@@ -50,15 +51,79 @@ def set_device(device: str) -> bool:
         return _release_locked()
 
 
+# where the model runs: "local" (a `tagseg serve` child process, the default), "remote" (a server the user
+# runs, e.g. on a GPU machine: URL + token) or "in-process" (the fallback: a worker thread inside Slicer)
+ENGINE_MODES: tuple[tuple[str, str], ...] = (("Engine process on this computer (default)", "local"),
+                                             ("Remote engine server (URL and token)", "remote"),
+                                             ("Inside Slicer's process (fallback)", "in-process"))
+_engine: dict[str, str] = {"mode": "local", "url": "", "token": ""}
+
+
+def normalise_engine_url(url: str) -> str:
+    """'http://host:port' from what a user types ('host:port' allowed); ValueError when it is not one."""
+    text = (url or "").strip().rstrip("/")
+    if not text:
+        raise ValueError("enter the engine's URL, e.g. http://127.0.0.1:8765 (the 'url' tagseg serve prints)")
+    parsed = urlparse(text if "://" in text else f"http://{text}")
+    if parsed.scheme != "http" or not parsed.hostname:
+        raise ValueError("the engine URL must look like http://HOST:PORT (for TLS, tunnel with ssh -L to 127.0.0.1)")
+    try:
+        port = parsed.port
+    except ValueError:
+        raise ValueError("the engine URL has an invalid port") from None
+    if port is None:
+        raise ValueError("the engine URL needs a port, e.g. http://gpu-host:8765")
+    return f"http://{parsed.netloc}"
+
+
+def engine_settings() -> dict[str, str]:
+    """The engine choice in force: {"mode", "url", "token"}."""
+    return dict(_engine)
+
+
+def set_engine(mode: str, url: str = "", token: str = "") -> bool:
+    """Choose where the model runs. A remote engine needs a valid URL (ValueError otherwise); its token is
+    sent with every request. A running logic is released when the choice changed (returns True then)."""
+    mode = (mode or "local").strip().lower()
+    if mode not in {value for _, value in ENGINE_MODES}:
+        raise ValueError(f"unknown engine mode {mode!r}")
+    url = normalise_engine_url(url) if mode == "remote" else (url or "").strip()
+    token = (token or "").strip()
+    if any(ch.isspace() or not ch.isprintable() for ch in token):
+        raise ValueError("the token must be printable characters without spaces")
+    new = {"mode": mode, "url": url, "token": token}
+    with _lock:
+        if new == _engine:
+            return False
+        _engine.update(new)
+        return _release_locked()
+
+
 def shared_logic() -> Any:
-    """The one TAGSLogic of this Slicer session, built on first use so torch loads only when it is needed."""
+    """The one logic of this Slicer session, built on first use (so torch and the engine start only when
+    needed): `TAGSLogic` with a local engine process by default, or with the remote engine of the settings,
+    or the in-process fallback."""
     global _logic
     with _lock:
         if _logic is None:
-            from TAGSSegmentLib.logic import TAGSLogic
-
-            _logic = TAGSLogic(model=_model, device=_device)
+            logic = importlib.import_module("TAGSSegmentLib.logic")
+            mode = _engine["mode"]
+            if mode == "remote":
+                _logic = logic.TAGSLogic(model=_model, device=_device, engine_url=_engine["url"],
+                                         engine_token=_engine["token"] or None)
+            elif mode == "in-process":
+                _logic = logic.InProcessTAGSLogic(model=_model, device=_device)
+            else:
+                _logic = logic.TAGSLogic(model=_model, device=_device)
         return _logic
+
+
+def poll_shared_logic() -> bool:
+    """Advance the shared logic's engine exchange (the effect's and the panel's QTimer call this); True while
+    it has work. Never builds a logic, and a logic without `poll` (a test fake) is fine."""
+    logic = _logic
+    poll = getattr(logic, "poll", None) if logic is not None else None
+    return bool(poll()) if callable(poll) else False
 
 
 def has_shared_logic() -> bool:

@@ -86,11 +86,17 @@ def volume_header(volume: Volume) -> dict:
             "ijk_to_ras": [[float(v) for v in row] for row in np.asarray(volume.ijk_to_ras)]}
 
 
-def volume_id(header: dict, raw: bytes | memoryview) -> str:
-    """The content name of a volume: SHA-256 of the canonical header (dtype, shape, matrix) and the raw bytes."""
+def volume_digest(header: dict):
+    """A SHA-256 object fed with the canonical header (dtype, shape, matrix): update it with the raw bytes, in
+    as many pieces as suits the caller (Slicer hashes a large volume a few megabytes per timer tick)."""
     canonical = json.dumps({k: header[k] for k in ("dtype", "shape", "ijk_to_ras")}, sort_keys=True,
                            separators=(",", ":"), allow_nan=False).encode()
-    digest = hashlib.sha256(canonical)
+    return hashlib.sha256(canonical)
+
+
+def volume_id(header: dict, raw: bytes | memoryview) -> str:
+    """The content name of a volume: SHA-256 of the canonical header (dtype, shape, matrix) and the raw bytes."""
+    digest = volume_digest(header)
     digest.update(raw)
     return digest.hexdigest()
 
@@ -286,25 +292,31 @@ class EngineClient:
         raise self._error(status, data)
 
     def _error(self, status: int, data: bytes) -> Exception:
-        reply = _json_object(data) or {}
-        name, message = str(reply.get("error", "")), str(reply.get("message", "")) or f"HTTP {status}"
-        if name in _INTERNAL:
-            return _INTERNAL[name](message)
-        if name in ERROR_CLASSES:
-            return ERROR_CLASSES[name](message)
-        if status == 401:
-            return EngineUnavailable(f"the tagseg engine at {self.url} refused the token ({message})")
-        if status == 413:
-            return errors.InputError(f"the tagseg engine at {self.url} refused an upload: {message}")
-        if not name:
-            return EngineUnavailable(f"{self.url} did not answer like a tagseg engine (HTTP {status})")
-        return TagsegError(f"the tagseg engine at {self.url} answered {name}: {message}")
+        return reply_error(self.url, status, data)
 
     def close(self) -> None:
         with self._lock:
             idle, self._idle = self._idle, []
         for conn in idle:
             _close(conn)
+
+
+def reply_error(url: str, status: int, data: bytes) -> Exception:
+    """The exception a non-2xx reply stands for: the engine's own `TagsegError` subclass when it names one,
+    `EngineUnavailable` for a refused token or something that is not a tagseg engine."""
+    reply = _json_object(data) or {}
+    name, message = str(reply.get("error", "")), str(reply.get("message", "")) or f"HTTP {status}"
+    if name in _INTERNAL:
+        return _INTERNAL[name](message)
+    if name in ERROR_CLASSES:
+        return ERROR_CLASSES[name](message)
+    if status == 401:
+        return EngineUnavailable(f"the tagseg engine at {url} refused the token ({message})")
+    if status == 413:
+        return errors.InputError(f"the tagseg engine at {url} refused an upload: {message}")
+    if not name:
+        return EngineUnavailable(f"{url} did not answer like a tagseg engine (HTTP {status})")
+    return TagsegError(f"the tagseg engine at {url} answered {name}: {message}")
 
 
 def _json_object(data: bytes) -> dict | None:

@@ -260,7 +260,10 @@ def test_effect_declares_the_segment_editor_contract():
     assert 'setPlaceholderText("pancreatic tumor")' in source
     assert "StartCloseEvent" in source and "cancel_pending()" in source
     assert "xyToRas" in source and "inside_extent" in source
-    assert "PROGRESS_DIALOG_DELAY_S = 2.0" in source and "POLL_INTERVAL_MS = 50" in source
+    assert "PROGRESS_DIALOG_DELAY_S = 2.0" in source and "POLL_INTERVAL_MS = 20" in source
+    # the timer drives the engine exchange (no thread is relied on inside Slicer) before it reads the queue
+    poll = ast.unparse(_method(cls, "_poll"))
+    assert poll.index("state.poll_shared_logic()") < poll.index("self.queue.poll()")
 
 
 def test_effect_icon_path_points_at_the_icon():
@@ -290,7 +293,7 @@ def test_module_declares_title_category_dependencies_and_licences():
 # in a fresh interpreter because the loaders rebind sys.modules entries)
 
 LOADER = Path(__file__).with_name("slicer_loader.py")
-SUBMODULES = ["SegmentEditorEffect", "logic", "state"]
+SUBMODULES = ["SegmentEditorEffect", "engine", "logic", "state"]
 
 
 def _run_loader(scenario: str, variant: str, module_dir: Path = MODULE_DIR, package: str = "TAGSSegmentLib") -> dict:
