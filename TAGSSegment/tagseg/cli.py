@@ -53,7 +53,10 @@ DEMO_LARGE_PHANTOM = {"radius_mm": 30.0, "edge": "soft", "modality": "mr", "slic
 
 
 def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
+    """Every message goes through this: one line, with escape sequences and control characters removed."""
+    from .text import clean_text
+
+    return clean_text(text)
 
 
 # ---- argument parsing --------------------------------------------------------------------------------
@@ -68,6 +71,9 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Interactive 3D tumour segmentation from clicks, boxes and text.")
     parser.add_argument("--version", action="version", version=f"{PROG} {_tagseg_version()}")
+    parser.add_argument("--memory-limit", metavar="SIZE",
+                        help="most memory one input may need, e.g. 8G (default: a quarter of the available memory; "
+                             "environment variable TAGSEG_MEMORY_LIMIT)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
 
@@ -91,6 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     seg.add_argument("--model", default="auto", metavar="NAME|PATH", help="model name or checkpoint (default: auto)")
     seg.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     seg.add_argument("--png", metavar="OVERLAY.png", help="also write an axial overlay preview")
+    seg.add_argument("--series", metavar="UID", help="the DICOM series to read when the IMAGE folder holds several")
     seg.add_argument("--json", action="store_true", help="print a JSON summary instead of text")
     tags = seg.add_argument_group("TAGS checkpoints (extensions beyond the paper; defaults = the paper)")
     tags.add_argument("--text-fusion", type=float, default=0.0, metavar="W",
@@ -222,7 +229,7 @@ def _check_writable(path: Path, what: str) -> None:
         raise InputError(f"{path}: cannot create {what}: folder {parent} is not writable")
 
 
-def _check_outputs(image: Path, output: Path, png: Path | None) -> str:
+def _check_outputs(image: Path, output: Path, png: Path | None, inputs: Sequence[Path] = ()) -> str:
     suffix = _output_suffix(output)
     if suffix is None:
         raise InputError(f"{output}: unsupported output type (use {', '.join(OUTPUT_SUFFIXES)})")
@@ -235,57 +242,47 @@ def _check_outputs(image: Path, output: Path, png: Path | None) -> str:
         targets.append(png)
     if png is not None and png.resolve() == output.resolve():
         raise InputError(f"{output}: the mask and the overlay would be the same file")
+    from .paths import same_file
+
     for target in targets:
-        if image.exists() and target.resolve() == image.resolve():
-            raise InputError(f"{target}: would overwrite the input image; choose another output name")
+        for source, what in [(image, "the input image"), *((p, f"the input {p}") for p in inputs)]:
+            if source.exists() and same_file(target, source):
+                raise InputError(f"{target}: would overwrite {what}; choose another output name")
     return suffix
-
-
-def _temporary_sibling(path: Path, suffix: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=".tagseg-", suffix=f".part{suffix}", dir=path.parent)
-    os.close(fd)
-    return Path(name)
 
 
 def _write_outputs(mask, image, output: Path, suffix: str, segment_name: str, png: Path | None,
                    points_ras, reference=None) -> None:
     """Write the mask under a temporary name, then the overlay, then rename the mask into place."""
-    from .io import save_segmentation, save_volume
+    from .io import output_image, write_verified
     from .overlay import save_overlay_png
+    from .paths import AtomicFile
 
-    tmp = _temporary_sibling(output, suffix)
-    try:
+    picture = output_image(mask, output, segment_name=segment_name)
+    with AtomicFile(output, suffix=suffix, what="the mask") as part:    # one writer: checked, then renamed
         try:
-            if suffix == ".seg.nrrd":
-                save_segmentation(mask, tmp, segment_name=segment_name)
-            else:
-                save_volume(mask, tmp)
+            write_verified(picture, part.path)
         except (RuntimeError, OSError, TypeError) as exc:
-            raise InputError(f"{output}: cannot write the mask ({_one_line(exc)[:200]})") from None
+            raise part.fail(exc) from None
         if png is not None:
             try:
                 save_overlay_png(image, mask, png, points_ras=points_ras, reference=reference)
             except OSError as exc:
                 raise InputError(f"{png}: cannot write the overlay ({_one_line(exc)[:200]})") from None
-        try:
-            os.replace(tmp, output)
-        except OSError as exc:
-            raise InputError(f"{output}: cannot write the mask ({_one_line(exc)[:200]})") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        part.commit()
 
 
 # ---- shared steps ----------------------------------------------------------------------------------------
-def _load_image(path: Path, reporter: _Reporter):
+def _load_image(path: Path, reporter: _Reporter, series: str | None = None):
     """Load and check a volume; NaN/inf voxels are allowed (treated as the lowest finite value) with a warning."""
     import numpy as np
 
     from .io import load_volume
     from .volume import check_volume
 
-    volume = load_volume(path)
+    volume = load_volume(path, series=series)
+    for message in volume.meta.pop("warnings", ()):
+        reporter.warn(message)
     check_volume(volume)
     array = np.asarray(volume.array)
     if np.issubdtype(array.dtype, np.floating):
@@ -359,13 +356,14 @@ def _cmd_segment(args: argparse.Namespace, reporter: _Reporter) -> int:
         if neg_points:
             raise PromptError("only exclude points given; add an include point (--point) or a box (--box)")
         raise PromptError("no prompt given; add an include point (--point R,A,S) or a box (--box R1,A1,S1,R2,A2,S2)")
-    suffix = _check_outputs(image_path, output, png)
+    anatomy_path = Path(args.anatomy).expanduser() if args.anatomy else None
+    suffix = _check_outputs(image_path, output, png, [anatomy_path] if anatomy_path else [])
     description = parse_description(args.text)
     model_name = resolve_model_name(args.model, description)
 
     t0 = time.perf_counter()
-    volume = _load_image(image_path, reporter)
-    anatomy = _load_anatomy(Path(args.anatomy).expanduser(), description, reporter) if args.anatomy else None
+    volume = _load_image(image_path, reporter, series=args.series)
+    anatomy = _load_anatomy(anatomy_path, description, reporter) if anatomy_path else None
     if args.text_only and not points and not boxes and anatomy is None:
         raise PromptError("--text-only needs --anatomy: the first click is searched inside the organ")
     stages = {"load": time.perf_counter() - t0}
@@ -761,10 +759,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     reporter = _Reporter()
     debug = bool(os.environ.get("TAGSEG_DEBUG"))
+    previous_limit = os.environ.get("TAGSEG_MEMORY_LIMIT")
     try:
         with warnings.catch_warnings():
             if not debug:
                 warnings.filterwarnings("ignore", module=NOISY_WARNING_MODULES)
+                # other libraries' warnings (numpy overflow, ...) become our one line, not their two
+                warnings.showwarning = lambda message, category, *rest, **kw: reporter.warn(
+                    f"{category.__name__}: {message}")
+            if getattr(args, "memory_limit", None):
+                from .budget import ENV, parse_size
+
+                parse_size(args.memory_limit)
+                os.environ[ENV] = args.memory_limit
             return args.func(args, reporter)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr, flush=True)
@@ -800,6 +807,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: internal error: {detail} (rerun with environment variable TAGSEG_DEBUG=1 to see the traceback)",
               file=sys.stderr, flush=True)
         return 1
+    finally:
+        if getattr(args, "memory_limit", None):
+            if previous_limit is None:
+                os.environ.pop("TAGSEG_MEMORY_LIMIT", None)
+            else:
+                os.environ["TAGSEG_MEMORY_LIMIT"] = previous_limit
 
 
 if __name__ == "__main__":

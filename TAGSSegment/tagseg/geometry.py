@@ -163,3 +163,18 @@ def paste(target: np.ndarray, patch: np.ndarray, start: tuple[int, ...]) -> None
         dst.append(slice(lo, hi))
         src.append(slice(lo - s, hi - s))
     target[tuple(dst)] = patch[tuple(src)]
+
+
+def nearest_index(continuous, size: int) -> np.ndarray:
+    """The voxel index nearest a continuous index along an axis of `size` voxels: halves round up
+    (floor(x + 0.5), not numpy's round-half-to-even), and anything within the outer faces
+    [-0.5, size - 0.5] lands on a voxel, so a click on the volume's printed bound is the last slice,
+    never index `size`. The one place a continuous index becomes a slice/row/column."""
+    values = np.floor(np.asarray(continuous, dtype=np.float64) + 0.5)
+    return np.clip(values, 0, max(int(size) - 1, 0)).astype(np.int64)
+
+
+def nearest_voxel(points_kji, shape_kji) -> np.ndarray:
+    """`nearest_index` per axis for (N, 3) continuous KJI indices on a grid of `shape_kji`."""
+    pts = np.atleast_2d(np.asarray(points_kji, dtype=np.float64))
+    return np.stack([nearest_index(pts[:, axis], shape_kji[axis]) for axis in range(pts.shape[1])], axis=1)

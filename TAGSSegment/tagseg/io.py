@@ -531,7 +531,8 @@ def _same_image(written, expected) -> str | None:
         if not np.allclose(a, b, atol=1e-4, rtol=1e-5):
             return f"{what} {tuple(round(v, 4) for v in a)} instead of {tuple(round(v, 4) for v in b)}"
     got, want = sitk.GetArrayViewFromImage(written), sitk.GetArrayViewFromImage(expected)
-    if got.shape != want.shape or not np.array_equal(got, want):
+    floating = np.issubdtype(want.dtype, np.floating) or np.issubdtype(want.dtype, np.complexfloating)
+    if got.shape != want.shape or not np.array_equal(got, want, equal_nan=floating):
         return "voxel values differ from what was written"
     return None
 

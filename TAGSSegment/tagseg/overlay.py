@@ -103,16 +103,19 @@ def _check_grid(image: Volume, other: Volume | None, what: str) -> np.ndarray | 
 
 
 def _write_png_atomically(picture: Image.Image, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part.png", dir=path.parent)
-    os.close(fd)
-    try:
+    """Through the one atomic writer; the PNG is decoded again before the rename."""
+    from .paths import write_atomic
+
+    def write(tmp: Path) -> None:
         picture.save(tmp, format="PNG")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    def verify(tmp: Path) -> None:
+        with Image.open(tmp) as again:
+            again.load()
+            if again.size != picture.size:
+                raise OSError(f"the PNG read back is {again.size}, not {picture.size}")
+
+    write_atomic(path, write, verify, suffix=".png", what="the overlay")
 
 
 def save_overlay_png(image: Volume, mask: Volume | None, path: str | os.PathLike, points_ras=(),

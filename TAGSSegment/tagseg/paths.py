@@ -261,7 +261,7 @@ def write_atomic(target: str | os.PathLike, write: Callable[[Path], None], verif
             write(part.path)
         except TagsegError:
             raise
-        except (OSError, RuntimeError, ValueError) as exc:
+        except OSError as exc:
             raise part.fail(exc) from None
         part.commit(verify)
 

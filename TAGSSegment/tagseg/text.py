@@ -60,13 +60,20 @@ class Description:
         return CT_PRESET_FOR.get(self.anatomy or "", intensity.SOFT_TISSUE)
 
 
-def parse_description(text: str | None) -> Description:
-    """Parse free text; unknown words are fine (no anatomy), the text still names the segment."""
-    raw = str(text or "")
+def clean_text(text: object) -> str:
+    """One clean printable line: undecodable bytes become '?', control characters (terminal escape
+    sequences, NUL, newlines) and invisible ones become spaces, runs of spaces one. Used for `--text` and
+    for every path or name echoed in a message."""
+    raw = str(text)
     # undecodable command-line bytes arrive as lone surrogates; control characters (NUL) would cut file headers
     raw = raw.encode("utf-8", "replace").decode("utf-8")
     raw = "".join(ch if ch.isprintable() else " " for ch in raw)
-    clean = " ".join(raw.split())[:MAX_DESCRIPTION_CHARS].strip()
+    return " ".join(raw.split())
+
+
+def parse_description(text: str | None) -> Description:
+    """Parse free text; unknown words are fine (no anatomy), the text still names the segment."""
+    clean = clean_text(text or "")[:MAX_DESCRIPTION_CHARS].strip()
     low = clean.lower()
     words = re.findall(r"[a-z]+", low)
     anatomy = None

@@ -11,6 +11,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
+# a point this far (in voxels) outside an outer face still counts as inside: floating-point slack for clicks
+# typed at the printed bounds (describe_bounds rounds inwards, this covers the last digit)
+BOUNDS_SLACK_VOXELS = 1e-6
+
+
 def _frozen(array: np.ndarray) -> np.ndarray:
     view = np.asarray(array).view()
     view.flags.writeable = False
@@ -66,10 +71,12 @@ class Volume:
         return (self.ijk_to_ras @ homog.T).T[:, :3]
 
     def contains_kji(self, points_kji, tolerance: float = 0.5) -> np.ndarray:
-        """True where a continuous index lies inside the voxel grid (voxel centres +- half a voxel)."""
+        """True where a continuous index lies inside the voxel grid (voxel centres +- half a voxel, the outer
+        faces included, plus floating-point slack so a click typed at a printed bound is inside)."""
         pts = np.atleast_2d(points_kji)
-        upper = np.array(self.shape_kji) - 1 + tolerance
-        return np.all((pts >= -tolerance) & (pts <= upper), axis=1)
+        slack = tolerance + BOUNDS_SLACK_VOXELS
+        upper = np.array(self.shape_kji) - 1 + slack
+        return np.all((pts >= -slack) & (pts <= upper), axis=1)
 
     def bounds_ras(self) -> tuple[np.ndarray, np.ndarray]:
         """Axis-aligned RAS bounds of the voxel grid (outer voxel faces), as (min, max)."""
@@ -79,7 +86,10 @@ class Volume:
         return ras.min(0), ras.max(0)
 
     def describe_bounds(self) -> str:
+        """The bounds as printed in messages, rounded inwards to 0.1 mm: every point within them is inside."""
         lo, hi = self.bounds_ras()
+        lo = np.ceil(np.round(lo * 10, 6)) / 10
+        hi = np.floor(np.round(hi * 10, 6)) / 10
         return "R {:.1f}..{:.1f}, A {:.1f}..{:.1f}, S {:.1f}..{:.1f} mm".format(lo[0], hi[0], lo[1], hi[1], lo[2], hi[2])
 
     def with_array(self, array: np.ndarray, name: str | None = None) -> "Volume":

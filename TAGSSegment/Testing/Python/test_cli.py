@@ -270,8 +270,7 @@ def test_write_errors_name_the_output_and_leave_nothing(capsys, monkeypatch, cas
         raise RuntimeError("Exception thrown in SimpleITK ImageFileWriter_Execute: ITK ERROR: cannot write")
 
     monkeypatch.setattr(Session, "predict", fake_mask)
-    monkeypatch.setattr(io, "save_volume", refuse)
-    monkeypatch.setattr(io, "save_segmentation", refuse)
+    monkeypatch.setattr(io, "write_verified", refuse)         # the one writer's write-and-check step
     result = run(capsys, "segment", case.image, "-o", out_dir / output, "--png", out_dir / "o.png",
                  *case.point_args, "--device", "cpu")
     assert_one_line_error(result, str(out_dir / output), "cannot write")

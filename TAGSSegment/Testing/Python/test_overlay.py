@@ -148,6 +148,8 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(Image.Image, "save", broken_save)
-    with pytest.raises(OSError, match="disk full"):
+    from tagseg.errors import InputError
+
+    with pytest.raises(InputError, match="disk full"):      # the one writer's one-line error
         save_overlay_png(image, mask, target)
     assert list(tmp_path.iterdir()) == []

@@ -464,12 +464,14 @@ class TagsBackend(Backend):
                 mask = (mask.astype(bool) & keep).astype(np.uint8)
         if len(prompts.negative_kji) and mask.any():
             labels, _ = ndimage.label(mask)
-            pos_idx = np.round(prompts.positive_kji).astype(int) if len(prompts.positive_kji) else np.zeros((0, 3), int)
-            pos_idx = pos_idx[np.all((pos_idx >= 0) & (pos_idx < volume.shape_kji), 1)]
+            from ..geometry import nearest_voxel
+
+            pos_idx = nearest_voxel(prompts.positive_kji, volume.shape_kji) if len(prompts.positive_kji) \
+                else np.zeros((0, 3), int)
             protected = set(labels[tuple(pos_idx.T)].tolist()) if len(pos_idx) else set()
             radius = np.maximum(self.options.negative_radius_mm / volume.spacing_kji, 1.0)
             for point in prompts.negative_kji:
-                idx = tuple(np.clip(np.round(point).astype(int), 0, np.array(volume.shape_kji) - 1))
+                idx = tuple(nearest_voxel(point, volume.shape_kji)[0])
                 component = labels[idx]
                 if component and component not in protected:
                     mask[labels == component] = 0

@@ -73,8 +73,8 @@ AUTHORS_KEYS = ("encoder_dict", "decoder_dict", "feature_dict")
 N_PROMPT_ENCODERS = 4
 INDEX_NAME = "index.json"
 
-_ANATOMY_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
-_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+_ANATOMY_RE = re.compile(r"[a-z0-9][a-z0-9_-]*\Z")     # used with .match; \Z, not $ ("liver\n" must fail)
+_SHA_RE = re.compile(r"[0-9a-f]{64}\Z")
 _CONVERT_HINT = "convert it first with `tagseg convert-checkpoint`"
 
 
@@ -126,25 +126,25 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def _atomic_write(dest: Path, write: Callable[[str], None], what: str) -> str:
-    """Write through a temp file in dest's folder and rename it into place, so a crash or an error never leaves
-    a half-written dest (nor the temp file). Returns the SHA-256 of what was written."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
+    """Through the one atomic writer (tagseg.paths): a crash or an error never leaves a half-written dest nor
+    the temp file; the file is read back (safetensors header) before the rename. Returns its SHA-256."""
+    from ..paths import WriteError, write_atomic
+
+    digest: list[str] = []
+
+    def verify(tmp: Path) -> None:
+        if dest.name.endswith(SUFFIX):
+            with safe_open(str(tmp), framework="pt", device="cpu") as reader:
+                list(reader.keys())
+        digest.append(sha256_file(tmp))
+
     try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        _fsync_file(tmp)
-        digest = sha256_file(Path(tmp))
-        os.replace(tmp, dest)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(exc, (OSError, SafetensorError)):
-            raise ModelError(f"cannot write {what} {dest}: {_one_line(exc)}") from exc
-        raise
-    _fsync_dir(dest.parent)
-    return digest
+        write_atomic(dest, lambda tmp: write(str(tmp)), verify, suffix=dest.suffix, what=what)
+    except WriteError as exc:
+        raise ModelError(str(exc)) from None
+    except SafetensorError as exc:
+        raise ModelError(f"cannot write {what} {dest}: {_one_line(exc)}") from exc
+    return digest[0]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -346,8 +346,13 @@ def _refuse_unloadable(src: Path) -> None:
     if _is_pickle_name(src):
         raise ModelError(f"{src} is a PyTorch pickle checkpoint; tagseg loads only {SUFFIX} checkpoints — "
                          f"{_CONVERT_HINT}")
-    if not src.is_file():
-        raise ModelError(f"checkpoint {src} not found" if not src.exists() else f"checkpoint {src} is not a file")
+    from ..paths import file_kind, note_input
+
+    kind = file_kind(src)
+    if kind != "file":
+        raise ModelError(f"checkpoint {src} not found" if kind == "missing" else
+                         f"checkpoint {src} is {'a folder' if kind == 'folder' else kind}, not a file")
+    note_input(src)
     with src.open("rb") as handle:
         head = handle.read(9)
     # safetensors: an 8-byte little-endian header length, then the JSON header. Its first byte can be 0x80
@@ -670,13 +675,23 @@ def load_model(path: str | os.PathLike):
     from .config import TagsConfig
     from .model import TagsNet
 
+    from .. import budget
+    from ..errors import InputError
+
     ckpt = load_checkpoint(path)
     config = TagsConfig.from_dict(ckpt.metadata["config"])
-    model = TagsNet(config)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    # the network is first built on the meta device (shapes, no memory): its size is checked against the budget
+    # and its shapes against the file's before a single parameter is allocated
+    with torch.device("meta"):
+        skeleton = TagsNet(config)
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    parameters = sum(math.prod(shape) for shape in expected.values())
+    del skeleton
     try:
         check_state_dict(expected, ckpt.state_dict, config.name)
-    except ModelError as exc:
+        budget.check(parameters * 4 * 2, f"the network of {Path(path).name} ({parameters:,} parameters)")
+    except (ModelError, InputError) as exc:
         raise ModelError(f"{Path(path).name}: {exc}") from None
+    model = TagsNet(config)
     model.load_state_dict(ckpt.state_dict, strict=True)
     return model, ckpt
