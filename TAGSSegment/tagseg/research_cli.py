@@ -316,9 +316,12 @@ def cmd_synth(args: argparse.Namespace, reporter) -> int:
     lesion = _lesion_options(args)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InputError(f"{out}: already exists and is not an empty folder")
+    if not args.from_ct and not lesion:
+        _synth_shape(args)                         # refused before any folder is made
     final, parent = out, out.parent
-    created = not parent.exists()
-    parent.mkdir(parents=True, exist_ok=True)
+    from .paths import make_parents, remove_folders
+
+    created = make_parents(out)                    # every folder made here goes again on failure
     # written into a temporary sibling and renamed at the end: a failure leaves no half dataset
     work = Path(tempfile.mkdtemp(prefix=".tagseg-synth-", dir=parent))
     done = False
@@ -336,7 +339,7 @@ def cmd_synth(args: argparse.Namespace, reporter) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
         if created and not done:
-            shutil.rmtree(parent, ignore_errors=True)
+            remove_folders(created)
     if lesion:
         print(f"wrote {args.cases} lesion phantoms to {final} ({lesion['radius_mm']:g} mm, {lesion['edge']} edge, "
               f"{lesion['modality']}, {lesion['slices']} slices; one folder per case: image, label, organ masks)")
@@ -381,14 +384,26 @@ def _write_synth(args: argparse.Namespace, out: Path) -> Path:
             raise InputError("--from-ct needs --organ-mask")
         return insert_into_ct(Path(args.from_ct).expanduser(), Path(args.organ_mask).expanduser(), out,
                               cases=args.cases, seed=args.seed, organ=args.organ)
-    else:
-        try:
-            shape = tuple(int(v) for v in args.shape.split(","))
-        except ValueError:
-            raise InputError(f"--shape {args.shape}: expected three integers K,J,I") from None
-        if len(shape) != 3 or min(shape) < 8:
-            raise InputError(f"--shape {args.shape}: expected three integers >= 8")
-    return write_synthetic_dataset(out, cases=args.cases, seed=args.seed, organ=args.organ, shape_kji=shape)
+    return write_synthetic_dataset(out, cases=args.cases, seed=args.seed, organ=args.organ,
+                                   shape_kji=_synth_shape(args))
+
+
+# a phantom holds a float image, a label and organ masks plus float64 working copies: about this many bytes a voxel
+SYNTH_BYTES_PER_VOXEL = 32
+
+
+def _synth_shape(args: argparse.Namespace) -> tuple[int, int, int]:
+    """--shape K,J,I: three integers >= 8 whose phantom fits the memory budget."""
+    from . import budget
+
+    try:
+        shape = tuple(int(v) for v in args.shape.split(","))
+    except ValueError:
+        raise InputError(f"--shape {args.shape}: expected three integers K,J,I") from None
+    if len(shape) != 3 or min(shape) < 8:
+        raise InputError(f"--shape {args.shape}: expected three integers >= 8")
+    budget.check_voxels(shape, SYNTH_BYTES_PER_VOXEL, f"--shape {args.shape}: a phantom")
+    return shape
 
 
 def cmd_organs(args: argparse.Namespace, reporter) -> int:

@@ -71,7 +71,10 @@ def resolve_model_name(model: str, description: Description) -> str:
                              "with `tagseg convert-checkpoint` (only tensors are read, nothing is executed)")
         raise ModelError(f"{model}: not a model file this version can load (expected a TAGS .safetensors checkpoint)")
     if path.exists():
-        raise ModelError(f"{model}: is a folder, not a checkpoint file")
+        from ..paths import file_kind
+
+        kind = file_kind(path)
+        raise ModelError(f"{model}: is {'a folder' if kind == 'folder' else kind}, not a checkpoint file")
     known = ", ".join(sorted(BACKENDS))
     raise ModelError(f"unknown model '{model}' (known: auto, {known}; or a checkpoint file path)")
 

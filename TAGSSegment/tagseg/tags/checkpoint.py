@@ -688,8 +688,8 @@ def load_model(path: str | os.PathLike):
     parameters = sum(math.prod(shape) for shape in expected.values())
     del skeleton
     try:
+        budget.check(parameters * 4 * 2, f"the network ({parameters:,} parameters)")
         check_state_dict(expected, ckpt.state_dict, config.name)
-        budget.check(parameters * 4 * 2, f"the network of {Path(path).name} ({parameters:,} parameters)")
     except (ModelError, InputError) as exc:
         raise ModelError(f"{Path(path).name}: {exc}") from None
     model = TagsNet(config)
