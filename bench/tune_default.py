@@ -6,7 +6,7 @@ numbers (see `--sweep`). Clicks come from the shared click protocol (../shared/t
 numbers match `accuracy.py` and `corrective.py`. Image encodings can be cached on disk between runs
 (`--embedding-cache DIR`; a development aid, the product never writes them).
 
-Usage: python bench/tune_default.py [--cases DIR] [--protocols points,box,corrective] [--only NAME,...]
+Usage: python bench/tune_default.py [--cases DIR] [--protocols points,box,corrective] [--only NAME,...] [--no-text]
        [--set option=value ...] [--sweep option=v1,v2,... --sweep ...] [--json OUT]
 """
 from __future__ import annotations
@@ -88,14 +88,14 @@ def load_cases(folder: Path, only: set[str]) -> list[dict]:
     return cases
 
 
-def run_case(case: dict, protocols: list[str], options: dict) -> dict:
+def run_case(case: dict, protocols: list[str], options: dict, use_text: bool = True) -> dict:
     truth = np.asarray(case["label"].array) > 0
     spacing = case["label"].spacing_kji
     out = {"name": case["name"]}
     with Session(case["image"], model="litemedsam-3d", device="cpu") as s:
         backend, _ = s._backend("litemedsam-3d")
         backend.options = litemedsam3d.Options(**options)
-        s.set_text(text_for(case["name"]))
+        s.set_text(text_for(case["name"]) if use_text else "")
         if "box" in protocols:
             s.add_box(*case["box"])
             t = time.perf_counter()
@@ -165,6 +165,7 @@ def main() -> int:
     ap.add_argument("--set", action="append", default=[], help="option=value for litemedsam3d.Options")
     ap.add_argument("--sweep", action="append", default=[], help="option=v1,v2,... (leave-one-case-out report)")
     ap.add_argument("--embedding-cache", type=Path, default=None)
+    ap.add_argument("--no-text", action="store_true", help="no description (the scoring tools' texts otherwise)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     if not args.cases.is_dir():
@@ -187,7 +188,7 @@ def main() -> int:
         print(f"== {setting}", flush=True)
         rows = []
         for case in cases:
-            rows.append(run_case(case, protocols, setting))
+            rows.append(run_case(case, protocols, setting, use_text=not args.no_text))
             print_row(rows[-1])
         print("mean: " + json.dumps({k: round(v, 3) for k, v in summarise(rows).items()}), flush=True)
         results.append({"setting": setting, "rows": rows})

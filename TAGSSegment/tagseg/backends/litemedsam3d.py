@@ -47,7 +47,9 @@ class Options:
     depth_slack_slices: float = 0.5       # ... plus this many slices
     stability_expand: float = 0.5         # a propagated slice is re-decoded with a box this much wider ...
     min_stability: float = 0.3            # ... and stops when the two masks agree less than this (IoU) ...
-    grow_unstable: bool = True            # ... unless the wider box's mask is a whole object over the previous mask
+    grow_unstable: bool = True            # ... unless the wider box's mask is a whole object covering ...
+    grow_cover: float = 0.8               # ... this fraction of the previous slice's mask, while the tight mask
+    grow_min_fraction: float = 0.15       # ... keeps this fraction of the largest slice (else the lesion is ending)
     end_intensity_shift: float = 2.0      # a propagated slice whose mean is this many seed SDs off is the last one ...
     max_intensity_shift: float = 4.0      # ... and this many SDs off is not the lesion
     max_click_shift: float = 1.0          # a seed mask's median lies within this many of its SDs of the clicked intensity
@@ -549,9 +551,11 @@ class LiteMedSAM3D(Backend):
         stability = _iou(m, logits[1] > 0)
         wide_mask = logits[1] > 0
         if (stability < o.min_stability and o.grow_unstable and ious[1] >= o.min_iou and wide_mask.any()
-                and _edges_touched(wide_mask, wide, win) < 2 and (wide_mask & prev.mask).any()):
-            # the wider box holds a whole object the tight one cut: the lesion grew (or the seed was too
-            # small), not ended; go on with the wider box's mask
+                and (wide_mask & prev.mask).sum() >= o.grow_cover * prev.mask.sum()
+                and m.sum() >= o.grow_min_fraction * max_area
+                and _edges_touched(wide_mask, wide, win) < 2):
+            # the wider box holds a whole object that covers the previous slice's mask: the lesion grew (or
+            # the seed was too small), it did not end; go on with the wider box's mask
             m, box, ious, stability = wide_mask, wide, ious[::-1], 1.0
         if allowed is not None:
             m = m & allowed
