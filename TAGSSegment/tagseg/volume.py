@@ -13,7 +13,7 @@ import numpy as np
 
 # a point this far (in voxels) outside an outer face still counts as inside: floating-point slack for clicks
 # typed at the printed bounds (describe_bounds rounds inwards, this covers the last digit)
-BOUNDS_SLACK_VOXELS = 1e-6
+BOUNDS_SLACK_VOXELS = 1e-9
 
 
 def _frozen(array: np.ndarray) -> np.ndarray:

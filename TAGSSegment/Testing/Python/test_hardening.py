@@ -430,7 +430,7 @@ def test_atomic_file_refuses_an_input_and_cleans_created_folders(tmp_path):
 @pytest.mark.parametrize("n", [7, 8])
 def test_nearest_index_at_both_faces(n):
     assert geometry.nearest_index(-0.5, n) == 0
-    assert geometry.nearest_index(-0.5 - 1e-7, n) == 0
+    assert geometry.nearest_index(-0.5 - 1e-7, n) == 0          # clipped even just outside
     assert geometry.nearest_index(n - 0.5, n) == n - 1           # even n: 7.5 -> 7, never 8
     assert geometry.nearest_index(n - 0.5 + 1e-7, n) == n - 1
     assert geometry.nearest_index(n - 1.5, n) == n - 1           # halves round up, not to even
