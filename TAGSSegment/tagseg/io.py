@@ -249,7 +249,10 @@ def load_volume(path: str | os.PathLike, series: str | None = None) -> Volume:
             if _suffix(path) in (".mhd", ".nhdr"):
                 data_file = _detached_data_file(path)
                 if data_file is not None:
-                    require_regular_file(data_file, "the data file its header names")
+                    data_kind = file_kind(data_file)
+                    if data_kind != "file":
+                        shown = "not found" if data_kind == "missing" else f"is {data_kind}, not a regular file"
+                        raise InputError(f"{path}: the data file its header names, {data_file}, {shown}")
                     note_input(data_file)
             _check_header_budget(path)
             if _suffix(path) in (".nii", ".nii.gz"):

@@ -1095,7 +1095,8 @@ def file_cases() -> list:
         P("file-output-is-a-folder", lambda c: output_is(c, "folder"), 2, "existing folder"),
         P("file-output-under-a-file", lambda c: output_is(c, "under-a-file"), 2, "not a folder"),
         P("file-output-symlink-to-input", lambda c: output_is(c, "symlink-to-input"), 2, "overwrite the input"),
-        P("file-output-hardlink-to-input", lambda c: output_is(c, "hardlink-to-input"), 0),
+        # issue 15: inputs and outputs are compared by inode too, so a hard link to IMAGE is refused up front
+        P("file-output-hardlink-to-input", lambda c: output_is(c, "hardlink-to-input"), 2, "would overwrite the input"),
         P("file-output-in-new-nested-folders", lambda c: seg(c, c.base(), out="a/b/c/m.nii.gz"), 0),
         P("file-output-name-too-long", lambda c: seg(c, c.base(), out=f"{LONG}.nii.gz", register=False), 2),
         P("file-output-folder-name-too-long", lambda c: seg(c, c.base(), out=f"{LONG}/m.nii.gz", register=False), 2),
