@@ -29,6 +29,7 @@ demo: venv
 bench: venv
 	$(VENV_PY) bench/run_bench.py
 	HF_HUB_OFFLINE=1 $(VENV_PY) bench/corrective_bench.py
+	HF_HUB_OFFLINE=1 $(VENV_PY) bench/slicer_path.py --case ../shared/data/lesions_dev/deeplesion_000001_ct --json
 
 # Outputs and caches; the venv survives because rebuilding it takes minutes (see distclean).
 clean:

@@ -534,7 +534,7 @@ description. Device and models are set in the <b>TAGS Segment</b> module.</html>
         except Exception as exc:
             self._reportError(exc, sys.exc_info())
             return
-        voxels = int((outcome.mask > 0).sum()) if hasattr(outcome.mask, "sum") else 0
+        voxels = state.mask_voxels(outcome.mask) if hasattr(outcome.mask, "shape") else 0
         timings = state.format_timings(getattr(state.shared_logic(), "last_timings", None)
                                        if state.has_shared_logic() else None)
         name = segmentationNode.GetSegmentation().GetSegment(segmentId).GetName()

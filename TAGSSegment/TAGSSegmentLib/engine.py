@@ -173,21 +173,30 @@ def http_exchange(host: str, port: int, method: str, path: str, headers: dict[st
         if parts or method in ("POST", "PUT"):
             lines.append(f"Content-Length: {size}")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        send_error = None
         for part in (memoryview(head), *parts):
             offset = 0
-            while offset < part.nbytes:
+            while offset < part.nbytes and send_error is None:
                 try:
                     offset += sock.send(part[offset:offset + SEND_CHUNK])
                 except (BlockingIOError, InterruptedError):
                     yield ("io", sock, "w", time.perf_counter() + reply_timeout)
                     continue
+                except (BrokenPipeError, ConnectionResetError) as exc:
+                    send_error = exc     # the server may have answered early (413: upload too large): read it
+                    break
                 yield CPU
         deadline = time.perf_counter() + reply_timeout
         data = bytearray()
         while b"\r\n\r\n" not in data:
-            chunk = yield from _recv(sock, deadline)
+            try:
+                chunk = yield from _recv(sock, deadline)
+            except OSError:
+                if send_error is not None:
+                    raise send_error from None
+                raise
             if not chunk:
-                raise ConnectionResetError("the connection closed before an answer")
+                raise send_error or ConnectionResetError("the connection closed before an answer")
             data += chunk
             if len(data) > MAX_REPLY_HEAD and b"\r\n\r\n" not in data[:MAX_REPLY_HEAD]:
                 raise ConnectionError("reply headers too large")
@@ -336,8 +345,10 @@ class LocalEngine:
     """A `tagseg serve` child process on loopback with a random token in a private file.
 
     `--exit-with-stdin` and the stdin pipe held here make it live exactly as long as this process (Slicer):
-    a crash of Slicer closes the pipe and the server stops. `start()` only spawns; `ready()` is a task that
-    waits (without blocking) for the ready line and returns the Endpoint."""
+    a crash of Slicer closes the pipe and the server stops. `start()` returns at once: the process is spawned
+    on a helper thread, because `Popen` waits until the child has exec'd (vfork), which on a loaded machine
+    can take most of a second; `ready()` is a task that waits (without blocking) for the spawn and the ready
+    line and returns the Endpoint."""
 
     def __init__(self, device: str = "auto", python: str | None = None, extra_args=()) -> None:
         self.device = device
@@ -351,6 +362,7 @@ class LocalEngine:
         self._stdout = bytearray()
         self._log_path: Path | None = None
         self._started_at = 0.0
+        self._spawn: concurrent.futures.Future | None = None
 
     @property
     def pid(self) -> int | None:
@@ -359,9 +371,13 @@ class LocalEngine:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    @property
+    def starting(self) -> bool:
+        return self._spawn is not None
+
     def start(self) -> None:
-        """Spawn the process (returns at once); a running one is kept."""
-        if self.alive():
+        """Spawn the process (returns at once); a running or starting one is kept."""
+        if self.alive() or self.starting:
             return
         self.stop()
         import secrets
@@ -378,15 +394,37 @@ class LocalEngine:
         env.setdefault("PYTHONUNBUFFERED", "1")
         command = [self.python or engine_python(), "-m", "tagseg", "serve", "--host", "127.0.0.1", "--port", "0",
                    "--token-file", str(token_path), "--device", self.device, "--exit-with-stdin", *self.extra_args]
-        with open(self._log_path, "wb") as log:
-            self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env,
-                                         close_fds=True,
-                                         creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
-        os.set_blocking(self.proc.stdout.fileno(), False)
+        log_path = self._log_path
+        spawn: concurrent.futures.Future = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                with open(log_path, "wb") as log:
+                    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+                                            env=env, close_fds=True,
+                                            creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
+                os.set_blocking(proc.stdout.fileno(), False)
+                spawn.set_result(proc)
+            except BaseException as exc:  # noqa: BLE001 - handed to ready()
+                spawn.set_exception(exc)
+
+        self._spawn = spawn
         self._stdout.clear()
         self.endpoint = None
         self.starts += 1
         self._started_at = time.perf_counter()
+        threading.Thread(target=run, name="tags-engine-spawn", daemon=True).start()
+
+    def _take_spawned(self) -> None:
+        """Adopt the spawned process once the helper thread has it (EngineUnavailable if exec failed)."""
+        spawn = self._spawn
+        if spawn is None or not spawn.done():
+            return
+        self._spawn = None
+        try:
+            self.proc = spawn.result()
+        except OSError as exc:
+            raise EngineUnavailable(f"cannot start the engine process ({exc})") from None
 
     def log_tail(self, chars: int = 600) -> str:
         try:
@@ -421,6 +459,12 @@ class LocalEngine:
             return self.endpoint
         if not self.alive():
             self.start()
+        while self.starting:
+            self._take_spawned()
+            if self.starting:
+                if time.perf_counter() - self._started_at > START_TIMEOUT_S:
+                    raise EngineUnavailable(f"the engine process did not start within {START_TIMEOUT_S:.0f} s")
+                yield sleep_until(time.perf_counter() + 0.01)
         while True:
             ready = self._read_ready_line()
             if ready is not None:
@@ -436,6 +480,14 @@ class LocalEngine:
 
     def stop(self, wait: float = 3.0) -> None:
         """Stop the process (stdin closed, then terminate, then kill) and delete the token folder."""
+        spawn, self._spawn = self._spawn, None
+        if spawn is not None:                     # still spawning: stop the process as soon as it exists
+            def reap(future) -> None:
+                if future.exception() is None:
+                    child = future.result()
+                    child.stdin.close()
+                    child.kill()
+            spawn.add_done_callback(reap)
         proc, self.proc, self.endpoint = self.proc, None, None
         if proc is not None:
             for stream in (proc.stdin, proc.stdout):

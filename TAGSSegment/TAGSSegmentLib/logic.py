@@ -305,7 +305,8 @@ def oriented_labelmap(mask_kji: np.ndarray, volume_node, segmentation_node) -> s
     matrix = _between(volume_node, segmentation_node) @ _local_ijk_to_ras(volume_node, image_data)
     # crop to the mask's bounding box first (a few reductions), so a small lesion in a 512x512x300 grid costs
     # milliseconds rather than a full-grid threshold and nonzero scan on the main thread
-    box = _mask_bbox(mask)
+    box = _known_bbox(mask_kji)
+    box = _mask_bbox(mask) if box is False else box
     if box is None:
         binary, start = np.zeros(shape, dtype=np.uint8), np.zeros(3, int)
     else:
@@ -706,7 +707,7 @@ class InProcessTAGSLogic:
 # --------------------------------------------------------------------------------------------------------------
 # the engine client (default): `tagseg serve` in its own process, driven from the main thread
 
-HASH_CHUNK = 8 << 20          # bytes hashed (or compressed) per step of a timer tick
+HASH_CHUNK = 4 << 20          # bytes hashed (or compressed) per step of a timer tick
 
 
 def volume_view(volume_node) -> tuple[Volume, tuple]:
@@ -729,6 +730,26 @@ def volume_view(volume_node) -> tuple[Volume, tuple]:
     key = (volume_node.GetID(), image.GetAddressAsString("vtkImageData"), image.GetMTime(),
            np.asarray(world).round(9).tobytes(), array.dtype.str, array.shape)
     return volume, key
+
+
+class MaskArray(np.ndarray):
+    """A result mask (uint8 KJI) that knows the half-open bounding box of its non-zero voxels (`bbox`, None
+    when empty), as the engine sends it: writing and counting then touch only that box of a large grid.
+    Views and results of operations are plain masks again (`bbox` unknown: False)."""
+
+    bbox = False
+
+    def __array_finalize__(self, obj) -> None:
+        self.bbox = False
+
+
+def _known_bbox(mask):
+    """The mask's bounding box when it carries one (`MaskArray`), else False."""
+    box = getattr(mask, "bbox", False)
+    if box is None or box is False:
+        return box
+    (k0, j0, i0), (k1, j1, i1) = box
+    return (int(k0), int(j0), int(i0)), (int(k1), int(j1), int(i1))
 
 
 class _DrivenFuture(concurrent.futures.Future):
@@ -964,7 +985,7 @@ class TAGSLogic:
         """Drop the results of every request not yet delivered (superseded, or its scene was closed). A request
         already sent finishes on the engine; its result is discarded. Returns the count."""
         jobs = list(self._jobs) + ([self._current] if self._current is not None else [])
-        return sum(1 for job in jobs if job.future.cancel())
+        return sum(1 for job in jobs if not job.future.done() and job.future.cancel())
 
     def shutdown(self) -> None:
         """Cancel pending requests, drop the exchange in progress and stop a local engine process (freeing its
@@ -1138,7 +1159,8 @@ class TAGSLogic:
         if mask.shape != job.volume.shape_kji:
             raise tagseg.TagsegError(f"engine at {endpoint.url} sent a mask of shape {mask.shape}, expected "
                                      f"{job.volume.shape_kji}")
-        mask = mask.astype(np.uint8, copy=False)
+        mask = mask.astype(np.uint8, copy=False).view(MaskArray)
+        mask.bbox = header.get("bbox")
         engine_timings = {str(k): float(v) for k, v in dict(header.get("timings") or {}).items()
                           if isinstance(v, (int, float))}
         finished = time.perf_counter()

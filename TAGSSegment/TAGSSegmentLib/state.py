@@ -446,8 +446,30 @@ class PredictionQueue:
 def mask_is_empty(mask: Any) -> bool:
     if mask is None:
         return True
+    box = getattr(mask, "bbox", False)      # an engine result knows its bounding box (None: empty)
+    if box is None:
+        return True
+    if box:
+        return False
     any_method = getattr(mask, "any", None)
     return not bool(any_method()) if callable(any_method) else not bool(mask)
+
+
+def mask_voxels(mask: Any) -> int:
+    """Non-zero voxels of a result: counted inside its bounding box when it carries one (a few voxels of a
+    512x512x300 grid), without a full-grid temporary otherwise."""
+    if mask is None:
+        return 0
+    import numpy as np
+
+    box = getattr(mask, "bbox", False)
+    if box is None:
+        return 0
+    array = np.asarray(mask)
+    if box:
+        (k0, j0, i0), (k1, j1, i1) = box
+        array = array[int(k0):int(k1), int(j0):int(j1), int(i0):int(i1)]
+    return int(np.count_nonzero(array))
 
 
 # ----------------------------------------------------------------------------------------------------------------

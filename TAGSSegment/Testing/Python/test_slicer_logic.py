@@ -1,6 +1,7 @@
 """TAGSSegmentLib.logic against the real MRML stack (slicer-core): geometry under RAS/LPS/oblique grids and
 linear transforms, markups and ROIs, the Segment Editor write path (undo, overwrite, masking), .seg.nrrd
-round trips, a real dev case, bad inputs, and the self-test Slicer runs. No MRML class is mocked."""
+round trips, a real dev case, bad inputs, and the self-test Slicer runs. No MRML class is mocked, and every
+prediction goes through a real `tagseg serve` engine process (the default `TAGSLogic`)."""
 from __future__ import annotations
 
 import json
@@ -173,7 +174,8 @@ def h():
 
 @pytest.fixture(scope="module")
 def shared_logic():
-    """One logic (and so one loaded model per volume) for every model test in this file."""
+    """One logic for every model test in this file: the default TAGSLogic, so its own real `tagseg serve`
+    child process (loaded model kept between tests); blocking calls drive its poll()."""
     logic = L.TAGSLogic(model="litemedsam-3d", device="cpu")
     yield logic
     logic.shutdown()
@@ -799,6 +801,43 @@ def test_predict_async_supersedes_and_cancels(phantom_node, shared_logic):
     assert shared_logic.cancel_pending() == 0
     again = shared_logic.predict(node, clicks, [], [], phantom.description)  # the worker is still usable
     assert np.array_equal(again, mask)
+
+
+def test_predictions_run_in_the_engine_process_and_a_remote_engine_needs_its_token(phantom_node, shared_logic):
+    """The masks come from a `tagseg serve` child process; the same server reached as a *remote* engine (URL +
+    token, as the module settings give it) answers the same mask, and a wrong token is one clear
+    EngineUnavailable line (a remote engine is never restarted)."""
+    from tagseg.errors import EngineUnavailable
+
+    _, phantom, node = phantom_node
+    clicks = phantom_clicks(phantom, node)
+    local = shared_logic.predict(node, clicks, [], [], phantom.description)
+    pid = shared_logic.engine_pid
+    assert pid is not None and pid != os.getpid() and shared_logic.last_info["engine"] == shared_logic.engine_url
+    from tagseg.client import mask_bbox
+
+    assert isinstance(local, L.MaskArray) and tuple(map(tuple, local.bbox)) == mask_bbox(np.asarray(local))
+    seg, _ = segmentation_with(phantom_node[0].scene, node, {})
+    boxed, plain = L.oriented_labelmap(local, node, seg), L.oriented_labelmap(np.array(local), node, seg)
+    assert boxed.GetExtent() == plain.GetExtent()
+    from vtk.util import numpy_support
+
+    assert np.array_equal(numpy_support.vtk_to_numpy(boxed.GetPointData().GetScalars()),
+                          numpy_support.vtk_to_numpy(plain.GetPointData().GetScalars()))
+    url, token = shared_logic.engine_url, shared_logic._local._token
+    remote = L.TAGSLogic(model="litemedsam-3d", device="cpu", engine_url=url, engine_token=token)
+    try:
+        assert np.array_equal(remote.predict(node, clicks, [], [], phantom.description), local)
+        assert remote.engine_pid is None and remote.engine_url == url
+    finally:
+        remote.shutdown()
+    wrong = L.TAGSLogic(model="litemedsam-3d", device="cpu", engine_url=url, engine_token="not-the-token-0123456789")
+    try:
+        with pytest.raises(EngineUnavailable, match="refused the token.*set the engine in the TAGS Segment module"):
+            wrong.predict(node, clicks, [], [], phantom.description)
+    finally:
+        wrong.shutdown()
+    assert shared_logic.engine_pid == pid    # the local engine kept serving
 
 
 def test_anatomy_prompt_from_a_segment(phantom_node, shared_logic):

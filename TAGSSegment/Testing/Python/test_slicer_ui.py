@@ -839,12 +839,74 @@ def test_shared_logic_is_built_once_and_rebuilt_for_a_new_device(monkeypatch):
     assert not state.release_shared_logic()
 
 
+def test_engine_settings_choose_the_logic_and_check_the_url(monkeypatch):
+    """Local engine process (default), a remote engine (URL + token) or the in-process fallback: each builds
+    its logic, a change releases the running one, and a bad remote URL is refused before anything changes."""
+    state = _state()
+    made = []
+
+    class Fake:
+        def __init__(self, kind, **kwargs):
+            self.kind, self.kwargs, self.calls = kind, kwargs, []
+            made.append(self)
+
+        def shutdown(self):
+            self.calls.append("shutdown")
+
+    fake_module = types.ModuleType("TAGSSegmentLib.logic")
+    fake_module.TAGSLogic = lambda **kw: Fake("engine", **kw)
+    fake_module.InProcessTAGSLogic = lambda **kw: Fake("in-process", **kw)
+    monkeypatch.setitem(sys.modules, "TAGSSegmentLib.logic", fake_module)
+    monkeypatch.setattr(state, "_logic", None)
+    monkeypatch.setattr(state, "_engine", {"mode": "local", "url": "", "token": ""})
+    first = state.shared_logic()
+    assert first.kind == "engine" and "engine_url" not in first.kwargs       # a local child process
+    assert state.normalise_engine_url(" gpu-host:8765/ ") == "http://gpu-host:8765"
+    for bad in ("", "https://gpu-host:8765", "ftp://x:1", "http://gpu-host", "http://:80"):
+        with pytest.raises(ValueError):
+            state.normalise_engine_url(bad)
+    with pytest.raises(ValueError):
+        state.set_engine("remote", "gpu-host")                               # no port: nothing changes
+    assert state.engine_settings()["mode"] == "local" and state.shared_logic() is first
+    with pytest.raises(ValueError):
+        state.set_engine("remote", "http://gpu-host:8765", "two words")
+    assert state.set_engine("remote", "http://gpu-host:8765", "s3cret-token") and first.calls == ["shutdown"]
+    remote = state.shared_logic()
+    assert remote.kind == "engine" and remote.kwargs["engine_url"] == "http://gpu-host:8765"
+    assert remote.kwargs["engine_token"] == "s3cret-token"
+    assert not state.set_engine("remote", "http://gpu-host:8765", "s3cret-token")   # unchanged: kept
+    assert state.set_engine("in-process") and state.shared_logic().kind == "in-process"
+    with pytest.raises(ValueError):
+        state.set_engine("cloud")
+    assert not state.poll_shared_logic()          # a logic without poll() (a fake) is fine
+    monkeypatch.setattr(state, "_logic", type("Polled", (), {"poll": lambda self: True})())
+    assert state.poll_shared_logic()
+
+
 def test_mask_is_empty():
     import numpy as np
 
     state = _state()
     assert state.mask_is_empty(None) and state.mask_is_empty(np.zeros((2, 3, 4), np.uint8))
     assert not state.mask_is_empty(np.pad(np.ones((1, 1, 1), np.uint8), 1))
+
+
+def test_a_result_that_knows_its_box_is_counted_inside_it():
+    import numpy as np
+
+    state = _state()
+
+    class Boxed(np.ndarray):
+        bbox = False
+
+    mask = np.zeros((4, 5, 6), np.uint8)
+    mask[1:3, 2:4, 3:5] = 1
+    boxed = mask.view(Boxed)
+    boxed.bbox = [[1, 2, 3], [3, 4, 5]]
+    assert state.mask_voxels(boxed) == state.mask_voxels(mask) == 8 and not state.mask_is_empty(boxed)
+    empty = np.zeros((4, 5, 6), np.uint8).view(Boxed)
+    empty.bbox = None
+    assert state.mask_is_empty(empty) and state.mask_voxels(empty) == 0 and state.mask_voxels(None) == 0
 
 
 def test_missing_requirements(tmp_path):
