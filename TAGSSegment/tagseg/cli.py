@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import InputError, PromptError, TagsegError
-from .paths import cache_dir, sha256_file
+from .paths import cache_dir, guarding_inputs, sha256_file
 from .text import parse_description
 
 PROG = "tagseg"
@@ -772,7 +772,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
                 parse_size(args.memory_limit)
                 os.environ[ENV] = args.memory_limit
-            return args.func(args, reporter)
+            with guarding_inputs():
+                return args.func(args, reporter)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr, flush=True)
         if as_program and any(t.is_alive() and not t.daemon for t in threading.enumerate()

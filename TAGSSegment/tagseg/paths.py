@@ -279,6 +279,21 @@ def _fsync_dir(folder: Path) -> None:
 
 # ---- inputs are never outputs -------------------------------------------------------------------------------------
 _inputs: dict[tuple[int, int] | str, str] = {}
+_guarding = False
+
+
+@contextlib.contextmanager
+def guarding_inputs():
+    """Within one command, every file read is protected from being overwritten by its outputs. Outside a
+    command (the API, a server, Slicer) files are rewritten legitimately, so nothing is recorded."""
+    global _guarding
+    _inputs.clear()
+    _guarding = True
+    try:
+        yield
+    finally:
+        _guarding = False
+        _inputs.clear()
 
 
 def _identity(path: Path) -> tuple[tuple[int, int] | None, str]:
@@ -291,7 +306,9 @@ def _identity(path: Path) -> tuple[tuple[int, int] | None, str]:
 
 
 def note_input(path: str | os.PathLike) -> None:
-    """Record a file this process reads: no output may replace it (checked by inode and by resolved path)."""
+    """Record a file the running command reads: no output may replace it (checked by inode and resolved path)."""
+    if not _guarding:
+        return
     inode, resolved = _identity(Path(path))
     if len(_inputs) > 100_000:                     # a long-lived server: forget the oldest half
         for key in list(_inputs)[: len(_inputs) // 2]:
