@@ -27,18 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 SHARED_TOOLS = ROOT.parent / "shared" / "tools"
 DEFAULT_CASES = ROOT.parent / "shared" / "data" / "lesions_dev"
 CORRECTIONS = 5
+
+from run_bench import text_for  # noqa: E402  (the scoring tools' texts)
 TARGET = 0.85
-
-
-def text_for(name: str) -> str:
-    """The shared scoring tools' texts."""
-    if name.startswith("lung"):
-        return "lung tumor"
-    if name.startswith(("brats", "brain")):
-        return "brain tumor"
-    if name.startswith("breast"):
-        return "breast lesion"
-    return "lesion"
 
 
 def curve_ours(image, truth: np.ndarray, clicks: list, text: str) -> tuple[list[float], float, float]:

@@ -62,6 +62,8 @@ def text_for(name: str) -> str:
         return "lung tumor"
     if name.startswith(("brats", "brain")):
         return "brain tumor"
+    if name.startswith("breast"):
+        return "breast lesion"
     return "lesion"
 
 

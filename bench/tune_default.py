@@ -35,16 +35,8 @@ from tagseg.backends.litemedsam_net import LiteMedSAM  # noqa: E402
 from tagseg.corrective import next_corrective_click  # noqa: E402
 from tagseg.evaluate import dice  # noqa: E402
 
-
-def text_for(name: str) -> str:
-    """The scoring tool's texts (../shared/tools/accuracy.py)."""
-    if name.startswith("lung"):
-        return "lung tumor"
-    if name.startswith(("brats", "brain")):
-        return "brain tumor"
-    if name.startswith("breast"):
-        return "breast lesion"
-    return "lesion"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run_bench import text_for  # noqa: E402  (the scoring tools' texts)
 
 
 def install_disk_cache(folder: Path) -> None:
