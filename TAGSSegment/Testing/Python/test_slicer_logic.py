@@ -805,7 +805,7 @@ def test_predict_async_supersedes_and_cancels(phantom_node, shared_logic):
 
 def test_predictions_run_in_the_engine_process_and_a_remote_engine_needs_its_token(phantom_node, shared_logic):
     """The masks come from a `tagseg serve` child process; the same server reached as a *remote* engine (URL +
-    token, as the module settings give it) answers the same mask, and a wrong token is one clear
+    token, as the module settings give it) segments the target too, and a wrong token is one clear
     EngineUnavailable line (a remote engine is never restarted)."""
     from tagseg.errors import EngineUnavailable
 
@@ -827,7 +827,8 @@ def test_predictions_run_in_the_engine_process_and_a_remote_engine_needs_its_tok
     url, token = shared_logic.engine_url, shared_logic._local._token
     remote = L.TAGSLogic(model="litemedsam-3d", device="cpu", engine_url=url, engine_token=token)
     try:
-        assert np.array_equal(remote.predict(node, clicks, [], [], phantom.description), local)
+        # a new engine session: the default model may refine from its previous result, so not bit-equal here
+        assert dice(remote.predict(node, clicks, [], [], phantom.description), phantom.label.array) >= L.SELFTEST_MIN_DICE
         assert remote.engine_pid is None and remote.engine_url == url
     finally:
         remote.shutdown()
