@@ -23,6 +23,7 @@ import numpy as np
 from scipy import ndimage
 
 from .. import intensity
+from ..budget import radius_voxels
 from ..geometry import AxisReorientation, crop_pad, paste
 from ..text import parse_description
 from ..volume import Volume
@@ -318,7 +319,7 @@ class LiteMedSAM3D(Backend):
         allowed = None
         if prompts.anatomy is not None:
             anat = r.apply(prompts.anatomy)
-            steps = np.maximum(1, np.round(self.options.anatomy_dilation_mm / self.spacing).astype(int))
+            steps = radius_voxels(self.options.anatomy_dilation_mm, self.spacing)
             allowed = ndimage.binary_dilation(anat, structure=_ellipsoid(steps))
         box3d = _merge_boxes(boxes, self.work.shape_kji)
 
