@@ -1165,6 +1165,7 @@ class TAGSLogic:
                           if isinstance(v, (int, float))}
         finished = time.perf_counter()
         timings.update(engine_timings)
+        timings["engine_total"] = engine_timings.get("total", 0.0)      # the engine Session's own total
         timings["round_trip"] = received - sent
         timings["remote_overhead"] = max(received - sent - engine_timings.get("server", 0.0), 0.0)
         timings["total"] = finished - job.submitted
