@@ -258,6 +258,10 @@ def parse_volume(vid: str, body: bytearray, max_bytes: int) -> Volume:
     if volume_id(header, raw) != vid:
         raise Reject(400, "BadRequest", "the content does not hash to the volume id in the URL")
     array = np.frombuffer(raw, dtype=dtype).reshape(shape)
+    if not array.flags.aligned:
+        # the voxels start after a JSON header of any length: unaligned, every numpy pass over them (crops,
+        # intensity statistics on each click) runs about 2x slower, so they get their own aligned copy once
+        array = array.copy()
     try:
         volume = Volume(array, np.array(matrix, dtype=np.float64), name=_string(header, "name", "", 200) or "")
     except ValueError as exc:
