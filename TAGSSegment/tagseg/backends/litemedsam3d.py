@@ -36,6 +36,7 @@ class Options:
     min_box_mm: float = 6.0               # smallest seed box around the clicks (plus the clicks' own spread) ...
     box_step: float = 1.5                 # ... each next candidate this much larger, up to the whole slice
     min_seed_iou: float = 0.8             # seed: the first fitting mask whose IoU estimate reaches this and peaks
+    seed_size_ratio: float = 4.0          # with 3+ clicked slices, a seed this many times off the others' median is re-picked
     max_body_fraction: float = 0.5        # a seed mask covering more of the body on its slice is the organ, not a lesion
     body_level: float = 0.05              # normalised intensity above which a pixel is body, not air or background
     refine_seed: bool = True              # re-decode the chosen seed mask with its own box
@@ -187,7 +188,8 @@ class LiteMedSAM3D(Backend):
 
     # ---- seed slices -----------------------------------------------------------------------------
     def _seed_slice(self, z: int, win: Window, pos_rc: np.ndarray, neg_rc: np.ndarray,
-                    allowed: np.ndarray | None, box_model: np.ndarray | None) -> SliceResult:
+                    allowed: np.ndarray | None, box_model: np.ndarray | None,
+                    target_area: float | None = None) -> SliceResult:
         """Mask on a clicked slice. The lesion's size is unknown, so boxes of several sizes around the
         clicks each give a mask; those that hold the clicks (and avoid exclude points) vote, and the
         consensus is refined once with its own box. With a user box and no click, the box is used."""
@@ -222,11 +224,16 @@ class LiteMedSAM3D(Backend):
             # the object: the first mask that holds the clicks, no longer fills its box, and whose IoU estimate
             # is high and peaks (the next fitting box's mask scores lower)
             fitting = [i for i, f in enumerate(fits) if f]
-            if len(fitting) >= 2 and ious[fitting[-2]] >= o.min_seed_iou and ious[fitting[-2]] >= ious[fitting[-1]]:
+            if (target_area is None and len(fitting) >= 2 and ious[fitting[-2]] >= o.min_seed_iou
+                    and ious[fitting[-2]] >= ious[fitting[-1]]):
                 pick = fitting[-2]
                 break
         self.trace.append(("candidates", z, [(int(m.sum()), bool(f), round(i, 2)) for m, f, i in
                                               zip(masks, fits, ious)]))
+        if target_area is not None:
+            # the other clicked slices say how large the lesion is: the candidate nearest that size
+            pool = [i for i, f in enumerate(fits) if f] or [i for i, h in enumerate(holds) if h] or list(range(len(masks)))
+            pick = min(pool, key=lambda i: abs(np.log(max(int(masks[i].sum()), 1) / target_area)))
         if pick is None:
             fitting = [i for i, f in enumerate(fits) if f]
             if fitting and ious[fitting[-1]] >= o.min_seed_iou:
@@ -443,6 +450,23 @@ class LiteMedSAM3D(Backend):
             res.z = z
             results[z] = res
             self.trace.append(("seed", z, res.iou, int(res.mask.sum()), 1.0))
+        # clicks in one lesion see cross-sections of similar size: a seed far larger or smaller than the
+        # others' is another structure (the organ around the lesion, a fleck inside it); pick it again
+        if box_model is None and len(results) >= 3 and o.seed_size_ratio > 0:
+            areas = {z: max(int(r.mask.sum()), 1) for z, r in results.items()}
+            typical = float(np.median(list(areas.values())))
+            for z in list(results):
+                others = typical
+                if abs(np.log(areas[z] / typical)) > np.log(o.seed_size_ratio):
+                    clicks_z = pos[zpos == z][:, 1:]
+                    res = self._seed_slice(z, win, clicks_z, np.zeros((0, 2)), allowed_in(z), box_model,
+                                           target_area=others)
+                    res.mask = self._include_clicks(res.mask, clicks_z - [win.r0, win.c0])
+                    res.mask = self._apply_negatives(res.mask, win, neg_on(z),
+                                                     self._click_mask(res.mask.shape, win, clicks_z))
+                    res.z = z
+                    results[z] = res
+                    self.trace.append(("reseed", z, res.iou, int(res.mask.sum()), others))
         max_area = max(r.mask.sum() for r in results.values())
         seed_values = np.concatenate([self._slice(z, win)[r.mask] for z, r in results.items()])
         seed_mean, seed_sd = float(seed_values.mean()), max(float(seed_values.std()), 0.02)
