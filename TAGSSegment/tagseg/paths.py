@@ -242,7 +242,7 @@ class AtomicFile:
         self.committed = True
         with _live_lock:
             _live_parts.discard(str(self.path))
-        _fsync_dir(self.target.parent)
+        fsync_dir(self.target.parent)
 
     def __exit__(self, *exc_info) -> None:
         if self.path is not None and not self.committed:
@@ -266,7 +266,8 @@ def write_atomic(target: str | os.PathLike, write: Callable[[Path], None], verif
         part.commit(verify)
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """Make a rename durable (POSIX only; best effort)."""
     if os.name != "posix":
         return
     with contextlib.suppress(OSError):

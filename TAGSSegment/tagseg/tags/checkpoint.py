@@ -58,7 +58,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..errors import ModelError
-from ..paths import cache_dir, sha256_file
+from ..paths import cache_dir, fsync_dir, sha256_file
 from .tasks import OBJECT_WORD_MODES, TASKS
 
 FORMAT = "tagseg-tags"
@@ -111,18 +111,6 @@ def _is_pickle_name(path: Path) -> bool:
 def _fsync_file(path: str | Path) -> None:
     with open(path, "rb+") as handle:
         os.fsync(handle.fileno())
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename durable (POSIX only; best effort)."""
-    if os.name != "posix":
-        return
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _atomic_write(dest: Path, write: Callable[[str], None], what: str) -> str:
