@@ -30,6 +30,9 @@ bench: venv
 	$(VENV_PY) bench/run_bench.py
 	HF_HUB_OFFLINE=1 $(VENV_PY) bench/corrective_bench.py
 	HF_HUB_OFFLINE=1 $(VENV_PY) bench/slicer_path.py --case ../shared/data/lesions_dev/deeplesion_000001_ct --json
+	HF_HUB_OFFLINE=1 $(VENV_PY) bench/serve_overhead.py
+	HF_HUB_OFFLINE=1 $(VENV_PY) bench/serve_soak.py --clients 4 --sessions 5 --seconds 120
+	HF_HUB_OFFLINE=1 $(VENV_PY) bench/phantoms.py
 
 # Outputs and caches; the venv survives because rebuilding it takes minutes (see distclean).
 clean:
