@@ -319,6 +319,14 @@ def note_input(path: str | os.PathLike) -> None:
     _inputs[resolved] = str(path)
 
 
+def forget_input(path: str | os.PathLike) -> None:
+    """A file the command read that it owns and may replace (a resumed run's own last checkpoint)."""
+    inode, resolved = _identity(Path(path))
+    _inputs.pop(resolved, None)
+    if inode is not None:
+        _inputs.pop(inode, None)
+
+
 def is_input(path: str | os.PathLike) -> str | None:
     """The input (as given) that `path` would overwrite, or None."""
     inode, resolved = _identity(Path(path))

@@ -198,12 +198,14 @@ class Trainer:
 
     def resume(self) -> bool:
         """Continue from `last`: weights from last.safetensors, optimisers and counters from the state file."""
+        from .paths import forget_input
         from .tags.checkpoint import load_model
 
         state_path, last = self.out / STATE_NAME, self.out / "last.safetensors"
         if not (state_path.is_file() and last.is_file()):
             return False
         model, _ = load_model(last)
+        forget_input(last)                     # the run's own checkpoint: continuing it replaces it
         self.model.load_state_dict(model.state_dict())
         state = torch.load(state_path, map_location=self.device, weights_only=True)
         self.optimisers.load_state_dict(state["optimisers"])
