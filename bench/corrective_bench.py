@@ -143,9 +143,9 @@ def main() -> int:
     table = "\n".join(lines)
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(table + "\n")
+    args.out.write_text(table + "\n", encoding="utf-8")
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+        args.json.write_text(json.dumps(rows, indent=1), encoding="utf-8")
     return 0
 
 

@@ -207,7 +207,7 @@ def main(argv=None) -> int:
             "wall_s": time.perf_counter() - start}
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / ("phantoms_quick.md" if args.quick else "phantoms.md")
-    out.write_text(markdown(rows, summary, meta))
+    out.write_text(markdown(rows, summary, meta), encoding="utf-8")
     if args.json:
         print(json.dumps({"meta": meta, "summary": summary, "rows": rows}, indent=1))
     else:

@@ -150,7 +150,7 @@ def run_worker(method: str, protocol: str, args: argparse.Namespace, cases_json:
     if proc.returncode != 0 or not result_file.exists():
         return {"method": method, "protocol": protocol, "failed": f"worker exit {proc.returncode}", "wall_s": wall,
                 "cases": []}
-    result = json.loads(result_file.read_text())
+    result = json.loads(result_file.read_text(encoding="utf-8"))
     result["wall_s"] = wall
     return result
 
@@ -252,7 +252,7 @@ def fmt_ratio(v: float) -> str:
 def machine_line(results: list[dict], threads: int) -> str:
     cpu = platform.processor() or platform.machine()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
@@ -393,7 +393,7 @@ def write_report(args: argparse.Namespace, results: list[dict], cases: list[dict
     lines.append("- Cite the case sources when reusing numbers: pyradiomics, TotalSegmentator, DeepLesion, MedSAM2 "
                  "(../shared/data/README.md).")
     text = "\n".join(lines) + "\n"
-    (out / "bench.md").write_text(text)
+    (out / "bench.md").write_text(text, encoding="utf-8")
     return text
 
 
@@ -429,7 +429,7 @@ def write_latency(args: argparse.Namespace, results: list[dict], cases: list[dic
     lines.append(f"| **mean / median** | | **{np.mean([r['dice'] for r in rows]):.3f}** | {med(firsts):.1f} | | "
                  f"{med(refines):.2f} | {med(firsts) / med(refines):.1f}x |")
     text = "\n".join(lines) + "\n"
-    (out / "latency.md").write_text(text)
+    (out / "latency.md").write_text(text, encoding="utf-8")
     return text
 
 
@@ -488,7 +488,7 @@ def main() -> int:
             print("bench: nothing to run (no dev cases and --phantoms 0)")
             return 0
         cases_json = tmp / "cases.json"
-        cases_json.write_text(json.dumps({"repeats": args.repeats, "cases": cases}))
+        cases_json.write_text(json.dumps({"repeats": args.repeats, "cases": cases}), encoding="utf-8")
         print(f"bench: {len(cases)} cases × {len(args.protocols)} protocols × {args.methods}, "
               f"{args.repeats} repeat(s)", flush=True)
         results = []
@@ -514,7 +514,7 @@ def main() -> int:
         (out / "bench.json").write_text(json.dumps({"args": {k: v for k, v in vars(args).items()},
                                                     "cases": [{k: v for k, v in c.items() if k != "volume"}
                                                               for c in cases],
-                                                    "results": results, "wall_s": wall}, indent=1, default=str))
+                                                    "results": results, "wall_s": wall}, indent=1, default=str), encoding="utf-8")
     print(report)
     if latency is None:
         print("bench: latency.md not updated (needs litemedsam-3d, 3 clicks and the dev cases)")

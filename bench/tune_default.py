@@ -187,7 +187,7 @@ def main() -> int:
     if len(settings) > 1:
         print_leave_one_out(results, protocols[0])
     if args.json:
-        args.json.write_text(json.dumps(results, indent=1, default=float))
+        args.json.write_text(json.dumps(results, indent=1, default=float), encoding="utf-8")
     return 0
 
 

@@ -34,7 +34,7 @@ PROTOCOLS = ("1 click", "3 clicks", "box")
 def rss_mb() -> float:
     """Current resident set size (MB), from /proc (Linux); 0 where unavailable."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
+        for line in Path("/proc/self/status").read_text(encoding="utf-8").splitlines():
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     except OSError:
@@ -243,7 +243,7 @@ def main() -> int:
     parser.add_argument("--per-slice-encoder", default="onnxruntime", choices=("onnxruntime", "torch"))
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     args = parser.parse_args()
-    spec = json.loads(Path(args.cases_json).read_text())
+    spec = json.loads(Path(args.cases_json).read_text(encoding="utf-8"))
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -284,7 +284,7 @@ def main() -> int:
         rows.append(row)
     result = {"method": args.method, "protocol": args.protocol, "encoder": runner.encoder,
               "torch_threads": torch_threads, **setup, "peak_rss_mb": peak_rss_mb(), "cases": rows}
-    (out_dir / "result.json").write_text(json.dumps(result, indent=1))
+    (out_dir / "result.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
     return 0
 
 

@@ -36,7 +36,7 @@ def available_bytes() -> int | None:
     """Memory the system can give now (MemAvailable, else physical pages), capped by an address-space limit."""
     available = None
     try:
-        with open("/proc/meminfo") as handle:
+        with open("/proc/meminfo", encoding="ascii") as handle:
             for line in handle:
                 if line.startswith("MemAvailable:"):
                     available = int(line.split()[1]) * 1024

@@ -324,7 +324,7 @@ class ResultsWriter:
 
     def __enter__(self) -> "ResultsWriter":
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._handle = self.path.open("w", newline="")
+        self._handle = self.path.open("w", newline="", encoding="utf-8")
         self._writer = csv.DictWriter(self._handle, fieldnames=[*CSV_FIELDS, *self.extra])
         self._writer.writeheader()
         self._handle.flush()

@@ -38,11 +38,11 @@ def write_json_atomic(path: Path, payload) -> None:
     text = json.dumps(payload, indent=1)
 
     def write(tmp: Path) -> None:
-        with open(tmp, "w") as stream:
+        with open(tmp, "w", encoding="utf-8") as stream:
             stream.write(text)
 
     def verify(tmp: Path) -> None:
-        if tmp.read_text() != text:
+        if tmp.read_text(encoding="utf-8") != text:
             raise OSError(errno.EIO, "the file read back differs from what was written")
 
     write_atomic(Path(path), write, verify, suffix=".json", what="the file")

@@ -232,7 +232,7 @@ def cmd_train(args: argparse.Namespace, reporter) -> int:
 def _custom_anatomy(root) -> str:
     meta = Path(root) / "dataset.json"
     if meta.is_file():
-        labels = json.loads(meta.read_text()).get("labels", {})
+        labels = json.loads(meta.read_text(encoding="utf-8")).get("labels", {})
         name = labels.get("1") or labels.get(1)
         if isinstance(name, str) and name:
             return name.lower()

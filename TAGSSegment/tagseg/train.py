@@ -336,7 +336,7 @@ def _mean(values: list[float]) -> float:
 
 def _append_csv(path: Path, row: dict) -> None:
     new = not path.exists()
-    with path.open("a", newline="") as handle:
+    with path.open("a", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(row))
         if new:
             writer.writeheader()
@@ -366,7 +366,7 @@ class _progress:
 
 def write_run_config(out: Path, config: TrainConfig) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(asdict(config), indent=2))
+    (out / "config.json").write_text(json.dumps(asdict(config), indent=2), encoding="utf-8")
 
 
 def check_output_folder(out: Path, resume: bool) -> None:

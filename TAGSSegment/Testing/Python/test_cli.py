@@ -200,7 +200,7 @@ def test_unsupported_outputs(capsys, case, out_dir, output, fragment):
 
 def test_unwritable_outputs(capsys, case, tmp_path):
     blocker = tmp_path / "a_file"
-    blocker.write_text("not a folder")
+    blocker.write_text("not a folder", encoding="utf-8")
     result = run(capsys, "segment", case.image, "-o", blocker / "m.nii.gz", "--point", "0,0,0")
     assert_one_line_error(result, "not a folder")
     result = run(capsys, "segment", case.image, "-o", tmp_path, "--point", "0,0,0")

@@ -63,7 +63,7 @@ def test_msd_layout_uses_dataset_json_and_skips_macos_junk(tmp_path):
     (root / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "1": "pancreas", "2": "cancer"},
                                                    "training": [{"image": f"./imagesTr/{c}.nii.gz",
                                                                  "label": f"./labelsTr/{c}.nii.gz"}
-                                                                for c in ("pancreas_010", "pancreas_001")]}))
+                                                                for c in ("pancreas_010", "pancreas_001")]}), encoding="utf-8")
     assert detect_layout(root) == "msd"
     cases = discover_cases(root)
     assert ids(cases) == ["pancreas_001", "pancreas_010"]
@@ -235,7 +235,7 @@ def test_seeded_split_is_reproducible_and_round_trips(tmp_path):
     assert load_split_json(path) == split
     cases = [Case(cid, Path(f"{cid}.nii.gz"), None) for cid in case_ids]
     assert [c.case_id for c in split_cases(cases, split)["test"]] == split["test"]
-    path.write_text(json.dumps({"train": ["a", "b"], "val": ["b"], "test": []}))
+    path.write_text(json.dumps({"train": ["a", "b"], "val": ["b"], "test": []}), encoding="utf-8")
     with pytest.raises(InputError, match=r"b \(train\+val\)"):
         load_split_json(path)
 
@@ -446,7 +446,7 @@ def test_synthetic_dataset_is_discovered_checked_and_reproducible(synthetic, tmp
     cases = discover_cases(synthetic, layout="msd")                 # organ "auto" = dataset.json label 1
     assert ids(cases) == ["pancreas_000", "pancreas_001", "pancreas_002"]
     check_cases(cases)
-    meta = json.loads((synthetic / "dataset.json").read_text())
+    meta = json.loads((synthetic / "dataset.json").read_text(encoding="utf-8"))
     assert meta["labels"] == {"0": "background", "1": "pancreas", "2": "tumour"}
     details = meta["tagseg"]["cases"]
     assert {d["tumour_organ"] for d in details} == {"pancreas"}
@@ -461,7 +461,7 @@ def test_synthetic_dataset_is_discovered_checked_and_reproducible(synthetic, tmp
     kidney = write_synthetic_dataset(tmp_path / "kidney", cases=1, seed=1, organ="kidney", **SMALL)
     [kcase] = discover_cases(kidney)
     assert kcase.organ_masks[0].name == "kidney.nii.gz"
-    assert json.loads((kidney / "dataset.json").read_text())["tagseg"]["cases"][0]["tumour_organ"].startswith("kidney_")
+    assert json.loads((kidney / "dataset.json").read_text(encoding="utf-8"))["tagseg"]["cases"][0]["tumour_organ"].startswith("kidney_")
 
 
 def test_training_dataset_and_loader(synthetic, tmp_path):

@@ -147,7 +147,7 @@ def test_case_protocol_draws_clicks_from_the_tumour_and_skips_empty_cases(tmp_pa
     assert (summary.scored, summary.skipped, summary.dice_mean) == (1, 1, 0.5)
     out = tmp_path / "results.csv"
     write_results_csv([result, skipped], out, extra={"model": "m", "seed": 2})
-    rows = list(csv.DictReader(out.open()))
+    rows = list(csv.DictReader(out.open(encoding="utf-8")))
     assert rows[0]["dice"] == "0.500000" and rows[1]["dice"] == "" and rows[0]["model"] == "m"
     assert not list(tmp_path.glob(".*.part"))
 
@@ -191,7 +191,7 @@ def test_evaluate_command_reproduces_hand_computed_numbers(tmp_path, capsys, mon
                      "--clicks", "3", "--seed", "2"])
     printed = capsys.readouterr()
     assert code == 0, printed.err
-    rows = {r["case_id"]: r for r in csv.DictReader(out.open())}
+    rows = {r["case_id"]: r for r in csv.DictReader(out.open(encoding="utf-8"))}
     assert rows["case1"]["dice"] == "0.500000" and rows["case1"]["nsd"] == "1.000000"
     assert rows["case2"]["dice"] == "" and "no tumour" in rows["case2"]["note"]
     assert "1 cases scored (1 skipped): Dice 0.5000 ± 0.0000, NSD@5mm 1.0000 ± 0.0000" in printed.out
@@ -231,7 +231,7 @@ def wide_dataset(tmp_path):
 
     root = tmp_path / "data"
     root.mkdir()
-    (root / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "1": "liver", "2": "tumour"}}))
+    (root / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "1": "liver", "2": "tumour"}}), encoding="utf-8")
     image, label, organ = wide_case()
     write_msd_case(root, "wide_001", image, label, organ)
     return root
@@ -250,7 +250,7 @@ def test_paper_protocol_finishes_a_case_whose_clicks_span_200_mm(tiny_trained, w
                      str(out), "--device", "cpu", "--clicks", "3", "--seed", "2"])
     printed = capsys.readouterr()
     assert code == 0, printed.err
-    (row,) = list(csv.DictReader(out.open()))
+    (row,) = list(csv.DictReader(out.open(encoding="utf-8")))
     assert click_spread_mm(row) >= 200.0              # the premise: far wider than one 48 mm crop
     assert row["error"] == "" and 0.0 <= float(row["dice"]) <= 1.0 and row["nsd"] != ""
     # one crop, fp32, the organ mask (as far as it reaches) in the third channel: the authors' test.py
@@ -267,7 +267,7 @@ def test_extensions_are_recorded_per_case(tiny_trained, wide_dataset, tmp_path, 
     code = cli.main(["evaluate", "--data", str(wide_dataset), "--model", str(tiny_trained.checkpoint), "--out",
                      str(out), "--device", "cpu", "--seed", "2", "--sliding-window", "--text-fusion", "0.2"])
     assert code == 0, capsys.readouterr().err
-    (row,) = list(csv.DictReader(out.open()))
+    (row,) = list(csv.DictReader(out.open(encoding="utf-8")))
     assert row["protocol"].startswith("extended:") and "sliding window" in row["protocol"]
     assert "text fusion 0.2" in row["protocol"]
 
@@ -288,7 +288,7 @@ def test_a_failing_case_is_a_row_and_the_run_goes_on(tiny_trained, wide_dataset,
                      str(out), "--device", "cpu", "--seed", "2"])
     printed = capsys.readouterr()
     assert code == 3, printed.err
-    rows = {r["case_id"]: r for r in csv.DictReader(out.open())}
+    rows = {r["case_id"]: r for r in csv.DictReader(out.open(encoding="utf-8"))}
     assert list(rows) == ["wide_001", "wide_002", "wide_003", "wide_004"]
     assert rows["wide_001"]["error"] == "" and rows["wide_003"]["error"] == "" and rows["wide_003"]["dice"] != ""
     assert "shape" in rows["wide_002"]["error"] and rows["wide_002"]["dice"] == ""
@@ -304,5 +304,5 @@ def test_results_are_written_as_each_case_finishes(tmp_path):
     pred, truth = cubes()
     with ResultsWriter(out, {"model": "m"}) as writer:
         writer.write(CaseResult("a", 0.5, 1.0, 8, 8, 0.1, protocol="paper"))
-        rows = list(csv.DictReader(out.open()))          # readable before the run ends
+        rows = list(csv.DictReader(out.open(encoding="utf-8")))          # readable before the run ends
         assert [r["case_id"] for r in rows] == ["a"] and rows[0]["protocol"] == "paper"

@@ -150,7 +150,7 @@ def write_nrrd(path: Path, array=None, *, directions="(-1,0,0) (0,-1,0) (0,0,2)"
               f"sizes: {sizes}\nspace directions: {directions}\nkinds: {kinds}\nendian: little\n"
               f"encoding: {encoding}\nspace origin: {origin}\n")
     if data_file:
-        Path(path).write_text(header + f"data file: {data_file}\n")
+        Path(path).write_text(header + f"data file: {data_file}\n", encoding="utf-8")
     else:
         Path(path).write_bytes(header.encode() + b"\n" + data)
     return Path(path)
@@ -553,7 +553,7 @@ def check_case(case: Case, request, tmp_path: Path, capsys, monkeypatch) -> None
             elif kind == "png":
                 assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
             elif kind == "csv":
-                with path.open() as handle:
+                with path.open(encoding="utf-8") as handle:
                     assert list(csv.DictReader(handle)), "empty results table"
         if case.warn:
             assert any(case.warn in line for line in result.err.splitlines()
@@ -1001,7 +1001,7 @@ def file_cases() -> list:
         else:
             path = c.inp / "t.mhd"
             path.write_text("ObjectType = Image\nNDims = 3\nDimSize = 16 16 8\nElementType = MET_SHORT\n"
-                            "ElementDataFile = missing.raw\n")
+                            "ElementDataFile = missing.raw\n", encoding="utf-8")
         return seg(c, path, register=False)
 
     cases += [
@@ -1051,7 +1051,7 @@ def file_cases() -> list:
         else:
             folder = c.inp / "junk"
             folder.mkdir()
-            (folder / "a.txt").write_text("x")
+            (folder / "a.txt").write_text("x", encoding="utf-8")
             (folder / "b.bin").write_bytes(rng.bytes(100))
         return seg(c, folder, register=False)
 
@@ -1080,7 +1080,7 @@ def file_cases() -> list:
             (c.out / "m.nii.gz").mkdir()
             return seg(c, image, register=False)
         if how == "under-a-file":
-            (c.out / "afile").write_text("x")
+            (c.out / "afile").write_text("x", encoding="utf-8")
             return seg(c, image, out="afile/m.nii.gz", register=False)
         if how == "symlink-to-input":
             (c.out / "link.nii.gz").symlink_to(image)
@@ -1361,7 +1361,7 @@ def model_cases() -> list:
         def check():
             names = sorted(p.name for p in c.models.iterdir())
             assert len(names) == 2 and names[0] == "index.json" and names[1].startswith("liver-"), names
-            entries = json.loads((c.models / "index.json").read_text())["checkpoints"]
+            entries = json.loads((c.models / "index.json").read_text(encoding="utf-8"))["checkpoints"]
             assert [e["anatomy"] for e in entries] == ["liver"]
         c.checks.append(check)
         return install(c, copy_tiny(c))
@@ -1417,15 +1417,15 @@ def dataset(c: Ctx, kind: str) -> Path:
         return c.base()
     root.mkdir()
     if kind == "junk":
-        (root / "a.txt").write_text("x")
+        (root / "a.txt").write_text("x", encoding="utf-8")
         (root / "b.nii.gz").write_bytes(b"abc")
     elif kind == "json-garbage":
-        (root / "dataset.json").write_text("{not json")
+        (root / "dataset.json").write_text("{not json", encoding="utf-8")
     elif kind == "json-list":
-        (root / "dataset.json").write_text("[1, 2, 3]")
+        (root / "dataset.json").write_text("[1, 2, 3]", encoding="utf-8")
     elif kind == "json-missing-files":
         (root / "dataset.json").write_text(json.dumps({"training": [{"image": "./imagesTr/x.nii.gz",
-                                                                    "label": "./labelsTr/x.nii.gz"}]}))
+                                                                    "label": "./labelsTr/x.nii.gz"}]}), encoding="utf-8")
     elif kind == "truncated":
         for sub in ("imagesTr", "labelsTr"):
             (root / sub).mkdir()
@@ -1495,7 +1495,7 @@ def pipeline_cases() -> list:
         P("train-out-below-a-file", lambda c: train(c, c.synth, out=c.base() / "run"), 2, needs=("synth_data",)),
         P("train-split-evil-pickle", lambda c: train(c, c.synth, extra=(
             "--split", evil_pickle(c.inp / "split.pkl", c.sentinel, "protocol2"))), 2, "split.pkl", needs=("synth_data",)),
-        P("train-split-garbage-json", lambda c: (c.inp / "s.json").write_text("{]") and train(c, c.synth, extra=(
+        P("train-split-garbage-json", lambda c: (c.inp / "s.json").write_text("{]", encoding="utf-8") and train(c, c.synth, extra=(
             "--split", c.inp / "s.json")), 2, "s.json", needs=("synth_data",)),
         P("train-absent-tumour-label", lambda c: train(c, c.synth, extra=("--tumour-label", "99")), 2,
           "without the tumour value 99", needs=("synth_data",)),

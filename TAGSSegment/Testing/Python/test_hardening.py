@@ -60,8 +60,11 @@ DRIVER = textwrap.dedent("""
     try:
         code = cli.main(sys.argv[1:])
     finally:
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        with open(os.environ["HARDEN_REPORT"], "w") as handle:
+        # VmHWM belongs to this process image; ru_maxrss would carry over the parent's peak across exec.
+        with open("/proc/self/status", encoding="ascii") as status:
+            hwm = [line for line in status if line.startswith("VmHWM:")]
+        rss = int(hwm[0].split()[1]) / 1024 if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        with open(os.environ["HARDEN_REPORT"], "w", encoding="utf-8") as handle:
             json.dump({"rss_mb": rss}, handle)
     sys.exit(code)
 """)
@@ -71,7 +74,7 @@ def run_limited(tmp_path: Path, *args, env: dict | None = None, wrap: list[str] 
                 timeout: float = 240) -> tuple[subprocess.CompletedProcess, float]:
     """`tagseg ARGS` in a fresh process under RLIMIT_AS; returns the result and the peak RSS in MB."""
     driver = tmp_path / "harden_driver.py"
-    driver.write_text(DRIVER)
+    driver.write_text(DRIVER, encoding="utf-8")
     report = tmp_path / "harden_report.json"
     full_env = dict(os.environ, PYTHONPATH=str(MODULE_DIR), HF_HUB_OFFLINE="1", HARDEN_AS_LIMIT=str(AS_LIMIT),
                     HARDEN_REPORT=str(report), TAGSEG_CACHE_DIR=str(tmp_path / "cache"), **(env or {}))
@@ -79,13 +82,13 @@ def run_limited(tmp_path: Path, *args, env: dict | None = None, wrap: list[str] 
     full_env.pop("TAGSEG_MEMORY_LIMIT", None)
     command = [*(wrap or []), sys.executable, str(driver), *map(str, args)]
     result = subprocess.run(command, capture_output=True, text=True, env=full_env, timeout=timeout)
-    rss = json.loads(report.read_text())["rss_mb"] if report.exists() else float("nan")
+    rss = json.loads(report.read_text(encoding="utf-8"))["rss_mb"] if report.exists() else float("nan")
     return result, rss
 
 
 def record_rss(case: str, rss_mb: float) -> None:
     if RSS_TABLE:
-        with open(RSS_TABLE, "a") as handle:
+        with open(RSS_TABLE, "a", encoding="utf-8") as handle:
             handle.write(f"{case} | {rss_mb:.0f}\n")
 
 
@@ -130,7 +133,7 @@ def bomb_nrrd(folder: Path) -> Path:
 def bomb_mha(folder: Path) -> Path:
     path = folder / "bomb.mha"
     path.write_text("ObjectType = Image\nNDims = 3\nDimSize = 4000 4000 400\nElementType = MET_SHORT\n"
-                    "ElementSpacing = 1 1 1\nElementDataFile = LOCAL\n")
+                    "ElementSpacing = 1 1 1\nElementDataFile = LOCAL\n", encoding="utf-8")
     return path
 
 
@@ -265,7 +268,7 @@ def test_full_disk_exits_2_with_the_os_reason_and_keeps_the_previous_file(tmp_pa
     (tmp_path / "prev.py").write_text(
         f"import sys; sys.path.insert(0, {str(MODULE_DIR)!r})\nimport numpy as np\n"
         "from tagseg.io import save_volume\nfrom tagseg.volume import Volume\n"
-        "save_volume(Volume(np.ones((2, 2, 2), np.uint8), np.eye(4)), sys.argv[1])\n")
+        "save_volume(Volume(np.ones((2, 2, 2), np.uint8), np.eye(4)), sys.argv[1])\n", encoding="utf-8")
     script = (f"mount -t tmpfs -o size=512k tmpfs {mount} && {sys.executable} {tmp_path / 'prev.py'} {target} && "
               f"cp {target} {tmp_path}/previous && avail=$(df -k --output=avail {mount} | tail -1) && "
               f"dd if=/dev/zero of={mount}/filler bs=1k count=$((avail - {room_kb})) 2>/dev/null; "
@@ -319,7 +322,7 @@ def test_full_disk_leaves_the_previous_file_and_no_partial_file(tmp_path):
         print(results)
         assert all(ok is True for _, ok in results), results
     """)
-    (tmp_path / "check.py").write_text(check)
+    (tmp_path / "check.py").write_text(check, encoding="utf-8")
     result = subprocess.run(["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o size=256k tmpfs {mount} && "
                              f"{sys.executable} {tmp_path / 'check.py'}"], capture_output=True, text=True,
                             timeout=120)
@@ -403,7 +406,7 @@ def test_signals_during_the_write_remove_the_partial_file(tmp_path, signum):
     save_volume(small_volume(), image)
     out = tmp_path / "out" / "m.nii.gz"
     driver = tmp_path / "harden_driver.py"
-    driver.write_text(DRIVER)
+    driver.write_text(DRIVER, encoding="utf-8")
     env = dict(os.environ, PYTHONPATH=str(MODULE_DIR), HF_HUB_OFFLINE="1", HARDEN_AS_LIMIT=str(AS_LIMIT),
                HARDEN_REPORT=str(tmp_path / "r.json"), HARDEN_FAKE_PREDICT="1", HARDEN_SLOW_WRITE="1")
     proc = subprocess.Popen([sys.executable, str(driver), "segment", str(image), "-o", str(out), "--point",
@@ -589,7 +592,7 @@ def test_non_regular_detached_data_file_is_refused(tmp_path):
     os.mkfifo(fifo)
     header = tmp_path / "image.mhd"
     header.write_text("ObjectType = Image\nNDims = 3\nDimSize = 4 4 4\nElementType = MET_UCHAR\n"
-                      "ElementDataFile = data.raw\n")
+                      "ElementDataFile = data.raw\n", encoding="utf-8")
     with pytest.raises(InputError, match="named pipe"):
         load_volume(header)
     assert stat.S_ISFIFO(os.stat(fifo).st_mode)

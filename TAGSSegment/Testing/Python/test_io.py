@@ -216,7 +216,7 @@ def _write_truncated_uncompressed(folder: Path) -> Path:
 
 def _write_text(folder: Path) -> Path:
     path = folder / "notes.txt"
-    path.write_text("not an image")
+    path.write_text("not an image", encoding="utf-8")
     return path
 
 
@@ -238,7 +238,7 @@ def _write_zero_spacing(folder: Path) -> Path:
 def _empty_folder(folder: Path) -> Path:
     path = folder / "no_dicom"
     path.mkdir()
-    (path / "readme.txt").write_text("nothing here")
+    (path / "readme.txt").write_text("nothing here", encoding="utf-8")
     return path
 
 

@@ -35,7 +35,7 @@ def s4ext_settings(text: str) -> dict[str, str]:
 
 
 def module_cmake() -> str:
-    return (MODULE_DIR / "CMakeLists.txt").read_text()
+    return (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
 
 
 def test_every_module_python_file_is_packaged():
@@ -67,8 +67,8 @@ def test_module_cmake_builds_a_scripted_module_with_generic_tests():
 
 
 def test_s4ext_agrees_with_the_root_cmake():
-    cmake = cmake_settings((REPO / "CMakeLists.txt").read_text())
-    s4ext = s4ext_settings((REPO / "TAGSSegment.s4ext").read_text())
+    cmake = cmake_settings((REPO / "CMakeLists.txt").read_text(encoding="utf-8"))
+    s4ext = s4ext_settings((REPO / "TAGSSegment.s4ext").read_text(encoding="utf-8"))
     pairs = {"category": "EXTENSION_CATEGORY", "homepage": "EXTENSION_HOMEPAGE", "depends": "EXTENSION_DEPENDS",
              "contributors": "EXTENSION_CONTRIBUTORS", "description": "EXTENSION_DESCRIPTION",
              "iconurl": "EXTENSION_ICONURL", "screenshoturls": "EXTENSION_SCREENSHOTURLS"}
@@ -78,14 +78,14 @@ def test_s4ext_agrees_with_the_root_cmake():
     assert cmake["EXTENSION_DEPENDS"] == "PyTorch"
     assert "Apache-2.0" in cmake["EXTENSION_DESCRIPTION"]
     assert s4ext["scm"] == "git" and s4ext["build_subdirectory"] == "." and s4ext["enabled"] == "1"
-    root = (REPO / "CMakeLists.txt").read_text()
+    root = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
     for call in ("find_package(Slicer", "add_subdirectory(TAGSSegment)", "${Slicer_EXTENSION_GENERATE_CONFIG}",
                  "${Slicer_EXTENSION_CPACK}"):
         assert call in root
 
 
 def _imported_modules(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text(), filename=str(path))
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     names = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -111,7 +111,7 @@ def test_engine_imports_nothing_from_slicer():
 
 def _pyproject() -> dict:
     tomllib = pytest.importorskip("tomllib" if sys.version_info >= (3, 11) else "tomli")
-    return tomllib.loads((REPO / "pyproject.toml").read_text())
+    return tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
 
 
 def _package_name(requirement: str) -> str:
@@ -125,13 +125,13 @@ def test_pyproject_declares_package_and_console_script():
     setuptools = project["tool"]["setuptools"]
     assert setuptools["package-dir"] == {"": "TAGSSegment"}
     assert setuptools["packages"]["find"]["include"] == ["tagseg*"]
-    assert (REPO / "LICENSE.txt").read_text().lstrip().startswith("Apache License")
+    assert (REPO / "LICENSE.txt").read_text(encoding="utf-8").lstrip().startswith("Apache License")
 
 
 def test_slicer_requirements_match_pyproject_without_torch():
     """Inside Slicer torch comes from the PyTorch extension; everything else must match the pip install."""
     runtime = {_package_name(r): r.replace(" ", "") for r in _pyproject()["project"]["dependencies"]}
-    lines = (MODULE_DIR / "Resources" / "requirements.txt").read_text().splitlines()
+    lines = (MODULE_DIR / "Resources" / "requirements.txt").read_text(encoding="utf-8").splitlines()
     slicer = {_package_name(r): r.replace(" ", "") for r in (line.split("#")[0].strip() for line in lines) if r}
     assert "torch" not in slicer and "torchvision" not in slicer
     runtime.pop("torch")

@@ -112,7 +112,7 @@ def case():
 def server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("serve")
     token_file = folder / "token"
-    token_file.write_text(TOKEN + "\n")
+    token_file.write_text(TOKEN + "\n", encoding="utf-8")
     proc, ready = start_server(folder, "--token-file", str(token_file), "--max-upload-mb", str(MAX_UPLOAD_MB))
     yield type("Server", (), dict(proc=proc, url=ready["url"], ready=ready, folder=folder))
     stop(proc)
@@ -514,7 +514,7 @@ def test_a_public_address_without_a_token_is_refused(tmp_path):
     assert out.returncode == 2 and out.stdout == ""
     assert out.stderr.count("\n") == 1 and "without a token" in out.stderr
     short = tmp_path / "short"
-    short.write_text("abc\n")
+    short.write_text("abc\n", encoding="utf-8")
     out = _serve("--host", "0.0.0.0", "--token-file", str(short))
     assert out.returncode == 2 and "at least 16 characters" in out.stderr
 
@@ -523,7 +523,7 @@ def test_a_missing_token_file_gets_a_private_random_token(tmp_path):
     token_file = tmp_path / "new-token"
     proc, ready = start_server(tmp_path, "--token-file", str(token_file), stdin=subprocess.PIPE)
     try:
-        token = token_file.read_text().strip()
+        token = token_file.read_text(encoding="utf-8").strip()
         assert len(token) >= 32 and (token_file.stat().st_mode & 0o077) == 0
         assert ready["token"] is True
         assert engine_health(ready["url"], token)["ok"]

@@ -153,7 +153,7 @@ def test_local_engine_starts_answers_and_stops_with_its_token_folder():
 
 def test_a_local_engine_that_cannot_start_says_why(tmp_path):
     script = tmp_path / "python"
-    script.write_text("#!/bin/sh\necho 'no tagseg here' >&2\nexit 3\n")
+    script.write_text("#!/bin/sh\necho 'no tagseg here' >&2\nexit 3\n", encoding="utf-8")
     script.chmod(0o755)
     engine = LocalEngine(python=str(script))
     try:

@@ -652,7 +652,7 @@ def test_add_segment_sets_terminology_when_slicer_has_it(h, tmp_path, monkeypatc
     import types
 
     path = tmp_path / "mini.term.json"
-    path.write_text(json.dumps(MINI_TERMINOLOGY))
+    path.write_text(json.dumps(MINI_TERMINOLOGY), encoding="utf-8")
     terminologies = slicer.vtkSlicerTerminologiesModuleLogic()
     terminologies.SetMRMLScene(h.scene)
     assert terminologies.LoadTerminologyFromFile(str(path)) == L.GENERAL_ANATOMY_CONTEXT

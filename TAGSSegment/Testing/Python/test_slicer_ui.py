@@ -344,10 +344,10 @@ def test_loader_harness_reproduces_the_package_replacement(tmp_path):
         "        import qSlicerSegmentationsEditorEffectsPythonQt as effects\n\n"
         "        effect = effects.qSlicerSegmentEditorScriptedEffect(None)\n"
         "        effect.setPythonSource(os.path.join(os.path.dirname(__file__), 'DemoLib', 'SegmentEditorEffect.py'))\n"
-        "        effect.self().register()\n")
-    (package / "__init__.py").write_text('"""Exposes nothing."""\n')
-    (package / "helper.py").write_text("VALUE = 1\n")
-    (package / "later.py").write_text("VALUE = 2\n")
+        "        effect.self().register()\n", encoding="utf-8")
+    (package / "__init__.py").write_text('"""Exposes nothing."""\n', encoding="utf-8")
+    (package / "helper.py").write_text("VALUE = 1\n", encoding="utf-8")
+    (package / "later.py").write_text("VALUE = 2\n", encoding="utf-8")
     (package / "SegmentEditorEffect.py").write_text(
         "from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect\n\n"
         "from DemoLib import helper\n\n\n"
@@ -356,7 +356,7 @@ def test_loader_harness_reproduces_the_package_replacement(tmp_path):
         "        import qSlicerSegmentationsEditorEffectsPythonQt as effects\n\n"
         "        clone = effects.qSlicerSegmentEditorScriptedEffect(None)\n"
         "        clone.setPythonSource(__file__)\n"
-        "        return clone\n")
+        "        return clone\n", encoding="utf-8")
     report = _run_loader("register", "5.8", module_dir, "DemoLib")
     assert report["submodules"] == ["SegmentEditorEffect", "helper", "later"] and report["package_has_path"]
     result = subprocess.run([sys.executable, str(LOADER), "register", "5.10", str(module_dir), "DemoLib"],
@@ -403,7 +403,7 @@ def test_module_widget_lifecycle_and_test_class():
 
 def test_torch_floor_matches_pyproject():
     tomllib = pytest.importorskip("tomllib" if sys.version_info >= (3, 11) else "tomli")
-    dependencies = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    dependencies = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["dependencies"]
     torch = [d.replace(" ", "") for d in dependencies if re.match(r"torch\b(?!vision)", d)]
     floor = re.search(r'TORCH_REQUIREMENT = "([^"]+)"', MODULE_PY.read_text(encoding="utf-8")).group(1)
     assert torch == [f"torch{floor}"]
@@ -480,7 +480,7 @@ def test_packaging_covers_resources_outside_resources_folder():
     effect icon next to SegmentEditorEffect.py), so no .ui/.png/.txt/.json is left out of the extension."""
     from test_packaging import cmake_list
 
-    listed = set(cmake_list((MODULE_DIR / "CMakeLists.txt").read_text(), "MODULE_PYTHON_RESOURCES"))
+    listed = set(cmake_list((MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8"), "MODULE_PYTHON_RESOURCES"))
     skip = {"Testing", "tagseg", "Resources", "__pycache__", "tagseg.egg-info"}
     on_disk = {p.relative_to(MODULE_DIR).as_posix() for p in MODULE_DIR.rglob("*")
                if p.is_file() and p.suffix in (".ui", ".png", ".txt", ".json", ".svg")
@@ -492,7 +492,7 @@ def test_packaging_covers_resources_outside_resources_folder():
 def test_slicer_files_are_packaged():
     from test_packaging import cmake_list
 
-    text = (MODULE_DIR / "CMakeLists.txt").read_text()
+    text = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
     scripts = set(cmake_list(text, "MODULE_PYTHON_SCRIPTS"))
     resources = set(cmake_list(text, "MODULE_PYTHON_RESOURCES"))
     needed_scripts = {"TAGSSegment.py", "TAGSSegmentLib/SegmentEditorEffect.py", "TAGSSegmentLib/state.py"}
@@ -504,8 +504,8 @@ def test_slicer_files_are_packaged():
 
 
 def test_slicer_test_registration():
-    assert re.search(r"^\s*add_subdirectory\(Python\)", (MODULE_DIR / "Testing" / "CMakeLists.txt").read_text(), re.M)
-    text = (MODULE_DIR / "Testing" / "Python" / "CMakeLists.txt").read_text()
+    assert re.search(r"^\s*add_subdirectory\(Python\)", (MODULE_DIR / "Testing" / "CMakeLists.txt").read_text(encoding="utf-8"), re.M)
+    text = (MODULE_DIR / "Testing" / "Python" / "CMakeLists.txt").read_text(encoding="utf-8")
     calls = [line for line in text.splitlines() if line.strip().startswith("slicer_add_python_unittest")]
     scripts = [re.search(r"SCRIPT\s+(\S+)\)", line).group(1) for line in calls]
     resolved = [Path(s.replace("${CMAKE_CURRENT_SOURCE_DIR}", str(MODULE_DIR / "Testing" / "Python"))).resolve()
@@ -513,13 +513,13 @@ def test_slicer_test_registration():
     assert MODULE_PY.resolve() in resolved
     assert all(p.is_file() for p in resolved), resolved
     assert not [p for p in resolved if p.name.startswith("test_")], "pytest files are not Slicer tests"
-    module_cmake = (MODULE_DIR / "CMakeLists.txt").read_text()
+    module_cmake = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
     assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" not in module_cmake, \
         "TAGSSegment.py is registered in Testing/Python; registering it twice duplicates py_TAGSSegment"
 
 
 def test_module_cmake_builds_the_testing_folder():
-    text = (MODULE_DIR / "CMakeLists.txt").read_text()
+    text = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
     assert re.search(r"if\(BUILD_TESTING\).*?add_subdirectory\(Testing\).*?endif\(\)", text, re.S), \
         "add `if(BUILD_TESTING) add_subdirectory(Testing) endif()` to TAGSSegment/CMakeLists.txt"
 
@@ -565,13 +565,13 @@ def test_workflow_pins_the_supported_slicer_releases():
 
 
 def _cmake_extension_settings() -> dict:
-    return dict(re.findall(r'set\((EXTENSION_\w+)\s+"([^"]*)"\)', (REPO / "CMakeLists.txt").read_text()))
+    return dict(re.findall(r'set\((EXTENSION_\w+)\s+"([^"]*)"\)', (REPO / "CMakeLists.txt").read_text(encoding="utf-8")))
 
 
 def test_extensions_index_entry_matches_the_cmake_metadata():
     """TAGSSegment.json is what Slicer's Extensions Index (5.8 and later) reads; it must follow the catalog entry
     schema v1.0.1 (required keys, no others) and agree with CMakeLists.txt."""
-    entry = json.loads((REPO / "TAGSSegment.json").read_text())
+    entry = json.loads((REPO / "TAGSSegment.json").read_text(encoding="utf-8"))
     allowed = {"$schema": str, "category": str, "scm_url": str, "scm_revision": str, "scm_type": str,
                "build_dependencies": list, "build_subdirectory": str, "enabled": bool, "tier": int}
     assert {"$schema", "category", "scm_url"} <= set(entry) <= set(allowed), sorted(entry)
@@ -586,13 +586,13 @@ def test_extensions_index_entry_matches_the_cmake_metadata():
 
 def test_supported_slicer_versions_are_declared():
     """Slicer 5.10 and 5.12: the CMake configure refuses older Slicer, the README says so."""
-    assert re.search(r"find_package\(Slicer 5\.10 REQUIRED\)", (REPO / "CMakeLists.txt").read_text())
+    assert re.search(r"find_package\(Slicer 5\.10 REQUIRED\)", (REPO / "CMakeLists.txt").read_text(encoding="utf-8"))
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     assert re.search(r"Slicer 5\.10 and 5\.12", readme), "README: state the supported Slicer versions"
 
 
 def test_workflow_torch_matches_the_makefile():
-    makefile = (REPO / "Makefile").read_text()
+    makefile = (REPO / "Makefile").read_text(encoding="utf-8")
     flow = _workflow()
     for variable in ("TORCH_VERSION", "TORCHVISION_VERSION"):
         pinned = re.search(rf"^{variable}\s*\?=\s*(\S+)", makefile, re.M).group(1)
@@ -913,7 +913,7 @@ def test_missing_requirements(tmp_path):
     state = _state()
     requirements = tmp_path / "requirements.txt"
     requirements.write_text("# comment\npytest  # inline\nnumpy<0.1\nno-such-package-tagseg-test\n"
-                            "pillow; python_version < '3'\n\n")
+                            "pillow; python_version < '3'\n\n", encoding="utf-8")
     assert state.missing_requirements(requirements) == ["numpy<0.1", "no-such-package-tagseg-test"]
     assert state.installed_version("pytest") and state.installed_version("no-such-package-tagseg-test") is None
 
@@ -1116,7 +1116,7 @@ class FakePackaging:
         self.calls = []
 
     def load_requirements(self, path):
-        return [line for line in Path(path).read_text().splitlines() if line and not line.startswith("#")]
+        return [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line and not line.startswith("#")]
 
     def pip_ensure(self, requirements, **kwargs):
         self.calls.append((requirements, kwargs))
@@ -1125,7 +1125,7 @@ class FakePackaging:
 @pytest.fixture
 def requirements_with_one_missing(tmp_path):
     path = tmp_path / "requirements.txt"
-    path.write_text("# engine\npytest\nno-such-package-tagseg-test>=1\n")
+    path.write_text("# engine\npytest\nno-such-package-tagseg-test>=1\n", encoding="utf-8")
     return path
 
 
@@ -1149,7 +1149,7 @@ def test_accepted_packages_install_without_a_second_question(requirements_with_o
 
 def test_nothing_missing_asks_nothing(tmp_path):
     path = tmp_path / "requirements.txt"
-    path.write_text("pytest\n")
+    path.write_text("pytest\n", encoding="utf-8")
     assert _state().ensure_packages(path, lambda missing: pytest.fail("asked"), FakePackaging(), None)
 
 

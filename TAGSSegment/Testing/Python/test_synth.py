@@ -178,7 +178,7 @@ def real_ct():
         pytest.skip(f"../shared/data not found: {SHARED_DATA}")
     import json
 
-    names = {v: int(k) for k, v in json.loads((CT_ORGANS / "total_class_map.json").read_text()).items()}
+    names = {v: int(k) for k, v in json.loads((CT_ORGANS / "total_class_map.json").read_text(encoding="utf-8")).items()}
     image = load_volume(CT_ORGANS / "example_ct_sm.nii.gz")
     seg = load_volume(CT_ORGANS / "example_seg.nii.gz")
     liver = seg.with_array((seg.array == names["liver"]).astype(np.uint8), name="liver")

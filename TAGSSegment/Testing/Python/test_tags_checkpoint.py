@@ -430,7 +430,7 @@ def test_registry_tolerates_a_damaged_index(tmp_path, monkeypatch):
     ckpt.save_checkpoint(source, state_dict(), metadata())
     ckpt.install_checkpoint(source)
     for junk in ("{not json", "[1, 2, 3]", '{"checkpoints": [{"file": "../../etc/passwd", "sha256": 5}]}', ""):
-        (models / "index.json").write_text(junk)
+        (models / "index.json").write_text(junk, encoding="utf-8")
         assert ckpt.installed_checkpoints() == [] and ckpt.find_installed("kidney") is None
     (models / "index.json").write_bytes(b"\xff\xfe\x00garbage")
     assert ckpt.installed_checkpoints() == []

@@ -24,7 +24,7 @@ def run(*args):
 
 
 def read_log(run_dir: Path) -> list[dict]:
-    with (run_dir / "log.csv").open() as handle:
+    with (run_dir / "log.csv").open(encoding="utf-8") as handle:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
 
 
@@ -42,12 +42,12 @@ def test_training_on_synthetic_data_learns(data, tmp_path, capsys):
     assert len(log) == 12
     assert log[-1]["train_loss"] < log[0]["train_loss"]
     assert max(r["val_dice"] for r in log[-4:]) >= MIN_VAL_DICE > log[0]["val_dice"]
-    meta = json.loads((out / "config.json").read_text())
+    meta = json.loads((out / "config.json").read_text(encoding="utf-8"))
     assert meta["intensity"]["std"] > 0 and meta["anatomy"] == "liver"
     # the checkpoint drops straight into evaluation (any backend, the paper's protocol)
     results = tmp_path / "results.csv"
     assert run("evaluate", "--data", data, "--model", out / "best.safetensors", "--limit", "2", "--out", results) == 0
-    rows = list(csv.DictReader(results.open()))
+    rows = list(csv.DictReader(results.open(encoding="utf-8")))
     assert len(rows) == 2 and all(0.0 <= float(r["dice"]) <= 1.0 for r in rows)
     assert "Dice" in capsys.readouterr().out
 
@@ -123,19 +123,19 @@ DDP_SCRIPT = textwrap.dedent('''
     digest = hashlib.sha256(b"".join(state[k].detach().cpu().numpy().tobytes() for k in sorted(state))).hexdigest()
     rank = int(os.environ["RANK"])
     steps = trainer.history[-1]["steps"]
-    open(os.path.join({out!r}, f"rank{{rank}}.sha"), "w").write(f"{{digest}} {{steps}}")
+    open(os.path.join({out!r}, f"rank{{rank}}.sha"), "w", encoding="utf-8").write(f"{{digest}} {{steps}}")
 ''')
 
 
 def test_two_process_ddp_ends_with_identical_weights(tmp_path):
     script = tmp_path / "ddp_train.py"
     out = tmp_path / "run"
-    script.write_text(DDP_SCRIPT.format(module_dir=str(MODULE_DIR), out=str(out)))
+    script.write_text(DDP_SCRIPT.format(module_dir=str(MODULE_DIR), out=str(out)), encoding="utf-8")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            str(script)], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    digests = [(out / f"rank{r}.sha").read_text().split() for r in (0, 1)]
+    digests = [(out / f"rank{r}.sha").read_text(encoding="utf-8").split() for r in (0, 1)]
     assert digests[0][0] == digests[1][0]
     assert digests[0][1] == digests[1][1] == "2"         # 4 cases over 2 ranks: 2 steps each per epoch
     assert (out / "best.safetensors").is_file() and (out / "last.train-state.pt").is_file()

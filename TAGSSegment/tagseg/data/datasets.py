@@ -87,7 +87,7 @@ def _msd(root: Path) -> list[tuple[str, Path, Path | None, Path | None]]:
     meta = root / "dataset.json"
     if meta.is_file():
         try:
-            training = json.loads(meta.read_text()).get("training")
+            training = json.loads(meta.read_text(encoding="utf-8")).get("training")
         except (OSError, ValueError, AttributeError) as exc:
             raise InputError(f"{meta}: not a readable MSD dataset.json ({exc})") from None
         if isinstance(training, list):
@@ -220,7 +220,7 @@ def _organ_folders(root: Path, case_id: str, case_dir: Path | None, organ_dir: P
 
 def _msd_organ(root: Path) -> str | None:
     try:
-        labels = json.loads((root / "dataset.json").read_text()).get("labels", {})
+        labels = json.loads((root / "dataset.json").read_text(encoding="utf-8")).get("labels", {})
         name = str(labels.get("1", "")).strip().lower()
     except (OSError, ValueError, AttributeError):
         return None
@@ -508,7 +508,7 @@ def load_split_json(path: str | os.PathLike) -> dict[str, list[str]]:
     """{'train', 'val', 'test'} case-id lists from `save_split_json`'s file (or any JSON with those lists)."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise InputError(f"{path}: split file not found") from None
     except (OSError, ValueError) as exc:

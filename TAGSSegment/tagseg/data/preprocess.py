@@ -255,7 +255,7 @@ class PreprocessedCache:
         params = self._params(window, tumour_label)
         meta_path = folder / "meta.json"
         try:
-            meta = json.loads(meta_path.read_text())
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             meta = None
         if isinstance(meta, dict):

@@ -114,7 +114,7 @@ def _organ_from_mask(mask: Volume, path: Path, organ: str, organ_labels) -> np.n
     if class_map.is_file():
         names = ORGAN_LABELS.get(organ, (organ,))
         try:
-            table = json.loads(class_map.read_text())
+            table = json.loads(class_map.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             table = {}
         values = [int(k) for k, v in table.items() if v in names]
@@ -158,7 +158,7 @@ def insert_into_ct(ct_image_path: str | os.PathLike, organ_mask_path: str | os.P
 def dataset_intensity(root: str | os.PathLike) -> dict | None:
     """The intensity settings a synthetic dataset suggests (dataset.json "tagseg" block), or None."""
     try:
-        meta = json.loads((Path(root) / "dataset.json").read_text())
+        meta = json.loads((Path(root) / "dataset.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     intensity = meta.get("tagseg", {}).get("intensity") if isinstance(meta, dict) else None
