@@ -14,9 +14,11 @@ import numpy as np
 from . import prompts as P
 from .backends import acquire_backend, resolve_model_name
 from .backends.base import Backend, GridPrompts
+from .checks import ResultWarning, check_result
 from .devices import resolve_device
 from .errors import PromptError
 from .geometry import resample_like
+from .progress import Progress, notify
 from .text import parse_description
 from .volume import Volume, check_volume
 
@@ -28,7 +30,8 @@ class Session:
     """
 
     def __init__(self, volume: Volume, model: str = "auto", device: str = "auto",
-                 warn: Callable[[str], None] | None = None, backend_options: dict | None = None) -> None:
+                 warn: Callable[[str], None] | None = None, backend_options: dict | None = None,
+                 progress: Progress | None = None) -> None:
         if not isinstance(volume, Volume):
             raise TypeError("Session needs a tagseg.Volume (see tagseg.load_volume)")
         check_volume(volume)
@@ -40,7 +43,10 @@ class Session:
         self._history: list[P.PromptSet] = [P.PromptSet()]
         self._redo: list[P.PromptSet] = []
         self._backends: dict[str, tuple[Backend, object]] = {}
-        self._results: dict[tuple, np.ndarray] = {}
+        self._results: dict[tuple, tuple[np.ndarray, tuple[ResultWarning, ...]]] = {}
+        # progress(stage, done, total) during model loads and long backend steps (see tagseg.progress)
+        self.progress = progress
+        self.warnings: tuple[ResultWarning, ...] = ()
         self._worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="tagseg-model")
         self.timings: dict[str, float] = {}
 
@@ -124,9 +130,15 @@ class Session:
             self._backends[name] = acquire_backend(name, self.device, self.backend_options)
         return self._backends[name]
 
-    def predict(self) -> Volume:
-        """The mask for the current prompts: a uint8 Volume on the input grid (1 = target)."""
+    def predict(self, progress: Progress | None = None) -> Volume:
+        """The mask for the current prompts: a uint8 Volume on the input grid (1 = target).
+
+        What looks wrong with it (empty, far smaller than the prompts' span, leaking, cut off by the image
+        or crop edge; `tagseg.checks`) is in `result.meta["warnings"]` and `self.warnings`: `ResultWarning`s
+        with a `code` and a one-line `message`. `progress` (default: the session's) is called as
+        `progress(stage, done, total)` on the model thread while the model loads and runs."""
         prompts = self.prompts
+        callback = progress if progress is not None else self.progress
         if not prompts.has_spatial_prompt():
             if prompts.negative_points:
                 raise PromptError("only exclude points given; add an include point or a box")
@@ -135,24 +147,46 @@ class Session:
         key = (name, prompts.points, prompts.boxes, prompts.text, prompts.anatomy_key)
         start = time.perf_counter()
         if key in self._results:
-            array = self._results[key]
+            array, warnings = self._results[key]
             self.timings = {"total": time.perf_counter() - start, "cached_result": 1.0}
         else:
             grid_prompts = self._grid_prompts(prompts)
 
             def job():
-                backend, lock = self._backend(name)
+                backend, lock = self._loaded_backend(name, callback)
                 with lock:
-                    backend.set_image(self.volume)
-                    return backend.predict(grid_prompts), dict(backend.timings)
+                    backend.progress = callback
+                    try:
+                        backend.set_image(self.volume)
+                        mask = backend.predict(grid_prompts)
+                    finally:
+                        backend.progress = None
+                    crops = tuple(getattr(backend, "crops", ()) or ())
+                    timings = dict(backend.timings)
+                checked = time.perf_counter()
+                warnings = check_result(mask, self.volume.ijk_to_ras, grid_prompts.positive_kji,
+                                        grid_prompts.boxes_kji, crops)
+                timings["checks"] = time.perf_counter() - checked
+                return mask, warnings, timings
 
-            array, stage_times = self._worker.submit(job).result()
-            self._results[key] = array
+            array, warnings, stage_times = self._worker.submit(job).result()
+            self._results[key] = (array, warnings)
             self.timings = dict(stage_times, total=time.perf_counter() - start)
         desc = parse_description(prompts.text)
         result = self.volume.with_array(array, name=desc.segment_name)
-        result.meta.update({"model": name, "anatomy": desc.anatomy, "timings": dict(self.timings)})
+        result.meta.update({"model": name, "anatomy": desc.anatomy, "timings": dict(self.timings),
+                            "warnings": list(warnings)})
+        self.warnings = warnings
         return result
+
+    def _loaded_backend(self, name: str, progress: Progress | None) -> tuple[Backend, object]:
+        """`_backend`, reporting a model load (seconds: weights, an ONNX export the first time) as progress."""
+        if name in self._backends:
+            return self._backends[name]
+        notify(progress, "load_model", 0, 1)
+        entry = self._backend(name)
+        notify(progress, "load_model", 1, 1)
+        return entry
 
     def propose_point(self) -> tuple[float, float, float]:
         """Text-only start: a first include point (RAS) where the model's text-conditioned tumour map

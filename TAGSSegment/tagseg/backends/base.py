@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -22,10 +23,28 @@ class GridPrompts:
 
 
 class Backend(ABC):
+    """A model behind the session interface.
+
+    Two things a backend may tell its caller besides the mask:
+    - progress: a step that can take over 2 s calls `self.report_progress(stage, done, total)` as it goes
+      (per slice, per crop, ...); the Session sets `progress` to its callback around each call.
+    - `crops`: after `predict`, the regions the model saw when it did not see the whole volume, so the
+      result checks can tell a mask cut off by a crop's edge (`tagseg.checks.Crop`; empty = whole volume).
+    """
+
     name: str = ""
+    # set by the Session for the duration of one call; None when nobody listens
+    progress: Callable[[str, int, int], None] | None = None
+    crops: tuple = ()
 
     def __init__(self) -> None:
         self.timings: dict[str, float] = {}
+
+    def report_progress(self, stage: str, done: int, total: int) -> None:
+        """`done` of `total` units of `stage` (e.g. "slices") are finished; cheap when nobody listens."""
+        callback = self.progress
+        if callback is not None:
+            callback(stage, int(done), int(total))
 
     @abstractmethod
     def set_image(self, volume: Volume) -> None:

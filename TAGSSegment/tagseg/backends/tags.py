@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..checks import Crop
 from ..devices import is_out_of_memory
 from ..errors import DeviceError, ModelError, PromptError
 from ..text import parse_description
@@ -152,11 +153,13 @@ class TagsBackend(Backend):
         if len(ras.include) == 0:
             raise PromptError("TAGS needs at least one include point or a box")
         grids = self._grids_for(ras)
+        self.crops = tuple(Crop(grid.ijk_to_ras, grid.shape) for grid in grids)    # for the result checks
         prob = np.zeros(volume.shape_kji, np.float32)
         weight = np.zeros(volume.shape_kji, np.float32) if len(grids) > 1 else None
         from ..tags.crop import crop_to_source
 
-        for grid in grids:
+        self.report_progress("crops", 0, len(grids))
+        for done, grid in enumerate(grids, 1):
             crop_prob = self._crop_probability(grid, ras, prompts, keep_outside=len(grids) == 1)
             start = time.perf_counter()
             placed = crop_to_source(crop_prob, grid, volume)
@@ -168,6 +171,7 @@ class TagsBackend(Backend):
                     prob[where] += block
                     weight[where] += crop_to_source(np.ones_like(crop_prob), grid, volume)[1]
             self._tick("resample_back", start)
+            self.report_progress("crops", done, len(grids))
         start = time.perf_counter()
         if weight is not None:
             np.divide(prob, weight, out=prob, where=weight > 0)
