@@ -99,6 +99,8 @@ def _parser() -> argparse.ArgumentParser:
     seg.add_argument("--png", metavar="OVERLAY.png", help="also write an axial overlay preview")
     seg.add_argument("--series", metavar="UID", help="the DICOM series to read when the IMAGE folder holds several")
     seg.add_argument("--json", action="store_true", help="print a JSON summary instead of text")
+    seg.add_argument("--quiet", action="store_true",
+                     help="no progress bar (it is shown on stderr only when it is a terminal and a step takes over 2 s)")
     tags = seg.add_argument_group("TAGS checkpoints (extensions beyond the paper; defaults = the paper)")
     tags.add_argument("--text-fusion", type=float, default=0.0, metavar="W",
                       help="mix the text-conditioned tumour map into the result with weight W in 0..1 (default 0)")
@@ -377,7 +379,11 @@ def _cmd_segment(args: argparse.Namespace, reporter: _Reporter) -> int:
                "autocast": args.autocast}
     if not is_tags and (args.text_fusion or args.text_only or args.sliding_window):
         raise PromptError(f"--text-fusion/--text-only/--sliding-window need a TAGS checkpoint (model: {model_name})")
-    session = Session(volume, model=model_name, device=args.device, warn=reporter.warn, backend_options=options)
+    from .progress import TerminalProgress
+
+    progress = TerminalProgress(enabled=not args.quiet)
+    session = Session(volume, model=model_name, device=args.device, warn=reporter.warn, backend_options=options,
+                      progress=progress)
     interrupted: list[bool] = []
     proposed = None
     try:
@@ -404,7 +410,11 @@ def _cmd_segment(args: argparse.Namespace, reporter: _Reporter) -> int:
         stages["predict"] = time.perf_counter() - t1
         load_s = _model_load_seconds(session)
     finally:
+        progress.close()
         _close(session, interrupted)
+    result_warnings = list(mask.meta.get("warnings", ()))
+    for warning in result_warnings:             # what the result checks doubt (tagseg.checks), one line each
+        reporter.warn(f"{warning.message} [{warning.code}]")
 
     t2 = time.perf_counter()
     _write_outputs(mask, volume, output, suffix, description.segment_name, png, points)
@@ -419,6 +429,7 @@ def _cmd_segment(args: argparse.Namespace, reporter: _Reporter) -> int:
         "prompts": {"points": points, "neg_points": neg_points, "boxes": boxes, "text": description.text,
                     "anatomy": args.anatomy, "proposed_point": proposed},
         "warnings": reporter.warnings,
+        "result_warnings": [w.to_dict() for w in result_warnings],
     }
     if args.json:
         print(json.dumps(summary, indent=2))

@@ -16,6 +16,7 @@ Progress = Callable[[str, int, int], None]
 
 # a bar appears only once a stage has run this long: quick steps print nothing (the issue: "over 2 s")
 BAR_DELAY_S = 2.0
+BAR_MIN_INTERVAL_S = 0.1      # redraw at most 10 times a second
 
 
 def notify(progress: Progress | None, stage: str, done: int, total: int) -> None:
@@ -43,12 +44,12 @@ class TerminalProgress:
                 from tqdm import tqdm
 
                 self._bar = tqdm(total=max(int(total), 1), desc=stage, file=self._file, leave=False,
-                                 delay=BAR_DELAY_S, dynamic_ncols=True)
+                                 delay=BAR_DELAY_S, mininterval=BAR_MIN_INTERVAL_S, dynamic_ncols=True)
                 self._stage = stage
             bar = self._bar
             if total and bar.total != total:
                 bar.total = int(total)
-            bar.update(min(int(done), int(bar.total)) - bar.n)     # drawn after BAR_DELAY_S, at most 10/s
+            bar.update(min(int(done), int(bar.total)) - bar.n)     # drawn after BAR_DELAY_S, at most 10 times a second
 
     def _close_bar(self) -> None:
         if self._bar is not None:
