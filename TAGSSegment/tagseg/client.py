@@ -16,7 +16,9 @@ token. JSON bodies are UTF-8 JSON objects without NaN/Infinity. Binary bodies ar
   header JSON (dtype, shape, matrix) followed by the raw bytes, so a volume is sent once per server.
 - Prediction ``POST /v1/sessions/{sid}/predict`` with the prompts as JSON (`prompt_json`); the reply
   is a frame: header ``{"shape", "dtype", "bbox": [[k0, j0, i0], [k1, j1, i1]] | null (half-open),
-  "name", "meta", "timings"}``, payload = zlib of the mask's bytes inside the box.
+  "name", "meta", "timings", "warnings": [{"code", "message"}]}``, payload = zlib of the mask's bytes inside
+  the box. ``GET /v1/sessions/{sid}/progress`` answers the latest progress report of the session's model
+  thread, ``{"stage", "done", "total", "running"}`` (the first three absent before any report).
 - Errors are one-line JSON ``{"error": ClassName, "message": str}`` with a 4xx status (5xx only for
   bugs); engine errors carry the `TagsegError` subclass name and are raised here as that class.
 """
@@ -38,6 +40,7 @@ import numpy as np
 
 from . import errors
 from . import prompts as P
+from .checks import ResultWarning
 from .errors import EngineUnavailable, PromptError, TagsegError
 from .text import parse_description
 from .volume import Volume, check_volume
@@ -52,6 +55,8 @@ WIRE_DTYPES = frozenset(
     for d in (np.dtype(name), np.dtype(name).newbyteorder()))
 # a dead local server answers at once; this only bounds connecting to a machine that does not answer
 CONNECT_TIMEOUT_S = 10.0
+# how often RemoteSession asks for progress while a prediction runs (only when a progress callback is given)
+PROGRESS_POLL_S = 0.25
 ERROR_CLASSES = {cls.__name__: cls for cls in (TagsegError, errors.InputError, errors.PromptError, errors.ModelError,
                                                errors.DeviceError, EngineUnavailable, errors.Superseded)}
 
@@ -369,7 +374,8 @@ class RemoteSession:
 
     def __init__(self, url: str, volume: Volume, token: str | None = None, model: str = "auto",
                  device: str = "auto", *, timeout: float = 600.0,
-                 warn: Callable[[str], None] | None = None) -> None:
+                 warn: Callable[[str], None] | None = None,
+                 progress: Callable[[str, int, int], None] | None = None) -> None:
         if not isinstance(volume, Volume):
             raise TypeError("RemoteSession needs a tagseg.Volume (see tagseg.load_volume)")
         check_volume(volume)
@@ -385,6 +391,8 @@ class RemoteSession:
         self._anatomies: dict[str, Volume] = {}
         self._sid: str | None = None
         self.timings: dict[str, float] = {}
+        self.progress = progress
+        self.warnings: tuple[ResultWarning, ...] = ()
         self._open()
 
     # ---- connection ------------------------------------------------------------------------------------
@@ -514,12 +522,42 @@ class RemoteSession:
         return prompt_json(s.points, s.boxes, s.text, s.anatomy)
 
     # ---- model calls -----------------------------------------------------------------------------------
-    def predict(self) -> Volume:
-        """The mask for the current prompts: a uint8 Volume on the input grid (1 = target).
+    def _watch_progress(self, callback, stop: threading.Event) -> None:
+        """Poll the server's progress for this session until `stop`, then once more; report each change."""
+        last = None
+        while True:
+            stopped = stop.wait(PROGRESS_POLL_S)
+            try:
+                reply, _ = self._client.call("GET", f"/v1/sessions/{self._sid}/progress", timeout=30.0)
+            except (TagsegError, _UnknownSession, _UnknownVolume, _UnknownAnatomy):
+                reply = {}
+            state = (reply.get("stage"), reply.get("done"), reply.get("total"))
+            if state != last and isinstance(state[0], str) and all(isinstance(v, int) for v in state[1:]):
+                last = state
+                callback(*state)
+            if stopped:
+                return
+
+    def predict(self, progress: Callable[[str, int, int], None] | None = None) -> Volume:
+        """The mask for the current prompts: a uint8 Volume on the input grid (1 = target), with the server's
+        result warnings in `result.meta["warnings"]` and `self.warnings`, as `Session.predict`. With a
+        `progress` callback (default: the session's), the server's progress is polled while it runs.
 
         Raises `Superseded` when a newer predict for this session (another thread) replaced this one."""
         start = time.perf_counter()
-        header, payload = self._session_call("predict", self._prompt_request())
+        callback = progress if progress is not None else self.progress
+        stop = threading.Event()
+        watcher = None
+        if callback is not None and self._sid is not None:
+            watcher = threading.Thread(target=self._watch_progress, args=(callback, stop), daemon=True,
+                                       name="tagseg-progress")
+            watcher.start()
+        try:
+            header, payload = self._session_call("predict", self._prompt_request())
+        finally:
+            stop.set()
+            if watcher is not None:
+                watcher.join()
         try:
             array = decode_mask(header, payload)
         except (ValueError, KeyError, TypeError, zlib.error) as exc:
@@ -535,8 +573,11 @@ class RemoteSession:
         timings["total"] = total
         self.timings = timings
         meta = dict(header.get("meta") or {})
+        warnings = tuple(ResultWarning.from_dict(w) for w in header.get("warnings") or () if isinstance(w, dict))
         result = self.volume.with_array(array, name=str(header.get("name", "")))
-        result.meta.update({"model": meta.get("model"), "anatomy": meta.get("anatomy"), "timings": dict(timings)})
+        result.meta.update({"model": meta.get("model"), "anatomy": meta.get("anatomy"), "timings": dict(timings),
+                            "warnings": list(warnings)})
+        self.warnings = warnings
         return result
 
     def propose_point(self) -> tuple[float, float, float]:

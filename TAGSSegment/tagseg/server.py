@@ -10,7 +10,8 @@ format is described in `tagseg.client`. Endpoints (all under /v1, all behind the
     POST   /v1/sessions                      {"volume", "model", "device"} -> {"session", "device"}
     DELETE /v1/sessions/{sid}
     POST   /v1/sessions/{sid}/anatomy        {"volume": id} organ mask, resampled and checked once
-    POST   /v1/sessions/{sid}/predict        prompts -> mask frame (cropped to its box, zlib) + timings
+    POST   /v1/sessions/{sid}/predict        prompts -> mask frame (cropped to its box, zlib) + timings + warnings
+    GET    /v1/sessions/{sid}/progress       {"stage", "done", "total", "running"}: the latest progress report
     POST   /v1/sessions/{sid}/propose        prompts -> {"ras": [r, a, s]} (TAGS text-only start)
     POST   /v1/sessions/{sid}/backend        prompts -> {"name"} (the model "auto" resolves to)
 
@@ -77,6 +78,27 @@ class LiveSession:
     anatomies: dict = field(default_factory=dict)     # volume id -> (on-grid mask Volume, key)
     last_used: float = field(default_factory=time.monotonic)
     closed: bool = False
+    progress: "ProgressBox | None" = None
+
+
+class ProgressBox:
+    """The latest progress(stage, done, total) of a session's model thread, for clients to poll."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._state: dict = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        with self._lock:
+            self._state = {"stage": str(stage), "done": int(done), "total": int(total)}
+
+    def clear(self) -> None:
+        with self._lock:
+            self._state = {}
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return dict(self._state)
 
 
 class Engine:
@@ -303,13 +325,16 @@ def _use_prompts(session, prompts: P.PromptSet) -> None:
 @_engine_errors
 def _predict(session, prompts: P.PromptSet):
     _use_prompts(session, prompts)
+    if isinstance(session.progress, ProgressBox):
+        session.progress.clear()
     result = session.predict()
     cache = session._results
     while len(cache) > RESULTS_PER_SESSION:       # bounded memory: oldest cached masks go first
         cache.pop(next(iter(cache)))
     start = time.perf_counter()
     head, payload = encode_mask(result.array)
-    head.update(name=result.name, meta={"model": result.meta.get("model"), "anatomy": result.meta.get("anatomy")})
+    head.update(name=result.name, meta={"model": result.meta.get("model"), "anatomy": result.meta.get("anatomy")},
+                warnings=[w.to_dict() for w in result.meta.get("warnings", ())])
     timings = dict(session.timings, encode=time.perf_counter() - start)
     return head, payload, timings
 
@@ -409,11 +434,12 @@ def build_app(engine: Engine):
         volume = engine.volume(vid)
         warnings: list[str] = []
         use_device = engine.device if device.lower() == "auto" else device
-        session = await asyncio.to_thread(Session, volume, model, use_device, warnings.append)
+        box = ProgressBox()
+        session = await asyncio.to_thread(lambda: Session(volume, model, use_device, warnings.append, progress=box))
         for old in engine.evict_sessions():
             await asyncio.to_thread(old.session.close)
         sid = uuid.uuid4().hex
-        engine.sessions[sid] = LiveSession(sid, session, vid)
+        engine.sessions[sid] = LiveSession(sid, session, vid, progress=box)
         return {"session": sid, "device": session.device, "warnings": warnings}
 
     @app.delete("/v1/sessions/{sid}")
@@ -466,6 +492,12 @@ def build_app(engine: Engine):
         timings["server"] = time.perf_counter() - start
         head["timings"] = timings
         return Response(frame(head, payload), media_type="application/octet-stream")
+
+    @app.get("/v1/sessions/{sid}/progress")
+    async def progress(sid: str, request: Request):
+        auth(request)
+        live = engine.live(sid)       # never waits for the session's lock: a prediction holds it
+        return dict(live.progress.snapshot() if live.progress else {}, running=live.lock.locked())
 
     @app.post("/v1/sessions/{sid}/propose")
     async def propose(sid: str, request: Request):

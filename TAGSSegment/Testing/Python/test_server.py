@@ -181,8 +181,11 @@ def test_masks_are_bit_identical_to_the_in_process_session(server, local, case):
             assert np.array_equal(mine.array, theirs.array), f"masks differ after step {index}"
             assert mine.name == theirs.name and mine.same_grid(theirs)
             assert (mine.meta["model"], mine.meta["anatomy"]) == (theirs.meta["model"], theirs.meta["anatomy"])
+            assert mine.meta["warnings"] == theirs.meta["warnings"] == list(remote.warnings)   # tagseg.checks
             assert "remote_overhead" in remote.timings and remote.timings["total"] >= remote.timings["engine_total"]
         assert predicted == len(steps) - 3
+        # three slices cut through the tumour: the real result reaches the image's top and bottom, and says so
+        assert "volume_border" in [w.code for w in remote.warnings]
         assert local.predict().array.any()
     finally:
         remote.close()
