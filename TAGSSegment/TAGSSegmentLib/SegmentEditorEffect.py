@@ -483,7 +483,8 @@ description. Device and models are set in the <b>TAGS Segment</b> module.</html>
                 if self._progressDialog.wasCanceled:
                     self._cancelPrediction("Cancelled; the segment was not changed.")
                     return
-                self._progressDialog.setLabelText(f"TAGS is segmenting… {elapsed:.0f} s")
+                logic = state.shared_logic() if state.has_shared_logic() else None
+                self._progressDialog.setLabelText(state.progress_label(getattr(logic, "last_progress", None), elapsed))
         else:
             self._endBusy()
         if outcome is not None:
@@ -516,6 +517,7 @@ description. Device and models are set in the <b>TAGS Segment</b> module.</html>
             error = outcome.error
             self._reportError(error, (type(error), error, error.__traceback__))
             return
+        info = getattr(state.shared_logic(), "last_info", None) if state.has_shared_logic() else None
         if state.mask_is_empty(outcome.mask):
             self._setStatus(f"Nothing found for these prompts ({outcome.seconds:.1f} s); the segment was not changed.")
             return
@@ -540,6 +542,7 @@ description. Device and models are set in the <b>TAGS Segment</b> module.</html>
         name = segmentationNode.GetSegmentation().GetSegment(segmentId).GetName()
         details = f" ({timings})" if timings else ""
         suffix = " — named after the description." if renamed else "."
+        suffix += f" {state.warnings_status(info)}".rstrip()
         self._setStatus(f"'{name}' updated: {voxels} voxels in {outcome.seconds:.1f} s{details}{suffix}")
 
     def _reportError(self, error, excInfo):

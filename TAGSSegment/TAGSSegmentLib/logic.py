@@ -552,6 +552,8 @@ class InProcessTAGSLogic:
         self.warnings: list[str] = []
         self.last_timings: dict = {}
         self.last_info: dict = {}
+        # the latest progress(stage, done, total) of the running prediction, {} before any (a GUI polls it)
+        self.last_progress: dict = {}
         self._sessions: OrderedDict[str, tuple[tuple, tagseg.Session]] = OrderedDict()  # worker thread only
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._pending: list[concurrent.futures.Future] = []
@@ -573,6 +575,10 @@ class InProcessTAGSLogic:
             self.cancel_pending()
             self._worker().submit(self._close_sessions)
         return changed
+
+    def _on_progress(self, stage: str, done: int, total: int) -> None:
+        """Called on the worker thread: one dict assignment, which the main thread reads whole."""
+        self.last_progress = {"stage": stage, "done": done, "total": total}
 
     def _on_warning(self, message: str) -> None:
         """Called on the worker thread; a GUI callback must only queue the message for the main thread."""
@@ -629,7 +635,7 @@ class InProcessTAGSLogic:
             del self._sessions[node_id]
             entry[1].close()
         session = tagseg.Session(volume, model=self.model, device=self.device, warn=self._on_warning,
-                                 backend_options=self.backend_options)
+                                 backend_options=self.backend_options, progress=self._on_progress)
         self._sessions[node_id] = (key, session)
         while len(self._sessions) > self.max_sessions:
             _, (_, oldest) = self._sessions.popitem(last=False)
@@ -655,6 +661,7 @@ class InProcessTAGSLogic:
             for corner_a, corner_b in boxes:
                 session.add_box(corner_a, corner_b)
             model_start = time.perf_counter()
+            self.last_progress = {}
             result = session.predict()
             mask = np.array(result.array, dtype=np.uint8, copy=True)
             finished = time.perf_counter()
@@ -662,7 +669,8 @@ class InProcessTAGSLogic:
                        **session.timings, "model": finished - model_start, "total": finished - submitted}
             self.last_timings = timings
             self.last_info = {"model": result.meta.get("model"), "anatomy": result.meta.get("anatomy"),
-                              "device": session.device, "segment_name": result.name}
+                              "device": session.device, "segment_name": result.name,
+                              "warnings": [w.to_dict() for w in result.meta.get("warnings", ())]}
             outcome = ("result", mask)
         except BaseException as exc:  # delivered to the caller through the future
             outcome = ("error", exc)
@@ -1173,7 +1181,8 @@ class TAGSLogic:
         meta = dict(header.get("meta") or {})
         self.last_info = {"model": meta.get("model"), "anatomy": meta.get("anatomy"), "device": device,
                           "segment_name": str(header.get("name", "")), "engine": endpoint.url,
-                          "bbox": header.get("bbox")}
+                          "bbox": header.get("bbox"),
+                          "warnings": [w for w in header.get("warnings") or () if isinstance(w, dict)]}
         return mask
 
 

@@ -455,6 +455,23 @@ def mask_is_empty(mask: Any) -> bool:
     return not bool(any_method()) if callable(any_method) else not bool(mask)
 
 
+def warnings_status(info: Any) -> str:
+    """The engine's result warnings (`tagseg.checks`; `last_info["warnings"]`) as one status sentence, '' if none."""
+    warnings = (info or {}).get("warnings") or () if isinstance(info, dict) else ()
+    messages = [" ".join(str(w.get("message", "")).split()) for w in warnings if isinstance(w, dict)]
+    messages = [m for m in messages if m]
+    return f"Warning: {'; '.join(messages)}." if messages else ""
+
+
+def progress_label(progress: Any, elapsed: float) -> str:
+    """The busy dialog's text: the latest progress report (`last_progress`) when there is one."""
+    text = f"TAGS is segmenting… {elapsed:.0f} s"
+    if isinstance(progress, dict) and progress.get("stage") and progress.get("total"):
+        stage = str(progress["stage"]).replace("_", " ")
+        text += f" ({stage} {int(progress.get('done', 0))}/{int(progress['total'])})"
+    return text
+
+
 def mask_voxels(mask: Any) -> int:
     """Non-zero voxels of a result: counted inside its bounding box when it carries one (a few voxels of a
     512x512x300 grid), without a full-grid temporary otherwise."""

@@ -781,11 +781,18 @@ def test_prediction_leaves_the_voxels_alone(phantom_node, shared_logic):
         return zlib.crc32(numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).tobytes())
 
     before, mtime = digest(), image.GetMTime()
-    mask = shared_logic.predict(node, phantom_clicks(phantom, node), [], [], phantom.description)
+    clicks = phantom_clicks(phantom, node)
+    mask = shared_logic.predict(node, clicks, [], [], phantom.description)
     assert mask.dtype == np.uint8 and mask.shape == phantom.image.shape_kji and mask.flags.writeable
     assert digest() == before and image.GetMTime() == mtime
     assert dice(mask, phantom.label.array) >= L.SELFTEST_MIN_DICE
     assert shared_logic.last_timings["total"] > 0
+    # the engine's result checks arrive with the mask: exactly what the checker says about it here
+    from tagseg.checks import check_result
+
+    volume = L.volume_from_node(node)
+    expected = check_result(mask, volume.ijk_to_ras, volume.ras_to_kji(clicks), ())
+    assert shared_logic.last_info["warnings"] == [w.to_dict() for w in expected]
 
 
 def test_predict_async_supersedes_and_cancels(phantom_node, shared_logic):
