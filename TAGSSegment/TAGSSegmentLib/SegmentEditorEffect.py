@@ -456,7 +456,8 @@ description. Device and models are set in the <b>TAGS Segment</b> module.</html>
             self._reportError(exc, sys.exc_info())
             return
         self.queue.submit(request)
-        self._setStatus(f"Segmenting ({self.prompts.describe()})…", log=False)
+        self._setStatus(f"Segmenting ({self.prompts.describe()})… {state.description_status(description)}".strip(),
+                        log=False)
         if not self._cursorOverridden:
             qt.QApplication.setOverrideCursor(qt.Qt.BusyCursor)  # busy, but clicks still queue
             self._cursorOverridden = True
@@ -543,7 +544,8 @@ description. Device and models are set in the <b>TAGS Segment</b> module.</html>
         details = f" ({timings})" if timings else ""
         suffix = " — named after the description." if renamed else "."
         suffix += f" {state.warnings_status(info)}".rstrip()
-        self._setStatus(f"'{name}' updated: {voxels} voxels in {outcome.seconds:.1f} s{details}{suffix}")
+        reading = state.description_status(request["description"])
+        self._setStatus(f"'{name}' updated: {voxels} voxels in {outcome.seconds:.1f} s{details}{suffix} {reading}".strip())
 
     def _reportError(self, error, excInfo):
         report = state.explain_error(error)

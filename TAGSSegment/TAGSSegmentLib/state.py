@@ -549,6 +549,18 @@ def inside_extent(ijk: Sequence[float], extent: Sequence[int]) -> bool:
 _DEFAULT_NAME = re.compile(r"^segment(?:[ _-]?\d+)?$", re.IGNORECASE)
 
 
+def description_status(description: str) -> str:
+    """How the engine reads the description, for the status line ("Read as: lung (...); tumor; CT window
+    -1000..400 HU; ..."): the same reading `tagseg describe` prints. '' when empty or the engine is missing."""
+    if not (description or "").strip():
+        return ""
+    try:
+        from tagseg.text import parse_description
+    except Exception:  # dependencies not installed yet: the first click explains
+        return ""
+    return f"Read as: {parse_description(description).summary()}."
+
+
 def is_default_segment_name(name: str) -> bool:
     """'Segment_1', 'Segment 2', 'Segment': names the Segment Editor invents, safe to replace."""
     return bool(_DEFAULT_NAME.match((name or "").strip()))

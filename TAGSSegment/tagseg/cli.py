@@ -119,6 +119,14 @@ def _parser() -> argparse.ArgumentParser:
                       help="let the text encoder download CLIP weights for a new description")
     seg.set_defaults(func=_cmd_segment)
 
+    describe = commands.add_parser("describe", help="show how a description (--text) is read",
+                                   description="How TEXT is read: anatomy, lesion word, CT window, segment name and "
+                                               "the terminology codes the segment gets. Reads French, German, "
+                                               "Spanish, Italian and Portuguese, and typos.")
+    describe.add_argument("text", metavar="TEXT", help='a description, e.g. "tumeur du pancréas"')
+    describe.add_argument("--json", action="store_true", help="print JSON")
+    describe.set_defaults(func=_cmd_describe)
+
     info = commands.add_parser("info", help="versions, devices, models and weights")
     info.add_argument("--model", metavar="NAME|PATH",
                       help="also report this model: a backend, a TAGS preset (tags-b, tags-tiny) or a checkpoint")
@@ -428,6 +436,7 @@ def _cmd_segment(args: argparse.Namespace, reporter: _Reporter) -> int:
         "backend_timings_s": {k: round(float(v), 3) for k, v in mask.meta.get("timings", {}).items()},
         "prompts": {"points": points, "neg_points": neg_points, "boxes": boxes, "text": description.text,
                     "anatomy": args.anatomy, "proposed_point": proposed},
+        "reading": description.as_dict(),
         "warnings": reporter.warnings,
         "result_warnings": [w.to_dict() for w in result_warnings],
     }
@@ -444,6 +453,8 @@ def _cmd_segment(args: argparse.Namespace, reporter: _Reporter) -> int:
     print(f"write    {stages['write']:7.2f} s  {written}")
     if proposed is not None:
         print(f"text-only start: first click proposed at R,A,S = {proposed[0]:.1f},{proposed[1]:.1f},{proposed[2]:.1f}")
+    if description.text:
+        print(f"text     read as {_one_line(description.summary())}")
     print(f"{description.segment_name}: {stats['volume_ml']:.2f} ml ({stats['voxels']} voxels)")
     return 0
 
@@ -462,6 +473,35 @@ def _load_anatomy(path: Path, description, reporter: _Reporter):
 
 def _looks_like_dicom_folder(path: Path) -> bool:
     return not any(p.name.endswith((".nii", ".nii.gz", ".nrrd", ".mha")) for p in path.iterdir())
+
+
+# ---- describe -----------------------------------------------------------------------------------------------
+def _cmd_describe(args: argparse.Namespace, reporter: _Reporter) -> int:
+    reading = parse_description(args.text)
+    if args.json:
+        print(json.dumps(reading.as_dict(), indent=2))
+        return 0
+    data = reading.as_dict()
+    ct, mr, term = data["intensity"]["ct"], data["intensity"]["mr"], data["terminology"]
+    region = term["anatomic_region"]
+    lines = [
+        ("text", reading.text or "(empty)"),
+        ("segment", reading.segment_name),
+        ("anatomy", (reading.anatomy or "none (no organ named)").replace("_", " ")),
+        ("lesion", reading.lesion_word or "none"),
+        ("CT window", f"{ct['preset']} {ct['window_hu'][0]:g}..{ct['window_hu'][1]:g} HU"),
+        ("MR", f"percentiles {mr['percentiles'][0]:g}..{mr['percentiles'][1]:g}"),
+        ("category", f"{term['category']['meaning']} (SCT {term['category']['code']})"),
+        ("type", f"{term['type']['meaning']} (SCT {term['type']['code']})"),
+        ("region", f"{region['meaning']} (SCT {region['code']})" if region else "none"),
+    ]
+    for match in reading.evidence:
+        means = match.means.split(":", 1)
+        lines.append(("word", f"{match.describe()} -> " + (f"lesion word '{means[1]}'" if len(means) == 2
+                                                            else f"anatomy {match.means}")))
+    for label, value in lines:
+        print(f"{label:<10} {_one_line(value)}")
+    return 0
 
 
 # ---- info ---------------------------------------------------------------------------------------------------
@@ -751,6 +791,23 @@ def _error(message: str) -> None:
     print(f"{PROG}: error: {_one_line(message)}", file=sys.stderr, flush=True)
 
 
+# The engine's messages name what to do in API terms; on the command line the same advice names the flag.
+API_TO_OPTION = (
+    ("add an include point or a box", "add an include point (--point R,A,S) or a box (--box R1,A1,S1,R2,A2,S2)"),
+    ("an organ mask (the anatomy prompt)", "an organ mask (--anatomy)"),
+    ("option sliding_window", "--sliding-window"),
+    ("device 'cpu'", "--device cpu"),
+    ("series=UID", "--series UID"),
+)
+
+
+def with_option_names(message: str) -> str:
+    """An engine error as the CLI prints it: the API wording of each fix replaced by its command-line flag."""
+    for api, option in API_TO_OPTION:
+        message = message.replace(api, option)
+    return message
+
+
 def _is_out_of_memory(exc: BaseException) -> bool:
     if "torch" not in sys.modules:
         return False
@@ -796,7 +853,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TagsegError as exc:
         if debug:
             traceback.print_exc()
-        _error(str(exc))
+        _error(with_option_names(str(exc)))
         return 2
     except OSError as exc:
         # the operating system refused a file operation (name too long, permission, disk full, ...)

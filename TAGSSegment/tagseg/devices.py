@@ -1,37 +1,35 @@
 """Choosing the compute device: CUDA when present, CPU always works, Apple MPS only on request."""
 from __future__ import annotations
 
-import sys
-
 from .errors import DeviceError
 
 CHOICES = ("auto", "cpu", "cuda", "mps")
 
 
 def resolve_device(requested: str = "auto", warn=None) -> str:
+    """The device to run on. "auto" is CUDA when present, else the CPU without a word (an expected outcome,
+    not a problem); an explicit "cuda" or "mps" that is missing is an error. `warn` is accepted for callers
+    that pass their reporter; nothing here needs it now."""
     import torch
 
-    warn = warn or (lambda msg: print(f"tagseg: warning: {msg}", file=sys.stderr))
     choice = (requested or "auto").lower()
     if choice.startswith("cuda") and choice != "cuda" and not choice[5:].isdigit():
         raise DeviceError(f"unknown device '{requested}' (choose from {', '.join(CHOICES)} or cuda:N)")
     if choice not in CHOICES and not choice.startswith("cuda:"):
         raise DeviceError(f"unknown device '{requested}' (choose from {', '.join(CHOICES)} or cuda:N)")
-    if choice == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        warn("no CUDA GPU available; running on CPU")
-        return "cpu"
+    if choice == "auto":   # CPU is an expected outcome of "auto": nothing to warn about
+        return "cuda" if torch.cuda.is_available() else "cpu"
     if choice.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise DeviceError(f"device '{requested}' requested but CUDA is not available on this machine; use --device cpu")
+            raise DeviceError(f"device '{requested}' requested but CUDA is not available on this machine; "
+                              "use device 'cpu'")
         index = int(choice[5:]) if ":" in choice else 0
         if index >= torch.cuda.device_count():
             raise DeviceError(f"device '{requested}' requested but only {torch.cuda.device_count()} CUDA device(s) exist")
         return choice
     if choice == "mps":
         if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise DeviceError("device 'mps' requested but Apple MPS is not available; use --device cpu")
+            raise DeviceError("device 'mps' requested but Apple MPS is not available; use device 'cpu'")
         return "mps"
     return "cpu"
 

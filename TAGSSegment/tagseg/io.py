@@ -385,7 +385,7 @@ def _read_dicom_series(folder: Path, series: str | None, warnings: list[str]):
     if series is not None and series not in members:
         raise InputError(f"{folder}: no DICOM series {series}; the folder holds {_list_series(members)}")
     if series is None and len(ids) > 1:
-        raise InputError(f"{folder}: holds {len(ids)} DICOM series; pick one with --series UID: "
+        raise InputError(f"{folder}: holds {len(ids)} DICOM series; pick one with series=UID: "
                          f"{_list_series(members)}")
     uid = series or ids[0]
     files = [Path(f) for f in members[uid]]

@@ -142,7 +142,7 @@ class Session:
         if not prompts.has_spatial_prompt():
             if prompts.negative_points:
                 raise PromptError("only exclude points given; add an include point or a box")
-            raise PromptError("no prompt given; add an include point (--point) or a box (--box)")
+            raise PromptError("no prompt given; add an include point or a box")
         name = self.backend_name()
         key = (name, prompts.points, prompts.boxes, prompts.text, prompts.anatomy_key)
         start = time.perf_counter()

@@ -29,6 +29,15 @@ class Volume:
     name: str = ""
     meta: dict = field(default_factory=dict, compare=False)
 
+    def __repr__(self) -> str:
+        """One line a person can read (the dataclass default would print the voxels)."""
+        spacing = "x".join(f"{s:.4g}" for s in self.spacing_ijk)
+        origin = ", ".join(f"{c:.4g}" for c in self.ijk_to_ras[:3, 3])
+        extra = f", {self.array.shape[3]} components" if self.array.ndim > 3 else ""
+        name = f"{self.name!r}, " if self.name else ""
+        return (f"Volume({name}{'x'.join(str(n) for n in self.shape_kji[::-1])} voxels (IJK){extra}, "
+                f"{self.array.dtype}, spacing {spacing} mm, origin RAS ({origin}))")
+
     def __post_init__(self) -> None:
         matrix = np.asarray(self.ijk_to_ras, dtype=np.float64)
         if matrix.shape != (4, 4):

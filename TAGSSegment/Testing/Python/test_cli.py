@@ -379,6 +379,22 @@ def test_segment_json_summary_and_label_map(capsys, shared_backend, case, tmp_pa
     assert files_in(tmp_path) == {"mask.nii.gz"}
 
 
+def test_segment_shows_how_the_text_was_read(capsys, shared_backend, case, tmp_path):
+    """`segment --json` carries the same reading as `tagseg describe --json`; the text output one line of it."""
+    args = ("segment", case.image, "-o", tmp_path / "mask.nii.gz", *case.point_args, "--device", "cpu",
+            "--text", "tumeur pulmonaire")
+    result = run(capsys, *args, "--json")
+    assert result.code == 0, result.err
+    reading = json.loads(result.out)["reading"]
+    described = run(capsys, "describe", "tumeur pulmonaire", "--json")
+    assert reading == json.loads(described.out)
+    assert reading["anatomy"] == "lung" and reading["intensity"]["ct"]["preset"] == "ct-lung"
+    result = run(capsys, *args[:-2], "--text", "pancreatik tumor")
+    assert result.code == 0, result.err
+    assert "text     read as pancreas ('pancreatik' read as 'pancreatic', 1 edit); tumor; CT window -160..240 HU" \
+        in result.out
+
+
 def test_info_reports_the_model(capsys, shared_backend):
     result = run(capsys, "info", "--model", MODEL, "--json")
     assert result.code == 0, result.err

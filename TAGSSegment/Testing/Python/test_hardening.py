@@ -520,7 +520,7 @@ def test_dicom_unreadable_slice_is_refused(tmp_path):
 def test_dicom_two_series_are_listed_and_one_can_be_picked(tmp_path):
     write_dicom_series(tmp_path / "ct", [0, 2, 4], uid="1.2.3.4.1", description="arterial", prefix="a")
     write_dicom_series(tmp_path / "ct", [0, 3, 6, 9], uid="1.2.3.4.2", description="venous", prefix="v")
-    with pytest.raises(InputError, match=r"2 DICOM series.*--series") as info:
+    with pytest.raises(InputError, match=r"2 DICOM series.*series=UID") as info:
         load_volume(tmp_path / "ct")
     message = str(info.value)
     assert "1.2.3.4.1 ('arterial', 3 slices)" in message and "1.2.3.4.2 ('venous', 4 slices)" in message

@@ -20,6 +20,7 @@ from tagseg.errors import InputError, PromptError  # noqa: E402
 from tagseg.prompts import make_box  # noqa: E402
 from tagseg.synth import make_phantom  # noqa: E402
 from tagseg.volume import Volume, make_ijk_to_ras  # noqa: E402
+from tagseg.text import parse_description  # noqa: E402
 from TAGSSegmentLib import logic as L  # noqa: E402
 
 from slicer_harness import make_scene  # noqa: E402
@@ -668,6 +669,22 @@ def test_add_segment_sets_terminology_when_slicer_has_it(h, tmp_path, monkeypatc
     np.testing.assert_allclose(organ.GetColor(), np.array([221, 130, 101]) / 255.0, atol=1e-6)
     plain = segmentation.GetSegment(L.add_segment(seg, "strange blob"))
     assert "4147007" not in (plain.GetTerminology() or "")
+
+
+def test_add_segment_without_slicer_terminologies_uses_the_description_reading(h):
+    """Headless (no Terminologies module): the segment still gets the codes `tagseg describe` shows, in a form
+    Slicer's own terminology logic reads back."""
+    seg = L.ensure_segmentation(h.scene, add_volume(h.scene, ct_array()))
+    segmentation = seg.GetSegmentation()
+    tumour = segmentation.GetSegment(L.add_segment(seg, "tumeur du rein"))
+    assert tumour.GetTerminology() == parse_description("tumeur du rein").terminology().serialized()
+    entry = slicer.vtkSlicerTerminologyEntry()
+    assert slicer.vtkSlicerTerminologiesModuleLogic().DeserializeTerminologyEntry(tumour.GetTerminology(), entry)
+    assert entry.GetTypeObject().GetCodeValue() == "4147007"
+    assert entry.GetRegionObject().GetCodeValue() == "64033007"
+    assert entry.GetRegionObject().GetCodeMeaning() == "Kidney"
+    plain = segmentation.GetSegment(L.add_segment(seg, "strange blob"))
+    assert "4147007" not in (plain.GetTerminology() or "")   # vtkSegment's own default (Tissue) stays
 
 
 # ---------------------------------------------------------------------------------------------------------------

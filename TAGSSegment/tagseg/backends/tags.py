@@ -230,7 +230,7 @@ class TagsBackend(Backend):
 
         volume = self._need_volume()
         if prompts.anatomy is None or not prompts.anatomy.any():
-            raise PromptError("a text-only start needs an organ mask (--anatomy): the peak is searched inside it")
+            raise PromptError("a text-only start needs an organ mask (the anatomy prompt): the peak is searched inside it")
         kji = np.argwhere(prompts.anatomy)
         corners = volume.kji_to_ras(np.array([kji.min(0), kji.max(0)], float))
         lo, hi = corners.min(0), corners.max(0)
@@ -309,7 +309,7 @@ class TagsBackend(Backend):
             raise PromptError(
                 f"the prompts span {np.max(ras.extent_hi - ras.extent_lo):.0f} mm, more than one "
                 f"{size * spacing:.0f} mm crop of this model; segment one lesion at a time or enable the "
-                "sliding window (--sliding-window, an extension beyond the paper)")
+                "sliding window (option sliding_window, an extension beyond the paper)")
         if wide:
             self.trace.append("sliding window: prompts wider than one crop")
             grids = [CropGrid.centred(c, size, spacing) for c in self._tile_centres(ras.extent_lo, ras.extent_hi)]
@@ -407,7 +407,7 @@ class TagsBackend(Backend):
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 raise DeviceError(f"out of memory on {self.device} while encoding a "
-                                  f"{self.config.crop_size}^3 crop; try --device cpu") from None
+                                  f"{self.config.crop_size}^3 crop; try device 'cpu'") from None
             raise
         self._tick("encode", start)
         self._run_organ.append(self._organ_sources.get(_grid_key(grid), "unknown"))
