@@ -169,8 +169,9 @@ def check_result(mask: np.ndarray, ijk_to_ras: np.ndarray, include_kji=(), boxes
     faces = [(axis, sign) for axis in range(3) if shape[axis] > 1
              for sign, touched in ((-1, lo[axis] == 0), (1, hi[axis] == shape[axis])) if touched]
     if faces:
-        where = " and ".join(_face_names(matrix, faces))
-        out.append(ResultWarning("volume_border", f"the result touches the {where} edge of the image: the lesion may "
+        names = _face_names(matrix, faces)
+        where = f"{' and '.join(names)} edge{'s' if len(names) > 1 else ''}"
+        out.append(ResultWarning("volume_border", f"the result touches the {where} of the image: the lesion may "
                                                   "continue outside it"))
     at_edge = np.any((boundary == 0) | (boundary == shape - 1), axis=1)
     if _crop_touched(boundary[~at_edge], matrix, spacing_kji, crops):
