@@ -139,8 +139,14 @@ def test_prompts_wider_than_a_crop_need_the_sliding_window(tiny_trained, backend
         backend.predict(grid_prompts(tiny_trained, far_apart))
     wide = TagsBackend(tiny_trained.checkpoint, "cpu", options=TagsOptions(sliding_window=True))
     wide.set_image(image)
+    reports = []
+    wide.progress = lambda *report: reports.append(report)
     mask = wide.predict(grid_prompts(tiny_trained, far_apart))
     assert mask.shape == image.shape_kji and "sliding window" in " ".join(wide.trace)
+    # one progress report per crop, and the crops kept for the result checks (tagseg.checks: crop_border)
+    crops = len(wide.crops)
+    assert crops > 1 and reports == [("crops", n, crops) for n in range(crops + 1)]
+    assert all(c.shape_kji == (wide.config.crop_size,) * 3 for c in wide.crops)
 
 
 def test_without_an_organ_mask_the_documented_fallback_is_used(tiny_trained, backend):
