@@ -71,3 +71,21 @@ def shared_backend():
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(backends.BACKENDS, DEFAULT_MODEL, lambda device, options: backend)
         yield backend
+
+
+@pytest.fixture()
+def register_backend():
+    """`register_backend(instance)`: a scripted Backend becomes the model named `instance.name`, for one test."""
+    from tagseg import backends
+
+    names = []
+
+    def register(instance):
+        backends.register_backend(instance.name, lambda device, options: instance)
+        names.append(instance.name)
+        return instance
+
+    yield register
+    for name in names:
+        backends.BACKENDS.pop(name, None)
+    backends.release_shared_backends()

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from tagseg import backends, cli, progress, synth
+from tagseg import cli, progress, synth
 from tagseg.backends.base import Backend
 from tagseg.io import save_volume
 from tagseg.volume import Volume, make_ijk_to_ras
@@ -44,12 +44,8 @@ class ScriptedBackend(Backend):
 
 
 @pytest.fixture()
-def scripted():
-    instance = ScriptedBackend()
-    backends.register_backend(ScriptedBackend.name, lambda device, options: instance)
-    yield instance
-    backends.BACKENDS.pop(ScriptedBackend.name, None)
-    backends.release_shared_backends()
+def scripted(register_backend):
+    return register_backend(ScriptedBackend())
 
 
 @pytest.fixture()

@@ -6,7 +6,6 @@ shows the warnings reaching `predict`'s result, and the CLI tests (test_cli.py) 
 import numpy as np
 import pytest
 
-from tagseg import backends
 from tagseg.backends.base import Backend
 from tagseg.checks import Crop, ResultWarning, check_result, prompt_span_mm
 from tagseg.session import Session
@@ -156,12 +155,8 @@ class ScriptedBackend(Backend):
 
 
 @pytest.fixture()
-def scripted():
-    instance = ScriptedBackend()
-    backends.register_backend(ScriptedBackend.name, lambda device, options: instance)
-    yield instance
-    backends.BACKENDS.pop(ScriptedBackend.name, None)
-    backends.release_shared_backends()
+def scripted(register_backend):
+    return register_backend(ScriptedBackend())
 
 
 def test_session_returns_the_warnings_with_the_result_and_reports_progress(scripted):

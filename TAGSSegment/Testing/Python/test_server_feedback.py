@@ -12,7 +12,6 @@ import pytest
 pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
 
-from tagseg import backends  # noqa: E402
 from tagseg.backends.base import Backend  # noqa: E402
 from tagseg.checks import ResultWarning  # noqa: E402
 from tagseg.client import RemoteSession  # noqa: E402
@@ -49,12 +48,8 @@ class HalfwayBackend(Backend):
 
 
 @pytest.fixture()
-def scripted():
-    instance = HalfwayBackend()
-    backends.register_backend(HalfwayBackend.name, lambda device, options: instance)
-    yield instance
-    backends.BACKENDS.pop(HalfwayBackend.name, None)
-    backends.release_shared_backends()
+def scripted(register_backend):
+    return register_backend(HalfwayBackend())
 
 
 @pytest.fixture()

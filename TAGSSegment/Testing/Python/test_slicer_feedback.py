@@ -9,7 +9,6 @@ import threading
 import numpy as np
 import pytest
 
-from tagseg import backends
 from tagseg.backends.base import Backend
 from tagseg.volume import Volume, make_ijk_to_ras
 from TAGSSegmentLib import state
@@ -63,12 +62,8 @@ class HalfwayBackend(Backend):
 
 
 @pytest.fixture()
-def scripted():
-    instance = HalfwayBackend()
-    backends.register_backend(HalfwayBackend.name, lambda device, options: instance)
-    yield instance
-    backends.BACKENDS.pop(HalfwayBackend.name, None)
-    backends.release_shared_backends()
+def scripted(register_backend):
+    return register_backend(HalfwayBackend())
 
 
 def test_in_process_logic_reports_progress_and_the_result_warnings(scripted):
