@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 from .errors import InputError, ModelError
+from .paths import write_atomic
 from .text import ORGAN_LABELS
 
 INSTALL_HINT = ("TotalSegmentator is not installed; install it with `pip install TotalSegmentator` (it downloads its "
@@ -26,6 +27,15 @@ def organ_names(anatomy: str) -> tuple[str, ...]:
         return ORGAN_LABELS[anatomy]
     except KeyError:
         raise InputError(f"no organ list for anatomy '{anatomy}' (known: {', '.join(sorted(ORGAN_LABELS))})") from None
+
+
+def _readable_mask(path: Path) -> None:
+    from .io import load_volume
+
+    try:
+        load_volume(path)
+    except InputError as exc:
+        raise OSError(str(exc)) from None
 
 
 def run_totalsegmentator(image: Path, out_dir: Path, anatomy: str, device: str = "gpu", fast: bool = False) -> list[Path]:
@@ -46,7 +56,9 @@ def run_totalsegmentator(image: Path, out_dir: Path, anatomy: str, device: str =
             source = work / f"{name}.nii.gz"
             if source.is_file():
                 target = out_dir / source.name
-                shutil.move(str(source), target)
+                # through the one atomic writer: a mask appears under its name only once it reads back whole
+                write_atomic(target, lambda tmp, s=source: shutil.copyfile(s, tmp), _readable_mask,
+                             suffix=".nii.gz", what="the organ mask")
                 written.append(target)
     finally:
         shutil.rmtree(work, ignore_errors=True)

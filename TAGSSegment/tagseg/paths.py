@@ -35,17 +35,23 @@ def sha256_file(path: Path) -> str:
 
 def write_json_atomic(path: Path, payload) -> None:
     """JSON next to its final name, checked, then renamed: a reader never sees half a file."""
-    text = json.dumps(payload, indent=1)
+    write_text_atomic(Path(path), json.dumps(payload, indent=1), what="the file")
+
+
+def write_text_atomic(path: str | os.PathLike, text: str, what: str = "the file", mode: int = 0o644) -> None:
+    """UTF-8 text through `write_atomic`, read back and compared before the rename (newlines kept as given)."""
+    path = Path(path)
 
     def write(tmp: Path) -> None:
-        with open(tmp, "w", encoding="utf-8") as stream:
+        with open(tmp, "w", encoding="utf-8", newline="") as stream:
             stream.write(text)
 
     def verify(tmp: Path) -> None:
-        if tmp.read_text(encoding="utf-8") != text:
-            raise OSError(errno.EIO, "the file read back differs from what was written")
+        with open(tmp, encoding="utf-8", newline="") as stream:
+            if stream.read() != text:
+                raise OSError(errno.EIO, "the file read back differs from what was written")
 
-    write_atomic(Path(path), write, verify, suffix=".json", what="the file")
+    write_atomic(path, write, verify, suffix=path.suffix, what=what, mode=mode)
 
 
 # ---- the one atomic writer ------------------------------------------------------------------------------------
@@ -63,6 +69,10 @@ _handlers_installed = False
 
 class WriteError(InputError):
     """An output could not be written completely (the OS's reason in the message); the previous file is kept."""
+
+    def __init__(self, message: str, errno_code: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno_code
 
 
 def _remove_live_parts() -> None:
@@ -184,10 +194,12 @@ class AtomicFile:
     unless every byte was written and checked; on any failure the partial file (and any folder created for
     it) is removed and `target` is left unchanged."""
 
-    def __init__(self, target: str | os.PathLike, suffix: str = "", what: str = "the output") -> None:
+    def __init__(self, target: str | os.PathLike, suffix: str = "", what: str = "the output",
+                 mode: int = 0o644) -> None:
         self.target = Path(target)
         self.suffix = suffix
         self.what = what
+        self.mode = mode
         self.path: Path | None = None
         self.committed = False
         self._created: list[Path] = []
@@ -218,7 +230,8 @@ class AtomicFile:
     def fail(self, exc: BaseException) -> "WriteError":
         """The error to raise for a failed write into `path`, with the operating system's reason."""
         return WriteError(f"{self.target}: cannot write {self.what} ({_os_reason(exc, self.target.parent)}); "
-                          f"{'the previous file is unchanged' if self.target.exists() else 'nothing was written'}")
+                          f"{'the previous file is unchanged' if self.target.exists() else 'nothing was written'}",
+                          exc.errno if isinstance(exc, OSError) else None)
 
     def commit(self, verify: Callable[[Path], None] | None = None) -> None:
         """Check the written bytes, then rename over the target."""
@@ -232,7 +245,7 @@ class AtomicFile:
                 os.fsync(handle.fileno())
             if verify is not None:
                 verify(self.path)
-            os.chmod(self.path, 0o644)
+            os.chmod(self.path, self.mode)
             refuse_input_as_output(self.target, self.what)
             os.replace(self.path, self.target)
         except InputError:
@@ -254,9 +267,9 @@ class AtomicFile:
 
 
 def write_atomic(target: str | os.PathLike, write: Callable[[Path], None], verify: Callable[[Path], None] | None = None,
-                 suffix: str = "", what: str = "the output") -> None:
+                 suffix: str = "", what: str = "the output", mode: int = 0o644) -> None:
     """`write(tmp)` then `verify(tmp)` then rename onto `target`; OS errors become a one-line WriteError."""
-    with AtomicFile(target, suffix=suffix, what=what) as part:
+    with AtomicFile(target, suffix=suffix, what=what, mode=mode) as part:
         try:
             write(part.path)
         except TagsegError:

@@ -41,6 +41,7 @@ from . import prompts as P
 from .client import (MAX_FRAME_HEADER, PROTOCOL, WIRE_DTYPES, encode_mask, frame, is_loopback_host, unframe,
                      volume_id)
 from .errors import DeviceError, InputError, PromptError, Superseded, TagsegError
+from .paths import write_text_atomic
 from .text import parse_description
 from .volume import Volume, check_volume
 
@@ -542,9 +543,7 @@ def read_token(path: Path, warn) -> str:
     """The token in `path`; a missing file gets a new random token (readable by the owner only)."""
     if not path.exists():
         token = secrets.token_urlsafe(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(token + "\n")
+        write_text_atomic(path, token + "\n", what="the token file", mode=0o600)   # the owner's only
         warn(f"wrote a new random token to {path}")
         return token
     try:

@@ -10,7 +10,8 @@ DistributedDataParallel and distributed samplers; otherwise in one process.
 from __future__ import annotations
 
 import csv
-import json
+import errno
+import io
 import math
 import os
 import random
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
+from .paths import write_atomic, write_json_atomic, write_text_atomic
 from .tags import build_tags
 from .tags.losses import alignment_loss, soft_dice_loss
 from .tags.model import TagsNet
@@ -100,12 +102,30 @@ def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Through the one atomic writer; torch's zip archive is CRC-checked member by member before the rename
+    (streamed: an optimiser state several times the model's size is not loaded twice)."""
+    import zipfile
+
+    def verify(tmp: Path) -> None:
+        try:
+            with zipfile.ZipFile(tmp) as archive:
+                bad = archive.testzip()
+        except (zipfile.BadZipFile, EOFError) as exc:
+            raise OSError(errno.EIO, f"the training state read back is damaged ({exc})") from None
+        if bad is not None:
+            raise OSError(errno.EIO, f"the training state read back is damaged ({bad})")
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as stream:       # a Python file: a short write raises OSError with the OS's reason
+            try:
+                torch.save(obj, stream)
+            except RuntimeError as exc:       # torch's zip writer masks that OSError with its own error
+                cause = exc.__context__ or exc.__cause__
+                if isinstance(cause, OSError):
+                    raise cause from None
+                raise OSError(errno.EIO, " ".join(str(exc).split())[:200]) from None
+
+    write_atomic(path, write, verify, suffix=path.suffix, what="the training state")
 
 
 def _crop_from_sample(sample: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -335,12 +355,21 @@ def _mean(values: list[float]) -> float:
 
 
 def _append_csv(path: Path, row: dict) -> None:
-    new = not path.exists()
-    with path.open("a", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
+    """One row more, by an atomic rewrite of the whole log (one line per epoch: a few KB): a full disk or a
+    kill mid-write leaves the previous log, never half a row."""
+    try:
+        with open(path, encoding="utf-8", newline="") as handle:
+            text = handle.read()
+    except FileNotFoundError:
+        text = ""
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the training log ({exc.strerror or exc})") from None
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(row))
+    if not text:
+        writer.writeheader()
+    writer.writerow(row)
+    write_text_atomic(path, text + buffer.getvalue(), what="the training log")
 
 
 class _progress:
@@ -366,7 +395,7 @@ class _progress:
 
 def write_run_config(out: Path, config: TrainConfig) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(asdict(config), indent=2), encoding="utf-8")
+    write_json_atomic(out / "config.json", asdict(config))
 
 
 def check_output_folder(out: Path, resume: bool) -> None:

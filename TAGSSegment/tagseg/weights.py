@@ -7,6 +7,7 @@ its real name.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
 import json
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import ModelError
-from .paths import cache_dir, sha256_file
+from .paths import AtomicFile, WriteError, cache_dir, sha256_file
 
 CHUNK_BYTES = 1 << 20
 _TRUE = {"1", "true", "yes", "on"}
@@ -131,15 +132,6 @@ def verify(name: str) -> bool:
     return sha256_file(path) == item.sha256
 
 
-def _remove_quietly(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
-    except OSError:
-        pass
-
-
 def download(name: str, *, timeout_s: float = 20, progress: Callable[[int, int | None], None] | None = None) -> Path:
     """Fetch, verify and install one catalogue file; returns its path.
 
@@ -156,55 +148,50 @@ def download(name: str, *, timeout_s: float = 20, progress: Callable[[int, int |
         raise ModelError(f"weights {name}: only http(s) URLs can be downloaded, not {item.url}")
     if target.is_file() and verify(name):
         return target
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ModelError(f"cannot create the weights folder {target.parent}: {exc}") from None
-    part = target.with_name(target.name + ".part")
     digest = hashlib.sha256()
     done = 0
     try:
-        request = urllib.request.Request(item.url, headers={"User-Agent": "tagseg"})
-        with urllib.request.urlopen(request, timeout=timeout_s) as response, part.open("wb") as out:
-            announced = response.headers.get("Content-Length")
-            total = item.size if item.size is not None else (int(announced) if announced and announced.isdigit()
-                                                             else None)
-            if item.size is not None and announced and announced.isdigit() and int(announced) != item.size:
-                raise ModelError(f"{item.url} announces {int(announced):,} bytes, expected {item.size:,}")
-            while True:
-                chunk = response.read(CHUNK_BYTES)
-                if not chunk:
-                    break
-                out.write(chunk)
-                digest.update(chunk)
-                done += len(chunk)
-                if item.size is not None and done > item.size:
-                    raise ModelError(f"{item.url} sent more than the expected {item.size:,} bytes")
-                if progress is not None:
-                    progress(done, total)
-            out.flush()
-            os.fsync(out.fileno())
-        if item.size is not None and done != item.size:
-            raise ModelError(f"downloaded {done:,} bytes of {item.file}, expected {item.size:,}")
-        got = digest.hexdigest()
-        if got != item.sha256:
-            raise ModelError(f"SHA-256 mismatch for {item.file}: got {got}, expected {item.sha256} ({item.source}); "
-                             f"nothing was saved")
-        os.replace(part, target)
-    except ModelError:
-        _remove_quietly(part)
+        # through the one atomic writer: the file appears under its name only whole and verified
+        with AtomicFile(target, suffix=target.suffix, what=f"the weights {name}") as part:
+            request = urllib.request.Request(item.url, headers={"User-Agent": "tagseg"})
+            with urllib.request.urlopen(request, timeout=timeout_s) as response, part.path.open("wb") as out:
+                announced = response.headers.get("Content-Length")
+                total = item.size if item.size is not None else (int(announced) if announced and announced.isdigit()
+                                                                 else None)
+                if item.size is not None and announced and announced.isdigit() and int(announced) != item.size:
+                    raise ModelError(f"{item.url} announces {int(announced):,} bytes, expected {item.size:,}")
+                while True:
+                    chunk = response.read(CHUNK_BYTES)
+                    if not chunk:
+                        break
+                    out.write(chunk)
+                    digest.update(chunk)
+                    done += len(chunk)
+                    if item.size is not None and done > item.size:
+                        raise ModelError(f"{item.url} sent more than the expected {item.size:,} bytes")
+                    if progress is not None:
+                        progress(done, total)
+            if item.size is not None and done != item.size:
+                raise ModelError(f"downloaded {done:,} bytes of {item.file}, expected {item.size:,}")
+            got = digest.hexdigest()
+            if got != item.sha256:
+                raise ModelError(f"SHA-256 mismatch for {item.file}: got {got}, expected {item.sha256} "
+                                 f"({item.source}); nothing was saved")
+
+            def read_back(tmp: Path) -> None:       # what reached the disk, not what passed through memory
+                if tmp.stat().st_size != done or sha256_file(tmp) != got:
+                    raise OSError(errno.EIO, "the file read back differs from what was downloaded")
+
+            part.commit(read_back)
+    except (ModelError, WriteError):
         raise
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
-        _remove_quietly(part)
         reason = getattr(exc, "reason", None) or exc
         text = " ".join(str(reason).split()) or type(exc).__name__
         if isinstance(exc, urllib.error.HTTPError):
             text = f"HTTP {exc.code} {text}"
         raise ModelError(f"download of {name} from {item.url} failed after {done:,} bytes "
                          f"({type(exc).__name__}: {text}); nothing was saved") from None
-    except BaseException:
-        _remove_quietly(part)
-        raise
     return target
 
 

@@ -149,7 +149,7 @@ def test_case_protocol_draws_clicks_from_the_tumour_and_skips_empty_cases(tmp_pa
     write_results_csv([result, skipped], out, extra={"model": "m", "seed": 2})
     rows = list(csv.DictReader(out.open(encoding="utf-8")))
     assert rows[0]["dice"] == "0.500000" and rows[1]["dice"] == "" and rows[0]["model"] == "m"
-    assert not list(tmp_path.glob(".*.part"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.csv"]          # no partial file
 
 
 def test_clicks_are_seeded():

@@ -7,7 +7,6 @@ coordinates) and nothing about volumes.
 """
 from __future__ import annotations
 
-import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -84,16 +83,13 @@ class LiteMedSAM:
         return True
 
     def _export_encoder(self, target: Path) -> None:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + f".{os.getpid()}.part")
+        """Through the one atomic writer (a half-exported encoder never reaches the cache)."""
+        from ..paths import write_atomic
+
         dummy = self.torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE)
-        try:
-            self.torch.onnx.export(self.net.image_encoder, dummy, str(tmp), opset_version=17,
-                                   input_names=["image"], output_names=["embedding"], dynamo=False)
-            os.replace(tmp, target)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        write_atomic(target, lambda tmp: self.torch.onnx.export(
+            self.net.image_encoder, dummy, str(tmp), opset_version=17, input_names=["image"],
+            output_names=["embedding"], dynamo=False), suffix=".onnx", what="the exported encoder")
 
     def embedding(self, key, image_fn) -> "object":
         """Embedding (1x256x64x64 tensor) for `key`; `image_fn()` gives the 3x256x256 float32 image on a miss."""

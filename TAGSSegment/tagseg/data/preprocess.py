@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -267,7 +266,7 @@ class PreprocessedCache:
                         meta["sources"] = [_source_record(p) for p in self._sources(case)]
                         try:
                             self._write_file(folder, "meta.json", lambda f: f.write(json.dumps(meta).encode()))
-                        except OSError:
+                        except (OSError, InputError):
                             pass
                     return cached
         return self._compute(case, folder, params, window, tumour_label)
@@ -312,29 +311,37 @@ class PreprocessedCache:
 
     @staticmethod
     def _write_file(folder: Path, name: str, writer: Callable) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as stream:
+        """Through the one atomic writer; an array is read back (header and size) before the rename."""
+        from ..paths import write_atomic
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as stream:
                 writer(stream)
-            os.replace(tmp, folder / name)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+
+        def verify(tmp: Path) -> None:
+            if name.endswith(".npy"):
+                np.load(tmp, mmap_mode="r", allow_pickle=False).reshape(-1)[-1:].copy()   # mapped: whole length
+            else:
+                json.loads(tmp.read_text(encoding="utf-8"))
+
+        write_atomic(folder / name, write, verify, suffix=Path(name).suffix, what="the cache entry")
 
     def _store(self, folder: Path, arrays: dict[str, np.ndarray], meta: dict, case_id: str) -> None:
+        from ..paths import WriteError
+
         try:
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "meta.json").unlink(missing_ok=True)   # the old entry is invalid before any array changes
             for name, array in arrays.items():
                 self._write_file(folder, f"{name}.npy", lambda f, a=array: np.save(f, a, allow_pickle=False))
             self._write_file(folder, "meta.json", lambda f: f.write(json.dumps(meta, indent=1).encode()))
-        except OSError as exc:
+        except (OSError, WriteError) as exc:
             self._discard(folder)
             if exc.errno in _SPACE_ERRNOS:
                 raise InputError(f"no space left on the device for the preprocessing cache {self.root} "
                                  f"(case {case_id}); free disk space or choose another cache folder") from None
-            raise InputError(f"cannot write the preprocessing cache {self.root} (case {case_id}): "
-                             f"{exc.strerror or exc}") from None
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise InputError(f"cannot write the preprocessing cache {self.root} (case {case_id}): {reason}") from None
 
     def _discard(self, folder: Path) -> None:
         """Remove an entry and the folders it leaves empty: no partial entry survives a failed write."""

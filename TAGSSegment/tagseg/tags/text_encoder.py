@@ -6,10 +6,10 @@ anything unless the caller passes allow_download=True and the environment is not
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
-import tempfile
 import warnings
 import zipfile
 from contextlib import contextmanager
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import weights
-from ..errors import ModelError
+from ..errors import InputError, ModelError
 from ..paths import cache_dir, sha256_file
 
 # --- prompt ensemble (§3.4) -------------------------------------------------------------------------------------------
@@ -365,28 +365,22 @@ def _read_cache(path: Path, encoder: TextEncoder, word: str) -> torch.Tensor | N
 
 
 def _write_cache(path: Path, t: torch.Tensor, encoder: TextEncoder, word: str) -> None:
-    """Atomic: readers see the old file or the new one, never half of one. Failure only costs a recompute later."""
+    """Through the one atomic writer, read back before the rename. Failure only costs a recompute later."""
     from safetensors.torch import save
-    tmp = None
+
+    from ..paths import write_atomic
+    data = save({"T": t.contiguous()},
+                metadata={"encoder_id": encoder.id, "object_word": word, "ensemble": ENSEMBLE_VERSION})
+
+    def verify(tmp: Path) -> None:
+        if _read_cache(tmp, encoder, word) is None:
+            raise OSError(errno.EIO, "the cached embeddings read back differ from what was written")
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        data = save({"T": t.contiguous()},
-                    metadata={"encoder_id": encoder.id, "object_word": word, "ensemble": ENSEMBLE_VERSION})
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".safetensors")
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-        tmp = None
-    except OSError as exc:
+        write_atomic(path, lambda tmp: tmp.write_bytes(data), verify, suffix=".safetensors",
+                     what="the text-embedding cache")
+    except (OSError, InputError) as exc:
         warnings.warn(f"could not cache text embeddings at {path}: {exc}", RuntimeWarning, stacklevel=3)
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
 
 
 def class_embeddings(encoder: TextEncoder, object_word: str, use_cache: bool = True) -> torch.Tensor:
