@@ -98,6 +98,9 @@ def _parser() -> argparse.ArgumentParser:
     seg.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     seg.add_argument("--png", metavar="OVERLAY.png", help="also write an axial overlay preview")
     seg.add_argument("--series", metavar="UID", help="the DICOM series to read when the IMAGE folder holds several")
+    seg.add_argument("--resample-uneven-dicom", action="store_true",
+                     help="interpolate a DICOM series with unevenly spaced slices onto a regular grid (default: "
+                          "refuse it)")
     seg.add_argument("--json", action="store_true", help="print a JSON summary instead of text")
     seg.add_argument("--quiet", action="store_true",
                      help="no progress bar (it is shown on stderr only when it is a terminal and a step takes over 2 s)")
@@ -283,14 +286,14 @@ def _write_outputs(mask, image, output: Path, suffix: str, segment_name: str, pn
 
 
 # ---- shared steps ----------------------------------------------------------------------------------------
-def _load_image(path: Path, reporter: _Reporter, series: str | None = None):
+def _load_image(path: Path, reporter: _Reporter, series: str | None = None, resample_uneven: bool = False):
     """Load and check a volume; NaN/inf voxels are allowed (treated as the lowest finite value) with a warning."""
     import numpy as np
 
     from .io import load_volume
     from .volume import check_volume
 
-    volume = load_volume(path, series=series)
+    volume = load_volume(path, series=series, resample_uneven=resample_uneven)
     for message in volume.meta.pop("warnings", ()):
         reporter.warn(message)
     check_volume(volume)
@@ -372,7 +375,7 @@ def _cmd_segment(args: argparse.Namespace, reporter: _Reporter) -> int:
     model_name = resolve_model_name(args.model, description)
 
     t0 = time.perf_counter()
-    volume = _load_image(image_path, reporter, series=args.series)
+    volume = _load_image(image_path, reporter, series=args.series, resample_uneven=args.resample_uneven_dicom)
     anatomy = _load_anatomy(anatomy_path, description, reporter) if anatomy_path else None
     if args.text_only and not points and not boxes and anatomy is None:
         raise PromptError("--text-only needs --anatomy: the first click is searched inside the organ")
@@ -798,6 +801,7 @@ API_TO_OPTION = (
     ("option sliding_window", "--sliding-window"),
     ("device 'cpu'", "--device cpu"),
     ("series=UID", "--series UID"),
+    ("resample_uneven=True", "--resample-uneven-dicom"),
 )
 
 

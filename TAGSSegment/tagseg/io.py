@@ -221,13 +221,14 @@ def _volume_to_image(volume: Volume, array: np.ndarray | None = None):
     return image
 
 
-def load_volume(path: str | os.PathLike, series: str | None = None) -> Volume:
+def load_volume(path: str | os.PathLike, series: str | None = None, resample_uneven: bool = False) -> Volume:
     """Load NIfTI, NRRD (incl. `.seg.nrrd`, merged to one label map), MHA/MHD or a DICOM series folder.
 
     Before any voxel is read: the path's type (a FIFO or device is refused without opening it) and the
     header's declared size against the memory budget (`tagseg.budget`). DICOM series are checked slice by
-    slice (`series` picks one UID in a folder holding several); NIfTI follows the standard's sform/qform
-    precedence. Warnings for the caller are in `volume.meta["warnings"]`.
+    slice (`series` picks one UID in a folder holding several; unevenly spaced slices are refused unless
+    `resample_uneven`); NIfTI follows the standard's sform/qform precedence. Warnings for the caller are in
+    `volume.meta["warnings"]`.
     """
     sitk = _sitk()
     path = Path(path)
@@ -240,7 +241,7 @@ def load_volume(path: str | os.PathLike, series: str | None = None) -> Volume:
     warnings: list[str] = []
     try:
         if kind == "folder":
-            image = _read_dicom_series(path, series, warnings)
+            image = _read_dicom_series(path, series, warnings, resample_uneven)
         else:
             if _suffix(path) not in VOLUME_SUFFIXES and _suffix(path) != ".dcm":
                 raise InputError(f"{path}: unsupported file type '{_suffix(path) or path.name}' "
@@ -371,9 +372,9 @@ def _looks_like_dicom_file(path: Path) -> bool:
         return False
 
 
-def _read_dicom_series(folder: Path, series: str | None, warnings: list[str]):
+def _read_dicom_series(folder: Path, series: str | None, warnings: list[str], resample_uneven: bool = False):
     """One series, every slice read and checked: same size and orientation, positions evenly spaced along
-    the slice normal, no duplicates. Returns a SimpleITK image."""
+    the slice normal (or resampled, when asked), no duplicates. Returns a SimpleITK image."""
     sitk = _sitk()
     reader = sitk.ImageSeriesReader()
     with native_output_captured():
@@ -426,7 +427,7 @@ def _read_dicom_series(folder: Path, series: str | None, warnings: list[str]):
             raise InputError(f"{file}: not a single-channel 2D slice (size {image.GetSize()}); one slice per file "
                              "is needed in a series folder")
         slices.append(image)
-    return _stack_slices(folder, files, slices, warnings)
+    return _stack_slices(folder, files, slices, warnings, resample_uneven)
 
 
 def _list_series(members: dict) -> str:
@@ -445,7 +446,7 @@ def _list_series(members: dict) -> str:
     return "; ".join(shown)
 
 
-def _stack_slices(folder: Path, files: list[Path], slices: list, warnings: list[str]):
+def _stack_slices(folder: Path, files: list[Path], slices: list, warnings: list[str], resample_uneven: bool = False):
     sitk = _sitk()
     size0 = slices[0].GetSize()[:2]
     direction0 = np.array(slices[0].GetDirection(), dtype=np.float64).reshape(slices[0].GetDimension(), -1)[:3, :3]
@@ -476,17 +477,45 @@ def _stack_slices(folder: Path, files: list[Path], slices: list, warnings: list[
         a, b = files[order[duplicate[0]]], files[order[duplicate[0] + 1]]
         raise InputError(f"{folder}: duplicate slice position {pos[duplicate[0]]:g} mm ({a.name} and {b.name}); "
                          f"positions found: {shown} mm")
-    if np.max(np.abs(steps - median)) > tolerance:
+    uneven = bool(np.max(np.abs(steps - median)) > tolerance)
+    if uneven and not resample_uneven:
         raise InputError(f"{folder}: slices are not evenly spaced (positions along the slice normal: {shown} mm); "
-                         "a missing or extra slice would put the mask in the wrong place")
+                         "a missing or extra slice would put the mask in the wrong place (resample_uneven=True "
+                         "interpolates them onto a regular grid)")
     arrays = [sitk.GetArrayFromImage(slices[i]).reshape(size0[1], size0[0]) for i in order]
     dtype = np.result_type(*[a.dtype for a in arrays])
-    volume = np.stack([a.astype(dtype, copy=False) for a in arrays])
+    step = median
+    if uneven:
+        volume, step = _resample_slices(arrays, pos, dtype, median, (size0[0], size0[1]), folder)
+        warnings.append(f"{folder.name}: slices were unevenly spaced ({shown} mm; largest gap {steps.max():g} mm); "
+                        f"resampled onto {len(volume)} slices {step:g} mm apart, interpolating linearly between "
+                        "neighbouring slices")
+    else:
+        volume = np.stack([a.astype(dtype, copy=False) for a in arrays])
     image = sitk.GetImageFromArray(volume)
-    image.SetSpacing((float(spacing0[0]), float(spacing0[1]), median))
+    image.SetSpacing((float(spacing0[0]), float(spacing0[1]), step))
     image.SetDirection(tuple(float(v) for v in np.column_stack([row, col, normal]).ravel()))
     image.SetOrigin(tuple(float(v) for v in slices[order[0]].GetOrigin()[:3]))
     return image
+
+
+def _resample_slices(arrays: list[np.ndarray], pos: np.ndarray, dtype, median: float, size_ij: tuple[int, int],
+                     folder: Path) -> tuple[np.ndarray, float]:
+    """Slices at sorted positions `pos` interpolated linearly onto a regular grid from the first to the last
+    position, its step the median step rounded so both end slices stay where they were; integer voxels are
+    rounded back to their type."""
+    count = int(round((pos[-1] - pos[0]) / median)) + 1
+    budget.check_voxels((size_ij[0], size_ij[1], count), max(np.dtype(dtype).itemsize, 4),
+                        f"{folder}: the resampled series")
+    step = float(pos[-1] - pos[0]) / (count - 1)
+    out = np.empty((count, size_ij[1], size_ij[0]), dtype)
+    for k in range(count):
+        target = pos[0] + k * step
+        below = int(np.clip(np.searchsorted(pos, target, side="right") - 1, 0, len(pos) - 2))
+        weight = float(np.clip((target - pos[below]) / (pos[below + 1] - pos[below]), 0.0, 1.0))
+        mixed = (1.0 - weight) * arrays[below].astype(np.float64) + weight * arrays[below + 1].astype(np.float64)
+        out[k] = np.rint(mixed) if np.issubdtype(dtype, np.integer) else mixed
+    return out, step
 
 
 def load_mask_union(paths, name: str = "organ") -> Volume:

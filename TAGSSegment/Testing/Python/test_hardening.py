@@ -350,6 +350,107 @@ def test_short_write_is_never_success(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["out.nii"]
 
 
+WRITERS_CHECK = textwrap.dedent("""
+    # Every product writer under RLIMIT_FSIZE: a file may not grow past LIMIT bytes, so each second, larger
+    # write is cut short by the kernel (EFBIG), as a full disk would cut it. Each must raise, keep the first
+    # version byte for byte and leave no partial file.
+    import json, os, resource, signal, sys, warnings
+    from pathlib import Path
+    import numpy as np, torch
+    from tagseg.errors import InputError
+    from tagseg.evaluate import CaseResult, ResultsWriter, write_results_csv
+    from tagseg import train
+    from tagseg.data.datasets import save_split_json
+    from tagseg.data.preprocess import PreprocessedCache
+    from tagseg.paths import write_json_atomic
+    from tagseg.tags import text_encoder as te
+
+    LIMIT = 64 << 10
+    root = Path(sys.argv[1])
+    row = lambda i: CaseResult(f"case{i:05d}", 0.5, 0.5, 10, 10, 0.1)
+    big = [row(i) for i in range(2000)]
+    class Encoder:
+        id = "fake-encoder"
+        def __init__(self, dim):
+            self.dim = dim
+    t_small = torch.nn.functional.normalize(torch.ones(8, 2), dim=0)
+    t_big = torch.nn.functional.normalize(torch.ones(8192, 2), dim=0)
+
+    def results_writer(path, small):
+        with ResultsWriter(path) as writer:
+            for result in ([row(0)] if small else big):
+                writer.write(result)
+
+    def cache(path, small):
+        PreprocessedCache._write_file(path.parent, path.name, lambda f: np.save(f, np.zeros(8 if small else 65536)))
+
+    def text_cache(path, small):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            t = t_small if small else t_big
+            te._write_cache(path, t, Encoder(t.shape[0]), "liver")
+        if caught:
+            raise InputError(str(caught[0].message))
+
+    WRITERS = {
+        "results.csv": lambda p, small: write_results_csv([row(0)] if small else big, p),
+        "rows.csv": results_writer,
+        "log.csv": lambda p, small: train._append_csv(p, {"epoch": 1, "loss": "0.5" if small else "9" * (1 << 17)}),
+        "state.pt": lambda p, small: train._atomic_torch_save({"w": torch.zeros(8 if small else 65536)}, p),
+        "config.json": lambda p, small: write_json_atomic(p, {"x": "y" * (8 if small else 1 << 17)}),
+        "split.json": lambda p, small: save_split_json(p, {"train": ["a"] if small else [f"c{i}" for i in range(20000)],
+                                                         "val": ["b"], "test": ["c"]}),
+        "image.npy": cache,
+        "text.safetensors": text_cache,
+    }
+    report = {}
+    for name, write in WRITERS.items():
+        folder = root / name.replace(".", "_")
+        folder.mkdir()
+        target = folder / name
+        write(target, True)
+        before = target.read_bytes()
+        assert len(before) < LIMIT, (name, len(before))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (LIMIT, resource.RLIM_INFINITY))
+        try:
+            write(target, False)
+            outcome = "no error"
+        except InputError as exc:
+            outcome = str(exc)
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        after = target.read_bytes()
+        if name == "rows.csv":        # row by row, the previous file is the table up to the last row that fit
+            rows = after.count(b"\\n") - 1
+            write_results_csv(big[:rows], root / "expected.csv")
+            before = (root / "expected.csv").read_bytes()
+            assert rows > 1, rows
+        report[name] = {"error": outcome, "intact": after == before, "files": sorted(os.listdir(folder))}
+    print(json.dumps(report))
+""")
+
+
+def test_every_product_writer_fails_a_short_write_and_keeps_the_previous_file(tmp_path):
+    """CSV results (all at once and row by row), the training log, state and config, a split, the
+    preprocessing cache and the text-embedding cache: a write the kernel cuts short is an error naming the
+    OS's reason, never a shorter file under the real name."""
+    (tmp_path / "check.py").write_text(WRITERS_CHECK, encoding="utf-8")
+    (tmp_path / "files").mkdir()
+    env = dict(os.environ, PYTHONPATH=str(MODULE_DIR), HF_HUB_OFFLINE="1")
+    result = subprocess.run([sys.executable, str(tmp_path / "check.py"), str(tmp_path / "files")],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(report) == 8
+    for name, outcome in report.items():
+        error = outcome["error"]
+        assert f"{name}: cannot write" in error or "could not cache text embeddings at" in error, (name, outcome)
+        assert "EFBIG" in error or "requested and" in error, (name, outcome)     # numpy names no errno
+        assert outcome["intact"], (name, outcome)
+        assert outcome["files"] == [name], (name, outcome)
+
+
 def test_no_input_can_be_the_output(tmp_path):
     image = tmp_path / "image.nii.gz"
     anatomy = tmp_path / "organ.nii.gz"
@@ -468,13 +569,13 @@ def test_a_click_anywhere_within_the_printed_bounds_works(n, spacing):
 
 # ---- (3) DICOM and NIfTI geometry --------------------------------------------------------------------------------
 def write_dicom_series(folder: Path, positions, uid="1.2.826.0.1.3680043.2.1125.1", description="axial",
-                       prefix="s", size=(16, 12)) -> list[Path]:
+                       prefix="s", size=(16, 12), step_value: int = 1) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     files = []
     for index, z in enumerate(positions):
-        array = (np.arange(size[0] * size[1]).reshape(size[1], size[0]) + index).astype(np.int16)
+        array = (np.arange(size[0] * size[1]).reshape(size[1], size[0]) + index * step_value).astype(np.int16)
         image = sitk.GetImageFromArray(array[None])
         image.SetSpacing((0.8, 0.8, 1.0))
         for tag, value in (("0008|0060", "CT"), ("0020|000d", "1.2.826.0.1.3680043.2.1125.9"),
@@ -508,6 +609,47 @@ def test_dicom_uneven_or_duplicate_positions_are_refused(tmp_path, positions, fr
     with pytest.raises(InputError, match=fragment) as info:
         load_volume(tmp_path / "ct")
     assert "20" in str(info.value) or "4" in str(info.value)
+
+
+def test_dicom_uneven_series_is_resampled_only_when_asked(tmp_path):
+    positions = [0, 2, 4, 6, 20, 22, 24, 60]
+    write_dicom_series(tmp_path / "ct", positions, step_value=140)
+    with pytest.raises(InputError, match="resample_uneven=True"):
+        load_volume(tmp_path / "ct")
+    volume = load_volume(tmp_path / "ct", resample_uneven=True)
+    assert volume.shape_kji == (31, 12, 16) and np.allclose(volume.spacing_ijk, (0.8, 0.8, 2.0))
+    assert np.allclose(volume.ijk_to_ras[:3, 3], (10, 20, 0))
+    base = np.arange(16 * 12).reshape(12, 16)
+    s_mm = np.arange(31) * 2.0
+    acquired = np.interp(s_mm, positions, np.arange(8) * 140)        # linear between neighbouring slices
+    assert np.array_equal(volume.array, base[None] + np.rint(acquired).astype(int)[:, None, None])
+    assert int(volume.array[5, 0, 0]) == 460 and int(volume.array[-1, 0, 0]) == 7 * 140
+    assert "resampled onto 31 slices 2 mm apart" in volume.meta["warnings"][0]
+    assert "largest gap 36 mm" in volume.meta["warnings"][0]
+
+
+def test_dicom_resampling_never_hides_duplicates_or_changes_an_even_series(tmp_path):
+    write_dicom_series(tmp_path / "dup", [0, 2, 4, 4, 6])
+    with pytest.raises(InputError, match="duplicate slice position"):
+        load_volume(tmp_path / "dup", resample_uneven=True)
+    write_dicom_series(tmp_path / "even", [0, 2.5, 5, 7.5, 10])
+    even = load_volume(tmp_path / "even", resample_uneven=True)
+    assert even.shape_kji == (5, 12, 16) and "warnings" not in even.meta
+    assert np.array_equal(even.array, load_volume(tmp_path / "even").array)
+
+
+def test_segment_resamples_an_uneven_dicom_series_when_the_flag_is_given(tmp_path):
+    write_dicom_series(tmp_path / "ct", [0, 2, 4, 6, 20, 22, 24, 60])
+    out = tmp_path / "m.nii.gz"
+    args = ("segment", tmp_path / "ct", "-o", out, "--point", "5,15,30")
+    result, _ = run_limited(tmp_path, *args, env={"HARDEN_FAKE_PREDICT": "1"})
+    assert_refused(result, "not evenly spaced", "--resample-uneven-dicom")
+    assert not out.exists()
+    result, _ = run_limited(tmp_path, *args, "--resample-uneven-dicom", env={"HARDEN_FAKE_PREDICT": "1"})
+    assert result.returncode == 0, result.stderr
+    assert "tagseg: warning:" in result.stderr and "resampled onto 31 slices" in result.stderr
+    mask = load_volume(out)
+    assert mask.shape_kji == (31, 12, 16) and np.allclose(mask.spacing_ijk, (0.8, 0.8, 2.0))
 
 
 def test_dicom_unreadable_slice_is_refused(tmp_path):
