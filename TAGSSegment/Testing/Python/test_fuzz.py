@@ -428,6 +428,8 @@ def tree(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
             out[rel.as_posix()] = "link:" + os.readlink(path)
         elif path.is_dir():
             out[rel.as_posix()] = "dir"
+        elif not path.is_file():                        # a FIFO or socket: never opened (it could block)
+            out[rel.as_posix()] = "special"
         else:
             out[rel.as_posix()] = sha256_bytes(path.read_bytes())
     return out
@@ -1566,8 +1568,149 @@ def tags_cases() -> list:
     return cases
 
 
+# =====================================================================================================================
+# category 8: the outside probe's families (issue 15), in bounded memory: every bomb declares tens of MB and runs
+# under `--memory-limit 16M`, so a refusal that fails costs at most that allocation, never the machine
+# =====================================================================================================================
+def nifti1_header(dims, datatype: int = 2, bitpix: int = 8) -> bytes:
+    header = bytearray(348)
+    struct.pack_into("<i", header, 0, 348)
+    struct.pack_into("<8h", header, 40, len(dims), *dims, *[1] * (7 - len(dims)))
+    struct.pack_into("<2h", header, 70, datatype, bitpix)
+    struct.pack_into("<8f", header, 76, 1, 1, 1, 1, 1, 1, 1, 1)
+    struct.pack_into("<f", header, 108, 352.0)
+    header[344:348] = b"n+1\x00"
+    return bytes(header) + b"\x00" * 4
+
+
+def dicom_series(folder: Path, positions, uid: str = "1.2.826.0.1.3680043.2.1125.7", description: str = "axial",
+                 prefix: str = "s") -> Path:
+    """One CT slice per position (16 x 12 pixels, 0.8 mm, LPS origin (-10, -20, z)), written by SimpleITK."""
+    folder.mkdir(parents=True, exist_ok=True)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for index, z in enumerate(positions):
+        image = sitk.GetImageFromArray((np.arange(192).reshape(1, 12, 16) * 3 + 40 * index).astype(np.int16))
+        for tag, value in (("0008|0060", "CT"), ("0020|000d", "1.2.826.0.1.3680043.2.1125.70"), ("0020|000e", uid),
+                           ("0008|103e", description), ("0020|0013", str(index + 1)),
+                           ("0020|0032", f"-10\\-20\\{z}"), ("0020|0037", "1\\0\\0\\0\\1\\0"),
+                           ("0028|0030", "0.8\\0.8"), ("0008|0016", "1.2.840.10008.5.1.4.1.1.2"),
+                           ("0008|0018", f"{uid}.{index + 1}")):
+            image.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"{prefix}{index:03d}.dcm"))
+        writer.Execute(image)
+    return folder
+
+
+DICOM_POINT = "--point=4,15,4"                   # inside every generated series (R -2..10, A 11.2..20, S from 0)
+LIMITED = ["--memory-limit", "16M"]
+
+
+def gzip_bomb_nii(c: Ctx) -> Path:
+    """A .nii.gz declaring 256 x 256 x 512 bytes (32 MB) whose voxels are 32 identical 1 MB-of-zeros members."""
+    member = gzip.compress(b"\x00" * (1 << 20), compresslevel=9)
+    return put(c.inp / "bomb.nii.gz", gzip.compress(nifti1_header((256, 256, 512))) + member * 32)
+
+
+def two_forms_nii(c: Ctx) -> Path:
+    """qform (code 1) and sform (code 2) 300 mm apart: the sform wins and the mask lies on its grid."""
+    import nibabel as nib
+
+    affine_q = np.diag([1.0, 1.0, 2.0, 1.0])
+    affine_s = affine_q.copy()
+    affine_s[:3, 3] = (300.0, 0.0, 0.0)
+    image = nib.Nifti1Image(base_array().transpose(2, 1, 0).copy(), affine_s)
+    image.set_qform(affine_q, code=1)
+    image.set_sform(affine_s, code=2)
+    path = c.inp / "two-forms.nii.gz"
+    nib.save(image, path)
+    return path
+
+
+def fifo(c: Ctx, name: str) -> Path:
+    path = c.inp / name
+    os.mkfifo(path)
+    return path
+
+
+def output_is_anatomy(c: Ctx) -> list:
+    c.out.mkdir()
+    organ = write_itk(c.out / "organ.nii.gz", (base_array() > 60).astype(np.uint8))
+    return seg(c, c.base(), out="organ.nii.gz", register=False, extra=("--anatomy", organ))
+
+
+def short_label_dataset(c: Ctx) -> list:
+    """c1's label is one slice short of its image, c2 is fine: c1 is a row with its error, c2 is scored."""
+    root = c.inp / "data"
+    root.mkdir()
+    label = np.zeros(SHAPE, np.uint8)
+    label[3:5, 6:9, 6:9] = 2
+    for case in ("c1", "c2"):
+        shutil.copyfile(c.shared.base, root / f"{case}_image.nii.gz")
+        write_itk(root / f"{case}_label.nii.gz", label[:-1] if case == "c1" else label)
+    output = c.output("results.csv", kind="csv")
+
+    def rows_kept() -> None:
+        with output.open(encoding="utf-8") as handle:
+            rows = {row["case_id"]: row for row in csv.DictReader(handle)}
+        assert "shape" in rows["c1"]["error"] and rows["c1"]["dice"] == "", rows
+        assert rows["c2"]["error"] == "" and rows["c2"]["dice"] != "", rows
+
+    c.checks.append(rows_kept)
+    return ["evaluate", "--data", root, "--model", FAKE, "--out", output, "--device", "cpu"]
+
+
+def probe_cases() -> list:
+    uneven = [0, 2, 4, 6, 20, 22, 24, 60]
+    cases = [
+        # (1) memory bombs: refused from the header, before any voxel is allocated
+        P("probe-bomb-nrrd-gzip-header", lambda c: LIMITED + seg(c, put(c.inp / "b.nrrd", b"NRRD0004\ntype: uint8\n"
+          b"dimension: 3\nsizes: 512 512 128\nencoding: gzip\n\n" + gzip.compress(b"\x00" * 16)), register=False),
+          2, "memory"),
+        P("probe-bomb-mha-header-only", lambda c: LIMITED + seg(c, put(c.inp / "b.mha", b"ObjectType = Image\nNDims = 3\n"
+          b"DimSize = 512 512 128\nElementType = MET_SHORT\nElementDataFile = LOCAL\n"), register=False), 2, "memory"),
+        P("probe-bomb-nii-gz-members", lambda c: LIMITED + seg(c, gzip_bomb_nii(c), register=False), 2, "memory"),
+        P("probe-bomb-nii-header-only", lambda c: LIMITED + seg(c, put(c.inp / "h.nii", nifti1_header((4096, 4096, 64))),
+                                                                register=False), 2, "memory"),
+        P("probe-bomb-synth-shape", lambda c: ["--memory-limit", "4M", "synth", "--out", c.out / "a" / "b" / "s",
+                                               "--shape", "256,256,256"], 2, "memory"),
+        # (2) no input can be the output
+        P("probe-output-is-the-anatomy", output_is_anatomy, 2, "would overwrite the input"),
+        # (3) DICOM and NIfTI geometry checked, not assumed
+        P("probe-dicom-even", lambda c: seg(c, dicom_series(c.inp / "ct", [0, 2, 4, 6, 8]), DICOM_POINT), 0),
+        P("probe-dicom-uneven", lambda c: seg(c, dicom_series(c.inp / "ct", uneven), DICOM_POINT, register=False), 2,
+          "--resample-uneven-dicom"),
+        P("probe-dicom-duplicate", lambda c: seg(c, dicom_series(c.inp / "ct", [0, 2, 4, 4, 6]), DICOM_POINT,
+                                                 register=False), 2, "duplicate slice position"),
+        P("probe-dicom-duplicate-with-resampling", lambda c: seg(c, dicom_series(c.inp / "ct", [0, 2, 2, 4]), DICOM_POINT,
+          register=False, extra=("--resample-uneven-dicom",)), 2, "duplicate slice position"),
+        P("probe-dicom-two-series", lambda c: seg(c, dicom_series(dicom_series(c.inp / "ct", [0, 2, 4], uid="1.2.3.1"),
+          [0, 3, 6, 9], uid="1.2.3.2", prefix="v"), DICOM_POINT, register=False), 2, "--series UID"),
+        P("probe-dicom-truncated-slice", lambda c: seg(c, truncate_slice(dicom_series(c.inp / "ct", [0, 2, 4, 6, 8]),
+          "s002.dcm"), DICOM_POINT, register=False), 2, "s002.dcm"),
+        P("probe-nifti-qform-sform-disagree", lambda c: seg(c, two_forms_nii(c), "--point=307,7,7"), 0,
+          warn="qform and sform disagree"),
+        # (4) evaluate keeps finished work: a broken case is a row with its error
+        P("probe-evaluate-label-one-slice-short", short_label_dataset, 3),
+        # (5)/(6) special files and text
+        P("probe-fifo-as-image", lambda c: seg(c, fifo(c, "pipe.nii.gz"), register=False), 2, "named pipe"),
+        P("probe-fifo-as-model", lambda c: seg(c, c.base(), model=fifo(c, "pipe.safetensors"), register=False), 2,
+          "named pipe"),
+        P("probe-escape-sequences-in-path", lambda c: seg(c, c.inp / "\x1b]0;x\x07\x1b[31mred.nii.gz", register=False),
+          2, "file not found"),
+        P("probe-one-bit-nifti", lambda c: seg(c, put(c.inp / "onebit.nii", nifti1_header((8, 8, 8), 1, 1) + bytes(64)),
+                                               register=False), 2, "onebit.nii"),
+    ]
+    return cases
+
+
+def truncate_slice(folder: Path, name: str) -> Path:
+    (folder / name).write_bytes((folder / name).read_bytes()[:400])
+    return folder
+
+
 CATEGORIES = {"volumes": volume_cases(), "prompts": prompt_cases(), "text": text_cases(), "files": file_cases(),
-              "models": model_cases(), "pipelines": pipeline_cases(), "tags": tags_cases()}
+              "models": model_cases(), "pipelines": pipeline_cases(), "tags": tags_cases(), "probe": probe_cases()}
 
 
 @pytest.mark.parametrize("case", [p for cases in CATEGORIES.values() for p in cases])
