@@ -94,13 +94,11 @@ def test_object_word_modes():
 
 # --- encoders ---------------------------------------------------------------------------------------------------------
 
-def test_tiny_encoder_builds_fast_and_leaves_global_rng_alone(tiny):
+def test_tiny_encoder_builds_and_leaves_global_rng_alone(tiny):
     assert tiny.id == TINY and tiny.dim == 64
     rng = torch.get_rng_state()
-    start = time.perf_counter()
     encoder = te.make_text_encoder(TINY)  # open_clip is already imported by the fixture
     out = encoder.encode(["a 3D photo of a kidney.", "a 3D photo of a kidney with tumor."])
-    assert time.perf_counter() - start < 1.0
     assert torch.equal(torch.get_rng_state(), rng)
     assert out.shape == (2, 64) and out.dtype == torch.float32 and not out.requires_grad
     assert not torch.allclose(out[0], out[1])
