@@ -17,6 +17,7 @@ if not _os.environ.get("TAGSEG_DEBUG"):
     for _category in (FutureWarning, DeprecationWarning):
         _warnings.filterwarnings("ignore", category=_category, module=LIBRARY_WARNING_MODULES)
 
+from .anatomy import load_anatomy
 from .errors import DeviceError, InputError, ModelError, PromptError, TagsegError
 from .io import load_volume, save_segmentation, save_volume
 from .session import Session
@@ -24,5 +25,5 @@ from .volume import Volume
 
 __version__ = "0.1.0"
 
-__all__ = ["Volume", "Session", "load_volume", "save_volume", "save_segmentation", "TagsegError", "InputError",
+__all__ = ["Volume", "Session", "load_volume", "load_anatomy", "save_volume", "save_segmentation", "TagsegError", "InputError",
            "PromptError", "ModelError", "DeviceError", "__version__"]

@@ -94,6 +94,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="organ mask file (any grid), or a folder of per-organ masks (TotalSegmentator output: "
                           "the organ is picked from --text). Default model: the result stays inside it; "
                           "TAGS: the organ-mask input channel")
+    seg.add_argument("--anatomy-classes", metavar="totalsegmentator|CLASSES.json",
+                     help="class names of a multi-label --anatomy map: TotalSegmentator v2's numbering or a JSON "
+                          "file {label: name} (default: MAP.json beside it, or a .seg.nrrd's segment names); the "
+                          "organ is picked from --text")
     seg.add_argument("--model", default="auto", metavar="NAME|PATH", help="model name or checkpoint (default: auto)")
     seg.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     seg.add_argument("--png", metavar="OVERLAY.png", help="also write an axial overlay preview")
@@ -370,13 +374,17 @@ def _cmd_segment(args: argparse.Namespace, reporter: _Reporter) -> int:
             raise PromptError("only exclude points given; add an include point (--point) or a box (--box)")
         raise PromptError("no prompt given; add an include point (--point R,A,S) or a box (--box R1,A1,S1,R2,A2,S2)")
     anatomy_path = Path(args.anatomy).expanduser() if args.anatomy else None
-    suffix = _check_outputs(image_path, output, png, [anatomy_path] if anatomy_path else [])
+    classes = args.anatomy_classes
+    if classes and not anatomy_path:
+        raise PromptError("--anatomy-classes names the classes of an --anatomy label map; give --anatomy too")
+    classes_file = [Path(classes).expanduser()] if classes and Path(classes).expanduser().exists() else []
+    suffix = _check_outputs(image_path, output, png, ([anatomy_path] if anatomy_path else []) + classes_file)
     description = parse_description(args.text)
     model_name = resolve_model_name(args.model, description)
 
     t0 = time.perf_counter()
     volume = _load_image(image_path, reporter, series=args.series, resample_uneven=args.resample_uneven_dicom)
-    anatomy = _load_anatomy(anatomy_path, description, reporter) if anatomy_path else None
+    anatomy = _load_anatomy(anatomy_path, description, reporter, classes) if anatomy_path else None
     if args.text_only and not points and not boxes and anatomy is None:
         raise PromptError("--text-only needs --anatomy: the first click is searched inside the organ")
     stages = {"load": time.perf_counter() - t0}
@@ -462,20 +470,12 @@ def _cmd_segment(args: argparse.Namespace, reporter: _Reporter) -> int:
     return 0
 
 
-def _load_anatomy(path: Path, description, reporter: _Reporter):
-    """An organ mask file, or from a folder of per-organ masks the organ(s) the description names."""
-    if not path.is_dir() or _looks_like_dicom_folder(path):
-        return _load_image(path, reporter)
-    from .io import load_organ_mask
-    from .text import ORGAN_LABELS
+def _load_anatomy(path: Path, description, reporter: _Reporter, classes: str | None = None):
+    """The organ mask (tagseg.anatomy): a mask file, a folder of per-organ masks or a label map with class names;
+    the organ the description names is picked from the last two."""
+    from .anatomy import load_anatomy
 
-    if not description.anatomy or description.anatomy not in ORGAN_LABELS:
-        raise PromptError(f"{path}: a folder of organ masks needs --text naming the organ (e.g. 'kidney tumor')")
-    return load_organ_mask(path, ORGAN_LABELS[description.anatomy])
-
-
-def _looks_like_dicom_folder(path: Path) -> bool:
-    return not any(p.name.endswith((".nii", ".nii.gz", ".nrrd", ".mha")) for p in path.iterdir())
+    return load_anatomy(path, description.anatomy, classes=classes, warn=reporter.warn)
 
 
 # ---- describe -----------------------------------------------------------------------------------------------
@@ -802,6 +802,8 @@ API_TO_OPTION = (
     ("device 'cpu'", "--device cpu"),
     ("series=UID", "--series UID"),
     ("resample_uneven=True", "--resample-uneven-dicom"),
+    ("classes='totalsegmentator'", "--anatomy-classes totalsegmentator"),
+    ("a description naming the organ", "--text naming the organ"),
 )
 
 

@@ -552,6 +552,38 @@ def _merge_segmentation_layers(image):
     return out
 
 
+def load_segmentation(path: str | os.PathLike) -> tuple[list[Volume], list[tuple[str, int, int]]]:
+    """A Slicer `.seg.nrrd` kept apart by segment: its label layers (one Volume each; Slicer stores
+    overlapping segments on separate layers) and each segment's (name, layer, label value), from the header
+    keys vtkMRMLSegmentationStorageNode writes (`SegmentN_Name`, `_Layer`, `_LabelValue`)."""
+    sitk = _sitk()
+    path = Path(path)
+    require_regular_file(path, "segmentation")
+    note_input(path)
+    _check_header_budget(path)
+    with native_output_captured() as noise:
+        try:
+            image = sitk.ReadImage(str(path))
+        except RuntimeError as exc:
+            raise InputError(f"{path}: cannot be read as a segmentation ({_noise_detail([str(exc)] + noise)})") \
+                from None
+
+    def field(key: str, default: str) -> str:
+        return image.GetMetaData(key).strip() if image.HasMetaDataKey(key) else default
+
+    segments = []
+    while image.HasMetaDataKey(f"Segment{len(segments)}_ID") or image.HasMetaDataKey(f"Segment{len(segments)}_Name"):
+        n = len(segments)
+        try:
+            layer, label = int(field(f"Segment{n}_Layer", "0")), int(field(f"Segment{n}_LabelValue", "1"))
+        except ValueError:
+            raise InputError(f"{path}: segment {n} has a layer or label value that is not a whole number") from None
+        segments.append((field(f"Segment{n}_Name", f"Segment_{n + 1}"), layer, label))
+    components = image.GetNumberOfComponentsPerPixel()
+    layers = [image] if components == 1 else [sitk.VectorIndexSelectionCast(image, c) for c in range(components)]
+    return [_image_to_volume(layer, path.name) for layer in layers], segments
+
+
 def _same_image(written, expected) -> str | None:
     """What differs between an image read back and the one meant to be written (None: identical)."""
     sitk = _sitk()

@@ -12,6 +12,7 @@ from typing import Callable
 import numpy as np
 
 from . import prompts as P
+from .anatomy import select_organ
 from .backends import acquire_backend, resolve_model_name
 from .backends.base import Backend, GridPrompts
 from .checks import ResultWarning, check_result
@@ -66,13 +67,17 @@ class Session:
         self._push(P.PromptSet(self.prompts.points, self.prompts.boxes, desc.text, self.prompts.anatomy,
                                self.prompts.anatomy_key))
 
-    def set_anatomy(self, organ_mask: Volume | None) -> None:
-        """A binary organ mask on any grid; the result is kept inside it (dilated). None clears it."""
+    def set_anatomy(self, organ_mask: Volume | None, classes=None) -> None:
+        """An organ mask on any grid; the result is kept inside it (dilated). None clears it.
+
+        A multi-label map needs `classes` ("totalsegmentator", a {label: name} dict or a JSON file): the organ the
+        text (set_text first) names is then taken from it; without them it is refused (see tagseg.anatomy)."""
         if organ_mask is None:
             anatomy, key = None, ""
         else:
             if not isinstance(organ_mask, Volume):
                 raise PromptError("anatomy mask must be a tagseg.Volume")
+            organ_mask = select_organ(organ_mask, parse_description(self.prompts.text).anatomy, classes)
             on_grid = resample_like(organ_mask, self.volume, order=0)
             binary = np.asarray(on_grid.array) > 0
             if not binary.any():
