@@ -84,6 +84,29 @@ def check(nbytes: int | float, what: str) -> None:
                          f"(set {ENV}, e.g. {ENV}=16G, to allow more)")
 
 
+def check_checkpoint_config(path) -> None:
+    """A TAGS checkpoint's network, sized from its config before torch is even imported (importing torch alone
+    costs ~0.6 GB): a lower bound of its parameters, depth x (4 + 2 mlp_ratio) x embed_dim^2 (the attention and
+    MLP weights of its transformer blocks), at float32 twice over (the weights and the file's copy). Anything
+    unreadable is left to the checkpoint loader, which names the problem; the loader's exact count follows."""
+    import json
+    import struct
+
+    try:
+        with open(path, "rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            if length > 64 << 20:
+                return
+            header = json.loads(handle.read(length))
+        config = json.loads(header["__metadata__"]["tagseg"])["config"]
+        depth, ratio, width = int(config["depth"]), float(config["mlp_ratio"]), int(config["embed_dim"])
+    except (OSError, ValueError, KeyError, TypeError, struct.error):
+        return
+    if depth > 0 and ratio > 0 and width > 0:
+        parameters = int(depth * (4 + 2 * ratio) * width ** 2)
+        check(parameters * 4 * 2, f"the network (at least {parameters:,} parameters)")
+
+
 def check_voxels(shape, bytes_per_voxel: int, what: str) -> None:
     """A grid of `shape` voxels of `bytes_per_voxel` each; shapes that overflow are refused too."""
     count = 1

@@ -25,7 +25,7 @@ from .paths import cache_dir, guarding_inputs, sha256_file
 from .text import parse_description
 
 PROG = "tagseg"
-OUTPUT_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha")
+OUTPUT_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha", ".dcm")
 COORDINATE_OPTIONS = ("--point", "--neg-point", "--box")
 DEMO_CLICKS = 3
 REAL_CASE = ("lesions_dev", "deeplesion_000002_ct")
@@ -84,7 +84,9 @@ def _parser() -> argparse.ArgumentParser:
     seg.add_argument("image", metavar="IMAGE", help="input volume (.nii/.nii.gz/.nrrd/.mha/.mhd or a DICOM folder)")
     seg.add_argument("-o", "--output", required=True, metavar="OUT",
                      help="mask to write: .nii.gz/.nii/.nrrd/.mha (uint8 label map, 1 = tumour) or .seg.nrrd "
-                          "(Slicer segmentation)")
+                          "(Slicer segmentation) or .dcm (DICOM SEG; needs a DICOM series as IMAGE)")
+    seg.add_argument("--dicom-seg", action="store_true",
+                     help="OUT is a folder: write the result there as a DICOM SEG, named <new UID>.dcm")
     seg.add_argument("--point", action="append", default=[], metavar="R,A,S", help="include click (repeatable)")
     seg.add_argument("--neg-point", action="append", default=[], metavar="R,A,S", help="exclude click (repeatable)")
     seg.add_argument("--box", action="append", default=[], metavar="R1,A1,S1,R2,A2,S2",
@@ -275,10 +277,21 @@ def _write_outputs(mask, image, output: Path, suffix: str, segment_name: str, pn
     from .overlay import save_overlay_png
     from .paths import AtomicFile
 
-    picture = output_image(mask, output, segment_name=segment_name)
+    if suffix == ".dcm":                    # DICOM SEG, coded with the description's terminology entry
+        from .dicomseg import segmentation_dataset, write_verified as write_seg
+
+        dataset = segmentation_dataset(mask, image, segment_name, parse_description(segment_name).terminology())
+
+        def write(tmp: Path) -> None:
+            write_seg(dataset, tmp, mask)
+    else:
+        picture = output_image(mask, output, segment_name=segment_name)
+
+        def write(tmp: Path) -> None:
+            write_verified(picture, tmp)
     with AtomicFile(output, suffix=suffix, what="the mask") as part:    # one writer: checked, then renamed
         try:
-            write_verified(picture, part.path)
+            write(part.path)
         except (RuntimeError, OSError, TypeError) as exc:
             raise part.fail(exc) from None
         if png is not None:
@@ -373,6 +386,8 @@ def _cmd_segment(args: argparse.Namespace, reporter: _Reporter) -> int:
         if neg_points:
             raise PromptError("only exclude points given; add an include point (--point) or a box (--box)")
         raise PromptError("no prompt given; add an include point (--point R,A,S) or a box (--box R1,A1,S1,R2,A2,S2)")
+    if args.dicom_seg:
+        output = _dicom_seg_file(output)
     anatomy_path = Path(args.anatomy).expanduser() if args.anatomy else None
     classes = args.anatomy_classes
     if classes and not anatomy_path:
@@ -384,6 +399,10 @@ def _cmd_segment(args: argparse.Namespace, reporter: _Reporter) -> int:
 
     t0 = time.perf_counter()
     volume = _load_image(image_path, reporter, series=args.series, resample_uneven=args.resample_uneven_dicom)
+    if suffix == ".dcm":
+        from .dicomseg import check_source
+
+        check_source(volume, f"{output}: a DICOM SEG")        # refused before the model runs
     anatomy = _load_anatomy(anatomy_path, description, reporter, classes) if anatomy_path else None
     if args.text_only and not points and not boxes and anatomy is None:
         raise PromptError("--text-only needs --anatomy: the first click is searched inside the organ")
@@ -468,6 +487,19 @@ def _cmd_segment(args: argparse.Namespace, reporter: _Reporter) -> int:
         print(f"text     read as {_one_line(description.summary())}")
     print(f"{description.segment_name}: {stats['volume_ml']:.2f} ml ({stats['voxels']} voxels)")
     return 0
+
+
+def _dicom_seg_file(output: Path) -> Path:
+    """`--dicom-seg`: OUT is a folder (existing or new) that receives `<new UID>.dcm`; a `.dcm` OUT stays as given."""
+    from .dicomseg import INSTALL_HINT, available, new_uid
+
+    if not available():
+        raise InputError(INSTALL_HINT)
+    if output.name.lower().endswith(".dcm"):
+        return output
+    if _output_suffix(output) is not None or (output.exists() and not output.is_dir()):
+        raise InputError(f"{output}: --dicom-seg writes into a folder (or give OUT.dcm)")
+    return output / f"{new_uid()}.dcm"
 
 
 def _load_anatomy(path: Path, description, reporter: _Reporter, classes: str | None = None):
@@ -625,7 +657,14 @@ def _cmd_convert(args: argparse.Namespace, reporter: _Reporter) -> int:
 
 
 def _cmd_models(args: argparse.Namespace, reporter: _Reporter) -> int:
+    from . import budget
     from .errors import InputError
+
+    if args.action == "install" and args.target:
+        try:
+            budget.check_checkpoint_config(Path(args.target).expanduser())
+        except InputError as exc:
+            raise InputError(f"{Path(args.target).name}: {exc}") from None
     from .tags import checkpoint
 
     if args.action == "install":

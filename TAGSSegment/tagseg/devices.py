@@ -10,9 +10,11 @@ def resolve_device(requested: str = "auto", warn=None) -> str:
     """The device to run on. "auto" is CUDA when present, else the CPU without a word (an expected outcome,
     not a problem); an explicit "cuda" or "mps" that is missing is an error. `warn` is accepted for callers
     that pass their reporter; nothing here needs it now."""
+    choice = (requested or "auto").lower()
+    if choice == "cpu":               # no torch import: a refused input stays cheap (torch alone is ~0.6 GB)
+        return "cpu"
     import torch
 
-    choice = (requested or "auto").lower()
     if choice.startswith("cuda") and choice != "cuda" and not choice[5:].isdigit():
         raise DeviceError(f"unknown device '{requested}' (choose from {', '.join(CHOICES)} or cuda:N)")
     if choice not in CHOICES and not choice.startswith("cuda:"):

@@ -62,6 +62,12 @@ class Options:
     incremental: bool = True              # a click added after a result corrects that result (else: recompute all)
     min_correction_mm: float = 5.0        # an include correction adds at most a lesion-radius ball (at least this)
     result_memory: int = 16               # results kept for corrections
+    include_reach: float = 2.0            # an include correction reaches this x its distance (mm) from the result
+    include_intensity: float = 0.5        # ... keeping tissue within this fraction of the way to the result's rim
+    exclude_by_intensity: bool = True     # an exclude click removes the connected tissue at its intensity ...
+    exclude_threshold: float = 0.25       # ... up to this fraction of the way from its value to the mask's median
+    exclude_min_contrast: float = 0.5     # ... when the two differ by this many of the mask's SDs (else a local cut)
+    exclude_voronoi: bool = False         # ... and only where nearer (mm) to the exclude click than to every include
     stats: dict = field(default_factory=dict)
 
 
@@ -373,15 +379,34 @@ class LiteMedSAM3D(Backend):
             if previous[index]:
                 return previous
             added = self._segment(win, point[None], neg, box3d, allowed)
-            # a correction adds the missed part near the click, never a structure larger than the lesion
+            # a correction adds the missed part near the click, never a structure larger than the lesion: the
+            # click lies about halfway into the missed part, so it reaches about twice as far as the click
+            # is from the previous result ...
             radius_mm = max(o.min_correction_mm, (3 * previous.sum() * np.prod(self.spacing) / (4 * np.pi)) ** (1 / 3))
+            if o.include_reach > 0:
+                gap_mm = float(ndimage.distance_transform_edt(~previous, sampling=self.spacing)[index])
+                radius_mm = min(radius_mm, max(o.min_correction_mm, o.include_reach * gap_mm))
             grid = np.ogrid[tuple(slice(0, n) for n in previous.shape)]
             near = sum(((g - p) * sp) ** 2 for g, p, sp in zip(grid, point, self.spacing)) <= radius_mm ** 2
-            return previous | (added & near)
+            added &= near
+            # ... and holds tissue nearer in intensity to the clicked voxel than to what surrounds the result
+            if o.include_intensity > 0 and added.any():
+                image = ndimage.gaussian_filter(self._data.astype(np.float32), sigma=(0, 1, 1))
+                ring = ndimage.binary_dilation(previous, iterations=2) & ~previous
+                if ring.any():
+                    value, around = float(image[index]), float(np.median(image[ring]))
+                    threshold = value + o.include_intensity * (around - value)
+                    added &= (image >= threshold) if value >= around else (image <= threshold)
+            return previous | added
         if not previous[index] or len(pos) == 0:
             return previous
-        out = previous.copy()
         z, r, c = index
+        if o.exclude_by_intensity:
+            region = self._leak_at_intensity(previous, index, pos)
+            if region is not None:
+                self.trace.append(("exclude-intensity", int(region.sum())))
+                return self._keep_prompted_components(previous & ~region, pos, [z])
+        out = previous.copy()
         include_z = np.round(pos[:, 0]).astype(int)
         away = 1 if z > include_z.max() else -1 if z < include_z.min() else 0
         toward = z - away
@@ -395,6 +420,34 @@ class LiteMedSAM3D(Backend):
             # a leak beside the lesion: cut on the clicked slice only
             self._cut_leak(out[z], (r, c))
         return self._keep_prompted_components(out, pos, [z])
+
+    def _leak_at_intensity(self, mask: np.ndarray, index: tuple[int, int, int], pos: np.ndarray) -> np.ndarray | None:
+        """The voxels an exclude click rejects by intensity: the 3D-connected part of `mask` holding the click whose
+        (in-plane smoothed) intensity lies on the click's side of a threshold between the clicked value and the
+        mask's median. None when the click's value is too close to the mask's for intensity to tell them apart."""
+        o = self.options
+        lo = np.maximum(np.min(np.nonzero(mask), axis=1) - 2, 0)
+        hi = np.minimum(np.max(np.nonzero(mask), axis=1) + 3, mask.shape)
+        box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        sub = mask[box]
+        image = ndimage.gaussian_filter(self._data[box].astype(np.float32), sigma=(0, 1, 1))
+        click = tuple(int(i - a) for i, a in zip(index, lo))
+        values = image[sub]
+        value, median, sd = float(image[click]), float(np.median(values)), float(values.std())
+        if sd <= 0 or abs(median - value) < o.exclude_min_contrast * sd:
+            return None
+        threshold = value + o.exclude_threshold * (median - value)
+        side = sub & ((image <= threshold) if value < median else (image >= threshold))
+        labels, _ = ndimage.label(side)
+        region = labels == labels[click]
+        if o.exclude_voronoi:
+            grid = np.ogrid[tuple(slice(0, n) for n in sub.shape)]
+            def dist2(p):
+                return sum(((g - (q - a)) * sp) ** 2 for g, q, a, sp in zip(grid, p, lo, self.spacing))
+            region &= dist2(index) < np.min([dist2(p) for p in pos], axis=0)
+        out = np.zeros_like(mask)
+        out[box] = region
+        return out
 
     def _cut_leak(self, mask: np.ndarray, rc: tuple[int, int], whole_if_deep: bool = False) -> str:
         """Remove, in place, the part of `mask`'s component at `rc` nearer to `rc` than to the component's
@@ -484,7 +537,7 @@ class LiteMedSAM3D(Backend):
         # between two seeds the lesion continues: each slice is propagated from both and keeps the result with
         # the higher IoU estimate (a new seed cannot spoil slices another seed got right); beyond the outer
         # seeds propagation runs until the lesion ends
-        chains: dict[int, SliceResult] = {}
+        runs = []
         for i, seed in enumerate(seeds):
             for direction in (1, -1):
                 j = i + direction
@@ -496,12 +549,20 @@ class LiteMedSAM3D(Backend):
                     continue
                 visits = set(range(seed + direction * step, last + direction, direction * step))
                 visits |= {z for z in prompted if min(seed, last) <= z <= max(seed, last) and z != seed}
-                found: dict[int, SliceResult] = {}
-                self._propagate_chain(results[seed], sorted(visits, reverse=direction < 0), must, found, win,
-                                      box_model, allowed_in, neg_on, max_area, seed_mean, seed_sd)
-                for z, res in found.items():
-                    if z not in chains or res.iou + res.continuity > chains[z].iou + chains[z].continuity:
-                        chains[z] = res
+                runs.append((seed, sorted(visits, reverse=direction < 0), must))
+        total = len(seeds) + sum(len(visits) for _, visits, _ in runs)
+        done = len(seeds)
+        self.report_progress("slices", done, total)
+        chains: dict[int, SliceResult] = {}
+        for seed, visits, must in runs:
+            found: dict[int, SliceResult] = {}
+            self._propagate_chain(results[seed], visits, must, found, win, box_model, allowed_in, neg_on,
+                                  max_area, seed_mean, seed_sd)
+            done += len(visits)           # a run that stopped early skips the rest of its slices
+            self.report_progress("slices", done, total)
+            for z, res in found.items():
+                if z not in chains or res.iou + res.continuity > chains[z].iou + chains[z].continuity:
+                    chains[z] = res
         results.update({z: r for z, r in chains.items() if z not in results})
 
         masks = {z: ndimage.binary_fill_holes(r.mask) for z, r in results.items()}

@@ -35,7 +35,7 @@ import numpy as np
 
 from ..checks import Crop
 from ..devices import is_out_of_memory
-from ..errors import DeviceError, ModelError, PromptError
+from ..errors import DeviceError, InputError, ModelError, PromptError
 from ..text import parse_description
 from ..volume import Volume
 from .base import Backend, GridPrompts
@@ -88,6 +88,13 @@ class TagsBackend(Backend):
                  metadata: dict | None = None, class_embeddings=None, options: TagsOptions | None = None,
                  encoding_cache_size: int = 2) -> None:
         super().__init__()
+        if checkpoint is not None:
+            from .. import budget
+
+            try:
+                budget.check_checkpoint_config(checkpoint)
+            except InputError as exc:
+                raise ModelError(f"{Path(checkpoint).name}: {exc}") from None
         import torch
 
         from ..tags.config import TagsConfig
