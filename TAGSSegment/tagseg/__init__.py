@@ -25,5 +25,5 @@ from .volume import Volume
 
 __version__ = "0.1.0"
 
-__all__ = ["Volume", "Session", "load_volume", "load_anatomy", "save_volume", "save_segmentation", "TagsegError", "InputError",
-           "PromptError", "ModelError", "DeviceError", "__version__"]
+__all__ = ["Volume", "Session", "load_volume", "load_anatomy", "save_volume", "save_segmentation", "TagsegError",
+           "InputError", "PromptError", "ModelError", "DeviceError", "__version__"]

@@ -239,9 +239,10 @@ def load_volume(path: str | os.PathLike, series: str | None = None, resample_une
     if kind not in ("file", "folder"):
         raise InputError(f"{path}: is {kind}, not an image file or a DICOM folder")
     warnings: list[str] = []
+    dicom_files: list[Path] = []
     try:
         if kind == "folder":
-            image = _read_dicom_series(path, series, warnings, resample_uneven)
+            image = _read_dicom_series(path, series, warnings, resample_uneven, dicom_files)
         else:
             if _suffix(path) not in VOLUME_SUFFIXES and _suffix(path) != ".dcm":
                 raise InputError(f"{path}: unsupported file type '{_suffix(path) or path.name}' "
@@ -276,6 +277,8 @@ def load_volume(path: str | os.PathLike, series: str | None = None, resample_une
         volume = _apply_nifti_precedence(path, volume, warnings)
     if warnings:
         volume.meta["warnings"] = warnings
+    if dicom_files:                     # the source a DICOM SEG output references (tagseg.dicomseg)
+        volume.meta["dicom_files"] = tuple(str(f) for f in dicom_files)
     return volume
 
 
@@ -372,7 +375,8 @@ def _looks_like_dicom_file(path: Path) -> bool:
         return False
 
 
-def _read_dicom_series(folder: Path, series: str | None, warnings: list[str], resample_uneven: bool = False):
+def _read_dicom_series(folder: Path, series: str | None, warnings: list[str], resample_uneven: bool = False,
+                       files_read: list[Path] | None = None):
     """One series, every slice read and checked: same size and orientation, positions evenly spaced along
     the slice normal (or resampled, when asked), no duplicates. Returns a SimpleITK image."""
     sitk = _sitk()
@@ -397,6 +401,8 @@ def _read_dicom_series(folder: Path, series: str | None, warnings: list[str], re
                              "the series would have a gap")
     for file in files:
         require_regular_file(file, "DICOM slice")
+    if files_read is not None:
+        files_read.extend(files)
     if len(files) == 1:
         note_input(files[0])
         _check_header_budget(files[0])
