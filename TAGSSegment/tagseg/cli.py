@@ -271,7 +271,7 @@ def _check_outputs(image: Path, output: Path, png: Path | None, inputs: Sequence
 
 
 def _write_outputs(mask, image, output: Path, suffix: str, segment_name: str, png: Path | None,
-                   points_ras, reference=None) -> None:
+                   points_ras, reference=None, neg_points_ras=(), boxes_ras=()) -> None:
     """Write the mask under a temporary name, then the overlay, then rename the mask into place."""
     from .io import output_image, write_verified
     from .overlay import save_overlay_png
@@ -296,7 +296,8 @@ def _write_outputs(mask, image, output: Path, suffix: str, segment_name: str, pn
             raise part.fail(exc) from None
         if png is not None:
             try:
-                save_overlay_png(image, mask, png, points_ras=points_ras, reference=reference)
+                save_overlay_png(image, mask, png, points_ras=points_ras, reference=reference,
+                                 neg_points_ras=neg_points_ras, boxes_ras=boxes_ras, text=segment_name)
             except OSError as exc:
                 raise InputError(f"{png}: cannot write the overlay ({_one_line(exc)[:200]})") from None
         part.commit()
@@ -455,7 +456,8 @@ def _cmd_segment(args: argparse.Namespace, reporter: _Reporter) -> int:
         reporter.warn(f"{warning.message} [{warning.code}]")
 
     t2 = time.perf_counter()
-    _write_outputs(mask, volume, output, suffix, description.segment_name, png, points)
+    _write_outputs(mask, volume, output, suffix, description.segment_name, png, points,
+                   neg_points_ras=neg_points, boxes_ras=boxes)
     stages["write"] = time.perf_counter() - t2
     stats = _mask_stats(mask)
     summary = {
