@@ -99,19 +99,26 @@ class AxisReorientation:
         return Volume(np.ascontiguousarray(self.apply(volume.array)), ijk_to_ras, volume.name, dict(volume.meta))
 
 
+def _kji_index_map(source_ijk_to_ras: np.ndarray, target_ijk_to_ras: np.ndarray) -> np.ndarray:
+    """4x4 map from a target KJI index to the source KJI index it samples (both grids' IJK->RAS)."""
+    target = np.asarray(target_ijk_to_ras, dtype=np.float64)
+    src_from_tgt = np.linalg.inv(np.asarray(source_ijk_to_ras, dtype=np.float64)) @ target
+    swap = np.eye(4)[[2, 1, 0, 3]]
+    return swap @ src_from_tgt @ swap
+
+
 def resample(volume: Volume, ijk_to_ras: np.ndarray, shape_kji: tuple[int, int, int], order: int = 1,
              fill: float = 0.0) -> Volume:
     """Resample `volume` onto another grid (any orientation). order 0 = nearest, 1 = linear.
 
     Each source voxel covers +-half a voxel around its centre ("grid-constant"): with scipy's plain
     "constant" mode a target voxel landing on an edge voxel centre plus rounding noise (1e-15) got `fill`.
+    `resample_tensor` is the same mapping in torch, for arrays already on a GPU.
     """
     from scipy import ndimage
 
     target = np.asarray(ijk_to_ras, dtype=np.float64)
-    src_from_tgt = volume.ras_to_ijk @ target                 # ijk(target) -> ijk(source)
-    swap = np.eye(4)[[2, 1, 0, 3]]
-    kji_from_kji = swap @ src_from_tgt @ swap
+    kji_from_kji = _kji_index_map(volume.ijk_to_ras, target)
     data = np.asarray(volume.array)
     if order > 0 and not np.issubdtype(data.dtype, np.floating):
         data = data.astype(np.float32)
@@ -119,6 +126,65 @@ def resample(volume: Volume, ijk_to_ras: np.ndarray, shape_kji: tuple[int, int, 
                                    output_shape=tuple(int(n) for n in shape_kji), order=order,
                                    mode="grid-constant", cval=fill, prefilter=False)
     return Volume(out, target, volume.name, dict(volume.meta))
+
+
+def resample_tensor(data, source_ijk_to_ras: np.ndarray, ijk_to_ras: np.ndarray, shape_kji: tuple[int, int, int],
+                    order: int = 1, fill: float = 0.0):
+    """`resample` for a KJI torch tensor on any device (the TAGS crops on the GPU): same grid, same values.
+
+    It reproduces scipy's `affine_transform(order, mode="grid-constant", prefilter=False)` operation by
+    operation rather than calling `grid_sample`: source indices in float64, summed in scipy's order
+    (k, j, i terms, then the offset; separate kernels, so no fused multiply-add), `floor` and weights
+    1 - t, t per axis, out-of-volume corners read as `fill` (NaN * 0 stays NaN, as in scipy: with
+    fill NaN, a sample on the last voxel centre is NaN), nearest = floor(x + 0.5). `grid_sample`
+    rebuilds the index in float32 from normalised coordinates, about 1e-5 voxel off: a 1 mm crop of
+    a 1 mm volume then reads the neighbour voxel's 1e-5 share, which flips the edge rule above and
+    moves 0.5 samples of a binary mask across the > 0.5 threshold. Float inputs come back in their
+    dtype, others as float32 for order 1 (as `resample`).
+    """
+    import itertools
+
+    import torch
+
+    if order not in (0, 1):
+        raise ValueError(f"order must be 0 or 1, got {order}")
+    device = data.device
+    if order > 0 and not data.is_floating_point():
+        data = data.to(torch.float32)
+    index_map = torch.as_tensor(_kji_index_map(source_ijk_to_ras, ijk_to_ras), dtype=torch.float64, device=device)
+    shape = tuple(int(n) for n in shape_kji)
+    k, j, i = (torch.arange(n, dtype=torch.float64, device=device) for n in shape)
+    k, j, i = k[:, None, None], j[None, :, None], i[None, None, :]
+    coords = []
+    for axis in range(3):       # scipy: ((m0 * k + m1 * j) + m2 * i) + offset
+        row = index_map[axis]
+        coords.append(((row[0] * k + row[1] * j) + row[2] * i) + row[3])
+    size = data.shape
+    flat = data.reshape(-1)
+    fill_value = torch.tensor(fill, dtype=data.dtype if data.is_floating_point() else torch.float64, device=device)
+
+    def read(indices):
+        inside = torch.ones(shape, dtype=torch.bool, device=device)
+        linear = torch.zeros(shape, dtype=torch.int64, device=device)
+        for axis, index in enumerate(indices):
+            inside = inside & (index >= 0) & (index < size[axis])
+            linear = linear * size[axis] + index.clamp(0, size[axis] - 1)
+        values = flat[linear.reshape(-1)].reshape(shape)
+        return torch.where(inside, values.to(fill_value.dtype), fill_value)
+
+    if order == 0:
+        out = read([torch.floor(c + 0.5).to(torch.int64) for c in coords])
+        return out.to(data.dtype) if not data.is_floating_point() and fill == int(fill) else out
+    starts = [torch.floor(c) for c in coords]
+    weights = [(1.0 - (c - s), c - s) for c, s in zip(coords, starts)]
+    starts = [s.to(torch.int64) for s in starts]
+    total = torch.zeros(shape, dtype=torch.float64, device=device)
+    for corner in itertools.product((0, 1), repeat=3):
+        term = read([s + c for s, c in zip(starts, corner)]).to(torch.float64)
+        for axis, c in enumerate(corner):
+            term = term * weights[axis][c]
+        total = total + term
+    return total.to(data.dtype)
 
 
 def resample_like(volume: Volume, reference: Volume, order: int = 1, fill: float = 0.0) -> Volume:

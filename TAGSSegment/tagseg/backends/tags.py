@@ -19,6 +19,10 @@ Extensions over the paper, each switchable in `TagsOptions` (§10 #13-16):
 - `anatomy_fallback` "prompt-box": a box around the prompts when the organ mask is absent or misses
   the crop (the paper: zeros, `anatomy_fallback="zeros"`).
 
+`resample` "auto" builds the crop and maps the result back in torch on the model's device when that
+is CUDA (the same arithmetic as the scipy path, `tags/crop.py`), so the volume goes to the GPU once
+per image and only the source block under the crop comes back; elsewhere scipy does it.
+
 Prompts wider than one crop are refused by default (`wide_prompts="refuse"`, for the app);
 `wide_prompts="one-crop"` is the paper: one crop at the floored midpoint whatever the spread, every
 include click going to the prompt encoder, those outside the crop included. After each `predict`,
@@ -56,6 +60,7 @@ class TagsOptions:
     negative_radius_mm: float = 3.0
     autocast: str = "auto"              # "auto" (bf16 on CUDA), "bf16", "fp16", "off"
     allow_download: bool = False        # may the text encoder fetch CLIP weights (explicit user request only)
+    resample: str = "auto"              # crop in/out: "auto" (torch on CUDA, else scipy), "scipy", "torch"
 
     def validate(self) -> "TagsOptions":
         if not 0.0 <= self.text_fusion <= 1.0:
@@ -68,6 +73,8 @@ class TagsOptions:
             raise ModelError(f"wide_prompts must be one of {', '.join(WIDE_PROMPTS)}")
         if self.autocast not in ("auto", "bf16", "fp16", "off"):
             raise ModelError(f"autocast must be auto, bf16, fp16 or off, got '{self.autocast}'")
+        if self.resample not in ("auto", "scipy", "torch"):
+            raise ModelError(f"resample must be auto, scipy or torch, got '{self.resample}'")
         return self
 
 
@@ -124,6 +131,7 @@ class TagsBackend(Backend):
         self._cache_size = encoding_cache_size
         self._volume: Volume | None = None
         self._float_volume: Volume | None = None
+        self._volume_tensor = None           # _float_volume's array on the device (torch resampling)
         self._grid = None
         self._extents: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
         self.trace: list[str] = []
@@ -140,6 +148,7 @@ class TagsBackend(Backend):
         self._volume = volume
         # NaN/inf voxels count as the lowest finite value (the documented rule), before any resampling spreads them
         self._float_volume = volume.with_array(finite_or_floor(np.asarray(volume.array)))
+        self._volume_tensor = None
         self._encodings.clear()
         self._extents.clear()
         self._organ_sources.clear()
@@ -163,20 +172,29 @@ class TagsBackend(Backend):
         self.crops = tuple(Crop(grid.ijk_to_ras, grid.shape) for grid in grids)    # for the result checks
         prob = np.zeros(volume.shape_kji, np.float32)
         weight = np.zeros(volume.shape_kji, np.float32) if len(grids) > 1 else None
-        from ..tags.crop import crop_to_source
+        from ..tags.crop import crop_to_source, crop_to_source_tensor
 
+        on_device = self._resample_on_device()
         self.report_progress("crops", 0, len(grids))
         for done, grid in enumerate(grids, 1):
             crop_prob = self._crop_probability(grid, ras, prompts, keep_outside=len(grids) == 1)
             start = time.perf_counter()
-            placed = crop_to_source(crop_prob, grid, volume)
+            if on_device:
+                placed = crop_to_source_tensor(crop_prob, grid, volume)
+                if placed is not None:
+                    placed = placed[0], placed[1].cpu().numpy()
+            else:
+                placed = crop_to_source(crop_prob.cpu().numpy(), grid, volume)
             if placed is not None:
                 where, block = placed
                 if weight is None:
                     prob[where] = block
+                elif on_device:
+                    prob[where] += block
+                    weight[where] += crop_to_source_tensor(self._torch.ones_like(crop_prob), grid, volume)[1].cpu().numpy()
                 else:
                     prob[where] += block
-                    weight[where] += crop_to_source(np.ones_like(crop_prob), grid, volume)[1]
+                    weight[where] += crop_to_source(np.ones(grid.shape, np.float32), grid, volume)[1]
             self._tick("resample_back", start)
             self.report_progress("crops", done, len(grids))
         start = time.perf_counter()
@@ -245,7 +263,7 @@ class TagsBackend(Backend):
         for centre in self._tile_centres(lo, hi):
             grid = CropGrid.centred(centre, self.config.crop_size, self.config.spacing_mm)
             prob = self.text_probability(grid, prompts)
-            organ = self._organ_channel(grid, prompts, None) > 0
+            organ = np.asarray(self._organ_channel(grid, prompts, None)) > 0
             if not organ.any():
                 continue
             masked = np.where(organ, prob, -1.0)
@@ -338,16 +356,27 @@ class TagsBackend(Backend):
         self._extents[_grid_key(self._grid)] = (ras.extent_lo, ras.extent_hi)
         return [self._grid]
 
-    def _organ_channel(self, grid, prompts: GridPrompts, extent: tuple | None) -> np.ndarray:
-        from ..tags.crop import mask_channel
+    def _resample_on_device(self) -> bool:
+        """Crops built and mapped back in torch on the model's device (`TagsOptions.resample`)."""
+        choice = self.options.resample
+        return choice == "torch" or (choice == "auto" and self._torch.device(self.device).type == "cuda")
+
+    def _organ_channel(self, grid, prompts: GridPrompts, extent: tuple | None, tensor: bool = False):
+        """The organ-mask input channel: float32 [P, P, P] (a device tensor from the mask when `tensor`),
+        or None for the "ct" fallback."""
+        from ..tags.crop import mask_channel, mask_channel_tensor
 
         volume = self._need_volume()
         source = self._organ_sources
         key = _grid_key(grid)
         missing = "no mask"
         if prompts.anatomy is not None and prompts.anatomy.any():
-            organ = mask_channel(volume.with_array(prompts.anatomy.astype(np.uint8)), grid)
-            if organ.any():
+            if tensor:
+                data = self._torch.from_numpy(np.require(prompts.anatomy, requirements=["C", "W"])).to(self.device)
+                organ = mask_channel_tensor(data, volume, grid)
+            else:
+                organ = mask_channel(volume.with_array(prompts.anatomy.astype(np.uint8)), grid)
+            if bool(organ.any()):
                 source[key] = "mask"
                 return organ
             missing = "mask misses the crop"
@@ -371,12 +400,24 @@ class TagsBackend(Backend):
         return organ
 
     def _input_crop(self, grid, prompts: GridPrompts):
-        from ..tags.crop import ct_channel
+        from ..tags.crop import ct_channel, ct_channel_tensor
 
-        ct = ct_channel(self._float_volume, grid, self.intensity)
-        organ = self._organ_channel(grid, prompts, self._extents.get(_grid_key(grid)))
-        third = ct if organ is None else organ
-        return self._torch.from_numpy(np.stack([ct, ct, third]))[None]
+        torch = self._torch
+        extent = self._extents.get(_grid_key(grid))
+        if not self._resample_on_device():
+            ct = ct_channel(self._float_volume, grid, self.intensity)
+            organ = self._organ_channel(grid, prompts, extent)
+            third = ct if organ is None else organ
+            return torch.from_numpy(np.stack([ct, ct, third]))[None]
+        if self._volume_tensor is None:     # once per image; integers become float32 as in `resample`
+            array = np.asarray(self._float_volume.array)
+            if not np.issubdtype(array.dtype, np.floating):
+                array = array.astype(np.float32)
+            self._volume_tensor = torch.from_numpy(np.require(array, requirements=["C", "W"])).to(self.device)
+        ct = ct_channel_tensor(self._volume_tensor, self._float_volume, grid, self.intensity)
+        organ = self._organ_channel(grid, prompts, extent, tensor=True)
+        third = ct if organ is None else torch.as_tensor(organ, device=ct.device)
+        return torch.stack([ct, ct, third])[None]
 
     def _precision(self) -> str:
         """The precision the model runs in: fp32, or bf16/fp16 autocast ("auto" = bf16 on CUDA)."""
@@ -423,7 +464,7 @@ class TagsBackend(Backend):
             self._encodings.popitem(last=False)
         return encoded
 
-    def _crop_probability(self, grid, ras: _Prompts, prompts: GridPrompts, keep_outside: bool = False) -> np.ndarray:
+    def _crop_probability(self, grid, ras: _Prompts, prompts: GridPrompts, keep_outside: bool = False):
         """Tumour probability on one crop. With `keep_outside` (one crop, as published) include clicks
         outside the crop still go to the prompt encoder (their sampled features are zero); with several
         crops each crop gets only its own clicks."""
@@ -441,7 +482,7 @@ class TagsBackend(Backend):
             labels.append(np.zeros(len(exclude)))
         kji = np.concatenate(points)
         if len(kji) == 0:
-            return np.zeros(grid.shape, np.float32)
+            return torch.zeros(grid.shape, dtype=torch.float32, device=self.device)
         dwh = torch.from_numpy(kji[:, [0, 2, 1]].astype(np.float32))[None].to(self.device)
         lab = torch.from_numpy(np.concatenate(labels).astype(np.int64))[None].to(self.device)
         start = time.perf_counter()
@@ -453,7 +494,7 @@ class TagsBackend(Backend):
                 text_prob = self.model.alignment_maps(encoded, emb)[3][0, 1].float()
                 prob = (1.0 - self.options.text_fusion) * prob + self.options.text_fusion * text_prob
         self._tick("decode", start)
-        return prob.cpu().numpy()
+        return prob
 
     def _apply_constraints(self, mask: np.ndarray, prompts: GridPrompts) -> np.ndarray:
         from scipy import ndimage

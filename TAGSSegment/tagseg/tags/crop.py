@@ -7,6 +7,10 @@ K, J, I. Sampling goes straight from the source grid to the crop (one interpolat
 equals "resample to 1 mm, then cut [c - P/2, c + P/2)" without resampling the whole volume.
 Out-of-volume voxels become 0 after z-scoring (the dataset mean), as the authors' zero padding did.
 Training and inference both build crops here, so they cannot drift apart.
+
+Each step has a numpy/scipy form (the reference, used on CPU) and a `*_tensor` twin that does the same
+arithmetic in torch on the model's device (`geometry.resample_tensor`), so a GPU run does not ship
+the crop through the CPU; `test_tags_crop_device.py` holds the two to equality.
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..geometry import resample
+from ..geometry import resample, resample_tensor
 from ..volume import Volume
 
 # RAS direction of the crop's i (W), j (H), k (D) axes: columns of the direction matrix
@@ -115,10 +119,27 @@ def mask_channel(mask: Volume, grid: CropGrid) -> np.ndarray:
     return (sampled > 0.5).astype(np.float32)
 
 
-def crop_to_source(prob_crop: np.ndarray, grid: CropGrid, source: Volume
-                   ) -> tuple[tuple[slice, slice, slice], np.ndarray] | None:
-    """A crop-grid probability map -> the block of the source grid the crop covers (linear, 0 outside
-    the crop). Returns (KJI slices, float32 block), or None when the crop misses the volume."""
+def ct_channel_tensor(data, volume: Volume, grid: CropGrid, intensity: Intensity):
+    """`ct_channel` for `volume`'s array already on a device as the tensor `data`; float32 [P, P, P] tensor."""
+    import torch
+
+    sampled = resample_tensor(data, volume.ijk_to_ras, grid.ijk_to_ras, grid.shape, order=1, fill=float("nan"))
+    lo, hi = intensity.window
+    out = (torch.clamp(sampled, lo, hi) - intensity.mean) / intensity.std
+    return torch.where(torch.isfinite(out), out, torch.zeros((), dtype=out.dtype, device=out.device))
+
+
+def mask_channel_tensor(data, mask: Volume, grid: CropGrid):
+    """`mask_channel` for a mask whose array is on a device as the tensor `data` (only `mask`'s grid is read)."""
+    import torch
+
+    binary = (data > 0).to(torch.float32)
+    sampled = resample_tensor(binary, mask.ijk_to_ras, grid.ijk_to_ras, grid.shape, order=1, fill=0.0)
+    return (sampled > 0.5).to(torch.float32)
+
+
+def _source_block(grid: CropGrid, source: Volume):
+    """The block of the source grid the crop covers: (lo, hi) KJI bounds and its IJK->RAS, or None."""
     corners = np.array([[k, j, i] for k in (-0.5, grid.size - 0.5) for j in (-0.5, grid.size - 0.5)
                         for i in (-0.5, grid.size - 0.5)])
     kji = source.ras_to_kji(grid.kji_to_ras(corners))
@@ -128,6 +149,30 @@ def crop_to_source(prob_crop: np.ndarray, grid: CropGrid, source: Volume
         return None
     block_ijk_to_ras = source.ijk_to_ras.copy()
     block_ijk_to_ras[:3, 3] = source.ijk_to_ras[:3, :3] @ lo[::-1].astype(float) + source.ijk_to_ras[:3, 3]
+    return lo, hi, block_ijk_to_ras
+
+
+def crop_to_source(prob_crop: np.ndarray, grid: CropGrid, source: Volume
+                   ) -> tuple[tuple[slice, slice, slice], np.ndarray] | None:
+    """A crop-grid probability map -> the block of the source grid the crop covers (linear, 0 outside
+    the crop). Returns (KJI slices, float32 block), or None when the crop misses the volume."""
+    block = _source_block(grid, source)
+    if block is None:
+        return None
+    lo, hi, block_ijk_to_ras = block
     crop_volume = Volume(np.asarray(prob_crop, np.float32), grid.ijk_to_ras, "crop", {})
-    block = resample(crop_volume, block_ijk_to_ras, tuple(hi - lo), order=1, fill=0.0).array
-    return tuple(slice(a, b) for a, b in zip(lo, hi)), np.asarray(block, np.float32)
+    out = resample(crop_volume, block_ijk_to_ras, tuple(hi - lo), order=1, fill=0.0).array
+    return tuple(slice(a, b) for a, b in zip(lo, hi)), np.asarray(out, np.float32)
+
+
+def crop_to_source_tensor(prob_crop, grid: CropGrid, source: Volume):
+    """`crop_to_source` for a probability tensor on a device: (KJI slices, float32 block tensor) or None."""
+    import torch
+
+    block = _source_block(grid, source)
+    if block is None:
+        return None
+    lo, hi, block_ijk_to_ras = block
+    out = resample_tensor(prob_crop.to(torch.float32), grid.ijk_to_ras, block_ijk_to_ras, tuple(hi - lo),
+                          order=1, fill=0.0)
+    return tuple(slice(a, b) for a, b in zip(lo, hi)), out
