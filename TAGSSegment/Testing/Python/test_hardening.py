@@ -511,7 +511,9 @@ def test_signals_during_the_write_remove_the_partial_file(tmp_path, signum):
     env = dict(os.environ, PYTHONPATH=str(MODULE_DIR), HF_HUB_OFFLINE="1", HARDEN_AS_LIMIT=str(AS_LIMIT),
                HARDEN_REPORT=str(tmp_path / "r.json"), HARDEN_FAKE_PREDICT="1", HARDEN_SLOW_WRITE="1")
     proc = subprocess.Popen([sys.executable, str(driver), "segment", str(image), "-o", str(out), "--point",
-                             "15,-12,36"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                             "15,-12,36"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            # a runner started in the background passes SIGINT on ignored, and tagseg respects that
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and "WRITING" not in (proc.stdout.readline() or ""):
         pass
