@@ -1,14 +1,17 @@
-"""GPU check for the TAGS network: one JSON line with latencies and peak memory.
+"""GPU check (issue 12): first-prediction and per-click latency and peak GPU memory of the default backend
+(`litemedsam-3d`, on a generated lesion phantom spanning ~15 slices) and of TAGS, as a table (`--json`: one
+JSON line). Without a CUDA device it prints "unmeasured: no CUDA device" and exits 0, unless `--device cpu`
+asks for a CPU run (`--device cpu --tiny`: tags-tiny, a small lesion, a few clicks; what the test runs).
 
-Builds a TAGS preset with random weights (no TAGS weights exist publicly), then through the real
+TAGS: builds a TAGS preset with random weights (no TAGS weights exist publicly), then through the real
 `tags` backend on a synthetic CT: a cold and a warm first prediction (encoder + decoder), 20
 refinement clicks inside the crop (prompt encoder + decoder only), one prediction with text fusion,
 and 50 bf16 training steps on synthetic 128³ crops with the published losses and optimisers.
 Sized to finish in well under 4 minutes on one H100/H200 with tags-b; `--preset tags-tiny
 --device cpu` smoke-tests it anywhere.
 
-    python scripts/gpu_check.py                 # tags-b on cuda
-    python scripts/gpu_check.py --preset tags-tiny --device cpu
+    python scripts/gpu_check.py                 # litemedsam-3d and tags-b (bf16) on cuda
+    python scripts/gpu_check.py --device cpu --tiny
 """
 from __future__ import annotations
 
@@ -52,19 +55,31 @@ def _reset_peak(device: str) -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def main() -> int:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="tags-b")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--refines", type=int, default=20)
-    parser.add_argument("--train-steps", type=int, default=50)
+    parser.add_argument("--preset", default=None, help="TAGS preset (default tags-b, tags-tiny with --tiny)")
+    parser.add_argument("--device", default=None, help="cuda (default when present) or cpu")
+    parser.add_argument("--tiny", action="store_true", help="small sizes that run on a CPU in about a minute")
+    parser.add_argument("--refines", type=int, default=None)
+    parser.add_argument("--train-steps", type=int, default=None)
     parser.add_argument("--autocast", default="bf16", choices=("bf16", "fp16", "off"))
-    args = parser.parse_args()
+    parser.add_argument("--skip-default", action="store_true", help="only TAGS")
+    parser.add_argument("--json", action="store_true", help="one JSON line instead of the table")
+    args = parser.parse_args(argv)
+    if args.device is None:
+        if not torch.cuda.is_available():
+            print("unmeasured: no CUDA device")
+            return 0
+        args.device = "cuda"
+    args.preset = args.preset or ("tags-tiny" if args.tiny else "tags-b")
+    args.refines = args.refines if args.refines is not None else (2 if args.tiny else 20)
+    args.train_steps = max(1, args.train_steps if args.train_steps is not None else (2 if args.tiny else 30))
     device = args.device
     if device == "cpu" and args.preset == "tags-b":
         print(json.dumps({"error": "tags-b on CPU takes minutes per pass; use --preset tags-tiny"}))
         return 2
     torch.manual_seed(0)
+    default = None if args.skip_default else default_backend_check(device, args.tiny, args.refines)
     result: dict = {"preset": args.preset, "device": device, "torch": torch.__version__,
                     "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else platform.processor(),
                     "autocast": args.autocast}
@@ -78,7 +93,8 @@ def main() -> int:
     metadata = {"config": config.to_dict(), "intensity": INTENSITY, "task": "gpu-check", "anatomy": "liver",
                 "text": {"encoder": config.text_encoder, "object_word": "liver", "object_word_mode": "anatomy"}}
 
-    phantom = make_phantom(seed=0, shape_kji=(80, 256, 256), spacing_ijk=(0.8, 0.8, 2.0), tumour_radius_mm=15.0)
+    phantom = make_phantom(seed=0, shape_kji=(40, 96, 96) if args.tiny else (80, 256, 256),
+                           spacing_ijk=(0.8, 0.8, 2.0), tumour_radius_mm=8.0 if args.tiny else 15.0)
     label = np.asarray(phantom.label.array) > 0
     voxels = np.argwhere(label)
     rng = np.random.default_rng(2)
@@ -156,8 +172,84 @@ def main() -> int:
     result["gpus"] = torch.cuda.device_count() if device.startswith("cuda") else 0
     result["ddp"] = "not run: one GPU" if result["gpus"] < 2 else "run scripts/gpu_check_ddp (not written)"
     result["finite"] = all(np.isfinite(x["loss"]) for x in losses)
-    print(json.dumps(result))
+    result["default_backend"] = default
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print_table(result, default)
     return 0
+
+
+def default_backend_check(device: str, tiny: bool, refines: int) -> dict:
+    """litemedsam-3d on a generated CT lesion (5 mm slices): first prediction from one click, then `refines`
+    clicks (each adds an include or exclude point; what a user's correction costs), peak GPU memory."""
+    from tagseg.backends.litemedsam3d import LiteMedSAM3D
+    from tagseg.synth import make_lesion_phantom
+
+    phantom = make_lesion_phantom(seed=0, radius_mm=6.0 if tiny else 38.0)
+    label = np.asarray(phantom.label.array) > 0
+    voxels = np.argwhere(label)
+    outside = np.argwhere(~label & (np.asarray(phantom.image.array) > -200))
+    rng = np.random.default_rng(2)
+    start = time.perf_counter()
+    backend = LiteMedSAM3D(device=device)
+    out = {"model": "litemedsam-3d", "device": device, "lesion_slices": int(len(np.unique(voxels[:, 0]))),
+           "image_kji": list(phantom.image.shape_kji), "load_s": round(time.perf_counter() - start, 3),
+           "encoder_runtime": backend.encoder_runtime}
+    backend.set_image(phantom.image)
+    centre = voxels.mean(0)
+    include, exclude = [centre], []
+
+    def predict():
+        prompts = GridPrompts(np.array(include, float), np.array(exclude, float).reshape(-1, 3), (),
+                              phantom.description, None)
+        _sync(device)
+        t0 = time.perf_counter()
+        mask = backend.predict(prompts)
+        _sync(device)
+        return time.perf_counter() - t0, mask
+
+    _reset_peak(device)
+    first_s, mask = predict()
+    out["first_prediction_s"] = round(first_s, 3)
+    clicks = []
+    for n in range(refines):
+        if n % 2 == 0 or not len(outside):
+            include.append(voxels[rng.integers(len(voxels))])
+        else:
+            exclude.append(outside[rng.integers(len(outside))])
+        seconds, mask = predict()
+        clicks.append(seconds)
+    if clicks:
+        out["refine_s"] = {"median": round(statistics.median(clicks), 3), "max": round(max(clicks), 3),
+                           "n": len(clicks)}
+    out["peak_gb"] = _peak_gb(device)
+    out["voxels"] = int(np.count_nonzero(mask))
+    del backend
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    return out
+
+
+def print_table(result: dict, default: dict | None) -> None:
+    """Latency and memory, one row per model (random TAGS weights: speed only, never accuracy)."""
+    where = f"{result['device']} ({result['gpu']}), torch {result['torch']}"
+    print(f"gpu_check on {where}")
+    print(f"{'model':<34}{'first s':>9}{'click s (median)':>18}{'peak GB':>9}")
+    if default is not None:
+        click = default.get("refine_s", {}).get("median")
+        print(f"{'litemedsam-3d, ' + str(default['lesion_slices']) + '-slice lesion':<34}"
+              f"{default['first_prediction_s']:>9.3f}{click if click is not None else float('nan'):>18.3f}"
+              f"{default['peak_gb'] if default['peak_gb'] is not None else float('nan'):>9.2f}")
+    name = f"{result['preset']} ({result['autocast']}, random weights)"
+    peak = result["inference_peak_gb"]
+    print(f"{name:<34}{result['first_prediction_warm_s']:>9.3f}{result['refine_s']['median']:>18.3f}"
+          f"{peak if peak is not None else float('nan'):>9.2f}")
+    print(f"  TAGS cold first prediction {result['first_prediction_cold_s']:.3f} s; warm stages "
+          + ", ".join(f"{k} {v:.3f}" for k, v in result["first_prediction_warm_stages_s"].items()))
+    if result.get("train_steps"):
+        print(f"  TAGS training: {result['train_step_median_s']:.3f} s/step, peak {result['train_peak_gb']} GB, "
+              f"loss finite: {result['finite']}")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ def register_backend(name: str, factory: Callable[[str, dict], Backend]) -> None
 
 
 def _installed_tags_checkpoint(anatomy: str) -> str | None:
-    from ..tags.checkpoint import find_installed
+    from ..tags.installed import find_installed
 
     path = find_installed(anatomy)
     return f"{TAGS_PREFIX}{path}" if path else None

@@ -59,6 +59,7 @@ from safetensors.torch import save_file
 
 from ..errors import ModelError
 from ..paths import cache_dir, fsync_dir, sha256_file
+from .installed import INDEX_NAME, _read_index, _valid_entry, find_installed, models_dir  # noqa: F401
 from .tasks import OBJECT_WORD_MODES, TASKS
 
 FORMAT = "tagseg-tags"
@@ -71,7 +72,6 @@ REQUIRED_METADATA = ("preset", "config", "task", "anatomy", "organ_labels", "tum
                      "spacing_mm", "text")
 AUTHORS_KEYS = ("encoder_dict", "decoder_dict", "feature_dict")
 N_PROMPT_ENCODERS = 4
-INDEX_NAME = "index.json"
 
 _ANATOMY_RE = re.compile(r"[a-z0-9][a-z0-9_-]*\Z")     # used with .match; \Z, not $ ("liver\n" must fail)
 _SHA_RE = re.compile(r"[0-9a-f]{64}\Z")
@@ -538,31 +538,6 @@ def convert_authors_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *
 # installed checkpoints
 
 
-def models_dir() -> Path:
-    """Where installed checkpoints live: $TAGSEG_MODELS_DIR, else <cache>/models."""
-    env = os.environ.get("TAGSEG_MODELS_DIR")
-    return Path(env) if env else cache_dir() / "models"
-
-
-def _valid_entry(entry: Any) -> bool:
-    return (isinstance(entry, dict) and isinstance(entry.get("file"), str) and entry["file"]
-            and Path(entry["file"]).name == entry["file"] and entry["file"] not in (".", "..")
-            and isinstance(entry.get("sha256"), str) and bool(_SHA_RE.match(entry["sha256"]))
-            and isinstance(entry.get("anatomy"), str))
-
-
-def _read_index(root: Path) -> list[dict]:
-    """The index's entries; a missing or damaged index reads as empty (the files themselves stay)."""
-    try:
-        data = json.loads((root / INDEX_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return []
-    entries = data.get("checkpoints") if isinstance(data, dict) else None
-    if not isinstance(entries, list):
-        return []
-    return [dict(entry) for entry in entries if _valid_entry(entry)]
-
-
 def _write_index(root: Path, entries: list[dict]) -> None:
     payload = json.dumps({"format": "tagseg-models-index", "version": 1, "checkpoints": entries}, indent=2) + "\n"
     _atomic_write(root / INDEX_NAME, lambda tmp: Path(tmp).write_text(payload, encoding="utf-8"), "model index")
@@ -595,27 +570,6 @@ def installed_checkpoints() -> list[dict]:
     """Index entries, oldest first, each with the file's absolute `path` added."""
     root = models_dir()
     return [dict(entry, path=str(root / entry["file"])) for entry in _read_index(root)]
-
-
-def find_installed(anatomy: str) -> Path | None:
-    """The most recently installed checkpoint for this anatomy (None if none), after checking that the file
-    still has the SHA-256 recorded at installation."""
-    root = models_dir()
-    wanted = anatomy.strip().lower()
-    entries = _read_index(root)
-    matches = [(str(e.get("installed_at", "")), i, e) for i, e in enumerate(entries) if e["anatomy"] == wanted]
-    if not matches:
-        return None
-    entry = max(matches, key=lambda match: (match[0], match[1]))[2]
-    path = root / entry["file"]
-    if not path.is_file():
-        raise ModelError(f"installed checkpoint {path} for {wanted} is missing; install it again or uninstall "
-                         f"{entry['sha256'][:12]}")
-    actual = sha256_file(path)
-    if actual != entry["sha256"]:
-        raise ModelError(f"installed checkpoint {path} was modified or damaged (SHA-256 {actual[:12]}…, installed as "
-                         f"{entry['sha256'][:12]}…); install it again")
-    return path
 
 
 def uninstall(sha_or_file: str | os.PathLike) -> Path:
