@@ -64,8 +64,10 @@ class Options:
     result_memory: int = 16               # results kept for corrections
     include_reach: float = 2.0            # an include correction reaches this x its distance (mm) from the result
     include_intensity: float = 0.5        # ... keeping tissue within this fraction of the way to the result's rim
+    rim_trim: float = 0.2                 # drop the mask's outer voxels within this fraction of the way from the
+                                          # surroundings' intensity to the core's (0: keep the model's rim)
     exclude_by_intensity: bool = True     # an exclude click removes the connected tissue at its intensity ...
-    exclude_threshold: float = 0.25       # ... up to this fraction of the way from its value to the mask's median
+    exclude_threshold: float = 0.15       # ... up to this fraction of the way from its value to the mask's median
     exclude_min_contrast: float = 0.5     # ... when the two differ by this many of the mask's SDs (else a local cut)
     exclude_voronoi: bool = False         # ... and only where nearer (mm) to the exclude click than to every include
     stats: dict = field(default_factory=dict)
@@ -570,7 +572,37 @@ class LiteMedSAM3D(Backend):
         mask = np.zeros(self.work.shape_kji, bool)
         for z, m in masks.items():
             paste(mask[z], m, (win.r0, win.c0))
+        if o.rim_trim > 0 and mask.any():
+            mask &= ~self._background_rim(mask, pos)
         return self._keep_prompted_components(mask, pos, seeds)
+
+    def _background_rim(self, mask: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        """The mask's outer voxels that look like what surrounds it: connected to the mask's border and, in the
+        (in-plane smoothed) image, within `rim_trim` of the way from the surroundings' median to the core's. SAM
+        decodes at 256 px and its masks bleed a partial-volume rim into the neighbouring tissue."""
+        lo = np.maximum(np.min(np.nonzero(mask), axis=1) - 3, 0)
+        hi = np.minimum(np.max(np.nonzero(mask), axis=1) + 4, mask.shape)
+        box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        sub = mask[box]
+        image = ndimage.gaussian_filter(self._data[box].astype(np.float32), sigma=(0, 1, 1))
+        ring = ndimage.binary_dilation(sub, iterations=2) & ~sub
+        inner = ndimage.binary_erosion(sub, iterations=2)
+        core = float(np.median(image[inner if inner.any() else sub]))
+        around = float(np.median(image[ring])) if ring.any() else core
+        if core == around:
+            return np.zeros_like(mask)
+        threshold = around + self.options.rim_trim * (core - around)
+        like_around = sub & ((image < threshold) if core > around else (image > threshold))
+        labels, _ = ndimage.label(like_around)
+        border = sub & ~ndimage.binary_erosion(sub)
+        touching = set(np.unique(labels[border & like_around]).tolist()) - {0}
+        for p in np.round(pos).astype(int) if len(pos) else []:
+            q = tuple(int(v - a) for v, a in zip(p, lo))
+            if all(0 <= q[i] < sub.shape[i] for i in range(3)):
+                touching.discard(int(labels[q]))          # tissue around an include click stays
+        out = np.zeros_like(mask)
+        out[box] = np.isin(labels, list(touching))
+        return out
 
     def _propagate_chain(self, start: SliceResult, visits: list[int], must: bool, results: dict, win: Window,
                          box_model, allowed_in, neg_on, max_area: int, seed_mean: float, seed_sd: float) -> None:
