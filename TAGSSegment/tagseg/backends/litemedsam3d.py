@@ -380,26 +380,38 @@ class LiteMedSAM3D(Backend):
         if positive:
             if previous[index]:
                 return previous
-            added = self._segment(win, point[None], neg, box3d, allowed)
             # a correction adds the missed part near the click, never a structure larger than the lesion: the
             # click lies about halfway into the missed part, so it reaches about twice as far as the click
-            # is from the previous result ...
+            # is from the previous result (all of it within one lesion radius of the click: computed there,
+            # and the click's own segmentation only modelled on the slices that radius spans)
             radius_mm = max(o.min_correction_mm, (3 * previous.sum() * np.prod(self.spacing) / (4 * np.pi)) ** (1 / 3))
+            half = np.ceil(radius_mm / np.asarray(self.spacing)).astype(int) + 1
+            lo = np.maximum(np.array(index) - half, 0)
+            hi = np.minimum(np.array(index) + half + 1, previous.shape)
+            box = tuple(slice(a, b) for a, b in zip(lo, hi))
+            click = tuple(int(i - a) for i, a in zip(index, lo))
             if o.include_reach > 0:
-                gap_mm = float(ndimage.distance_transform_edt(~previous, sampling=self.spacing)[index])
+                local = previous[box]
+                gap_mm = float(ndimage.distance_transform_edt(~local, sampling=self.spacing)[click]) \
+                    if local.any() else np.inf                  # nothing within a radius: farther than one
                 radius_mm = min(radius_mm, max(o.min_correction_mm, o.include_reach * gap_mm))
-            grid = np.ogrid[tuple(slice(0, n) for n in previous.shape)]
+            reach_slices = int(np.ceil(radius_mm / self.spacing[0]))
+            added = self._segment(win, point[None], neg, box3d, allowed,
+                                  z_limit=(index[0] - reach_slices, index[0] + reach_slices))
+            grid = np.ogrid[tuple(slice(a, b) for a, b in zip(lo, hi))]
             near = sum(((g - p) * sp) ** 2 for g, p, sp in zip(grid, point, self.spacing)) <= radius_mm ** 2
-            added &= near
+            local_added = added[box] & near
             # ... and holds tissue nearer in intensity to the clicked voxel than to what surrounds the result
-            if o.include_intensity > 0 and added.any():
-                image = ndimage.gaussian_filter(self._data.astype(np.float32), sigma=(0, 1, 1))
-                ring = ndimage.binary_dilation(previous, iterations=2) & ~previous
-                if ring.any():
-                    value, around = float(image[index]), float(np.median(image[ring]))
+            if o.include_intensity > 0 and local_added.any():
+                image = ndimage.gaussian_filter(self._data[box].astype(np.float32), sigma=(0, 1, 1))
+                around = self._surroundings_median(previous)
+                if around is not None:
+                    value = float(image[click])
                     threshold = value + o.include_intensity * (around - value)
-                    added &= (image >= threshold) if value >= around else (image <= threshold)
-            return previous | added
+                    local_added &= (image >= threshold) if value >= around else (image <= threshold)
+            out = previous.copy()
+            out[box] |= local_added
+            return out
         if not previous[index] or len(pos) == 0:
             return previous
         z, r, c = index
@@ -422,6 +434,18 @@ class LiteMedSAM3D(Backend):
             # a leak beside the lesion: cut on the clicked slice only
             self._cut_leak(out[z], (r, c))
         return self._keep_prompted_components(out, pos, [z])
+
+    def _surroundings_median(self, mask: np.ndarray) -> float | None:
+        """Median (in-plane smoothed) intensity of a 2-voxel ring just outside `mask`; None when there is none."""
+        lo = np.maximum(np.min(np.nonzero(mask), axis=1) - 3, 0)
+        hi = np.minimum(np.max(np.nonzero(mask), axis=1) + 4, mask.shape)
+        box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        sub = mask[box]
+        ring = ndimage.binary_dilation(sub, iterations=2) & ~sub
+        if not ring.any():
+            return None
+        image = ndimage.gaussian_filter(self._data[box].astype(np.float32), sigma=(0, 1, 1))
+        return float(np.median(image[ring]))
 
     def _leak_at_intensity(self, mask: np.ndarray, index: tuple[int, int, int], pos: np.ndarray) -> np.ndarray | None:
         """The voxels an exclude click rejects by intensity: the 3D-connected part of `mask` holding the click whose
@@ -471,8 +495,10 @@ class LiteMedSAM3D(Backend):
         mask[rows[cut], cols[cut]] = False
         return "part"
 
-    def _segment(self, win: Window, pos: np.ndarray, neg: np.ndarray, box3d, allowed):
-        """Seed slices, propagation and constraints in one field of view; a bool mask on the working grid."""
+    def _segment(self, win: Window, pos: np.ndarray, neg: np.ndarray, box3d, allowed,
+                 z_limit: tuple[int, int] | None = None):
+        """Seed slices, propagation and constraints in one field of view; a bool mask on the working grid.
+        `z_limit`: propagate no further than these slices (an include correction's reach)."""
         o = self.options
         n_slices = self.work.shape_kji[0]
         zpos = np.clip(np.round(pos[:, 0]), 0, n_slices - 1).astype(int) if len(pos) else np.zeros(0, int)
@@ -533,6 +559,8 @@ class LiteMedSAM3D(Backend):
             reach = float(n_slices)
         lo_limit = max(zrange[0], int(np.floor(seeds[0] - reach)))
         hi_limit = min(zrange[1], int(np.ceil(seeds[-1] + reach)))
+        if z_limit is not None:
+            lo_limit, hi_limit = max(lo_limit, z_limit[0]), min(hi_limit, z_limit[1])
         step = self._slice_step(radius_mm)
         prompted = set(zpos.tolist()) | set(zneg.tolist())
 
