@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import time
+import uuid
 from typing import Callable
 
 import numpy as np
@@ -42,6 +43,7 @@ class Session:
         self._warn = warn
         self.device = resolve_device(device, warn)
         self._history: list[P.PromptSet] = [P.PromptSet()]
+        self._history_id = uuid.uuid4().hex      # a shared backend corrects only this session's own results
         self._redo: list[P.PromptSet] = []
         self._backends: dict[str, tuple[Backend, object]] = {}
         self._results: dict[tuple, tuple[np.ndarray, tuple[ResultWarning, ...]]] = {}
@@ -124,7 +126,7 @@ class Session:
             kji = vol.ras_to_kji([box.corner_a, box.corner_b])
             boxes.append((np.minimum(kji[0], kji[1]), np.maximum(kji[0], kji[1])))
         anatomy = None if prompts.anatomy is None else np.asarray(prompts.anatomy.array) > 0
-        return GridPrompts(pos, neg, tuple(boxes), prompts.text, anatomy)
+        return GridPrompts(pos, neg, tuple(boxes), prompts.text, anatomy, history=self._history_id)
 
     def backend_name(self) -> str:
         return resolve_model_name(self.model, parse_description(self.prompts.text))

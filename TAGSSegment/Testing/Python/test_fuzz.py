@@ -1117,7 +1117,10 @@ def file_cases() -> list:
     cases.append(P("file-output-equals-input-dotdot", lambda c: ["segment", c.base(), "-o", c.inp / ".." / "in" / "img.nii.gz",
                                                                 f"--point={fmt(CENTRE_RAS)}", "--model", FAKE], 2,
                    "overwrite the input"))
-    for suffix in (".png", ".txt", ".nii.gz.bak", "", ".mhd", ".dcm", ".npy", ".seg", ".gz"):
+    # .dcm is a DICOM SEG, which needs a DICOM input to reference: refused for this NIfTI input
+    cases.append(P("file-output-suffix-dcm", lambda c: seg(c, c.base(), out="mask.dcm", register=False), 2,
+                   "this input is not DICOM"))
+    for suffix in (".png", ".txt", ".nii.gz.bak", "", ".mhd", ".npy", ".seg", ".gz"):
         cases.append(P(f"file-output-suffix{suffix.replace('.', '-') or '-none'}", lambda c, s=suffix: seg(
             c, c.base(), out=f"mask{s}", register=False), 2, "unsupported output type"))
     cases.append(P("file-output-bare-suffix", lambda c: seg(c, c.base(), out=".nii.gz", register=False), 2,

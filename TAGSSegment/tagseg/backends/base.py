@@ -20,6 +20,7 @@ class GridPrompts:
     boxes_kji: tuple[tuple[np.ndarray, np.ndarray], ...]  # (lo, hi) continuous KJI, lo <= hi
     text: str
     anatomy: np.ndarray | None          # bool KJI on the source grid, or None
+    history: str = ""                   # whose prompts these are (a session): a click corrects only its own results
 
 
 class Backend(ABC):

@@ -321,6 +321,7 @@ class LiteMedSAM3D(Backend):
         t0 = time.perf_counter()
         desc = parse_description(prompts.text)
         self._preset = desc.ct_preset() if self.is_ct else intensity.PERCENTILE
+        self._history = prompts.history   # results are corrected only within the session that made them
         tn = time.perf_counter()
         self._data = self._normalised_volume(self._preset)
         self.timings["normalise"] = time.perf_counter() - tn
@@ -355,7 +356,8 @@ class LiteMedSAM3D(Backend):
     def _prompt_key(self, pos: np.ndarray, neg: np.ndarray, box3d, anatomy) -> tuple:
         boxes = b"" if box3d is None else np.concatenate(box3d).tobytes()
         organ = b"" if anatomy is None else hashlib.sha1(np.packbits(anatomy)).digest()
-        return (self._image_key, self._preset.name, np.round(pos, 3).tobytes(), np.round(neg, 3).tobytes(), boxes, organ)
+        return (self._history, self._image_key, self._preset.name, np.round(pos, 3).tobytes(), np.round(neg, 3).tobytes(),
+                boxes, organ)
 
     def _previous_result(self, pos: np.ndarray, neg: np.ndarray, box3d, anatomy):
         """(mask, point, positive) when these prompts are an earlier result's plus one click: a correction."""
