@@ -89,9 +89,19 @@ def segmentation_dataset(mask: Volume, source: Volume, segment_name: str, entry:
         except (OSError, pydicom.errors.InvalidDicomError) as exc:
             raise InputError(f"{file}: cannot be read again for the SEG's references ({exc})") from None
     orientation, pixel_spacing, slice_spacing, positions = _geometry(mask)
-    for dataset in sources:             # optional in CT headers, yet highdicom reads it from each source
+    for file, dataset in zip(files, sources):
         if "SliceThickness" not in dataset or dataset.SliceThickness in (None, ""):
-            dataset.SliceThickness = slice_spacing
+            dataset.SliceThickness = slice_spacing  # optional in CT headers, yet highdicom reads it from each source
+        # anonymisers blank the dataset's own SOP Class/Instance UIDs and keep them in the file meta: the SEG's
+        # references need them, so they are taken from there (in memory only; the source files are untouched)
+        meta = getattr(dataset, "file_meta", None)
+        for own, stored in (("SOPClassUID", "MediaStorageSOPClassUID"), ("SOPInstanceUID", "MediaStorageSOPInstanceUID")):
+            if not str(dataset.get(own, "") or "").strip():
+                value = str(meta.get(stored, "") or "").strip() if meta is not None else ""
+                if not value:
+                    raise InputError(f"{file}: has no {own}, which a DICOM SEG needs to reference its source; "
+                                     "write .seg.nrrd or .nii.gz instead")
+                setattr(dataset, own, value)
     if "FrameOfReferenceUID" not in sources[0]:
         raise InputError(f"{files[0]}: the source series has no Frame of Reference UID, which a DICOM SEG must "
                          "share with it; write .seg.nrrd or .nii.gz instead")

@@ -3,6 +3,7 @@ source series' patient, study and references and the description's terminology c
 voxels of the label map written from the same result. The DICOM series is generated here (SimpleITK), in a
 coronal orientation and written in shuffled file order, so no axis convention can cancel out.
 """
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -154,3 +155,23 @@ def test_a_seg_that_does_not_read_back_right_is_never_renamed_into_place(tmp_pat
     with pytest.raises(InputError, match="differs from the mask"):
         dicomseg.save_dicom_seg(mask, case.volume, tmp_path / "bad.dcm", "lesion")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["series"]
+
+
+EXAMPLE_SERIES = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "ct_organs" / "example_ct_dicom"
+
+
+def test_a_seg_on_the_real_example_series_matches_the_label_map_voxels(tmp_path):
+    """A real anonymised CT series whose datasets carry blank SOP Class/Instance UIDs (kept in the file meta)."""
+    if not EXAMPLE_SERIES.is_dir():
+        pytest.skip(f"the example DICOM series is not on this machine ({EXAMPLE_SERIES})")
+    volume = load_volume(EXAMPLE_SERIES)
+    mask = np.zeros(volume.shape_kji, np.uint8)
+    mask[8:12, 200:260, 300:340] = 1
+    mask[0, 0, 511] = 1                                 # a corner voxel: the grid's orientation shows
+    result = volume.with_array(mask)
+    path = dicomseg.save_dicom_seg(result, volume, tmp_path / "real.dcm", "liver lesion")
+    seg = hd.seg.segread(path)
+    assert seg.Modality == "SEG" and seg.FrameOfReferenceUID == pydicom.dcmread(
+        sorted(EXAMPLE_SERIES.iterdir())[0], stop_before_pixels=True).FrameOfReferenceUID
+    assert len(seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence) == volume.shape_kji[0]
+    assert seg_voxels_in(seg, volume) == {tuple(int(v) for v in row) for row in np.argwhere(mask)}
