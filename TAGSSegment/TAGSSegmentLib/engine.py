@@ -64,6 +64,11 @@ class TaskRunner:
     def busy(self) -> bool:
         return self._task is not None
 
+    @property
+    def waiting(self) -> tuple:
+        """What the running task waits for (its last yield)."""
+        return self._wait
+
     def start(self, task: Generator) -> None:
         if self._task is not None:
             raise RuntimeError("a task is already running")
@@ -113,6 +118,50 @@ class TaskRunner:
                 self._task = None
                 return True, None, exc
         return False, None, None
+
+
+SUBSTEP_S = 0.005             # how long `alongside` lets each of its tasks run per turn
+SIDE_WAKE_S = 0.005           # how soon `alongside` looks at a running side task again
+
+
+def alongside(main: Generator, side, every: float) -> Generator:
+    """Task: run `main` to its end and return its result (or raise its error); meanwhile start `side()`, a
+    short optional task (a progress query), `every` seconds, one at a time, on the same thread. The side
+    task's own result and errors are dropped: it must record what it learns itself.
+
+    Each task runs in a nested TaskRunner for a few milliseconds per turn; what this task yields to the outer
+    runner is `main`'s wait, cut short when the side task is due: the TimeoutError the outer runner then
+    throws in only wakes this loop (main's own deadline and socket errors reach `main` through its runner)."""
+    main_runner, side_runner = TaskRunner(), TaskRunner()
+    main_runner.start(main)
+    next_side = time.perf_counter() + every
+    try:
+        while True:
+            finished, result, error = main_runner.step(time.perf_counter() + SUBSTEP_S)
+            if finished:
+                if error is not None:
+                    raise error
+                return result
+            now = time.perf_counter()
+            if not side_runner.busy and now >= next_side:
+                side_runner.start(side())
+            if side_runner.busy:
+                done, _, _ = side_runner.step(now + SUBSTEP_S)
+                if done:
+                    next_side = time.perf_counter() + every
+            wake = time.perf_counter() + SIDE_WAKE_S if side_runner.busy else next_side
+            wait = main_runner.waiting
+            if wait[0] == "io":
+                wait = ("io", wait[1], wait[2], min(wait[3], wake))
+            elif wait[0] == "sleep":
+                wait = sleep_until(min(wait[1], wake))
+            try:
+                yield wait
+            except (TimeoutError, ConnectionError):
+                pass       # our wake-up time, or main's deadline or closed socket, which its runner sees too
+    finally:
+        main_runner.close()
+        side_runner.close()
 
 
 # ---- HTTP on a non-blocking socket -----------------------------------------------------------------------

@@ -820,6 +820,7 @@ class TAGSLogic:
 
     max_sessions = 2
     tick_budget_s = 0.03
+    progress_poll_s = 0.5       # how often the engine's progress is asked for while a prediction runs
 
     def __init__(self, model: str = "auto", device: str = "auto", backend_options: dict | None = None,
                  warn: Callable[[str], None] | None = None, *, engine_url: str | None = None,
@@ -833,6 +834,9 @@ class TAGSLogic:
         self.warnings: list[str] = []
         self.last_timings: dict = {}
         self.last_info: dict = {}
+        # the engine's latest progress(stage, done, total) for the running prediction, {} before any (as
+        # InProcessTAGSLogic's; asked for every `progress_poll_s` by poll() alongside the prediction request)
+        self.last_progress: dict = {}
         self.longest_call_s = 0.0       # longest poll()/predict_async() so far: the main-thread cost
         self._remote = Endpoint(engine_url, engine_token) if engine_url else None
         self._local = None if self._remote is not None else LocalEngine(device="auto", python=python)
@@ -1133,8 +1137,17 @@ class TAGSLogic:
             self._anatomies.add((sid, vid))
         return vid
 
+    def _progress_task(self, endpoint, sid: str, job: _Job):
+        """Ask the engine how far the session's running prediction is; a report fills `last_progress`."""
+        reply, _ = yield from endpoint.call("GET", f"/v1/sessions/{sid}/progress", reply_timeout=10.0)
+        stage, done, total = reply.get("stage"), reply.get("done"), reply.get("total")
+        if (reply.get("running") and not job.future.done() and isinstance(stage, str)
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in (done, total))):
+            self.last_progress = {"stage": stage, "done": done, "total": total}
+
     def _predict_task(self, job: _Job):
         from tagseg.client import _UnknownAnatomy, _UnknownSession, _UnknownVolume, decode_mask, prompt_json
+        from TAGSSegmentLib.engine import alongside
 
         timings: dict = {"read_volume": job.read_seconds}
         start = time.perf_counter()
@@ -1153,7 +1166,10 @@ class TAGSLogic:
                     return None
                 sent = time.perf_counter()
                 body = prompt_json(job.points, job.boxes, job.text, anatomy_vid)
-                header, payload = yield from endpoint.call("POST", f"/v1/sessions/{sid}/predict", json_body=body)
+                self.last_progress = {}
+                header, payload = yield from alongside(
+                    endpoint.call("POST", f"/v1/sessions/{sid}/predict", json_body=body),
+                    lambda: self._progress_task(endpoint, sid, job), self.progress_poll_s)
                 break
             except (_UnknownSession, _UnknownVolume, _UnknownAnatomy) as exc:
                 if attempt == 2:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tagseg.errors import EngineUnavailable, InputError
-from TAGSSegmentLib.engine import CPU, Endpoint, LocalEngine, TaskRunner, http_exchange
+from TAGSSegmentLib.engine import CPU, Endpoint, LocalEngine, TaskRunner, alongside, http_exchange
 
 
 def run(task, timeout: float = 60.0, budget: float = 0.03):
@@ -130,6 +130,35 @@ def test_the_runner_returns_within_its_budget():
     finished, _, _ = runner.step(began + 0.03)
     assert not finished and time.perf_counter() - began < 0.15      # the whole task takes 0.2 s
     assert run(busy())[0] == "done"
+
+
+def test_a_side_task_runs_alongside_the_main_one_and_its_errors_are_dropped(http_server):
+    """`alongside` (the engine logic's progress queries during a prediction): the side task runs, one at a
+    time, while the main task is still waiting, on the same thread; a failing side task does not matter."""
+    runs, endpoint = [], Endpoint(http_server, None)
+
+    def side():
+        runs.append(len(runs))
+        if len(runs) == 1:
+            raise ConnectionError("a failed progress query")
+        reply, _ = yield from endpoint.call("GET", f"/side{len(runs)}")
+        runs.append(reply["path"])
+
+    def main():
+        while "/side2" not in runs:           # waits for the side task's reply: it must have run meanwhile
+            yield ("sleep", time.perf_counter() + 0.001)
+        reply, _ = yield from endpoint.call("GET", "/main")
+        return reply["path"]
+
+    result, _ = run(alongside(main(), side, every=0.0))
+    assert result == "/main" and runs[:3] == [0, 1, "/side2"]
+
+    def failing():
+        yield CPU
+        raise ValueError("main failed")
+
+    with pytest.raises(ValueError, match="main failed"):
+        run(alongside(failing(), side, every=0.0))
 
 
 def test_local_engine_starts_answers_and_stops_with_its_token_folder():

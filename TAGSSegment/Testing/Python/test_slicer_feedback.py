@@ -1,7 +1,9 @@
 """What the TAGS effect shows besides the mask: the engine's result warnings in its status line and the
 progress of a long prediction in its busy dialog. The text comes from GUI-free functions in `state`; the
 in-process logic (slicer-core MRML node, scripted backend) fills `last_info["warnings"]` and
-`last_progress`. The engine logic's pass-through is checked in test_slicer_logic.py with the real model."""
+`last_progress`, and so does the engine logic (`TAGSLogic`, its progress queries driven by `poll()`) against
+the engine server run in this process. The engine logic's warnings are checked in test_slicer_logic.py with
+the real model."""
 from __future__ import annotations
 
 import threading
@@ -84,6 +86,55 @@ def test_in_process_logic_reports_progress_and_the_result_warnings(scripted):
         assert logic.last_progress == {"stage": "slices", "done": 2, "total": 2}
         assert [w["code"] for w in logic.last_info["warnings"]] == ["tiny"]
         assert state.warnings_status(logic.last_info).startswith("Warning: the result is tiny")
+    finally:
+        scripted.go_on.set()
+        logic.shutdown()
+
+
+@pytest.fixture()
+def engine_url():
+    """`tagseg serve`'s app in this process (uvicorn on a thread, loopback), so it runs the scripted backend."""
+    pytest.importorskip("fastapi")
+    uvicorn = pytest.importorskip("uvicorn")
+    from tagseg.server import Engine, _bind, build_app
+
+    sock = _bind("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(build_app(Engine("cpu", None, 1 << 24)), log_level="warning",
+                                           lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    started = threading.Event()
+    while not server.started:
+        assert thread.is_alive(), "the in-process server did not start"
+        started.wait(0.01)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server.should_exit = True
+    thread.join(HANG_GUARD_S)
+
+
+def test_engine_logic_reports_the_engines_progress_while_poll_drives_the_request(scripted, engine_url):
+    harness = make_scene()
+    volume = Volume(np.zeros(SHAPE, np.int16), make_ijk_to_ras((1.0, 1.0, 2.0), (0.0, 0.0, 0.0)), "zeros")
+    node = L.volume_node_from_volume(harness.scene, volume, "zeros")
+    logic = L.TAGSLogic(model=HalfwayBackend.name, device="cpu", engine_url=engine_url)
+    logic.progress_poll_s = 0.02     # asked often, so the test is quick; the backend waits for it regardless
+    try:
+        click = L.volume_from_node(node).kji_to_ras([(4, 16, 16)])
+        future = logic.predict_async(node, click, [], [], "")
+        assert logic.last_progress == {}
+        pause = threading.Event()
+        # only poll() drives the exchange (no client thread): the report must come through it while the
+        # backend holds the prediction half-way, i.e. before the result
+        while logic.last_progress != {"stage": "slices", "done": 1, "total": 2}:
+            assert not future.done(), future.exception()
+            logic.poll()
+            pause.wait(0.002)
+        assert not future.done()
+        scripted.go_on.set()
+        mask = future.result(timeout=HANG_GUARD_S)
+        assert int(mask.sum()) == 9
+        assert state.progress_label(logic.last_progress, 3).startswith("TAGS is segmenting… 3 s (slices ")
+        assert [w["code"] for w in logic.last_info["warnings"]] == ["tiny"]
     finally:
         scripted.go_on.set()
         logic.shutdown()
