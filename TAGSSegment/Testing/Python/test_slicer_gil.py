@@ -172,7 +172,11 @@ def _sent_paths(logic) -> str:
     names = []
     while task is not None:
         frame = getattr(task, "gi_frame", None)
+        inner = getattr(task, "gi_yieldfrom", None)
         if frame is not None:
             names.append(str(frame.f_locals.get("path", "")))
-        task = getattr(task, "gi_yieldfrom", None)
+            nested = frame.f_locals.get("main_runner")      # `engine.alongside` runs the request in its own runner
+            if inner is None and nested is not None:
+                inner = nested._task
+        task = inner
     return " ".join(names)
