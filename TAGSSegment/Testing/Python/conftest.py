@@ -89,3 +89,27 @@ def register_backend():
     for name in names:
         backends.BACKENDS.pop(name, None)
     backends.release_shared_backends()
+
+
+@pytest.fixture()
+def in_process_engine_url():
+    """`tagseg serve`'s app in this process (uvicorn on a thread, loopback), so it runs backends the test
+    registered; its URL. Shut down after the test."""
+    import threading
+
+    pytest.importorskip("fastapi")
+    uvicorn = pytest.importorskip("uvicorn")
+    from tagseg.server import Engine, _bind, build_app
+
+    sock = _bind("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(build_app(Engine("cpu", None, 1 << 24)), log_level="warning",
+                                           lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    started = threading.Event()
+    while not server.started:
+        assert thread.is_alive(), "the in-process server did not start"
+        started.wait(0.01)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server.should_exit = True
+    thread.join(60)

@@ -10,12 +10,11 @@ import numpy as np
 import pytest
 
 pytest.importorskip("fastapi")
-uvicorn = pytest.importorskip("uvicorn")
+pytest.importorskip("uvicorn")
 
 from tagseg.backends.base import Backend  # noqa: E402
 from tagseg.checks import ResultWarning  # noqa: E402
 from tagseg.client import RemoteSession  # noqa: E402
-from tagseg.server import Engine, _bind, build_app  # noqa: E402
 from tagseg.session import Session  # noqa: E402
 from tagseg.volume import Volume, make_ijk_to_ras  # noqa: E402
 
@@ -53,19 +52,8 @@ def scripted(register_backend):
 
 
 @pytest.fixture()
-def url():
-    sock = _bind("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(build_app(Engine("cpu", None, 1 << 24)), log_level="warning",
-                                           lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    started = threading.Event()
-    while not server.started:
-        assert thread.is_alive(), "the in-process server did not start"
-        started.wait(0.01)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server.should_exit = True
-    thread.join(HANG_GUARD_S)
+def url(in_process_engine_url):
+    return in_process_engine_url
 
 
 def volume() -> Volume:

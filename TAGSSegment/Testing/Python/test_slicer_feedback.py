@@ -92,24 +92,8 @@ def test_in_process_logic_reports_progress_and_the_result_warnings(scripted):
 
 
 @pytest.fixture()
-def engine_url():
-    """`tagseg serve`'s app in this process (uvicorn on a thread, loopback), so it runs the scripted backend."""
-    pytest.importorskip("fastapi")
-    uvicorn = pytest.importorskip("uvicorn")
-    from tagseg.server import Engine, _bind, build_app
-
-    sock = _bind("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(build_app(Engine("cpu", None, 1 << 24)), log_level="warning",
-                                           lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    started = threading.Event()
-    while not server.started:
-        assert thread.is_alive(), "the in-process server did not start"
-        started.wait(0.01)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server.should_exit = True
-    thread.join(HANG_GUARD_S)
+def engine_url(in_process_engine_url):
+    return in_process_engine_url
 
 
 def test_engine_logic_reports_the_engines_progress_while_poll_drives_the_request(scripted, engine_url):
