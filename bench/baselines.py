@@ -150,8 +150,9 @@ class PerSliceLiteMedSAM:
         from tagseg.backends.litemedsam_net import LiteMedSAM
 
         self.torch = torch
-        self.net = LiteMedSAM(device="cpu", embedding_cache_size=0)      # size 0: every slice is re-encoded
-        self.encoder = "onnxruntime" if encoder == "onnxruntime" and self.net.use_onnx_encoder() else "torch"
+        # size 0: every slice is re-encoded
+        self.net = LiteMedSAM(device="cpu", embedding_cache_size=0, runtime=encoder)
+        self.encoder = self.net.runtime
         self.slices_encoded = 0
 
     def set_image(self, volume: Volume) -> None:

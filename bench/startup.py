@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PHASES = ("interpreter", "import cli", "to model", "model load", "onnx session", "to predict", "total")
+PHASES = ("interpreter", "import cli", "to model", "model load", "onnx sessions", "to predict", "total")
 
 DRIVER = r"""
 import json, os, sys, time
@@ -40,7 +40,7 @@ from tagseg import backends
 from tagseg.backends import litemedsam_net
 
 factory = backends.BACKENDS[backends.DEFAULT_BACKEND]
-use_onnx = litemedsam_net.LiteMedSAM.use_onnx_encoder
+use_onnx = litemedsam_net.LiteMedSAM._start_onnx
 
 def timed_onnx(self):
     marks["onnx_start"] = time.time()
@@ -61,7 +61,7 @@ def timed_factory(device, options):
     backend.predict = stop
     return backend
 
-litemedsam_net.LiteMedSAM.use_onnx_encoder = timed_onnx
+litemedsam_net.LiteMedSAM._start_onnx = timed_onnx
 backends.BACKENDS[backends.DEFAULT_BACKEND] = timed_factory
 sys.exit(cli.main(sys.argv[1:]))
 """
@@ -95,7 +95,7 @@ def run_once(image: Path, point: str, out: Path, extra: tuple[str, ...] = ()) ->
     onnx = m["onnx_end"] - m["onnx_start"] if "onnx_start" in m else float("nan")
     phases = {"interpreter": m["driver"] - start, "import cli": m["import_cli"] - m["driver"],
               "to model": m["model_start"] - m["import_cli"], "model load": m["model_end"] - m["model_start"],
-              "onnx session": onnx, "to predict": m["predict"] - m["model_end"], "total": m["predict"] - start}
+              "onnx sessions": onnx, "to predict": m["predict"] - m["model_end"], "total": m["predict"] - start}
     return phases, proc.stderr
 
 

@@ -51,14 +51,14 @@ def install_disk_cache(folder: Path) -> None:
         image = np.ascontiguousarray(image_fn(), dtype=np.float32)
         path = folder / (hashlib.sha1(image.tobytes()).hexdigest() + ".npy")
         if path.is_file():
-            out = self.torch.from_numpy(np.load(path))
+            out = np.load(path)
             with self._lock:
                 self._cache[key] = out
                 while len(self._cache) > self._cache_size:
                     self._cache.popitem(last=False)
             return out
         out = original(self, key, lambda: image)
-        np.save(path, out.numpy())
+        np.save(path, out)
         return out
 
     LiteMedSAM.embedding = embedding
@@ -80,13 +80,19 @@ def load_cases(folder: Path, only: set[str]) -> list[dict]:
     return cases
 
 
-def run_case(case: dict, protocols: list[str], options: dict, use_text: bool = True) -> dict:
+def run_case(case: dict, protocols: list[str], options: dict, use_text: bool = True,
+             net: LiteMedSAM | None = None) -> dict:
+    """`net`: a LiteMedSAM to run instead of the backend's own (another runtime or encoder variant)."""
     truth = np.asarray(case["label"].array) > 0
     spacing = case["label"].spacing_kji
     out = {"name": case["name"]}
     with Session(case["image"], model="litemedsam-3d", device="cpu") as s:
         backend, _ = s._backend("litemedsam-3d")
         backend.options = litemedsam3d.Options(**options)
+        if net is not None and net is not backend.net:
+            backend.net = net
+            backend._decoded.clear()      # decoded masks and results of the other network are not this one's
+            backend._results.clear()
         s.set_text(text_for(case["name"]) if use_text else "")
         if "box" in protocols:
             s.add_box(*case["box"])

