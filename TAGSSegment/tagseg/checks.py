@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .geometry import Grid
+
 TINY_DIAMETER_MM = 5.0
 SMALL_SPAN_FRACTION = 16.0 ** (-1.0 / 3.0)     # ellipsoid S x S/4 x S/4 has d_eq = S * 16^(-1/3)
 LEAK_DIAMETERS = 3.0                           # prolate ellipsoid 5.2:1:1 clicked at its tip reaches 3 d_eq
@@ -55,12 +57,8 @@ class ResultWarning:
         return cls(str(obj.get("code", "")), " ".join(str(obj.get("message", "")).split()))
 
 
-@dataclass(frozen=True)
-class Crop:
-    """A region a backend ran the model on: its IJK->RAS matrix and KJI shape (the model grid)."""
-
-    ijk_to_ras: np.ndarray
-    shape_kji: tuple[int, int, int]
+# A region a backend ran the model on: its IJK->RAS matrix and KJI shape (the model grid), a `Grid`.
+Crop = Grid
 
 
 def _boundary(mask: np.ndarray) -> np.ndarray:
@@ -109,20 +107,18 @@ def _face_names(ijk_to_ras: np.ndarray, faces: list[tuple[int, int]]) -> list[st
     return list(dict.fromkeys(names))
 
 
-def _crop_touched(boundary_kji: np.ndarray, volume_ijk_to_ras: np.ndarray, spacing_kji: np.ndarray,
-                  crops) -> bool:
+def _crop_touched(boundary_kji: np.ndarray, volume: Grid, crops) -> bool:
     """True when a boundary voxel lies, in every crop that holds it, within one voxel (of either grid) of a face."""
     if len(boundary_kji) == 0 or not crops:
         return False
-    homog = np.c_[boundary_kji[:, ::-1], np.ones(len(boundary_kji))]
-    ras = (np.asarray(volume_ijk_to_ras) @ homog.T).T
+    ras = volume.kji_to_ras(boundary_kji)
     deep_somewhere = np.zeros(len(boundary_kji), bool)
     for crop in crops:
-        matrix = np.asarray(crop.ijk_to_ras, float)
-        crop_spacing = np.linalg.norm(matrix[:3, :3], axis=0)          # i, j, k
-        margin_mm = max(float(crop_spacing.min()), float(np.max(spacing_kji)))
-        kji = (np.linalg.inv(matrix) @ ras.T).T[:, :3][:, ::-1]
-        margin = margin_mm / crop_spacing[::-1]                          # in crop voxels, per KJI axis
+        crop = crop if isinstance(crop, Grid) else Grid(crop.ijk_to_ras, crop.shape_kji)
+        crop_spacing = crop.spacing_ijk
+        margin_mm = max(float(crop_spacing.min()), float(np.max(volume.spacing_kji)))
+        kji = crop.ras_to_kji(ras)
+        margin = margin_mm / crop.spacing_kji                            # in crop voxels, per KJI axis
         size = np.asarray(crop.shape_kji, float)
         deep = np.all((kji >= -0.5 + margin) & (kji <= size - 0.5 - margin), axis=1)
         deep_somewhere |= deep
@@ -137,8 +133,8 @@ def check_result(mask: np.ndarray, ijk_to_ras: np.ndarray, include_kji=(), boxes
     crops: the `Crop`s the model saw (empty: the whole volume). See the module docstring for the rules.
     """
     binary = np.asarray(mask) > 0
-    matrix = np.asarray(ijk_to_ras, float)
-    spacing_kji = np.linalg.norm(matrix[:3, :3], axis=0)[::-1]
+    grid = Grid(ijk_to_ras, binary.shape[:3])
+    matrix, spacing_kji = grid.ijk_to_ras, grid.spacing_kji
     include = np.asarray(include_kji, float).reshape(-1, 3)
     boxes = [(np.asarray(lo, float), np.asarray(hi, float)) for lo, hi in boxes_kji]
     voxels = int(np.count_nonzero(binary))
@@ -174,7 +170,7 @@ def check_result(mask: np.ndarray, ijk_to_ras: np.ndarray, include_kji=(), boxes
         out.append(ResultWarning("volume_border", f"the result touches the {where} of the image: the lesion may "
                                                   "continue outside it"))
     at_edge = np.any((boundary == 0) | (boundary == shape - 1), axis=1)
-    if _crop_touched(boundary[~at_edge], matrix, spacing_kji, crops):
+    if _crop_touched(boundary[~at_edge], grid, crops):
         out.append(ResultWarning("crop_border", "the result reaches the edge of the region the model looked at: "
                                                 "the lesion may be larger than the model's crop"))
     return tuple(out)

@@ -1,15 +1,186 @@
-"""Grid conversions: axis reorientation, resampling to a working grid, crop/pad and paste-back.
+"""Grids and the conversions between them: index <-> RAS mapping, axis reorientation, resampling to a
+working grid, crop/pad and paste-back.
 
-Each conversion between the source grid and a model grid lives here, once. Everything works on
-`Volume`s (RAS affine) or on plain KJI arrays with explicit index maps, never on a caller's array in place.
+Each conversion between the source grid and a model grid lives here, once: a `Grid` (an IJK->RAS
+matrix and a KJI shape) owns every mapping of indices and points; a `Volume` is a `Grid` plus an
+array. Everything works on grids or volumes, or on plain KJI arrays with explicit index maps, never
+on a caller's array in place. Only this module inverts an IJK->RAS matrix.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from .volume import Volume
+if TYPE_CHECKING:   # volume.py imports this module; Volume is imported where it is built
+    from .volume import Volume
+
+# a point this far (in voxels) outside an outer face still counts as inside: floating-point slack for clicks
+# typed at the printed bounds (describe_bounds rounds inwards, this covers the last digit)
+BOUNDS_SLACK_VOXELS = 1e-9
+
+
+def _frozen(array: np.ndarray) -> np.ndarray:
+    view = np.asarray(array).view()
+    view.flags.writeable = False
+    return view
+
+
+# Matrices here act on (i, j, k, 1) column vectors (Slicer's convention) while arrays are indexed
+# (k, j, i): a map m between IJK indices is KJI_SWAP @ m @ KJI_SWAP between KJI indices (its own inverse).
+KJI_SWAP = _frozen(np.eye(4)[[2, 1, 0, 3]])
+
+
+def make_ijk_to_ras(spacing_ijk, origin_ras, directions=None) -> np.ndarray:
+    """The 4x4 index-to-RAS matrix from spacing, origin and a 3x3 direction matrix (columns = axes)."""
+    matrix = np.eye(4)
+    dirs = np.eye(3) if directions is None else np.asarray(directions, dtype=np.float64)
+    matrix[:3, :3] = dirs * np.asarray(spacing_ijk, dtype=np.float64)[None, :]
+    matrix[:3, 3] = origin_ras
+    return matrix
+
+
+def _translation_ijk(offset_ijk) -> np.ndarray:
+    matrix = np.eye(4)
+    matrix[:3, 3] = offset_ijk
+    return matrix
+
+
+def _matrix_of(grid_or_matrix) -> np.ndarray:
+    """The IJK->RAS matrix of a `Grid`/`Volume`, or the argument itself when it is a matrix."""
+    return np.asarray(getattr(grid_or_matrix, "ijk_to_ras", grid_or_matrix), dtype=np.float64)
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class Grid:
+    """A voxel grid: the 4x4 matrix taking (i, j, k, 1) to (R, A, S, 1) and the KJI array shape.
+
+    The one owner of index/point geometry (what was written out by hand in several places before):
+    RAS <-> IJK <-> KJI, spacing and directions, inside/bounds checks, sub-blocks, and the index map
+    to another grid that `resample` uses. Immutable; equal when shape and matrix are equal.
+    """
+
+    ijk_to_ras: np.ndarray
+    shape_kji: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        matrix = np.asarray(self.ijk_to_ras, dtype=np.float64)
+        if matrix.shape != (4, 4):
+            raise ValueError(f"ijk_to_ras must be 4x4, got {matrix.shape}")
+        object.__setattr__(self, "ijk_to_ras", _frozen(matrix.copy()))
+        object.__setattr__(self, "shape_kji", tuple(int(n) for n in self.shape_kji))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Grid):
+            return NotImplemented
+        return self.shape_kji == other.shape_kji and np.array_equal(self.ijk_to_ras, other.ijk_to_ras)
+
+    def __hash__(self) -> int:
+        return hash((self.shape_kji, self.ijk_to_ras.tobytes()))
+
+    def __repr__(self) -> str:
+        spacing = "x".join(f"{s:.4g}" for s in self.spacing_ijk)
+        origin = ", ".join(f"{c:.4g}" for c in self.ijk_to_ras[:3, 3])
+        return (f"{type(self).__name__}({'x'.join(str(n) for n in self.shape_kji[::-1])} voxels (IJK), "
+                f"spacing {spacing} mm, origin RAS ({origin}))")
+
+    # -- axes ---------------------------------------------------------------------------------
+    @property
+    def spacing_ijk(self) -> np.ndarray:
+        """Voxel size in mm along i, j, k (the lengths of the matrix columns)."""
+        return np.linalg.norm(self.ijk_to_ras[:3, :3], axis=0)
+
+    @property
+    def spacing_kji(self) -> np.ndarray:
+        return self.spacing_ijk[::-1]
+
+    @property
+    def directions_ijk(self) -> np.ndarray:
+        """3x3 matrix whose columns are the unit RAS directions of the i, j, k axes."""
+        return self.ijk_to_ras[:3, :3] / self.spacing_ijk
+
+    @cached_property
+    def ras_to_ijk(self) -> np.ndarray:
+        """The inverse matrix (computed once per grid; the only inverse of an IJK->RAS matrix)."""
+        return _frozen(np.linalg.inv(self.ijk_to_ras))
+
+    # -- points -------------------------------------------------------------------------------
+    def ras_to_kji(self, points_ras) -> np.ndarray:
+        """Continuous KJI indices of RAS points, shape (N, 3)."""
+        pts = np.atleast_2d(np.asarray(points_ras, dtype=np.float64))
+        homog = np.c_[pts, np.ones(len(pts))]
+        ijk = (self.ras_to_ijk @ homog.T).T[:, :3]
+        return ijk[:, ::-1]
+
+    def kji_to_ras(self, points_kji) -> np.ndarray:
+        """RAS points of continuous KJI indices, shape (N, 3)."""
+        pts = np.atleast_2d(np.asarray(points_kji, dtype=np.float64))
+        homog = np.c_[pts[:, ::-1], np.ones(len(pts))]
+        return (self.ijk_to_ras @ homog.T).T[:, :3]
+
+    def contains_kji(self, points_kji, tolerance: float = 0.5, slack: float = BOUNDS_SLACK_VOXELS) -> np.ndarray:
+        """True where a continuous index lies within `tolerance` voxels of the outer voxel centres: 0.5 = the
+        outer faces (included), 0.5 - m = at least m voxels inside them. `slack` is floating-point room so a
+        click typed at a printed bound is inside (0 for an exact test)."""
+        pts = np.atleast_2d(points_kji)
+        reach = tolerance + slack
+        upper = np.array(self.shape_kji) - 1 + reach
+        return np.all((pts >= -reach) & (pts <= upper), axis=1)
+
+    def bounds_ras(self) -> tuple[np.ndarray, np.ndarray]:
+        """Axis-aligned RAS bounds of the voxel grid (outer voxel faces), as (min, max)."""
+        k, j, i = self.shape_kji
+        corners = np.array([[a, b, c] for a in (-0.5, k - 0.5) for b in (-0.5, j - 0.5) for c in (-0.5, i - 0.5)])
+        ras = self.kji_to_ras(corners)
+        return ras.min(0), ras.max(0)
+
+    def describe_bounds(self) -> str:
+        """The bounds as printed in messages, rounded inwards to 0.1 mm: every point within them is inside."""
+        lo, hi = self.bounds_ras()
+        lo = np.ceil(np.round(lo * 10, 6)) / 10
+        hi = np.floor(np.round(hi * 10, 6)) / 10
+        return "R {:.1f}..{:.1f}, A {:.1f}..{:.1f}, S {:.1f}..{:.1f} mm".format(lo[0], hi[0], lo[1], hi[1], lo[2], hi[2])
+
+    # -- other grids --------------------------------------------------------------------------
+    def same_grid(self, other: "Grid", atol: float = 1e-3) -> bool:
+        """Same shape and matrices equal within `atol` (mm): resampling between them would be a no-op."""
+        return self.shape_kji == other.shape_kji and np.allclose(self.ijk_to_ras, other.ijk_to_ras, atol=atol)
+
+    def kji_map_to(self, other: "Grid") -> np.ndarray:
+        """4x4 taking a KJI index of this grid to the KJI index of `other` at the same RAS point."""
+        return KJI_SWAP @ (other.ras_to_ijk @ self.ijk_to_ras) @ KJI_SWAP
+
+    def sub_grid(self, lo_kji, hi_kji) -> "Grid":
+        """The block [lo, hi) of this grid (KJI indices) as a grid of its own: same axes, origin at voxel lo."""
+        lo = np.asarray(lo_kji)
+        return Grid(self.ijk_to_ras @ _translation_ijk(lo[::-1]), tuple(int(n) for n in np.asarray(hi_kji) - lo))
+
+    def block_covering(self, other: "Grid", first_kji=None, last_kji=None, clip: bool = True
+                       ) -> tuple[np.ndarray, np.ndarray] | None:
+        """The [lo, hi) KJI block of this grid that the voxels `first_kji`..`last_kji` (inclusive; default: all)
+        of `other` overlap, outer faces included, so a resample of `other` onto it misses nothing.
+        `clip` keeps it inside this grid; None when nothing is left."""
+        first = np.zeros(3, int) if first_kji is None else np.asarray(first_kji)
+        last = np.asarray(other.shape_kji) - 1 if last_kji is None else np.asarray(last_kji)
+        lo_src, hi_src = first - 0.5, last + 0.5         # outer voxel faces
+        corners = np.array([[k, j, i] for k in (lo_src[0], hi_src[0]) for j in (lo_src[1], hi_src[1])
+                            for i in (lo_src[2], hi_src[2])], dtype=np.float64)
+        kji = self.ras_to_kji(other.kji_to_ras(corners))
+        lo = np.floor(kji.min(0)).astype(int)
+        hi = np.ceil(kji.max(0)).astype(int) + 1
+        if clip:
+            lo, hi = np.maximum(lo, 0), np.minimum(hi, np.asarray(self.shape_kji))
+        if np.any(hi <= lo):
+            return None
+        return lo, hi
+
+
+def as_grid(grid_or_volume) -> Grid:
+    """The `Grid` of a `Volume` (its `grid`), or the argument itself when it is a grid."""
+    return grid_or_volume if isinstance(grid_or_volume, Grid) else grid_or_volume.grid
+
 
 # Display axial order used by Slicer's axial view and by DICOM: columns run R->L (+L), rows run
 # A->P (+P), slices run I->S (+S). In RAS terms the working axes i, j, k point to -R, -A, +S.
@@ -93,23 +264,24 @@ class AxisReorientation:
                 src_from_tgt[s, 3] = shape[a] - 1
             else:
                 src_from_tgt[s, a] = 1.0
-        # matrices act on (k, j, i, 1) here; convert Volume's (i, j, k) convention around it
-        swap = np.eye(4)[[2, 1, 0, 3]]
-        ijk_to_ras = volume.ijk_to_ras @ swap @ src_from_tgt @ swap
+        # src_from_tgt acts on (k, j, i, 1); convert to the (i, j, k) convention around it
+        ijk_to_ras = volume.ijk_to_ras @ KJI_SWAP @ src_from_tgt @ KJI_SWAP
+        from .volume import Volume
+
         return Volume(np.ascontiguousarray(self.apply(volume.array)), ijk_to_ras, volume.name, dict(volume.meta))
 
 
-def _kji_index_map(source_ijk_to_ras: np.ndarray, target_ijk_to_ras: np.ndarray) -> np.ndarray:
-    """4x4 map from a target KJI index to the source KJI index it samples (both grids' IJK->RAS)."""
-    target = np.asarray(target_ijk_to_ras, dtype=np.float64)
-    src_from_tgt = np.linalg.inv(np.asarray(source_ijk_to_ras, dtype=np.float64)) @ target
-    swap = np.eye(4)[[2, 1, 0, 3]]
-    return swap @ src_from_tgt @ swap
+def _target_grid(target, shape_kji) -> Grid:
+    """A `Grid` from a grid/volume, or from a matrix and a shape."""
+    if shape_kji is None:
+        return as_grid(target)
+    return Grid(_matrix_of(target), tuple(int(n) for n in shape_kji))
 
 
-def resample(volume: Volume, ijk_to_ras: np.ndarray, shape_kji: tuple[int, int, int], order: int = 1,
+def resample(volume: Volume, target: Grid | np.ndarray, shape_kji: Sequence[int] | None = None, order: int = 1,
              fill: float = 0.0) -> Volume:
-    """Resample `volume` onto another grid (any orientation). order 0 = nearest, 1 = linear.
+    """Resample `volume` onto another grid (any orientation): a `Grid`, or an IJK->RAS matrix and `shape_kji`.
+    order 0 = nearest, 1 = linear.
 
     Each source voxel covers +-half a voxel around its centre ("grid-constant"): with scipy's plain
     "constant" mode a target voxel landing on an edge voxel centre plus rounding noise (1e-15) got `fill`.
@@ -117,20 +289,23 @@ def resample(volume: Volume, ijk_to_ras: np.ndarray, shape_kji: tuple[int, int, 
     """
     from scipy import ndimage
 
-    target = np.asarray(ijk_to_ras, dtype=np.float64)
-    kji_from_kji = _kji_index_map(volume.ijk_to_ras, target)
+    from .volume import Volume
+
+    grid = _target_grid(target, shape_kji)
+    kji_from_kji = grid.kji_map_to(as_grid(volume))
     data = np.asarray(volume.array)
     if order > 0 and not np.issubdtype(data.dtype, np.floating):
         data = data.astype(np.float32)
     out = ndimage.affine_transform(data, kji_from_kji[:3, :3], offset=kji_from_kji[:3, 3],
-                                   output_shape=tuple(int(n) for n in shape_kji), order=order,
+                                   output_shape=grid.shape_kji, order=order,
                                    mode="grid-constant", cval=fill, prefilter=False)
-    return Volume(out, target, volume.name, dict(volume.meta))
+    return Volume(out, grid.ijk_to_ras, volume.name, dict(volume.meta))
 
 
-def resample_tensor(data, source_ijk_to_ras: np.ndarray, ijk_to_ras: np.ndarray, shape_kji: tuple[int, int, int],
-                    order: int = 1, fill: float = 0.0):
+def resample_tensor(data, source: Grid | np.ndarray, target: Grid | np.ndarray,
+                    shape_kji: Sequence[int] | None = None, order: int = 1, fill: float = 0.0):
     """`resample` for a KJI torch tensor on any device (the TAGS crops on the GPU): same grid, same values.
+    `source` is the tensor's grid (or its IJK->RAS matrix), `target` a `Grid` or a matrix with `shape_kji`.
 
     It reproduces scipy's `affine_transform(order, mode="grid-constant", prefilter=False)` operation by
     operation rather than calling `grid_sample`: source indices in float64, summed in scipy's order
@@ -151,8 +326,10 @@ def resample_tensor(data, source_ijk_to_ras: np.ndarray, ijk_to_ras: np.ndarray,
     device = data.device
     if order > 0 and not data.is_floating_point():
         data = data.to(torch.float32)
-    index_map = torch.as_tensor(_kji_index_map(source_ijk_to_ras, ijk_to_ras), dtype=torch.float64, device=device)
-    shape = tuple(int(n) for n in shape_kji)
+    grid = _target_grid(target, shape_kji)
+    source_grid = source if isinstance(source, Grid) else Grid(_matrix_of(source), tuple(data.shape[:3]))
+    index_map = torch.as_tensor(grid.kji_map_to(source_grid), dtype=torch.float64, device=device)
+    shape = grid.shape_kji
     k, j, i = (torch.arange(n, dtype=torch.float64, device=device) for n in shape)
     k, j, i = k[:, None, None], j[None, :, None], i[None, None, :]
     coords = []
@@ -187,13 +364,14 @@ def resample_tensor(data, source_ijk_to_ras: np.ndarray, ijk_to_ras: np.ndarray,
     return total.to(data.dtype)
 
 
-def resample_like(volume: Volume, reference: Volume, order: int = 1, fill: float = 0.0) -> Volume:
+def resample_like(volume: Volume, reference: Grid | Volume, order: int = 1, fill: float = 0.0) -> Volume:
+    """`volume` on `reference`'s grid; `volume` itself when the grids already agree."""
     if volume.same_grid(reference):
         return volume
-    return resample(volume, reference.ijk_to_ras, reference.shape_kji, order=order, fill=fill)
+    return resample(volume, as_grid(reference), order=order, fill=fill)
 
 
-def isotropic_grid(volume: Volume, spacing_mm: float | tuple[float, float, float]) -> tuple[np.ndarray, tuple]:
+def isotropic_grid(volume: Grid | Volume, spacing_mm: float | tuple[float, float, float]) -> tuple[np.ndarray, tuple]:
     """A grid covering the same RAS extent with the volume's directions and the given spacing (i, j, k)."""
     spacing = np.broadcast_to(np.asarray(spacing_mm, dtype=np.float64), (3,))
     extent_ijk = volume.spacing_ijk * np.array(volume.shape_kji[::-1])

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from .geometry import Grid
 from .io import save_volume
 from .volume import Volume, make_ijk_to_ras
 
@@ -186,7 +187,7 @@ def _block_ras(ijk_to_ras: np.ndarray, block) -> tuple[np.ndarray, np.ndarray, n
 def _paint(blob: _Blob, shape_kji, ijk_to_ras: np.ndarray) -> np.ndarray:
     """Boolean mask of the voxels whose centres lie inside the blob."""
     out = np.zeros(shape_kji, dtype=bool)
-    block = _block(shape_kji, np.linalg.inv(ijk_to_ras), blob.centre, blob.half_extent())
+    block = _block(shape_kji, Grid(ijk_to_ras, shape_kji).ras_to_ijk, blob.centre, blob.half_extent())
     if block is not None:
         out[block] = blob.inside(_block_ras(ijk_to_ras, block))
     return out

@@ -10,20 +10,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-
-# a point this far (in voxels) outside an outer face still counts as inside: floating-point slack for clicks
-# typed at the printed bounds (describe_bounds rounds inwards, this covers the last digit)
-BOUNDS_SLACK_VOXELS = 1e-9
-
-
-def _frozen(array: np.ndarray) -> np.ndarray:
-    view = np.asarray(array).view()
-    view.flags.writeable = False
-    return view
+from .geometry import BOUNDS_SLACK_VOXELS, Grid, _frozen, make_ijk_to_ras  # noqa: F401  (re-exported)
 
 
 @dataclass(frozen=True)
 class Volume:
+    """A `Grid` plus its voxels: `grid` holds the geometry, and the geometry methods here are its own."""
+
     array: np.ndarray
     ijk_to_ras: np.ndarray
     name: str = ""
@@ -39,76 +32,69 @@ class Volume:
                 f"{self.array.dtype}, spacing {spacing} mm, origin RAS ({origin}))")
 
     def __post_init__(self) -> None:
-        matrix = np.asarray(self.ijk_to_ras, dtype=np.float64)
-        if matrix.shape != (4, 4):
-            raise ValueError(f"ijk_to_ras must be 4x4, got {matrix.shape}")
-        object.__setattr__(self, "ijk_to_ras", _frozen(matrix.copy()))
-        object.__setattr__(self, "array", _frozen(self.array))
+        array = _frozen(self.array)
+        grid = Grid(self.ijk_to_ras, tuple(int(n) for n in array.shape[:3]))
+        object.__setattr__(self, "ijk_to_ras", grid.ijk_to_ras)
+        object.__setattr__(self, "array", array)
+        object.__setattr__(self, "_grid", grid)
 
     @property
+    def grid(self) -> Grid:
+        """The voxel grid (IJK->RAS matrix and KJI shape) without the voxels."""
+        return self._grid
+
+    # geometry: the grid's (see `tagseg.geometry.Grid`)
+    @property
     def shape_kji(self) -> tuple[int, int, int]:
-        return tuple(int(n) for n in self.array.shape[:3])
+        return self._grid.shape_kji
 
     @property
     def spacing_ijk(self) -> np.ndarray:
         """Voxel size in mm along i, j, k (the lengths of the matrix columns)."""
-        return np.linalg.norm(self.ijk_to_ras[:3, :3], axis=0)
+        return self._grid.spacing_ijk
 
     @property
     def spacing_kji(self) -> np.ndarray:
-        return self.spacing_ijk[::-1]
+        return self._grid.spacing_kji
 
     @property
     def directions_ijk(self) -> np.ndarray:
         """3x3 matrix whose columns are the unit RAS directions of the i, j, k axes."""
-        return self.ijk_to_ras[:3, :3] / self.spacing_ijk
+        return self._grid.directions_ijk
 
     @property
     def ras_to_ijk(self) -> np.ndarray:
-        return np.linalg.inv(self.ijk_to_ras)
+        return self._grid.ras_to_ijk
 
     def ras_to_kji(self, points_ras) -> np.ndarray:
         """Continuous KJI indices of RAS points, shape (N, 3)."""
-        pts = np.atleast_2d(np.asarray(points_ras, dtype=np.float64))
-        homog = np.c_[pts, np.ones(len(pts))]
-        ijk = (self.ras_to_ijk @ homog.T).T[:, :3]
-        return ijk[:, ::-1]
+        return self._grid.ras_to_kji(points_ras)
 
     def kji_to_ras(self, points_kji) -> np.ndarray:
-        pts = np.atleast_2d(np.asarray(points_kji, dtype=np.float64))
-        homog = np.c_[pts[:, ::-1], np.ones(len(pts))]
-        return (self.ijk_to_ras @ homog.T).T[:, :3]
+        return self._grid.kji_to_ras(points_kji)
 
     def contains_kji(self, points_kji, tolerance: float = 0.5) -> np.ndarray:
         """True where a continuous index lies inside the voxel grid (voxel centres +- half a voxel, the outer
         faces included, plus floating-point slack so a click typed at a printed bound is inside)."""
-        pts = np.atleast_2d(points_kji)
-        slack = tolerance + BOUNDS_SLACK_VOXELS
-        upper = np.array(self.shape_kji) - 1 + slack
-        return np.all((pts >= -slack) & (pts <= upper), axis=1)
+        return self._grid.contains_kji(points_kji, tolerance)
 
     def bounds_ras(self) -> tuple[np.ndarray, np.ndarray]:
         """Axis-aligned RAS bounds of the voxel grid (outer voxel faces), as (min, max)."""
-        k, j, i = self.shape_kji
-        corners = np.array([[a, b, c] for a in (-0.5, k - 0.5) for b in (-0.5, j - 0.5) for c in (-0.5, i - 0.5)])
-        ras = self.kji_to_ras(corners)
-        return ras.min(0), ras.max(0)
+        return self._grid.bounds_ras()
 
     def describe_bounds(self) -> str:
         """The bounds as printed in messages, rounded inwards to 0.1 mm: every point within them is inside."""
-        lo, hi = self.bounds_ras()
-        lo = np.ceil(np.round(lo * 10, 6)) / 10
-        hi = np.floor(np.round(hi * 10, 6)) / 10
-        return "R {:.1f}..{:.1f}, A {:.1f}..{:.1f}, S {:.1f}..{:.1f} mm".format(lo[0], hi[0], lo[1], hi[1], lo[2], hi[2])
+        return self._grid.describe_bounds()
 
+    def same_grid(self, other: "Volume | Grid", atol: float = 1e-3) -> bool:
+        return self._grid.same_grid(getattr(other, "grid", other), atol)
+
+    # voxels
     def with_array(self, array: np.ndarray, name: str | None = None) -> "Volume":
         """A new volume on this volume's grid."""
         if tuple(array.shape) != self.shape_kji:
             raise ValueError(f"array shape {array.shape} does not match grid {self.shape_kji}")
         return Volume(array, self.ijk_to_ras, self.name if name is None else name, dict(self.meta))
-
-    def same_grid(self, other: "Volume", atol: float = 1e-3) -> bool:
-        return self.shape_kji == other.shape_kji and np.allclose(self.ijk_to_ras, other.ijk_to_ras, atol=atol)
 
     def content_key(self) -> str:
         """A hash of voxels and geometry; caches key on it so an edited volume is never served stale results."""
@@ -119,15 +105,6 @@ class Volume:
         digest.update(np.ascontiguousarray(self.array).tobytes())
         digest.update(np.ascontiguousarray(self.ijk_to_ras).tobytes())
         return digest.hexdigest()
-
-
-def make_ijk_to_ras(spacing_ijk, origin_ras, directions=None) -> np.ndarray:
-    """The 4x4 index-to-RAS matrix from spacing, origin and a 3x3 direction matrix (columns = axes)."""
-    matrix = np.eye(4)
-    dirs = np.eye(3) if directions is None else np.asarray(directions, dtype=np.float64)
-    matrix[:3, :3] = dirs * np.asarray(spacing_ijk, dtype=np.float64)[None, :]
-    matrix[:3, 3] = origin_ras
-    return matrix
 
 
 def check_volume(volume: Volume) -> None:

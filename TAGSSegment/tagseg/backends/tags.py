@@ -346,7 +346,7 @@ class TagsBackend(Backend):
         if current is not None:
             margin = size / 8
             points = np.concatenate([ras.include, ras.exclude, [ras.extent_lo, ras.extent_hi]])
-            if np.all(current.contains_kji(current.ras_to_kji(points), margin=margin)):
+            if np.all(current.well_inside(current.ras_to_kji(points), margin)):
                 return [current]
         from ..tags.crop import floored_centre_ras
 
@@ -473,11 +473,11 @@ class TagsBackend(Backend):
         use_tokens = self.model.point_label_embed is not None and self.options.negatives == "auto"
         include = grid.ras_to_kji(ras.include)
         if not keep_outside:
-            include = include[grid.contains_kji(include)]
+            include = include[grid.well_inside(include)]
         points, labels = [include], [np.ones(len(include))]
         if use_tokens and len(ras.exclude):
             exclude = grid.ras_to_kji(ras.exclude)
-            exclude = exclude[grid.contains_kji(exclude)]
+            exclude = exclude[grid.well_inside(exclude)]
             points.append(exclude)
             labels.append(np.zeros(len(exclude)))
         kji = np.concatenate(points)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..geometry import resample, resample_tensor
+from ..geometry import Grid, resample, resample_tensor
 from ..volume import Volume
 
 # RAS direction of the crop's i (W), j (H), k (D) axes: columns of the direction matrix
@@ -39,40 +39,32 @@ class Intensity:
         return cls((float(lo), float(hi)), float(meta["mean"]), float(meta["std"]))
 
 
-@dataclass(frozen=True)
-class CropGrid:
-    """A P^3 crop: its IJK->RAS matrix and size. Crop voxel P/2 (per axis) sits on `centre_ras`."""
-
-    ijk_to_ras: np.ndarray
-    size: int
+@dataclass(frozen=True, eq=False, repr=False)
+class CropGrid(Grid):
+    """A P^3 crop: a cubic `Grid` along `CROP_DIRECTIONS`. Crop voxel P/2 (per axis) sits on `centre_ras`."""
 
     @classmethod
     def centred(cls, centre_ras, size: int, spacing_mm: float) -> "CropGrid":
         matrix = np.eye(4)
         matrix[:3, :3] = CROP_DIRECTIONS * spacing_mm
         matrix[:3, 3] = np.asarray(centre_ras, float) - matrix[:3, :3] @ np.full(3, size // 2)
-        return cls(matrix, size)
+        return cls(matrix, (size,) * 3)
+
+    @property
+    def size(self) -> int:
+        return self.shape_kji[0]
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return (self.size,) * 3
+        return self.shape_kji
 
     @property
     def spacing_mm(self) -> float:
         return float(np.linalg.norm(self.ijk_to_ras[:3, 0]))
 
-    def ras_to_kji(self, points_ras) -> np.ndarray:
-        pts = np.atleast_2d(np.asarray(points_ras, float))
-        ijk = (np.linalg.inv(self.ijk_to_ras) @ np.c_[pts, np.ones(len(pts))].T)[:3].T
-        return ijk[:, ::-1]
-
-    def kji_to_ras(self, points_kji) -> np.ndarray:
-        kji = np.atleast_2d(np.asarray(points_kji, float))
-        return (self.ijk_to_ras @ np.c_[kji[:, ::-1], np.ones(len(kji))].T)[:3].T
-
-    def contains_kji(self, points_kji, margin: float = 0.0) -> np.ndarray:
-        kji = np.atleast_2d(points_kji)
-        return np.all((kji >= -0.5 + margin) & (kji <= self.size - 0.5 - margin), axis=1)
+    def well_inside(self, points_kji, margin: float = 0.0) -> np.ndarray:
+        """True where a continuous index lies at least `margin` voxels inside the crop's outer faces (exact)."""
+        return self.contains_kji(points_kji, tolerance=0.5 - margin, slack=0.0)
 
 
 def floored_centre_ras(volume: Volume, points_ras, spacing_mm: float) -> np.ndarray:
@@ -105,7 +97,7 @@ def floored_centre_ras(volume: Volume, points_ras, spacing_mm: float) -> np.ndar
 
 def ct_channel(volume: Volume, grid: CropGrid, intensity: Intensity) -> np.ndarray:
     """Clip to the window, z-score, out-of-volume = 0; float32 [P, P, P] in (D, H, W)."""
-    sampled = np.asarray(resample(volume, grid.ijk_to_ras, grid.shape, order=1, fill=np.nan).array, np.float32)
+    sampled = np.asarray(resample(volume, grid, order=1, fill=np.nan).array, np.float32)
     lo, hi = intensity.window
     out = (np.clip(sampled, lo, hi) - intensity.mean) / intensity.std
     out[~np.isfinite(out)] = 0.0
@@ -115,7 +107,7 @@ def ct_channel(volume: Volume, grid: CropGrid, intensity: Intensity) -> np.ndarr
 def mask_channel(mask: Volume, grid: CropGrid) -> np.ndarray:
     """A binary mask on any grid -> {0, 1} float32 on the crop (linear, then > 0.5, as published)."""
     binary = mask.with_array((np.asarray(mask.array) > 0).astype(np.float32))
-    sampled = np.asarray(resample(binary, grid.ijk_to_ras, grid.shape, order=1, fill=0.0).array)
+    sampled = np.asarray(resample(binary, grid, order=1, fill=0.0).array)
     return (sampled > 0.5).astype(np.float32)
 
 
@@ -123,7 +115,7 @@ def ct_channel_tensor(data, volume: Volume, grid: CropGrid, intensity: Intensity
     """`ct_channel` for `volume`'s array already on a device as the tensor `data`; float32 [P, P, P] tensor."""
     import torch
 
-    sampled = resample_tensor(data, volume.ijk_to_ras, grid.ijk_to_ras, grid.shape, order=1, fill=float("nan"))
+    sampled = resample_tensor(data, volume.grid, grid, order=1, fill=float("nan"))
     lo, hi = intensity.window
     out = (torch.clamp(sampled, lo, hi) - intensity.mean) / intensity.std
     return torch.where(torch.isfinite(out), out, torch.zeros((), dtype=out.dtype, device=out.device))
@@ -134,34 +126,20 @@ def mask_channel_tensor(data, mask: Volume, grid: CropGrid):
     import torch
 
     binary = (data > 0).to(torch.float32)
-    sampled = resample_tensor(binary, mask.ijk_to_ras, grid.ijk_to_ras, grid.shape, order=1, fill=0.0)
+    sampled = resample_tensor(binary, mask.grid, grid, order=1, fill=0.0)
     return (sampled > 0.5).to(torch.float32)
-
-
-def _source_block(grid: CropGrid, source: Volume):
-    """The block of the source grid the crop covers: (lo, hi) KJI bounds and its IJK->RAS, or None."""
-    corners = np.array([[k, j, i] for k in (-0.5, grid.size - 0.5) for j in (-0.5, grid.size - 0.5)
-                        for i in (-0.5, grid.size - 0.5)])
-    kji = source.ras_to_kji(grid.kji_to_ras(corners))
-    lo = np.maximum(np.floor(kji.min(0)).astype(int), 0)
-    hi = np.minimum(np.ceil(kji.max(0)).astype(int) + 1, source.shape_kji)
-    if np.any(hi <= lo):
-        return None
-    block_ijk_to_ras = source.ijk_to_ras.copy()
-    block_ijk_to_ras[:3, 3] = source.ijk_to_ras[:3, :3] @ lo[::-1].astype(float) + source.ijk_to_ras[:3, 3]
-    return lo, hi, block_ijk_to_ras
 
 
 def crop_to_source(prob_crop: np.ndarray, grid: CropGrid, source: Volume
                    ) -> tuple[tuple[slice, slice, slice], np.ndarray] | None:
     """A crop-grid probability map -> the block of the source grid the crop covers (linear, 0 outside
     the crop). Returns (KJI slices, float32 block), or None when the crop misses the volume."""
-    block = _source_block(grid, source)
+    block = source.grid.block_covering(grid)
     if block is None:
         return None
-    lo, hi, block_ijk_to_ras = block
+    lo, hi = block
     crop_volume = Volume(np.asarray(prob_crop, np.float32), grid.ijk_to_ras, "crop", {})
-    out = resample(crop_volume, block_ijk_to_ras, tuple(hi - lo), order=1, fill=0.0).array
+    out = resample(crop_volume, source.grid.sub_grid(lo, hi), order=1, fill=0.0).array
     return tuple(slice(a, b) for a, b in zip(lo, hi)), np.asarray(out, np.float32)
 
 
@@ -169,10 +147,9 @@ def crop_to_source_tensor(prob_crop, grid: CropGrid, source: Volume):
     """`crop_to_source` for a probability tensor on a device: (KJI slices, float32 block tensor) or None."""
     import torch
 
-    block = _source_block(grid, source)
+    block = source.grid.block_covering(grid)
     if block is None:
         return None
-    lo, hi, block_ijk_to_ras = block
-    out = resample_tensor(prob_crop.to(torch.float32), grid.ijk_to_ras, block_ijk_to_ras, tuple(hi - lo),
-                          order=1, fill=0.0)
+    lo, hi = block
+    out = resample_tensor(prob_crop.to(torch.float32), grid, source.grid.sub_grid(lo, hi), order=1, fill=0.0)
     return tuple(slice(a, b) for a, b in zip(lo, hi)), out
