@@ -236,25 +236,19 @@ def _resample_block(binary: np.ndarray, source_matrix: np.ndarray, target_matrix
     """Nearest-neighbour resampling of a binary KJI mask onto only the block of the target grid its voxels
     can reach (whole-grid resampling of a 512x512xN volume per click would be slow). Returns the uint8 block
     and its first target index (KJI); (None, 0) when nothing lands on the target (clipped to target_shape)."""
-    from tagseg.geometry import resample
+    from tagseg.geometry import Grid, resample
 
     nz = np.argwhere(binary)
     if len(nz) == 0:
         return None, np.zeros(3, int)
-    lo_src, hi_src = nz.min(0) - 0.5, nz.max(0) + 0.5  # outer voxel faces
-    corners = np.array([[k, j, i] for k in (lo_src[0], hi_src[0]) for j in (lo_src[1], hi_src[1])
-                        for i in (lo_src[2], hi_src[2])], dtype=np.float64)
     source = Volume(binary, source_matrix)
-    corners_target = Volume(np.zeros((1, 1, 1), np.uint8), target_matrix).ras_to_kji(source.kji_to_ras(corners))
-    lo = np.floor(corners_target.min(0)).astype(int)
-    hi = np.ceil(corners_target.max(0)).astype(int)
-    if target_shape is not None:
-        lo, hi = np.maximum(lo, 0), np.minimum(hi, np.asarray(target_shape) - 1)
-    if np.any(hi < lo):
+    target = Grid(target_matrix, () if target_shape is None else tuple(target_shape))  # () = extent unknown
+    block = target.block_covering(source.grid, nz.min(0), nz.max(0), clip=target_shape is not None)
+    if block is None:
         return None, np.zeros(3, int)
-    block_matrix = target_matrix @ _translation((lo[2], lo[1], lo[0]))
-    block = resample(source, block_matrix, tuple(int(n) for n in hi - lo + 1), order=0)
-    return (np.asarray(block.array) > 0).astype(np.uint8), lo
+    lo, hi = block
+    resampled = resample(source, target.sub_grid(lo, hi), order=0)
+    return (np.asarray(resampled.array) > 0).astype(np.uint8), lo
 
 
 def _mask_bbox(mask: np.ndarray):
