@@ -32,6 +32,9 @@ def _frozen(array: np.ndarray) -> np.ndarray:
 # (k, j, i): a map m between IJK indices is KJI_SWAP @ m @ KJI_SWAP between KJI indices (its own inverse).
 KJI_SWAP = _frozen(np.eye(4)[[2, 1, 0, 3]])
 
+# ITK and DICOM store patient coordinates as LPS: x and y flipped against RAS (its own inverse).
+LPS_TO_RAS = _frozen(np.diag([-1.0, -1.0, 1.0, 1.0]))
+
 
 def make_ijk_to_ras(spacing_ijk, origin_ras, directions=None) -> np.ndarray:
     """The 4x4 index-to-RAS matrix from spacing, origin and a 3x3 direction matrix (columns = axes)."""
