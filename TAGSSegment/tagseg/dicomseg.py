@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
+from .geometry import LPS_TO_RAS
 from .terminology import Code, TerminologyEntry
 from .volume import Volume
 
 INSTALL_HINT = 'DICOM SEG output needs highdicom; install it with: pip install "tagseg[dicom]"'
 MANUFACTURER = "TAGSSegment"
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 POSITION_TOLERANCE_VOXELS = 0.01
 
 

@@ -15,10 +15,10 @@ import numpy as np
 
 from . import budget
 from .errors import InputError
+from .geometry import LPS_TO_RAS  # noqa: F401  (tagseg.io.LPS_TO_RAS, as before)
 from .paths import AtomicFile, WriteError, file_kind, note_input, require_regular_file
 from .volume import Volume
 
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".seg.nrrd", ".mha", ".mhd")
 LABEL_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".seg.nrrd", ".mha")
 
