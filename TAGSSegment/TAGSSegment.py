@@ -1,9 +1,11 @@
 """TAGS Segment: the Slicer module that sets up TAGS and registers the "TAGS" Segment Editor effect.
 
 The panel installs dependencies (only when asked), installs TAGS checkpoints, picks the compute device and
-shows a status log; the segmenting itself happens in the effect. Both share one TAGSLogic through
-`TAGSSegmentLib.state`, where all the GUI-free decisions live. torch and the model code are imported only
-inside functions that need them, never when Slicer loads this module or builds the panel.
+shows a status log; the segmenting itself happens in the effect. Both share one TAGS logic, owned by the module
+logic `TAGSSegmentLogic` (the panel's `logic`, which the effect finds with `slicer.util.getModuleLogic`); its
+settings are kept in Slicer's QSettings. The GUI-free decisions live in the modules of TAGSSegmentLib. torch and
+the model code are imported only inside functions that need them, never when Slicer loads this module or builds
+the panel.
 """
 import importlib.util
 import logging
@@ -22,7 +24,8 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from TAGSSegmentLib import state
+from TAGSSegmentLib import install, settings, status_log, wording
+from TAGSSegmentLib.module_logic import ModuleLogic
 
 try:
     from slicer.i18n import tr as _
@@ -35,30 +38,6 @@ except ImportError:  # Slicer < 5.4
         return text
 
 TORCH_REQUIREMENT = ">=2.1"          # same floor as pyproject.toml; never pin an old torch
-DEVICE_SETTING = "TAGSSegment/Device"
-ALLOW_MPS_SETTING = "TAGSSegment/AllowMPS"
-ENGINE_MODE_SETTING = "TAGSSegment/EngineMode"      # local | remote | in-process
-ENGINE_URL_SETTING = "TAGSSegment/EngineURL"
-ENGINE_TOKEN_SETTING = "TAGSSegment/EngineToken"    # stored in Slicer's settings file, readable by this user
-
-
-def _savedDevice():
-    return str(qt.QSettings().value(DEVICE_SETTING, "auto") or "auto")
-
-
-def _savedEngine():
-    settings = qt.QSettings()
-    return (str(settings.value(ENGINE_MODE_SETTING, "local") or "local"),
-            str(settings.value(ENGINE_URL_SETTING, "") or ""), str(settings.value(ENGINE_TOKEN_SETTING, "") or ""))
-
-
-def _applySavedEngine():
-    """Use the saved engine choice; an invalid saved remote URL falls back to the local engine process."""
-    try:
-        state.set_engine(*_savedEngine())
-    except ValueError as exc:
-        state.log_message(f"Saved engine settings ignored ({exc}); using the local engine process.")
-        state.set_engine("local")
 
 
 #
@@ -90,14 +69,12 @@ Segment Anything (Meta, Apache-2.0) and CLIP (OpenAI, MIT). TAGS checkpoints you
 licences. The module itself is Apache-2.0.
 """)
         slicer.app.connect("startupCompleted()", self.registerEditorEffect)
-        slicer.app.connect("aboutToQuit()", state.release_shared_logic)
 
     def registerEditorEffect(self):
-        """Register the scripted effect with the Segment Editor (template pattern); apply the saved device."""
+        """Register the scripted effect with the Segment Editor (template pattern). The saved device and engine
+        choice are read by the module logic when it builds the TAGS logic."""
         import qSlicerSegmentationsEditorEffectsPythonQt as effects
 
-        state.set_device(_savedDevice())
-        _applySavedEngine()
         instance = effects.qSlicerSegmentEditorScriptedEffect(None)
         effectPath = os.path.join(os.path.dirname(__file__), "TAGSSegmentLib", "SegmentEditorEffect.py")
         instance.setPythonSource(effectPath.replace("\\", "/"))
@@ -115,6 +92,8 @@ class TAGSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
+        # the module logic: `slicer.util.getModuleLogic("TAGSSegment")` returns this attribute (the effect uses it)
+        self.logic = TAGSSegmentLogic()
         self._deviceInfo = None  # filled by describe_devices() once torch is loaded on request
 
     def setup(self):
@@ -124,9 +103,9 @@ class TAGSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
 
-        allowMps = slicer.util.settingsValue(ALLOW_MPS_SETTING, False, converter=slicer.util.toBool)
+        allowMps = slicer.util.settingsValue(settings.ALLOW_MPS_KEY, False, converter=slicer.util.toBool)
         self.ui.allowMpsCheckBox.checked = allowMps
-        self._fillDeviceComboBox(_savedDevice())
+        self._fillDeviceComboBox(self.logic.device())
 
         self.ui.installDependenciesButton.connect("clicked()", self.onInstallDependencies)
         self.ui.refreshButton.connect("clicked()", self.onRefresh)
@@ -139,37 +118,38 @@ class TAGSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.clearLogButton.connect("clicked()", self.ui.statusLog.clear)
         self._setupEngineSection()
 
-        for line in state.log_history():
+        for line in status_log.log_history():
             self.ui.statusLog.appendPlainText(line)
-        state.add_log_listener(self._appendLog)
+        status_log.add_log_listener(self._appendLog)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self._refreshCheapStatus()
 
     def cleanup(self):
-        """Stop the shared logic (worker thread, GPU memory) and every observer and listener."""
+        """Stop the TAGS logic (engine process or worker thread, GPU memory) and every observer and listener."""
         self.removeObservers()
-        state.remove_log_listener(self._appendLog)
-        state.release_shared_logic()
+        status_log.remove_log_listener(self._appendLog)
+        self.logic.release_tags_logic()
 
     def enter(self):
         self._refreshCheapStatus()
 
     def onSceneStartClose(self, caller, event):
-        if state.has_shared_logic():
-            state.shared_logic().cancel_pending()
+        logic = self.logic.running_tags_logic()
+        if logic is not None:
+            logic.cancel_pending()
 
     def _appendLog(self, line):
         self.ui.statusLog.appendPlainText(line)
 
     def _log(self, text):
-        state.log_message(text)
+        status_log.log_message(text)
 
     # ---- status ------------------------------------------------------------------------------------------------
 
     def _refreshCheapStatus(self):
         """Everything that can be known without importing torch (find_spec and package metadata only)."""
         lines = []
-        torchVersion = state.installed_version("torch")
+        torchVersion = install.installed_version("torch")
         if torchVersion:
             lines.append(f"torch {torchVersion}: installed.")
         elif importlib.util.find_spec("PyTorchUtils") is None:
@@ -177,12 +157,12 @@ class TAGSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                          "'Install dependencies' offers to install it.")
         else:
             lines.append("torch: missing; 'Install dependencies' installs it with the PyTorch extension.")
-        missing = state.missing_requirements(self.resourcePath("requirements.txt"))
+        missing = install.missing_requirements(self.resourcePath("requirements.txt"))
         lines.append("Other packages: all installed." if not missing else
                      f"Other packages missing: {', '.join(missing)}.")
         self.ui.dependencyStatusLabel.text = "\n".join(lines)
         self.ui.installDependenciesButton.enabled = bool(missing or not torchVersion)
-        self.ui.defaultModelLabel.text = state.default_model_status()
+        self.ui.defaultModelLabel.text = install.default_model_status()
         if "torch" in sys.modules:  # already paid for: show the full picture
             try:
                 self._refreshDevices()
@@ -198,7 +178,7 @@ class TAGSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onRefresh(self):
         with slicer.util.tryWithErrorDisplay(_("Checking devices and models failed."), waitCursor=True):
             self._refreshCheapStatus()
-            if state.installed_version("torch"):
+            if install.installed_version("torch"):
                 self._refreshDevices()
                 self._refreshModels()
 
@@ -209,12 +189,12 @@ class TAGSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updateDeviceWarning()
 
     def _updateDeviceWarning(self):
-        device = state.current_device()
+        device = self.logic.device()
         if self._deviceInfo is None:
             self.ui.deviceInfoLabel.text = "GPU details appear after 'Check devices and models'."
             warning = "CPU selected: each prediction takes seconds." if device == "cpu" else ""
         else:
-            self.ui.deviceInfoLabel.text, warning = state.describe_device_info(self._deviceInfo, device)
+            self.ui.deviceInfoLabel.text, warning = wording.describe_device_info(self._deviceInfo, device)
         self.ui.deviceWarningLabel.text = warning
         self.ui.deviceWarningLabel.visible = bool(warning)
 
@@ -249,7 +229,7 @@ class TAGSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _ensureTorch(self):
         """torch through the PyTorch extension, which picks the CUDA or CPU build matching this computer."""
-        if state.installed_version("torch"):
+        if install.installed_version("torch"):
             return True
         if importlib.util.find_spec("PyTorchUtils") is None:
             if not slicer.util.confirmOkCancelDisplay(
@@ -259,7 +239,7 @@ class TAGSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._log("The PyTorch extension was not installed.")
                 return False
             # this was the question: the extensions manager must not ask twice more
-            if not state.install_extension_quietly(slicer.app.extensionsManagerModel(), "PyTorch"):
+            if not install.install_extension_quietly(slicer.app.extensionsManagerModel(), "PyTorch"):
                 raise RuntimeError("The PyTorch extension could not be installed: install it from the "
                                    "Extensions Manager, restart Slicer and try again.")
             self._log("PyTorch extension installed; restart Slicer, then press 'Install dependencies' again.")
@@ -288,8 +268,8 @@ class TAGSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 "TAGS Segment needs these Python packages:\n\n" + "\n".join(missing) + "\n\nInstall them now? "
                 "This modifies Slicer's Python environment.", windowTitle="TAGS Segment")
 
-        if state.ensure_packages(self.resourcePath("requirements.txt"), confirm, packaging,
-                                 getattr(slicer.util, "pip_install", None)):
+        if install.ensure_packages(self.resourcePath("requirements.txt"), confirm, packaging,
+                                   getattr(slicer.util, "pip_install", None)):
             return True
         self._log("The Python packages were not installed.")
         return False
@@ -307,8 +287,8 @@ class TAGSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onInstallCheckpointFromUrl(self):
         with slicer.util.tryWithErrorDisplay(_("Downloading the checkpoint failed."), waitCursor=True):
             url = self.ui.checkpointUrlLineEdit.text.strip()
-            sha256 = state.normalise_sha256(self.ui.checkpointSha256LineEdit.text)
-            fileName = state.download_file_name(url, sha256)
+            sha256 = install.normalise_sha256(self.ui.checkpointSha256LineEdit.text)
+            fileName = install.download_file_name(url, sha256)
             from tagseg.paths import sha256_file
             from tagseg.weights import offline_mode
 
@@ -331,7 +311,7 @@ class TAGSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         from tagseg.tags.checkpoint import install_checkpoint
 
         installed = install_checkpoint(path)
-        state.release_shared_logic()  # the next prediction resolves model="auto" again and finds it
+        self.logic.release_tags_logic()  # the next prediction resolves model="auto" again and finds it
         self._log(f"Installed TAGS checkpoint {installed}")
         self._refreshModels()
 
@@ -347,7 +327,7 @@ class TAGSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         section.collapsed = True
         form = qt.QFormLayout(section)
         self.engineModeComboBox = qt.QComboBox()
-        for label, value in state.ENGINE_MODES:
+        for label, value in settings.ENGINE_MODES:
             self.engineModeComboBox.addItem(label, value)
         self.engineUrlEdit = qt.QLineEdit()
         self.engineUrlEdit.setPlaceholderText("http://127.0.0.1:8765")
@@ -369,7 +349,7 @@ class TAGSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         form.addRow(buttons)
         form.addRow(self.engineStatusLabel)
         self.layout.insertWidget(max(self.layout.count() - 1, 0), section)
-        mode, url, token = _savedEngine()
+        mode, url, token = self.logic.saved_engine()
         index = self.engineModeComboBox.findData(mode)
         self.engineModeComboBox.setCurrentIndex(index if index >= 0 else 0)
         self.engineUrlEdit.text, self.engineTokenEdit.text = url, token
@@ -381,10 +361,10 @@ class TAGSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _updateEngineWidgets(self, *args):
         remote = self.engineModeComboBox.currentData == "remote"
         self.engineUrlEdit.enabled = self.engineTokenEdit.enabled = remote
-        logic = state.shared_logic() if state.has_shared_logic() else None
+        logic = self.logic.running_tags_logic()
         running = getattr(logic, "engine_url", None) if logic is not None else None
         pid = getattr(logic, "engine_pid", None) if logic is not None else None
-        mode = state.engine_settings()["mode"]
+        mode = self.logic.engine_settings()["mode"]
         if mode == "in-process":
             text = _("The model runs inside Slicer (fallback): Slicer may respond slowly while it runs.")
         elif running:
@@ -397,17 +377,13 @@ class TAGSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         mode = self.engineModeComboBox.currentData
         url, token = self.engineUrlEdit.text.strip(), self.engineTokenEdit.text.strip()
         try:
-            changed = state.set_engine(mode, url, token)
+            changed = self.logic.set_engine(mode, url, token)   # saved in Slicer's settings
         except ValueError as exc:
             slicer.util.errorDisplay(str(exc), windowTitle="TAGS")
             return
-        settings = qt.QSettings()
-        settings.setValue(ENGINE_MODE_SETTING, mode)
-        settings.setValue(ENGINE_URL_SETTING, state.engine_settings()["url"])
-        settings.setValue(ENGINE_TOKEN_SETTING, token)
         if changed:
             self._log(f"Engine: {self.engineModeComboBox.currentText}"
-                      + (f" at {state.engine_settings()['url']}" if mode == "remote" else "") + ".")
+                      + (f" at {self.logic.engine_settings()['url']}" if mode == "remote" else "") + ".")
         self._updateEngineWidgets()
 
     def onTestEngine(self):
@@ -418,7 +394,7 @@ class TAGSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay(_("The engine server did not answer."), waitCursor=True):
             from tagseg.client import engine_health
 
-            url = state.normalise_engine_url(self.engineUrlEdit.text)
+            url = settings.normalise_engine_url(self.engineUrlEdit.text)
             health = engine_health(url, self.engineTokenEdit.text.strip() or None, timeout=3.0)
             self.engineStatusLabel.text = _("Connected: tagseg {version} on {device}, {sessions} session(s).").format(
                 version=health.get("version", "?"), device=health.get("device", "?"),
@@ -430,7 +406,7 @@ class TAGSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         combo = self.ui.deviceComboBox
         wasBlocked = combo.blockSignals(True)
         combo.clear()
-        for label, value in state.device_choices(self.ui.allowMpsCheckBox.checked):
+        for label, value in settings.device_choices(self.ui.allowMpsCheckBox.checked):
             combo.addItem(label, value)
         index = combo.findData(device)
         combo.setCurrentIndex(index if index >= 0 else 0)
@@ -438,17 +414,16 @@ class TAGSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._applyDevice(combo.itemData(combo.currentIndex))
 
     def _applyDevice(self, device):
-        if state.set_device(device):
+        if self.logic.set_device(device):   # saved in Slicer's settings
             self._log(f"Device changed to {device}; the model will be loaded again on the next prediction.")
-        qt.QSettings().setValue(DEVICE_SETTING, device)
         self._updateDeviceWarning()
 
     def onDeviceChanged(self, index):
         self._applyDevice(self.ui.deviceComboBox.itemData(index))
 
     def onAllowMpsToggled(self, allowed):
-        qt.QSettings().setValue(ALLOW_MPS_SETTING, bool(allowed))
-        self._fillDeviceComboBox(state.current_device())
+        qt.QSettings().setValue(settings.ALLOW_MPS_KEY, bool(allowed))
+        self._fillDeviceComboBox(self.logic.device())
 
     # ---- actions -----------------------------------------------------------------------------------------------
 
@@ -499,10 +474,10 @@ class TAGSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay(_("The TAGS self-test failed."), waitCursor=True):
             from TAGSSegmentLib.logic import run_selftest
 
-            device = state.current_device()
+            device = self.logic.device()
             self._log(f"Self-test on {device} started (adds a phantom and a segmentation to the scene)…")
             result = run_selftest(slicer.mrmlScene, device=device, log=self._log)
-            timings = state.format_timings(result.get("timings"))
+            timings = wording.format_timings(result.get("timings"))
             self._log(f"Self-test passed: Dice {result['dice']:.3f} in {result['seconds']:.1f} s"
                       + (f" ({timings})" if timings else ""))
 
@@ -512,15 +487,21 @@ class TAGSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 #
 
 
-class TAGSSegmentLogic(ScriptedLoadableModuleLogic):
-    """Slicer's module logic slot; the real logic is the shared TAGSLogic (see TAGSSegmentLib.state)."""
+class TAGSSegmentLogic(ModuleLogic, ScriptedLoadableModuleLogic):
+    """The module logic: owns the TAGS logic (engine client) that the panel and the effect share, built on first
+    use from the device and engine choice saved in Slicer's settings (TAGSSegmentLib.module_logic has the
+    details). The panel creates it as its `logic`, which is what `slicer.util.getModuleLogic("TAGSSegment")`
+    returns for a scripted module."""
 
-    def __init__(self):
+    def __init__(self, settingsStore=None):
         ScriptedLoadableModuleLogic.__init__(self)
+        ModuleLogic.__init__(self, settingsStore or settings.QSettingsStore())
+        # the engine process and GPU memory go with Slicer even when the panel was never cleaned up
+        slicer.app.connect("aboutToQuit()", self.release_tags_logic)
 
-    @staticmethod
-    def tagsLogic():
-        return state.shared_logic()
+    def tagsLogic(self):
+        """The TAGS logic (TAGSLogic or InProcessTAGSLogic), built on first use."""
+        return self.tags_logic()
 
 
 #
@@ -583,7 +564,8 @@ class TAGSSegmentTest(ScriptedLoadableModuleTest):
             def shutdown(self):
                 pass
 
-        previous = state.replace_shared_logic(FakeLogic())
+        moduleLogic = slicer.util.getModuleLogic("TAGSSegment")
+        previous = moduleLogic.replace_tags_logic(FakeLogic())
         editor = slicer.qMRMLSegmentEditorWidget()
         try:
             editor.setMRMLScene(slicer.mrmlScene)
@@ -619,7 +601,7 @@ class TAGSSegmentTest(ScriptedLoadableModuleTest):
             editor.setActiveEffect(None)
             self.assertEqual(tags.markers.node_ids(), [], "prompt markers survived deactivation")
         finally:
-            state.replace_shared_logic(previous)
+            moduleLogic.replace_tags_logic(previous)
             editor.setActiveEffect(None)
 
     def test_TAGSSegment_selftest(self):

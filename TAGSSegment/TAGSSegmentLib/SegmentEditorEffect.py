@@ -1,8 +1,10 @@
 """The "TAGS" Segment Editor effect: clicks, boxes and a typed description become a 3D segment.
 
-A thin Qt layer: prompt bookkeeping, the one-in-flight prediction queue, box geometry, error wording and the
-prompt markers live in the GUI-free `TAGSSegmentLib.state` (tested in CI); the model runs in the shared
-`TAGSLogic`'s engine process (`tagseg serve`), whose exchange this effect's QTimer drives without blocking
+A thin Qt layer: prompt bookkeeping (`prompts`), the one-in-flight prediction queue (`prediction_queue`), box
+geometry (`slice_boxes`), wording (`wording`), segment naming (`naming`) and the prompt markers (`markers`) live in
+GUI-free modules of TAGSSegmentLib (tested in CI). The model runs in the TAGS logic that the TAGS Segment module
+logic owns (found with `slicer.util.getModuleLogic`), in its engine process (`tagseg serve`), whose exchange this
+effect's QTimer drives without blocking
 (PythonQt holds the GIL while the event loop runs, so no Python thread is relied on). Writes go through the
 effect API so undo, masking and overwrite settings of the Segment Editor apply. torch and the model code are
 imported only when a prediction is made (and then in the engine process).
@@ -26,17 +28,25 @@ import vtk
 import slicer
 from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
-from TAGSSegmentLib import state
+from TAGSSegmentLib import markers, naming, prediction_queue, prompts, slice_boxes, status_log, wording
 
 POLL_INTERVAL_MS = 20            # how often the main thread advances the engine exchange (each tick <= ~30 ms)
 PROGRESS_DIALOG_DELAY_S = 2.0    # a quick prediction never flashes a dialog
 
 
-def _logicModule():
-    """TAGSSegmentLib.logic, imported on first use so opening the Segment Editor never loads torch."""
-    from TAGSSegmentLib import logic
+def _moduleLogic():
+    """The TAGS Segment module logic (`TAGSSegmentLogic`), owner of the TAGS logic that the module panel and every
+    Segment Editor share. For a scripted module Slicer returns the panel's `logic`, building the panel (hidden)
+    the first time; the TAGS logic itself is built on first use, so opening the Segment Editor never loads torch."""
+    return slicer.util.getModuleLogic("TAGSSegment")
 
-    return logic
+
+def _runningTagsLogic():
+    """The TAGS logic if one was built, else None; never builds anything (also while Slicer is closing)."""
+    try:
+        return _moduleLogic().running_tags_logic()
+    except Exception:  # the module is being unloaded
+        return None
 
 
 class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
@@ -47,9 +57,9 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         scriptedEffect.perSegment = True
         scriptedEffect.requireSegments = True
         AbstractScriptedSegmentEditorEffect.__init__(self, scriptedEffect)
-        self.prompts = state.Prompts()
+        self.prompts = prompts.Prompts()
         self.markers = None
-        self.queue = state.PredictionQueue(self._startPrediction)
+        self.queue = prediction_queue.PredictionQueue(self._startPrediction)
         self._promptContext = None       # (segmentation ID, segment ID, volume ID) the prompts belong to
         self._press = None               # left-button press being tracked: view key, xy, exclude flag
         self._dragging = False
@@ -200,7 +210,7 @@ description. Device and models are set in the <b>TAGS Segment</b> module.</html>
     # life cycle
 
     def activate(self):
-        self.markers = state.PromptMarkers(slicer.mrmlScene)
+        self.markers = markers.PromptMarkers(slicer.mrmlScene)
         self._removeSceneObservers()
         self._sceneObservations = [
             slicer.mrmlScene.AddObserver(slicer.vtkMRMLScene.StartCloseEvent, self._onSceneStartClose)]
@@ -213,7 +223,7 @@ description. Device and models are set in the <b>TAGS Segment</b> module.</html>
     def _warmUp():
         """Start the engine process now (it takes a few seconds), so the first click does not wait for it."""
         try:
-            warmUp = getattr(state.shared_logic(), "warm_up", None)
+            warmUp = getattr(_moduleLogic().tags_logic(), "warm_up", None)
             if callable(warmUp):
                 warmUp()
         except Exception:  # missing dependencies are reported by the first click, with instructions
@@ -269,14 +279,14 @@ description. Device and models are set in the <b>TAGS Segment</b> module.</html>
         pressXy = self._press[1]
 
         if eventId == vtk.vtkCommand.MouseMoveEvent:
-            if self._dragging or state.is_drag(pressXy, xy):
+            if self._dragging or slice_boxes.is_drag(pressXy, xy):
                 self._dragging = True
                 self._updateRubberBand(viewWidget, pressXy, xy)
                 return True
             return False
 
         if eventId == vtk.vtkCommand.LeftButtonReleaseEvent:
-            exclude, dragged = self._press[2], self._dragging or state.is_drag(pressXy, xy)
+            exclude, dragged = self._press[2], self._dragging or slice_boxes.is_drag(pressXy, xy)
             self._press, self._dragging = None, False
             self._removeRubberBands()
             if dragged:
@@ -297,7 +307,7 @@ description. Device and models are set in the <b>TAGS Segment</b> module.</html>
         segmentationNode = self.scriptedEffect.parameterSetNode().GetSegmentationNode()
         transform = segmentationNode.GetParentTransformNode() if segmentationNode else None
         ijk = self.xyToIjk(xy, viewWidget, image, transform)
-        return state.inside_extent(ijk, image.GetExtent())
+        return slice_boxes.inside_extent(ijk, image.GetExtent())
 
     def _addPointFromClick(self, viewWidget, xy, exclude):
         if not self._readyForPrompts():
@@ -309,14 +319,14 @@ description. Device and models are set in the <b>TAGS Segment</b> module.</html>
 
     def _addBoxFromDrag(self, viewWidget, pressXy, releaseXy):
         """The dragged rectangle, extended across the slice by half its longer side (lesions are compact and
-        the engine never segments beyond a box's depth; see state.drag_box_half_depth)."""
+        the engine never segments beyond a box's depth; see slice_boxes.drag_box_half_depth)."""
         if not self._readyForPrompts():
             return
-        corners = [self.xyToRas(c, viewWidget) for c in state.rectangle_corners_xy(pressXy, releaseXy)]
+        corners = [self.xyToRas(c, viewWidget) for c in slice_boxes.rectangle_corners_xy(pressXy, releaseXy)]
         sliceToRas = viewWidget.sliceLogic().GetSliceNode().GetSliceToRAS()
         normal = [sliceToRas.GetElement(row, 2) for row in range(3)]
-        halfDepth = state.drag_box_half_depth(corners, self.scriptedEffect.sliceSpacing(viewWidget))
-        lo, hi = state.slice_box(corners, normal, halfDepth)
+        halfDepth = slice_boxes.drag_box_half_depth(corners, self.scriptedEffect.sliceSpacing(viewWidget))
+        lo, hi = slice_boxes.slice_box(corners, normal, halfDepth)
         if not (self._clickIsInsideVolume(viewWidget, pressXy) or self._clickIsInsideVolume(viewWidget, releaseXy)):
             self._setStatus("That box starts and ends outside the volume; drag across the target.")
             return
@@ -338,12 +348,12 @@ description. Device and models are set in the <b>TAGS Segment</b> module.</html>
             mapper.SetInputData(polyData)
             actor = vtk.vtkActor2D()
             actor.SetMapper(mapper)
-            actor.GetProperty().SetColor(*state.BOX_COLOR)
+            actor.GetProperty().SetColor(*markers.BOX_COLOR)
             actor.GetProperty().SetLineWidth(2)
             self.scriptedEffect.addActor2D(viewWidget, actor)
             self._rubberBands[key] = (viewWidget, points, polyData, actor)
         _, points, polyData, _ = self._rubberBands[key]
-        for index, (x, y) in enumerate(state.rectangle_corners_xy(a, b)):
+        for index, (x, y) in enumerate(slice_boxes.rectangle_corners_xy(a, b)):
             points.SetPoint(index, x, y, 0.0)
         points.Modified()
         polyData.Modified()
@@ -409,7 +419,7 @@ description. Device and models are set in the <b>TAGS Segment</b> module.</html>
 
     def _showMarkers(self):
         if self.markers is None:
-            self.markers = state.PromptMarkers(slicer.mrmlScene)
+            self.markers = markers.PromptMarkers(slicer.mrmlScene)
         self.markers.show(self.prompts)
 
     def _clearPrompts(self):
@@ -446,7 +456,9 @@ description. Device and models are set in the <b>TAGS Segment</b> module.</html>
         try:
             anatomy = None
             if anatomyId and segmentationNode.GetSegmentation().GetSegment(anatomyId) is not None:
-                anatomy = _logicModule().segment_mask(segmentationNode, anatomyId, volumeNode)
+                from TAGSSegmentLib.logic import segment_mask
+
+                anatomy = segment_mask(segmentationNode, anatomyId, volumeNode)
             request = {
                 "kwargs": self.prompts.predict_arguments(volumeNode, description, anatomy),
                 "segmentationNodeID": segmentationNode.GetID(), "segmentID": segmentId,
@@ -456,7 +468,7 @@ description. Device and models are set in the <b>TAGS Segment</b> module.</html>
             self._reportError(exc, sys.exc_info())
             return
         self.queue.submit(request)
-        self._setStatus(f"Segmenting ({self.prompts.describe()})… {state.description_status(description)}".strip(),
+        self._setStatus(f"Segmenting ({self.prompts.describe()})… {wording.description_status(description)}".strip(),
                         log=False)
         if not self._cursorOverridden:
             qt.QApplication.setOverrideCursor(qt.Qt.BusyCursor)  # busy, but clicks still queue
@@ -467,11 +479,11 @@ description. Device and models are set in the <b>TAGS Segment</b> module.</html>
     @staticmethod
     def _startPrediction(request):
         """Called by the queue on the main thread; the model itself runs in the engine process."""
-        return state.shared_logic().predict_async(**request["kwargs"])
+        return _moduleLogic().tags_logic().predict_async(**request["kwargs"])
 
     def _poll(self):
         try:
-            state.poll_shared_logic()    # sends/reads what the sockets allow, then returns (bounded time)
+            _moduleLogic().poll_tags_logic()    # sends/reads what the sockets allow, then returns (bounded time)
         except Exception:
             logging.exception("TAGS: engine poll failed")
         outcome = self.queue.poll()
@@ -484,8 +496,8 @@ description. Device and models are set in the <b>TAGS Segment</b> module.</html>
                 if self._progressDialog.wasCanceled:
                     self._cancelPrediction("Cancelled; the segment was not changed.")
                     return
-                logic = state.shared_logic() if state.has_shared_logic() else None
-                self._progressDialog.setLabelText(state.progress_label(getattr(logic, "last_progress", None), elapsed))
+                logic = _runningTagsLogic()
+                self._progressDialog.setLabelText(wording.progress_label(getattr(logic, "last_progress", None), elapsed))
         else:
             self._endBusy()
         if outcome is not None:
@@ -502,9 +514,10 @@ description. Device and models are set in the <b>TAGS Segment</b> module.</html>
 
     def _cancelPrediction(self, message):
         wasBusy = self.queue.cancel()
-        if wasBusy and state.has_shared_logic():
+        logic = _runningTagsLogic() if wasBusy else None
+        if logic is not None:
             try:
-                state.shared_logic().cancel_pending()
+                logic.cancel_pending()
             except Exception:
                 logging.exception("TAGS: cancel_pending failed")
         self._endBusy()
@@ -518,8 +531,9 @@ description. Device and models are set in the <b>TAGS Segment</b> module.</html>
             error = outcome.error
             self._reportError(error, (type(error), error, error.__traceback__))
             return
-        info = getattr(state.shared_logic(), "last_info", None) if state.has_shared_logic() else None
-        if state.mask_is_empty(outcome.mask):
+        logic = _runningTagsLogic()
+        info = getattr(logic, "last_info", None)
+        if prediction_queue.mask_is_empty(outcome.mask):
             self._setStatus(f"Nothing found for these prompts ({outcome.seconds:.1f} s); the segment was not changed.")
             return
         segmentationNode, segmentId, volumeNode = self._nodes()
@@ -528,27 +542,27 @@ description. Device and models are set in the <b>TAGS Segment</b> module.</html>
             self._setStatus("The selection changed while TAGS was running; that result was discarded.")
             return
         try:
-            logic = _logicModule()
-            labelmap = logic.oriented_labelmap(outcome.mask, volumeNode, segmentationNode)
+            from TAGSSegmentLib.logic import oriented_labelmap
+
+            labelmap = oriented_labelmap(outcome.mask, volumeNode, segmentationNode)
             self.scriptedEffect.saveStateForUndo()
             self.scriptedEffect.modifySelectedSegmentByLabelmap(
                 labelmap, slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeSet)
-            renamed = state.adopt_description(segmentationNode, segmentId, request["description"], logic.add_segment)
+            renamed = naming.adopt_description(segmentationNode, segmentId, request["description"])
         except Exception as exc:
             self._reportError(exc, sys.exc_info())
             return
-        voxels = state.mask_voxels(outcome.mask) if hasattr(outcome.mask, "shape") else 0
-        timings = state.format_timings(getattr(state.shared_logic(), "last_timings", None)
-                                       if state.has_shared_logic() else None)
+        voxels = prediction_queue.mask_voxels(outcome.mask) if hasattr(outcome.mask, "shape") else 0
+        timings = wording.format_timings(getattr(logic, "last_timings", None))
         name = segmentationNode.GetSegmentation().GetSegment(segmentId).GetName()
         details = f" ({timings})" if timings else ""
         suffix = " — named after the description." if renamed else "."
-        suffix += f" {state.warnings_status(info)}".rstrip()
-        reading = state.description_status(request["description"])
+        suffix += f" {wording.warnings_status(info)}".rstrip()
+        reading = wording.description_status(request["description"])
         self._setStatus(f"'{name}' updated: {voxels} voxels in {outcome.seconds:.1f} s{details}{suffix} {reading}".strip())
 
     def _reportError(self, error, excInfo):
-        report = state.explain_error(error)
+        report = wording.explain_error(error)
         logging.error("TAGS: %s", report.status, exc_info=excInfo if excInfo and excInfo[0] else None)
         self._setStatus(report.status)
         if report.dialog and not slicer.app.testingEnabled():
@@ -566,7 +580,7 @@ description. Device and models are set in the <b>TAGS Segment</b> module.</html>
         description = self.descriptionEdit.text.strip()
         try:
             self.scriptedEffect.saveStateForUndo()
-            segmentId = _logicModule().add_segment(segmentationNode, description)  # "Tumor" when empty
+            segmentId = naming.add_segment(segmentationNode, description)  # "Tumor" when empty
         except Exception as exc:
             self._reportError(exc, sys.exc_info())
             return
@@ -578,4 +592,4 @@ description. Device and models are set in the <b>TAGS Segment</b> module.</html>
         if hasattr(self, "statusLabel"):
             self.statusLabel.text = text
         if log:
-            state.log_message(f"TAGS effect: {text}")
+            status_log.log_message(f"TAGS effect: {text}")

@@ -1,12 +1,16 @@
-"""Support code of the TAGSSegment module: GUI-free logic (`logic`), shared state and the Segment Editor effect.
+"""Support code of the TAGSSegment module: the Segment Editor effect and the GUI-free modules it and the panel use.
+
+GUI-free, tested in CI: `logic` (MRML <-> engine, the TAGS logic classes), `engine` (the engine exchange),
+`module_logic` (owns the TAGS logic; the module logic in TAGSSegment.py is built on it), `settings`, `naming`,
+`prompts`, `prediction_queue`, `slice_boxes`, `markers`, `wording`, `status_log` and `install`.
 
 Slicer finds a scripted effect by the folder and file name of the path given to `setPythonSource`: it looks for
 the class `SegmentEditorEffect` as an attribute of `sys.modules["TAGSSegmentLib"]`, and only when that lookup
 fails loads the file itself under the package's name. Since Slicer 5.10 that load puts a plain module in
 `sys.modules["TAGSSegmentLib"]`, so the package (and every later `import TAGSSegmentLib.logic`) would be gone.
 Slicer's effect template avoids the load by exposing the class from the package; so does this package, lazily,
-because the effect imports Qt and the Segment Editor, which the GUI-free submodules (`logic`, `state`) and their
-CI tests must never import. `Testing/Python/slicer_loader.py` runs Slicer's loaders against this package.
+because the effect imports Qt and the Segment Editor, which the GUI-free submodules and their CI tests
+must never import. `Testing/Python/slicer_loader.py` runs Slicer's loaders against this package.
 """
 import importlib
 import types

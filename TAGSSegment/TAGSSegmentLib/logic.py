@@ -15,7 +15,6 @@ Conventions used everywhere in this module:
 """
 from __future__ import annotations
 
-import colorsys
 import concurrent.futures
 import threading
 import time
@@ -32,30 +31,15 @@ import tagseg
 from tagseg.errors import InputError, PromptError
 from tagseg.text import parse_description
 from tagseg.volume import Volume, check_volume
+from TAGSSegmentLib.naming import (  # noqa: F401 (segment naming lives in naming.py; re-exported)
+    ANATOMY_COLORS,
+    DEFAULT_SEGMENT_NAME,
+    GENERAL_ANATOMY_CONTEXT,
+    add_segment,
+    segment_color,
+)
 
-DEFAULT_SEGMENT_NAME = "Tumor"
 DEFAULT_SEGMENTATION_NAME = "TAGS segmentation"
-GENERAL_ANATOMY_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
-
-# Lesion colour per host anatomy (keys of tagseg.text.ANATOMY_WORDS): one fixed, distinguishable colour
-# each, so "liver tumor" looks the same in every scene.
-ANATOMY_COLORS: dict[str, tuple[float, float, float]] = {
-    "liver": (0.90, 0.55, 0.20),
-    "pancreas": (0.95, 0.80, 0.25),
-    "kidney": (0.80, 0.30, 0.60),
-    "lung": (0.30, 0.75, 0.95),
-    "brain": (0.95, 0.35, 0.35),
-    "breast": (0.95, 0.60, 0.75),
-    "colon": (0.60, 0.45, 0.25),
-    "prostate": (0.55, 0.35, 0.85),
-    "bladder": (0.95, 0.90, 0.45),
-    "stomach": (0.75, 0.55, 0.45),
-    "adrenal": (0.40, 0.80, 0.45),
-    "spleen": (0.65, 0.20, 0.30),
-    "bone": (0.90, 0.90, 0.80),
-    "lymph_node": (0.35, 0.85, 0.70),
-    "head_neck": (0.45, 0.55, 0.95),
-}
 
 # --------------------------------------------------------------------------------------------------------------
 # small vtk <-> numpy helpers
@@ -361,91 +345,6 @@ def _place_beside(scene, node, sibling) -> None:
             hierarchy.CreateItem(parent, node)
     except (AttributeError, TypeError):
         pass
-
-
-def segment_color(description: str) -> tuple[float, float, float]:
-    """The colour `add_segment` gives: fixed per anatomy, else derived from the name (stable across runs)."""
-    desc = parse_description(description)
-    if desc.anatomy in ANATOMY_COLORS:
-        return ANATOMY_COLORS[desc.anatomy]
-    name = (desc.text or DEFAULT_SEGMENT_NAME).lower()
-    hue = (zlib.crc32(name.encode("utf-8")) % 360) / 360.0
-    return tuple(float(c) for c in colorsys.hsv_to_rgb(hue, 0.65, 0.95))
-
-
-def _unique_segment_name(segmentation, base: str) -> str:
-    taken = {segmentation.GetNthSegment(i).GetName().lower() for i in range(segmentation.GetNumberOfSegments())}
-    if base.lower() not in taken:
-        return base
-    number = 2
-    while f"{base} {number}".lower() in taken:
-        number += 1
-    return f"{base} {number}"
-
-
-def _terminology_logic():
-    """Slicer's terminology logic when the Terminologies module is loaded (real Slicer), else None."""
-    modules = getattr(slicer, "modules", None)
-    module = getattr(modules, "terminologies", None) if modules is not None else None
-    if module is None:
-        return None
-    try:
-        return module.logic()
-    except Exception:
-        return None
-
-
-def _slicer_entry_for_name(segment, name: str) -> bool:
-    """Slicer's own General Anatomy entry when the whole name is one of its labels ("liver"); then also its
-    colour. False when Slicer's Terminologies module is absent (headless) or has no such label."""
-    logic = _terminology_logic()
-    if logic is None:
-        return False
-    try:
-        loaded = vtk.vtkStringArray()
-        logic.GetLoadedTerminologyNames(loaded)
-        names = [loaded.GetValue(i) for i in range(loaded.GetNumberOfValues())]
-        if GENERAL_ANATOMY_CONTEXT not in names:
-            return False
-        entry = slicer.vtkSlicerTerminologyEntry()
-        if not logic.FindTypeInTerminologyBy3dSlicerLabel(GENERAL_ANATOMY_CONTEXT, name.lower(), entry):
-            return False
-        segment.SetTerminology(logic.SerializeTerminologyEntry(entry))
-        if entry.GetTypeObject() is not None:
-            rgb = entry.GetTypeObject().GetRecommendedDisplayRGBValue()
-            segment.SetColor(rgb[0] / 255.0, rgb[1] / 255.0, rgb[2] / 255.0)
-        return True
-    except (AttributeError, TypeError):
-        return False
-
-
-def _apply_terminology(segment, name: str, description) -> bool:
-    """Set standard codes: Slicer's entry for the exact name if it has one, else the reading of the
-    description (`tagseg describe`: a lesion type and its anatomic region, tagseg.terminology) when it names
-    an anatomy or a lesion. Returns True when a terminology entry was set."""
-    if _slicer_entry_for_name(segment, name):
-        return True
-    if description.anatomy is None and description.lesion_word is None:
-        return False
-    segment.SetTerminology(description.terminology().serialized())
-    return True
-
-
-def add_segment(segmentation_node, description: str) -> str:
-    """A new empty segment named after the description ("Tumor" when empty, "… 2" when taken), coloured per
-    anatomy, with terminology codes (Slicer's entry for the name, else the description's reading). Returns its
-    ID."""
-    if segmentation_node is None:
-        raise InputError("no segmentation selected")
-    desc = parse_description(description)
-    segmentation = segmentation_node.GetSegmentation()
-    name = _unique_segment_name(segmentation, desc.text or DEFAULT_SEGMENT_NAME)
-    segment_id = segmentation.AddEmptySegment("", name, list(segment_color(description)))
-    segment = segmentation.GetSegment(segment_id)
-    segment.SetNameAutoGenerated(False)
-    segment.SetColorAutoGenerated(False)
-    _apply_terminology(segment, name, desc)
-    return segment_id
 
 
 def make_editor_logic(scene, segmentation_node, volume_node, segment_id: str

@@ -275,12 +275,13 @@ def scenario_register(variant: str, module_dir: str, package: str) -> dict:
     load_scripted_module(variant, os.path.join(module_dir, f"{os.path.basename(module_dir)}.py"))
     stubs.app.emit("startupCompleted()")         # TAGSSegment registers its effect here
     assert len(stubs.registered) == 1, f"{len(stubs.registered)} effects registered"
-    state_before = sys.modules.get(f"{package}.state")
+    lib_before = {name: module for name, module in sys.modules.items()
+                  if name.startswith(f"{package}.") and not name.endswith(".SegmentEditorEffect")}
     clone = stubs.registered[0].clone()           # what every Segment Editor widget does
     report = {"registered": type(stubs.registered[0]).__name__, "cloned": type(clone.self()).__name__,
               "effect_name": clone.name}
     report["submodules"] = import_every_submodule(package, os.path.join(module_dir, package))
-    report["state_kept"] = state_before is None or sys.modules[f"{package}.state"] is state_before
+    report["lib_modules_kept"] = all(sys.modules.get(name) is module for name, module in lib_before.items())
     report.update(_package_report(package))
     return report
 
@@ -290,7 +291,7 @@ def scenario_fallback(variant: str, module_dir: str, package: str) -> dict:
     the class lookup fails), then a clone and every submodule import must still work."""
     stubs = install_stubs(variant)
     _add_module_path(module_dir)
-    importlib.import_module(f"{package}.state")
+    importlib.import_module(f"{package}.status_log")
     path = os.path.join(module_dir, package, "SegmentEditorEffect.py")
     load_source_as_module(variant, package, path)
     effect = stubs.wrappers.qSlicerSegmentEditorScriptedEffect(None)
@@ -333,7 +334,7 @@ def scenario_events(variant: str, module_dir: str, package: str) -> dict:
 
     stubs = install_stubs(variant)
     _add_module_path(module_dir)
-    state = importlib.import_module(f"{package}.state")    # TAGSSegment.py imports it before registering
+    status_log = importlib.import_module(f"{package}.status_log")    # TAGSSegment.py imports it before registering
     effect = stubs.wrappers.qSlicerSegmentEditorScriptedEffect(None)
     effect.setPythonSource(os.path.join(module_dir, package, "SegmentEditorEffect.py"))
     tags = effect.self()
@@ -341,11 +342,11 @@ def scenario_events(variant: str, module_dir: str, package: str) -> dict:
     tags.excludeButton = types.SimpleNamespace(checked=False)  # the one options widget clicks read
     view, xy = _SliceView(), (120, 80)
     answers = []
-    before = len(state.log_history())
+    before = len(status_log.log_history())
     for event in ("LeftButtonPressEvent", "LeftButtonReleaseEvent", "LeftButtonDoubleClickEvent",
                   "LeftButtonReleaseEvent"):
         answers.append(bool(tags.processInteractionEvents(_Interactor(xy), getattr(vtk.vtkCommand, event), view)))
-    clicks = [line for line in state.log_history()[before:] if "Select a segmentation" in line]
+    clicks = [line for line in status_log.log_history()[before:] if "Select a segmentation" in line]
     return {"answers": answers, "clicks": len(clicks)}
 
 

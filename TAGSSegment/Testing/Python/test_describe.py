@@ -201,12 +201,12 @@ def test_describe_without_text_is_a_usage_error(capsys):
 
 def test_slicer_status_shows_the_same_reading():
     sys.path.insert(0, str(Path(cli.__file__).resolve().parents[1]))
-    from TAGSSegmentLib import state
+    from TAGSSegmentLib import wording
 
-    status = state.description_status("Lungentumor")
+    status = wording.description_status("Lungentumor")
     assert status == f"Read as: {parse_description('Lungentumor').summary()}."
     assert "lung" in status and "-1000..400 HU" in status and "SCT 39607008" in status
-    assert state.description_status("  ") == ""
+    assert wording.description_status("  ") == ""
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """What the TAGS effect shows besides the mask: the engine's result warnings in its status line and the
-progress of a long prediction in its busy dialog. The text comes from GUI-free functions in `state`; the
+progress of a long prediction in its busy dialog. The text comes from GUI-free functions in `wording`; the
 in-process logic (slicer-core MRML node, scripted backend) fills `last_info["warnings"]` and
 `last_progress`, and so does the engine logic (`TAGSLogic`, its progress queries driven by `poll()`) against
 the engine server run in this process. The engine logic's warnings are checked in test_slicer_logic.py with
@@ -13,7 +13,7 @@ import pytest
 
 from tagseg.backends.base import Backend
 from tagseg.volume import Volume, make_ijk_to_ras
-from TAGSSegmentLib import state
+from TAGSSegmentLib import wording
 
 SHAPE = (8, 32, 32)
 HANG_GUARD_S = 60
@@ -22,16 +22,16 @@ HANG_GUARD_S = 60
 def test_status_sentence_lists_every_warning_on_one_line():
     info = {"warnings": [{"code": "tiny", "message": "the result is tiny (0.01 ml)"},
                          {"code": "volume_border", "message": "the result touches the\nsuperior edge"}]}
-    text = state.warnings_status(info)
+    text = wording.warnings_status(info)
     assert text == "Warning: the result is tiny (0.01 ml); the result touches the superior edge."
-    assert state.warnings_status({"warnings": []}) == state.warnings_status(None) == ""
-    assert state.warnings_status({"warnings": ["not a dict"]}) == ""
+    assert wording.warnings_status({"warnings": []}) == wording.warnings_status(None) == ""
+    assert wording.warnings_status({"warnings": ["not a dict"]}) == ""
 
 
 def test_busy_dialog_shows_the_latest_progress():
-    assert state.progress_label({}, 4.2) == "TAGS is segmenting… 4 s"
-    assert state.progress_label({"stage": "slices", "done": 3, "total": 12}, 9) == "TAGS is segmenting… 9 s (slices 3/12)"
-    assert state.progress_label({"stage": "load_model", "done": 0, "total": 1}, 1) == \
+    assert wording.progress_label({}, 4.2) == "TAGS is segmenting… 4 s"
+    assert wording.progress_label({"stage": "slices", "done": 3, "total": 12}, 9) == "TAGS is segmenting… 9 s (slices 3/12)"
+    assert wording.progress_label({"stage": "load_model", "done": 0, "total": 1}, 1) == \
         "TAGS is segmenting… 1 s (load model 0/1)"
 
 
@@ -85,7 +85,7 @@ def test_in_process_logic_reports_progress_and_the_result_warnings(scripted):
         assert int(mask.sum()) == 9
         assert logic.last_progress == {"stage": "slices", "done": 2, "total": 2}
         assert [w["code"] for w in logic.last_info["warnings"]] == ["tiny"]
-        assert state.warnings_status(logic.last_info).startswith("Warning: the result is tiny")
+        assert wording.warnings_status(logic.last_info).startswith("Warning: the result is tiny")
     finally:
         scripted.go_on.set()
         logic.shutdown()
@@ -117,7 +117,7 @@ def test_engine_logic_reports_the_engines_progress_while_poll_drives_the_request
         scripted.go_on.set()
         mask = future.result(timeout=HANG_GUARD_S)
         assert int(mask.sum()) == 9
-        assert state.progress_label(logic.last_progress, 3).startswith("TAGS is segmenting… 3 s (slices ")
+        assert wording.progress_label(logic.last_progress, 3).startswith("TAGS is segmenting… 3 s (slices ")
         assert [w["code"] for w in logic.last_info["warnings"]] == ["tiny"]
     finally:
         scripted.go_on.set()

