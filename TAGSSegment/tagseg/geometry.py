@@ -104,6 +104,11 @@ class Grid:
         """3x3 matrix whose columns are the unit RAS directions of the i, j, k axes."""
         return self.ijk_to_ras[:3, :3] / self.spacing_ijk
 
+    @property
+    def directions_kji(self) -> np.ndarray:
+        """3x3 matrix whose columns are the unit RAS directions of the array axes k, j, i."""
+        return self.directions_ijk[:, ::-1]
+
     @cached_property
     def ras_to_ijk(self) -> np.ndarray:
         """The inverse matrix (computed once per grid; the only inverse of an IJK->RAS matrix)."""
@@ -204,8 +209,8 @@ class AxisReorientation:
     source_shape: tuple[int, int, int]
 
     @classmethod
-    def to_axial(cls, volume: Volume) -> "AxisReorientation":
-        dirs_kji = volume.directions_ijk[:, ::-1]          # columns: RAS direction of source k, j, i
+    def to_axial(cls, volume: Grid | Volume) -> "AxisReorientation":
+        dirs_kji = as_grid(volume).directions_kji
         target_kji = AXIAL_DIRECTIONS_RAS[:, ::-1]          # columns: wanted RAS direction of k, j, i
         score = target_kji.T @ dirs_kji                    # [target, source] cosine
         order, flips, used = [], [], set()

@@ -65,6 +65,7 @@ def test_point_maps_equal_the_hand_written_ones(name):
     np.testing.assert_allclose(grid.kji_to_ras(grid.ras_to_kji(pts)), pts, atol=1e-9)
     assert np.array_equal(grid.spacing_kji, np.linalg.norm(matrix[:3, :3], axis=0)[::-1])
     np.testing.assert_allclose(grid.directions_ijk.T @ grid.directions_ijk, np.eye(3), atol=1e-12)
+    assert np.array_equal(grid.directions_kji, grid.directions_ijk[:, ::-1])
 
 
 @pytest.mark.parametrize("name", GRIDS)
