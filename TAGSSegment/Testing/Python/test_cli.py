@@ -23,6 +23,8 @@ from tagseg import backends, cli, io, synth
 from tagseg.io import load_volume, save_volume
 from tagseg.session import Session
 
+from helpers import read_seg_nrrd, segment_names
+
 MODULE_DIR = Path(__file__).resolve().parents[2]          # TAGSSegment/
 MODEL = "litemedsam-3d"
 PHANTOM = dict(seed=0, shape_kji=(16, 64, 64), spacing_ijk=(2.0, 2.0, 4.0))
@@ -327,15 +329,8 @@ def test_program_interrupted_exits_130_at_once(tmp_path, case):
 # ---- real runs -------------------------------------------------------------------------------------------------
 def read_segment_names(path: Path) -> list[str]:
     """Segment names as Slicer reads them (slicer-core's storage node), or skip when slicer-core is absent."""
-    slicer = pytest.importorskip("slicer")
-    scene = slicer.vtkMRMLScene()
-    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
-    storage = slicer.vtkMRMLSegmentationStorageNode()
-    scene.AddNode(storage)
-    storage.SetFileName(str(path))
-    assert storage.ReadData(node), f"slicer could not read {path}"
-    segmentation = node.GetSegmentation()
-    return [segmentation.GetNthSegment(n).GetName() for n in range(segmentation.GetNumberOfSegments())]
+    pytest.importorskip("slicer")
+    return segment_names(read_seg_nrrd(path))
 
 
 def test_segment_writes_a_slicer_segmentation_and_an_overlay(capsys, shared_backend, case, tmp_path):

@@ -16,6 +16,8 @@ from tagseg.errors import InputError
 from tagseg.io import load_volume, save_segmentation, save_volume
 from tagseg.volume import Volume, check_volume, make_ijk_to_ras
 
+from helpers import check_seg_nrrd_with_pynrrd, read_seg_nrrd
+
 SHARED_DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
 DICOM_DIR = SHARED_DATA / "ct_organs" / "example_ct_dicom"
 
@@ -156,11 +158,7 @@ def test_seg_nrrd_opens_in_slicer_as_one_segment(tmp_path, mrml, geometry, fille
     save_segmentation(vol.with_array(mask), path, segment_name="liver tumour")
     assert sorted(os.listdir(tmp_path)) == [path.name]
 
-    seg = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
-    storage = slicer.vtkMRMLSegmentationStorageNode()
-    mrml.scene.AddNode(storage)
-    storage.SetFileName(str(path))
-    assert storage.ReadData(seg), f"slicer could not read {path}"
+    seg = read_seg_nrrd(path, mrml.scene)
     segmentation = seg.GetSegmentation()
     assert segmentation.GetNumberOfSegments() == 1
     segment_id = segmentation.GetNthSegmentID(0)
@@ -168,6 +166,7 @@ def test_seg_nrrd_opens_in_slicer_as_one_segment(tmp_path, mrml, geometry, fille
     reference = _volume_node(mrml, vol)
     np.testing.assert_array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(seg, segment_id, reference), mask)
     np.testing.assert_array_equal(load_volume(path).array, mask)
+    check_seg_nrrd_with_pynrrd(path, "liver tumour", vol.ijk_to_ras, mask)
 
 
 @pytest.mark.skipif(not DICOM_DIR.is_dir(), reason=f"shared test data not found at {DICOM_DIR}")

@@ -24,6 +24,8 @@ from tagseg.text import parse_description  # noqa: E402
 from TAGSSegmentLib import logic as L  # noqa: E402
 
 from slicer_harness import make_scene  # noqa: E402
+from helpers import (assert_seg_nrrd_round_trip, image_to_world, matrix_to_vtk, node_ijk_to_ras,  # noqa: E402
+                     world_to_image, write_seg_nrrd)
 
 REPO = Path(__file__).resolve().parents[3]
 DEV_DATA = Path(os.environ.get("TAGSEG_DEV_DATA", REPO.parent / "shared" / "data" / "lesions_dev"))
@@ -58,21 +60,9 @@ T_VOLUME = rotation((0.2, 0.3, 1.0), 25.0, (5.0, -7.0, 12.0))
 T_OTHER = rotation((1.0, -0.4, 0.2), -18.0, (-3.0, 9.0, -4.0))
 
 
-def to_vtk(m: np.ndarray) -> vtk.vtkMatrix4x4:
-    out = vtk.vtkMatrix4x4()
-    for r in range(4):
-        for c in range(4):
-            out.SetElement(r, c, float(m[r, c]))
-    return out
-
-
-def from_vtk(m: vtk.vtkMatrix4x4) -> np.ndarray:
-    return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
-
-
 def add_transform(scene, matrix: np.ndarray, name: str = "T"):
     node = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", name)
-    node.SetMatrixTransformToParent(to_vtk(matrix))
+    node.SetMatrixTransformToParent(matrix_to_vtk(matrix))
     return node
 
 
@@ -95,9 +85,7 @@ def add_volume(scene, array: np.ndarray, spacing=SPACING, origin=ORIGIN, directi
 
 def slicer_voxel_world(node, ijk) -> np.ndarray:
     """Where Slicer puts a voxel centre: the node's IJKToRAS, then its parent transform to world."""
-    m = vtk.vtkMatrix4x4()
-    node.GetIJKToRASMatrix(m)
-    local = from_vtk(m) @ np.r_[np.asarray(ijk, float), 1.0]
+    local = node_ijk_to_ras(node) @ np.r_[np.asarray(ijk, float), 1.0]
     parent = node.GetParentTransformNode()
     if parent is None:
         return local[:3]
@@ -124,9 +112,7 @@ def segment_world_values(segmentation_node, segment_id, points_ras) -> np.ndarra
         segmentation_node, segment_id, image, True)
     from vtk.util import numpy_support
 
-    w2i = vtk.vtkMatrix4x4()
-    image.GetWorldToImageMatrix(w2i)
-    ijk = (from_vtk(w2i) @ np.c_[points_ras, np.ones(len(points_ras))].T).T[:, :3]
+    ijk = (world_to_image(image) @ np.c_[points_ras, np.ones(len(points_ras))].T).T[:, :3]
     ijk = np.rint(ijk).astype(int)
     ext = image.GetExtent()
     dims = image.GetDimensions()
@@ -197,26 +183,6 @@ def phantom_node():
     return harness, phantom, node
 
 
-def save_seg_nrrd(scene, segmentation_node, path) -> None:
-    storage = slicer.vtkMRMLSegmentationStorageNode()
-    scene.AddNode(storage)
-    storage.SetFileName(str(path))
-    assert storage.WriteData(segmentation_node)
-
-
-def load_seg_nrrd_beside(volume, name, path):
-    """A fresh scene with `volume` as a node and the `.seg.nrrd` read back: (scene harness, volume node,
-    segmentation node); keep the harness while using the nodes."""
-    fresh = make_scene()
-    node_in = L.volume_node_from_volume(fresh.scene, volume, name)
-    seg_in = fresh.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
-    reader = slicer.vtkMRMLSegmentationStorageNode()
-    fresh.scene.AddNode(reader)
-    reader.SetFileName(str(path))
-    assert reader.ReadData(seg_in)
-    return fresh, node_in, seg_in
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # geometry: volumes, markups, ROIs
 
@@ -230,9 +196,7 @@ def test_volume_from_node_world_geometry(h, directions, transformed):
     volume = L.volume_from_node(node)
     assert volume.shape_kji == SHAPE and np.array_equal(volume.array, array)
     assert not volume.array.flags.writeable
-    m = vtk.vtkMatrix4x4()
-    node.GetIJKToRASMatrix(m)
-    expected = (T_VOLUME if transformed else np.eye(4)) @ from_vtk(m)
+    expected = (T_VOLUME if transformed else np.eye(4)) @ node_ijk_to_ras(node)
     np.testing.assert_allclose(volume.ijk_to_ras, expected, atol=1e-9)
     rng = np.random.default_rng(1)
     for kji in np.c_[rng.integers(0, SHAPE[0], 6), rng.integers(0, SHAPE[1], 6), rng.integers(0, SHAPE[2], 6)]:
@@ -332,9 +296,7 @@ def test_segment_mask_on_a_segmentation_with_another_geometry(h, vol_transform, 
     seg.CreateDefaultDisplayNodes()
     if seg_transform:
         seg.SetAndObserveTransformNodeID(add_transform(h.scene, t_seg, "seg T").GetID())
-    m = vtk.vtkMatrix4x4()
-    node.GetIJKToRASMatrix(m)
-    fine = np.linalg.inv(t_seg) @ t_vol @ from_vtk(m) @ np.diag([0.5, 0.5, 0.5, 1.0])
+    fine = np.linalg.inv(t_seg) @ t_vol @ node_ijk_to_ras(node) @ np.diag([0.5, 0.5, 0.5, 1.0])
     expected = blob()
     fine_mask = expected.repeat(2, 0).repeat(2, 1).repeat(2, 2)
     from vtk.util import numpy_support
@@ -343,7 +305,7 @@ def test_segment_mask_on_a_segmentation_with_another_geometry(h, vol_transform, 
     image.SetDimensions(fine_mask.shape[2], fine_mask.shape[1], fine_mask.shape[0])
     image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(fine_mask.ravel(), deep=True,
                                                                array_type=vtk.VTK_UNSIGNED_CHAR))
-    image.SetImageToWorldMatrix(to_vtk(fine))
+    image.SetImageToWorldMatrix(matrix_to_vtk(fine))
     seg.GetSegmentation().SetConversionParameter(
         slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName(),
         slicer.vtkSegmentationConverter.SerializeImageGeometry(image))
@@ -487,14 +449,12 @@ def test_write_into_a_segmentation_made_on_another_grid(h, intensity_range):
     seg = h.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "made elsewhere")
     seg.CreateDefaultDisplayNodes()
     seg.SetAndObserveTransformNodeID(add_transform(h.scene, T_OTHER, "seg T").GetID())
-    m = vtk.vtkMatrix4x4()
-    node.GetIJKToRASMatrix(m)
     half = np.diag([0.5, 0.5, 0.5, 1.0])
     half[:3, 3] = -0.25
-    fine = np.linalg.inv(T_OTHER) @ T_VOLUME @ from_vtk(m) @ half
+    fine = np.linalg.inv(T_OTHER) @ T_VOLUME @ node_ijk_to_ras(node) @ half
     grid = slicer.vtkOrientedImageData()
     grid.SetExtent(0, 2 * SHAPE[2] - 1, 0, 2 * SHAPE[1] - 1, 0, 2 * SHAPE[0] - 1)
-    grid.SetImageToWorldMatrix(to_vtk(fine))
+    grid.SetImageToWorldMatrix(matrix_to_vtk(fine))
     seg.GetSegmentation().SetConversionParameter(
         slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName(),
         slicer.vtkSegmentationConverter.SerializeImageGeometry(grid))
@@ -506,9 +466,7 @@ def test_write_into_a_segmentation_made_on_another_grid(h, intensity_range):
         editor_node.SetSourceVolumeIntensityMaskRange(0.0, 150.0)
     mask = blob()
     image = L.oriented_labelmap(mask, node, seg)
-    i2w = vtk.vtkMatrix4x4()
-    image.GetImageToWorldMatrix(i2w)
-    np.testing.assert_allclose(from_vtk(i2w), fine, atol=1e-9)
+    np.testing.assert_allclose(image_to_world(image), fine, atol=1e-9)
     assert L.write_mask(editor, seg, sid, image)
     back = all_segments(seg, node)[sid]
     if not intensity_range:
@@ -549,26 +507,6 @@ def test_write_mask_refuses_an_editor_on_another_segmentation(h):
         L.write_mask(editor, seg, ids["tumour"], L.oriented_labelmap(mask, node, seg))
 
 
-def check_seg_nrrd_with_pynrrd(path, name: str, ijk_to_ras: np.ndarray, mask: np.ndarray) -> None:
-    """A third reader (pynrrd, when installed): the header's LPS geometry and the voxels match the volume grid."""
-    try:
-        import nrrd
-    except ImportError:
-        return
-    data, header = nrrd.read(str(path), index_order="C")
-    lps_to_ras = np.diag([-1.0, -1.0, 1.0])
-    directions = lps_to_ras @ np.asarray(header["space directions"], float).T  # columns = i, j, k axes
-    origin = lps_to_ras @ np.asarray(header["space origin"], float)
-    offset = np.array(header.get("Segmentation_ReferenceImageExtentOffset", "0 0 0").split(), float)
-    np.testing.assert_allclose(directions, ijk_to_ras[:3, :3], atol=1e-4)
-    np.testing.assert_allclose(origin, (ijk_to_ras @ np.r_[offset, 1.0])[:3], atol=1e-3)
-    assert header["Segment0_Name"] == name
-    k, j, i = offset[::-1].astype(int)
-    value = int(header["Segment0_LabelValue"])
-    assert data.ndim == 3 and np.count_nonzero(data == value) == np.count_nonzero(mask)
-    assert np.array_equal(data == value, mask[k:k + data.shape[0], j:j + data.shape[1], i:i + data.shape[2]] > 0)
-
-
 def test_seg_nrrd_round_trip_keeps_name_geometry_and_voxels(h, tmp_path):
     volume = Volume(ct_array(), make_ijk_to_ras(SPACING, ORIGIN, OBLIQUE), name="CT")
     node = L.volume_node_from_volume(h.scene, volume)
@@ -578,21 +516,8 @@ def test_seg_nrrd_round_trip_keeps_name_geometry_and_voxels(h, tmp_path):
     mask = blob()
     assert L.write_mask(editor, seg, sid, L.oriented_labelmap(mask, node, seg))
     path = tmp_path / "tags.seg.nrrd"
-    save_seg_nrrd(h.scene, seg, path)
-
-    fresh, node_in, seg_in = load_seg_nrrd_beside(volume, None, path)
-    segmentation = seg_in.GetSegmentation()
-    assert segmentation.GetNumberOfSegments() == 1
-    sid_in = segmentation.GetNthSegmentID(0)
-    assert segmentation.GetSegment(sid_in).GetName() == "pancreatic tumor"
-    np.testing.assert_allclose(segmentation.GetSegment(sid_in).GetColor(), L.ANATOMY_COLORS["pancreas"], atol=1e-3)
-    image = slicer.vtkOrientedImageData()
-    slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(seg_in, sid_in, image, False)
-    i2w = vtk.vtkMatrix4x4()
-    image.GetImageToWorldMatrix(i2w)
-    np.testing.assert_allclose(from_vtk(i2w), volume.ijk_to_ras, atol=1e-4)
-    assert np.array_equal(L.segment_mask(seg_in, sid_in, node_in).array, mask)
-    check_seg_nrrd_with_pynrrd(path, "pancreatic tumor", volume.ijk_to_ras, mask)
+    write_seg_nrrd(h.scene, seg, path)
+    assert_seg_nrrd_round_trip(path, volume, "pancreatic tumor", mask, color=L.ANATOMY_COLORS["pancreas"])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -902,16 +827,5 @@ def test_real_dev_case_written_saved_and_reloaded(h, shared_logic, tmp_path):
     editor, _ = L.make_editor_logic(h.scene, seg, node, sid)
     assert L.write_mask(editor, seg, sid, L.oriented_labelmap(mask, node, seg))
     path = tmp_path / "lung1.seg.nrrd"
-    save_seg_nrrd(h.scene, seg, path)
-
-    fresh, node_in, seg_in = load_seg_nrrd_beside(image, "lung1", path)
-    segmentation = seg_in.GetSegmentation()
-    sid_in = segmentation.GetNthSegmentID(0)
-    assert segmentation.GetNumberOfSegments() == 1 and segmentation.GetSegment(sid_in).GetName() == "lung nodule"
-    labelmap = slicer.vtkOrientedImageData()
-    slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(seg_in, sid_in, labelmap, False)
-    i2w = vtk.vtkMatrix4x4()
-    labelmap.GetImageToWorldMatrix(i2w)
-    np.testing.assert_allclose(from_vtk(i2w), image.ijk_to_ras, atol=1e-4)
-    assert np.array_equal(L.segment_mask(seg_in, sid_in, node_in).array, mask)
-    check_seg_nrrd_with_pynrrd(path, "lung nodule", image.ijk_to_ras, mask)
+    write_seg_nrrd(h.scene, seg, path)
+    assert_seg_nrrd_round_trip(path, image, "lung nodule", mask, volume_name="lung1")
