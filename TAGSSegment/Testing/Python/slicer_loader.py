@@ -222,8 +222,19 @@ def install_stubs(variant: str) -> types.SimpleNamespace:
         def __init__(self, parent):
             self.parent = parent
 
+    class ScriptedLoadableModuleLogic:
+        """Slicer's (5.10, 5.12): a cooperative `super().__init__()` and the module name from the class name."""
+
+        def __init__(self, parent=None):
+            super().__init__()
+            self.moduleName = self.__class__.__name__
+            if self.moduleName.endswith("Logic"):
+                self.moduleName = self.moduleName[:-5]
+            self.isSingletonParameterNode = True
+
     scripted.ScriptedLoadableModule = ScriptedLoadableModule
-    for name in ("ScriptedLoadableModuleWidget", "ScriptedLoadableModuleLogic", "ScriptedLoadableModuleTest"):
+    scripted.ScriptedLoadableModuleLogic = ScriptedLoadableModuleLogic
+    for name in ("ScriptedLoadableModuleWidget", "ScriptedLoadableModuleTest"):
         setattr(scripted, name, type(name, (), {"__init__": lambda self, *args, **kwargs: None}))
 
     app = FakeApp()
@@ -242,6 +253,27 @@ def load_scripted_module(variant: str, path: str):
         load_source_as_module(variant, name, path)
         module = sys.modules[name]
     return getattr(module, name)(types.SimpleNamespace())
+
+
+def _module_logic_report(stubs, module_name: str, effect) -> dict:
+    """The module logic as the panel makes it, found by the effect the way Slicer finds it
+    (`slicer.util.getModuleLogic` returns the panel's `logic` for a scripted module)."""
+    import slicer
+
+    logic = getattr(sys.modules[module_name], f"{module_name}Logic")()
+    asked = []
+    slicer.util.getModuleLogic = lambda name: asked.append(name) or logic
+
+    class FakeTagsLogic:
+        def predict_async(self, **kwargs):
+            return ("future", sorted(kwargs))
+
+    logic.replace_tags_logic(FakeTagsLogic())
+    started = effect._startPrediction({"kwargs": {"volume_node": None, "text": "liver tumor"}})
+    released = [slot for slot in stubs.app.connections.get("aboutToQuit()", [])]
+    return {"module_name": logic.moduleName, "device": logic.device(), "engine": logic.engine_settings()["mode"],
+            "effect_started": list(started[1]), "asked": asked[:1],
+            "quit_releases": any(getattr(slot, "__self__", None) is logic for slot in released)}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -280,6 +312,8 @@ def scenario_register(variant: str, module_dir: str, package: str) -> dict:
     clone = stubs.registered[0].clone()           # what every Segment Editor widget does
     report = {"registered": type(stubs.registered[0]).__name__, "cloned": type(clone.self()).__name__,
               "effect_name": clone.name}
+    if package == "TAGSSegmentLib":
+        report["module_logic"] = _module_logic_report(stubs, os.path.basename(module_dir), clone.self())
     report["submodules"] = import_every_submodule(package, os.path.join(module_dir, package))
     report["lib_modules_kept"] = all(sys.modules.get(name) is module for name, module in lib_before.items())
     report.update(_package_report(package))

@@ -318,6 +318,10 @@ def test_module_registers_and_clones_the_effect_through_slicers_loader(variant):
     clones it, and afterwards TAGSSegmentLib is still a package whose every submodule imports (on 5.10 the
     fallback load used to replace the package, so every click failed with 'Missing dependency')."""
     report = _run_loader("register", variant)
+    # the module logic (QSettings-backed, released when Slicer quits) is what the effect's predictions go through
+    assert report.pop("module_logic") == {"module_name": "TAGSSegment", "device": "auto", "engine": "local",
+                                          "effect_started": ["text", "volume_node"], "asked": ["TAGSSegment"],
+                                          "quit_releases": True}
     assert report == {"registered": "SegmentEditorEffect", "cloned": "SegmentEditorEffect", "effect_name": "TAGS",
                       "submodules": SUBMODULES, "lib_modules_kept": True, "package_has_path": True,
                       "package_effect_is_class": True}
