@@ -1,15 +1,19 @@
 """Seeded fuzz / robustness suite for the `tagseg` command line, and the "nothing lost" guarantees (issue 6,
 items 3 and 4).
 
-Every generated bad input must end in the documented one-line error (exit code 2) or in a valid result (exit
-code 0): never an internal error (exit 1), a hang, a write outside the output folder, a partial or temporary
-file, or a changed input. Each case runs in-process through `tagseg.cli.main` (milliseconds, not a Python
-start-up) in its own folder, with the working directory, cache, models folder and `tempfile` folder all inside
-it, so any stray write shows up. Spatial cases use a cheap deterministic fake backend that also checks what the
-engine hands it (read-only voxels, prompts inside the grid); a handful run the real `tags` backend with a
-random-weight tags-tiny checkpoint (garbage masks, but valid ones) and one runs the real LiteMedSAM.
+The suite is data: tables of `Case` rows (one function per category builds its table, seeded), each with the
+inputs and command to run, the expected exit code and message fragment, and any extra invariant; one checker,
+`check`, runs a row and asserts what every run owes. Every generated bad input must end in the documented
+one-line error (exit code 2) or in a valid result (exit code 0): never an internal error (exit 1), a hang, a
+write outside the output folder, a partial or temporary file, or a changed input. A row runs in-process through
+`tagseg.cli.main` (milliseconds, not a Python start-up) in its own folder, with the working directory, cache,
+models folder and `tempfile` folder all inside it, so any stray write shows up; one runs as its own process
+(a hang check), a few are API calls (a `Session`, the Slicer write path) and a few inject a crash midway. Spatial
+cases use a cheap deterministic fake backend that also checks what the engine hands it (read-only voxels,
+prompts inside the grid); a handful run the real `tags` backend with a random-weight tags-tiny checkpoint
+(garbage masks, but valid ones) and one runs the real LiteMedSAM.
 
-Known engine bugs are kept as generated cases marked `xfail(strict=True, reason="BUG: ...")`, so a fix shows
+Known engine bugs are kept as rows marked `xfail(strict=True, reason="BUG: ...")` (`Case.bug`), so a fix shows
 up as an XPASS that fails until the mark is removed.
 """
 from __future__ import annotations
@@ -328,7 +332,7 @@ class Case:
     row goes through the one checker, `check`, which also asserts the invariants every run owes (see there)."""
 
     id: str
-    build: Callable                 # Ctx -> argv (writes the case's inputs into ctx.inp)
+    build: Callable                 # Ctx -> argv of `tagseg`, or a no-argument API call (writes the inputs into ctx.inp)
     code: int                       # exit code: 0 valid result, 2 one-line error, 3 finished with failed rows;
     #                                 1 (internal error) and 130 (interrupted) only where `fault` injects a crash
     fragment: str = ""              # must appear in the error line (code 2)
@@ -340,6 +344,8 @@ class Case:
     fault: Callable | None = None   # (ctx, monkeypatch) -> None, just before the run: a crash in the model or a writer
     process: bool = False           # run as its own Python process under HANG_LIMIT_S (a hang cannot be stopped
     #                                 in-process: the model thread is not a daemon)
+    own_cache: bool = True          # the run gets its own cache and models folders (False: the real ones, where the
+    #                                 default model's weights are)
     bug: str | None = None          # a known engine bug: the case is xfail(strict=True), so a fix shows up
     when: bool = True               # ... where the bug applies
 
@@ -534,12 +540,16 @@ def check(case: Case, request, tmp_path: Path, capsys, monkeypatch) -> None:
     written to the working or temporary folder; every input (shared ones included) unchanged. A failed run
     shows one `tagseg: error:` line (code 2) and leaves the output folder as it was (an earlier result intact,
     no half-written file) and, unless a fault was injected there, never reaches the model. A valid run writes
-    only its declared outputs: each mask on its input's grid, equal to the model's answer."""
+    only its declared outputs: each mask on its input's grid, equal to the model's answer. An API case (the
+    builder returns a call) must return normally (code 0), under the same file checks. Then the case's own
+    checks (ctx.checks) run."""
     case_id = request.node.callspec.id
     ctx = Ctx(tmp_path, case_id, request)
     for fixture in case.needs:
         request.getfixturevalue(fixture)
-    argv = [str(a) for a in case.build(ctx)]
+    built = case.build(ctx)
+    api_call = built if callable(built) else None
+    argv = [] if api_call else [str(a) for a in built]
     shared_folders = [ctx.shared.folder] + ([ctx.tiny.folder] if "tiny" in case.needs else []) + (
         [ctx.synth.parent] if "synth_data" in case.needs else [])
     shared_before = [stat_tree(folder) for folder in shared_folders]
@@ -547,8 +557,9 @@ def check(case: Case, request, tmp_path: Path, capsys, monkeypatch) -> None:
     outside = sorted({Path(a) for a in argv if os.path.isfile(a) and tmp_path not in Path(a).resolve().parents})
     outside_before = {path: sha256_bytes(path.read_bytes()) for path in outside}
     monkeypatch.chdir(ctx.cwd)
-    monkeypatch.setenv("TAGSEG_CACHE_DIR", str(ctx.cache))
-    monkeypatch.setenv("TAGSEG_MODELS_DIR", str(ctx.models))
+    if case.own_cache:
+        monkeypatch.setenv("TAGSEG_CACHE_DIR", str(ctx.cache))
+        monkeypatch.setenv("TAGSEG_MODELS_DIR", str(ctx.models))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("TAGSEG_DEBUG", raising=False)
     monkeypatch.setattr(tempfile, "tempdir", str(ctx.systmp))
@@ -559,6 +570,10 @@ def check(case: Case, request, tmp_path: Path, capsys, monkeypatch) -> None:
     capsys.readouterr()
     if case.process:
         result = run_process(argv, ctx)
+    elif api_call is not None:
+        api_call()
+        captured = capsys.readouterr()
+        result = SimpleNamespace(code=0, out=captured.out, err=captured.err)
     else:
         code = run_in_process(argv)
         captured = capsys.readouterr()
@@ -1895,44 +1910,27 @@ def crash_cases() -> list:
 
 
 # =====================================================================================================================
-# the tables, and the one test that runs them
+# category 11: nothing lost through the API (item 4 a, b): the input volume and the other segments
 # =====================================================================================================================
-CATEGORIES = {"volumes": volume_cases(), "prompts": prompt_cases(), "text": text_cases(), "files": file_cases(),
-              "models": model_cases(), "pipelines": pipeline_cases(), "tags": tags_cases(), "probe": probe_cases(),
-              "second-run": second_run_cases(), "crashes": crash_cases()}
+REAL_BACKENDS = dict(backends.BACKENDS)          # the fake_model fixture stands in for the default; (a) needs it real
 
 
-@pytest.mark.parametrize("case", [case.param() for cases in CATEGORIES.values() for case in cases])
-def test_fuzz(case, request, tmp_path, capsys, monkeypatch, fake_model):
-    check(case, request, tmp_path, capsys, monkeypatch)
-
-
-def test_enough_generated_cases():
-    """Issue 6 asks for at least 200 generated bad inputs; the count per category is in the report."""
-    counts = {name: len(cases) for name, cases in CATEGORIES.items()}
-    assert sum(counts.values()) >= 200, counts
-    ids = [case.id for cases in CATEGORIES.values() for case in cases]
-    assert len(ids) == len(set(ids)), "two cases share an id"
-
-
-# =====================================================================================================================
-# nothing lost (item 4)
-# =====================================================================================================================
 def array_digest(array) -> str:
     array = np.asarray(array)
     return sha256_bytes(str(array.dtype).encode() + str(array.shape).encode() + np.ascontiguousarray(array).tobytes())
 
 
-@pytest.mark.parametrize("name", [*sorted(backends.BACKENDS), "tags"])
-def test_nothing_lost_input_unchanged_by_every_backend(name, request, tmp_path):
-    """(a) A real prediction by every registered backend (plus `tags`) leaves the input volume's voxels, geometry
-    and file exactly as they were. LiteMedSAM gets a flat box on one slice, so it encodes few slices."""
+def predict_with_backend(c: Ctx, name: str):
+    """(a) A real prediction by backend `name` leaves the input volume's voxels, geometry and file exactly as they
+    were. LiteMedSAM gets a flat box on one slice, so it encodes few slices."""
     from tagseg.io import load_volume, save_volume
     from tagseg.session import Session
     from tagseg.synth import make_phantom
 
+    if name in REAL_BACKENDS:
+        c.request.getfixturevalue("monkeypatch").setitem(backends.BACKENDS, name, REAL_BACKENDS[name])
     phantom = make_phantom(seed=0, shape_kji=(8, 32, 32), spacing_ijk=(2.0, 2.0, 4.0))
-    path = tmp_path / "ct.nii.gz"
+    path = c.inp / "ct.nii.gz"
     save_volume(phantom.image, path)
     file_before = sha256_bytes(path.read_bytes())
     volume = load_volume(path)
@@ -1945,20 +1943,29 @@ def test_nothing_lost_input_unchanged_by_every_backend(name, request, tmp_path):
     lo[0] = hi[0] = k
     corners = volume.kji_to_ras(np.array([lo, hi]))
     click = volume.kji_to_ras(on_slice[len(on_slice) // 2][None].astype(float))[0]
-    model = f"tags:{request.getfixturevalue('tiny').path}" if name == "tags" else name
-    with Session(volume, model=model, device="cpu") as session:
-        session.set_text("liver tumor")
-        session.add_box(corners[0], corners[1])
-        session.add_point(click)
-        mask = session.predict()
-    assert mask.same_grid(volume) and set(np.unique(mask.array).tolist()) <= {0, 1}
-    assert array_digest(volume.array) == voxels_before and np.array_equal(volume.ijk_to_ras, matrix_before)
-    assert np.array_equal(np.asarray(volume.array), original) and not volume.array.flags.writeable
-    assert sha256_bytes(path.read_bytes()) == file_before
+    model = f"tags:{c.tiny.path}" if name == "tags" else name
+    result = {}
+
+    def call() -> None:
+        with Session(volume, model=model, device="cpu") as session:
+            session.set_text("liver tumor")
+            session.add_box(corners[0], corners[1])
+            session.add_point(click)
+            result["mask"] = session.predict()
+
+    def unchanged() -> None:
+        mask = result["mask"]
+        assert mask.same_grid(volume) and set(np.unique(mask.array).tolist()) <= {0, 1}
+        assert array_digest(volume.array) == voxels_before and np.array_equal(volume.ijk_to_ras, matrix_before)
+        assert np.array_equal(np.asarray(volume.array), original) and not volume.array.flags.writeable
+        assert sha256_bytes(path.read_bytes()) == file_before
+        assert FakeBackend.created == 0, "the fake stood in for the real backend"
+
+    c.checks.append(unchanged)
+    return call
 
 
-@pytest.mark.parametrize("mode", ["OverwriteNone", "OverwriteAllSegments", "OverwriteVisibleSegments"])
-def test_nothing_lost_other_segments_survive_a_write(mode, fake_model):
+def write_among_other_segments(c: Ctx, mode: str):
     """(b) Writing a result through the Segment Editor path changes only the target segment, apart from what the
     chosen overwrite mode gives it (overlap taken from visible / all other segments); segments that do not
     overlap, hidden ones under "visible", names, colours and IDs never change; undo restores every voxel."""
@@ -1999,27 +2006,71 @@ def test_nothing_lost_other_segments_survive_a_write(mode, fake_model):
                         segment.GetName(), tuple(round(v, 6) for v in segment.GetColor()))
         return out
 
-    with Session(L.volume_from_node(node), model=FAKE, device="cpu") as session:
-        session.add_box(CENTRE_RAS - [3.0, 3.0, 4.0], CENTRE_RAS + [3.0, 3.0, 4.0])
-        result = np.asarray(session.predict().array)
-    assert (result & organ).any() and (result & hidden).any() and not (result & far).any()
-    editor, editor_node = L.make_editor_logic(h.scene, seg_node, node, tumour)
-    editor_node.SetOverwriteMode(getattr(slicer.vtkMRMLSegmentEditorNode, mode))
-    before = segments()
-    assert not L.write_mask(editor, seg_node, tumour, L.oriented_labelmap(np.zeros(SHAPE, np.uint8), node, seg_node))
-    for sid, (mask, name, colour) in segments().items():
-        assert np.array_equal(mask, before[sid][0]) and (name, colour) == before[sid][1:]
-    assert L.write_mask(editor, seg_node, tumour, L.oriented_labelmap(result, node, seg_node))
-    after = segments()
-    assert after.keys() == before.keys()
-    assert np.array_equal(after[tumour][0], result)
-    for name, sid in ids.items():
-        mask_before, mask_after = before[sid][0], after[sid][0]
-        assert after[sid][1:] == before[sid][1:], name
-        assert not (mask_after & ~mask_before.astype(bool)).any(), f"{name} gained voxels"
-        taken = mode == "OverwriteAllSegments" or (mode == "OverwriteVisibleSegments" and name != "hidden")
-        expected = (mask_before & (1 - result)) if taken else mask_before
-        assert np.array_equal(mask_after, expected), f"{name} changed outside what {mode} allows"
-    editor.Undo()
-    for sid, (mask, name, colour) in segments().items():
-        assert np.array_equal(mask, before[sid][0]) and (name, colour) == before[sid][1:], name
+    state = {}
+
+    def call() -> None:
+        with Session(L.volume_from_node(node), model=FAKE, device="cpu") as session:
+            session.add_box(CENTRE_RAS - [3.0, 3.0, 4.0], CENTRE_RAS + [3.0, 3.0, 4.0])
+            result = np.asarray(session.predict().array)
+        assert (result & organ).any() and (result & hidden).any() and not (result & far).any()
+        editor, editor_node = L.make_editor_logic(h.scene, seg_node, node, tumour)
+        editor_node.SetOverwriteMode(getattr(slicer.vtkMRMLSegmentEditorNode, mode))
+        state["before"] = before = segments()
+        assert not L.write_mask(editor, seg_node, tumour, L.oriented_labelmap(np.zeros(SHAPE, np.uint8), node, seg_node))
+        state["after-empty"] = segments()
+        assert L.write_mask(editor, seg_node, tumour, L.oriented_labelmap(result, node, seg_node))
+        state["after"] = segments()
+        editor.Undo()
+        state["undone"] = segments()
+        state["result"] = result
+
+    def others_untouched() -> None:
+        before, after, result = state["before"], state["after"], state["result"]
+        for sid, (mask, name, colour) in state["after-empty"].items():
+            assert np.array_equal(mask, before[sid][0]) and (name, colour) == before[sid][1:]
+        assert after.keys() == before.keys()
+        assert np.array_equal(after[tumour][0], result)
+        for name, sid in ids.items():
+            mask_before, mask_after = before[sid][0], after[sid][0]
+            assert after[sid][1:] == before[sid][1:], name
+            assert not (mask_after & ~mask_before.astype(bool)).any(), f"{name} gained voxels"
+            taken = mode == "OverwriteAllSegments" or (mode == "OverwriteVisibleSegments" and name != "hidden")
+            expected = (mask_before & (1 - result)) if taken else mask_before
+            assert np.array_equal(mask_after, expected), f"{name} changed outside what {mode} allows"
+        for sid, (mask, name, colour) in state["undone"].items():
+            assert np.array_equal(mask, before[sid][0]) and (name, colour) == before[sid][1:], name
+
+    c.checks.append(others_untouched)
+    return call
+
+
+def nothing_lost_cases() -> list:
+    # the registered backends load their real weights from the real cache; `tags` gets the tiny checkpoint
+    cases = [Case(f"nothing-lost-input-unchanged-by-{name}", lambda c, n=name: predict_with_backend(c, n), 0,
+                  own_cache=False) for name in sorted(REAL_BACKENDS)]
+    cases.append(Case("nothing-lost-input-unchanged-by-tags", lambda c: predict_with_backend(c, "tags"), 0,
+                      needs=("tiny",), writes=("cache",)))
+    cases += [Case(f"nothing-lost-other-segments-survive-{mode}", lambda c, m=mode: write_among_other_segments(c, m), 0)
+              for mode in ("OverwriteNone", "OverwriteAllSegments", "OverwriteVisibleSegments")]
+    return cases
+
+
+# =====================================================================================================================
+# the tables, and the one test that runs them
+# =====================================================================================================================
+CATEGORIES = {"volumes": volume_cases(), "prompts": prompt_cases(), "text": text_cases(), "files": file_cases(),
+              "models": model_cases(), "pipelines": pipeline_cases(), "tags": tags_cases(), "probe": probe_cases(),
+              "second-run": second_run_cases(), "crashes": crash_cases(), "nothing-lost": nothing_lost_cases()}
+
+
+@pytest.mark.parametrize("case", [case.param() for cases in CATEGORIES.values() for case in cases])
+def test_fuzz(case, request, tmp_path, capsys, monkeypatch, fake_model):
+    check(case, request, tmp_path, capsys, monkeypatch)
+
+
+def test_enough_generated_cases():
+    """Issue 6 asks for at least 200 generated bad inputs; the count per category is in the report."""
+    counts = {name: len(cases) for name, cases in CATEGORIES.items()}
+    assert sum(counts.values()) >= 200, counts
+    ids = [case.id for cases in CATEGORIES.values() for case in cases]
+    assert len(ids) == len(set(ids)), "two cases share an id"
