@@ -16,7 +16,7 @@ from tagseg.errors import InputError
 from tagseg.io import load_volume, save_segmentation, save_volume
 from tagseg.volume import Volume, check_volume, make_ijk_to_ras
 
-from helpers import check_seg_nrrd_with_pynrrd, read_seg_nrrd
+from helpers import check_seg_nrrd_with_pynrrd, matrix_to_vtk, read_seg_nrrd
 
 SHARED_DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
 DICOM_DIR = SHARED_DATA / "ct_organs" / "example_ct_dicom"
@@ -134,9 +134,8 @@ def _volume_node(mrml, volume: Volume):
     import vtk
     from vtk.util import numpy_support
 
-    slicer = mrml.slicer
     node = mrml.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "reference")
-    node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(volume.ijk_to_ras))
+    node.SetIJKToRASMatrix(matrix_to_vtk(volume.ijk_to_ras))
     k, j, i = volume.shape_kji
     image = vtk.vtkImageData()
     image.SetDimensions(i, j, k)
