@@ -34,6 +34,7 @@ bench: venv
 	HF_HUB_OFFLINE=1 $(VENV_PY) bench/serve_soak.py --clients 4 --sessions 5 --seconds 120
 	HF_HUB_OFFLINE=1 $(VENV_PY) bench/phantoms.py
 	HF_HUB_OFFLINE=1 $(VENV_PY) bench/startup.py --runs 5 --importtime
+	HF_HUB_OFFLINE=1 $(VENV_PY) bench/encoder_variants.py
 
 # Outputs and caches; the venv survives because rebuilding it takes minutes (see distclean).
 clean:

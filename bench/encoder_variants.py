@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import statistics
 import sys
 import time
@@ -57,21 +58,25 @@ def slices_for_speed(cases: list[dict], n: int) -> list[np.ndarray]:
     return out
 
 
-def ms_per_slice(net: LiteMedSAM, images: list[np.ndarray]) -> float:
-    net.embedding(("warm-up",), lambda: images[0])
-    times = []
+def ms_per_slice(nets: list[LiteMedSAM], images: list[np.ndarray]) -> list[float]:
+    """Median encode time per slice for each net, round robin (slice by slice, every net in turn), so a
+    change in the machine's load during the run weighs on every variant alike."""
+    times: list[list[float]] = [[] for _ in nets]
+    for net in nets:
+        net.embedding(("warm-up",), lambda: images[0])
     for i, image in enumerate(images):
-        t = time.perf_counter()
-        net.embedding(("speed", i), lambda img=image: img)
-        times.append(time.perf_counter() - t)
-    return 1000 * statistics.median(times)
+        for net, bucket in zip(nets, times):
+            t = time.perf_counter()
+            net.embedding(("speed", i), lambda img=image: img)
+            bucket.append(time.perf_counter() - t)
+    return [1000 * statistics.median(bucket) for bucket in times]
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", type=Path, default=tune_default.DEFAULT_CASES)
     ap.add_argument("--variants", default=DEFAULT_VARIANTS, help="comma list of runtime:encoder")
-    ap.add_argument("--slices", type=int, default=8)
+    ap.add_argument("--slices", type=int, default=12)
     ap.add_argument("--no-accuracy", action="store_true", help="speed only")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -82,11 +87,12 @@ def main() -> int:
     if not cases:
         print(f"no dev cases at {args.cases}: speed on a generated phantom, Dice not measured")
     images = slices_for_speed(cases, args.slices)
+    variants = [v.split(":") for v in args.variants.split(",")]
+    nets = [LiteMedSAM(device="cpu", runtime=runtime, encoder=encoder) for runtime, encoder in variants]
+    speeds = ms_per_slice(nets, images)
     rows = []
-    for variant in args.variants.split(","):
-        runtime, encoder = variant.split(":")
-        net = LiteMedSAM(device="cpu", runtime=runtime, encoder=encoder)
-        row = {"variant": variant, "runtime": net.runtime, "encoder": encoder, "ms_per_slice": ms_per_slice(net, images)}
+    for (runtime, encoder), net, speed in zip(variants, nets, speeds):
+        row = {"variant": f"{runtime}:{encoder}", "runtime": net.runtime, "encoder": encoder, "ms_per_slice": speed}
         if cases and not args.no_accuracy:
             scores = [tune_default.run_case(case, ["points", "box"], {}, net=net) for case in cases]
             row["points"] = {r["name"]: r["points"] for r in scores}
@@ -95,7 +101,9 @@ def main() -> int:
         print(json.dumps({k: (round(v, 1) if isinstance(v, float) else v) for k, v in row.items()
                           if k in ("variant", "runtime", "ms_per_slice")}), flush=True)
     openvino = importlib.util.find_spec("openvino") is not None
-    lines = [f"# Encoder variants ({datetime.now():%Y-%m-%d %H:%M}, {len(images)} slices, 2 threads)", "",
+    load = os.getloadavg()[0]
+    lines = [f"# Encoder variants ({datetime.now():%Y-%m-%d %H:%M}, {len(images)} slices round robin, 2 threads, "
+             f"1-min load average {load:.1f} at the end)", "",
              "| variant | runtime | ms / slice | vs default | mean Dice 3 clicks (Δ) | mean Dice box (Δ) | accepted |",
              "|---|---|---|---|---|---|---|"]
     base = rows[0]

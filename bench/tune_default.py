@@ -81,8 +81,9 @@ def load_cases(folder: Path, only: set[str]) -> list[dict]:
 
 
 def run_case(case: dict, protocols: list[str], options: dict, use_text: bool = True,
-             net: LiteMedSAM | None = None) -> dict:
-    """`net`: a LiteMedSAM to run instead of the backend's own (another runtime or encoder variant)."""
+             net: LiteMedSAM | None = None, think_s: float = 0.0) -> dict:
+    """`net`: a LiteMedSAM to run instead of the backend's own (another runtime or encoder variant).
+    `think_s`: seconds the simulated user looks at each result before the next corrective click (not timed)."""
     truth = np.asarray(case["label"].array) > 0
     spacing = case["label"].spacing_kji
     out = {"name": case["name"]}
@@ -115,6 +116,7 @@ def run_case(case: dict, protocols: list[str], options: dict, use_text: bool = T
                         curve.append(curve[-1])
                         continue
                     kji, positive = click
+                    time.sleep(think_s)
                     s.add_point(case["image"].kji_to_ras([kji])[0], positive=positive)
                     t = time.perf_counter()
                     pred = np.asarray(s.predict().array) > 0
@@ -165,6 +167,8 @@ def main() -> int:
     ap.add_argument("--embedding-cache", type=Path, default=None)
     ap.add_argument("--no-text", action="store_true", help="no description (the scoring tools' texts otherwise)")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--think", type=float, default=0.0,
+                    help="seconds between a result and the next corrective click (a user looking; not timed)")
     args = ap.parse_args()
     if not args.cases.is_dir():
         print(f"no cases at {args.cases}: nothing to tune on (the dev data is not on this machine)")
@@ -186,7 +190,7 @@ def main() -> int:
         print(f"== {setting}", flush=True)
         rows = []
         for case in cases:
-            rows.append(run_case(case, protocols, setting, use_text=not args.no_text))
+            rows.append(run_case(case, protocols, setting, use_text=not args.no_text, think_s=args.think))
             print_row(rows[-1])
         print("mean: " + json.dumps({k: round(v, 3) for k, v in summarise(rows).items()}), flush=True)
         results.append({"setting": setting, "rows": rows})

@@ -215,6 +215,8 @@ class Session:
     def close(self) -> None:
         """Stop the worker thread and drop models (frees GPU memory)."""
         self._worker.shutdown(wait=True)
+        for backend, _ in self._backends.values():
+            backend.stop_background()
         self._backends.clear()
         self._results.clear()
 

@@ -113,3 +113,44 @@ def test_corrections_can_be_switched_off(phantom_session, shared_backend):
     finally:
         shared_backend.options.incremental = True
     assert np.array_equal(stepwise, at_once)
+
+
+def test_slices_a_correction_needs_are_encoded_while_the_user_looks(shared_backend):
+    """After a result, the backend encodes the slices around it in the background: an include correction then
+    encodes fewer slices itself. Neither waiting for it nor cancelling it mid-way (an immediate click) changes
+    a mask."""
+    from tagseg import Session
+    from tagseg.synth import make_phantom
+
+    phantom = make_phantom(seed=1, shape_kji=(24, 64, 64), spacing_ijk=(2.0, 2.0, 1.5))    # thin slices
+    label = np.asarray(phantom.label.array) > 0
+    inside = np.argwhere(label)
+    centre = inside[len(inside) // 2]
+    net = shared_backend.net
+    defaults = (shared_backend.options.prefetch, shared_backend.options.prefetch_slices)
+    runs = {}
+    for mode in ("off", "immediate", "wait"):
+        shared_backend.options.prefetch = mode != "off"
+        shared_backend.options.prefetch_slices = 16
+        net.clear_cache()
+        try:
+            with Session(phantom.image, model="litemedsam-3d", device="cpu") as s:
+                s.set_text(phantom.description)
+                s.add_point(phantom.image.kji_to_ras(centre)[0])
+                first = np.asarray(s.predict().array) > 0
+                if mode == "wait":
+                    assert net.wait_background(timeout=300)
+                    assert net.stats["prefetched"] > 0
+                # an include click on the slice of the missed part farthest from the first click
+                missed = np.argwhere(label & ~first)
+                assert len(missed), "the first result already holds the whole phantom: no correction to test"
+                target = missed[np.argmax(np.abs(missed[:, 0] - centre[0]))]
+                s.add_point(phantom.image.kji_to_ras(target)[0])
+                corrected = np.asarray(s.predict().array) > 0
+                runs[mode] = (first, corrected, s.timings.get("slices_encoded", 0))
+        finally:
+            shared_backend.options.prefetch, shared_backend.options.prefetch_slices = defaults
+    for mode in ("immediate", "wait"):
+        assert np.array_equal(runs["off"][0], runs[mode][0])
+        assert np.array_equal(runs["off"][1], runs[mode][1])
+    assert runs["off"][2] > 0 and runs["wait"][2] < runs["off"][2]

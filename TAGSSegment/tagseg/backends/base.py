@@ -55,5 +55,8 @@ class Backend(ABC):
     def predict(self, prompts: GridPrompts) -> np.ndarray:
         """uint8 KJI mask on the source grid (1 = target)."""
 
+    def stop_background(self) -> None:
+        """Stop work the backend does between calls (e.g. encoding ahead); the Session calls it on close."""
+
     def info(self) -> dict:
         return {"name": self.name}

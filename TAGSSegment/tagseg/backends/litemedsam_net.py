@@ -16,8 +16,10 @@ measurement; it is not the default (see README, "encoder variants").
 """
 from __future__ import annotations
 
+import atexit
 import threading
 import warnings
+import weakref
 from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
@@ -37,6 +39,14 @@ ENCODER_VARIANTS = ("fp32", "int8")
 
 _ONNX_SESSIONS: dict = {}
 _ONNX_LOCK = threading.Lock()
+_BACKGROUND: "weakref.WeakSet[LiteMedSAM]" = weakref.WeakSet()
+
+
+@atexit.register
+def _cancel_all_background() -> None:
+    """An encode must not be running while the interpreter tears ONNX Runtime down."""
+    for net in list(_BACKGROUND):
+        net.cancel_background()
 
 
 def _onnx_session(path: Path, threads: int):
@@ -122,8 +132,9 @@ class LiteMedSAM:
         self._cache: OrderedDict = OrderedDict()
         self._cache_size = embedding_cache_size
         self._lock = threading.Lock()
-        self.stats = {"encoded": 0, "cache_hits": 0, "decoded": 0}
+        self.stats = {"encoded": 0, "cache_hits": 0, "decoded": 0, "prefetched": 0}
         self._encoder_session = self._decoder_session = None
+        self._background: tuple[threading.Thread, threading.Event, object] | None = None
         self.runtime = "torch"
         if runtime != "torch" and self.device_name == "cpu" and self._start_onnx():
             self.runtime = "onnxruntime"
@@ -250,6 +261,69 @@ class LiteMedSAM:
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         return out
+
+    def encode_in_background(self, jobs: list[tuple[object, Callable[[], np.ndarray]]]) -> bool:
+        """Encode `(key, image_fn)` jobs on a background thread, in order, until done or `cancel_background()`.
+
+        Interactive use: while the user looks at a result, the slices a correction may need get encoded, so
+        the next click decodes only. ONNX Runtime only (a running encode is cancelled within milliseconds
+        through its run options); False and nothing started otherwise."""
+        self.cancel_background()
+        if self._encoder_session is None or not jobs:
+            return False
+        import onnxruntime as ort
+
+        stop, run_options = threading.Event(), ort.RunOptions()
+
+        def work() -> None:
+            for key, image_fn in jobs:
+                if stop.is_set():
+                    return
+                with self._lock:
+                    if key in self._cache:
+                        continue
+                try:
+                    image = np.ascontiguousarray(image_fn()[None], dtype=np.float32)
+                    out = self._encoder_session.run(None, {"image": image}, run_options)[0]
+                except Exception:          # cancelled mid-run (or anything else: the foreground will encode it)
+                    return
+                with self._lock:
+                    if stop.is_set():
+                        return
+                    self._cache[key] = out
+                    self.stats["prefetched"] += 1
+                    while len(self._cache) > self._cache_size:
+                        self._cache.popitem(last=False)
+
+        thread = threading.Thread(target=work, name="litemedsam-prefetch", daemon=True)
+        self._background = (thread, stop, run_options)
+        _BACKGROUND.add(self)
+        thread.start()
+        return True
+
+    def wait_background(self, timeout: float | None = None) -> bool:
+        """Wait until background encoding has finished; True if nothing is running any more."""
+        background = self._background
+        if background is None:
+            return True
+        background[0].join(timeout)
+        return not background[0].is_alive()
+
+    def cancel_background(self) -> None:
+        """Stop background encoding now (an encode in flight is terminated) and wait for the thread."""
+        background, self._background = self._background, None
+        if background is None:
+            return
+        thread, stop, run_options = background
+        stop.set()
+        run_options.terminate = True
+        thread.join()
+
+    def clear_cache(self) -> None:
+        """Forget every embedding (after cancelling background encoding)."""
+        self.cancel_background()
+        with self._lock:
+            self._cache.clear()
 
     def has_embedding(self, key) -> bool:
         with self._lock:
