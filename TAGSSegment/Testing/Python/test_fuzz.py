@@ -516,9 +516,8 @@ def run_process(argv: list[str], ctx: Ctx) -> SimpleNamespace:
     after the imports are done."""
     code = ("import sys, tagseg.cli, tagseg.backends.tags, tagseg.tags.model, tagseg.tags.checkpoint; "
             "print('READY', flush=True); sys.exit(tagseg.cli.main(sys.argv[1:]))")
-    env = dict(os.environ, PYTHONPATH=str(MODULE_DIR), HF_HUB_OFFLINE="1", TAGSEG_CACHE_DIR=str(ctx.cache),
-               TAGSEG_MODELS_DIR=str(ctx.models), TMPDIR=str(ctx.systmp))
-    env.pop("TAGSEG_DEBUG", None)
+    # the environment `check` set up (cache, models, offline, no TAGSEG_DEBUG), the temporary folder too
+    env = dict(os.environ, PYTHONPATH=str(MODULE_DIR), TMPDIR=str(ctx.systmp))
     proc = subprocess.Popen([sys.executable, "-c", code, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env, cwd=ctx.cwd)
     try:
