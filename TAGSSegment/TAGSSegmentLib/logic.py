@@ -456,23 +456,6 @@ class InProcessTAGSLogic:
         self._pending: list[concurrent.futures.Future] = []
         self._lock = threading.Lock()
 
-    # ---- settings -------------------------------------------------------------------------------------------
-    def configure(self, model: str | None = None, device: str | None = None,
-                  backend_options: dict | None = None) -> bool:
-        """Change model/device/options; sessions built with the old settings are closed (freeing GPU memory)
-        after any running prediction. Returns True when something changed."""
-        changed = False
-        if model is not None and model != self.model:
-            self.model, changed = model, True
-        if device is not None and device != self.device:
-            self.device, changed = device, True
-        if backend_options is not None and dict(backend_options) != self.backend_options:
-            self.backend_options, changed = dict(backend_options), True
-        if changed:
-            self.cancel_pending()
-            self._worker().submit(self._close_sessions)
-        return changed
-
     def _on_progress(self, stage: str, done: int, total: int) -> None:
         """Called on the worker thread: one dict assignment, which the main thread reads whole."""
         self.last_progress = {"stage": stage, "done": done, "total": total}
@@ -756,24 +739,6 @@ class TAGSLogic:
     @property
     def engine_pid(self) -> int | None:
         return self._local.pid if self._local is not None else None
-
-    def configure(self, model: str | None = None, device: str | None = None,
-                  backend_options: dict | None = None) -> bool:
-        """Change model/device; sessions opened with the old settings are closed on the engine (freeing its
-        GPU memory) after any running prediction. Returns True when something changed."""
-        changed = False
-        if model is not None and model != self.model:
-            self.model, changed = model, True
-        if device is not None and device != self.device:
-            self.device, changed = device, True
-        if backend_options is not None and dict(backend_options) != self.backend_options:
-            self.backend_options, changed = dict(backend_options), True
-        if changed:
-            self.cancel_pending()
-            while self._sessions:
-                _, (_, sid, _) = self._sessions.popitem(last=False)
-                self._close_later(sid)
-        return changed
 
     def _on_warning(self, message: str) -> None:
         self.warnings.append(message)
