@@ -84,8 +84,9 @@ def segment_names(segmentation_node) -> list[str]:
     return [segmentation.GetNthSegment(n).GetName() for n in range(segmentation.GetNumberOfSegments())]
 
 
-def check_seg_nrrd_with_pynrrd(path, name: str, ijk_to_ras: np.ndarray, mask: np.ndarray) -> None:
-    """A third reader (pynrrd, when installed): the header's LPS geometry and the voxels match the volume grid."""
+def check_seg_nrrd_with_pynrrd(path, name: str | None, ijk_to_ras: np.ndarray, mask: np.ndarray) -> None:
+    """A third reader (pynrrd, when installed): the header's LPS geometry, the segment's name (unless None) and the
+    voxels match the volume grid."""
     try:
         import nrrd
     except ImportError:
@@ -96,7 +97,7 @@ def check_seg_nrrd_with_pynrrd(path, name: str, ijk_to_ras: np.ndarray, mask: np
     offset = np.array(header.get("Segmentation_ReferenceImageExtentOffset", "0 0 0").split(), float)
     np.testing.assert_allclose(directions, ijk_to_ras[:3, :3], atol=1e-4)
     np.testing.assert_allclose(origin, (ijk_to_ras @ np.r_[offset, 1.0])[:3], atol=1e-3)
-    assert header["Segment0_Name"] == name
+    assert name is None or header["Segment0_Name"] == name
     k, j, i = offset[::-1].astype(int)
     value = int(header["Segment0_LabelValue"])
     assert data.ndim == 3 and np.count_nonzero(data == value) == np.count_nonzero(mask)

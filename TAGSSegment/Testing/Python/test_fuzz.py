@@ -46,6 +46,8 @@ from tagseg.backends.base import Backend
 from tagseg.text import ANATOMY_WORDS, MAX_DESCRIPTION_CHARS
 from tagseg.volume import Volume
 
+from helpers import check_seg_nrrd_with_pynrrd
+
 SEED = 20260611
 MODULE_DIR = Path(__file__).resolve().parents[2]                 # TAGSSegment/
 FAKE = "fuzz-fake"
@@ -500,6 +502,8 @@ def assert_mask_on_grid(path: Path, image_path: Path, expected: np.ndarray | Non
         assert np.array_equal(array, expected), "the written mask differs from the model's answer"
     if name is not None:
         assert image.GetMetaData("Segment0_Name") == name, (image.GetMetaData("Segment0_Name"), name)
+    if path.name.endswith(".seg.nrrd"):   # a second reader's geometry and voxels (pynrrd mangles non-ASCII names)
+        check_seg_nrrd_with_pynrrd(path, None, reference.ijk_to_ras, array)
 
 
 def run_in_process(argv: list[str]) -> int:
