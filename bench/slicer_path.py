@@ -31,6 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "TAGSSegment"))
 sys.path.insert(0, str(ROOT / "TAGSSegment" / "Testing" / "Python"))
 
+from tagseg.evaluate import dice  # noqa: E402  (the one Dice)
+
 
 def build_case(folder: Path, slices: int, size: int, seed: int, clicks: int):
     import tagseg
@@ -57,11 +59,6 @@ def build_case(folder: Path, slices: int, size: int, seed: int, clicks: int):
         raise SystemExit(f"{folder}: the label is empty")
     picks = voxels[np.random.default_rng(seed).choice(len(voxels), clicks, replace=False)]
     return big, big_label, [tuple(p) for p in big.kji_to_ras(picks)]
-
-
-def dice(a, b) -> float:
-    x, y = np.asarray(a) > 0, np.asarray(b) > 0
-    return 2.0 * float(np.count_nonzero(x & y)) / max(int(x.sum() + y.sum()), 1)
 
 
 def in_process(volume, clicks, model: str, device: str) -> dict:

@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "TAGSSegment"))
 
+from tagseg.evaluate import dice  # noqa: E402  (the one Dice)
+
 SHAPE_KJI = (24, 80, 80)          # the test-suite phantom grid: small enough for a 2-core CPU
 SPACING_IJK = (1.2, 1.2, 2.0)
 INTENSITY = {"window": [-160.0, 240.0], "mean": 40.0, "std": 60.0}
@@ -56,11 +58,6 @@ class CaseResult:
     tumour_fraction: float                     # tumour voxels / organ voxels = chance hit rate of a random organ point
     dice: dict[tuple[float, int], float] = field(default_factory=dict)      # (w, clicks) -> Dice
     start: dict[str, tuple[bool, float, float]] = field(default_factory=dict)  # name -> (hit, distance mm, Dice)
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    x, y = np.asarray(a) > 0, np.asarray(b) > 0
-    return 2.0 * np.count_nonzero(x & y) / max(int(x.sum() + y.sum()), 1)
 
 
 def mean_sd(values: list[float], fmt: str = "{:.3f}") -> str:

@@ -1071,11 +1071,6 @@ SELFTEST_PHANTOM = dict(seed=0, shape_kji=(16, 64, 64), spacing_ijk=(2.0, 2.0, 4
 SELFTEST_MIN_DICE = 0.6
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    x, y = np.asarray(a) > 0, np.asarray(b) > 0
-    return 2.0 * float(np.count_nonzero(x & y)) / max(int(x.sum() + y.sum()), 1)
-
-
 def _segment_array(segmentation_node, segment_id: str, volume_node, shape) -> np.ndarray:
     mask = segment_mask(segmentation_node, segment_id, volume_node)
     return np.zeros(shape, dtype=np.uint8) if mask is None else np.asarray(mask.array)
@@ -1136,7 +1131,9 @@ def run_selftest(scene, *, device: str = "cpu", volume_node=None, log: Callable[
     finally:
         if own_logic:
             logic.shutdown()
-    dice = _dice(mask, label)
+    from tagseg.evaluate import dice as overlap   # the one Dice
+
+    dice = overlap(mask, label)
     log(f"TAGS self-test: Dice {dice:.3f} vs the phantom label ({int(mask.sum())} voxels predicted)")
     assert dice >= SELFTEST_MIN_DICE, f"self-test Dice {dice:.3f} is below {SELFTEST_MIN_DICE}"
     assert zlib.crc32(np.ascontiguousarray(volume_from_node(volume_node).array).tobytes()) == before_hash, \

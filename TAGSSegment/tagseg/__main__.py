@@ -1,7 +1,7 @@
 """`python -m tagseg ...`: the same command line as the `tagseg` console script."""
 import sys
 
-from .cli import main
+from .commands import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,6 +1,8 @@
 """Choosing the compute device: CUDA when present, CPU always works, Apple MPS only on request."""
 from __future__ import annotations
 
+import sys
+
 from .errors import DeviceError
 
 CHOICES = ("auto", "cpu", "cuda", "mps")
@@ -37,12 +39,17 @@ def resolve_device(requested: str = "auto", warn=None) -> str:
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
-    import torch
+    """Whether `exc` is a device running out of memory (CUDA, MPS, a backend's own message); the one such check.
 
-    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", ())
-    if oom and isinstance(exc, oom):
-        return True
-    return "out of memory" in str(exc).lower()
+    Never imports torch: callers that never loaded it (the Slicer layer, a refused input) stay light, and an error
+    raised without torch loaded can still be recognised by its type name or message.
+    """
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        oom = getattr(torch, "OutOfMemoryError", None) or getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)
+        if isinstance(oom, type) and isinstance(exc, oom):
+            return True
+    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
 
 
 def describe_devices() -> dict:

@@ -198,7 +198,7 @@ def save_dicom_seg(mask: Volume, source: Volume, path: str | os.PathLike, segmen
                    entry: TerminologyEntry | None = None) -> Path:
     """Write `mask` as a DICOM SEG referencing `source`'s series (a Volume loaded from a DICOM folder); a
     folder `path` gets `<SOP Instance UID>.dcm`. Returns the file written."""
-    from .paths import write_atomic
+    from .fs import write_atomic
     from .text import parse_description
 
     path = Path(path)

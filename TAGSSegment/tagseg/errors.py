@@ -1,4 +1,8 @@
-"""Errors a user can act on. The CLI prints them as one line and exits with code 2."""
+"""Errors a user can act on, and the one way to turn an error into a one-line message.
+
+The CLI prints them as one line and exits with code 2.
+"""
+from __future__ import annotations
 
 
 class TagsegError(Exception):
@@ -27,3 +31,21 @@ class EngineUnavailable(TagsegError):
 
 class Superseded(TagsegError):
     """A newer prediction request for the same session arrived first; this one was dropped (newest wins)."""
+
+
+def one_line(value: object, limit: int | None = None, *, with_type: bool = False, first_line: bool = False) -> str:
+    """Any exception or text as one clean printable line: every message a user sees goes through here.
+
+    Undecodable bytes become '?', control characters (terminal escapes, NUL, newlines) spaces, runs of spaces one.
+    An exception with an empty message is named by its type; `with_type` always prefixes the type (logs, CSV rows);
+    `first_line` keeps only the first line (a message followed by a traceback); `limit` cuts to that many characters.
+    """
+    text = str(value)
+    if first_line:
+        text = next(iter(text.strip().splitlines()), "")
+    text = text.encode("utf-8", "replace").decode("utf-8")
+    text = " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
+    if isinstance(value, BaseException):
+        name = type(value).__name__
+        text = (f"{name}: {text}" if text else name) if with_type else (text or name)
+    return text if limit is None else text[:limit]

@@ -26,13 +26,19 @@ from typing import Callable, Iterable
 import numpy as np
 from scipy import ndimage
 
+from .errors import one_line
 from .volume import Volume
 
 NSD_TOLERANCE_MM = 5.0
 
 
 def dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    """2|P∩T| / (|P| + |T|); 1.0 when both are empty."""
+    """2|P∩T| / (|P| + |T|), any nonzero voxel counting as inside; the one Dice in tagseg, the Slicer module, the
+    tests and the benches.
+
+    Both masks empty scores 1.0: the prediction agrees perfectly with a reference that has nothing to find.
+    (`evaluate_case` skips tumour-free cases before scoring, so the protocol never reports that 1.0.)
+    """
     p, t = np.asarray(pred) > 0, np.asarray(truth) > 0
     total = int(p.sum() + t.sum())
     return 1.0 if total == 0 else 2.0 * int(np.count_nonzero(p & t)) / total
@@ -153,11 +159,6 @@ class CaseResult:
         return bool(self.error)
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}"[:300]
-
-
 def evaluate_case(case_id: str, image: Volume, label: Volume, predict: Callable[[Volume, np.ndarray], np.ndarray],
                   clicks: int, rng: np.random.Generator, tolerance_mm: float = NSD_TOLERANCE_MM) -> CaseResult:
     """One case: draw clicks, predict on the original grid, score. `predict(image, clicks_ras) -> uint8 KJI`.
@@ -186,12 +187,12 @@ def evaluate_case(case_id: str, image: Volume, label: Volume, predict: Callable[
                           inference=inference)
     except Exception as exc:                       # noqa: BLE001 - one case must never end the run
         return CaseResult(case_id, None, None, int(truth.sum()), 0, time.perf_counter() - start, clicks_ras,
-                          error=_one_line(exc))
+                          error=one_line(exc, 300, with_type=True))
 
 
 def failed_case(case_id: str, exc: BaseException) -> CaseResult:
     """A case that could not even be loaded."""
-    return CaseResult(case_id, None, None, 0, 0, None, error=_one_line(exc))
+    return CaseResult(case_id, None, None, 0, 0, None, error=one_line(exc, 300, with_type=True))
 
 
 # ---- protocols ------------------------------------------------------------------------------------------
@@ -343,7 +344,7 @@ class ResultsWriter:
         self._flush()
 
     def _flush(self) -> None:
-        from .paths import write_text_atomic
+        from .fs import write_text_atomic
 
         write_text_atomic(self.path, self._buffer.getvalue(), what="the results file")
 

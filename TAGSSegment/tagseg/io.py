@@ -15,8 +15,9 @@ import numpy as np
 
 from . import budget
 from .errors import InputError
+from .fs import AtomicFile, WriteError
 from .geometry import LPS_TO_RAS  # noqa: F401  (tagseg.io.LPS_TO_RAS, as before)
-from .paths import AtomicFile, WriteError, file_kind, note_input, require_regular_file
+from .paths import file_kind, note_input, require_regular_file
 from .volume import Volume
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".seg.nrrd", ".mha", ".mhd")

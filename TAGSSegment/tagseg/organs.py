@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 from .errors import InputError, ModelError
-from .paths import write_atomic
+from .fs import write_atomic
 from .text import ORGAN_LABELS
 
 INSTALL_HINT = ("TotalSegmentator is not installed; install it with `pip install TotalSegmentator` (it downloads its "

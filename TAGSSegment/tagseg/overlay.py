@@ -103,7 +103,7 @@ def _check_grid(image: Volume, other: Volume | None, what: str) -> np.ndarray | 
 
 def _write_png_atomically(picture: Image.Image, path: Path) -> None:
     """Through the one atomic writer; the PNG is decoded again before the rename."""
-    from .paths import write_atomic
+    from .fs import write_atomic
 
     def write(tmp: Path) -> None:
         picture.save(tmp, format="PNG")

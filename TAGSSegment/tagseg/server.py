@@ -40,8 +40,8 @@ import numpy as np
 from . import prompts as P
 from .client import (MAX_FRAME_HEADER, PROTOCOL, WIRE_DTYPES, encode_mask, frame, is_loopback_host, unframe,
                      volume_id)
-from .errors import DeviceError, InputError, PromptError, Superseded, TagsegError
-from .paths import write_text_atomic
+from .errors import DeviceError, InputError, PromptError, Superseded, TagsegError, one_line
+from .fs import write_text_atomic
 from .text import parse_description
 from .volume import Volume, check_volume
 
@@ -189,7 +189,7 @@ def parse_json(body: bytes | bytearray) -> dict:
     try:
         obj = json.loads(bytes(body), parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise Reject(400, "BadRequest", f"the body is not valid JSON ({_one_line(exc)[:120]})") from None
+        raise Reject(400, "BadRequest", f"the body is not valid JSON ({one_line(exc)[:120]})") from None
     if not isinstance(obj, dict):
         raise Reject(400, "BadRequest", "the body must be a JSON object")
     return obj
@@ -288,13 +288,9 @@ def parse_volume(vid: str, body: bytearray, max_bytes: int) -> Volume:
     try:
         volume = Volume(array, np.array(matrix, dtype=np.float64), name=_string(header, "name", "", 200) or "")
     except ValueError as exc:
-        raise Reject(400, "BadRequest", _one_line(exc)) from None
+        raise Reject(400, "BadRequest", one_line(exc)) from None
     check_volume(volume)
     return volume
-
-
-def _one_line(text) -> str:
-    return " ".join(str(text).split())
 
 
 # ---- model work (runs on a worker thread) --------------------------------------------------------------
@@ -310,7 +306,7 @@ def _engine_errors(fn):
         except Exception as exc:
             from .devices import is_out_of_memory
 
-            if "torch" in sys.modules and is_out_of_memory(exc):
+            if is_out_of_memory(exc):
                 raise DeviceError("the device ran out of memory while running the model; restart the engine "
                                   "with --device cpu or free GPU memory") from None
             raise
@@ -368,7 +364,7 @@ def build_app(engine: Engine):
     app = FastAPI(title="tagseg engine", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
 
     def error(status: int, name: str, message: str):
-        return JSONResponse({"error": name, "message": _one_line(message)[:1000]}, status_code=status)
+        return JSONResponse({"error": name, "message": one_line(message)[:1000]}, status_code=status)
 
     @app.exception_handler(Reject)
     async def _reject(request, exc: Reject):
@@ -549,7 +545,7 @@ def read_token(path: Path, warn) -> str:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: cannot read the token file ({_one_line(exc)})") from None
+        raise InputError(f"{path}: cannot read the token file ({one_line(exc)})") from None
     token = lines[0].strip() if lines else ""
     if len(token) < MIN_TOKEN_CHARS:
         raise InputError(f"{path}: the token must be at least {MIN_TOKEN_CHARS} characters on the first line")

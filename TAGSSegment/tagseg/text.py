@@ -29,6 +29,7 @@ import unicodedata
 from dataclasses import dataclass
 
 from . import intensity, terminology
+from .errors import one_line
 
 # anatomy key -> English words that name it (whole words or word prefixes). The key order is the priority when
 # a text names two ("liver metastasis of a pancreatic cancer" reads as pancreas).
@@ -227,11 +228,8 @@ def clean_text(text: object) -> str:
     """One clean printable line: undecodable bytes become '?', control characters (terminal escape
     sequences, NUL, newlines) and invisible ones become spaces, runs of spaces one. Used for `--text` and
     for every path or name echoed in a message."""
-    raw = str(text)
     # undecodable command-line bytes arrive as lone surrogates; control characters (NUL) would cut file headers
-    raw = raw.encode("utf-8", "replace").decode("utf-8")
-    raw = "".join(ch if ch.isprintable() else " " for ch in raw)
-    return " ".join(raw.split())
+    return one_line(str(text))
 
 
 def fold(text: str) -> str:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
-from .paths import write_atomic, write_json_atomic, write_text_atomic
+from .fs import write_atomic, write_json_atomic, write_text_atomic
 from .tags import build_tags
 from .tags.losses import alignment_loss, soft_dice_loss
 from .tags.model import TagsNet
@@ -404,3 +404,106 @@ def check_output_folder(out: Path, resume: bool) -> None:
             raise InputError(f"{out}: cannot use it as the run folder: {folder} is a file")
     if out.exists() and any(out.iterdir()) and not resume and (out / "last.safetensors").exists():
         raise InputError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+
+
+# ---- a run's set-up: data, split, intensity, datasets, config (what `tagseg train` does before fitting) ----------
+@dataclass
+class PreparedRun:
+    """Everything `Trainer` needs, made by `prepare`; `fit` trains, `close` leaves the process group."""
+
+    config: TrainConfig
+    train_set: object
+    val_set: object
+    dist: Distributed
+
+    def fit(self, resume: bool = False) -> dict:
+        return Trainer(self.config, self.train_set, self.val_set).fit(resume=resume)
+
+    def close(self) -> None:
+        if self.dist.enabled:
+            import torch.distributed as tdist
+
+            tdist.destroy_process_group()
+
+
+def prepare(data: str | os.PathLike, task: str, out: str | os.PathLike, *, preset: str = "tags-b",
+            epochs: int = 200, lr: float = 1e-4, seed: int = 0, autocast: str = "off", layout: str = "auto",
+            organ_dir: str | None = None, split: str | None = None, fold: int = 0, tumour_label: int | None = None,
+            sam_weights: str | None = None, text_encoder: str | None = None,
+            object_word_mode: str = "dataset-key", point_labels: bool = False,
+            max_steps_per_epoch: int | None = None, cache: str | None = None, resume: bool = False,
+            device: str = "auto", log: Callable[[str], None] | None = None) -> PreparedRun:
+    """Check the data and the run folder, split the cases (seeded 70/10/20 without a split file), fix the
+    intensity normalisation, warm the preprocessed cache and write split.json and config.json (main rank only).
+
+    `task` is a published one (kits, lits, pancreas: window, statistics, organ, object word) or "custom" (from
+    the dataset.json); `log` receives the notes a user should see (default: stderr).
+    """
+    from .data import transforms as T
+    from .data.datasets import (check_cases, dataset_anatomy, find_cases, make_split, save_split_json,
+                                split_cases)
+    from .data.loader import TrainingDataset
+    from .data.preprocess import PreprocessedCache, task_intensity
+    from .data.synthetic import dataset_intensity
+    from .tags import text_encoder as te
+    from .tags.config import get_preset
+    from .tags.tasks import TASKS
+    from .text import ORGAN_LABELS
+
+    log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    spec = TASKS.get(task)
+    out = Path(out).expanduser()
+    check_output_folder(out, resume)
+    net_preset = get_preset(preset)
+    tumour_label = tumour_label if tumour_label is not None else (spec.tumour_label if spec else 2)
+    cases, subsets = find_cases(data, layout=layout, organ="auto", organ_dir=organ_dir, split_file=split, fold=fold)
+    check_cases(cases, tumour_label=tumour_label)
+    if subsets is None:
+        subsets = make_split([c.case_id for c in cases], seed)
+        log("no --split: a seeded 70/10/20 split of this data (saved as split.json in the run folder), "
+            "not the paper's 3DSAM-adapter fold")
+    sets = split_cases(cases, subsets)
+    if not sets.get("train") or not sets.get("val"):
+        raise InputError("the split has no training or no validation cases")
+    if spec is not None:
+        intensity = task_intensity(spec)
+        anatomy, organ_labels = spec.anatomy, list(spec.organ_labels)
+        word = te.object_word(anatomy, mode=object_word_mode, task=spec.key)
+    else:
+        stats = dataset_intensity(data)
+        if stats is None:
+            raise InputError(f"{data}: a custom task needs intensity statistics in dataset.json "
+                             "(window/mean/std, as `tagseg synth` writes) or use --task kits|lits|pancreas")
+        intensity = task_intensity(stats)
+        anatomy = dataset_anatomy(data)
+        organ_labels = list(ORGAN_LABELS.get(anatomy, (anatomy,)))
+        word = te.object_word(anatomy, mode="anatomy")
+    intensity_meta = {"window": list(intensity.window), "mean": intensity.mean, "std": intensity.std}
+    crop = net_preset.crop_size
+    preprocessed = PreprocessedCache(Path(cache).expanduser() if cache else out.parent / "cache",
+                                     spacing_mm=net_preset.spacing_mm)
+    dist = init_distributed(device if device != "auto" else "cpu")
+    if dist.main:
+        out.mkdir(parents=True, exist_ok=True)
+        preprocessed.warm(sets["train"] + sets["val"], intensity.window, tumour_label)
+        save_split_json(out / "split.json", subsets, meta={"seed": seed, "fold": fold})
+    if dist.enabled:
+        import torch.distributed as tdist
+
+        tdist.barrier()
+    task_spec = spec if spec is not None else intensity_meta
+    train_set = TrainingDataset(sets["train"], preprocessed, T.train_transforms(task_spec, crop=crop), task_spec,
+                                seed, tumour_label=tumour_label)
+    val_set = TrainingDataset(sets["val"], preprocessed, T.val_transforms(task_spec, crop=crop), task_spec, seed,
+                              tumour_label=tumour_label)
+    config = TrainConfig(out=str(out), preset=preset, epochs=epochs, lr=lr, seed=seed, autocast=autocast,
+                         point_labels=point_labels, max_steps_per_epoch=max_steps_per_epoch, device=device,
+                         sam_weights=sam_weights, text_encoder=text_encoder, object_word=word,
+                         object_word_mode=object_word_mode if spec else "anatomy",
+                         task=spec.key if spec else "custom", anatomy=anatomy, organ_labels=organ_labels,
+                         intensity=intensity_meta,
+                         provenance={"data": str(Path(data).resolve()), "train_cases": len(sets["train"]),
+                                     "val_cases": len(sets["val"])})
+    if dist.main:
+        write_run_config(out, config)
+    return PreparedRun(config, train_set, val_set, dist)

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import ModelError
-from .paths import AtomicFile, WriteError, cache_dir, sha256_file
+from .fs import AtomicFile, WriteError
+from .paths import cache_dir, sha256_file
 
 CHUNK_BYTES = 1 << 20
 _TRUE = {"1", "true", "yes", "on"}

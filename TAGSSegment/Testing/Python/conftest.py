@@ -6,16 +6,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from tagseg.evaluate import dice  # noqa: F401  (the one Dice; test files import it from here)
+
 TINY_PHANTOM = dict(seed=1, shape_kji=(24, 80, 80), spacing_ijk=(1.2, 1.2, 2.0), tumour_radius_mm=9.0)
 # a soft-tissue window with statistics near the phantom's organs (what `tagseg train` would measure)
 TINY_INTENSITY = {"window": [-160.0, 240.0], "mean": 40.0, "std": 60.0}
 TRAIN_STEPS = 60
 DEFAULT_MODEL = "litemedsam-3d"
-
-
-def dice(a, b) -> float:
-    x, y = np.asarray(a) > 0, np.asarray(b) > 0
-    return 2.0 * np.count_nonzero(x & y) / max(int(x.sum() + y.sum()), 1)
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,8 @@ import pytest
 import SimpleITK as sitk
 
 from tagseg import backends, cli, io, synth
+from tagseg.commands import demo
+from tagseg.evaluate import dice
 from tagseg.io import load_volume, save_volume
 from tagseg.session import Session
 
@@ -29,11 +31,6 @@ MODULE_DIR = Path(__file__).resolve().parents[2]          # TAGSSegment/
 MODEL = "litemedsam-3d"
 PHANTOM = dict(seed=0, shape_kji=(16, 64, 64), spacing_ijk=(2.0, 2.0, 4.0))
 MIN_DICE = 0.6
-
-
-def dice(a, b) -> float:
-    x, y = np.asarray(a) > 0, np.asarray(b) > 0
-    return 2.0 * np.count_nonzero(x & y) / max(int(x.sum() + y.sum()), 1)
 
 
 def sha256(path: Path) -> str:
@@ -406,7 +403,7 @@ def test_demo_on_a_small_phantom(capsys, monkeypatch, shared_backend, tmp_path):
     monkeypatch.setattr(synth, "make_phantom", partial(synth.make_phantom, shape_kji=PHANTOM["shape_kji"],
                                                        spacing_ijk=PHANTOM["spacing_ijk"]))
     # the small test grid keeps the seed's own tumour size (the one the segment tests use)
-    monkeypatch.setattr(cli, "DEMO_TUMOUR_RADIUS_MM", None)
+    monkeypatch.setattr(demo, "DEMO_TUMOUR_RADIUS_MM", None)
     result = run(capsys, "demo", "--out", tmp_path, "--seed", str(PHANTOM["seed"]), "--no-real", "--no-large",
                  "--device", "cpu")
     assert result.code == 0, result.err

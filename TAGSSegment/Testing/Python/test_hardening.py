@@ -26,7 +26,7 @@ import SimpleITK as sitk
 from tagseg import budget, geometry
 from tagseg.errors import InputError
 from tagseg.io import load_volume, save_volume
-from tagseg.paths import AtomicFile, remove_stale_parts
+from tagseg.fs import AtomicFile, remove_stale_parts
 from tagseg.prompts import make_point
 from tagseg.volume import Volume, make_ijk_to_ras
 
@@ -362,7 +362,7 @@ WRITERS_CHECK = textwrap.dedent("""
     from tagseg import train
     from tagseg.data.datasets import save_split_json
     from tagseg.data.preprocess import PreprocessedCache
-    from tagseg.paths import write_json_atomic
+    from tagseg.fs import write_json_atomic
     from tagseg.tags import text_encoder as te
 
     LIMIT = 64 << 10

@@ -121,7 +121,7 @@ def _package_name(requirement: str) -> str:
 def test_pyproject_declares_package_and_console_script():
     project = _pyproject()
     assert project["project"]["name"] == "tagseg"
-    assert project["project"]["scripts"]["tagseg"] == "tagseg.cli:main"
+    assert project["project"]["scripts"]["tagseg"] == "tagseg.commands:main"
     setuptools = project["tool"]["setuptools"]
     assert setuptools["package-dir"] == {"": "TAGSSegment"}
     assert setuptools["packages"]["find"]["include"] == ["tagseg*"]

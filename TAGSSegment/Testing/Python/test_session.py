@@ -14,6 +14,7 @@ import pytest
 from tagseg import backends
 from tagseg.backends.base import Backend, GridPrompts
 from tagseg.errors import PromptError
+from tagseg.evaluate import dice
 from tagseg.geometry import resample_like
 from tagseg.prompts import PromptSet
 from tagseg.session import Session
@@ -32,11 +33,6 @@ GEOMETRIES = {
     # i runs along S, j along R, k along A: slices are sagittal-ish in the array, axial in RAS
     "permuted": (np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]), (4.0, 2.0, 2.0), (64, 64, 16)),
 }
-
-
-def dice(a, b) -> float:
-    x, y = np.asarray(a) > 0, np.asarray(b) > 0
-    return 2.0 * np.count_nonzero(x & y) / max(int(x.sum() + y.sum()), 1)
 
 
 def digest(array: np.ndarray) -> str:

@@ -26,6 +26,7 @@ slicer = pytest.importorskip("slicer", reason="slicer-core (pip install slicer-c
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
+from tagseg.evaluate import dice  # noqa: E402
 from tagseg.synth import make_phantom  # noqa: E402
 from tagseg.volume import Volume  # noqa: E402
 from TAGSSegmentLib import logic as L  # noqa: E402
@@ -48,11 +49,6 @@ def slab(volume: Volume, k0: int, count: int = 3) -> Volume:
     matrix = np.array(volume.ijk_to_ras)
     matrix[:3, 3] = volume.kji_to_ras([[k0, 0, 0]])[0]
     return Volume(np.asarray(volume.array)[k0:k0 + count], matrix, volume.name)
-
-
-def dice(a, b) -> float:
-    x, y = np.asarray(a) > 0, np.asarray(b) > 0
-    return 2.0 * np.count_nonzero(x & y) / max(int(x.sum() + y.sum()), 1)
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ vtk = pytest.importorskip("vtk")
 
 import tagseg  # noqa: E402
 from tagseg.errors import InputError, PromptError  # noqa: E402
+from tagseg.evaluate import dice  # noqa: E402
 from tagseg.prompts import make_box  # noqa: E402
 from tagseg.synth import make_phantom  # noqa: E402
 from tagseg.volume import Volume, make_ijk_to_ras  # noqa: E402
@@ -40,11 +41,6 @@ SHAPE = (12, 20, 24)  # KJI
 
 # ---------------------------------------------------------------------------------------------------------------
 # helpers
-
-def dice(a, b) -> float:
-    x, y = np.asarray(a) > 0, np.asarray(b) > 0
-    return 2.0 * np.count_nonzero(x & y) / max(int(x.sum() + y.sum()), 1)
-
 
 def rotation(axis, angle_deg, translation) -> np.ndarray:
     axis = np.asarray(axis, float) / np.linalg.norm(axis)

@@ -393,8 +393,9 @@ def test_synth_command_refuses_unknown_choices(capsys, tmp_path):
 
 
 def test_synth_command_choices_match_the_generator():
-    from tagseg import research_cli, synth
+    from tagseg import synth
+    from tagseg.commands import synth as command
 
-    assert research_cli.LESION_EDGES == synth.EDGES and research_cli.LESION_MODALITIES == synth.MODALITIES
-    assert research_cli.LESION_SLICES == synth.SLICE_GEOMETRIES
-    assert research_cli.LESION_RADIUS_MM == synth.LESION_RADIUS_LIMITS_MM
+    assert command.LESION_EDGES == synth.EDGES and command.LESION_MODALITIES == synth.MODALITIES
+    assert command.LESION_SLICES == synth.SLICE_GEOMETRIES
+    assert command.LESION_RADIUS_MM == synth.LESION_RADIUS_LIMITS_MM

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..io import LPS_TO_RAS, load_mask_union, load_volume
-from ..paths import write_json_atomic
+from ..fs import write_json_atomic
 from ..text import ORGAN_LABELS
 from ..volume import Volume
 
@@ -525,3 +525,30 @@ def split_cases(cases: Sequence[Case], split: Mapping[str, Sequence[str]]) -> di
     if missing:
         raise InputError(_listing("split case ids not found in the dataset", missing))
     return {name: [by_id[cid] for cid in ids] for name, ids in split.items()}
+
+
+def dataset_anatomy(root: str | os.PathLike) -> str:
+    """The organ a dataset folder is about: label 1's name in its dataset.json (lower case), else "organ"."""
+    meta = Path(root) / "dataset.json"
+    if meta.is_file():
+        labels = json.loads(meta.read_text(encoding="utf-8")).get("labels", {})
+        name = labels.get("1") or labels.get(1)
+        if isinstance(name, str) and name:
+            return name.lower()
+    return "organ"
+
+
+def find_cases(root: str | os.PathLike, layout: str = "auto", organ: str | Sequence[str] | None = "auto",
+               organ_dir: str | os.PathLike | None = None, split_file: str | os.PathLike | None = None,
+               fold: int = 0) -> tuple[list[Case], dict[str, list[str]] | None]:
+    """The cases of a dataset folder and, when `split_file` is given, its subsets (a 3DSAM-adapter .pkl fold or a
+    tagseg .json); what `train` and `evaluate` start from."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise InputError(f"{root}: not a folder")
+    cases = discover_cases(root, layout=layout, organ=organ, organ_dir=organ_dir)
+    split = None
+    if split_file:
+        path = Path(split_file).expanduser()
+        split = load_split_pkl(path, fold) if path.suffix == ".pkl" else load_split_json(path)
+    return cases, split

@@ -312,7 +312,7 @@ class PreprocessedCache:
     @staticmethod
     def _write_file(folder: Path, name: str, writer: Callable) -> None:
         """Through the one atomic writer; an array is read back (header and size) before the rename."""
-        from ..paths import write_atomic
+        from ..fs import write_atomic
 
         def write(tmp: Path) -> None:
             with open(tmp, "wb") as stream:
@@ -327,7 +327,7 @@ class PreprocessedCache:
         write_atomic(folder / name, write, verify, suffix=Path(name).suffix, what="the cache entry")
 
     def _store(self, folder: Path, arrays: dict[str, np.ndarray], meta: dict, case_id: str) -> None:
-        from ..paths import WriteError
+        from ..fs import WriteError
 
         try:
             folder.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..io import load_volume, save_volume
-from ..paths import write_json_atomic
+from ..fs import write_json_atomic
 from ..synth import insert_tumour, make_phantom
 from ..text import ORGAN_LABELS
 from ..volume import Volume

@@ -57,8 +57,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from ..errors import ModelError
-from ..paths import cache_dir, fsync_dir, sha256_file
+from ..errors import ModelError, one_line
+from ..fs import fsync_dir
+from ..paths import cache_dir, sha256_file
 from .installed import INDEX_NAME, _read_index, _valid_entry, find_installed, models_dir  # noqa: F401
 from .tasks import OBJECT_WORD_MODES, TASKS
 
@@ -91,11 +92,6 @@ def _tagseg_version() -> str:
     return str(getattr(package, "__version__", "unknown"))
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:200] or type(exc).__name__
-
-
 def _fmt_shape(shape: Collection[int]) -> str:
     return "(" + ", ".join(str(int(n)) for n in shape) + ")"
 
@@ -116,7 +112,7 @@ def _fsync_file(path: str | Path) -> None:
 def _atomic_write(dest: Path, write: Callable[[str], None], what: str) -> str:
     """Through the one atomic writer (tagseg.paths): a crash or an error never leaves a half-written dest nor
     the temp file; the file is read back (safetensors header) before the rename. Returns its SHA-256."""
-    from ..paths import WriteError, write_atomic
+    from ..fs import WriteError, write_atomic
 
     digest: list[str] = []
 
@@ -131,7 +127,7 @@ def _atomic_write(dest: Path, write: Callable[[str], None], what: str) -> str:
     except WriteError as exc:
         raise ModelError(str(exc)) from None
     except SafetensorError as exc:
-        raise ModelError(f"cannot write {what} {dest}: {_one_line(exc)}") from exc
+        raise ModelError(f"cannot write {what} {dest}: {one_line(exc, 200)}") from exc
     return digest[0]
 
 
@@ -235,7 +231,7 @@ def _parse_header(header: Mapping[str, str] | None, where: Path) -> dict:
     try:
         meta = json.loads(raw)
     except ValueError as exc:
-        raise ModelError(f"{where} has unreadable tagseg metadata ({_one_line(exc)})") from exc
+        raise ModelError(f"{where} has unreadable tagseg metadata ({one_line(exc, 200)})") from exc
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else None
         raise ModelError(f"{where} is not a tagseg TAGS checkpoint (metadata format {found!r}, expected {FORMAT!r})")
@@ -302,7 +298,7 @@ def save_checkpoint(path: str | os.PathLike, state_dict: Mapping[str, torch.Tens
     try:
         text = json.dumps(meta, sort_keys=True, allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError) as exc:
-        raise ModelError(f"cannot save {dest}: metadata is not plain JSON ({_one_line(exc)})") from exc
+        raise ModelError(f"cannot save {dest}: metadata is not plain JSON ({one_line(exc, 200)})") from exc
     return _atomic_write(dest, lambda tmp: _write_tensors(tmp, tensors, {METADATA_KEY: text}), "checkpoint")
 
 
@@ -359,7 +355,7 @@ def read_metadata(path: str | os.PathLike) -> dict:
         with safe_open(str(src), framework="pt", device="cpu") as reader:
             return _parse_header(reader.metadata(), src)
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise ModelError(f"{src} is not a readable safetensors file ({_one_line(exc)})") from exc
+        raise ModelError(f"{src} is not a readable safetensors file ({one_line(exc, 200)})") from exc
 
 
 def load_checkpoint(path: str | os.PathLike, verify: bool = True) -> TagsCheckpoint:
@@ -372,7 +368,7 @@ def load_checkpoint(path: str | os.PathLike, verify: bool = True) -> TagsCheckpo
             # get_tensor maps the file; clone so later changes to the file cannot alter what was verified.
             tensors = {name: reader.get_tensor(name).clone() for name in reader.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise ModelError(f"{src} is not a readable safetensors file ({_one_line(exc)})") from exc
+        raise ModelError(f"{src} is not a readable safetensors file ({one_line(exc, 200)})") from exc
     if verify and tensors_sha256(tensors) != meta["tensors_sha256"]:
         raise ModelError(f"{src} is damaged or was modified: its tensors do not match the checksum in its metadata; "
                          "download or convert it again")
@@ -440,7 +436,7 @@ def safe_torch_load(path: str | os.PathLike) -> object:
     except MemoryError:
         raise
     except Exception as exc:  # torch raises many types for damaged or foreign files
-        raise ModelError(f"{src} is not a readable PyTorch checkpoint ({_one_line(exc)})") from exc
+        raise ModelError(f"{src} is not a readable PyTorch checkpoint ({one_line(exc, 200)})") from exc
 
 
 def _plain_state_dict(value: Any, what: str, src: Path) -> dict[str, torch.Tensor]:

@@ -368,7 +368,7 @@ def _write_cache(path: Path, t: torch.Tensor, encoder: TextEncoder, word: str) -
     """Through the one atomic writer, read back before the rename. Failure only costs a recompute later."""
     from safetensors.torch import save
 
-    from ..paths import write_atomic
+    from ..fs import write_atomic
     data = save({"T": t.contiguous()},
                 metadata={"encoder_id": encoder.id, "object_word": word, "ensemble": ENSEMBLE_VERSION})
 

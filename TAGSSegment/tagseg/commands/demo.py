@@ -1,0 +1,171 @@
+"""`tagseg demo`: segment a synthetic phantom (a typical and a large tumour) and, when present, a real case from
+../shared/data, the way a user would: three clicks, a prediction, one refinement click, another prediction."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from ..errors import InputError
+from .common import Reporter, close, mask_stats, predict
+from .outputs import check_writable, write_outputs
+
+DEMO_CLICKS = 3
+REAL_CASE = ("lesions_dev", "deeplesion_000002_ct")
+REAL_CASE_TEXT = "lesion"
+# A typical lesion size (the dev lesions are 7-17 mm in equivalent radius); see the README for larger ones.
+DEMO_TUMOUR_RADIUS_MM = 10.0
+# ...and a large soft-edged one, like the gliomas on isotropic FLAIR (tagseg.synth.make_lesion_phantom)
+DEMO_LARGE_PHANTOM = {"radius_mm": 30.0, "edge": "soft", "modality": "mr", "slices": "isotropic"}
+
+
+def register(commands) -> None:
+    """Add `demo` to the `tagseg` subcommands."""
+    demo = commands.add_parser("demo", help="segment a synthetic phantom (and a real case if available)")
+    demo.add_argument("--out", metavar="DIR", help="output folder (default: a new temporary folder)")
+    demo.add_argument("--seed", type=int, default=0, help="phantom and click seed (default: 0)")
+    demo.add_argument("--real", action=argparse.BooleanOptionalAction, default=True,
+                      help="also run a real case from ../shared/data when present (default: yes)")
+    demo.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    demo.add_argument("--large", action=argparse.BooleanOptionalAction, default=True,
+                      help="also segment a large soft-edged tumour phantom (30 mm radius, isotropic MR; default: yes)")
+    demo.set_defaults(func=run)
+
+
+def shared_data_dir() -> Path:
+    """`../shared/data` beside the checkout, or $TAGSEG_SHARED_DATA."""
+    env = os.environ.get("TAGSEG_SHARED_DATA")
+    if env:
+        return Path(env).expanduser()
+    return Path(__file__).resolve().parents[3].parent / "shared" / "data"
+
+
+def _clicks_from_label(label, count: int, rng) -> list[tuple[float, float, float]]:
+    """RAS centres of `count` label voxels drawn uniformly without replacement (the paper's click protocol)."""
+    import numpy as np
+
+    voxels = np.argwhere(np.asarray(label.array) > 0)
+    if len(voxels) == 0:
+        raise InputError(f"{label.name or 'label'}: the reference label is empty")
+    picks = voxels[rng.choice(len(voxels), size=min(count, len(voxels)), replace=False)]
+    return [tuple(float(v) for v in ras) for ras in label.kji_to_ras(picks)]
+
+
+class _Steps:
+    """A step counter on stderr (only on a terminal): the demo's model passes take seconds each."""
+
+    def __init__(self, total: int) -> None:
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=total, desc="demo", unit="step", file=sys.stderr, leave=False,
+                         disable=not sys.stderr.isatty())
+        self._open = False
+
+    def start(self, what: str) -> None:
+        self.finish()
+        self._bar.set_postfix_str(what)
+        self._open = True
+
+    def finish(self) -> None:
+        if self._open:
+            self._bar.update(1)
+            self._open = False
+
+    def close(self) -> None:
+        self.finish()
+        self._bar.close()
+
+
+def _demo_case(name: str, image, label, text: str, seed: int, out: Path, device: str,
+               reporter: Reporter, steps: _Steps) -> dict:
+    """Three clicks, predict, one more click, predict again; writes the mask and an overlay."""
+    import numpy as np
+
+    from ..evaluate import dice
+    from ..session import Session
+
+    rng = np.random.default_rng(seed)
+    clicks = _clicks_from_label(label, DEMO_CLICKS, rng)
+    refine_click = _clicks_from_label(label, 1, rng)[0]
+    session = Session(image, model="auto", device=device, warn=reporter.warn)
+    interrupted: list[bool] = []
+    try:
+        session.set_text(text)
+        for click in clicks:
+            session.add_point(click)
+        steps.start(f"{name}: first prediction")
+        t0 = time.perf_counter()
+        first = predict(session, interrupted)
+        first_s = time.perf_counter() - t0
+        load_s = session.model_load_seconds()
+        session.add_point(refine_click)
+        steps.start(f"{name}: refinement click")
+        t1 = time.perf_counter()
+        refined = predict(session, interrupted)
+        refine_s = time.perf_counter() - t1
+    finally:
+        close(session, interrupted)
+    mask_path = out / f"{name}_mask.nii.gz"
+    write_outputs(refined, image, mask_path, ".nii.gz", text, out / f"{name}_overlay.png",
+                  clicks + [refine_click], reference=label)
+    return {"case": name, "text": text, "clicks_ras": clicks, "refine_click_ras": refine_click,
+            "dice_first": round(dice(first.array, label.array), 4), "dice": round(dice(refined.array, label.array), 4),
+            "first_prediction_s": round(first_s, 3), "model_load_s": None if load_s is None else round(load_s, 3),
+            "refinement_s": round(refine_s, 3), "refinement_ratio": round(refine_s / max(first_s, 1e-9), 4),
+            "mask": str(mask_path), "overlay": str(out / f"{name}_overlay.png"), **mask_stats(refined)}
+
+
+def _print_case(result: dict) -> None:
+    load = f" (incl. model load {result['model_load_s']:.2f} s)" if result.get("model_load_s") else ""
+    print(f"{result['case']}: Dice {result['dice_first']:.3f} after {DEMO_CLICKS} clicks, "
+          f"{result['dice']:.3f} after a refinement click; {result['volume_ml']:.2f} ml")
+    print(f"{result['case']}: first prediction {result['first_prediction_s']:.2f} s{load}, "
+          f"refinement {result['refinement_s']:.2f} s (ratio {result['refinement_ratio']:.2f})")
+    print(f"{result['case']}: wrote {result['mask']} and {result['overlay']}")
+
+
+def run(args: argparse.Namespace, reporter: Reporter) -> int:
+    """The phantom, the large phantom and the real case, each with its Dice and timings."""
+    from .. import synth
+    from ..devices import resolve_device
+    from ..io import load_volume
+
+    out = Path(args.out).expanduser() if args.out else Path(tempfile.mkdtemp(prefix="tagseg-demo-"))
+    check_writable(out / "phantom_mask.nii.gz", "the demo output")
+    device = resolve_device(args.device, reporter.warn)
+    case_dir = shared_data_dir().joinpath(*REAL_CASE)
+    run_real = args.real and (case_dir / "image.nii.gz").is_file() and (case_dir / "label.nii.gz").is_file()
+    steps = _Steps(3 + (2 if run_real else 0) + (3 if args.large else 0))
+    try:
+        steps.start("phantom")
+        phantom = synth.make_phantom(seed=args.seed, tumour_radius_mm=DEMO_TUMOUR_RADIUS_MM)
+        written = synth.write_case(phantom, out / "phantom")
+        result = _demo_case("phantom", phantom.image, phantom.label, phantom.description, args.seed, out, device,
+                            reporter, steps)
+        print(f"phantom: seed {args.seed}, {phantom.description}, {phantom.radius_mm:.1f} mm radius, "
+              f"contrast {phantom.contrast_hu:+.0f} HU; case written to {written['image'].parent}")
+        _print_case(result)
+        if args.large:
+            steps.start("large phantom")
+            large = synth.make_lesion_phantom(seed=args.seed, **DEMO_LARGE_PHANTOM)
+            written = synth.write_case(large, out / "large_phantom")
+            print(f"large_phantom: seed {args.seed}, {large.description}, {large.radius_mm:g} mm radius, "
+                  f"{large.extra['edge']} edge ({large.extra['ramp_mm']:.1f} mm ramp), {large.extra['modality']}, "
+                  f"{large.extra['slices']} slices {'x'.join(str(n) for n in large.image.shape_kji[::-1])}; "
+                  f"case written to {written['image'].parent}")
+            _print_case(_demo_case("large_phantom", large.image, large.label, large.description, args.seed, out,
+                                   device, reporter, steps))
+        if run_real:
+            image = load_volume(case_dir / "image.nii.gz")
+            label = load_volume(case_dir / "label.nii.gz")
+            _print_case(_demo_case(REAL_CASE[1], image, label, REAL_CASE_TEXT, 0, out, device, reporter, steps))
+        elif args.real:
+            print(f"real case skipped: {case_dir} not found (set TAGSEG_SHARED_DATA to the shared data folder)")
+        else:
+            print("real case skipped: --no-real given")
+    finally:
+        steps.close()
+    return 0
