@@ -1,11 +1,24 @@
 """Choosing the compute device: CUDA when present, CPU always works, Apple MPS only on request."""
 from __future__ import annotations
 
+import os
 import sys
 
 from .errors import DeviceError
 
 CHOICES = ("auto", "cpu", "cuda", "mps")
+
+
+# Device nodes without which no CUDA (NVIDIA), ROCm (AMD, also reported through torch.cuda) or WSL GPU can exist
+_LINUX_GPU_NODES = ("/dev/nvidia0", "/dev/nvidiactl", "/proc/driver/nvidia", "/dev/kfd", "/dev/dxg")
+
+
+def _may_have_gpu() -> bool:
+    """False only where no GPU can be present (Linux without any GPU device node): "auto" is then the CPU
+    without importing torch (0.5 GB, 1-2 s), which the default model does not otherwise need."""
+    if not sys.platform.startswith("linux"):
+        return True
+    return any(os.path.exists(node) for node in _LINUX_GPU_NODES)
 
 
 def resolve_device(requested: str = "auto", warn=None) -> str:
@@ -14,6 +27,8 @@ def resolve_device(requested: str = "auto", warn=None) -> str:
     that pass their reporter; nothing here needs it now."""
     choice = (requested or "auto").lower()
     if choice == "cpu":               # no torch import: a refused input stays cheap (torch alone is ~0.6 GB)
+        return "cpu"
+    if choice == "auto" and not _may_have_gpu():
         return "cpu"
     import torch
 

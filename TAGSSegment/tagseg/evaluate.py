@@ -247,7 +247,8 @@ def session_predictor(model: str, device: str = "auto", text: str = "", backend_
     state = {"case": None}
 
     def predict(image: Volume, clicks: np.ndarray):
-        with Session(image, model=model, device=device, backend_options=backend_options) as session:
+        with Session(image, model=model, device=device, backend_options=backend_options,
+                     work_ahead=False) as session:
             if text:
                 session.set_text(text)
             organ = organ_for(state["case"]) if organ_for and state["case"] else None

@@ -33,13 +33,16 @@ class Session:
 
     def __init__(self, volume: Volume, model: str = "auto", device: str = "auto",
                  warn: Callable[[str], None] | None = None, backend_options: dict | None = None,
-                 progress: Progress | None = None) -> None:
+                 progress: Progress | None = None, work_ahead: bool = True) -> None:
+        """`work_ahead`: let the model use the time after each result for what the next click will need (the
+        default model encodes nearby slices in the background); off for one-shot use such as the CLI."""
         if not isinstance(volume, Volume):
             raise TypeError("Session needs a tagseg.Volume (see tagseg.load_volume)")
         check_volume(volume)
         self.volume = volume
         self.model = model
         self.backend_options = dict(backend_options or {})
+        self.work_ahead = work_ahead
         self._warn = warn
         self.device = resolve_device(device, warn)
         self._history: list[P.PromptSet] = [P.PromptSet()]
@@ -173,6 +176,8 @@ class Session:
                     try:
                         backend.set_image(self.volume)
                         mask = backend.predict(grid_prompts)
+                        if self.work_ahead:
+                            backend.work_ahead()
                     finally:
                         backend.progress = None
                     crops = tuple(getattr(backend, "crops", ()) or ())

@@ -116,8 +116,8 @@ def test_corrections_can_be_switched_off(phantom_session, shared_backend):
 
 
 def test_slices_a_correction_needs_are_encoded_while_the_user_looks(shared_backend):
-    """After a result, the backend encodes the slices around it in the background: an include correction then
-    encodes fewer slices itself. Neither waiting for it nor cancelling it mid-way (an immediate click) changes
+    """After a result, the backend encodes the slices around it in the background (Session work_ahead, the
+    default): an include correction then encodes fewer slices itself. Neither waiting for it nor cancelling it mid-way (an immediate click) changes
     a mask."""
     from tagseg import Session
     from tagseg.synth import make_phantom
@@ -127,14 +127,13 @@ def test_slices_a_correction_needs_are_encoded_while_the_user_looks(shared_backe
     inside = np.argwhere(label)
     centre = inside[len(inside) // 2]
     net = shared_backend.net
-    defaults = (shared_backend.options.prefetch, shared_backend.options.prefetch_slices)
+    default = shared_backend.options.prefetch_slices
     runs = {}
     for mode in ("off", "immediate", "wait"):
-        shared_backend.options.prefetch = mode != "off"
         shared_backend.options.prefetch_slices = 16
         net.clear_cache()
         try:
-            with Session(phantom.image, model="litemedsam-3d", device="cpu") as s:
+            with Session(phantom.image, model="litemedsam-3d", device="cpu", work_ahead=mode != "off") as s:
                 s.set_text(phantom.description)
                 s.add_point(phantom.image.kji_to_ras(centre)[0])
                 first = np.asarray(s.predict().array) > 0
@@ -149,7 +148,7 @@ def test_slices_a_correction_needs_are_encoded_while_the_user_looks(shared_backe
                 corrected = np.asarray(s.predict().array) > 0
                 runs[mode] = (first, corrected, s.timings.get("slices_encoded", 0))
         finally:
-            shared_backend.options.prefetch, shared_backend.options.prefetch_slices = defaults
+            shared_backend.options.prefetch_slices = default
     for mode in ("immediate", "wait"):
         assert np.array_equal(runs["off"][0], runs[mode][0])
         assert np.array_equal(runs["off"][1], runs[mode][1])

@@ -88,3 +88,30 @@ def test_unknown_runtime_or_variant_is_a_model_error():
         LiteMedSAM(encoder="fp8")
     with pytest.raises(ModelError, match="needs ONNX Runtime"):
         LiteMedSAM(runtime="torch", encoder="int8")
+
+
+def test_the_default_model_on_a_cpu_never_imports_torch(tmp_path):
+    """`tagseg segment` with the default model and `--device auto` on a machine without a GPU: torch (~0.5 GB,
+    1-2 s to import) stays unloaded once the ONNX exports are cached (resizing is NumPy, tagseg.resize)."""
+    from tagseg import devices, save_volume
+    from tagseg.synth import make_phantom
+
+    if devices._may_have_gpu():
+        pytest.skip("this machine may have a GPU: --device auto imports torch to ask")
+    LiteMedSAM(runtime="onnxruntime")                           # the exports, cached (this process may use torch)
+    phantom = make_phantom(seed=0, shape_kji=(16, 64, 64), spacing_ijk=(2.0, 2.0, 4.0))
+    image = tmp_path / "image.nii.gz"
+    save_volume(phantom.image, image)
+    inside = np.argwhere(np.asarray(phantom.label.array) > 0)
+    point = ",".join(f"{v:.3f}" for v in phantom.image.kji_to_ras(inside[len(inside) // 2])[0])
+    out = tmp_path / "mask.nii.gz"
+    code = textwrap.dedent(f"""
+        import sys
+        from tagseg.commands import main
+        rc = main(["segment", {str(image)!r}, "-o", {str(out)!r}, "--point", {point!r}, "--quiet"])
+        print(rc, "torch" in sys.modules)
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[-2:] == ["0", "False"]
+    assert out.is_file()

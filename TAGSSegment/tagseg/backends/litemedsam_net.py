@@ -89,10 +89,12 @@ def exported_path(part: str) -> Path:
 
 
 def _threads() -> int:
-    """Torch's intra-op thread count (the physical cores): the backend imports torch anyway."""
-    import torch
+    """Intra-op threads: torch's count when torch is loaded (a caller may have set it), else 0 = ONNX Runtime's
+    default, the physical cores (importing torch only to ask would cost ~0.5 GB)."""
+    import sys
 
-    return int(torch.get_num_threads())
+    torch = sys.modules.get("torch")
+    return int(torch.get_num_threads()) if torch is not None else 0
 
 
 def _box_decoder(net):

@@ -172,7 +172,7 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
 
     progress = TerminalProgress(enabled=not args.quiet)
     session = Session(volume, model=model_name, device=args.device, warn=reporter.warn, backend_options=options,
-                      progress=progress)
+                      progress=progress, work_ahead=False)      # one prediction: nothing to prepare for
     interrupted: list[bool] = []
     proposed = None
     try:
