@@ -134,9 +134,11 @@ class Session:
     def backend_name(self) -> str:
         return resolve_model_name(self.model, parse_description(self.prompts.text))
 
+    @property
     def model_load_seconds(self) -> float | None:
         """Seconds the current model took to load (weights, a first ONNX export), when it is loaded and its
-        backend reports it; None otherwise. Loading nothing: asking is free."""
+        backend reports it; None otherwise. Loading nothing: asking is free. (A property, not a method: the
+        engine client's RemoteSession mirrors Session's methods, and this is a local measurement.)"""
         entry = self._backends.get(self.backend_name())
         value = getattr(entry[0] if entry else None, "load_seconds", None)
         return float(value) if value is not None else None

@@ -100,7 +100,7 @@ def _demo_case(name: str, image, label, text: str, seed: int, out: Path, device:
         t0 = time.perf_counter()
         first = predict(session, interrupted)
         first_s = time.perf_counter() - t0
-        load_s = session.model_load_seconds()
+        load_s = session.model_load_seconds
         session.add_point(refine_click)
         steps.start(f"{name}: refinement click")
         t1 = time.perf_counter()

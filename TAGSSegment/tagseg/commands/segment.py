@@ -197,7 +197,7 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
         t1 = time.perf_counter()
         mask = predict(session, interrupted)
         stages["predict"] = time.perf_counter() - t1
-        load_s = session.model_load_seconds()
+        load_s = session.model_load_seconds
     finally:
         progress.close()
         close(session, interrupted)
