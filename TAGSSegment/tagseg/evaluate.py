@@ -241,7 +241,7 @@ def session_predictor(model: str, device: str = "auto", text: str = "", backend_
 
     It returns (mask, protocol, inference): what the case actually ran, read from the backend.
     """
-    from .backends import acquire_backend
+    from .backends import acquire_backend, options_for
     from .session import Session
 
     state = {"case": None}
@@ -257,7 +257,8 @@ def session_predictor(model: str, device: str = "auto", text: str = "", backend_
             for point in clicks:
                 session.add_point(point, positive=True)
             mask = np.asarray(session.predict().array)
-            backend, _ = acquire_backend(session.backend_name(), session.device, session.backend_options)
+            name = session.backend_name()     # the backend the session ran, with the options it got
+            backend, _ = acquire_backend(name, session.device, options_for(name, session.backend_options))
             return (mask, *describe_run(getattr(backend, "last_run", None)))
 
     def for_case(case_id: str):

@@ -14,8 +14,8 @@ import numpy as np
 
 from . import prompts as P
 from .anatomy import select_organ
-from .backends import acquire_backend, resolve_model_name
-from .backends.base import Backend, GridPrompts
+from .backends import acquire_backend, check_option_names, options_for, resolve_model_name
+from .backends.base import ANATOMY, BOXES, NEGATIVE_POINTS, PROPOSE_POINT, Backend, GridPrompts
 from .checks import ResultWarning, check_result
 from .devices import resolve_device
 from .errors import PromptError
@@ -23,6 +23,15 @@ from .geometry import resample_like
 from .progress import Progress, notify
 from .text import parse_description
 from .volume import Volume, check_volume
+
+
+def _check_capabilities(name: str, backend: Backend, prompts: GridPrompts) -> None:
+    """A PromptError for a kind of prompt the model does not take (`Backend.capabilities`), not a silent skip."""
+    needed = {BOXES: bool(prompts.boxes_kji), NEGATIVE_POINTS: len(prompts.negative_kji) > 0,
+              ANATOMY: prompts.anatomy is not None}
+    missing = [what.replace("_", " ") for what, used in needed.items() if used and what not in backend.capabilities]
+    if missing:
+        raise PromptError(f"model '{name}' does not take {' or '.join(missing)}; remove them or choose another model")
 
 
 class Session:
@@ -41,7 +50,10 @@ class Session:
         check_volume(volume)
         self.volume = volume
         self.model = model
+        # options for the kinds of model this session may run (with model="auto" the description picks a TAGS
+        # checkpoint or the default model): each backend gets those its kind takes; one no kind takes is refused
         self.backend_options = dict(backend_options or {})
+        check_option_names(self.backend_options)
         self.work_ahead = work_ahead
         self._warn = warn
         self.device = resolve_device(device, warn)
@@ -146,7 +158,7 @@ class Session:
     def _backend(self, name: str) -> tuple[Backend, object]:
         """(backend, lock): loaded once per process and shared between sessions (see `acquire_backend`)."""
         if name not in self._backends:
-            self._backends[name] = acquire_backend(name, self.device, self.backend_options)
+            self._backends[name] = acquire_backend(name, self.device, options_for(name, self.backend_options))
         return self._backends[name]
 
     def predict(self, progress: Progress | None = None) -> Volume:
@@ -173,6 +185,7 @@ class Session:
 
             def job():
                 backend, lock = self._loaded_backend(name, callback)
+                _check_capabilities(name, backend, grid_prompts)
                 with lock:
                     backend.progress = callback
                     try:
@@ -182,7 +195,7 @@ class Session:
                             backend.work_ahead()
                     finally:
                         backend.progress = None
-                    crops = tuple(getattr(backend, "crops", ()) or ())
+                    crops = tuple(backend.crops or ())
                     timings = dict(backend.timings)
                 checked = time.perf_counter()
                 warnings = check_result(mask, self.volume.ijk_to_ras, grid_prompts.positive_kji,
@@ -218,7 +231,7 @@ class Session:
 
         def job():
             backend, lock = self._backend(name)
-            if not hasattr(backend, "propose_point"):
+            if PROPOSE_POINT not in backend.capabilities:
                 raise PromptError(f"model '{name}' has no text branch; a text-only start needs a TAGS checkpoint")
             with lock:
                 backend.set_image(self.volume)

@@ -62,11 +62,13 @@ def tiny_trained(tmp_path_factory):
 @pytest.fixture(scope="module")
 def shared_backend():
     """The real default backend, loaded once per test module; every Session the module opens gets it."""
+    from dataclasses import replace
+
     from tagseg import backends
 
     backend = backends.create_backend(DEFAULT_MODEL, "cpu")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(backends.BACKENDS, DEFAULT_MODEL, lambda device, options: backend)
+    with pytest.MonkeyPatch.context() as patch:   # the same kind (its options and capabilities), this instance
+        patch.setitem(backends.BACKENDS, DEFAULT_MODEL, replace(backends.LITEMEDSAM_3D, build=lambda d, o: backend))
         yield backend
 
 

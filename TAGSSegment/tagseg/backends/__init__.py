@@ -1,15 +1,20 @@
-"""Backend registry: a name -> factory map, and the rule behind model="auto"."""
+"""Backend registry (after segment-anything's `sam_model_registry`): one `BackendKind` per kind of model, saying
+how to build one, which options it takes and what it can do; and the rule behind model="auto".
+
+Model names: a registered name (`BACKENDS`, e.g. "litemedsam-3d"), or a checkpoint kind's prefix and a file path
+(`CHECKPOINT_KINDS`, e.g. "tags:/path/model.safetensors")."""
 from __future__ import annotations
 
 import os
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Union
 
 from ..errors import ModelError
 from ..text import Description
-from .base import Backend, GridPrompts
+from .base import ANATOMY, BOXES, NEGATIVE_POINTS, PROPOSE_POINT, Backend, GridPrompts
 
 DEFAULT_BACKEND = "litemedsam-3d"
 
@@ -18,38 +23,153 @@ TAGS_PREFIX = "tags:"
 CHECKPOINT_SUFFIXES = (".safetensors",)
 FOREIGN_CHECKPOINT_SUFFIXES = (".pth", ".pt", ".tar", ".ckpt", ".bin", ".pkl")
 
+Factory = Callable[[str, dict], Backend]
 
-def _litemedsam_3d(device: str, options: dict) -> Backend:
+
+@dataclass(frozen=True)
+class BackendKind:
+    """One registry entry.
+
+    `build(device, options)` makes the backend; a checkpoint kind (`prefix` set) builds with
+    `build(checkpoint, device, options)` and its models are named `prefix + path`. `build` gets the options as a
+    dict whose names `check_options` has accepted. `options` returns the dataclass whose fields are the option names
+    the kind takes (plus `extra_options`, the builder's own); None = undeclared: the builder gets any dict (a test
+    double registered with a bare factory). `backend` returns the Backend class, whose `capabilities` the kind
+    reports before a model loads (None: known only once built). Both are lazy so that listing kinds imports no
+    backend module."""
+
+    name: str
+    build: Callable[..., Backend]
+    options: Callable[[], type] | None = None
+    extra_options: tuple[str, ...] = ()
+    backend: Callable[[], type[Backend]] | None = None
+    prefix: str = ""                                        # a checkpoint kind: the model-name prefix
+    suffixes: tuple[str, ...] = ()                          # ... the checkpoint files it loads
+    installed: Callable[[str], str | Path | None] | None = None  # ... anatomy key -> an installed checkpoint
+
+    def option_names(self) -> frozenset[str] | None:
+        """The option names this kind takes; None when it does not declare them."""
+        if self.options is None:
+            return None
+        return frozenset(f.name for f in fields(self.options())) | frozenset(self.extra_options)
+
+    @property
+    def capabilities(self) -> frozenset[str] | None:
+        """What its backends can do (`base.PROPOSE_POINT`, ...); None when known only once one is built."""
+        return None if self.backend is None else self.backend().capabilities
+
+    def check_options(self, options: dict | None) -> dict:
+        """`options` as a new dict, or a ModelError naming every option this kind does not take."""
+        options = dict(options or {})
+        known = self.option_names()
+        unknown = sorted(set(options) - known) if known is not None else []
+        if unknown:
+            raise ModelError(f"model '{self.name}' has no option {', '.join(repr(k) for k in unknown)} "
+                             f"(known: {', '.join(sorted(known)) or 'none'})")
+        return options
+
+    def create(self, device: str, options: dict | None = None, checkpoint: str | None = None) -> Backend:
+        options = self.check_options(options)
+        if self.prefix:
+            return self.build(checkpoint, device, options)
+        return self.build(device, options)
+
+    def __call__(self, device: str, options: dict | None = None) -> Backend:
+        """A registered kind is also a `factory(device, options)`, the shape `BACKENDS` entries had (and tests or
+        benchmarks that wrap an entry still call)."""
+        return self.create(device, options)
+
+
+# ---- the built-in kinds -----------------------------------------------------------------------------
+def _litemedsam_options() -> type:
+    from .litemedsam3d import Options
+
+    return Options
+
+
+def _litemedsam_class() -> type[Backend]:
     from .litemedsam3d import LiteMedSAM3D
 
-    return LiteMedSAM3D(device=device)
+    return LiteMedSAM3D
 
 
-# name -> factory(device, options); options are backend-specific settings (e.g. TAGS extensions)
-BACKENDS: dict[str, Callable[[str, dict], Backend]] = {DEFAULT_BACKEND: _litemedsam_3d}
+def _build_litemedsam_3d(device: str, options: dict) -> Backend:
+    """`Options` fields, plus `runtime`/`encoder` (LiteMedSAM's engine; `litemedsam_net`)."""
+    from .litemedsam3d import LiteMedSAM3D, Options
+
+    engine = {key: options.pop(key) for key in ("runtime", "encoder") if key in options}
+    return LiteMedSAM3D(device=device, options=Options(**options), **engine)
 
 
-def register_backend(name: str, factory: Callable[[str, dict], Backend]) -> None:
+def _tags_options() -> type:
+    from .tags import TagsOptions
+
+    return TagsOptions
+
+
+def _tags_class() -> type[Backend]:
+    from .tags import TagsBackend
+
+    return TagsBackend
+
+
+def _build_tags(checkpoint: str, device: str, options: dict) -> Backend:
+    from .tags import TagsBackend, TagsOptions
+
+    return TagsBackend(checkpoint, device, options=TagsOptions(**options))
+
+
+def _installed_tags(anatomy: str) -> str | Path | None:
+    from ..tags.installed import find_installed
+
+    return find_installed(anatomy)
+
+
+LITEMEDSAM_3D = BackendKind(DEFAULT_BACKEND, _build_litemedsam_3d, options=_litemedsam_options,
+                            extra_options=("runtime", "encoder"), backend=_litemedsam_class)
+TAGS = BackendKind("tags", _build_tags, options=_tags_options, backend=_tags_class, prefix=TAGS_PREFIX,
+                   suffixes=CHECKPOINT_SUFFIXES, installed=_installed_tags)
+
+# name -> kind. A bare `factory(device, options)` is still accepted here (tests patch entries with one): it is a
+# kind that declares neither options nor capabilities.
+BACKENDS: dict[str, Union[BackendKind, Factory]] = {DEFAULT_BACKEND: LITEMEDSAM_3D}
+# kind name -> a kind whose models are checkpoint files, named prefix + path
+CHECKPOINT_KINDS: dict[str, BackendKind] = {TAGS.name: TAGS}
+
+
+def register_backend(name: str, factory: BackendKind | Factory, options: type | None = None) -> None:
+    """Register a kind under `name`: a `BackendKind`, or a bare `factory(device, options)` taking the option names
+    of the dataclass `options` (None: any dict, undeclared)."""
+    if not isinstance(factory, BackendKind):
+        factory = BackendKind(name, factory, options=(lambda: options) if options is not None else None)
     BACKENDS[name] = factory
 
 
-def _installed_tags_checkpoint(anatomy: str) -> str | None:
-    from ..tags.installed import find_installed
+def kind_of(name: str) -> BackendKind:
+    """The registry entry behind a resolved model name (see `resolve_model_name`)."""
+    entry = BACKENDS.get(name)
+    if isinstance(entry, BackendKind):
+        return entry
+    if entry is not None:
+        return BackendKind(name, entry)
+    for kind in CHECKPOINT_KINDS.values():
+        if name.startswith(kind.prefix):
+            return kind
+    raise ModelError(f"unknown model '{name}'")
 
-    path = find_installed(anatomy)
-    return f"{TAGS_PREFIX}{path}" if path else None
 
-
-# Each finder maps an anatomy key to the model name of a registered checkpoint, or None.
-CHECKPOINT_FINDERS: list[Callable[[str], str | None]] = [_installed_tags_checkpoint]
+def checkpoint_of(name: str) -> str | None:
+    """The checkpoint file a checkpoint kind's model name stands for; None for a registered name."""
+    kind = kind_of(name)
+    return name[len(kind.prefix):] if kind.prefix else None
 
 
 def registered_checkpoint_for(anatomy: str | None) -> str | None:
-    """A TAGS checkpoint registered for this anatomy, if any (the `tags` backend adds a finder)."""
-    for finder in CHECKPOINT_FINDERS if anatomy else ():
-        name = finder(anatomy)
-        if name:
-            return name
+    """The model name of a checkpoint installed for this anatomy, if any (each checkpoint kind's `installed`)."""
+    for kind in CHECKPOINT_KINDS.values() if anatomy else ():
+        path = kind.installed(anatomy) if kind.installed else None
+        if path:
+            return f"{kind.prefix}{path}"
     return None
 
 
@@ -59,13 +179,14 @@ def resolve_model_name(model: str, description: Description) -> str:
         return registered_checkpoint_for(description.anatomy) or DEFAULT_BACKEND
     if model in BACKENDS:
         return model
-    if model.startswith(TAGS_PREFIX):
+    if any(model.startswith(kind.prefix) for kind in CHECKPOINT_KINDS.values()):
         return model
     path = Path(os.path.expanduser(model))
     if path.is_file():
         name = path.name.lower()
-        if name.endswith(CHECKPOINT_SUFFIXES):
-            return f"{TAGS_PREFIX}{path.resolve()}"
+        for kind in CHECKPOINT_KINDS.values():
+            if name.endswith(kind.suffixes):
+                return f"{kind.prefix}{path.resolve()}"
         if name.endswith(FOREIGN_CHECKPOINT_SUFFIXES):
             raise ModelError(f"{model}: a PyTorch pickle, not a tagseg checkpoint; convert the authors' .pth.tar "
                              "with `tagseg convert-checkpoint` (only tensors are read, nothing is executed)")
@@ -79,17 +200,38 @@ def resolve_model_name(model: str, description: Description) -> str:
     raise ModelError(f"unknown model '{model}' (known: auto, {known}; or a checkpoint file path)")
 
 
-def create_backend(name: str, device: str, options: dict | None = None) -> Backend:
-    options = dict(options or {})
-    if name.startswith(TAGS_PREFIX):
-        from .tags import TagsBackend, TagsOptions
+def _declared_kinds() -> list[BackendKind]:
+    kinds = [*BACKENDS.values(), *CHECKPOINT_KINDS.values()]
+    return [kind for kind in kinds if isinstance(kind, BackendKind) and kind.options is not None]
 
-        known = set(TagsOptions.__dataclass_fields__)
-        return TagsBackend(name[len(TAGS_PREFIX):], device,
-                           options=TagsOptions(**{k: v for k, v in options.items() if k in known}))
-    if name not in BACKENDS:
-        raise ModelError(f"unknown model '{name}'")
-    return BACKENDS[name](device, options)
+
+def check_option_names(options: dict | None) -> None:
+    """A ModelError naming every option that no registered kind takes (a typo is refused, never dropped)."""
+    known: set[str] = set()
+    for kind in _declared_kinds():
+        known |= kind.option_names()
+    unknown = sorted(set(options or {}) - known)
+    if unknown:
+        raise ModelError(f"no model has the option {', '.join(repr(k) for k in unknown)} "
+                         f"(known: {', '.join(sorted(known))})")
+
+
+def options_for(name: str, options: dict | None) -> dict:
+    """The part of `options` that `name`'s kind takes, for a caller holding options for several kinds: a Session
+    with model="auto" runs a TAGS checkpoint or the default model as the description changes, and `tagseg segment`
+    passes its TAGS flags whichever model runs. A name that no registered kind takes is a ModelError."""
+    options = dict(options or {})
+    if not options:
+        return options
+    check_option_names(options)
+    known = kind_of(name).option_names()
+    return options if known is None else {key: value for key, value in options.items() if key in known}
+
+
+def create_backend(name: str, device: str, options: dict | None = None) -> Backend:
+    """A new backend for a resolved model name; an option its kind does not take is a ModelError."""
+    kind = kind_of(name)
+    return kind.create(device, options, checkpoint=name[len(kind.prefix):] if kind.prefix else None)
 
 
 # Loaded backends shared by every Session in the process (a model load costs seconds; a Slicer user
@@ -102,8 +244,8 @@ SHARED_BACKENDS = 2
 
 def acquire_backend(name: str, device: str, options: dict | None = None) -> tuple[Backend, threading.Lock]:
     """A loaded backend for (name, device, options) and the lock to hold while using it."""
-    factory = None if name.startswith(TAGS_PREFIX) else BACKENDS.get(name)
-    # the factory itself (not its id, which a new function may reuse) tells re-registered backends apart
+    factory = BACKENDS.get(name)
+    # the entry itself (not its id, which a new object may reuse) tells re-registered backends apart
     key = (name, device, repr(sorted((options or {}).items())), factory)
     with _SHARED_LOCK:
         if key in _SHARED:
@@ -124,5 +266,7 @@ def release_shared_backends() -> None:
         _SHARED.clear()
 
 
-__all__ = ["Backend", "GridPrompts", "BACKENDS", "DEFAULT_BACKEND", "register_backend", "resolve_model_name",
-           "create_backend", "acquire_backend", "release_shared_backends"]
+__all__ = ["Backend", "GridPrompts", "BackendKind", "BACKENDS", "CHECKPOINT_KINDS", "DEFAULT_BACKEND", "TAGS_PREFIX",
+           "ANATOMY", "BOXES", "NEGATIVE_POINTS", "PROPOSE_POINT", "register_backend", "kind_of", "checkpoint_of",
+           "resolve_model_name", "check_option_names", "options_for", "create_backend", "acquire_backend",
+           "release_shared_backends"]

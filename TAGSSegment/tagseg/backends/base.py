@@ -10,6 +10,12 @@ import numpy as np
 
 from ..volume import Volume
 
+# What a backend takes and can do, declared in `Backend.capabilities`; callers test membership, never `hasattr`.
+ANATOMY = "anatomy"                  # an organ mask bounds the result (`GridPrompts.anatomy`)
+BOXES = "boxes"                      # box prompts
+NEGATIVE_POINTS = "negative_points"  # exclude clicks
+PROPOSE_POINT = "propose_point"      # text-only start: `propose_point` finds a first include click
+
 
 @dataclass(frozen=True)
 class GridPrompts:
@@ -37,6 +43,8 @@ class Backend(ABC):
     # set by the Session for the duration of one call; None when nobody listens
     progress: Callable[[str, int, int], None] | None = None
     crops: tuple = ()
+    # the prompts every backend so far takes; a backend that can do more (or less) says so
+    capabilities: frozenset[str] = frozenset({ANATOMY, BOXES, NEGATIVE_POINTS})
 
     def __init__(self) -> None:
         self.timings: dict[str, float] = {}
@@ -61,6 +69,10 @@ class Backend(ABC):
 
     def stop_background(self) -> None:
         """Stop work started by `work_ahead`; the Session calls it on close."""
+
+    def propose_point(self, prompts: GridPrompts) -> np.ndarray:
+        """A first include point (RAS) from the text and organ mask alone; only with `PROPOSE_POINT`."""
+        raise NotImplementedError(f"{type(self).__name__} does not declare {PROPOSE_POINT}")
 
     def info(self) -> dict:
         return {"name": self.name}

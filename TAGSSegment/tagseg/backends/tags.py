@@ -42,7 +42,7 @@ from ..devices import is_out_of_memory
 from ..errors import DeviceError, InputError, ModelError, PromptError
 from ..text import parse_description
 from ..volume import Volume
-from .base import Backend, GridPrompts
+from .base import PROPOSE_POINT, Backend, GridPrompts
 
 ANATOMY_FALLBACKS = ("prompt-box", "zeros", "ct", "ones")
 WIDE_PROMPTS = ("refuse", "one-crop")
@@ -90,6 +90,7 @@ class _Prompts:
 
 class TagsBackend(Backend):
     name = "tags"
+    capabilities = Backend.capabilities | {PROPOSE_POINT}    # the text branch: a text-only start
 
     def __init__(self, checkpoint: str | Path | None = None, device: str = "cpu", *, model=None,
                  metadata: dict | None = None, class_embeddings=None, options: TagsOptions | None = None,
