@@ -349,8 +349,7 @@ def _describe(exc: BaseException) -> str:
         return "the connection closed before an answer: the server exited or was killed"
     if isinstance(exc, socket.gaierror):
         return "unknown host name"
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}"[:200] if text else type(exc).__name__
+    return errors.one_line(exc, 200, with_type=True)
 
 
 # ---- the session ---------------------------------------------------------------------------------------

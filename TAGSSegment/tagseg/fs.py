@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from .errors import InputError, TagsegError
+from .errors import InputError, TagsegError, one_line
 from .paths import refuse_input_as_output
 
 # ---- the one atomic writer ------------------------------------------------------------------------------------
@@ -152,7 +152,7 @@ def _os_reason(exc: BaseException, folder: Path) -> str:
     free = _free_bytes(folder)
     if free is not None and free < (1 << 20):
         return f"{os.strerror(errno.ENOSPC)} [ENOSPC] ({free} bytes free)"
-    return " ".join(str(exc).split())[:200] or type(exc).__name__
+    return one_line(exc, 200)
 
 
 class AtomicFile:

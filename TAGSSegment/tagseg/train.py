@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .errors import InputError
+from .errors import InputError, one_line
 from .fs import write_atomic, write_json_atomic, write_text_atomic
 from .tags import build_tags
 from .tags.losses import alignment_loss, soft_dice_loss
@@ -123,7 +123,7 @@ def _atomic_torch_save(obj, path: Path) -> None:
                 cause = exc.__context__ or exc.__cause__
                 if isinstance(cause, OSError):
                     raise cause from None
-                raise OSError(errno.EIO, " ".join(str(exc).split())[:200]) from None
+                raise OSError(errno.EIO, one_line(exc, 200)) from None
 
     write_atomic(path, write, verify, suffix=path.suffix, what="the training state")
 

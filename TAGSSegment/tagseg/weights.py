@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .errors import ModelError
+from .errors import ModelError, one_line
 from .fs import AtomicFile, WriteError
 from .paths import cache_dir, sha256_file
 
@@ -188,7 +188,7 @@ def download(name: str, *, timeout_s: float = 20, progress: Callable[[int, int |
         raise
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", None) or exc
-        text = " ".join(str(reason).split()) or type(exc).__name__
+        text = one_line(reason) if str(reason).strip() else type(exc).__name__
         if isinstance(exc, urllib.error.HTTPError):
             text = f"HTTP {exc.code} {text}"
         raise ModelError(f"download of {name} from {item.url} failed after {done:,} bytes "
