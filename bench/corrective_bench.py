@@ -4,14 +4,18 @@ After the 3 seeded lesion clicks (the shared click protocol, seed 0) each method
 corrections, each at the innermost voxel of the larger error region of *its own* last result
 (`tagseg.corrective`): an include click on a miss, an exclude click on a leak. Reports Dice after
 every click and the clicks needed to reach Dice 0.85 (NoC@85; 9 = never), per case and on average.
-Our numbers are the shared corrective tool's (same clicks, same Session calls).
+Our numbers are the shared corrective tool's (same clicks, same Session calls). `litemedsam-3d+look3s` is the
+same run with 3 s between each result and the next click, as a user looking at it (the default model encodes
+the slices a correction may need meanwhile; the 3 s are not timed). Also prints first-prediction and click
+times per case (the speed issue's CPU rows).
 
-Usage: python bench/corrective_bench.py [--cases DIR] [--methods litemedsam-3d,grow-from-seeds]
+Usage: python bench/corrective_bench.py [--cases DIR] [--methods litemedsam-3d,litemedsam-3d+look3s,grow-from-seeds]
        [--out bench/results/corrective.md] [--json F]
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import glob
 import json
 import os
@@ -32,7 +36,9 @@ from run_bench import text_for  # noqa: E402  (the scoring tools' texts)
 TARGET = 0.85
 
 
-def curve_ours(image, truth: np.ndarray, clicks: list, text: str) -> tuple[list[float], float, float]:
+def curve_ours(image, truth: np.ndarray, clicks: list, text: str, think_s: float = 0.0) -> tuple[list[float], float, float]:
+    """`think_s`: seconds the simulated user looks at each result before the next click (not timed; the
+    default model encodes ahead meanwhile)."""
     from tagseg import Session
     from tagseg.corrective import next_corrective_click
     from tagseg.evaluate import dice
@@ -51,6 +57,7 @@ def curve_ours(image, truth: np.ndarray, clicks: list, text: str) -> tuple[list[
             if click is None:
                 curve.append(curve[-1])
                 continue
+            time.sleep(think_s)
             s.add_point(image.kji_to_ras([click[0]])[0], positive=click[1])
             t = time.perf_counter()
             pred = np.asarray(s.predict().array) > 0
@@ -85,7 +92,9 @@ def curve_grow(image, truth: np.ndarray, clicks: list, text: str) -> tuple[list[
     return curve, first, float(np.median(refine)) if refine else 0.0
 
 
-METHODS = {"litemedsam-3d": curve_ours, "grow-from-seeds": curve_grow}
+METHODS = {"litemedsam-3d": curve_ours, "litemedsam-3d+look3s": functools.partial(curve_ours, think_s=3.0),
+           "grow-from-seeds": curve_grow}
+DEFAULT_METHODS = "litemedsam-3d,litemedsam-3d+look3s,grow-from-seeds"
 
 
 def noc(curve: list[float]) -> int:
@@ -95,7 +104,8 @@ def noc(curve: list[float]) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", type=Path, default=DEFAULT_CASES)
-    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--methods", default=DEFAULT_METHODS,
+                    help="comma list of " + ", ".join(METHODS) + " (+look3s: 3 s between a result and the next click)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "corrective.md")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -140,6 +150,18 @@ def main() -> int:
             mean = np.mean([r["curve"] for r in mine], axis=0)
             lines.append(f"| **mean** | {method} | " + " | ".join(f"**{d:.3f}**" for d in mean)
                          + f" | **{np.mean([r['noc85'] for r in mine]):.1f}** |")
+    lines += ["", f"Speed ({os.cpu_count()} CPU cores, 1-min load average {os.getloadavg()[0]:.1f} at the end): "
+              "first prediction and the median corrective click per case, then the median over cases.", "",
+              "| method | " + " | ".join(sorted({r["case"] for r in rows})) + " | median |",
+              "|---|" + "---|" * (len({r["case"] for r in rows}) + 1)]
+    for method in methods:
+        mine = {r["case"]: r for r in rows if r["method"] == method}
+        if mine:
+            cells = [f"{mine[c]['first_s']:.1f} / {mine[c]['refine_s']:.2f}" if c in mine else "-"
+                     for c in sorted({r["case"] for r in rows})]
+            lines.append(f"| {method} (first s / click s) | " + " | ".join(cells)
+                         + f" | {np.median([r['first_s'] for r in mine.values()]):.1f} / "
+                           f"{np.median([r['refine_s'] for r in mine.values()]):.2f} |")
     table = "\n".join(lines)
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)

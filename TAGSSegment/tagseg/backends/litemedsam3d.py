@@ -65,6 +65,7 @@ class Options:
     result_memory: int = 16               # results kept for corrections
     include_reach: float = 2.0            # an include correction reaches this x its distance (mm) from the result
     include_intensity: float = 0.5        # ... keeping tissue within this fraction of the way to the result's rim
+    correction_box: float = 0.0           # ... seeded by boxes up to this x its reach (mm) wide (0: up to the slice)
     rim_trim: float = 0.2                 # drop the mask's outer voxels within this fraction of the way from the
                                           # surroundings' intensity to the core's (0: keep the model's rim)
     exclude_by_intensity: bool = True     # an exclude click removes the connected tissue at its intensity ...
@@ -195,7 +196,7 @@ class LiteMedSAM3D(Backend):
     # ---- seed slices -----------------------------------------------------------------------------
     def _seed_slice(self, z: int, win: Window, pos_rc: np.ndarray, neg_rc: np.ndarray,
                     allowed: np.ndarray | None, box_model: np.ndarray | None,
-                    target_area: float | None = None) -> SliceResult:
+                    target_area: float | None = None, max_box_mm: float | None = None) -> SliceResult:
         """Mask on a clicked slice. The lesion's size is unknown, so boxes of several sizes around the
         clicks each give a mask; those that hold the clicks (and avoid exclude points) vote, and the
         consensus is refined once with its own box. With a user box and no click, the box is used."""
@@ -208,7 +209,7 @@ class LiteMedSAM3D(Backend):
             if allowed is not None:
                 mask &= allowed
             return SliceResult(mask, float(ious[0]), box_model)
-        boxes = self._candidate_boxes(win, win.to_model(pos_rc), box_model)
+        boxes = self._candidate_boxes(win, win.to_model(pos_rc), box_model, max_box_mm)
         body_area = max(1, int(ndimage.binary_fill_holes(crop_pad(self._data[z], (win.r0, win.c0), (win.h, win.w))
                                                          > o.body_level).sum()))
         image = self._slice(z, win)
@@ -272,8 +273,10 @@ class LiteMedSAM3D(Backend):
         spread = max(float(np.subtract(*np.percentile(values, [84, 16]))) / 2, 0.02)
         return abs(median - click_value) <= self.options.max_click_shift * spread
 
-    def _candidate_boxes(self, win: Window, clicks_model: np.ndarray, box_model: np.ndarray | None) -> np.ndarray:
-        """Boxes around the clicks from `min_box_mm` up to the whole window, each `box_step` times larger."""
+    def _candidate_boxes(self, win: Window, clicks_model: np.ndarray, box_model: np.ndarray | None,
+                         max_box_mm: float | None = None) -> np.ndarray:
+        """Boxes around the clicks from `min_box_mm` up to the whole window (or, past the second box, up to
+        `max_box_mm`), each `box_step` times larger."""
         o = self.options
         lo, hi = clicks_model.min(0), clicks_model.max(0)
         px_per_mm = INPUT_SIZE / (win.w * self.spacing[2])
@@ -288,6 +291,8 @@ class LiteMedSAM3D(Backend):
             if covers or len(boxes) >= 24:
                 break
             size *= o.box_step
+            if max_box_mm is not None and len(boxes) >= 2 and size > max_box_mm:
+                break
         return np.array(boxes)
 
     @staticmethod
@@ -423,7 +428,8 @@ class LiteMedSAM3D(Backend):
                 radius_mm = min(radius_mm, max(o.min_correction_mm, o.include_reach * gap_mm))
             reach_slices = int(np.ceil(radius_mm / self.spacing[0]))
             added = self._segment(win, point[None], neg, box3d, allowed,
-                                  z_limit=(index[0] - reach_slices, index[0] + reach_slices))
+                                  z_limit=(index[0] - reach_slices, index[0] + reach_slices),
+                                  max_box_mm=o.correction_box * radius_mm if o.correction_box > 0 else None)
             grid = np.ogrid[tuple(slice(a, b) for a, b in zip(lo, hi))]
             near = sum(((g - p) * sp) ** 2 for g, p, sp in zip(grid, point, self.spacing)) <= radius_mm ** 2
             local_added = added[box] & near
@@ -522,9 +528,10 @@ class LiteMedSAM3D(Backend):
         return "part"
 
     def _segment(self, win: Window, pos: np.ndarray, neg: np.ndarray, box3d, allowed,
-                 z_limit: tuple[int, int] | None = None):
+                 z_limit: tuple[int, int] | None = None, max_box_mm: float | None = None):
         """Seed slices, propagation and constraints in one field of view; a bool mask on the working grid.
-        `z_limit`: propagate no further than these slices (an include correction's reach)."""
+        `z_limit`: propagate no further than these slices, `max_box_mm`: seed boxes no larger than this
+        (an include correction's reach)."""
         o = self.options
         n_slices = self.work.shape_kji[0]
         zpos = np.clip(np.round(pos[:, 0]), 0, n_slices - 1).astype(int) if len(pos) else np.zeros(0, int)
@@ -551,7 +558,7 @@ class LiteMedSAM3D(Backend):
         for z in seeds:
             clicks_z = pos[zpos == z][:, 1:] if len(pos) else np.zeros((0, 2))
             # exclude points constrain the result below; they do not steer which candidate is the lesion
-            res = self._seed_clicks(z, win, clicks_z, np.zeros((0, 2)), allowed_in(z), box_model)
+            res = self._seed_clicks(z, win, clicks_z, np.zeros((0, 2)), allowed_in(z), box_model, max_box_mm)
             res.mask = self._include_clicks(res.mask, clicks_z - [win.r0, win.c0])
             res.mask = self._apply_negatives(res.mask, win, neg_on(z), self._click_mask(res.mask.shape, win, clicks_z))
             res.z = z
@@ -683,18 +690,19 @@ class LiteMedSAM3D(Backend):
             if shift > o.end_intensity_shift and not must:
                 break
 
-    def _seed_clicks(self, z: int, win: Window, pos_rc: np.ndarray, neg_rc: np.ndarray, allowed, box_model) -> SliceResult:
+    def _seed_clicks(self, z: int, win: Window, pos_rc: np.ndarray, neg_rc: np.ndarray, allowed, box_model,
+                     max_box_mm: float | None = None) -> SliceResult:
         """A clicked slice: each include click the mask does not yet hold gets its own seed, in click order,
         so a corrective click adds the region it points at and leaves the rest of the slice as it was."""
         if len(pos_rc) <= 1:
-            return self._seed_slice(z, win, pos_rc, neg_rc, allowed, box_model)
+            return self._seed_slice(z, win, pos_rc, neg_rc, allowed, box_model, max_box_mm=max_box_mm)
         result = None
         for click in pos_rc:
             if result is not None:
                 r, c = np.round(click - [win.r0, win.c0]).astype(int)
                 if 0 <= r < result.mask.shape[0] and 0 <= c < result.mask.shape[1] and result.mask[r, c]:
                     continue
-            part = self._seed_slice(z, win, click[None], neg_rc, allowed, box_model)
+            part = self._seed_slice(z, win, click[None], neg_rc, allowed, box_model, max_box_mm=max_box_mm)
             result = part if result is None else SliceResult(result.mask | part.mask, max(result.iou, part.iou),
                                                              result.box)
         return result
