@@ -50,6 +50,8 @@ WIDE_PROMPTS = ("refuse", "one-crop")
 
 @dataclass(frozen=True)
 class TagsOptions:
+    """The `tags` kind's options: the registry (`backends.TAGS`) takes exactly these names."""
+
     text_fusion: float = 0.0            # weight of the text map in the probability; 0 = the paper
     negatives: str = "auto"             # "auto" (tokens if the checkpoint has label embeddings), "constraint"
     sliding_window: bool = False        # cover prompts wider than one crop with several crops
