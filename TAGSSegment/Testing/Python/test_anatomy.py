@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from tagseg import cli
+from tagseg import commands
 from tagseg.anatomy import TOTALSEGMENTATOR_V2, load_anatomy, name_key, select_organ
 from tagseg.backends.base import Backend
 from tagseg.errors import InputError, PromptError
@@ -128,7 +128,7 @@ class RecordingBackend(Backend):
 
 
 def run(capsys, *args):
-    code = cli.main([str(a) for a in args])
+    code = commands.main([str(a) for a in args])
     captured = capsys.readouterr()
     return SimpleNamespace(code=code, out=captured.out, err=captured.err)
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from tagseg import backends, cli, io, synth
+from tagseg import backends, commands, io, synth
 from tagseg.commands import demo
 from tagseg.evaluate import dice
 from tagseg.io import load_volume, save_volume
@@ -42,7 +42,7 @@ def coords(values) -> str:
 
 
 def run(capsys, *args) -> SimpleNamespace:
-    code = cli.main([str(a) for a in args])
+    code = commands.main([str(a) for a in args])
     captured = capsys.readouterr()
     return SimpleNamespace(code=code, out=captured.out, err=captured.err)
 

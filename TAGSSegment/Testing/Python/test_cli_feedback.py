@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from tagseg import cli, progress, synth
+from tagseg import commands, progress, synth
 from tagseg.backends.base import Backend
 from tagseg.io import save_volume
 from tagseg.volume import Volume, make_ijk_to_ras
@@ -22,7 +22,7 @@ CENTRE_KJI = (6, 24, 24)
 
 
 def run(capsys, *args) -> SimpleNamespace:
-    code = cli.main([str(a) for a in args])
+    code = commands.main([str(a) for a in args])
     captured = capsys.readouterr()
     return SimpleNamespace(code=code, out=captured.out, err=captured.err)
 

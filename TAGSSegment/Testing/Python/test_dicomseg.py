@@ -13,7 +13,7 @@ import SimpleITK as sitk
 pydicom = pytest.importorskip("pydicom")
 hd = pytest.importorskip("highdicom")
 
-from tagseg import cli, dicomseg  # noqa: E402
+from tagseg import commands, dicomseg  # noqa: E402
 from tagseg.backends.base import Backend  # noqa: E402
 from tagseg.io import LPS_TO_RAS, load_volume, save_volume  # noqa: E402
 from tagseg.text import parse_description  # noqa: E402
@@ -75,7 +75,7 @@ def case(tmp_path, register_backend):
 
 
 def run(capsys, *args):
-    code = cli.main([str(a) for a in args])
+    code = commands.main([str(a) for a in args])
     captured = capsys.readouterr()
     return SimpleNamespace(code=code, out=captured.out, err=captured.err)
 

@@ -163,7 +163,7 @@ def test_clicks_are_seeded():
 
 def test_evaluate_command_reproduces_hand_computed_numbers(tmp_path, capsys, monkeypatch):
     """`tagseg evaluate` end to end on a tiny known case with a model that always answers the shifted cube."""
-    from tagseg import backends, cli
+    from tagseg import backends, commands
     from tagseg.backends.base import Backend
     from tagseg.io import save_volume
 
@@ -187,7 +187,7 @@ def test_evaluate_command_reproduces_hand_computed_numbers(tmp_path, capsys, mon
     save_volume(Volume(np.zeros((4, 4, 4), np.uint8), grid, "lab", {}), data / "case2_image.nii.gz")
     save_volume(Volume(np.zeros((4, 4, 4), np.uint8), grid, "lab", {}), data / "case2_label.nii.gz")
     out = tmp_path / "results.csv"
-    code = cli.main(["evaluate", "--data", str(data), "--model", "shifted-cube", "--out", str(out), "--device", "cpu",
+    code = commands.main(["evaluate", "--data", str(data), "--model", "shifted-cube", "--out", str(out), "--device", "cpu",
                      "--clicks", "3", "--seed", "2"])
     printed = capsys.readouterr()
     assert code == 0, printed.err
@@ -243,10 +243,10 @@ def click_spread_mm(row) -> float:
 
 
 def test_paper_protocol_finishes_a_case_whose_clicks_span_200_mm(tiny_trained, wide_dataset, tmp_path, capsys):
-    from tagseg import cli
+    from tagseg import commands
 
     out = tmp_path / "results.csv"
-    code = cli.main(["evaluate", "--data", str(wide_dataset), "--model", str(tiny_trained.checkpoint), "--out",
+    code = commands.main(["evaluate", "--data", str(wide_dataset), "--model", str(tiny_trained.checkpoint), "--out",
                      str(out), "--device", "cpu", "--clicks", "3", "--seed", "2"])
     printed = capsys.readouterr()
     assert code == 0, printed.err
@@ -261,10 +261,10 @@ def test_paper_protocol_finishes_a_case_whose_clicks_span_200_mm(tiny_trained, w
 
 
 def test_extensions_are_recorded_per_case(tiny_trained, wide_dataset, tmp_path, capsys):
-    from tagseg import cli
+    from tagseg import commands
 
     out = tmp_path / "results.csv"
-    code = cli.main(["evaluate", "--data", str(wide_dataset), "--model", str(tiny_trained.checkpoint), "--out",
+    code = commands.main(["evaluate", "--data", str(wide_dataset), "--model", str(tiny_trained.checkpoint), "--out",
                      str(out), "--device", "cpu", "--seed", "2", "--sliding-window", "--text-fusion", "0.2"])
     assert code == 0, capsys.readouterr().err
     (row,) = list(csv.DictReader(out.open(encoding="utf-8")))
@@ -273,7 +273,7 @@ def test_extensions_are_recorded_per_case(tiny_trained, wide_dataset, tmp_path, 
 
 
 def test_a_failing_case_is_a_row_and_the_run_goes_on(tiny_trained, wide_dataset, tmp_path, capsys):
-    from tagseg import cli
+    from tagseg import commands
     from tagseg.io import save_volume
 
     image, label, organ = wide_case()
@@ -284,7 +284,7 @@ def test_a_failing_case_is_a_row_and_the_run_goes_on(tiny_trained, wide_dataset,
     (wide_dataset / "imagesTr" / "wide_004.nii.gz").write_bytes(b"not a volume")
     save_volume(label, wide_dataset / "labelsTr" / "wide_004.nii.gz")
     out = tmp_path / "results.csv"
-    code = cli.main(["evaluate", "--data", str(wide_dataset), "--model", str(tiny_trained.checkpoint), "--out",
+    code = commands.main(["evaluate", "--data", str(wide_dataset), "--model", str(tiny_trained.checkpoint), "--out",
                      str(out), "--device", "cpu", "--seed", "2"])
     printed = capsys.readouterr()
     assert code == 3, printed.err

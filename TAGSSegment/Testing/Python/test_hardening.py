@@ -56,9 +56,9 @@ DRIVER = textwrap.dedent("""
             print("WRITING", flush=True)
             time.sleep(60)
         io.write_verified = slow
-    from tagseg import cli
+    from tagseg import commands
     try:
-        code = cli.main(sys.argv[1:])
+        code = commands.main(sys.argv[1:])
     finally:
         # VmHWM belongs to this process image; ru_maxrss would carry over the parent's peak across exec.
         with open("/proc/self/status", encoding="ascii") as status:

@@ -354,9 +354,9 @@ def test_write_lesion_cases_uses_the_dev_case_layout(tmp_path):
 
 
 def run_cli(capsys, *args):
-    from tagseg import cli
+    from tagseg import commands
 
-    code = cli.main([str(a) for a in args])
+    code = commands.main([str(a) for a in args])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 

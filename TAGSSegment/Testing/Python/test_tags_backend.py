@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import dice
-from tagseg import cli
+from tagseg import commands
 from tagseg.backends.base import GridPrompts
 from tagseg.backends.tags import TagsBackend, TagsOptions
 from tagseg.errors import ModelError, PromptError
@@ -15,7 +15,7 @@ from tagseg.session import Session
 
 
 def run(capsys, *args):
-    code = cli.main([str(a) for a in args])
+    code = commands.main([str(a) for a in args])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 

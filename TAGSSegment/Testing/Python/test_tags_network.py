@@ -230,15 +230,15 @@ def test_a_pickle_that_would_run_code_is_refused_and_never_run(tmp_path):
         pickle.dump({"encoder_dict": _Exploit(sentinel)}, handle)
     with pytest.raises(ModelError, match="refused"):
         safe_torch_load(path)
-    from tagseg import cli
+    from tagseg import commands
 
-    code = cli.main(["convert-checkpoint", str(path), str(tmp_path / "out.safetensors"), "--task", "pancreas"])
+    code = commands.main(["convert-checkpoint", str(path), str(tmp_path / "out.safetensors"), "--task", "pancreas"])
     assert code == 2 and not sentinel.exists() and not (tmp_path / "out.safetensors").exists()
 
 
 def test_authors_pth_tar_converts_and_predicts_identically(tiny_trained, tmp_path, capsys):
     """An authors-style checkpoint (encoder/decoder/feature dicts, attn_mask buffers, optimiser states)."""
-    from tagseg import cli
+    from tagseg import commands
 
     model = tiny_trained.model
     state = model.state_dict()
@@ -264,7 +264,7 @@ def test_authors_pth_tar_converts_and_predicts_identically(tiny_trained, tmp_pat
     with pytest.MonkeyPatch.context() as patch:
         paper_tiny = type(model.config).from_dict({**config, "name": "tags-tiny-paper"})
         patch.setitem(config_module.PRESETS, "tags-tiny-paper", paper_tiny)
-        code = cli.main(["convert-checkpoint", str(src), str(tmp_path / "best.safetensors"), "--task", "pancreas",
+        code = commands.main(["convert-checkpoint", str(src), str(tmp_path / "best.safetensors"), "--task", "pancreas",
                          "--preset", "tags-tiny-paper"])
     out = capsys.readouterr()
     assert code == 0, out.err

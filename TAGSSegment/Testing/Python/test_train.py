@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tagseg import cli
+from tagseg import commands
 
 MODULE_DIR = Path(__file__).resolve().parents[2]
 SYNTH = ["--cases", "6", "--shape", "24,64,64", "--organ", "liver", "--seed", "0"]
@@ -20,7 +20,7 @@ MIN_VAL_DICE = 0.4
 
 
 def run(*args):
-    return cli.main([str(a) for a in args])
+    return commands.main([str(a) for a in args])
 
 
 def read_log(run_dir: Path) -> list[dict]:
