@@ -27,7 +27,8 @@ from typing import Callable
 import numpy as np
 
 from ..errors import ModelError
-from ..paths import cache_dir, sha256_file, write_atomic
+from ..fs import atomic_write
+from ..paths import cache_dir, sha256_file
 
 INPUT_SIZE = 256
 EMBEDDING_SHAPE = (1, 256, 64, 64)
@@ -223,7 +224,7 @@ class LiteMedSAM:
             source = exported_path("encoder")
             if not source.is_file():
                 self._export("encoder", source)
-            write_atomic(target, lambda tmp: quantize_dynamic(
+            atomic_write(target, lambda tmp: quantize_dynamic(
                 str(source), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
                 per_channel=True), suffix=".onnx", what="the int8 encoder")
             return
@@ -235,7 +236,7 @@ class LiteMedSAM:
                 torch.onnx.export(module, args, str(tmp), opset_version=17, input_names=names[0],
                                   output_names=names[1], dynamic_axes=dynamic, dynamo=False)
 
-        write_atomic(target, export, suffix=".onnx", what=f"the exported {part}")
+        atomic_write(target, export, suffix=".onnx", what=f"the exported {part}")
 
     # ---- inference -------------------------------------------------------------------------------------------------
     def parameter_counts(self) -> dict:
