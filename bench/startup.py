@@ -1,13 +1,13 @@
 """Where `tagseg segment` spends its time before the first prediction (issue 12, start-up).
 
-Each run is a fresh interpreter that executes the real CLI (`tagseg.cli.main`) on a small generated lesion
+Each run is a fresh interpreter that executes the real CLI (`tagseg.commands.main`) on a small generated lesion
 phantom, with one change: the default backend's `predict` records the time and ends the process, so the
 prediction itself (another benchmark's business) never runs. Phases, from timestamps taken inside the run:
 
   interpreter   process start -> first line of the driver (python itself, site-packages)
-  import cli    `import tagseg.cli` (what the `tagseg` command imports first)
+  import cli    `import tagseg.commands` (what the `tagseg` command imports first)
   to model      argument checks, image load, Session imports, up to the backend factory
-  model load    the factory: torch, LiteMedSAM weights, and within it the ONNX Runtime session
+  model load    the factory: the ONNX Runtime sessions (encoder, decoder; exported from the weights once)
   to predict    set_image and anything else before the backend's `predict` is called
   total         process start -> predict called
 
@@ -34,12 +34,14 @@ PHASES = ("interpreter", "import cli", "to model", "model load", "onnx sessions"
 DRIVER = r"""
 import json, os, sys, time
 marks = {"driver": time.time()}
-import tagseg.cli as cli
+import tagseg.commands as cli
 marks["import_cli"] = time.time()
 from tagseg import backends
 from tagseg.backends import litemedsam_net
 
-factory = backends.BACKENDS[backends.DEFAULT_BACKEND]
+import dataclasses
+kind = backends.BACKENDS[backends.DEFAULT_BACKEND]
+factory = kind.build
 use_onnx = litemedsam_net.LiteMedSAM._start_onnx
 
 def timed_onnx(self):
@@ -62,7 +64,7 @@ def timed_factory(device, options):
     return backend
 
 litemedsam_net.LiteMedSAM._start_onnx = timed_onnx
-backends.BACKENDS[backends.DEFAULT_BACKEND] = timed_factory
+backends.BACKENDS[backends.DEFAULT_BACKEND] = dataclasses.replace(kind, build=timed_factory)  # options checked as before
 sys.exit(cli.main(sys.argv[1:]))
 """
 
