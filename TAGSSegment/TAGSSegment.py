@@ -7,6 +7,7 @@ settings are kept in Slicer's QSettings. The GUI-free decisions live in the modu
 the model code are imported only inside functions that need them, never when Slicer loads this module or builds
 the panel.
 """
+
 import importlib.util
 import logging
 import os
@@ -31,13 +32,15 @@ try:
     from slicer.i18n import tr as _
     from slicer.i18n import translate
 except ImportError:  # Slicer < 5.4
+
     def _(text):
         return text
 
     def translate(context, text):
         return text
 
-TORCH_REQUIREMENT = ">=2.1"          # same floor as pyproject.toml; never pin an old torch
+
+TORCH_REQUIREMENT = ">=2.1"  # same floor as pyproject.toml; never pin an old torch
 
 
 #
@@ -153,13 +156,16 @@ class TAGSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if torchVersion:
             lines.append(f"torch {torchVersion}: installed.")
         elif importlib.util.find_spec("PyTorchUtils") is None:
-            lines.append("torch: missing. The PyTorch extension is not installed either; "
-                         "'Install dependencies' offers to install it.")
+            lines.append(
+                "torch: missing. The PyTorch extension is not installed either; "
+                "'Install dependencies' offers to install it."
+            )
         else:
             lines.append("torch: missing; 'Install dependencies' installs it with the PyTorch extension.")
         missing = install.missing_requirements(self.resourcePath("requirements.txt"))
-        lines.append("Other packages: all installed." if not missing else
-                     f"Other packages missing: {', '.join(missing)}.")
+        lines.append(
+            "Other packages: all installed." if not missing else f"Other packages missing: {', '.join(missing)}."
+        )
         self.ui.dependencyStatusLabel.text = "\n".join(lines)
         self.ui.installDependenciesButton.enabled = bool(missing or not torchVersion)
         self.ui.defaultModelLabel.text = install.default_model_status()
@@ -208,14 +214,16 @@ class TAGSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for entry in reversed(entries):  # newest first: "auto" uses the newest for an anatomy
             self.ui.installedModelsListWidget.addItem(
                 f"{entry.get('anatomy', '?')}: {entry.get('task', '?')} ({entry.get('preset', '?')}), "
-                f"{entry.get('file', '?')}")
+                f"{entry.get('file', '?')}"
+            )
         if not entries:
             self.ui.installedModelsListWidget.addItem("No TAGS checkpoints installed: the default model is used.")
         lines = []
         for name in sorted(weights.CATALOGUE):
             info = weights.describe(name)
-            lines.append(f"{name} ({info['licence']}): {'present' if info['present'] else 'not downloaded'}"
-                         f" — {info['purpose']}")
+            lines.append(
+                f"{name} ({info['licence']}): {'present' if info['present'] else 'not downloaded'} — {info['purpose']}"
+            )
         self.ui.weightsStatusLabel.text = "\n".join(lines)
         self.ui.dataFolderLabel.text = f"Checkpoints: {models_dir()}\nCache: {cache_dir()}"
 
@@ -233,15 +241,18 @@ class TAGSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return True
         if importlib.util.find_spec("PyTorchUtils") is None:
             if not slicer.util.confirmOkCancelDisplay(
-                    "TAGS needs the PyTorch extension, which installs the right torch for this computer.\n"
-                    "Install it now? Slicer must be restarted afterwards; then press 'Install dependencies' again.",
-                    windowTitle="TAGS Segment"):
+                "TAGS needs the PyTorch extension, which installs the right torch for this computer.\n"
+                "Install it now? Slicer must be restarted afterwards; then press 'Install dependencies' again.",
+                windowTitle="TAGS Segment",
+            ):
                 self._log("The PyTorch extension was not installed.")
                 return False
             # this was the question: the extensions manager must not ask twice more
             if not install.install_extension_quietly(slicer.app.extensionsManagerModel(), "PyTorch"):
-                raise RuntimeError("The PyTorch extension could not be installed: install it from the "
-                                   "Extensions Manager, restart Slicer and try again.")
+                raise RuntimeError(
+                    "The PyTorch extension could not be installed: install it from the "
+                    "Extensions Manager, restart Slicer and try again."
+                )
             self._log("PyTorch extension installed; restart Slicer, then press 'Install dependencies' again.")
             return False
         import PyTorchUtils
@@ -266,10 +277,13 @@ class TAGSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         def confirm(missing):
             return slicer.util.confirmOkCancelDisplay(
                 "TAGS Segment needs these Python packages:\n\n" + "\n".join(missing) + "\n\nInstall them now? "
-                "This modifies Slicer's Python environment.", windowTitle="TAGS Segment")
+                "This modifies Slicer's Python environment.",
+                windowTitle="TAGS Segment",
+            )
 
-        if install.ensure_packages(self.resourcePath("requirements.txt"), confirm, packaging,
-                                   getattr(slicer.util, "pip_install", None)):
+        if install.ensure_packages(
+            self.resourcePath("requirements.txt"), confirm, packaging, getattr(slicer.util, "pip_install", None)
+        ):
             return True
         self._log("The Python packages were not installed.")
         return False
@@ -278,7 +292,8 @@ class TAGSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onInstallCheckpointFromFile(self):
         path = qt.QFileDialog.getOpenFileName(
-            self.parent, "Install TAGS checkpoint", "", "TAGS checkpoints (*.safetensors);;All files (*)")
+            self.parent, "Install TAGS checkpoint", "", "TAGS checkpoints (*.safetensors);;All files (*)"
+        )
         if not path:
             return
         with slicer.util.tryWithErrorDisplay(_("Installing the checkpoint failed."), waitCursor=True):
@@ -293,11 +308,15 @@ class TAGSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             from tagseg.weights import offline_mode
 
             if offline_mode():
-                raise RuntimeError("Offline mode is set (HF_HUB_OFFLINE or TAGSEG_OFFLINE): download the file "
-                                   "elsewhere and use 'Install TAGS checkpoint from file…'.")
+                raise RuntimeError(
+                    "Offline mode is set (HF_HUB_OFFLINE or TAGSEG_OFFLINE): download the file "
+                    "elsewhere and use 'Install TAGS checkpoint from file…'."
+                )
             if not slicer.util.confirmOkCancelDisplay(
-                    f"Download {url}?\n\nThe file is checked against SHA-256 {sha256} and then copied to the TAGS "
-                    "models folder. Check the checkpoint's licence before using it.", windowTitle="TAGS Segment"):
+                f"Download {url}?\n\nThe file is checked against SHA-256 {sha256} and then copied to the TAGS "
+                "models folder. Check the checkpoint's licence before using it.",
+                windowTitle="TAGS Segment",
+            ):
                 return
             import SampleData
 
@@ -331,8 +350,10 @@ class TAGSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.engineModeComboBox.addItem(label, value)
         self.engineUrlEdit = qt.QLineEdit()
         self.engineUrlEdit.setPlaceholderText("http://127.0.0.1:8765")
-        self.engineUrlEdit.toolTip = _("The 'url' that `tagseg serve` prints; reach a remote GPU server through "
-                                       "`ssh -L 8765:127.0.0.1:8765 gpu-host` and enter http://127.0.0.1:8765.")
+        self.engineUrlEdit.toolTip = _(
+            "The 'url' that `tagseg serve` prints; reach a remote GPU server through "
+            "`ssh -L 8765:127.0.0.1:8765 gpu-host` and enter http://127.0.0.1:8765."
+        )
         self.engineTokenEdit = qt.QLineEdit()
         self.engineTokenEdit.setEchoMode(qt.QLineEdit.Password)
         self.engineTokenEdit.toolTip = _("The first line of the server's --token-file (saved in Slicer's settings).")
@@ -377,13 +398,16 @@ class TAGSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         mode = self.engineModeComboBox.currentData
         url, token = self.engineUrlEdit.text.strip(), self.engineTokenEdit.text.strip()
         try:
-            changed = self.logic.set_engine(mode, url, token)   # saved in Slicer's settings
+            changed = self.logic.set_engine(mode, url, token)  # saved in Slicer's settings
         except ValueError as exc:
             slicer.util.errorDisplay(str(exc), windowTitle="TAGS")
             return
         if changed:
-            self._log(f"Engine: {self.engineModeComboBox.currentText}"
-                      + (f" at {self.logic.engine_settings()['url']}" if mode == "remote" else "") + ".")
+            self._log(
+                f"Engine: {self.engineModeComboBox.currentText}"
+                + (f" at {self.logic.engine_settings()['url']}" if mode == "remote" else "")
+                + "."
+            )
         self._updateEngineWidgets()
 
     def onTestEngine(self):
@@ -397,8 +421,8 @@ class TAGSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             url = settings.normalise_engine_url(self.engineUrlEdit.text)
             health = engine_health(url, self.engineTokenEdit.text.strip() or None, timeout=3.0)
             self.engineStatusLabel.text = _("Connected: tagseg {version} on {device}, {sessions} session(s).").format(
-                version=health.get("version", "?"), device=health.get("device", "?"),
-                sessions=health.get("sessions", 0))
+                version=health.get("version", "?"), device=health.get("device", "?"), sessions=health.get("sessions", 0)
+            )
 
     # ---- device ------------------------------------------------------------------------------------------------
 
@@ -414,7 +438,7 @@ class TAGSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._applyDevice(combo.itemData(combo.currentIndex))
 
     def _applyDevice(self, device):
-        if self.logic.set_device(device):   # saved in Slicer's settings
+        if self.logic.set_device(device):  # saved in Slicer's settings
             self._log(f"Device changed to {device}; the model will be loaded again on the next prediction.")
         self._updateDeviceWarning()
 
@@ -478,8 +502,10 @@ class TAGSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._log(f"Self-test on {device} started (adds a phantom and a segmentation to the scene)…")
             result = run_selftest(slicer.mrmlScene, device=device, log=self._log)
             timings = wording.format_timings(result.get("timings"))
-            self._log(f"Self-test passed: Dice {result['dice']:.3f} in {result['seconds']:.1f} s"
-                      + (f" ({timings})" if timings else ""))
+            self._log(
+                f"Self-test passed: Dice {result['dice']:.3f} in {result['seconds']:.1f} s"
+                + (f" ({timings})" if timings else "")
+            )
 
 
 #
@@ -553,7 +579,7 @@ class TAGSSegmentTest(ScriptedLoadableModuleTest):
                 i, j, k, _ = rasToIjk.MultiplyPoint([*include_ras[0], 1.0])
                 mask = np.zeros(slicer.util.arrayFromVolume(volume_node).shape, np.uint8)
                 k, j, i = (int(round(v)) for v in (k, j, i))
-                mask[max(k - 2, 0):k + 3, max(j - 4, 0):j + 5, max(i - 4, 0):i + 5] = 1
+                mask[max(k - 2, 0) : k + 3, max(j - 4, 0) : j + 5, max(i - 4, 0) : i + 5] = 1
                 future = concurrent.futures.Future()
                 future.set_result(mask)
                 return future
@@ -609,8 +635,10 @@ class TAGSSegmentTest(ScriptedLoadableModuleTest):
         from Resources/requirements.txt; where they are missing it says so and returns: runTest calls the tests
         directly (Self Tests, Reload and Test), where a skipTest would be reported as an error."""
         if importlib.util.find_spec("torch") is None:
-            self.delayDisplay("TAGS self-test not run: torch is not installed "
-                              "(press 'Install dependencies' in the TAGS Segment module)")
+            self.delayDisplay(
+                "TAGS self-test not run: torch is not installed "
+                "(press 'Install dependencies' in the TAGS Segment module)"
+            )
             return
         from TAGSSegmentLib.logic import SELFTEST_MIN_DICE, run_selftest
 
@@ -622,8 +650,10 @@ class TAGSSegmentTest(ScriptedLoadableModuleTest):
             for key in ("undo_ok", "redo_ok", "others_unchanged"):
                 self.assertIs(result[key], True, f"self-test reports {key}={result[key]!r}")
         else:
-            self.delayDisplay("Segment Editor write/undo checks skipped: this Slicer has no "
-                              "vtkSlicerSegmentEditorLogic (Slicer 5.10 and later have it)")
+            self.delayDisplay(
+                "Segment Editor write/undo checks skipped: this Slicer has no "
+                "vtkSlicerSegmentEditorLogic (Slicer 5.10 and later have it)"
+            )
         segmentationNode = slicer.mrmlScene.GetNodeByID(result["segmentation_id"])
         self.assertIsNotNone(segmentationNode.GetSegmentation().GetSegment(result["tumor_segment_id"]))
         self.delayDisplay(f"TAGS self-test passed: Dice {result['dice']:.3f} in {result['seconds']:.1f} s")

@@ -14,6 +14,7 @@ radius 1 voxel and the shell is rounded outward (never inside the margin). Grow 
 them (seed radius 0 / 1 / 2 voxels moved single dev cases by up to 0.2 Dice), so reproduced means differ
 from BASELINES.md's by a few hundredths; the per-slice numbers reproduce its 3D-box row (0.823 vs 0.822).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,12 +28,12 @@ from tagseg.volume import Volume
 Point = tuple[float, float, float]
 Box = tuple[Point, Point]
 
-CLICK_SHELL_MARGIN_MM = 30.0     # BASELINES.md: background on the faces of the clicks' box + 30 mm
-BOX_SHELL_MARGIN_MM = 5.0        # BASELINES.md: background on the faces of the lesion box + 5 mm
-SEED_BALL_RADIUS_VOX = 1         # include seed: a ball of this radius (voxels) around each click
-CLICK_BOX_MM = 30.0              # BASELINES.md: per-slice LiteMedSAM gets a 30 mm box around the clicks
-CT_WINDOW_HU = (-160.0, 240.0)   # BASELINES.md: soft-tissue window for CT ...
-MR_PERCENTILES = (0.5, 99.5)     # ... and percentiles for MR
+CLICK_SHELL_MARGIN_MM = 30.0  # BASELINES.md: background on the faces of the clicks' box + 30 mm
+BOX_SHELL_MARGIN_MM = 5.0  # BASELINES.md: background on the faces of the lesion box + 5 mm
+SEED_BALL_RADIUS_VOX = 1  # include seed: a ball of this radius (voxels) around each click
+CLICK_BOX_MM = 30.0  # BASELINES.md: per-slice LiteMedSAM gets a 30 mm box around the clicks
+CT_WINDOW_HU = (-160.0, 240.0)  # BASELINES.md: soft-tissue window for CT ...
+MR_PERCENTILES = (0.5, 99.5)  # ... and percentiles for MR
 
 
 def ras_box_to_kji(volume: Volume, box: Box) -> tuple[np.ndarray, np.ndarray]:
@@ -70,7 +71,7 @@ class GrowFromSeeds:
         self._filter = slicer.vtkImageGrowCutSegment()
         self._region: tuple[slice, ...] | None = None
         self._intensity = None
-        self._keep: list = []          # VTK arrays wrap numpy buffers: keep them alive while used
+        self._keep: list = []  # VTK arrays wrap numpy buffers: keep them alive while used
 
     def run(self, include: list[Point], shell: Box, exclude: list[Point] = ()) -> np.ndarray:
         """Mask (uint8 KJI) from include clicks, exclude clicks and a background shell on `shell`'s faces."""
@@ -84,11 +85,11 @@ class GrowFromSeeds:
         region = tuple(slice(int(a), int(b) + 1) for a, b in zip(region_lo, region_hi))
         seeds = np.zeros([s.stop - s.start for s in region], dtype=np.uint8)
         a, b = shell_lo - region_lo, shell_hi - region_lo
-        inner = seeds[a[0]:b[0] + 1, a[1]:b[1] + 1, a[2]:b[2] + 1]
+        inner = seeds[a[0] : b[0] + 1, a[1] : b[1] + 1, a[2] : b[2] + 1]
         inner[[0, -1], :, :] = 2
         inner[:, [0, -1], :] = 2
         inner[:, :, [0, -1]] = 2
-        for points, value in ((exclude, 2), (include, 1)):      # include last: it wins where both touch
+        for points, value in ((exclude, 2), (include, 1)):  # include last: it wins where both touch
             for p in points:
                 self._paint_ball(seeds, self.volume.ras_to_kji([p])[0] - region_lo, value)
         if region != self._region:
@@ -107,8 +108,8 @@ class GrowFromSeeds:
     def _paint_ball(self, seeds: np.ndarray, centre_kji: np.ndarray, value: int) -> None:
         c = np.round(centre_kji).astype(int)
         r = self.ball_radius
-        kk, jj, ii = np.ogrid[-r:r + 1, -r:r + 1, -r:r + 1]
-        ball = kk ** 2 + jj ** 2 + ii ** 2 <= r * r
+        kk, jj, ii = np.ogrid[-r : r + 1, -r : r + 1, -r : r + 1]
+        ball = kk**2 + jj**2 + ii**2 <= r * r
         for dk, dj, di in np.argwhere(ball) - r:
             k, j, i = c + (dk, dj, di)
             if 0 < k < seeds.shape[0] - 1 and 0 < j < seeds.shape[1] - 1 and 0 < i < seeds.shape[2] - 1:
@@ -133,8 +134,8 @@ class GrowFromSeeds:
 # ---- per-slice LiteMedSAM ------------------------------------------------------------------------
 @dataclass
 class SliceBox:
-    z: int                      # working (display) slice index
-    box_rc: np.ndarray          # (row0, col0, row1, col1) in continuous working pixel indices
+    z: int  # working (display) slice index
+    box_rc: np.ndarray  # (row0, col0, row1, col1) in continuous working pixel indices
 
 
 class PerSliceLiteMedSAM:
@@ -161,8 +162,11 @@ class PerSliceLiteMedSAM:
         self.reorientation = AxisReorientation.to_axial(volume)
         work = np.asarray(self.reorientation.apply(np.asarray(volume.array)), dtype=np.float32)
         self.is_ct = intensity.looks_like_ct(volume.array)
-        preset = (intensity.IntensityPreset("ct-soft-tissue", window_hu=CT_WINDOW_HU) if self.is_ct
-                  else intensity.IntensityPreset("percentile", percentiles=MR_PERCENTILES))
+        preset = (
+            intensity.IntensityPreset("ct-soft-tissue", window_hu=CT_WINDOW_HU)
+            if self.is_ct
+            else intensity.IntensityPreset("percentile", percentiles=MR_PERCENTILES)
+        )
         self.work = intensity.normalise(work, preset)
 
     # prompts -> slice boxes
@@ -214,7 +218,7 @@ class PerSliceLiteMedSAM:
             t = F.interpolate(t, size=(nh, nw), mode="bilinear", align_corners=False)
         small = t[0, 0].numpy()
         lo, hi = float(small.min()), float(small.max())
-        small = (small - lo) / max(hi - lo, 1e-8)          # LiteMedSAM's own per-slice min-max step
+        small = (small - lo) / max(hi - lo, 1e-8)  # LiteMedSAM's own per-slice min-max step
         image = np.zeros((INPUT_SIZE, INPUT_SIZE), np.float32)
         image[:nh, :nw] = small
         return np.repeat(image[None], 3, axis=0), scale, (nh, nw)

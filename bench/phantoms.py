@@ -21,6 +21,7 @@ Prints one row per phantom, then mean Dice by size bin (radius 3-5, 6-10, 11-20,
 writes the tables to bench/results/phantoms.md (phantoms_quick.md with --quick); --json prints JSON instead.
 Usage: python bench/phantoms.py [--quick | --half | --full] [--json] [--text TEXT] [--model NAME] [--device cpu]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,8 +70,10 @@ def one_per_cell() -> list[tuple[int, str, str, str]]:
     pairs = [(e, s) for e in EDGES for s in SLICES]
     start = int(np.random.default_rng(0).integers(0, len(pairs)))
     cells = [(r, m) for r in RADII_MM for m in MODALITIES]
-    return [(r, *pairs[(n + start) % len(pairs)][:1], m, pairs[(n + start) % len(pairs)][1])
-            for n, (r, m) in enumerate(cells)]
+    return [
+        (r, *pairs[(n + start) % len(pairs)][:1], m, pairs[(n + start) % len(pairs)][1])
+        for n, (r, m) in enumerate(cells)
+    ]
 
 
 def grid_seed(spec) -> int:
@@ -109,10 +112,20 @@ def run_one(spec, args) -> dict:
     text = text_for(phantom) if args.text is None else args.text
     label = phantom.label
     volume_ml = float((label.array > 0).sum() * np.prod(label.spacing_ijk) / 1000.0)
-    row = {"phantom": lesion_phantom_name(radius, edge, modality, slices, seed), "radius_mm": radius, "edge": edge,
-           "modality": modality, "slices": slices, "seed": seed, "host": phantom.tumour_organ, "text": text,
-           "shape_ijk": list(phantom.image.shape_kji[::-1]), "volume_ml": round(volume_ml, 3),
-           "lesion_slices": int(len(np.unique(np.nonzero(label.array)[0]))), "make_s": round(make_s, 2)}
+    row = {
+        "phantom": lesion_phantom_name(radius, edge, modality, slices, seed),
+        "radius_mm": radius,
+        "edge": edge,
+        "modality": modality,
+        "slices": slices,
+        "seed": seed,
+        "host": phantom.tumour_organ,
+        "text": text,
+        "shape_ijk": list(phantom.image.shape_kji[::-1]),
+        "volume_ml": round(volume_ml, 3),
+        "lesion_slices": int(len(np.unique(np.nonzero(label.array)[0]))),
+        "make_s": round(make_s, 2),
+    }
     session = Session(phantom.image, model=args.model, device=args.device)
     try:
         if text:
@@ -136,15 +149,23 @@ def summarise(rows: list[dict]) -> dict:
     for name, _, _ in SIZE_BINS:
         cells = {}
         for m in (*MODALITIES, "all"):
-            values = [r["dice"] for r in rows if size_bin(r["radius_mm"]) == name and (m == "all" or r["modality"] == m)]
+            values = [
+                r["dice"] for r in rows if size_bin(r["radius_mm"]) == name and (m == "all" or r["modality"] == m)
+            ]
             cells[m] = {"mean": round(statistics.fmean(values), 3), "n": len(values)} if values else None
         table[name] = cells
     by = {}
     for key, values in (("edge", EDGES), ("slices", SLICES), ("modality", MODALITIES)):
-        by[key] = {v: round(statistics.fmean(d), 3) if (d := [r["dice"] for r in rows if r[key] == v]) else None
-                   for v in values}
-    return {"by_size_and_modality": table, "by": by, "mean": round(statistics.fmean(r["dice"] for r in rows), 3),
-            "n": len(rows)}
+        by[key] = {
+            v: round(statistics.fmean(d), 3) if (d := [r["dice"] for r in rows if r[key] == v]) else None
+            for v in values
+        }
+    return {
+        "by_size_and_modality": table,
+        "by": by,
+        "mean": round(statistics.fmean(r["dice"] for r in rows), 3),
+        "n": len(rows),
+    }
 
 
 def fmt_cell(cell) -> str:
@@ -152,23 +173,38 @@ def fmt_cell(cell) -> str:
 
 
 def markdown(rows: list[dict], summary: dict, meta: dict) -> str:
-    lines = [f"# Phantom Dice by lesion size ({meta['date']}, {meta['selection']})", "",
-             f"Model `{meta['model']}` on {meta['device']}; 3 clicks drawn uniformly from the label "
-             f"(numpy default_rng(0)); text {meta['text']}; one first prediction per phantom; "
-             f"{summary['n']} phantoms, mean Dice {summary['mean']:.3f}, {meta['wall_s']:.0f} s.", "",
-             "Mean Dice (phantoms) by lesion radius x modality:", "",
-             "| radius | " + " | ".join(MODALITIES) + " | all |", "|---" * (len(MODALITIES) + 2) + "|"]
+    lines = [
+        f"# Phantom Dice by lesion size ({meta['date']}, {meta['selection']})",
+        "",
+        f"Model `{meta['model']}` on {meta['device']}; 3 clicks drawn uniformly from the label "
+        f"(numpy default_rng(0)); text {meta['text']}; one first prediction per phantom; "
+        f"{summary['n']} phantoms, mean Dice {summary['mean']:.3f}, {meta['wall_s']:.0f} s.",
+        "",
+        "Mean Dice (phantoms) by lesion radius x modality:",
+        "",
+        "| radius | " + " | ".join(MODALITIES) + " | all |",
+        "|---" * (len(MODALITIES) + 2) + "|",
+    ]
     for name, cells in summary["by_size_and_modality"].items():
         lines.append(f"| {name} | " + " | ".join(fmt_cell(cells[m]) for m in (*MODALITIES, "all")) + " |")
-    lines += ["", "Mean Dice by " + "; ".join(
-        f"{key}: " + ", ".join(f"{v} {d:.2f}" for v, d in values.items() if d is not None)
-        for key, values in summary["by"].items()) + ".", "",
+    lines += [
+        "",
+        "Mean Dice by "
+        + "; ".join(
+            f"{key}: " + ", ".join(f"{v} {d:.2f}" for v, d in values.items() if d is not None)
+            for key, values in summary["by"].items()
+        )
+        + ".",
+        "",
         "| phantom | radius mm | edge | modality | slices | host | volume ml | lesion slices | Dice | predict s |",
-        "|---|---|---|---|---|---|---|---|---|---|"]
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['phantom']} | {r['radius_mm']} | {r['edge']} | {r['modality']} | {r['slices']} | "
-                     f"{r['host']} | {r['volume_ml']:.2f} | {r['lesion_slices']} | {r['dice']:.3f} | "
-                     f"{r['predict_s']:.1f}{' (error: ' + r['error'] + ')' if 'error' in r else ''} |")
+        lines.append(
+            f"| {r['phantom']} | {r['radius_mm']} | {r['edge']} | {r['modality']} | {r['slices']} | "
+            f"{r['host']} | {r['volume_ml']:.2f} | {r['lesion_slices']} | {r['dice']:.3f} | "
+            f"{r['predict_s']:.1f}{' (error: ' + r['error'] + ')' if 'error' in r else ''} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -198,13 +234,21 @@ def main(argv=None) -> int:
         row = run_one(spec, args)
         rows.append(row)
         if not args.json:
-            print(f"[{n}/{len(specs)}] {row['phantom']:44s} {row['host']:5s} {row['volume_ml']:8.2f} ml "
-                  f"{row['lesion_slices']:3d} slices  Dice {row['dice']:.3f}  {row['predict_s']:6.1f} s"
-                  + (f"  error: {row['error']}" if "error" in row else ""), flush=True)
+            print(
+                f"[{n}/{len(specs)}] {row['phantom']:44s} {row['host']:5s} {row['volume_ml']:8.2f} ml "
+                f"{row['lesion_slices']:3d} slices  Dice {row['dice']:.3f}  {row['predict_s']:6.1f} s"
+                + (f"  error: {row['error']}" if "error" in row else ""),
+                flush=True,
+            )
     summary = summarise(rows)
-    meta = {"date": datetime.now().strftime("%Y-%m-%d %H:%M"), "selection": selection, "model": args.model,
-            "device": args.device, "text": "as accuracy.py" if args.text is None else repr(args.text),
-            "wall_s": time.perf_counter() - start}
+    meta = {
+        "date": datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "selection": selection,
+        "model": args.model,
+        "device": args.device,
+        "text": "as accuracy.py" if args.text is None else repr(args.text),
+        "wall_s": time.perf_counter() - start,
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / ("phantoms_quick.md" if args.quick else "phantoms.md")
     out.write_text(markdown(rows, summary, meta), encoding="utf-8")
@@ -216,8 +260,13 @@ def main(argv=None) -> int:
         print(f"{'radius':10s}" + "".join(f"{m:>16s}" for m in (*MODALITIES, "all")))
         for name, cells in summary["by_size_and_modality"].items():
             print(f"{name:10s}" + "".join(f"{fmt_cell(cells[m]):>16s}" for m in (*MODALITIES, "all")))
-        print("by " + "; ".join(f"{k}: " + ", ".join(f"{v} {d:.2f}" for v, d in vals.items() if d is not None)
-                                for k, vals in summary["by"].items()))
+        print(
+            "by "
+            + "; ".join(
+                f"{k}: " + ", ".join(f"{v} {d:.2f}" for v, d in vals.items() if d is not None)
+                for k, vals in summary["by"].items()
+            )
+        )
         print(f"wrote {out.relative_to(ROOT)} ({meta['wall_s']:.0f} s)")
     return 0
 

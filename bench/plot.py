@@ -2,6 +2,7 @@
 
 Kept apart from run_bench.py so the numbers never depend on matplotlib being importable.
 """
+
 from __future__ import annotations
 
 import math
@@ -10,9 +11,16 @@ from pathlib import Path
 COLOURS = {"litemedsam-3d": "#1f77b4", "tags": "#9467bd", "grow-from-seeds": "#2ca02c", "lms-per-slice": "#ff7f0e"}
 
 
-def plot(path: Path, methods: list[str], protocols: list[str], cases: list[str],
-         dice: dict[tuple[str, str, str], float], latency: dict[tuple[str, str], tuple[float, float]],
-         latency_label: str, title: str) -> None:
+def plot(
+    path: Path,
+    methods: list[str],
+    protocols: list[str],
+    cases: list[str],
+    dice: dict[tuple[str, str, str], float],
+    latency: dict[tuple[str, str], tuple[float, float]],
+    latency_label: str,
+    title: str,
+) -> None:
     """dice[(method, protocol, case)]; latency[(method, protocol)] = (first s, refine s) medians."""
     import matplotlib
 
@@ -31,7 +39,7 @@ def plot(path: Path, methods: list[str], protocols: list[str], cases: list[str],
             ys = [dice.get((method, protocol, case), math.nan) for case in cases]
             ax.bar(xs, [0 if math.isnan(y) else y for y in ys], width, label=method, color=COLOURS.get(method))
         split = next((i for i, c in enumerate(cases) if c.startswith("phantom")), 0)
-        if 0 < split < len(cases):           # dev cases left, phantoms right
+        if 0 < split < len(cases):  # dev cases left, phantoms right
             ax.axvline(split - 0.5, color="grey", linestyle="--", linewidth=0.8)
         ax.set_xticks(range(len(cases)))
         ax.set_xticklabels([c.replace("deeplesion_", "dl_") for c in cases], rotation=30, ha="right", fontsize=8)

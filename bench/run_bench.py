@@ -18,6 +18,7 @@ Writes bench/results/bench.md, bench.png, bench.json, and latency.md (the README
 Usage: python bench/run_bench.py [--cases DIR] [--repeats R] [--phantoms N] [--methods a,b]
        [--protocols 1click,3clicks,box] [--tags-checkpoint PATH] [--per-slice-encoder onnxruntime|torch] [--quick]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,7 +50,7 @@ PHANTOM = dict(shape_kji=(24, 96, 96), spacing_ijk=(1.0, 1.0, 2.5), tumour_radiu
 DEFAULTS = {"repeats": 2, "phantoms": 2, "protocols": "1click,3clicks,box"}
 QUICK = {"repeats": 1, "phantoms": 2, "protocols": "3clicks,box"}
 METHOD_NOTES = {
-    "litemedsam-3d": "our default backend, `tagseg.Session(model=\"litemedsam-3d\")`: text + clicks, or text + box",
+    "litemedsam-3d": 'our default backend, `tagseg.Session(model="litemedsam-3d")`: text + clicks, or text + box',
     "tags": "`tagseg.Session(model=CHECKPOINT)`",
     "grow-from-seeds": "Slicer's Grow from seeds (`vtkImageGrowCutSegment`, slicer-core)",
     "lms-per-slice": "LiteMedSAM per slice, MedSAM's Slicer plugin workflow (no embedding cache)",
@@ -69,21 +70,32 @@ def text_for(name: str) -> str:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", default=str(SHARED / "lesions_dev"),
-                        help="folder of case folders (image.*, label.*)")
-    parser.add_argument("--repeats", type=int, help=f"cold first predictions (+1 refine click each) per case "
-                                                     f"(default {DEFAULTS['repeats']})")
-    parser.add_argument("--phantoms", type=int,
-                        help=f"synthetic phantoms, seeds 0..N-1 (default {DEFAULTS['phantoms']})")
+    parser.add_argument(
+        "--cases", default=str(SHARED / "lesions_dev"), help="folder of case folders (image.*, label.*)"
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        help=f"cold first predictions (+1 refine click each) per case (default {DEFAULTS['repeats']})",
+    )
+    parser.add_argument(
+        "--phantoms", type=int, help=f"synthetic phantoms, seeds 0..N-1 (default {DEFAULTS['phantoms']})"
+    )
     parser.add_argument("--methods", default=",".join(METHODS), help="comma list of " + ", ".join(METHODS))
     parser.add_argument("--protocols", help=f"comma list of {', '.join(PROTOCOLS)} (default {DEFAULTS['protocols']})")
     parser.add_argument("--tags-checkpoint", help="a TAGS .safetensors checkpoint for the `tags` method")
-    parser.add_argument("--per-slice-encoder", default="onnxruntime", choices=("onnxruntime", "torch"),
-                        help="LiteMedSAM encoder runtime for the per-slice baseline "
-                             "(the plugin runs torch, ~2x slower)")
+    parser.add_argument(
+        "--per-slice-encoder",
+        default="onnxruntime",
+        choices=("onnxruntime", "torch"),
+        help="LiteMedSAM encoder runtime for the per-slice baseline (the plugin runs torch, ~2x slower)",
+    )
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch / ONNX threads")
-    parser.add_argument("--quick", action="store_true",
-                        help=f"{QUICK['repeats']} repeat, {QUICK['phantoms']} phantoms, protocols {QUICK['protocols']}")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"{QUICK['repeats']} repeat, {QUICK['phantoms']} phantoms, protocols {QUICK['protocols']}",
+    )
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
     preset = QUICK if args.quick else DEFAULTS
@@ -109,23 +121,38 @@ def collect_cases(args: argparse.Namespace, tmp: Path, notes: list[str]) -> list
 
     cases = []
     dev = Path(args.cases)
-    dev_cases = sorted(p for p in dev.glob("*/") if list(p.glob("image.*")) and list(p.glob("label.*"))) \
-        if dev.is_dir() else []
+    dev_cases = (
+        sorted(p for p in dev.glob("*/") if list(p.glob("image.*")) and list(p.glob("label.*"))) if dev.is_dir() else []
+    )
     if not dev_cases:
         msg = f"dev cases: skipped — no case folders (image.*, label.*) under {dev}"
         print(f"bench: {msg}", flush=True)
         notes.append(msg)
     for folder in dev_cases:
-        cases.append({"name": folder.name, "group": "dev", "image": str(next(folder.glob("image.*"))),
-                      "label": str(next(folder.glob("label.*"))), "text": text_for(folder.name)})
+        cases.append(
+            {
+                "name": folder.name,
+                "group": "dev",
+                "image": str(next(folder.glob("image.*"))),
+                "label": str(next(folder.glob("label.*"))),
+                "text": text_for(folder.name),
+            }
+        )
     for seed in range(args.phantoms):
         phantom = make_phantom(seed=seed, **PHANTOM)
         folder = tmp / f"phantom_s{seed}"
         folder.mkdir(parents=True, exist_ok=True)
         save_volume(phantom.image, folder / "image.nii.gz")
         save_volume(phantom.label, folder / "label.nii.gz")
-        cases.append({"name": f"phantom_s{seed}", "group": "phantom", "image": str(folder / "image.nii.gz"),
-                      "label": str(folder / "label.nii.gz"), "text": phantom.description})
+        cases.append(
+            {
+                "name": f"phantom_s{seed}",
+                "group": "phantom",
+                "image": str(folder / "image.nii.gz"),
+                "label": str(folder / "label.nii.gz"),
+                "text": phantom.description,
+            }
+        )
     for case in cases:
         label = case["label"]
         case["clicks1"] = [list(map(float, p)) for p in lesion_clicks(label, 1, seed=0)]
@@ -137,9 +164,22 @@ def collect_cases(args: argparse.Namespace, tmp: Path, notes: list[str]) -> list
 
 # ---- running the workers ----------------------------------------------------------------------------
 def run_worker(method: str, protocol: str, args: argparse.Namespace, cases_json: Path, out_dir: Path) -> dict:
-    cmd = [sys.executable, str(ROOT / "bench" / "worker.py"), "--method", method, "--protocol", protocol,
-           "--cases-json", str(cases_json), "--out-dir", str(out_dir), "--threads", str(args.threads),
-           "--per-slice-encoder", args.per_slice_encoder]
+    cmd = [
+        sys.executable,
+        str(ROOT / "bench" / "worker.py"),
+        "--method",
+        method,
+        "--protocol",
+        protocol,
+        "--cases-json",
+        str(cases_json),
+        "--out-dir",
+        str(out_dir),
+        "--threads",
+        str(args.threads),
+        "--per-slice-encoder",
+        args.per_slice_encoder,
+    ]
     if method == "tags":
         cmd += ["--tags-checkpoint", args.tags_checkpoint]
     env = dict(os.environ, HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"), PYTHONWARNINGS="ignore")
@@ -148,8 +188,13 @@ def run_worker(method: str, protocol: str, args: argparse.Namespace, cases_json:
     wall = time.perf_counter() - t
     result_file = out_dir / "result.json"
     if proc.returncode != 0 or not result_file.exists():
-        return {"method": method, "protocol": protocol, "failed": f"worker exit {proc.returncode}", "wall_s": wall,
-                "cases": []}
+        return {
+            "method": method,
+            "protocol": protocol,
+            "failed": f"worker exit {proc.returncode}",
+            "wall_s": wall,
+            "cases": [],
+        }
     result = json.loads(result_file.read_text(encoding="utf-8"))
     result["wall_s"] = wall
     return result
@@ -205,8 +250,11 @@ class Table:
         result = self.by_key.get((method, protocol))
         if not result:
             return []
-        return [r for r in result["cases"] if r.get("dice") is not None
-                and (group is None or self.group[r["name"]] == group)]
+        return [
+            r
+            for r in result["cases"]
+            if r.get("dice") is not None and (group is None or self.group[r["name"]] == group)
+        ]
 
     def row(self, method: str, protocol: str, case: str) -> dict | None:
         return next((r for r in self.rows(method, protocol) if r["name"] == case), None)
@@ -259,12 +307,22 @@ def machine_line(results: list[dict], threads: int) -> str:
     except OSError:
         pass
     torch_threads = next((r.get("torch_threads") for r in results if r.get("torch_threads")), threads)
-    return (f"{cpu}, {os.cpu_count()} cores, torch/ONNX threads {torch_threads}, "
-            f"{platform.system()} {platform.machine()}")
+    return (
+        f"{cpu}, {os.cpu_count()} cores, torch/ONNX threads {torch_threads}, {platform.system()} {platform.machine()}"
+    )
 
 
-def write_report(args: argparse.Namespace, results: list[dict], cases: list[dict], notes: list[str],
-                 wall_s: float, cpu_s: float, started: datetime, load: tuple[tuple, tuple], out: Path) -> str:
+def write_report(
+    args: argparse.Namespace,
+    results: list[dict],
+    cases: list[dict],
+    notes: list[str],
+    wall_s: float,
+    cpu_s: float,
+    started: datetime,
+    load: tuple[tuple, tuple],
+    out: Path,
+) -> str:
     t = Table(results, cases)
     methods = [m for m in args.methods if any((m, p) in t.by_key for p in args.protocols)]
     groups = [g for g in ("dev", "phantom") if any(c["group"] == g for c in cases)]
@@ -295,9 +353,13 @@ def write_report(args: argparse.Namespace, results: list[dict], cases: list[dict
         "Runtime, whose memory arena grows over the first encodes).",
         "",
     ]
-    head = ["method", "protocol"] + [f"mean Dice, {label[g]}" for g in groups] \
-        + [f"first prediction s, {g}" for g in groups] + [f"refine click s, {g}" for g in groups] \
+    head = (
+        ["method", "protocol"]
+        + [f"mean Dice, {label[g]}" for g in groups]
+        + [f"first prediction s, {g}" for g in groups]
+        + [f"refine click s, {g}" for g in groups]
         + ["RSS after load MB", "peak RSS MB"]
+    )
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in methods:
         for p in args.protocols:
@@ -314,9 +376,14 @@ def write_report(args: argparse.Namespace, results: list[dict], cases: list[dict
         base = [b for b in ("grow-from-seeds", "lms-per-slice") if b in methods]
         if not base:
             continue
-        lines += ["", f"### `{ours}` against the baselines (same run, same cases and prompts)", "",
-                  "ΔDice: mean over cases of (ours − baseline). Time ratios: median over cases of "
-                  "(ours / baseline), both per-case medians; < 1 means ours is faster.", ""]
+        lines += [
+            "",
+            f"### `{ours}` against the baselines (same run, same cases and prompts)",
+            "",
+            "ΔDice: mean over cases of (ours − baseline). Time ratios: median over cases of "
+            "(ours / baseline), both per-case medians; < 1 means ours is faster.",
+            "",
+        ]
         head = ["protocol"]
         for b in base:
             head += [f"ΔDice vs {b}, {g}" for g in groups]
@@ -326,12 +393,20 @@ def write_report(args: argparse.Namespace, results: list[dict], cases: list[dict
             cells = [p]
             for b in base:
                 cells += [fmt_delta(t.dice_delta(ours, b, p, g)) for g in groups]
-                cells += [fmt_ratio(t.ratio(ours, b, p, groups[0], "first_s")),
-                          fmt_ratio(t.ratio(ours, b, p, groups[0], "refine_s"))]
+                cells += [
+                    fmt_ratio(t.ratio(ours, b, p, groups[0], "first_s")),
+                    fmt_ratio(t.ratio(ours, b, p, groups[0], "refine_s")),
+                ]
             lines.append("| " + " | ".join(cells) + " |")
 
-    lines += ["", "## Per case", "", "Each cell: Dice · first prediction s · refine click s (medians over repeats)"
-              + "; slices encoded in brackets for LiteMedSAM methods.", ""]
+    lines += [
+        "",
+        "## Per case",
+        "",
+        "Each cell: Dice · first prediction s · refine click s (medians over repeats)"
+        + "; slices encoded in brackets for LiteMedSAM methods.",
+        "",
+    ]
     head = ["case", "protocol"] + [f"`{m}`" for m in methods]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for case in t.case_names:
@@ -340,41 +415,55 @@ def write_report(args: argparse.Namespace, results: list[dict], cases: list[dict
             for m in methods:
                 r = t.row(m, p, case)
                 if r is None:
-                    failed = next((x.get("error") for x in (t.by_key.get((m, p)) or {}).get("cases", [])
-                                   if x["name"] == case and x.get("error")), None)
+                    failed = next(
+                        (
+                            x.get("error")
+                            for x in (t.by_key.get((m, p)) or {}).get("cases", [])
+                            if x["name"] == case and x.get("error")
+                        ),
+                        None,
+                    )
                     cells.append("error" if failed else "—")
                     continue
                 enc = f" [{r['slices_encoded']}]" if r.get("slices_encoded") is not None else ""
                 cells.append(f"{r['dice']:.3f} · {fmt_s(med(r['first_s']))} · {fmt_s(med(r['refine_s']))}{enc}")
             lines.append("| " + " | ".join(cells) + " |")
 
-    lines += ["", "## How each method was run", "",
-              "- Prompts: drawn once by this script with ../shared/tools/clicks.py and given to every method "
-              "(1 click = `lesion_clicks(label, 1, seed=0)`, 3 clicks = `lesion_clicks(label, 3, seed=0)`, "
-              "box = `bbox_ras(label)`, 2 mm margin). Dice = `clicks.dice` on the label's grid.",
-              "- `litemedsam-3d` / `tags`: `Session.set_text` (accuracy.py's rule for dev cases) then "
-              "`add_point` ×n or `add_box`; first prediction with empty embedding and decode caches (model "
-              "already loaded; `tags` gets a fresh backend per repeat); refine = `add_point` + `predict`, "
-              "then `undo`.",
-              "- `grow-from-seeds`: seed label map 1 = a ball of radius 1 voxel at each include click, "
-              "2 = a one-voxel shell on the faces of the clicks' box + 30 mm (box protocol: the faces of the "
-              "box + 5 mm, with the 3 clicks as include seeds, BASELINES.md's variant: Grow from seeds needs "
-              "include seeds, so it gets more input than the others here). The shell sits at least one voxel "
-              "inside the region handed to the filter (the shell's box + 1 voxel, clipped to the image); "
-              "result = label 1; raw intensities. Refine: one more include ball, the same background, the same "
-              "filter instance (Slicer's incremental update).",
-              f"- `lms-per-slice`: LiteMedSAM ({args.per_slice_encoder} encoder"
-              + ("; MedSAM's plugin runs the PyTorch encoder, about 2× slower per slice on this CPU — "
-                 "`--per-slice-encoder torch` measures that" if args.per_slice_encoder == "onnxruntime" else "")
-              + ") on every slice of the 3D box with the same 2D box, or, for click protocols, a 30 mm box around "
-              "the clicks on each clicked slice only (BASELINES.md's click-only variant). Slices in Slicer's "
-              "display orientation, CT window −160..240 HU or MR 0.5–99.5 percentiles, longest side to 256 "
-              "(area averaging when shrinking), padded; every slice re-encoded at every run. Refine: click "
-              "protocols box the new click too and run again; the box protocol can only run the same box again.",
-              "- BASELINES.md (the project's earlier measurement, same cases): Grow 3 clicks 0.665, Grow + box "
-              "0.628, per-slice click box 0.608, per-slice 3D box 0.822. Differences to this run come from seeding "
-              "details BASELINES.md does not fix (seed ball size, shell rounding); Grow from seeds moves by up "
-              "to ±0.2 Dice per case with them."]
+    lines += [
+        "",
+        "## How each method was run",
+        "",
+        "- Prompts: drawn once by this script with ../shared/tools/clicks.py and given to every method "
+        "(1 click = `lesion_clicks(label, 1, seed=0)`, 3 clicks = `lesion_clicks(label, 3, seed=0)`, "
+        "box = `bbox_ras(label)`, 2 mm margin). Dice = `clicks.dice` on the label's grid.",
+        "- `litemedsam-3d` / `tags`: `Session.set_text` (accuracy.py's rule for dev cases) then "
+        "`add_point` ×n or `add_box`; first prediction with empty embedding and decode caches (model "
+        "already loaded; `tags` gets a fresh backend per repeat); refine = `add_point` + `predict`, "
+        "then `undo`.",
+        "- `grow-from-seeds`: seed label map 1 = a ball of radius 1 voxel at each include click, "
+        "2 = a one-voxel shell on the faces of the clicks' box + 30 mm (box protocol: the faces of the "
+        "box + 5 mm, with the 3 clicks as include seeds, BASELINES.md's variant: Grow from seeds needs "
+        "include seeds, so it gets more input than the others here). The shell sits at least one voxel "
+        "inside the region handed to the filter (the shell's box + 1 voxel, clipped to the image); "
+        "result = label 1; raw intensities. Refine: one more include ball, the same background, the same "
+        "filter instance (Slicer's incremental update).",
+        f"- `lms-per-slice`: LiteMedSAM ({args.per_slice_encoder} encoder"
+        + (
+            "; MedSAM's plugin runs the PyTorch encoder, about 2× slower per slice on this CPU — "
+            "`--per-slice-encoder torch` measures that"
+            if args.per_slice_encoder == "onnxruntime"
+            else ""
+        )
+        + ") on every slice of the 3D box with the same 2D box, or, for click protocols, a 30 mm box around "
+        "the clicks on each clicked slice only (BASELINES.md's click-only variant). Slices in Slicer's "
+        "display orientation, CT window −160..240 HU or MR 0.5–99.5 percentiles, longest side to 256 "
+        "(area averaging when shrinking), padded; every slice re-encoded at every run. Refine: click "
+        "protocols box the new click too and run again; the box protocol can only run the same box again.",
+        "- BASELINES.md (the project's earlier measurement, same cases): Grow 3 clicks 0.665, Grow + box "
+        "0.628, per-slice click box 0.608, per-slice 3D box 0.822. Differences to this run come from seeding "
+        "details BASELINES.md does not fix (seed ball size, shell rounding); Grow from seeds moves by up "
+        "to ±0.2 Dice per case with them.",
+    ]
     skipped = [m for m in args.methods if m not in methods]
     for note in notes:
         lines.append(f"- Note: {note}")
@@ -386,12 +475,19 @@ def write_report(args: argparse.Namespace, results: list[dict], cases: list[dict
         for row in r.get("cases", []):
             if row.get("error"):
                 lines.append(f"- `{r['method']}` {r['protocol']} {row['name']}: {row['error']}")
-    loads = {m: next((r.get("load_s") for r in results if r["method"] == m and r.get("load_s") is not None), None)
-             for m in methods}
-    lines.append("- Model load (once per process, not in any timing): "
-                 + ", ".join(f"`{m}` {v:.1f} s" for m, v in loads.items() if v is not None) + ".")
-    lines.append("- Cite the case sources when reusing numbers: pyradiomics, TotalSegmentator, DeepLesion, MedSAM2 "
-                 "(../shared/data/README.md).")
+    loads = {
+        m: next((r.get("load_s") for r in results if r["method"] == m and r.get("load_s") is not None), None)
+        for m in methods
+    }
+    lines.append(
+        "- Model load (once per process, not in any timing): "
+        + ", ".join(f"`{m}` {v:.1f} s" for m, v in loads.items() if v is not None)
+        + "."
+    )
+    lines.append(
+        "- Cite the case sources when reusing numbers: pyradiomics, TotalSegmentator, DeepLesion, MedSAM2 "
+        "(../shared/data/README.md)."
+    )
     text = "\n".join(lines) + "\n"
     (out / "bench.md").write_text(text, encoding="utf-8")
     return text
@@ -422,12 +518,16 @@ def write_latency(args: argparse.Namespace, results: list[dict], cases: list[dic
     for r in rows:
         shape = load_volume(volumes[r["name"]]["image"]).shape_kji
         first, ref = med(r["first_s"]), med(r["refine_s"])
-        lines.append(f"| {r['name']} | {shape} | {r['dice']:.3f} | {first:.1f} | {r['slices_encoded']} | "
-                     f"{ref:.2f} ({min(r['refine_s']):.2f}-{max(r['refine_s']):.2f}) | {first / ref:.1f}x |")
+        lines.append(
+            f"| {r['name']} | {shape} | {r['dice']:.3f} | {first:.1f} | {r['slices_encoded']} | "
+            f"{ref:.2f} ({min(r['refine_s']):.2f}-{max(r['refine_s']):.2f}) | {first / ref:.1f}x |"
+        )
     firsts = [med(r["first_s"]) for r in rows]
     refines = [med(r["refine_s"]) for r in rows]
-    lines.append(f"| **mean / median** | | **{np.mean([r['dice'] for r in rows]):.3f}** | {med(firsts):.1f} | | "
-                 f"{med(refines):.2f} | {med(firsts) / med(refines):.1f}x |")
+    lines.append(
+        f"| **mean / median** | | **{np.mean([r['dice'] for r in rows]):.3f}** | {med(firsts):.1f} | | "
+        f"{med(refines):.2f} | {med(firsts) / med(refines):.1f}x |"
+    )
     text = "\n".join(lines) + "\n"
     (out / "latency.md").write_text(text, encoding="utf-8")
     return text
@@ -451,9 +551,16 @@ def make_plot(args: argparse.Namespace, results: list[dict], cases: list[dict], 
             if firsts:
                 latency[(m, p)] = (med(firsts), med(refines))
     try:
-        plot(out / "bench.png", methods, args.protocols, [c["name"] for c in cases], dice, latency,
-             "dev cases" if group == "dev" else "phantoms",
-             f"tagseg bench {started.strftime('%Y-%m-%d')}: {machine_line(results, args.threads)}")
+        plot(
+            out / "bench.png",
+            methods,
+            args.protocols,
+            [c["name"] for c in cases],
+            dice,
+            latency,
+            "dev cases" if group == "dev" else "phantoms",
+            f"tagseg bench {started.strftime('%Y-%m-%d')}: {machine_line(results, args.threads)}",
+        )
     except Exception as exc:  # a plotting problem must not lose the tables
         return f"bench.png not written ({type(exc).__name__}: {exc})"
     return "bench.png written"
@@ -472,8 +579,10 @@ def main() -> int:
     notes: list[str] = []
     if "tags" in args.methods and not args.tags_checkpoint:
         args.methods.remove("tags")
-        msg = ("`tags`: skipped — no --tags-checkpoint given (no TAGS weights are published; train one with "
-               "`tagseg train`, see README)")
+        msg = (
+            "`tags`: skipped — no --tags-checkpoint given (no TAGS weights are published; train one with "
+            "`tagseg train`, see README)"
+        )
         print(f"bench: {msg}", flush=True)
         notes.append(msg)
     elif "tags" in args.methods and not Path(args.tags_checkpoint).is_file():
@@ -489,8 +598,10 @@ def main() -> int:
             return 0
         cases_json = tmp / "cases.json"
         cases_json.write_text(json.dumps({"repeats": args.repeats, "cases": cases}), encoding="utf-8")
-        print(f"bench: {len(cases)} cases × {len(args.protocols)} protocols × {args.methods}, "
-              f"{args.repeats} repeat(s)", flush=True)
+        print(
+            f"bench: {len(cases)} cases × {len(args.protocols)} protocols × {args.methods}, {args.repeats} repeat(s)",
+            flush=True,
+        )
         results = []
         for protocol in args.protocols:
             for method in args.methods:
@@ -498,8 +609,11 @@ def main() -> int:
                 print(f"bench: {method} / {protocol} ...", flush=True)
                 result = run_worker(method, protocol, args, cases_json, tmp / slug)
                 failed = f" — {result['failed']}" if result.get("failed") else ""
-                print(f"bench: {method} / {protocol}: {result['wall_s']:.0f} s, peak RSS "
-                      f"{result.get('peak_rss_mb', 0):.0f} MB{failed}", flush=True)
+                print(
+                    f"bench: {method} / {protocol}: {result['wall_s']:.0f} s, peak RSS "
+                    f"{result.get('peak_rss_mb', 0):.0f} MB{failed}",
+                    flush=True,
+                )
                 results.append(result)
         score(results, cases, tmp)
         wall = time.perf_counter() - t0
@@ -511,10 +625,19 @@ def main() -> int:
         for r in results:
             for row in r["cases"]:
                 row.pop("mask", None)
-        (out / "bench.json").write_text(json.dumps({"args": {k: v for k, v in vars(args).items()},
-                                                    "cases": [{k: v for k, v in c.items() if k != "volume"}
-                                                              for c in cases],
-                                                    "results": results, "wall_s": wall}, indent=1, default=str), encoding="utf-8")
+        (out / "bench.json").write_text(
+            json.dumps(
+                {
+                    "args": {k: v for k, v in vars(args).items()},
+                    "cases": [{k: v for k, v in c.items() if k != "volume"} for c in cases],
+                    "results": results,
+                    "wall_s": wall,
+                },
+                indent=1,
+                default=str,
+            ),
+            encoding="utf-8",
+        )
     print(report)
     if latency is None:
         print("bench: latency.md not updated (needs litemedsam-3d, 3 clicks and the dev cases)")

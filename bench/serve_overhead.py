@@ -7,6 +7,7 @@ overhead seconds per click, the server's share, and whether every mask was bit-i
 
     .venv/bin/python bench/serve_overhead.py --clicks 8 --device cpu
 """
+
 import argparse
 import json
 import os
@@ -31,13 +32,17 @@ from tagseg.volume import Volume  # noqa: E402
 def slab(volume: Volume, k0: int, count: int) -> Volume:
     matrix = np.array(volume.ijk_to_ras)
     matrix[:3, 3] = volume.kji_to_ras([[k0, 0, 0]])[0]
-    return Volume(np.asarray(volume.array)[k0:k0 + count], matrix, volume.name)
+    return Volume(np.asarray(volume.array)[k0 : k0 + count], matrix, volume.name)
 
 
 def start_server(device: str):
     env = dict(os.environ, PYTHONPATH=str(SOURCE) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen([sys.executable, "-m", "tagseg", "serve", "--device", device], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tagseg", "serve", "--device", device],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
     line: list[bytes] = []
     reader = threading.Thread(target=lambda: line.append(proc.stdout.readline()), daemon=True)
     reader.start()
@@ -76,7 +81,7 @@ def main() -> int:
         for s in (remote, local):
             s.set_text(phantom.description)
             s.add_point(clicks[0])
-            s.predict()                                   # model load + image encoding: not timed
+            s.predict()  # model load + image encoding: not timed
         for click in clicks[1:]:
             t0 = time.perf_counter()
             remote.add_point(click)
@@ -95,13 +100,22 @@ def main() -> int:
         proc.terminate()
         proc.wait(30)
     overhead = [r - l for r, l in zip(remote_s, local_s)]
-    print(json.dumps({
-        "bench": "serve_overhead", "grid_kji": list(image.shape_kji), "clicks": len(overhead), "device": args.device,
-        "remote_click_s": round(statistics.median(remote_s), 4), "session_click_s": round(statistics.median(local_s), 4),
-        "overhead_s": round(statistics.median(overhead), 4),
-        "transport_s": round(statistics.median(r - s for r, s in zip(remote_s, server_s)), 4),
-        "bit_identical": identical, "target_overhead_s": 0.03,
-    }))
+    print(
+        json.dumps(
+            {
+                "bench": "serve_overhead",
+                "grid_kji": list(image.shape_kji),
+                "clicks": len(overhead),
+                "device": args.device,
+                "remote_click_s": round(statistics.median(remote_s), 4),
+                "session_click_s": round(statistics.median(local_s), 4),
+                "overhead_s": round(statistics.median(overhead), 4),
+                "transport_s": round(statistics.median(r - s for r, s in zip(remote_s, server_s)), 4),
+                "bit_identical": identical,
+                "target_overhead_s": 0.03,
+            }
+        )
+    )
     return 0
 
 

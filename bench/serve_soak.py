@@ -6,6 +6,7 @@ number of clicks, errors, misdeliveries, the p50/p95 click time and the server's
 
     .venv/bin/python bench/serve_soak.py --clients 4 --sessions 5 --seconds 120 --device cpu
 """
+
 import argparse
 import json
 import random
@@ -102,13 +103,21 @@ def main() -> int:
         proc.terminate()
         proc.wait(30)
     times.sort()
-    print(json.dumps({
-        "bench": "serve_soak", "clients": args.clients, "sessions_per_client": args.sessions,
-        "seconds": args.seconds, **stats,
-        "click_p50_s": round(statistics.median(times), 3) if times else None,
-        "click_p95_s": round(times[int(0.95 * (len(times) - 1))], 3) if times else None,
-        "server_peak_rss_mb": None if rss is None else round(rss, 1), "first_errors": messages[:3],
-    }))
+    print(
+        json.dumps(
+            {
+                "bench": "serve_soak",
+                "clients": args.clients,
+                "sessions_per_client": args.sessions,
+                "seconds": args.seconds,
+                **stats,
+                "click_p50_s": round(statistics.median(times), 3) if times else None,
+                "click_p95_s": round(times[int(0.95 * (len(times) - 1))], 3) if times else None,
+                "server_peak_rss_mb": None if rss is None else round(rss, 1),
+                "first_errors": messages[:3],
+            }
+        )
+    )
     return 0 if stats["errors"] == 0 and stats["misdelivered"] == 0 else 1
 
 

@@ -17,6 +17,7 @@ timer callback in the main thread's CPU time), and details.
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/slicer_path.py --case ../shared/data/lesions_dev/deeplesion_000001_ct --json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,7 +48,7 @@ def build_case(folder: Path, slices: int, size: int, seed: int, clicks: int):
     tiled = np.tile(array, (copies, 1, 1))[:slices]
     tiled_label = np.zeros(tiled.shape, np.uint8)
     k0 = middle * k
-    tiled_label[k0:k0 + k] = lab[:max(min(k, slices - k0), 0)]
+    tiled_label[k0 : k0 + k] = lab[: max(min(k, slices - k0), 0)]
     pad = ((0, 0), (0, max(size - j, 0)), (0, max(size - i, 0)))
     tiled = np.pad(tiled, pad, mode="edge")[:, :size, :size]
     tiled_label = np.pad(tiled_label, pad)[:, :size, :size]
@@ -101,7 +102,7 @@ def slicer_path(volume, clicks, model: str, device: str, idle_us: int, timeout: 
         for index, _ in enumerate(clicks):
             delivered: list = []
 
-            def deliver(future) -> None:   # what the effect's timer does once the future is done
+            def deliver(future) -> None:  # what the effect's timer does once the future is done
                 if delivered or not future.done():
                     return
                 began = time.perf_counter()
@@ -111,7 +112,7 @@ def slicer_path(volume, clicks, model: str, device: str, idle_us: int, timeout: 
                 delivered.append(mask)
 
             start = time.perf_counter()
-            future = logic.predict_async(node, clicks[:index + 1], [], [], "")
+            future = logic.predict_async(node, clicks[: index + 1], [], [], "")
             out["predict_async_s"] = max(out["predict_async_s"], time.perf_counter() - start)
             loop.run_until(lambda: bool(delivered), [logic.poll, lambda: deliver(future)], timeout)
             seconds = time.perf_counter() - start
@@ -132,8 +133,12 @@ def main() -> int:
     parser.add_argument("--case", required=True, help="a case folder with image.* and label.*")
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--clicks", type=int, default=4,
-                        help="include clicks: the first, then refinements (refine_s: their median; default 4)")
+    parser.add_argument(
+        "--clicks",
+        type=int,
+        default=4,
+        help="include clicks: the first, then refinements (refine_s: their median; default 4)",
+    )
     parser.add_argument("--model", default="litemedsam-3d")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
@@ -155,24 +160,36 @@ def main() -> int:
     volume, label, clicks = build_case(folder, args.slices, args.size, args.seed, max(args.clicks, 1))
     reference = in_process(volume, clicks, args.model, args.device)
     path = slicer_path(volume, clicks, args.model, args.device, args.idle_us, args.timeout)
+
     def median(values):
         return round(float(np.median(values)), 3) if values else float("nan")
 
     refine, session_refine = path["seconds"][1:], reference["seconds"][1:]
     row = {
-        "bench": "slicer_path", "case": folder.name, "shape_kji": list(volume.shape_kji), "device": args.device,
-        "clicks": len(clicks), "first_s": round(path["seconds"][0], 3), "refine_s": median(refine),
-        "session_first_s": round(reference["seconds"][0], 3), "session_refine_s": median(session_refine),
-        "refine_each_s": [round(v, 3) for v in refine], "session_refine_each_s": [round(v, 3) for v in session_refine],
+        "bench": "slicer_path",
+        "case": folder.name,
+        "shape_kji": list(volume.shape_kji),
+        "device": args.device,
+        "clicks": len(clicks),
+        "first_s": round(path["seconds"][0], 3),
+        "refine_s": median(refine),
+        "session_first_s": round(reference["seconds"][0], 3),
+        "session_refine_s": median(session_refine),
+        "refine_each_s": [round(v, 3) for v in refine],
+        "session_refine_each_s": [round(v, 3) for v in session_refine],
         "engine_refine_each_s": [t.get("engine_total") for t in path["timings"][1:]],
         "main_thread_block_s": round(path["main_thread_block_s"], 4),
         "main_thread_block_cpu_s": round(path["longest_callback_cpu_s"], 4),
-        "longest_poll_s": round(path["longest_logic_call_s"], 4), "write_s": round(path["write_s"], 4),
-        "predict_async_s": round(path["predict_async_s"], 4), "engine_ready_s": round(path["engine_ready_s"], 2),
+        "longest_poll_s": round(path["longest_logic_call_s"], 4),
+        "write_s": round(path["write_s"], 4),
+        "predict_async_s": round(path["predict_async_s"], 4),
+        "engine_ready_s": round(path["engine_ready_s"], 2),
         "identical_masks": all(np.array_equal(a, b) for a, b in zip(path["masks"], reference["masks"])),
         "dice": [round(dice(m, label.array), 3) for m in path["masks"]],
-        "timings_first": path["timings"][0], "timings_last_refine": path["timings"][-1],
-        "session_timings_first": reference["timings"][0], "session_timings_last_refine": reference["timings"][-1],
+        "timings_first": path["timings"][0],
+        "timings_last_refine": path["timings"][-1],
+        "session_timings_first": reference["timings"][0],
+        "session_timings_last_refine": reference["timings"][-1],
         "refine_target_met": bool(refine and median(refine) <= median(session_refine) + 0.1),
         "block_target_met": bool(path["main_thread_block_s"] <= 0.1),
         "date": time.strftime("%Y-%m-%d %H:%M"),

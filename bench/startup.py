@@ -16,6 +16,7 @@ with it. `--importtime` adds the slowest imports of one run (`python -X importti
 
     python bench/startup.py [--runs 5] [--importtime] [--json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -86,18 +87,37 @@ def make_case(folder: Path) -> tuple[Path, str]:
 
 def run_once(image: Path, point: str, out: Path, extra: tuple[str, ...] = ()) -> tuple[dict, str]:
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT / "TAGSSegment"))
-    args = [sys.executable, *extra, "-c", DRIVER, "segment", str(image), "-o", str(out), "--point", point,
-            "--text", "liver tumor", "--quiet"]
+    args = [
+        sys.executable,
+        *extra,
+        "-c",
+        DRIVER,
+        "segment",
+        str(image),
+        "-o",
+        str(out),
+        "--point",
+        point,
+        "--text",
+        "liver tumor",
+        "--quiet",
+    ]
     start = time.time()
     proc = subprocess.run(args, capture_output=True, text=True, encoding="utf-8", env=env, timeout=600)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("STARTUP ")), None)
     if line is None:
         raise SystemExit(f"the run did not reach predict (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
-    m = json.loads(line[len("STARTUP "):])
+    m = json.loads(line[len("STARTUP ") :])
     onnx = m["onnx_end"] - m["onnx_start"] if "onnx_start" in m else float("nan")
-    phases = {"interpreter": m["driver"] - start, "import cli": m["import_cli"] - m["driver"],
-              "to model": m["model_start"] - m["import_cli"], "model load": m["model_end"] - m["model_start"],
-              "onnx sessions": onnx, "to predict": m["predict"] - m["model_end"], "total": m["predict"] - start}
+    phases = {
+        "interpreter": m["driver"] - start,
+        "import cli": m["import_cli"] - m["driver"],
+        "to model": m["model_start"] - m["import_cli"],
+        "model load": m["model_end"] - m["model_start"],
+        "onnx sessions": onnx,
+        "to predict": m["predict"] - m["model_end"],
+        "total": m["predict"] - start,
+    }
     return phases, proc.stderr
 
 
@@ -106,10 +126,10 @@ def slowest_imports(image: Path, point: str, out: Path, count: int = 15) -> list
     rows = []
     for line in stderr.splitlines():
         if line.startswith("import time:") and "|" in line:
-            _, cumulative, name = (part.strip() for part in line[len("import time:"):].split("|"))
+            _, cumulative, name = (part.strip() for part in line[len("import time:") :].split("|"))
             if cumulative.isdigit() and not name.startswith(" "):
                 rows.append((int(cumulative) / 1e6, name))
-    top = [r for r in rows if "." not in r[1]]            # top-level packages: the cost a lazy import can move
+    top = [r for r in rows if "." not in r[1]]  # top-level packages: the cost a lazy import can move
     return sorted(top, reverse=True)[:count]
 
 
@@ -123,21 +143,27 @@ def main(argv=None) -> int:
         folder = Path(tmp)
         image, point = make_case(folder)
         out = folder / "mask.nii.gz"
-        run_once(image, point, out)                         # warm-up: the ONNX export on a fresh cache, disk cache
+        run_once(image, point, out)  # warm-up: the ONNX export on a fresh cache, disk cache
         load_before = os.getloadavg()[0]
         runs = [run_once(image, point, out)[0] for _ in range(args.runs)]
         load_after = os.getloadavg()[0]
         imports = slowest_imports(image, point, out) if args.importtime else []
     medians = {p: statistics.median(r[p] for r in runs) for p in PHASES}
-    result = {"runs": args.runs, "median_s": {p: round(v, 3) for p, v in medians.items()},
-              "min_s": {p: round(min(r[p] for r in runs), 3) for p in PHASES},
-              "loadavg_1min": [round(load_before, 2), round(load_after, 2)], "cpus": os.cpu_count(),
-              "slowest_imports_s": [[round(t, 3), n] for t, n in imports]}
+    result = {
+        "runs": args.runs,
+        "median_s": {p: round(v, 3) for p, v in medians.items()},
+        "min_s": {p: round(min(r[p] for r in runs), 3) for p in PHASES},
+        "loadavg_1min": [round(load_before, 2), round(load_after, 2)],
+        "cpus": os.cpu_count(),
+        "slowest_imports_s": [[round(t, 3), n] for t, n in imports],
+    }
     if args.json:
         print(json.dumps(result))
         return 0
-    print(f"tagseg segment start-up, {args.runs} runs, {os.cpu_count()} CPUs, "
-          f"load average {load_before:.2f} -> {load_after:.2f}")
+    print(
+        f"tagseg segment start-up, {args.runs} runs, {os.cpu_count()} CPUs, "
+        f"load average {load_before:.2f} -> {load_after:.2f}"
+    )
     print(f"{'phase':<14}{'median s':>10}{'min s':>8}")
     for p in PHASES:
         print(f"{p:<14}{result['median_s'][p]:>10.3f}{result['min_s'][p]:>8.3f}")

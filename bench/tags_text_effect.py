@@ -17,6 +17,7 @@ prediction with the paper's crop centring (no crop kept over from an earlier cli
 Usage: PYTHONPATH=TAGSSegment python bench/tags_text_effect.py [--train-cases 6] [--test-cases 16]
        [--steps 400] [--seed 0] [--out bench/results/tags_text_effect.md]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,12 +42,12 @@ sys.path.insert(0, str(ROOT / "TAGSSegment"))
 
 from tagseg.evaluate import dice  # noqa: E402  (the one Dice)
 
-SHAPE_KJI = (24, 80, 80)          # the test-suite phantom grid: small enough for a 2-core CPU
+SHAPE_KJI = (24, 80, 80)  # the test-suite phantom grid: small enough for a 2-core CPU
 SPACING_IJK = (1.2, 1.2, 2.0)
 INTENSITY = {"window": [-160.0, 240.0], "mean": 40.0, "std": 60.0}
 FUSION_WEIGHTS = (0.0, 0.3, 0.6, 1.0)
-CLICK_SEED = 2                    # TAGS_SPEC.md §6: seed 2, clicks uniform over the tumour voxels
-LR = 1e-3                         # the test fixture's rate: tags-tiny from scratch needs more than the paper's 1e-4
+CLICK_SEED = 2  # TAGS_SPEC.md §6: seed 2, clicks uniform over the tumour voxels
+LR = 1e-3  # the test fixture's rate: tags-tiny from scratch needs more than the paper's 1e-4
 STARTS = ("text-only (P_4 peak)", "organ centroid", "random organ voxel")
 
 
@@ -55,8 +56,8 @@ class CaseResult:
     seed: int
     radius_mm: float
     contrast_hu: float
-    tumour_fraction: float                     # tumour voxels / organ voxels = chance hit rate of a random organ point
-    dice: dict[tuple[float, int], float] = field(default_factory=dict)      # (w, clicks) -> Dice
+    tumour_fraction: float  # tumour voxels / organ voxels = chance hit rate of a random organ point
+    dice: dict[tuple[float, int], float] = field(default_factory=dict)  # (w, clicks) -> Dice
     start: dict[str, tuple[bool, float, float]] = field(default_factory=dict)  # name -> (hit, distance mm, Dice)
 
 
@@ -76,7 +77,7 @@ def organ_seeds(organ: str, count: int, start: int) -> list[int]:
     """
     from tagseg.synth import make_phantom
 
-    quota = {False: count // 2, True: count - count // 2}     # hyperdense? -> cases still wanted
+    quota = {False: count // 2, True: count - count // 2}  # hyperdense? -> cases still wanted
     seeds, seed = [], start
     while len(seeds) < count:
         if seed > start + 50 * count + 100:
@@ -114,22 +115,46 @@ def train(args: argparse.Namespace, seeds: list[int], checkpoint: Path) -> dict:
 
     def log(step: int, losses: dict) -> None:
         if (step + 1) % max(25, args.steps // 8) == 0:
-            print(f"  step {step + 1}/{args.steps}: loss {losses['loss']:.3f} "
-                  f"({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
+            print(
+                f"  step {step + 1}/{args.steps}: loss {losses['loss']:.3f} ({time.perf_counter() - start:.0f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
 
-    history = fit(model, cases, Intensity.from_metadata(INTENSITY), class_embeddings, steps=args.steps, lr=LR,
-                  seed=args.seed, log=log)
+    history = fit(
+        model,
+        cases,
+        Intensity.from_metadata(INTENSITY),
+        class_embeddings,
+        steps=args.steps,
+        lr=LR,
+        seed=args.seed,
+        log=log,
+    )
     seconds = time.perf_counter() - start
-    save_model(model, checkpoint, task=f"synthetic-{args.organ}", anatomy=args.organ, intensity=INTENSITY,
-               text={"encoder": model.config.text_encoder, "object_word": word, "object_word_mode": "anatomy"},
-               organ_labels=[args.organ], class_embeddings=class_embeddings,
-               provenance={"trained_on": f"tagseg.synth seeds {seeds}", "steps": args.steps})
-    tail = history[-min(25, len(history)):]
-    return {"seconds": seconds, "word": word, "encoder": model.config.text_encoder,
-            "main": statistics.fmean(h["main"] for h in tail),
-            "alignment": statistics.fmean(h["alignment"] for h in tail),
-            "first_main": history[0]["main"], "first_alignment": history[0]["alignment"],
-            "hyper": sum(signs), "hypo": len(signs) - sum(signs)}
+    save_model(
+        model,
+        checkpoint,
+        task=f"synthetic-{args.organ}",
+        anatomy=args.organ,
+        intensity=INTENSITY,
+        text={"encoder": model.config.text_encoder, "object_word": word, "object_word_mode": "anatomy"},
+        organ_labels=[args.organ],
+        class_embeddings=class_embeddings,
+        provenance={"trained_on": f"tagseg.synth seeds {seeds}", "steps": args.steps},
+    )
+    tail = history[-min(25, len(history)) :]
+    return {
+        "seconds": seconds,
+        "word": word,
+        "encoder": model.config.text_encoder,
+        "main": statistics.fmean(h["main"] for h in tail),
+        "alignment": statistics.fmean(h["alignment"] for h in tail),
+        "first_main": history[0]["main"],
+        "first_alignment": history[0]["alignment"],
+        "hyper": sum(signs),
+        "hypo": len(signs) - sum(signs),
+    }
 
 
 def evaluate(checkpoint: Path, seed: int, organ: str, description: str) -> CaseResult:
@@ -155,7 +180,7 @@ def evaluate(checkpoint: Path, seed: int, organ: str, description: str) -> CaseR
 
     tumour_kji = np.argwhere(label)
     rng = np.random.default_rng(CLICK_SEED)
-    clicks = tumour_kji[rng.integers(0, len(tumour_kji), 3)].astype(float)   # 1-click setting = the first one
+    clicks = tumour_kji[rng.integers(0, len(tumour_kji), 3)].astype(float)  # 1-click setting = the first one
     for w in FUSION_WEIGHTS:
         for n in (1, 3):
             result.dice[(w, n)] = predict(clicks[:n], w)
@@ -182,8 +207,14 @@ def ci_text(diffs: list[float]) -> tuple[str, bool]:
     return f"{m:+.3f} [{m - half:+.3f}, {m + half:+.3f}]", (m - half > 0 or m + half < 0)
 
 
-def report(args: argparse.Namespace, train_seeds: list[int], test_seeds: list[int], facts: dict,
-           results: list[CaseResult], seconds: dict[str, float]) -> str:
+def report(
+    args: argparse.Namespace,
+    train_seeds: list[int],
+    test_seeds: list[int],
+    facts: dict,
+    results: list[CaseResult],
+    seconds: dict[str, float],
+) -> str:
     """The Markdown page: summary tables, per-case numbers and a conclusion written from the numbers."""
     import torch
 
@@ -203,9 +234,9 @@ def report(args: argparse.Namespace, train_seeds: list[int], test_seeds: list[in
         f"DiceCE {facts['main']:.3f} (step 1: {facts['first_main']:.3f}), alignment {facts['alignment']:.3f} "
         f"(step 1: {facts['first_alignment']:.3f}).",
         f"- Test: {n} held-out phantoms with a {args.organ} tumour, seeds {test_seeds}; description "
-        f"\"{args.description}\", organ mask = the phantom's {args.organ}; {seconds['eval']:.0f} s. Total wall time "
+        f'"{args.description}", organ mask = the phantom\'s {args.organ}; {seconds["eval"]:.0f} s. Total wall time '
         f"{seconds['total']:.0f} s.",
-        f"- Text: T = class embeddings of the object word \"{facts['word']}\" from `{facts['encoder']}`, a CLIP text "
+        f'- Text: T = class embeddings of the object word "{facts["word"]}" from `{facts["encoder"]}`, a CLIP text '
         "tower with **random weights**. T is a fixed but meaningless pair of vectors, so P_4 here measures a trained "
         "tumour-vs-normal token head anchored on arbitrary directions, not language understanding.",
         f"- Clicks: include only, drawn uniformly from the tumour voxels with rng seed {CLICK_SEED}; the 1-click "
@@ -233,8 +264,10 @@ def report(args: argparse.Namespace, train_seeds: list[int], test_seeds: list[in
             verdict = []
             for c in (1, 3):
                 m, significant = statistics.fmean(diffs[c]), texts[c][1]
-                verdict.append(f"{m:+.3f} with {c} click{'s' if c > 1 else ''} "
-                               f"({'interval excludes 0' if significant else 'within noise'})")
+                verdict.append(
+                    f"{m:+.3f} with {c} click{'s' if c > 1 else ''} "
+                    f"({'interval excludes 0' if significant else 'within noise'})"
+                )
             label = "the text map alone (w=1)" if w == 1 else f"fusion at w={w:g}"
             conclusions.append(f"{label} changed mean Dice by {verdict[0]} and {verdict[1]}")
         lines.append(f"| {w:g} | " + " | ".join(cells) + " |")
@@ -257,16 +290,23 @@ def report(args: argparse.Namespace, train_seeds: list[int], test_seeds: list[in
         dsc = [r.start[name][2] for r in results]
         stats[name] = (sum(hits), statistics.fmean(dist), statistics.fmean(dsc), dsc)
         lines.append(f"| {name} | {sum(hits)}/{n} ({sum(hits) / n:.0%}) | {mean_sd(dist, '{:.1f}')} | {mean_sd(dsc)} |")
-    lines.append(f"| (reference) a real click, 1 from the tumour | {n}/{n} | | "
-                 f"{mean_sd([r.dice[(0.0, 1)] for r in results])} |")
+    lines.append(
+        f"| (reference) a real click, 1 from the tumour | {n}/{n} | | {mean_sd([r.dice[(0.0, 1)] for r in results])} |"
+    )
 
-    lines += ["", "## By tumour contrast sign", "",
-              "| tumours | n | Dice 3 clicks, w=0 | Δ w=0.3, 3 clicks | Dice 3 clicks, w=1 (text map) | "
-              "text-only start: hits | text-only start: Dice | organ centroid: hits | organ centroid: Dice |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## By tumour contrast sign",
+        "",
+        "| tumours | n | Dice 3 clicks, w=0 | Δ w=0.3, 3 clicks | Dice 3 clicks, w=1 (text map) | "
+        "text-only start: hits | text-only start: Dice | organ centroid: hits | organ centroid: Dice |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     by_sign = {}
-    for name, group in (("hypodense", [r for r in results if r.contrast_hu < 0]),
-                        ("hyperdense", [r for r in results if r.contrast_hu > 0])):
+    for name, group in (
+        ("hypodense", [r for r in results if r.contrast_hu < 0]),
+        ("hyperdense", [r for r in results if r.contrast_hu > 0]),
+    ):
         if not group:
             continue
         k = len(group)
@@ -277,12 +317,20 @@ def report(args: argparse.Namespace, train_seeds: list[int], test_seeds: list[in
             f"{statistics.fmean(r.dice[(0.3, 3)] - r.dice[(0.0, 3)] for r in group):+.3f} | "
             f"{mean_sd([r.dice[(1.0, 3)] for r in group])} | {text_hit}/{k} | "
             f"{mean_sd([r.start[STARTS[0]][2] for r in group])} | {sum(r.start[STARTS[1]][0] for r in group)}/{k} | "
-            f"{mean_sd([r.start[STARTS[1]][2] for r in group])} |")
+            f"{mean_sd([r.start[STARTS[1]][2] for r in group])} |"
+        )
 
-    lines += ["", "## Per case", "",
-              "| seed | radius mm | contrast HU | " + " | ".join(f"w={w:g} 1c / 3c" for w in FUSION_WEIGHTS) + " | "
-              + " | ".join(f"{s}: hit, mm, Dice" for s in STARTS) + " |",
-              "|---" * (3 + len(FUSION_WEIGHTS) + len(STARTS)) + "|"]
+    lines += [
+        "",
+        "## Per case",
+        "",
+        "| seed | radius mm | contrast HU | "
+        + " | ".join(f"w={w:g} 1c / 3c" for w in FUSION_WEIGHTS)
+        + " | "
+        + " | ".join(f"{s}: hit, mm, Dice" for s in STARTS)
+        + " |",
+        "|---" * (3 + len(FUSION_WEIGHTS) + len(STARTS)) + "|",
+    ]
     for r in results:
         fusion = [f"{r.dice[(w, 1)]:.3f} / {r.dice[(w, 3)]:.3f}" for w in FUSION_WEIGHTS]
         starts = [f"{'yes' if r.start[s][0] else 'no'}, {r.start[s][1]:.1f}, {r.start[s][2]:.3f}" for s in STARTS]
@@ -303,13 +351,19 @@ def report(args: argparse.Namespace, train_seeds: list[int], test_seeds: list[in
         f"prediction from that click reached Dice {text_dice:.3f} against {cen_dice:.3f} from the organ centroid "
         f"(paired difference {start_diff[0]}, "
         f"{'interval excludes 0' if start_diff[1] else 'within noise'}). "
-        + ("By contrast sign, the text-only start hit " + " and ".join(
-            f"{h}/{k} {name}" for name, (h, k, d) in by_sign.items()) + " tumours; the text map alone (w=1, 3 clicks) "
-            "reached mean Dice " + " and ".join(f"{d:.3f} ({name})" for name, (h, k, d) in by_sign.items()) + ". ")
-        + ("The organ centroid is a strong first click here, likely for a synthetic reason: the phantom puts the "
-           "tumour where it fits inside both the organ and the small grid, and the grid clips the organ, so the "
-           "clipped organ's centroid lies near the tumour. "
-           if cen_hits / n > 2 * statistics.fmean(r.tumour_fraction for r in results) else "")
+        + (
+            "By contrast sign, the text-only start hit "
+            + " and ".join(f"{h}/{k} {name}" for name, (h, k, d) in by_sign.items())
+            + " tumours; the text map alone (w=1, 3 clicks) "
+            "reached mean Dice " + " and ".join(f"{d:.3f} ({name})" for name, (h, k, d) in by_sign.items()) + ". "
+        )
+        + (
+            "The organ centroid is a strong first click here, likely for a synthetic reason: the phantom puts the "
+            "tumour where it fits inside both the organ and the small grid, and the grid clips the organ, so the "
+            "clipped organ's centroid lies near the tumour. "
+            if cen_hits / n > 2 * statistics.fmean(r.tumour_fraction for r in results)
+            else ""
+        )
         + "Caveats: one tiny model, one training seed, a handful of synthetic phantoms of one organ, and a text "
         "encoder with random weights; these numbers say whether the alignment head's map is useful as a "
         "tumour detector on easy synthetic contrast, not whether CLIP text helps on real CT.",
@@ -324,12 +378,20 @@ def main() -> int:
     parser.add_argument("--test-cases", type=int, default=16, help="held-out phantoms (other seeds)")
     parser.add_argument("--steps", type=int, default=400, help="fit() steps")
     parser.add_argument("--seed", type=int, default=0, help="model init and training seed")
-    parser.add_argument("--organ", default="liver", choices=("liver", "kidney_right", "kidney_left", "pancreas"),
-                        help="keep only phantoms whose tumour is in this organ (one T for all cases)")
+    parser.add_argument(
+        "--organ",
+        default="liver",
+        choices=("liver", "kidney_right", "kidney_left", "pancreas"),
+        help="keep only phantoms whose tumour is in this organ (one T for all cases)",
+    )
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "tags_text_effect.md"))
     args = parser.parse_args()
-    args.description = {"liver": "liver tumor", "kidney_right": "right kidney tumor",
-                        "kidney_left": "left kidney tumor", "pancreas": "pancreatic tumor"}[args.organ]
+    args.description = {
+        "liver": "liver tumor",
+        "kidney_right": "right kidney tumor",
+        "kidney_left": "left kidney tumor",
+        "pancreas": "pancreatic tumor",
+    }[args.organ]
     if args.train_cases < 1 or args.test_cases < 2 or args.steps < 1:
         parser.error("need at least 1 training case, 2 test cases and 1 step")
 
@@ -345,8 +407,12 @@ def main() -> int:
         for seed in test_seeds:
             results.append(evaluate(checkpoint, seed, args.organ, args.description))
             r = results[-1]
-            print(f"  case {seed}: Dice w=0 3c {r.dice[(0.0, 3)]:.3f}, text start hit {r.start[STARTS[0]][0]} "
-                  f"({time.perf_counter() - t1:.0f} s)", file=sys.stderr, flush=True)
+            print(
+                f"  case {seed}: Dice w=0 3c {r.dice[(0.0, 3)]:.3f}, text start hit {r.start[STARTS[0]][0]} "
+                f"({time.perf_counter() - t1:.0f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
     t2 = time.perf_counter()
     seconds = {"train": facts["seconds"], "eval": t2 - t1, "total": t2 - t0}
     text = report(args, train_seeds, test_seeds, facts, results, seconds)

@@ -9,6 +9,7 @@ writes timings and memory to a JSON file.
 Usage: python bench/worker.py --method M --protocol P --cases-json F --out-dir D [--tags-checkpoint C]
        [--per-slice-encoder onnxruntime|torch] [--threads N]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -118,11 +119,11 @@ class SessionRunner(Runner):
             self.backend = self._load()
             return
         b = self.backend
-        b._image_key = None                    # redo reorientation + normalisation, as for a new volume
+        b._image_key = None  # redo reorientation + normalisation, as for a new volume
         if hasattr(b, "net"):
-            b.net._cache.clear()               # image embeddings
+            b.net._cache.clear()  # image embeddings
         if hasattr(b, "_decoded"):
-            b._decoded.clear()                 # decoded (slice, box) masks
+            b._decoded.clear()  # decoded (slice, box) masks
 
     def prepare(self, case: dict, protocol: str) -> None:
         self._cold_backend()
@@ -156,7 +157,7 @@ class SessionRunner(Runner):
     def finish(self) -> None:
         if self.session is not None:
             self.session.undo()
-            self.session.close()               # the runner keeps the loaded model
+            self.session.close()  # the runner keeps the loaded model
             self.session = None
 
 
@@ -250,7 +251,7 @@ def main() -> int:
     from tagseg import load_volume
 
     torch_threads = None
-    if args.method != "grow-from-seeds":       # Grow from seeds never imports torch: its RSS stays its own
+    if args.method != "grow-from-seeds":  # Grow from seeds never imports torch: its RSS stays its own
         import torch
 
         torch.set_num_threads(args.threads)
@@ -275,15 +276,28 @@ def main() -> int:
                 runner.finish()
                 row["first_s"].append(first_s)
                 row["refine_s"].append(refine_s)
-            print(f"  {args.method:15s} {args.protocol:8s} {case['name']:22s} first "
-                  + " ".join(f"{v:.2f}" for v in row["first_s"]) + " s, refine "
-                  + " ".join(f"{v:.2f}" for v in row["refine_s"]) + " s", file=sys.stderr, flush=True)
+            print(
+                f"  {args.method:15s} {args.protocol:8s} {case['name']:22s} first "
+                + " ".join(f"{v:.2f}" for v in row["first_s"])
+                + " s, refine "
+                + " ".join(f"{v:.2f}" for v in row["refine_s"])
+                + " s",
+                file=sys.stderr,
+                flush=True,
+            )
         except Exception as exc:  # one failing case must not hide the others' numbers
             row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
             traceback.print_exc(file=sys.stderr)
         rows.append(row)
-    result = {"method": args.method, "protocol": args.protocol, "encoder": runner.encoder,
-              "torch_threads": torch_threads, **setup, "peak_rss_mb": peak_rss_mb(), "cases": rows}
+    result = {
+        "method": args.method,
+        "protocol": args.protocol,
+        "encoder": runner.encoder,
+        "torch_threads": torch_threads,
+        **setup,
+        "peak_rss_mb": peak_rss_mb(),
+        "cases": rows,
+    }
     (out_dir / "result.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
     return 0
 

@@ -13,6 +13,7 @@ Sized to finish in well under 4 minutes on one H100/H200 with tags-b; `--preset 
     python scripts/gpu_check.py                 # litemedsam-3d and tags-b (bf16) on cuda
     python scripts/gpu_check.py --device cpu --tiny
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,7 +48,7 @@ def _sync(device: str) -> None:
 def _peak_gb(device: str) -> float | None:
     if not device.startswith("cuda"):
         return None
-    return round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)
+    return round(torch.cuda.max_memory_allocated() / 2**30, 2)
 
 
 def _reset_peak(device: str) -> None:
@@ -80,9 +81,13 @@ def main(argv=None) -> int:
         return 2
     torch.manual_seed(0)
     default = None if args.skip_default else default_backend_check(device, args.tiny, args.refines)
-    result: dict = {"preset": args.preset, "device": device, "torch": torch.__version__,
-                    "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else platform.processor(),
-                    "autocast": args.autocast}
+    result: dict = {
+        "preset": args.preset,
+        "device": device,
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else platform.processor(),
+        "autocast": args.autocast,
+    }
 
     start = time.perf_counter()
     model = build_tags(args.preset, seed=0).to(device)
@@ -90,11 +95,20 @@ def main(argv=None) -> int:
     result["parameters"] = model.parameter_counts()
     config = model.config
     embed = torch.nn.functional.normalize(torch.randn(config.embed_dim, 2), dim=0)
-    metadata = {"config": config.to_dict(), "intensity": INTENSITY, "task": "gpu-check", "anatomy": "liver",
-                "text": {"encoder": config.text_encoder, "object_word": "liver", "object_word_mode": "anatomy"}}
+    metadata = {
+        "config": config.to_dict(),
+        "intensity": INTENSITY,
+        "task": "gpu-check",
+        "anatomy": "liver",
+        "text": {"encoder": config.text_encoder, "object_word": "liver", "object_word_mode": "anatomy"},
+    }
 
-    phantom = make_phantom(seed=0, shape_kji=(40, 96, 96) if args.tiny else (80, 256, 256),
-                           spacing_ijk=(0.8, 0.8, 2.0), tumour_radius_mm=8.0 if args.tiny else 15.0)
+    phantom = make_phantom(
+        seed=0,
+        shape_kji=(40, 96, 96) if args.tiny else (80, 256, 256),
+        spacing_ijk=(0.8, 0.8, 2.0),
+        tumour_radius_mm=8.0 if args.tiny else 15.0,
+    )
     label = np.asarray(phantom.label.array) > 0
     voxels = np.argwhere(label)
     rng = np.random.default_rng(2)
@@ -104,8 +118,9 @@ def main(argv=None) -> int:
     def prompts(points):
         return GridPrompts(np.asarray(points, float), np.zeros((0, 3)), (), phantom.description, organ)
 
-    backend = TagsBackend(model=model, metadata=metadata, class_embeddings=embed, device=device,
-                          options=TagsOptions(autocast=autocast))
+    backend = TagsBackend(
+        model=model, metadata=metadata, class_embeddings=embed, device=device, options=TagsOptions(autocast=autocast)
+    )
     backend.set_image(phantom.image)
     clicks = voxels[rng.choice(len(voxels), 3, replace=False)]
     _reset_peak(device)
@@ -115,7 +130,7 @@ def main(argv=None) -> int:
     result["first_prediction_cold_s"] = round(time.perf_counter() - start, 3)
     result["first_prediction_cold_stages_s"] = {k: round(v, 3) for k, v in backend.timings.items()}
 
-    backend._grid = None                               # force a new crop: a warm first prediction
+    backend._grid = None  # force a new crop: a warm first prediction
     backend._encodings.clear()
     start = time.perf_counter()
     backend.predict(prompts(clicks))
@@ -133,11 +148,21 @@ def main(argv=None) -> int:
         _sync(device)
         refine_times.append(time.perf_counter() - start)
         encodes += "encode" in backend.timings
-    result["refine_s"] = {"median": round(statistics.median(refine_times), 3), "min": round(min(refine_times), 3),
-                          "max": round(max(refine_times), 3), "n": len(refine_times), "re_encoded": encodes}
+    result["refine_s"] = {
+        "median": round(statistics.median(refine_times), 3),
+        "min": round(min(refine_times), 3),
+        "max": round(max(refine_times), 3),
+        "n": len(refine_times),
+        "re_encoded": encodes,
+    }
 
-    fusion = TagsBackend(model=model, metadata=metadata, class_embeddings=embed, device=device,
-                         options=TagsOptions(autocast=autocast, text_fusion=0.3))
+    fusion = TagsBackend(
+        model=model,
+        metadata=metadata,
+        class_embeddings=embed,
+        device=device,
+        options=TagsOptions(autocast=autocast, text_fusion=0.3),
+    )
     fusion.set_image(phantom.image)
     fusion.predict(prompts(clicks))
     start = time.perf_counter()
@@ -155,7 +180,9 @@ def main(argv=None) -> int:
     step_times, losses = [], []
     _reset_peak(device)
     for _ in range(args.train_steps):
-        crop, crop_label = training_crop(case, centre + rng.uniform(-8, 8, 3), model, Intensity.from_metadata(INTENSITY))
+        crop, crop_label = training_crop(
+            case, centre + rng.uniform(-8, 8, 3), model, Intensity.from_metadata(INTENSITY)
+        )
         pts, pl = sample_training_points(crop_label.numpy(), rng)
         _sync(device)
         start = time.perf_counter()
@@ -193,16 +220,22 @@ def default_backend_check(device: str, tiny: bool, refines: int) -> dict:
     rng = np.random.default_rng(2)
     start = time.perf_counter()
     backend = LiteMedSAM3D(device=device)
-    out = {"model": "litemedsam-3d", "device": device, "lesion_slices": int(len(np.unique(voxels[:, 0]))),
-           "image_kji": list(phantom.image.shape_kji), "load_s": round(time.perf_counter() - start, 3),
-           "encoder_runtime": backend.encoder_runtime}
+    out = {
+        "model": "litemedsam-3d",
+        "device": device,
+        "lesion_slices": int(len(np.unique(voxels[:, 0]))),
+        "image_kji": list(phantom.image.shape_kji),
+        "load_s": round(time.perf_counter() - start, 3),
+        "encoder_runtime": backend.encoder_runtime,
+    }
     backend.set_image(phantom.image)
     centre = voxels.mean(0)
     include, exclude = [centre], []
 
     def predict():
-        prompts = GridPrompts(np.array(include, float), np.array(exclude, float).reshape(-1, 3), (),
-                              phantom.description, None)
+        prompts = GridPrompts(
+            np.array(include, float), np.array(exclude, float).reshape(-1, 3), (), phantom.description, None
+        )
         _sync(device)
         t0 = time.perf_counter()
         mask = backend.predict(prompts)
@@ -221,8 +254,11 @@ def default_backend_check(device: str, tiny: bool, refines: int) -> dict:
         seconds, mask = predict()
         clicks.append(seconds)
     if clicks:
-        out["refine_s"] = {"median": round(statistics.median(clicks), 3), "max": round(max(clicks), 3),
-                           "n": len(clicks)}
+        out["refine_s"] = {
+            "median": round(statistics.median(clicks), 3),
+            "max": round(max(clicks), 3),
+            "n": len(clicks),
+        }
     out["peak_gb"] = _peak_gb(device)
     out["voxels"] = int(np.count_nonzero(mask))
     del backend
@@ -238,18 +274,26 @@ def print_table(result: dict, default: dict | None) -> None:
     print(f"{'model':<34}{'first s':>9}{'click s (median)':>18}{'peak GB':>9}")
     if default is not None:
         click = default.get("refine_s", {}).get("median")
-        print(f"{'litemedsam-3d, ' + str(default['lesion_slices']) + '-slice lesion':<34}"
-              f"{default['first_prediction_s']:>9.3f}{click if click is not None else float('nan'):>18.3f}"
-              f"{default['peak_gb'] if default['peak_gb'] is not None else float('nan'):>9.2f}")
+        print(
+            f"{'litemedsam-3d, ' + str(default['lesion_slices']) + '-slice lesion':<34}"
+            f"{default['first_prediction_s']:>9.3f}{click if click is not None else float('nan'):>18.3f}"
+            f"{default['peak_gb'] if default['peak_gb'] is not None else float('nan'):>9.2f}"
+        )
     name = f"{result['preset']} ({result['autocast']}, random weights)"
     peak = result["inference_peak_gb"]
-    print(f"{name:<34}{result['first_prediction_warm_s']:>9.3f}{result['refine_s']['median']:>18.3f}"
-          f"{peak if peak is not None else float('nan'):>9.2f}")
-    print(f"  TAGS cold first prediction {result['first_prediction_cold_s']:.3f} s; warm stages "
-          + ", ".join(f"{k} {v:.3f}" for k, v in result["first_prediction_warm_stages_s"].items()))
+    print(
+        f"{name:<34}{result['first_prediction_warm_s']:>9.3f}{result['refine_s']['median']:>18.3f}"
+        f"{peak if peak is not None else float('nan'):>9.2f}"
+    )
+    print(
+        f"  TAGS cold first prediction {result['first_prediction_cold_s']:.3f} s; warm stages "
+        + ", ".join(f"{k} {v:.3f}" for k, v in result["first_prediction_warm_stages_s"].items())
+    )
     if result.get("train_steps"):
-        print(f"  TAGS training: {result['train_step_median_s']:.3f} s/step, peak {result['train_peak_gb']} GB, "
-              f"loss finite: {result['finite']}")
+        print(
+            f"  TAGS training: {result['train_step_median_s']:.3f} s/step, peak {result['train_peak_gb']} GB, "
+            f"loss finite: {result['finite']}"
+        )
 
 
 if __name__ == "__main__":

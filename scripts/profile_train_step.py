@@ -1,7 +1,8 @@
 """Where a TAGS training step spends its GPU time: torch.profiler's top operators for one step.
 
-    python scripts/profile_train_step.py [--preset tags-b] [--steps 2] [--top 25]
+python scripts/profile_train_step.py [--preset tags-b] [--steps 2] [--top 25]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,7 +32,7 @@ def main() -> int:
     rng = np.random.default_rng(0)
     crop = torch.randn(3, size, size, size)
     label = torch.zeros(size, size, size)
-    label[size // 3: size // 2, size // 3: size // 2, size // 3: size // 2] = 1
+    label[size // 3 : size // 2, size // 3 : size // 2, size // 3 : size // 2] = 1
     embed = torch.nn.functional.normalize(torch.randn(model.config.embed_dim, 2), dim=0)
     optimisers = make_optimisers(model)
     dtype = torch.bfloat16 if args.device.startswith("cuda") else None

@@ -9,6 +9,7 @@ effect's QTimer drives without blocking
 effect API so undo, masking and overwrite settings of the Segment Editor apply. torch and the model code are
 imported only when a prediction is made (and then in the engine process).
 """
+
 import os
 import sys
 
@@ -30,8 +31,8 @@ from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
 from TAGSSegmentLib import markers, naming, prediction_queue, prompts, slice_boxes, status_log, wording
 
-POLL_INTERVAL_MS = 20            # how often the main thread advances the engine exchange (each tick <= ~30 ms)
-PROGRESS_DIALOG_DELAY_S = 2.0    # a quick prediction never flashes a dialog
+POLL_INTERVAL_MS = 20  # how often the main thread advances the engine exchange (each tick <= ~30 ms)
+PROGRESS_DIALOG_DELAY_S = 2.0  # a quick prediction never flashes a dialog
 
 
 def _moduleLogic():
@@ -60,10 +61,10 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.prompts = prompts.Prompts()
         self.markers = None
         self.queue = prediction_queue.PredictionQueue(self._startPrediction)
-        self._promptContext = None       # (segmentation ID, segment ID, volume ID) the prompts belong to
-        self._press = None               # left-button press being tracked: view key, xy, exclude flag
+        self._promptContext = None  # (segmentation ID, segment ID, volume ID) the prompts belong to
+        self._press = None  # left-button press being tracked: view key, xy, exclude flag
         self._dragging = False
-        self._rubberBands = {}           # slice node ID -> (view widget, vtkPoints, vtkPolyData, vtkActor2D)
+        self._rubberBands = {}  # slice node ID -> (view widget, vtkPoints, vtkPolyData, vtkActor2D)
         self._progressDialog = None
         self._cursorOverridden = False
         self._sceneObservations = []
@@ -213,10 +214,12 @@ description. Device and models are set in the <b>TAGS Segment</b> module.</html>
         self.markers = markers.PromptMarkers(slicer.mrmlScene)
         self._removeSceneObservers()
         self._sceneObservations = [
-            slicer.mrmlScene.AddObserver(slicer.vtkMRMLScene.StartCloseEvent, self._onSceneStartClose)]
+            slicer.mrmlScene.AddObserver(slicer.vtkMRMLScene.StartCloseEvent, self._onSceneStartClose)
+        ]
         self._refreshAnatomyComboBox()
-        self._setStatus("Type a description, then click the target in a slice view (Ctrl+click excludes, drag = box).",
-                        log=False)
+        self._setStatus(
+            "Type a description, then click the target in a slice view (Ctrl+click excludes, drag = box).", log=False
+        )
         qt.QTimer.singleShot(0, self._warmUp)
 
     @staticmethod
@@ -267,8 +270,9 @@ description. Device and models are set in the <b>TAGS Segment</b> module.</html>
         # A quick second click arrives as a double click (press, release, double click, release). Take it as a
         # press, as the Draw effect does: unanswered, Slicer maximizes the view and the click is lost.
         if eventId in (vtk.vtkCommand.LeftButtonPressEvent, vtk.vtkCommand.LeftButtonDoubleClickEvent):
-            exclude = bool(callerInteractor.GetControlKey() or callerInteractor.GetShiftKey()
-                           or self.excludeButton.checked)
+            exclude = bool(
+                callerInteractor.GetControlKey() or callerInteractor.GetShiftKey() or self.excludeButton.checked
+            )
             self._press = (self._viewKey(viewWidget), tuple(callerInteractor.GetEventPosition()), exclude)
             self._dragging = False
             return True
@@ -378,8 +382,11 @@ description. Device and models are set in the <b>TAGS Segment</b> module.</html>
 
     def _context(self):
         segmentationNode, segmentId, volumeNode = self._nodes()
-        return (segmentationNode.GetID() if segmentationNode else None, segmentId,
-                volumeNode.GetID() if volumeNode else None)
+        return (
+            segmentationNode.GetID() if segmentationNode else None,
+            segmentId,
+            volumeNode.GetID() if volumeNode else None,
+        )
 
     def _checkPromptContext(self):
         """Prompts belong to one segment of one volume: another selection starts with no prompts."""
@@ -461,15 +468,18 @@ description. Device and models are set in the <b>TAGS Segment</b> module.</html>
                 anatomy = segment_mask(segmentationNode, anatomyId, volumeNode)
             request = {
                 "kwargs": self.prompts.predict_arguments(volumeNode, description, anatomy),
-                "segmentationNodeID": segmentationNode.GetID(), "segmentID": segmentId,
-                "volumeNodeID": volumeNode.GetID(), "description": description,
+                "segmentationNodeID": segmentationNode.GetID(),
+                "segmentID": segmentId,
+                "volumeNodeID": volumeNode.GetID(),
+                "description": description,
             }
         except Exception as exc:
             self._reportError(exc, sys.exc_info())
             return
         self.queue.submit(request)
-        self._setStatus(f"Segmenting ({self.prompts.describe()})… {wording.description_status(description)}".strip(),
-                        log=False)
+        self._setStatus(
+            f"Segmenting ({self.prompts.describe()})… {wording.description_status(description)}".strip(), log=False
+        )
         if not self._cursorOverridden:
             qt.QApplication.setOverrideCursor(qt.Qt.BusyCursor)  # busy, but clicks still queue
             self._cursorOverridden = True
@@ -483,7 +493,7 @@ description. Device and models are set in the <b>TAGS Segment</b> module.</html>
 
     def _poll(self):
         try:
-            _moduleLogic().poll_tags_logic()    # sends/reads what the sockets allow, then returns (bounded time)
+            _moduleLogic().poll_tags_logic()  # sends/reads what the sockets allow, then returns (bounded time)
         except Exception:
             logging.exception("TAGS: engine poll failed")
         outcome = self.queue.poll()
@@ -491,13 +501,16 @@ description. Device and models are set in the <b>TAGS Segment</b> module.</html>
             elapsed = self.queue.elapsed
             if self._progressDialog is None and elapsed >= PROGRESS_DIALOG_DELAY_S:
                 self._progressDialog = slicer.util.createProgressDialog(
-                    windowTitle="TAGS", labelText="TAGS is segmenting…", maximum=0)
+                    windowTitle="TAGS", labelText="TAGS is segmenting…", maximum=0
+                )
             if self._progressDialog is not None:
                 if self._progressDialog.wasCanceled:
                     self._cancelPrediction("Cancelled; the segment was not changed.")
                     return
                 logic = _runningTagsLogic()
-                self._progressDialog.setLabelText(wording.progress_label(getattr(logic, "last_progress", None), elapsed))
+                self._progressDialog.setLabelText(
+                    wording.progress_label(getattr(logic, "last_progress", None), elapsed)
+                )
         else:
             self._endBusy()
         if outcome is not None:
@@ -537,8 +550,10 @@ description. Device and models are set in the <b>TAGS Segment</b> module.</html>
             self._setStatus(f"Nothing found for these prompts ({outcome.seconds:.1f} s); the segment was not changed.")
             return
         segmentationNode, segmentId, volumeNode = self._nodes()
-        if (self._context() != (request["segmentationNodeID"], request["segmentID"], request["volumeNodeID"])
-                or segmentationNode.GetSegmentation().GetSegment(segmentId) is None):
+        if (
+            self._context() != (request["segmentationNodeID"], request["segmentID"], request["volumeNodeID"])
+            or segmentationNode.GetSegmentation().GetSegment(segmentId) is None
+        ):
             self._setStatus("The selection changed while TAGS was running; that result was discarded.")
             return
         try:
@@ -547,7 +562,8 @@ description. Device and models are set in the <b>TAGS Segment</b> module.</html>
             labelmap = oriented_labelmap(outcome.mask, volumeNode, segmentationNode)
             self.scriptedEffect.saveStateForUndo()
             self.scriptedEffect.modifySelectedSegmentByLabelmap(
-                labelmap, slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeSet)
+                labelmap, slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeSet
+            )
             renamed = naming.adopt_description(segmentationNode, segmentId, request["description"])
         except Exception as exc:
             self._reportError(exc, sys.exc_info())
@@ -559,7 +575,9 @@ description. Device and models are set in the <b>TAGS Segment</b> module.</html>
         suffix = " — named after the description." if renamed else "."
         suffix += f" {wording.warnings_status(info)}".rstrip()
         reading = wording.description_status(request["description"])
-        self._setStatus(f"'{name}' updated: {voxels} voxels in {outcome.seconds:.1f} s{details}{suffix} {reading}".strip())
+        self._setStatus(
+            f"'{name}' updated: {voxels} voxels in {outcome.seconds:.1f} s{details}{suffix} {reading}".strip()
+        )
 
     def _reportError(self, error, excInfo):
         report = wording.explain_error(error)

@@ -12,6 +12,7 @@ Slicer's effect template avoids the load by exposing the class from the package;
 because the effect imports Qt and the Segment Editor, which the GUI-free submodules and their CI tests
 must never import. `Testing/Python/slicer_loader.py` runs Slicer's loaders against this package.
 """
+
 import importlib
 import types
 

@@ -13,6 +13,7 @@ loop in tests) and returns within the budget:
 
 Only the standard library and `tagseg.client` (stdlib + numpy) are used: no Qt, so CI tests all of it.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -35,9 +36,9 @@ from tagseg.client import reply_error, unframe
 from tagseg.errors import EngineUnavailable, TagsegError
 
 CONNECT_TIMEOUT_S = 10.0
-REPLY_TIMEOUT_S = 900.0       # a first prediction on a CPU may take minutes on a large volume
-START_TIMEOUT_S = 180.0       # the engine process: imports, then the ready line
-IO_GRACE_S = 0.003            # how long a tick may wait in select() for a socket that is about to be ready
+REPLY_TIMEOUT_S = 900.0  # a first prediction on a CPU may take minutes on a large volume
+START_TIMEOUT_S = 180.0  # the engine process: imports, then the ready line
+IO_GRACE_S = 0.003  # how long a tick may wait in select() for a socket that is about to be ready
 SEND_CHUNK = 4 << 20
 RECV_CHUNK = 1 << 20
 MAX_REPLY_HEAD = 64 * 1024
@@ -77,7 +78,7 @@ class TaskRunner:
     def close(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.close()   # runs the task's finally blocks (sockets are closed)
+            task.close()  # runs the task's finally blocks (sockets are closed)
 
     def step(self, deadline: float) -> tuple[bool, Any, BaseException | None]:
         """Advance the task until it finishes or `deadline` (perf_counter) passes while it waits.
@@ -92,9 +93,10 @@ class TaskRunner:
                 else:
                     grace = max(0.0, min(deadline - now, IO_GRACE_S))
                     try:
-                        readable, writable, _ = select.select([sock] if mode == "r" else [],
-                                                              [sock] if mode == "w" else [], [], grace)
-                    except (OSError, ValueError) as exc:   # the socket was closed under us
+                        readable, writable, _ = select.select(
+                            [sock] if mode == "r" else [], [sock] if mode == "w" else [], [], grace
+                        )
+                    except (OSError, ValueError) as exc:  # the socket was closed under us
                         self._throw = ConnectionError(str(exc))
                     else:
                         if not (readable or writable):
@@ -120,8 +122,8 @@ class TaskRunner:
         return False, None, None
 
 
-SUBSTEP_S = 0.005             # how long `alongside` lets each of its tasks run per turn
-SIDE_WAKE_S = 0.005           # how soon `alongside` looks at a running side task again
+SUBSTEP_S = 0.005  # how long `alongside` lets each of its tasks run per turn
+SIDE_WAKE_S = 0.005  # how soon `alongside` looks at a running side task again
 
 
 def alongside(main: Generator, side, every: float) -> Generator:
@@ -158,7 +160,7 @@ def alongside(main: Generator, side, every: float) -> Generator:
             try:
                 yield wait
             except (TimeoutError, ConnectionError):
-                pass       # our wake-up time, or main's deadline or closed socket, which its runner sees too
+                pass  # our wake-up time, or main's deadline or closed socket, which its runner sees too
     finally:
         main_runner.close()
         side_runner.close()
@@ -197,8 +199,15 @@ def _resolve(host: str, port: int) -> Generator:
     return future.result()
 
 
-def http_exchange(host: str, port: int, method: str, path: str, headers: dict[str, str], body_parts=(),
-                  reply_timeout: float = REPLY_TIMEOUT_S) -> Generator:
+def http_exchange(
+    host: str,
+    port: int,
+    method: str,
+    path: str,
+    headers: dict[str, str],
+    body_parts=(),
+    reply_timeout: float = REPLY_TIMEOUT_S,
+) -> Generator:
     """One HTTP/1.1 request on a new connection (`Connection: close`); returns a `Reply`. OSError and
     TimeoutError on a failed connection (the caller turns them into EngineUnavailable)."""
     infos = yield from _resolve(host, port)
@@ -216,8 +225,12 @@ def http_exchange(host: str, port: int, method: str, path: str, headers: dict[st
             raise (ConnectionRefusedError if code == errno.ECONNREFUSED else OSError)(code, os.strerror(code))
         parts = [memoryview(p).cast("B") for p in body_parts]
         size = sum(p.nbytes for p in parts)
-        lines = [f"{method} {path} HTTP/1.1", f"Host: {host}:{port}", "Connection: close",
-                 "Accept: application/json, application/octet-stream"]
+        lines = [
+            f"{method} {path} HTTP/1.1",
+            f"Host: {host}:{port}",
+            "Connection: close",
+            "Accept: application/json, application/octet-stream",
+        ]
         lines += [f"{k}: {v}" for k, v in headers.items()]
         if parts or method in ("POST", "PUT"):
             lines.append(f"Content-Length: {size}")
@@ -227,12 +240,12 @@ def http_exchange(host: str, port: int, method: str, path: str, headers: dict[st
             offset = 0
             while offset < part.nbytes and send_error is None:
                 try:
-                    offset += sock.send(part[offset:offset + SEND_CHUNK])
+                    offset += sock.send(part[offset : offset + SEND_CHUNK])
                 except (BlockingIOError, InterruptedError):
                     yield ("io", sock, "w", time.perf_counter() + reply_timeout)
                     continue
                 except (BrokenPipeError, ConnectionResetError) as exc:
-                    send_error = exc     # the server may have answered early (413: upload too large): read it
+                    send_error = exc  # the server may have answered early (413: upload too large): read it
                     break
                 yield CPU
         deadline = time.perf_counter() + reply_timeout
@@ -251,7 +264,7 @@ def http_exchange(host: str, port: int, method: str, path: str, headers: dict[st
                 raise ConnectionError("reply headers too large")
         end = data.index(b"\r\n\r\n")
         head_lines = bytes(data[:end]).decode("latin-1").split("\r\n")
-        body = data[end + 4:]
+        body = data[end + 4 :]
         status_parts = head_lines[0].split(" ", 2)
         if len(status_parts) < 2 or not status_parts[0].startswith("HTTP/") or not status_parts[1].isdigit():
             raise ConnectionError(f"not an HTTP reply: {head_lines[0][:80]!r}")
@@ -266,7 +279,7 @@ def http_exchange(host: str, port: int, method: str, path: str, headers: dict[st
                 if not chunk:
                     raise ConnectionResetError("the connection closed in the middle of an answer")
                 body += chunk
-            body = body[:int(length)]
+            body = body[: int(length)]
         else:
             while True:
                 chunk = yield from _recv(sock, deadline)
@@ -299,7 +312,7 @@ def _dechunk(data: bytes | bytearray) -> bytearray:
         size = int(bytes(data[position:line_end]).split(b";")[0], 16)
         if size == 0:
             return out
-        out += data[line_end + 2:line_end + 2 + size]
+        out += data[line_end + 2 : line_end + 2 + size]
         position = line_end + 4 + size
 
 
@@ -326,8 +339,7 @@ class Endpoint:
         if parts.scheme != "http" or not parts.hostname:
             from tagseg.errors import InputError
 
-            raise InputError(f"engine URL {url!r}: expected http://HOST:PORT (for TLS use an SSH tunnel to "
-                             "127.0.0.1)")
+            raise InputError(f"engine URL {url!r}: expected http://HOST:PORT (for TLS use an SSH tunnel to 127.0.0.1)")
         self.url = f"http://{parts.netloc}"
         self.host, self.port = parts.hostname, parts.port or 80
         self.base = parts.path.rstrip("/")
@@ -339,8 +351,14 @@ class Endpoint:
 
         return is_loopback_host(self.host)
 
-    def call(self, method: str, path: str, json_body: dict | None = None, body_parts=(),
-             reply_timeout: float = REPLY_TIMEOUT_S) -> Generator:
+    def call(
+        self,
+        method: str,
+        path: str,
+        json_body: dict | None = None,
+        body_parts=(),
+        reply_timeout: float = REPLY_TIMEOUT_S,
+    ) -> Generator:
         headers = {}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
@@ -350,11 +368,13 @@ class Endpoint:
         elif body_parts:
             headers["Content-Type"] = "application/octet-stream"
         try:
-            reply = yield from http_exchange(self.host, self.port, method, self.base + path, headers, body_parts,
-                                             reply_timeout)
+            reply = yield from http_exchange(
+                self.host, self.port, method, self.base + path, headers, body_parts, reply_timeout
+            )
         except (OSError, TimeoutError, ValueError) as exc:
-            raise EngineUnavailable(f"the tagseg engine at {self.url} is not reachable ({describe_failure(exc)})"
-                                    ) from None
+            raise EngineUnavailable(
+                f"the tagseg engine at {self.url} is not reachable ({describe_failure(exc)})"
+            ) from None
         if 200 <= reply.status < 300:
             if reply.headers.get("content-type", "").startswith("application/octet-stream"):
                 try:
@@ -431,7 +451,7 @@ class LocalEngine:
         self.stop()
         import secrets
 
-        self._folder = tempfile.mkdtemp(prefix="tagseg-engine-")          # 0700: only this user can enter it
+        self._folder = tempfile.mkdtemp(prefix="tagseg-engine-")  # 0700: only this user can enter it
         token_path = Path(self._folder) / "token"
         self._token = secrets.token_urlsafe(32)
         fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -441,17 +461,37 @@ class LocalEngine:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_tagseg_source(), env.get("PYTHONPATH", "")) if p)
         env.setdefault("PYTHONUNBUFFERED", "1")
-        command = [self.python or engine_python(), "-m", "tagseg", "serve", "--host", "127.0.0.1", "--port", "0",
-                   "--token-file", str(token_path), "--device", self.device, "--exit-with-stdin", *self.extra_args]
+        command = [
+            self.python or engine_python(),
+            "-m",
+            "tagseg",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--token-file",
+            str(token_path),
+            "--device",
+            self.device,
+            "--exit-with-stdin",
+            *self.extra_args,
+        ]
         log_path = self._log_path
         spawn: concurrent.futures.Future = concurrent.futures.Future()
 
         def run() -> None:
             try:
                 with open(log_path, "wb") as log:
-                    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
-                                            env=env, close_fds=True,
-                                            creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
+                    proc = subprocess.Popen(
+                        command,
+                        stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE,
+                        stderr=log,
+                        env=env,
+                        close_fds=True,
+                        creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0),
+                    )
                 os.set_blocking(proc.stdout.fileno(), False)
                 spawn.set_result(proc)
             except BaseException as exc:  # noqa: BLE001 - handed to ready()
@@ -520,8 +560,10 @@ class LocalEngine:
                 self.endpoint = Endpoint(str(ready["url"]), self._token)
                 return self.endpoint
             if self.proc.poll() is not None:
-                raise EngineUnavailable(f"the engine process exited with code {self.proc.returncode} while "
-                                        f"starting: {self.log_tail() or 'no output'}")
+                raise EngineUnavailable(
+                    f"the engine process exited with code {self.proc.returncode} while "
+                    f"starting: {self.log_tail() or 'no output'}"
+                )
             if time.perf_counter() - self._started_at > START_TIMEOUT_S:
                 self.stop()
                 raise EngineUnavailable(f"the engine process did not start within {START_TIMEOUT_S:.0f} s")
@@ -530,12 +572,14 @@ class LocalEngine:
     def stop(self, wait: float = 3.0) -> None:
         """Stop the process (stdin closed, then terminate, then kill) and delete the token folder."""
         spawn, self._spawn = self._spawn, None
-        if spawn is not None:                     # still spawning: stop the process as soon as it exists
+        if spawn is not None:  # still spawning: stop the process as soon as it exists
+
             def reap(future) -> None:
                 if future.exception() is None:
                     child = future.result()
                     child.stdin.close()
                     child.kill()
+
             spawn.add_done_callback(reap)
         proc, self.proc, self.endpoint = self.proc, None, None
         if proc is not None:
@@ -546,7 +590,7 @@ class LocalEngine:
                 except OSError:
                     pass
             if proc.poll() is None and wait <= 0:
-                proc.kill()          # no waiting on the main thread; the zombie is reaped by subprocess later
+                proc.kill()  # no waiting on the main thread; the zombie is reaped by subprocess later
             elif proc.poll() is None:
                 proc.terminate()
                 try:

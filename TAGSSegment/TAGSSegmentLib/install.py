@@ -2,6 +2,7 @@
 
 Cheap checks only (package metadata, find_spec): nothing here imports torch or the engine.
 """
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -40,8 +41,12 @@ def missing_requirements(path: str | Path) -> list[str]:
     return missing
 
 
-def ensure_packages(requirements_path: str | Path, confirm: Callable[[list[str]], bool], packaging: Any = None,
-                    pip_install: Callable[[list[str]], Any] | None = None) -> bool:
+def ensure_packages(
+    requirements_path: str | Path,
+    confirm: Callable[[list[str]], bool],
+    packaging: Any = None,
+    pip_install: Callable[[list[str]], Any] | None = None,
+) -> bool:
     """Install what `requirements_path` lists and this Python lacks, after ONE confirmation: `confirm(missing)`.
 
     Returns True when everything is installed, False when the user declined (not an error: nothing is
@@ -54,8 +59,9 @@ def ensure_packages(requirements_path: str | Path, confirm: Callable[[list[str]]
     if not confirm(missing):
         return False
     if packaging is not None and hasattr(packaging, "pip_ensure"):
-        packaging.pip_ensure(packaging.load_requirements(str(requirements_path)), prompt_install=False,
-                             requester="TAGSSegment")
+        packaging.pip_ensure(
+            packaging.load_requirements(str(requirements_path)), prompt_install=False, requester="TAGSSegment"
+        )
     elif pip_install is not None:
         pip_install(missing)
     else:

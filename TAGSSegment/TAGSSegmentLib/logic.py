@@ -13,6 +13,7 @@ Conventions used everywhere in this module:
 - every mask array is uint8 in KJI order on the source volume's voxel grid (`arrayFromVolume` order);
 - the user's voxels are read (copied or viewed), never modified.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -43,6 +44,7 @@ DEFAULT_SEGMENTATION_NAME = "TAGS segmentation"
 
 # --------------------------------------------------------------------------------------------------------------
 # small vtk <-> numpy helpers
+
 
 def _matrix_to_numpy(matrix: vtk.vtkMatrix4x4) -> np.ndarray:
     return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)], dtype=np.float64)
@@ -82,9 +84,12 @@ def _between(source_node, target_node) -> np.ndarray:
     """4x4 from `source_node`'s frame to `target_node`'s frame (both may be transformed)."""
     matrix = vtk.vtkMatrix4x4()
     if not slicer.vtkMRMLTransformNode.GetMatrixTransformBetweenNodes(
-            source_node.GetParentTransformNode(), target_node.GetParentTransformNode(), matrix):
-        raise InputError(f"the transform between '{_node_label(source_node)}' and '{_node_label(target_node)}' "
-                         "is non-linear; harden it first")
+        source_node.GetParentTransformNode(), target_node.GetParentTransformNode(), matrix
+    ):
+        raise InputError(
+            f"the transform between '{_node_label(source_node)}' and '{_node_label(target_node)}' "
+            "is non-linear; harden it first"
+        )
     return _matrix_to_numpy(matrix)
 
 
@@ -117,8 +122,10 @@ def _check_scalar_volume_node(volume_node):
         raise InputError(f"volume '{label}' has no voxel data")
     components = scalars.GetNumberOfComponents()
     if volume_node.IsA("vtkMRMLVectorVolumeNode") or components != 1:
-        raise InputError(f"volume '{label}' has {components} components per voxel (RGB or vector); a single-"
-                         "component scalar volume is needed (convert it with 'Vector to Scalar Volume')")
+        raise InputError(
+            f"volume '{label}' has {components} components per voxel (RGB or vector); a single-"
+            "component scalar volume is needed (convert it with 'Vector to Scalar Volume')"
+        )
     return image
 
 
@@ -140,6 +147,7 @@ def _grid(volume_node) -> tuple[np.ndarray, tuple[int, int, int]]:
 
 # --------------------------------------------------------------------------------------------------------------
 # nodes -> tagseg inputs
+
 
 def volume_from_node(volume_node) -> Volume:
     """The node as a `tagseg.Volume`: voxels copied (KJI), IJK->RAS in world coordinates.
@@ -195,7 +203,8 @@ def segment_mask(segmentation_node, segment_id: str, volume_node) -> Volume | No
     target_matrix, target_shape = _grid(volume_node)
     image = slicer.vtkOrientedImageData()
     if not slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(
-            segmentation_node, segment_id, image, False):
+        segmentation_node, segment_id, image, False
+    ):
         raise InputError(f"segment '{segment.GetName()}' has no binary labelmap (conversion failed)")
     if _image_is_empty(image):
         return None
@@ -205,18 +214,22 @@ def segment_mask(segmentation_node, segment_id: str, volume_node) -> Volume | No
     extent = image.GetExtent()
     image_to_node = vtk.vtkMatrix4x4()
     image.GetImageToWorldMatrix(image_to_node)  # "world" of an oriented image = the segmentation node's frame
-    source_matrix = (_to_world(segmentation_node, "segmentation") @ _matrix_to_numpy(image_to_node)
-                     @ _translation((extent[0], extent[2], extent[4])))
+    source_matrix = (
+        _to_world(segmentation_node, "segmentation")
+        @ _matrix_to_numpy(image_to_node)
+        @ _translation((extent[0], extent[2], extent[4]))
+    )
     block, lo = _resample_block(binary, source_matrix, target_matrix, target_shape)
     if block is None or not block.any():
         return None
     out = np.zeros(target_shape, dtype=np.uint8)
-    out[lo[0]:lo[0] + block.shape[0], lo[1]:lo[1] + block.shape[1], lo[2]:lo[2] + block.shape[2]] = block
+    out[lo[0] : lo[0] + block.shape[0], lo[1] : lo[1] + block.shape[1], lo[2] : lo[2] + block.shape[2]] = block
     return Volume(out, target_matrix, name=segment.GetName(), meta={"segment_id": segment_id})
 
 
-def _resample_block(binary: np.ndarray, source_matrix: np.ndarray, target_matrix: np.ndarray,
-                    target_shape: Sequence[int] | None = None) -> tuple[np.ndarray | None, np.ndarray]:
+def _resample_block(
+    binary: np.ndarray, source_matrix: np.ndarray, target_matrix: np.ndarray, target_shape: Sequence[int] | None = None
+) -> tuple[np.ndarray | None, np.ndarray]:
     """Nearest-neighbour resampling of a binary KJI mask onto only the block of the target grid its voxels
     can reach (whole-grid resampling of a 512x512xN volume per click would be slow). Returns the uint8 block
     and its first target index (KJI); (None, 0) when nothing lands on the target (clipped to target_shape)."""
@@ -258,6 +271,7 @@ def _reference_grid(segmentation_node) -> np.ndarray | None:
 # --------------------------------------------------------------------------------------------------------------
 # masks -> segmentation
 
+
 def oriented_labelmap(mask_kji: np.ndarray, volume_node, segmentation_node) -> slicer.vtkOrientedImageData:
     """The model's KJI mask (volume voxel grid) as a `vtkOrientedImageData` in the segmentation node's frame.
 
@@ -297,19 +311,21 @@ def oriented_labelmap(mask_kji: np.ndarray, volume_node, segmentation_node) -> s
     box = _mask_bbox(binary) if binary.any() else None
     if box is not None:
         lo, hi = np.array(box[0]), np.array(box[1])
-        binary = binary[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+        binary = binary[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
         start = start + lo
     first, last = start, start + np.array(binary.shape) - 1
     image = slicer.vtkOrientedImageData()
     image.SetExtent(int(first[2]), int(last[2]), int(first[1]), int(last[1]), int(first[0]), int(last[0]))
-    image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(np.ascontiguousarray(binary).ravel(), deep=True,
-                                                               array_type=vtk.VTK_UNSIGNED_CHAR))
+    image.GetPointData().SetScalars(
+        numpy_support.numpy_to_vtk(np.ascontiguousarray(binary).ravel(), deep=True, array_type=vtk.VTK_UNSIGNED_CHAR)
+    )
     image.SetImageToWorldMatrix(_numpy_to_matrix(matrix))
     return image
 
 
-def ensure_segmentation(scene, volume_node, segmentation_node=None,
-                        name: str = DEFAULT_SEGMENTATION_NAME) -> slicer.vtkMRMLSegmentationNode:
+def ensure_segmentation(
+    scene, volume_node, segmentation_node=None, name: str = DEFAULT_SEGMENTATION_NAME
+) -> slicer.vtkMRMLSegmentationNode:
     """The segmentation to write into: a new one on the volume's geometry when None, else the given one
     (given the volume's geometry if it has none yet, so the first write does not pick a random grid)."""
     if volume_node is None:
@@ -347,8 +363,9 @@ def _place_beside(scene, node, sibling) -> None:
         pass
 
 
-def make_editor_logic(scene, segmentation_node, volume_node, segment_id: str
-                      ) -> tuple[slicer.vtkSlicerSegmentEditorLogic, slicer.vtkMRMLSegmentEditorNode]:
+def make_editor_logic(
+    scene, segmentation_node, volume_node, segment_id: str
+) -> tuple[slicer.vtkSlicerSegmentEditorLogic, slicer.vtkMRMLSegmentEditorNode]:
     """A headless Segment Editor (logic + parameter node) on this segmentation, for CI and the self-test;
     inside Slicer the effect writes through its own editor instead."""
     if not hasattr(slicer, "vtkSlicerSegmentEditorLogic"):
@@ -375,8 +392,14 @@ def write_mask(editor_logic, segmentation_node, segment_id: str, oriented_image)
     if segmentation_node.GetSegmentation().GetSegment(segment_id) is None:
         raise InputError(f"segment '{segment_id}' is not in segmentation '{_node_label(segmentation_node)}'")
     editor_logic.SaveStateForUndo()
-    editor_logic.ModifySegmentByLabelmap(segmentation_node, segment_id, oriented_image,
-                                         slicer.vtkSlicerSegmentEditorLogic.ModificationModeSet, False, False)
+    editor_logic.ModifySegmentByLabelmap(
+        segmentation_node,
+        segment_id,
+        oriented_image,
+        slicer.vtkSlicerSegmentEditorLogic.ModificationModeSet,
+        False,
+        False,
+    )
     return True
 
 
@@ -399,6 +422,7 @@ def volume_node_from_volume(scene, volume: Volume, name: str | None = None) -> s
 
 # --------------------------------------------------------------------------------------------------------------
 # the model worker
+
 
 def _points_array(points, what: str) -> np.ndarray:
     if points is None:
@@ -440,8 +464,13 @@ class InProcessTAGSLogic:
 
     max_sessions = 2
 
-    def __init__(self, model: str = "auto", device: str = "auto", backend_options: dict | None = None,
-                 warn: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        model: str = "auto",
+        device: str = "auto",
+        backend_options: dict | None = None,
+        warn: Callable[[str], None] | None = None,
+    ) -> None:
         self.model = model
         self.device = device
         self.backend_options = dict(backend_options or {})
@@ -467,14 +496,16 @@ class InProcessTAGSLogic:
             self.warn(message)
 
     # ---- prediction -----------------------------------------------------------------------------------------
-    def predict(self, volume_node, include_ras=(), exclude_ras=(), boxes_ras=(), text: str = "",
-                anatomy: Volume | None = None) -> np.ndarray:
+    def predict(
+        self, volume_node, include_ras=(), exclude_ras=(), boxes_ras=(), text: str = "", anatomy: Volume | None = None
+    ) -> np.ndarray:
         """The mask (uint8 KJI on the volume's voxel grid) for these prompts; blocks until done.
         tagseg errors (PromptError for a click outside the volume, ...) are raised as they are."""
         return self.predict_async(volume_node, include_ras, exclude_ras, boxes_ras, text, anatomy).result()
 
-    def predict_async(self, volume_node, include_ras=(), exclude_ras=(), boxes_ras=(), text: str = "",
-                      anatomy: Volume | None = None) -> concurrent.futures.Future:
+    def predict_async(
+        self, volume_node, include_ras=(), exclude_ras=(), boxes_ras=(), text: str = "", anatomy: Volume | None = None
+    ) -> concurrent.futures.Future:
         """Like `predict` but returns at once; poll `future.done()` from a timer, then `future.result()`.
 
         Must be called on the main thread (it reads the volume node). A new request supersedes older ones:
@@ -484,12 +515,23 @@ class InProcessTAGSLogic:
         try:
             volume = volume_from_node(volume_node)
             read_seconds = time.perf_counter() - submitted
-            request = (_points_array(include_ras, "include point"), _points_array(exclude_ras, "exclude point"),
-                       _boxes_list(boxes_ras), str(text or ""), anatomy)
+            request = (
+                _points_array(include_ras, "include point"),
+                _points_array(exclude_ras, "exclude point"),
+                _boxes_list(boxes_ras),
+                str(text or ""),
+                anatomy,
+            )
             image = volume_node.GetImageData()
-            key = (volume_node.GetID(), image.GetAddressAsString("vtkImageData"), image.GetMTime(),
-                   np.asarray(volume.ijk_to_ras).round(9).tobytes(), self.model, self.device,
-                   repr(sorted(self.backend_options.items())))
+            key = (
+                volume_node.GetID(),
+                image.GetAddressAsString("vtkImageData"),
+                image.GetMTime(),
+                np.asarray(volume.ijk_to_ras).round(9).tobytes(),
+                self.model,
+                self.device,
+                repr(sorted(self.backend_options.items())),
+            )
         except Exception as exc:
             future.set_exception(exc)
             return future
@@ -514,16 +556,29 @@ class InProcessTAGSLogic:
         if entry is not None:
             del self._sessions[node_id]
             entry[1].close()
-        session = tagseg.Session(volume, model=self.model, device=self.device, warn=self._on_warning,
-                                 backend_options=self.backend_options, progress=self._on_progress)
+        session = tagseg.Session(
+            volume,
+            model=self.model,
+            device=self.device,
+            warn=self._on_warning,
+            backend_options=self.backend_options,
+            progress=self._on_progress,
+        )
         self._sessions[node_id] = (key, session)
         while len(self._sessions) > self.max_sessions:
             _, (_, oldest) = self._sessions.popitem(last=False)
             oldest.close()
         return session
 
-    def _run(self, future: concurrent.futures.Future, key: tuple, volume: Volume, request: tuple,
-             submitted: float, read_seconds: float) -> None:
+    def _run(
+        self,
+        future: concurrent.futures.Future,
+        key: tuple,
+        volume: Volume,
+        request: tuple,
+        submitted: float,
+        read_seconds: float,
+    ) -> None:
         if future.done():  # cancelled while queued
             return
         started = time.perf_counter()
@@ -545,12 +600,21 @@ class InProcessTAGSLogic:
             result = session.predict()
             mask = np.array(result.array, dtype=np.uint8, copy=True)
             finished = time.perf_counter()
-            timings = {"read_volume": read_seconds, "queued": started - submitted - read_seconds,
-                       **session.timings, "model": finished - model_start, "total": finished - submitted}
+            timings = {
+                "read_volume": read_seconds,
+                "queued": started - submitted - read_seconds,
+                **session.timings,
+                "model": finished - model_start,
+                "total": finished - submitted,
+            }
             self.last_timings = timings
-            self.last_info = {"model": result.meta.get("model"), "anatomy": result.meta.get("anatomy"),
-                              "device": session.device, "segment_name": result.name,
-                              "warnings": [w.to_dict() for w in result.meta.get("warnings", ())]}
+            self.last_info = {
+                "model": result.meta.get("model"),
+                "anatomy": result.meta.get("anatomy"),
+                "device": session.device,
+                "segment_name": result.name,
+                "warnings": [w.to_dict() for w in result.meta.get("warnings", ())],
+            }
             outcome = ("result", mask)
         except BaseException as exc:  # delivered to the caller through the future
             outcome = ("error", exc)
@@ -595,7 +659,7 @@ class InProcessTAGSLogic:
 # --------------------------------------------------------------------------------------------------------------
 # the engine client (default): `tagseg serve` in its own process, driven from the main thread
 
-HASH_CHUNK = 4 << 20          # bytes hashed (or compressed) per step of a timer tick
+HASH_CHUNK = 4 << 20  # bytes hashed (or compressed) per step of a timer tick
 
 
 def volume_view(volume_node) -> tuple[Volume, tuple]:
@@ -615,8 +679,14 @@ def volume_view(volume_node) -> tuple[Volume, tuple]:
     meta = {"node_id": volume_node.GetID(), "transform_id": parent.GetID() if parent is not None else None}
     volume = Volume(array, world, name=_node_label(volume_node), meta=meta)
     check_volume(Volume(np.zeros((1, 1, 1), array.dtype), world, name=volume.name))
-    key = (volume_node.GetID(), image.GetAddressAsString("vtkImageData"), image.GetMTime(),
-           np.asarray(world).round(9).tobytes(), array.dtype.str, array.shape)
+    key = (
+        volume_node.GetID(),
+        image.GetAddressAsString("vtkImageData"),
+        image.GetMTime(),
+        np.asarray(world).round(9).tobytes(),
+        array.dtype.str,
+        array.shape,
+    )
     return volume, key
 
 
@@ -668,8 +738,19 @@ class _DrivenFuture(concurrent.futures.Future):
 
 
 class _Job:
-    __slots__ = ("future", "volume", "volume_key", "node_id", "points", "boxes", "text", "anatomy", "submitted",
-                 "restarted", "read_seconds")
+    __slots__ = (
+        "future",
+        "volume",
+        "volume_key",
+        "node_id",
+        "points",
+        "boxes",
+        "text",
+        "anatomy",
+        "submitted",
+        "restarted",
+        "read_seconds",
+    )
 
     def __init__(self, future, volume, volume_key, points, boxes, text, anatomy, submitted, read_seconds):
         self.future, self.volume, self.volume_key = future, volume, volume_key
@@ -696,16 +777,24 @@ class TAGSLogic:
 
     max_sessions = 2
     tick_budget_s = 0.03
-    progress_poll_s = 0.5       # how often the engine's progress is asked for while a prediction runs
+    progress_poll_s = 0.5  # how often the engine's progress is asked for while a prediction runs
 
-    def __init__(self, model: str = "auto", device: str = "auto", backend_options: dict | None = None,
-                 warn: Callable[[str], None] | None = None, *, engine_url: str | None = None,
-                 engine_token: str | None = None, python: str | None = None) -> None:
+    def __init__(
+        self,
+        model: str = "auto",
+        device: str = "auto",
+        backend_options: dict | None = None,
+        warn: Callable[[str], None] | None = None,
+        *,
+        engine_url: str | None = None,
+        engine_token: str | None = None,
+        python: str | None = None,
+    ) -> None:
         from TAGSSegmentLib.engine import Endpoint, LocalEngine, TaskRunner
 
         self.model = model
         self.device = device
-        self.backend_options = dict(backend_options or {})   # used by the in-process fallback only
+        self.backend_options = dict(backend_options or {})  # used by the in-process fallback only
         self.warn = warn
         self.warnings: list[str] = []
         self.last_timings: dict = {}
@@ -713,18 +802,18 @@ class TAGSLogic:
         # the engine's latest progress(stage, done, total) for the running prediction, {} before any (as
         # InProcessTAGSLogic's; asked for every `progress_poll_s` by poll() alongside the prediction request)
         self.last_progress: dict = {}
-        self.longest_call_s = 0.0       # longest poll()/predict_async() so far: the main-thread cost
+        self.longest_call_s = 0.0  # longest poll()/predict_async() so far: the main-thread cost
         self._remote = Endpoint(engine_url, engine_token) if engine_url else None
         self._local = None if self._remote is not None else LocalEngine(device="auto", python=python)
         self._runner = TaskRunner()
         self._jobs: deque[_Job] = deque()
         self._current: _Job | None = None
-        self._background: deque = deque()         # tasks without a caller waiting (closing sessions)
+        self._background: deque = deque()  # tasks without a caller waiting (closing sessions)
         self._running_background = False
-        self._hashes: OrderedDict[tuple, str] = OrderedDict()     # volume key -> content id (server-independent)
-        self._uploaded: set[str] = set()                          # content ids the current server holds
+        self._hashes: OrderedDict[tuple, str] = OrderedDict()  # volume key -> content id (server-independent)
+        self._uploaded: set[str] = set()  # content ids the current server holds
         self._sessions: OrderedDict[str, tuple[tuple, str, str]] = OrderedDict()  # node id -> (key, sid, device)
-        self._anatomies: set[tuple[str, str]] = set()             # (sid, anatomy id) registered
+        self._anatomies: set[tuple[str, str]] = set()  # (sid, anatomy id) registered
         self._endpoint_seen = None
         self._poll_lock = threading.Lock()
 
@@ -755,17 +844,20 @@ class TAGSLogic:
 
         def wait_ready():
             yield from self._endpoint()
+
         self._background.append(wait_ready())
 
     # ---- prediction -----------------------------------------------------------------------------------------
-    def predict(self, volume_node, include_ras=(), exclude_ras=(), boxes_ras=(), text: str = "",
-                anatomy: Volume | None = None) -> np.ndarray:
+    def predict(
+        self, volume_node, include_ras=(), exclude_ras=(), boxes_ras=(), text: str = "", anatomy: Volume | None = None
+    ) -> np.ndarray:
         """The mask (uint8 KJI on the volume's voxel grid) for these prompts; blocks (polling) until done.
         tagseg errors (PromptError for a click outside the volume, ...) are raised as they are."""
         return self.predict_async(volume_node, include_ras, exclude_ras, boxes_ras, text, anatomy).result()
 
-    def predict_async(self, volume_node, include_ras=(), exclude_ras=(), boxes_ras=(), text: str = "",
-                      anatomy: Volume | None = None) -> concurrent.futures.Future:
+    def predict_async(
+        self, volume_node, include_ras=(), exclude_ras=(), boxes_ras=(), text: str = "", anatomy: Volume | None = None
+    ) -> concurrent.futures.Future:
         """Like `predict` but returns at once; `poll()` from a timer, then `future.result()` once done.
 
         Must be called on the main thread (it reads the volume node, without copying voxels). A new request
@@ -778,8 +870,9 @@ class TAGSLogic:
             exclude = _points_array(exclude_ras, "exclude point")
             from tagseg import prompts as P
 
-            points = tuple([P.make_point(volume, p, True) for p in include]
-                           + [P.make_point(volume, p, False) for p in exclude])
+            points = tuple(
+                [P.make_point(volume, p, True) for p in include] + [P.make_point(volume, p, False) for p in exclude]
+            )
             boxes = tuple(P.make_box(volume, a, b) for a, b in _boxes_list(boxes_ras))
             text = parse_description(str(text or "")).text
             if anatomy is not None and not isinstance(anatomy, Volume):
@@ -789,9 +882,10 @@ class TAGSLogic:
             self._note_call(submitted)
             return future
         self.cancel_pending()
-        self._jobs.append(_Job(future, volume, volume_key, points, boxes, text, anatomy, submitted,
-                               time.perf_counter() - submitted))
-        self.poll()   # start at once: a click whose volume is already uploaded sends its prompts now
+        self._jobs.append(
+            _Job(future, volume, volume_key, points, boxes, text, anatomy, submitted, time.perf_counter() - submitted)
+        )
+        self.poll()  # start at once: a click whose volume is already uploaded sends its prompts now
         self._note_call(submitted)
         return future
 
@@ -827,7 +921,7 @@ class TAGSLogic:
     def _start_next(self) -> bool:
         while self._jobs:
             job = self._jobs.popleft()
-            if job.future.done():      # cancelled while it waited
+            if job.future.done():  # cancelled while it waited
                 continue
             self._current, self._running_background = job, False
             self._runner.start(self._job_task(job))
@@ -842,8 +936,10 @@ class TAGSLogic:
         job, self._current = self._current, None
         if self._running_background or job is None:
             self._running_background = False
-            if error is not None:       # e.g. the engine failed to start while warming up
-                self._on_warning(f"TAGS engine: {str(error).strip().splitlines()[0] if str(error).strip() else error!r}")
+            if error is not None:  # e.g. the engine failed to start while warming up
+                self._on_warning(
+                    f"TAGS engine: {str(error).strip().splitlines()[0] if str(error).strip() else error!r}"
+                )
             return
         try:
             if error is not None:
@@ -886,13 +982,14 @@ class TAGSLogic:
                 yield from endpoint.call("DELETE", f"/v1/sessions/{sid}", reply_timeout=30.0)
             except tagseg.TagsegError:
                 pass
+
         self._background.append(close())
 
     def _endpoint(self):
         if self._remote is not None:
             return self._remote
         endpoint = yield from self._local.ready()
-        if endpoint is not self._endpoint_seen:       # a new process: it holds no volume and no session
+        if endpoint is not self._endpoint_seen:  # a new process: it holds no volume and no session
             self._forget_server()
             self._endpoint_seen = endpoint
         return endpoint
@@ -922,7 +1019,7 @@ class TAGSLogic:
         digest = volume_digest(volume_header(volume))
         raw = memoryview(np.ascontiguousarray(volume.array)).cast("B")
         for offset in range(0, raw.nbytes, HASH_CHUNK):
-            digest.update(raw[offset:offset + HASH_CHUNK])
+            digest.update(raw[offset : offset + HASH_CHUNK])
             yield ("cpu",)
         vid = digest.hexdigest()
         if key is not None:
@@ -945,11 +1042,11 @@ class TAGSLogic:
             raw = memoryview(np.ascontiguousarray(volume.array)).cast("B")
             if endpoint.loopback:
                 header["encoding"], payload = "raw", [raw]
-            else:                                   # compressed a few megabytes per step, for a slower network
+            else:  # compressed a few megabytes per step, for a slower network
                 header["encoding"], payload = "zlib", []
                 compressor = zlib.compressobj(1)
                 for offset in range(0, raw.nbytes, HASH_CHUNK):
-                    payload.append(compressor.compress(raw[offset:offset + HASH_CHUNK]))
+                    payload.append(compressor.compress(raw[offset : offset + HASH_CHUNK]))
                     yield ("cpu",)
                 payload.append(compressor.flush())
             yield from endpoint.call("PUT", f"/v1/volumes/{vid}", body_parts=[frame(header), *payload])
@@ -999,8 +1096,12 @@ class TAGSLogic:
         """Ask the engine how far the session's running prediction is; a report fills `last_progress`."""
         reply, _ = yield from endpoint.call("GET", f"/v1/sessions/{sid}/progress", reply_timeout=10.0)
         stage, done, total = reply.get("stage"), reply.get("done"), reply.get("total")
-        if (reply.get("running") and not job.future.done() and isinstance(stage, str)
-                and all(isinstance(v, int) and not isinstance(v, bool) for v in (done, total))):
+        if (
+            reply.get("running")
+            and not job.future.done()
+            and isinstance(stage, str)
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in (done, total))
+        ):
             self.last_progress = {"stage": stage, "done": done, "total": total}
 
     def _predict_task(self, job: _Job):
@@ -1020,19 +1121,22 @@ class TAGSLogic:
                 anatomy_vid = None
                 if job.anatomy is not None:
                     anatomy_vid = yield from self._anatomy_task(endpoint, sid, job.anatomy)
-                if job.future.done():           # cancelled before its prompts were sent: skip the model
+                if job.future.done():  # cancelled before its prompts were sent: skip the model
                     return None
                 sent = time.perf_counter()
                 body = prompt_json(job.points, job.boxes, job.text, anatomy_vid)
                 self.last_progress = {}
                 header, payload = yield from alongside(
                     endpoint.call("POST", f"/v1/sessions/{sid}/predict", json_body=body),
-                    lambda: self._progress_task(endpoint, sid, job), self.progress_poll_s)
+                    lambda: self._progress_task(endpoint, sid, job),
+                    self.progress_poll_s,
+                )
                 break
             except (_UnknownSession, _UnknownVolume, _UnknownAnatomy) as exc:
                 if attempt == 2:
                     raise tagseg.errors.EngineUnavailable(
-                        f"the tagseg engine at {endpoint.url} keeps forgetting this session ({exc})") from None
+                        f"the tagseg engine at {endpoint.url} keeps forgetting this session ({exc})"
+                    ) from None
                 if isinstance(exc, _UnknownVolume):
                     self._uploaded.clear()
                 self._sessions.pop(job.node_id, None)
@@ -1043,24 +1147,31 @@ class TAGSLogic:
         except (ValueError, KeyError, TypeError, zlib.error) as exc:
             raise tagseg.TagsegError(f"engine at {endpoint.url} sent a malformed mask ({exc})") from None
         if mask.shape != job.volume.shape_kji:
-            raise tagseg.TagsegError(f"engine at {endpoint.url} sent a mask of shape {mask.shape}, expected "
-                                     f"{job.volume.shape_kji}")
+            raise tagseg.TagsegError(
+                f"engine at {endpoint.url} sent a mask of shape {mask.shape}, expected {job.volume.shape_kji}"
+            )
         mask = mask.astype(np.uint8, copy=False).view(MaskArray)
         mask.bbox = header.get("bbox")
-        engine_timings = {str(k): float(v) for k, v in dict(header.get("timings") or {}).items()
-                          if isinstance(v, (int, float))}
+        engine_timings = {
+            str(k): float(v) for k, v in dict(header.get("timings") or {}).items() if isinstance(v, (int, float))
+        }
         finished = time.perf_counter()
         timings.update(engine_timings)
-        timings["engine_total"] = engine_timings.get("total", 0.0)      # the engine Session's own total
+        timings["engine_total"] = engine_timings.get("total", 0.0)  # the engine Session's own total
         timings["round_trip"] = received - sent
         timings["remote_overhead"] = max(received - sent - engine_timings.get("server", 0.0), 0.0)
         timings["total"] = finished - job.submitted
         self.last_timings = timings
         meta = dict(header.get("meta") or {})
-        self.last_info = {"model": meta.get("model"), "anatomy": meta.get("anatomy"), "device": device,
-                          "segment_name": str(header.get("name", "")), "engine": endpoint.url,
-                          "bbox": header.get("bbox"),
-                          "warnings": [w for w in header.get("warnings") or () if isinstance(w, dict)]}
+        self.last_info = {
+            "model": meta.get("model"),
+            "anatomy": meta.get("anatomy"),
+            "device": device,
+            "segment_name": str(header.get("name", "")),
+            "engine": endpoint.url,
+            "bbox": header.get("bbox"),
+            "warnings": [w for w in header.get("warnings") or () if isinstance(w, dict)],
+        }
         return mask
 
 
@@ -1076,8 +1187,9 @@ def _segment_array(segmentation_node, segment_id: str, volume_node, shape) -> np
     return np.zeros(shape, dtype=np.uint8) if mask is None else np.asarray(mask.array)
 
 
-def run_selftest(scene, *, device: str = "cpu", volume_node=None, log: Callable[[str], None] = print,
-                 logic: TAGSLogic | None = None) -> dict:
+def run_selftest(
+    scene, *, device: str = "cpu", volume_node=None, log: Callable[[str], None] = print, logic: TAGSLogic | None = None
+) -> dict:
     """End-to-end check with the embedded default model: phantom -> markups clicks -> prediction -> Segment
     Editor write -> Dice, untouched neighbour segment, Undo and Redo. Raises AssertionError on failure.
 
@@ -1096,20 +1208,27 @@ def run_selftest(scene, *, device: str = "cpu", volume_node=None, log: Callable[
         volume_node = volume_node_from_volume(scene, phantom.image, "TAGS self-test phantom")
     source = volume_from_node(volume_node)
     if source.shape_kji != phantom.image.shape_kji or not np.array_equal(source.array, phantom.image.array):
-        raise ValueError("volume_node must hold the self-test phantom's voxels (tagseg.synth.make_phantom"
-                         f"(**{SELFTEST_PHANTOM}))")
+        raise ValueError(
+            f"volume_node must hold the self-test phantom's voxels (tagseg.synth.make_phantom(**{SELFTEST_PHANTOM}))"
+        )
     before_hash = zlib.crc32(np.ascontiguousarray(source.array).tobytes())
     log(f"TAGS self-test: volume {source.shape_kji} KJI, {source.describe_bounds()}")
 
     segmentation_node = ensure_segmentation(scene, volume_node, name="TAGS self-test segmentation")
     segmentation = segmentation_node.GetSegmentation()
-    other_organ = next(name for name in sorted(phantom.organs) if name != phantom.tumour_organ
-                       and np.asarray(phantom.organs[name].array).any())
+    other_organ = next(
+        name
+        for name in sorted(phantom.organs)
+        if name != phantom.tumour_organ and np.asarray(phantom.organs[name].array).any()
+    )
     other_id = segmentation.AddEmptySegment("", "Other", [0.3, 0.3, 0.9])
     other_mask = np.asarray(phantom.organs[other_organ].array) > 0
     slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
-        oriented_labelmap(other_mask, volume_node, segmentation_node), segmentation_node, other_id,
-        slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
+        oriented_labelmap(other_mask, volume_node, segmentation_node),
+        segmentation_node,
+        other_id,
+        slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE,
+    )
     tumor_id = add_segment(segmentation_node, "")
     other_before = _segment_array(segmentation_node, other_id, volume_node, source.shape_kji)
 
@@ -1121,56 +1240,73 @@ def run_selftest(scene, *, device: str = "cpu", volume_node=None, log: Callable[
     for index in rng.integers(0, len(inside), size=3):
         include_node.AddControlPointWorld(vtk.vtkVector3d(*source.kji_to_ras(inside[index])[0]), "include")
     exclude_node.AddControlPointWorld(
-        vtk.vtkVector3d(*source.kji_to_ras(outside[rng.integers(0, len(outside))])[0]), "exclude")
+        vtk.vtkVector3d(*source.kji_to_ras(outside[rng.integers(0, len(outside))])[0]), "exclude"
+    )
 
     own_logic = logic is None
     logic = TAGSLogic(model="litemedsam-3d", device=device) if own_logic else logic
     try:
-        mask = logic.predict(volume_node, world_points(include_node), world_points(exclude_node), [],
-                             phantom.description)
+        mask = logic.predict(
+            volume_node, world_points(include_node), world_points(exclude_node), [], phantom.description
+        )
     finally:
         if own_logic:
             logic.shutdown()
-    from tagseg.evaluate import dice as overlap   # the one Dice
+    from tagseg.evaluate import dice as overlap  # the one Dice
 
     dice = overlap(mask, label)
     log(f"TAGS self-test: Dice {dice:.3f} vs the phantom label ({int(mask.sum())} voxels predicted)")
     assert dice >= SELFTEST_MIN_DICE, f"self-test Dice {dice:.3f} is below {SELFTEST_MIN_DICE}"
-    assert zlib.crc32(np.ascontiguousarray(volume_from_node(volume_node).array).tobytes()) == before_hash, \
+    assert zlib.crc32(np.ascontiguousarray(volume_from_node(volume_node).array).tobytes()) == before_hash, (
         "the source volume's voxels changed during prediction"
+    )
 
-    result = {"dice": dice, "editor_checked": False, "undo_ok": None, "redo_ok": None, "others_unchanged": None,
-              "timings": dict(logic.last_timings), "segmentation_id": segmentation_node.GetID(),
-              "tumor_segment_id": tumor_id}
+    result = {
+        "dice": dice,
+        "editor_checked": False,
+        "undo_ok": None,
+        "redo_ok": None,
+        "others_unchanged": None,
+        "timings": dict(logic.last_timings),
+        "segmentation_id": segmentation_node.GetID(),
+        "tumor_segment_id": tumor_id,
+    }
     if not hasattr(slicer, "vtkSlicerSegmentEditorLogic"):
         result["seconds"] = time.perf_counter() - start
-        log(f"TAGS self-test passed in {result['seconds']:.1f} s; the Segment Editor write, undo and redo checks "
-            "were skipped: this Slicer has no vtkSlicerSegmentEditorLogic (Slicer 5.10 and later have it)")
+        log(
+            f"TAGS self-test passed in {result['seconds']:.1f} s; the Segment Editor write, undo and redo checks "
+            "were skipped: this Slicer has no vtkSlicerSegmentEditorLogic (Slicer 5.10 and later have it)"
+        )
         return result
 
     editor, editor_node = make_editor_logic(scene, segmentation_node, volume_node, tumor_id)
     try:
-        written = write_mask(editor, segmentation_node, tumor_id, oriented_labelmap(mask, volume_node,
-                                                                                      segmentation_node))
+        written = write_mask(
+            editor, segmentation_node, tumor_id, oriented_labelmap(mask, volume_node, segmentation_node)
+        )
         assert written, "write_mask wrote nothing for a non-empty mask"
         tumor_after = _segment_array(segmentation_node, tumor_id, volume_node, source.shape_kji)
         assert np.array_equal(tumor_after > 0, mask > 0), "the written segment differs from the predicted mask"
-        others_unchanged = bool(np.array_equal(
-            _segment_array(segmentation_node, other_id, volume_node, source.shape_kji), other_before))
+        others_unchanged = bool(
+            np.array_equal(_segment_array(segmentation_node, other_id, volume_node, source.shape_kji), other_before)
+        )
         assert others_unchanged, "writing the tumour changed the unrelated 'Other' segment"
 
         editor.Undo()
-        undo_ok = (segment_mask(segmentation_node, tumor_id, volume_node) is None and np.array_equal(
-            _segment_array(segmentation_node, other_id, volume_node, source.shape_kji), other_before))
+        undo_ok = segment_mask(segmentation_node, tumor_id, volume_node) is None and np.array_equal(
+            _segment_array(segmentation_node, other_id, volume_node, source.shape_kji), other_before
+        )
         assert undo_ok, "Undo did not restore the segmentation (Tumor should be empty, Other unchanged)"
         editor.Redo()
-        redo_ok = bool(np.array_equal(
-            _segment_array(segmentation_node, tumor_id, volume_node, source.shape_kji) > 0, mask > 0))
+        redo_ok = bool(
+            np.array_equal(_segment_array(segmentation_node, tumor_id, volume_node, source.shape_kji) > 0, mask > 0)
+        )
         assert redo_ok, "Redo did not re-apply the predicted mask"
     finally:
         scene.RemoveNode(editor_node)
     seconds = time.perf_counter() - start
     log(f"TAGS self-test passed in {seconds:.1f} s (undo and redo restore every segment)")
-    result.update(seconds=seconds, editor_checked=True, undo_ok=bool(undo_ok), redo_ok=redo_ok,
-                  others_unchanged=others_unchanged)
+    result.update(
+        seconds=seconds, editor_checked=True, undo_ok=bool(undo_ok), redo_ok=redo_ok, others_unchanged=others_unchanged
+    )
     return result

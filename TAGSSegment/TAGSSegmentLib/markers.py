@@ -1,4 +1,5 @@
 """Prompt markers: the effect's points and boxes as locked markups, hidden from the Data module, never saved."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -32,11 +33,16 @@ class PromptMarkers:
         list (`vtkSlicerMarkupsLogic::OnMRMLSceneNodeAdded`), so the user's next "place point" would land in
         this hidden node: the selection node's active place list and class are put back as they were."""
         selection = self._selection_node()
-        previous = ((selection.GetActivePlaceNodeID(), selection.GetActivePlaceNodeClassName())
-                    if selection is not None else None)
+        previous = (
+            (selection.GetActivePlaceNodeID(), selection.GetActivePlaceNodeClassName())
+            if selection is not None
+            else None
+        )
         node = self.scene.AddNewNodeByClass(class_name, self.scene.GenerateUniqueName(name))
-        if selection is not None and (selection.GetActivePlaceNodeID(),
-                                      selection.GetActivePlaceNodeClassName()) != previous:
+        if (
+            selection is not None
+            and (selection.GetActivePlaceNodeID(), selection.GetActivePlaceNodeClassName()) != previous
+        ):
             selection.SetReferenceActivePlaceNodeClassName(previous[1])
             selection.SetReferenceActivePlaceNodeID(previous[0])
         node.SetSaveWithScene(False)
@@ -64,8 +70,10 @@ class PromptMarkers:
 
     def show(self, prompts: Prompts) -> None:
         """Make the markers match `prompts` (few prompts, so rebuild rather than diff)."""
-        for key, name, color, points in (("include", f"{self.prefix} include", INCLUDE_COLOR, prompts.include),
-                                         ("exclude", f"{self.prefix} exclude", EXCLUDE_COLOR, prompts.exclude)):
+        for key, name, color, points in (
+            ("include", f"{self.prefix} include", INCLUDE_COLOR, prompts.include),
+            ("exclude", f"{self.prefix} exclude", EXCLUDE_COLOR, prompts.exclude),
+        ):
             node = self._node(self._ids.get(key))
             if node is None and not points:
                 continue

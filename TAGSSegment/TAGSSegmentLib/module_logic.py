@@ -10,6 +10,7 @@ The TAGS logic (`TAGSLogic` with a local or remote engine, or `InProcessTAGSLogi
 torch and the engine start only when needed, from the device and engine choice in the settings store. A new
 choice releases the running one (its engine process and GPU memory) and the next use builds it again.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -39,7 +40,7 @@ class ModuleLogic:
         self._log = log
         self._lock = threading.RLock()
         self._tags: Any = None
-        self._reported_engine: tuple[str, str, str] | None = None   # saved engine choice already reported invalid
+        self._reported_engine: tuple[str, str, str] | None = None  # saved engine choice already reported invalid
 
     # ---- settings --------------------------------------------------------------------------------------------
 
@@ -58,8 +59,11 @@ class ModuleLogic:
 
     def saved_engine(self) -> tuple[str, str, str]:
         """(mode, url, token) as saved, unchecked: what the panel's engine fields show."""
-        return (self.settings.value(ENGINE_MODE_KEY, "local") or "local", self.settings.value(ENGINE_URL_KEY, ""),
-                self.settings.value(ENGINE_TOKEN_KEY, ""))
+        return (
+            self.settings.value(ENGINE_MODE_KEY, "local") or "local",
+            self.settings.value(ENGINE_URL_KEY, ""),
+            self.settings.value(ENGINE_TOKEN_KEY, ""),
+        )
 
     def engine_settings(self) -> dict[str, str]:
         """The engine choice in force: {"mode", "url", "token"}. An invalid saved choice (say, a remote URL
@@ -94,8 +98,9 @@ class ModuleLogic:
                 logic = importlib.import_module("TAGSSegmentLib.logic")
                 engine, device = self.engine_settings(), self.device()
                 if engine["mode"] == "remote":
-                    self._tags = logic.TAGSLogic(model=self.model, device=device, engine_url=engine["url"],
-                                                 engine_token=engine["token"] or None)
+                    self._tags = logic.TAGSLogic(
+                        model=self.model, device=device, engine_url=engine["url"], engine_token=engine["token"] or None
+                    )
                 elif engine["mode"] == "in-process":
                     self._tags = logic.InProcessTAGSLogic(model=self.model, device=device)
                 else:

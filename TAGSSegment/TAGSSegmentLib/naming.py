@@ -4,6 +4,7 @@
 codes); `adopt_description` gives a segment the Segment Editor named "Segment_1" the same name, colour and codes.
 Importable without the engine, vtk or numpy (the effect's module imports it): those are imported where used.
 """
+
 from __future__ import annotations
 
 import colorsys
@@ -139,8 +140,9 @@ def is_default_segment_name(name: str) -> bool:
     return bool(_DEFAULT_NAME.match((name or "").strip()))
 
 
-def adopt_description(segmentation_node: Any, segment_id: str, description: str,
-                      add_segment: Callable[[Any, str], str] = add_segment) -> bool:
+def adopt_description(
+    segmentation_node: Any, segment_id: str, description: str, add_segment: Callable[[Any, str], str] = add_segment
+) -> bool:
     """Give a still-default-named segment the name, colour and terminology `add_segment` would give a new
     segment for `description`: a temporary segment is made by `add_segment`, its metadata copied, and it is
     removed. Segments the user (or a loader) named are never renamed. Returns True when renamed.

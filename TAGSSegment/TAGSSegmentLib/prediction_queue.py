@@ -1,4 +1,5 @@
 """One prediction in flight, the newest request waiting: the effect's queue between clicks and the model."""
+
 from __future__ import annotations
 
 import time
@@ -75,8 +76,11 @@ class PredictionQueue:
         if future.cancelled():
             return None
         error = future.exception()
-        return Outcome(request, error=error, seconds=seconds) if error else Outcome(request, future.result(),
-                                                                                  seconds=seconds)
+        return (
+            Outcome(request, error=error, seconds=seconds)
+            if error
+            else Outcome(request, future.result(), seconds=seconds)
+        )
 
     def cancel(self) -> bool:
         """Forget the running and the waiting request (their results will never be applied)."""
@@ -91,7 +95,7 @@ class PredictionQueue:
 def mask_is_empty(mask: Any) -> bool:
     if mask is None:
         return True
-    box = getattr(mask, "bbox", False)      # an engine result knows its bounding box (None: empty)
+    box = getattr(mask, "bbox", False)  # an engine result knows its bounding box (None: empty)
     if box is None:
         return True
     if box:
@@ -113,5 +117,5 @@ def mask_voxels(mask: Any) -> int:
     array = np.asarray(mask)
     if box:
         (k0, j0, i0), (k1, j1, i1) = box
-        array = array[int(k0):int(k1), int(j0):int(j1), int(i0):int(i1)]
+        array = array[int(k0) : int(k1), int(j0) : int(j1), int(i0) : int(i1)]
     return int(np.count_nonzero(array))

@@ -1,4 +1,5 @@
 """The prompts the effect holds for the selected segment (the model is stateless: every prediction gets all of them)."""
+
 from __future__ import annotations
 
 import math
@@ -43,10 +44,14 @@ class Prompts:
 
     def predict_arguments(self, volume_node: Any, text: str, anatomy: Any = None) -> dict:
         """Keyword arguments for TAGSLogic.predict/predict_async, copied so later clicks cannot change them."""
-        return {"volume_node": volume_node, "include_ras": [list(p) for p in self.include],
-                "exclude_ras": [list(p) for p in self.exclude],
-                "boxes_ras": [(list(lo), list(hi)) for lo, hi in self.boxes],
-                "text": (text or "").strip(), "anatomy": anatomy}
+        return {
+            "volume_node": volume_node,
+            "include_ras": [list(p) for p in self.include],
+            "exclude_ras": [list(p) for p in self.exclude],
+            "boxes_ras": [(list(lo), list(hi)) for lo, hi in self.boxes],
+            "text": (text or "").strip(),
+            "anatomy": anatomy,
+        }
 
 
 def as_vec3(values: Sequence[float], what: str) -> Vec3:

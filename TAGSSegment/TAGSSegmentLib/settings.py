@@ -4,6 +4,7 @@ In Slicer the store is `QSettingsStore` (Slicer's application settings, so choic
 and scripts without Qt use `MemorySettings`. Both offer the same two calls, so the module logic never knows
 which one it has. The choices offered to the user and their validation live here too.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Protocol
@@ -11,18 +12,20 @@ from urllib.parse import urlparse
 
 DEVICE_KEY = "TAGSSegment/Device"
 ALLOW_MPS_KEY = "TAGSSegment/AllowMPS"
-ENGINE_MODE_KEY = "TAGSSegment/EngineMode"      # local | remote | in-process
+ENGINE_MODE_KEY = "TAGSSegment/EngineMode"  # local | remote | in-process
 ENGINE_URL_KEY = "TAGSSegment/EngineURL"
-ENGINE_TOKEN_KEY = "TAGSSegment/EngineToken"    # stored in Slicer's settings file, readable by this user
+ENGINE_TOKEN_KEY = "TAGSSegment/EngineToken"  # stored in Slicer's settings file, readable by this user
 
 DEVICE_CHOICES: tuple[tuple[str, str], ...] = (("Auto (CUDA if available)", "auto"), ("CUDA", "cuda"), ("CPU", "cpu"))
 MPS_CHOICE = ("MPS (experimental)", "mps")
 
 # where the model runs: "local" (a `tagseg serve` child process, the default), "remote" (a server the user
 # runs, e.g. on a GPU machine: URL + token) or "in-process" (the fallback: a worker thread inside Slicer)
-ENGINE_MODES: tuple[tuple[str, str], ...] = (("Engine process on this computer (default)", "local"),
-                                             ("Remote engine server (URL and token)", "remote"),
-                                             ("Inside Slicer's process (fallback)", "in-process"))
+ENGINE_MODES: tuple[tuple[str, str], ...] = (
+    ("Engine process on this computer (default)", "local"),
+    ("Remote engine server (URL and token)", "remote"),
+    ("Inside Slicer's process (fallback)", "in-process"),
+)
 LOCAL_ENGINE: dict[str, str] = {"mode": "local", "url": "", "token": ""}
 
 

@@ -1,4 +1,5 @@
 """Slice-view geometry of the effect: when a press-move-release is a drag, and the 3D box a dragged rectangle means."""
+
 from __future__ import annotations
 
 import math

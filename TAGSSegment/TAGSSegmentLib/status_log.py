@@ -4,6 +4,7 @@ One log per Python process, like the `logging` module: the effect may write befo
 built later shows the history. Listeners are called on the main thread; one that raises (a deleted widget) is
 dropped.
 """
+
 from __future__ import annotations
 
 import time

@@ -2,6 +2,7 @@
 
 Every sentence the panel and the effect show about a prediction is made here, so CI checks the wording without Qt.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,8 +34,7 @@ def describe_device_info(info: dict, choice: str) -> tuple[str, str]:
 
     CPU use always gets a warning, because a click then takes seconds instead of a fraction of one."""
     gpus = info.get("cuda_devices") or []
-    lines = [f"GPU {g.get('index', i)}: {g.get('name', '?')}, {g.get('memory_gb', '?')} GB"
-             for i, g in enumerate(gpus)]
+    lines = [f"GPU {g.get('index', i)}: {g.get('name', '?')}, {g.get('memory_gb', '?')} GB" for i, g in enumerate(gpus)]
     if not info.get("cuda_available"):
         lines.append("No CUDA GPU found.")
     if info.get("mps_available"):
@@ -53,12 +53,18 @@ def describe_device_info(info: dict, choice: str) -> tuple[str, str]:
     elif choice == "auto" and not cuda:
         warning = "No CUDA GPU: TAGS will run on the CPU, which takes seconds per prediction."
     elif choice == "mps":
-        warning = ("MPS is experimental: results may differ from CUDA/CPU." if info.get("mps_available")
-                   else "MPS is selected but not available on this computer: predictions will fail. Choose CPU.")
+        warning = (
+            "MPS is experimental: results may differ from CUDA/CPU."
+            if info.get("mps_available")
+            else "MPS is selected but not available on this computer: predictions will fail. Choose CPU."
+        )
     else:
         memory = [float(g.get("memory_gb") or 0) for g in gpus]
-        warning = (f"The GPU has less than {SMALL_GPU_GB:g} GB of memory; if it runs out, choose CPU."
-                   if memory and max(memory) < SMALL_GPU_GB else "")
+        warning = (
+            f"The GPU has less than {SMALL_GPU_GB:g} GB of memory; if it runs out, choose CPU."
+            if memory and max(memory) < SMALL_GPU_GB
+            else ""
+        )
     return summary, warning
 
 
@@ -66,8 +72,8 @@ def describe_device_info(info: dict, choice: str) -> tuple[str, str]:
 class ErrorReport:
     """How to tell the user about a failed prediction."""
 
-    status: str              # one line for the effect's status label and the log
-    dialog: bool             # also show an error dialog (model and device problems need action)
+    status: str  # one line for the effect's status label and the log
+    dialog: bool  # also show an error dialog (model and device problems need action)
     suggest_cpu: bool = False
 
 
@@ -99,18 +105,27 @@ def explain_error(exc: BaseException) -> ErrorReport:
         DeviceError = ModelError = TagsegError = ()  # type: ignore[assignment]  # noqa: N806
     message = _one_line(exc)
     if is_out_of_memory(exc):
-        return ErrorReport(f"The GPU ran out of memory ({message}). Switch the device to CPU in the "
-                           "TAGS Segment module, or use a smaller box.", dialog=True, suggest_cpu=True)
+        return ErrorReport(
+            f"The GPU ran out of memory ({message}). Switch the device to CPU in the "
+            "TAGS Segment module, or use a smaller box.",
+            dialog=True,
+            suggest_cpu=True,
+        )
     if DeviceError and isinstance(exc, DeviceError):
-        return ErrorReport(f"Device problem: {message}. Choose another device (e.g. CPU) in the TAGS Segment module.",
-                           dialog=True, suggest_cpu=True)
+        return ErrorReport(
+            f"Device problem: {message}. Choose another device (e.g. CPU) in the TAGS Segment module.",
+            dialog=True,
+            suggest_cpu=True,
+        )
     if ModelError and isinstance(exc, ModelError):
         return ErrorReport(f"Model problem: {message}", dialog=True)
     if TagsegError and isinstance(exc, TagsegError):
-        return ErrorReport(message, dialog=False)   # prompt/input problems: the status line is enough
+        return ErrorReport(message, dialog=False)  # prompt/input problems: the status line is enough
     if isinstance(exc, ImportError):
-        return ErrorReport(f"Missing dependency ({message}). Open the TAGS Segment module and press "
-                           "'Install dependencies'.", dialog=True)
+        return ErrorReport(
+            f"Missing dependency ({message}). Open the TAGS Segment module and press 'Install dependencies'.",
+            dialog=True,
+        )
     return ErrorReport(f"TAGS failed: {type(exc).__name__}: {message}", dialog=True)
 
 
@@ -129,7 +144,6 @@ def progress_label(progress: Any, elapsed: float) -> str:
         stage = str(progress["stage"]).replace("_", " ")
         text += f" ({stage} {int(progress.get('done', 0))}/{int(progress['total'])})"
     return text
-
 
 
 def description_status(description: str) -> str:

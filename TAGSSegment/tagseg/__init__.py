@@ -1,12 +1,13 @@
 """tagseg: interactive 3D tumour segmentation from clicks, boxes, a typed description and an organ mask.
 
-    from tagseg import load_volume, Session
-    vol = load_volume("ct.nii.gz")
-    s = Session(vol)                      # model="auto", device="auto"
-    s.set_text("pancreatic tumor")
-    s.add_point((r, a, s_))               # RAS mm
-    mask = s.predict()                    # uint8 Volume on vol's grid
+from tagseg import load_volume, Session
+vol = load_volume("ct.nii.gz")
+s = Session(vol)                      # model="auto", device="auto"
+s.set_text("pancreatic tumor")
+s.add_point((r, a, s_))               # RAS mm
+mask = s.predict()                    # uint8 Volume on vol's grid
 """
+
 import os as _os
 import warnings as _warnings
 
@@ -25,5 +26,17 @@ from .volume import Volume
 
 __version__ = "0.1.0"
 
-__all__ = ["Volume", "Session", "load_volume", "load_anatomy", "save_volume", "save_segmentation", "TagsegError",
-           "InputError", "PromptError", "ModelError", "DeviceError", "__version__"]
+__all__ = [
+    "Volume",
+    "Session",
+    "load_volume",
+    "load_anatomy",
+    "save_volume",
+    "save_segmentation",
+    "TagsegError",
+    "InputError",
+    "PromptError",
+    "ModelError",
+    "DeviceError",
+    "__version__",
+]

@@ -1,4 +1,5 @@
 """`python -m tagseg ...`: the same command line as the `tagseg` console script."""
+
 import sys
 
 from .commands import main

@@ -10,6 +10,7 @@ merging every label would make "any organ" the anatomy, silently.
 Names are compared by their words, case and order ignored, so Slicer's "Kidney left" or "left kidney" match
 TotalSegmentator's "kidney_left".
 """
+
 from __future__ import annotations
 
 import json
@@ -29,10 +30,23 @@ from .volume import Volume
 # class_map["total"] table in wasserth/TotalSegmentator, totalsegmentator/map_to_binary.py (read 2026-12-02);
 # v1 numbered them differently (pancreas was 10), so only v2 multi-label output (`--ml`) matches.
 TOTALSEGMENTATOR_V2: dict[int, str] = {
-    1: "spleen", 2: "kidney_right", 3: "kidney_left", 5: "liver", 6: "stomach", 7: "pancreas",
-    8: "adrenal_gland_right", 9: "adrenal_gland_left", 10: "lung_upper_lobe_left", 11: "lung_lower_lobe_left",
-    12: "lung_upper_lobe_right", 13: "lung_middle_lobe_right", 14: "lung_lower_lobe_right", 20: "colon",
-    21: "urinary_bladder", 22: "prostate", 90: "brain",
+    1: "spleen",
+    2: "kidney_right",
+    3: "kidney_left",
+    5: "liver",
+    6: "stomach",
+    7: "pancreas",
+    8: "adrenal_gland_right",
+    9: "adrenal_gland_left",
+    10: "lung_upper_lobe_left",
+    11: "lung_lower_lobe_left",
+    12: "lung_upper_lobe_right",
+    13: "lung_middle_lobe_right",
+    14: "lung_lower_lobe_right",
+    20: "colon",
+    21: "urinary_bladder",
+    22: "prostate",
+    90: "brain",
 }
 NAMED_CLASSES = {"totalsegmentator": TOTALSEGMENTATOR_V2}
 CLASSES_HINT = "classes='totalsegmentator' or a JSON file {label: name}"
@@ -60,7 +74,7 @@ def read_classes(spec: str | os.PathLike | Mapping) -> dict[int, str]:
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise InputError(f"{path}: cannot be read as JSON class names {{label: name}} ({exc})") from None
     if not isinstance(data, dict):
-        raise InputError(f"{path}: class names must be a JSON object {{label: name}}, e.g. {{\"1\": \"liver\"}}")
+        raise InputError(f'{path}: class names must be a JSON object {{label: name}}, e.g. {{"1": "liver"}}')
     return _checked_classes(data, str(path))
 
 
@@ -68,7 +82,7 @@ def _checked_classes(data: Mapping, where: str) -> dict[int, str]:
     out: dict[int, str] = {}
     for key, value in data.items():
         if isinstance(value, int) and not isinstance(key, int) and not str(key).strip().lstrip("-").isdigit():
-            key, value = value, key                 # {name: label} is accepted too
+            key, value = value, key  # {name: label} is accepted too
         try:
             label = int(str(key).strip())
         except ValueError:
@@ -108,8 +122,9 @@ def label_values(volume: Volume) -> np.ndarray | None:
     return values[values != 0]
 
 
-def organ_from_labels(labels: Volume, classes: Mapping[int, str], anatomy: str | None,
-                      what: str = "the label map") -> Volume:
+def organ_from_labels(
+    labels: Volume, classes: Mapping[int, str], anatomy: str | None, what: str = "the label map"
+) -> Volume:
     """The union of the labels whose class names make up `anatomy` (e.g. kidney_left + kidney_right)."""
     wanted = _organ_names(anatomy, what)
     keys = {name_key(n): n for n in wanted}
@@ -125,13 +140,16 @@ def organ_from_labels(labels: Volume, classes: Mapping[int, str], anatomy: str |
 def _organ_names(anatomy: str | None, what: str) -> tuple[str, ...]:
     if not anatomy or anatomy not in ORGAN_LABELS:
         read = f" (it reads as {anatomy.replace('_', ' ')}, which has no organ mask)" if anatomy else ""
-        raise PromptError(f"{what}: picking the organ needs a description naming the organ (e.g. 'kidney tumor')"
-                          f"{read}; organs known: {', '.join(sorted(ORGAN_LABELS))}")
+        raise PromptError(
+            f"{what}: picking the organ needs a description naming the organ (e.g. 'kidney tumor')"
+            f"{read}; organs known: {', '.join(sorted(ORGAN_LABELS))}"
+        )
     return ORGAN_LABELS[anatomy]
 
 
-def select_organ(mask: Volume, anatomy: str | None, classes: str | os.PathLike | Mapping | None = None,
-                 what: str | None = None) -> Volume:
+def select_organ(
+    mask: Volume, anatomy: str | None, classes: str | os.PathLike | Mapping | None = None, what: str | None = None
+) -> Volume:
     """The organ mask to use: the organ's labels when class names are given, else `mask` itself when it is
     binary (one label); a map with several labels and no names raises `PromptError`."""
     what = what or (mask.name or "the anatomy mask")
@@ -140,13 +158,19 @@ def select_organ(mask: Volume, anatomy: str | None, classes: str | os.PathLike |
     values = label_values(mask)
     if values is not None and len(values) > 1:
         shown = ", ".join(str(int(v)) for v in values[:8]) + (" ..." if len(values) > 8 else "")
-        raise PromptError(f"{what}: a label map with {len(values)} labels ({shown}) and no class names; give them "
-                          f"({CLASSES_HINT}) or a binary organ mask, rather than every label as the organ")
+        raise PromptError(
+            f"{what}: a label map with {len(values)} labels ({shown}) and no class names; give them "
+            f"({CLASSES_HINT}) or a binary organ mask, rather than every label as the organ"
+        )
     return mask
 
 
-def load_anatomy(path: str | os.PathLike, anatomy: str | None, classes: str | os.PathLike | Mapping | None = None,
-                 warn: Callable[[str], None] | None = None) -> Volume:
+def load_anatomy(
+    path: str | os.PathLike,
+    anatomy: str | None,
+    classes: str | os.PathLike | Mapping | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> Volume:
     """The organ mask for `--anatomy PATH`: a binary mask file, a folder of per-organ masks, a label map with class
     names (given, or a JSON sidecar), or a `.seg.nrrd` whose segment names are the classes. `anatomy` is the
     description's anatomy key (`parse_description(text).anatomy`)."""

@@ -5,6 +5,7 @@ from its header), a stream being decompressed, a network (parameters from its co
 The limit is a fraction of the memory available when asked, or `TAGSEG_MEMORY_LIMIT` (bytes, or with a
 K/M/G/T suffix: `8G`); `--memory-limit` on the command line sets that variable.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,7 +17,7 @@ ENV = "TAGSEG_MEMORY_LIMIT"
 # the share of available memory one input may claim: loading makes about three working copies
 # (the reader's buffer, the numpy array, a float32 copy for the model)
 AVAILABLE_FRACTION = 0.25
-FALLBACK_BYTES = 2 << 30                 # when available memory cannot be read
+FALLBACK_BYTES = 2 << 30  # when available memory cannot be read
 # morphology: a structuring element wider than this many voxels per side is never built
 MAX_MORPH_RADIUS_VOXELS = 64
 
@@ -80,8 +81,10 @@ def check(nbytes: int | float, what: str) -> None:
     """Refuse before allocating: `what` would need `nbytes`, more than the limit."""
     limit = limit_bytes()
     if nbytes > limit:
-        raise InputError(f"{what} would need {human(nbytes)} of memory, more than the limit of {human(limit)} "
-                         f"(set {ENV}, e.g. {ENV}=16G, to allow more)")
+        raise InputError(
+            f"{what} would need {human(nbytes)} of memory, more than the limit of {human(limit)} "
+            f"(set {ENV}, e.g. {ENV}=16G, to allow more)"
+        )
 
 
 def check_checkpoint_config(path) -> None:
@@ -103,7 +106,7 @@ def check_checkpoint_config(path) -> None:
     except (OSError, ValueError, KeyError, TypeError, struct.error):
         return
     if depth > 0 and ratio > 0 and width > 0:
-        parameters = int(depth * (4 + 2 * ratio) * width ** 2)
+        parameters = int(depth * (4 + 2 * ratio) * width**2)
         check(parameters * 4 * 2, f"the network (at least {parameters:,} parameters)")
 
 
@@ -128,8 +131,10 @@ def read_capped(stream, limit: int, what: str, chunk: int = 1 << 20) -> int:
             return total
         total += len(block)
         if total > limit:
-            raise InputError(f"{what}: decompresses to more than {human(limit)} (a compression bomb, or a "
-                             f"volume larger than the memory limit; set {ENV} to allow more)")
+            raise InputError(
+                f"{what}: decompresses to more than {human(limit)} (a compression bomb, or a "
+                f"volume larger than the memory limit; set {ENV} to allow more)"
+            )
 
 
 def radius_voxels(radius_mm, spacing_mm) -> tuple[int, ...]:

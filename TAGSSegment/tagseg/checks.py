@@ -23,6 +23,7 @@ points and box centres, or a box's longest side).
 | `crop_border`   | the mask reaches the edge of the region the model saw (`Backend.crops`): within one      |
 |                 | voxel of either grid of a crop face that is not also the image's edge                    |
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -32,8 +33,8 @@ import numpy as np
 from .geometry import Grid
 
 TINY_DIAMETER_MM = 5.0
-SMALL_SPAN_FRACTION = 16.0 ** (-1.0 / 3.0)     # ellipsoid S x S/4 x S/4 has d_eq = S * 16^(-1/3)
-LEAK_DIAMETERS = 3.0                           # prolate ellipsoid 5.2:1:1 clicked at its tip reaches 3 d_eq
+SMALL_SPAN_FRACTION = 16.0 ** (-1.0 / 3.0)  # ellipsoid S x S/4 x S/4 has d_eq = S * 16^(-1/3)
+LEAK_DIAMETERS = 3.0  # prolate ellipsoid 5.2:1:1 clicked at its tip reaches 3 d_eq
 CODES = ("empty", "tiny", "small", "leak", "volume_border", "crop_border")
 
 
@@ -53,7 +54,7 @@ class ResultWarning:
     @classmethod
     def from_dict(cls, obj) -> "ResultWarning":
         if not isinstance(obj, dict):
-            raise ValueError("a result warning is {\"code\": str, \"message\": str}")
+            raise ValueError('a result warning is {"code": str, "message": str}')
         return cls(str(obj.get("code", "")), " ".join(str(obj.get("message", "")).split()))
 
 
@@ -71,8 +72,9 @@ def _boundary(mask: np.ndarray) -> np.ndarray:
     return np.argwhere(mask & ~inner)
 
 
-def _distance_to_prompts(points_kji: np.ndarray, spacing_kji: np.ndarray, include_kji: np.ndarray,
-                         boxes_kji) -> np.ndarray:
+def _distance_to_prompts(
+    points_kji: np.ndarray, spacing_kji: np.ndarray, include_kji: np.ndarray, boxes_kji
+) -> np.ndarray:
     """mm from each voxel to its nearest include point or box (0 inside a box); axis-aligned grids."""
     best = np.full(len(points_kji), np.inf)
     for p in include_kji:
@@ -118,15 +120,16 @@ def _crop_touched(boundary_kji: np.ndarray, volume: Grid, crops) -> bool:
         crop_spacing = crop.spacing_ijk
         margin_mm = max(float(crop_spacing.min()), float(np.max(volume.spacing_kji)))
         kji = crop.ras_to_kji(ras)
-        margin = margin_mm / crop.spacing_kji                            # in crop voxels, per KJI axis
+        margin = margin_mm / crop.spacing_kji  # in crop voxels, per KJI axis
         size = np.asarray(crop.shape_kji, float)
         deep = np.all((kji >= -0.5 + margin) & (kji <= size - 0.5 - margin), axis=1)
         deep_somewhere |= deep
     return not bool(np.all(deep_somewhere))
 
 
-def check_result(mask: np.ndarray, ijk_to_ras: np.ndarray, include_kji=(), boxes_kji=(),
-                 crops=()) -> tuple[ResultWarning, ...]:
+def check_result(
+    mask: np.ndarray, ijk_to_ras: np.ndarray, include_kji=(), boxes_kji=(), crops=()
+) -> tuple[ResultWarning, ...]:
     """Warnings for `mask` (KJI, non-zero = result) given the include prompts that asked for it.
 
     include_kji: (N, 3) continuous KJI include points; boxes_kji: (lo, hi) continuous KJI corners;
@@ -148,29 +151,52 @@ def check_result(mask: np.ndarray, ijk_to_ras: np.ndarray, include_kji=(), boxes
         out.append(ResultWarning("tiny", f"the result is tiny ({size}); check that the click is on the lesion"))
     span = prompt_span_mm(include, boxes, spacing_kji)
     if d_eq < SMALL_SPAN_FRACTION * span:
-        out.append(ResultWarning("small", f"the result ({size}) is far smaller than the {span:.0f} mm the prompts "
-                                          "span; it probably misses most of the lesion"))
+        out.append(
+            ResultWarning(
+                "small",
+                f"the result ({size}) is far smaller than the {span:.0f} mm the prompts "
+                "span; it probably misses most of the lesion",
+            )
+        )
     # the bounding box bounds every other pass to the result's neighbourhood
     nz = [np.flatnonzero(binary.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
     lo = np.array([n[0] for n in nz])
     hi = np.array([n[-1] for n in nz]) + 1
-    boundary = _boundary(binary[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]) + lo
+    boundary = _boundary(binary[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]) + lo
     if len(include) or boxes:
         reach = float(np.max(_distance_to_prompts(boundary.astype(float), spacing_kji, include, boxes)))
         if reach > LEAK_DIAMETERS * d_eq:
-            out.append(ResultWarning("leak", f"the result reaches {reach:.0f} mm from the nearest include prompt, "
-                                             f"more than {LEAK_DIAMETERS:g}x its size ({d_eq:.0f} mm across): it may "
-                                             "have leaked into a neighbouring structure"))
+            out.append(
+                ResultWarning(
+                    "leak",
+                    f"the result reaches {reach:.0f} mm from the nearest include prompt, "
+                    f"more than {LEAK_DIAMETERS:g}x its size ({d_eq:.0f} mm across): it may "
+                    "have leaked into a neighbouring structure",
+                )
+            )
     shape = np.asarray(binary.shape)
-    faces = [(axis, sign) for axis in range(3) if shape[axis] > 1
-             for sign, touched in ((-1, lo[axis] == 0), (1, hi[axis] == shape[axis])) if touched]
+    faces = [
+        (axis, sign)
+        for axis in range(3)
+        if shape[axis] > 1
+        for sign, touched in ((-1, lo[axis] == 0), (1, hi[axis] == shape[axis]))
+        if touched
+    ]
     if faces:
         names = _face_names(matrix, faces)
         where = f"{' and '.join(names)} edge{'s' if len(names) > 1 else ''}"
-        out.append(ResultWarning("volume_border", f"the result touches the {where} of the image: the lesion may "
-                                                  "continue outside it"))
+        out.append(
+            ResultWarning(
+                "volume_border", f"the result touches the {where} of the image: the lesion may continue outside it"
+            )
+        )
     at_edge = np.any((boundary == 0) | (boundary == shape - 1), axis=1)
     if _crop_touched(boundary[~at_edge], grid, crops):
-        out.append(ResultWarning("crop_border", "the result reaches the edge of the region the model looked at: "
-                                                "the lesion may be larger than the model's crop"))
+        out.append(
+            ResultWarning(
+                "crop_border",
+                "the result reaches the edge of the region the model looked at: "
+                "the lesion may be larger than the model's crop",
+            )
+        )
     return tuple(out)

@@ -1,5 +1,6 @@
 """`import tagseg.cli` still works (bench/startup.py, test_fuzz.py and older scripts import it): the command line
 itself is `tagseg.commands`, one module per command."""
+
 from __future__ import annotations
 
 import sys

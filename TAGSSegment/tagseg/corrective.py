@@ -5,6 +5,7 @@ border, in mm) of the largest connected piece of the larger error region: an inc
 miss, an exclude click on a leak. Used by `make bench` and the tuning script, so both score the
 same protocol as the project's shared corrective-click tool.
 """
+
 from __future__ import annotations
 
 import numpy as np

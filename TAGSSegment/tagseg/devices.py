@@ -1,4 +1,5 @@
 """Choosing the compute device: CUDA when present, CPU always works, Apple MPS only on request."""
+
 from __future__ import annotations
 
 import os
@@ -26,7 +27,7 @@ def resolve_device(requested: str = "auto", warn=None) -> str:
     not a problem); an explicit "cuda" or "mps" that is missing is an error. `warn` is accepted for callers
     that pass their reporter; nothing here needs it now."""
     choice = (requested or "auto").lower()
-    if choice == "cpu":               # no torch import: a refused input stays cheap (torch alone is ~0.6 GB)
+    if choice == "cpu":  # no torch import: a refused input stays cheap (torch alone is ~0.6 GB)
         return "cpu"
     if choice == "auto" and not _may_have_gpu():
         return "cpu"
@@ -36,15 +37,18 @@ def resolve_device(requested: str = "auto", warn=None) -> str:
         raise DeviceError(f"unknown device '{requested}' (choose from {', '.join(CHOICES)} or cuda:N)")
     if choice not in CHOICES and not choice.startswith("cuda:"):
         raise DeviceError(f"unknown device '{requested}' (choose from {', '.join(CHOICES)} or cuda:N)")
-    if choice == "auto":   # CPU is an expected outcome of "auto": nothing to warn about
+    if choice == "auto":  # CPU is an expected outcome of "auto": nothing to warn about
         return "cuda" if torch.cuda.is_available() else "cpu"
     if choice.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise DeviceError(f"device '{requested}' requested but CUDA is not available on this machine; "
-                              "use device 'cpu'")
+            raise DeviceError(
+                f"device '{requested}' requested but CUDA is not available on this machine; use device 'cpu'"
+            )
         index = int(choice[5:]) if ":" in choice else 0
         if index >= torch.cuda.device_count():
-            raise DeviceError(f"device '{requested}' requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+            raise DeviceError(
+                f"device '{requested}' requested but only {torch.cuda.device_count()} CUDA device(s) exist"
+            )
         return choice
     if choice == "mps":
         if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
@@ -61,7 +65,9 @@ def is_out_of_memory(exc: BaseException) -> bool:
     """
     torch = sys.modules.get("torch")
     if torch is not None:
-        oom = getattr(torch, "OutOfMemoryError", None) or getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)
+        oom = getattr(torch, "OutOfMemoryError", None) or getattr(
+            getattr(torch, "cuda", None), "OutOfMemoryError", None
+        )
         if isinstance(oom, type) and isinstance(exc, oom):
             return True
     return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
@@ -74,7 +80,9 @@ def describe_devices() -> dict:
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             props = torch.cuda.get_device_properties(i)
-            info["cuda_devices"].append({"index": i, "name": props.name, "memory_gb": round(props.total_memory / 2**30, 1)})
+            info["cuda_devices"].append(
+                {"index": i, "name": props.name, "memory_gb": round(props.total_memory / 2**30, 1)}
+            )
     info["mps_available"] = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
     info["cpu_threads"] = torch.get_num_threads()
     return info

@@ -13,6 +13,7 @@ result's grid again (`read_dicom_seg`); it must match voxel for voxel before the
 The segment is named after the description and coded with its terminology entry (`tagseg.terminology`:
 SNOMED CT category, type and anatomic region).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -46,8 +47,10 @@ def check_source(image: Volume, what: str = "DICOM SEG output") -> tuple[str, ..
     """The source series' files, or a one-line InputError when the input was not a DICOM series."""
     files = tuple(image.meta.get("dicom_files", ()))
     if not files:
-        raise InputError(f"{what} needs a DICOM series as the input image (the SEG references its source "
-                         "images); this input is not DICOM: write .seg.nrrd or .nii.gz instead")
+        raise InputError(
+            f"{what} needs a DICOM series as the input image (the SEG references its source "
+            "images); this input is not DICOM: write .seg.nrrd or .nii.gz instead"
+        )
     if not available():
         raise InputError(INSTALL_HINT)
     return files
@@ -63,15 +66,21 @@ def _geometry(volume: Volume):
     """(image orientation, pixel spacing [row, column], slice spacing, LPS position of each k slice)."""
     ijk_to_lps = LPS_TO_RAS @ volume.ijk_to_ras
     linear = ijk_to_lps[:3, :3]
-    spacing = np.linalg.norm(linear, axis=0)                  # i (along a row), j (down a column), k
+    spacing = np.linalg.norm(linear, axis=0)  # i (along a row), j (down a column), k
     orientation = np.concatenate([linear[:, 0] / spacing[0], linear[:, 1] / spacing[1]])
     count = volume.shape_kji[0]
     positions = (ijk_to_lps @ np.stack([np.zeros(count), np.zeros(count), np.arange(count), np.ones(count)]))[:3].T
     return orientation, (float(spacing[1]), float(spacing[0])), float(spacing[2]), positions
 
 
-def segmentation_dataset(mask: Volume, source: Volume, segment_name: str, entry: TerminologyEntry,
-                         sop_instance_uid: str | None = None, algorithm: str = "tagseg"):
+def segmentation_dataset(
+    mask: Volume,
+    source: Volume,
+    segment_name: str,
+    entry: TerminologyEntry,
+    sop_instance_uid: str | None = None,
+    algorithm: str = "tagseg",
+):
     """The SEG dataset (highdicom `Segmentation`) of a binary `mask` on `source`'s grid."""
     import highdicom as hd
     import pydicom
@@ -95,16 +104,23 @@ def segmentation_dataset(mask: Volume, source: Volume, segment_name: str, entry:
         # anonymisers blank the dataset's own SOP Class/Instance UIDs and keep them in the file meta: the SEG's
         # references need them, so they are taken from there (in memory only; the source files are untouched)
         meta = getattr(dataset, "file_meta", None)
-        for own, stored in (("SOPClassUID", "MediaStorageSOPClassUID"), ("SOPInstanceUID", "MediaStorageSOPInstanceUID")):
+        for own, stored in (
+            ("SOPClassUID", "MediaStorageSOPClassUID"),
+            ("SOPInstanceUID", "MediaStorageSOPInstanceUID"),
+        ):
             if not str(dataset.get(own, "") or "").strip():
                 value = str(meta.get(stored, "") or "").strip() if meta is not None else ""
                 if not value:
-                    raise InputError(f"{file}: has no {own}, which a DICOM SEG needs to reference its source; "
-                                     "write .seg.nrrd or .nii.gz instead")
+                    raise InputError(
+                        f"{file}: has no {own}, which a DICOM SEG needs to reference its source; "
+                        "write .seg.nrrd or .nii.gz instead"
+                    )
                 setattr(dataset, own, value)
     if "FrameOfReferenceUID" not in sources[0]:
-        raise InputError(f"{files[0]}: the source series has no Frame of Reference UID, which a DICOM SEG must "
-                         "share with it; write .seg.nrrd or .nii.gz instead")
+        raise InputError(
+            f"{files[0]}: the source series has no Frame of Reference UID, which a DICOM SEG must "
+            "share with it; write .seg.nrrd or .nii.gz instead"
+        )
     description = hd.seg.SegmentDescription(
         segment_number=1,
         segment_label=(" ".join(segment_name.split()) or "tumor")[:64],
@@ -112,7 +128,8 @@ def segmentation_dataset(mask: Volume, source: Volume, segment_name: str, entry:
         segmented_property_type=_concept(entry.type),
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC,
         algorithm_identification=hd.AlgorithmIdentificationSequence(
-            name=algorithm[:64], family=codes.cid7162.ArtificialIntelligence, version=__version__),
+            name=algorithm[:64], family=codes.cid7162.ArtificialIntelligence, version=__version__
+        ),
         anatomic_regions=[_concept(entry.region)] if entry.region else None,
     )
     binary = (np.asarray(mask.array) > 0).astype(np.uint8)
@@ -132,11 +149,12 @@ def segmentation_dataset(mask: Volume, source: Volume, segment_name: str, entry:
         software_versions=__version__,
         device_serial_number="none",
         series_description=f"tagseg: {segment_name}"[:64],
-        pixel_measures=hd.PixelMeasuresSequence(pixel_spacing=pixel_spacing, slice_thickness=slice_spacing,
-                                                spacing_between_slices=slice_spacing),
+        pixel_measures=hd.PixelMeasuresSequence(
+            pixel_spacing=pixel_spacing, slice_thickness=slice_spacing, spacing_between_slices=slice_spacing
+        ),
         plane_orientation=hd.PlaneOrientationSequence(coordinate, [float(v) for v in orientation]),
         plane_positions=[hd.PlanePositionSequence(coordinate, [float(v) for v in p]) for p in positions],
-        omit_empty_frames=bool(binary.any()),        # an empty result keeps its (empty) frames
+        omit_empty_frames=bool(binary.any()),  # an empty result keeps its (empty) frames
     )
     # Seen once with a source whose headers disagreed with its pixel grid: highdicom's spacing between slices
     # taken from elsewhere. The grid written is ours, always.
@@ -170,7 +188,7 @@ def read_dicom_seg(path: str | os.PathLike, like: Volume, segment_number: int = 
     pixels = ds.pixel_array.reshape(int(ds.NumberOfFrames), rows, cols)
     out = np.zeros(like.shape_kji, np.uint8)
     for frame, group in zip(pixels, ds.PerFrameFunctionalGroupsSequence):
-        identified = group if "SegmentIdentificationSequence" in group else shared     # one segment: shared
+        identified = group if "SegmentIdentificationSequence" in group else shared  # one segment: shared
         if int(identified.SegmentIdentificationSequence[0].ReferencedSegmentNumber) != segment_number:
             continue
         placed = group if "PlanePositionSequence" in group else shared
@@ -188,14 +206,15 @@ def write_verified(dataset, tmp: Path, mask: Volume) -> None:
     dataset.save_as(str(tmp), enforce_file_format=True)
     try:
         again = read_dicom_seg(tmp, mask)
-    except Exception as exc:                          # noqa: BLE001 - whatever fails, the file is not right
+    except Exception as exc:  # noqa: BLE001 - whatever fails, the file is not right
         raise OSError(f"the DICOM SEG read back is unusable ({exc})") from None
     if not np.array_equal(again, np.asarray(mask.array) > 0):
         raise OSError("the DICOM SEG read back differs from the mask")
 
 
-def save_dicom_seg(mask: Volume, source: Volume, path: str | os.PathLike, segment_name: str,
-                   entry: TerminologyEntry | None = None) -> Path:
+def save_dicom_seg(
+    mask: Volume, source: Volume, path: str | os.PathLike, segment_name: str, entry: TerminologyEntry | None = None
+) -> Path:
     """Write `mask` as a DICOM SEG referencing `source`'s series (a Volume loaded from a DICOM folder); a
     folder `path` gets `<SOP Instance UID>.dcm`. Returns the file written."""
     from .fs import write_atomic

@@ -2,6 +2,7 @@
 
 The CLI prints them as one line and exits with code 2.
 """
+
 from __future__ import annotations
 
 

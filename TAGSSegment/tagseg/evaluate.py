@@ -10,6 +10,7 @@ NSD is the authors' metric: DeepMind's area-weighted surface Dice (`surface_dist
 `compute_surface_distances` + `compute_surface_dice_at_tolerance`), re-implemented here on NumPy and
 SciPy with the surface-element area table of the `surface-distance` package.
 """
+
 from __future__ import annotations
 
 import csv
@@ -56,8 +57,9 @@ def _surfel_area_table(spacing: tuple[float, float, float]) -> np.ndarray:
     except ImportError:
         from .errors import ModelError
 
-        raise ModelError("the surface Dice (NSD) needs the surface-distance package: "
-                         "pip install surface-distance") from None
+        raise ModelError(
+            "the surface Dice (NSD) needs the surface-distance package: pip install surface-distance"
+        ) from None
     return np.asarray(create_table_neighbour_code_to_surface_area(spacing), np.float64)
 
 
@@ -73,7 +75,7 @@ def _cell_codes(mask: np.ndarray) -> np.ndarray:
     n = np.array(mask.shape) + 1
     codes = np.zeros(tuple(n), np.int16)
     for (a, b, c), bit in _CORNER_BITS.items():
-        codes += bit * padded[a:a + n[0], b:b + n[1], c:c + n[2]]
+        codes += bit * padded[a : a + n[0], b : b + n[1], c : c + n[2]]
     return codes
 
 
@@ -127,8 +129,10 @@ def surface_dice(pred: np.ndarray, truth: np.ndarray, spacing_kji, tolerance_mm:
     if not p.any() or not t.any():
         return 0.0
     s = surface_distances(p, t, spacing_kji)
-    close = s["areas_pred"][s["pred_to_truth"] <= tolerance_mm].sum() + \
-        s["areas_truth"][s["truth_to_pred"] <= tolerance_mm].sum()
+    close = (
+        s["areas_pred"][s["pred_to_truth"] <= tolerance_mm].sum()
+        + s["areas_truth"][s["truth_to_pred"] <= tolerance_mm].sum()
+    )
     total = s["areas_pred"].sum() + s["areas_truth"].sum()
     return float(close / total)
 
@@ -150,17 +154,24 @@ class CaseResult:
     seconds: float | None
     clicks_ras: list = field(default_factory=list)
     note: str = ""
-    protocol: str = ""          # what this case actually ran: "paper", or "extended: <what differed>"
-    inference: str = ""         # the details: crops, precision, organ channel, text fusion, ...
-    error: str = ""             # why the case failed (then dice/nsd are empty)
+    protocol: str = ""  # what this case actually ran: "paper", or "extended: <what differed>"
+    inference: str = ""  # the details: crops, precision, organ channel, text fusion, ...
+    error: str = ""  # why the case failed (then dice/nsd are empty)
 
     @property
     def failed(self) -> bool:
         return bool(self.error)
 
 
-def evaluate_case(case_id: str, image: Volume, label: Volume, predict: Callable[[Volume, np.ndarray], np.ndarray],
-                  clicks: int, rng: np.random.Generator, tolerance_mm: float = NSD_TOLERANCE_MM) -> CaseResult:
+def evaluate_case(
+    case_id: str,
+    image: Volume,
+    label: Volume,
+    predict: Callable[[Volume, np.ndarray], np.ndarray],
+    clicks: int,
+    rng: np.random.Generator,
+    tolerance_mm: float = NSD_TOLERANCE_MM,
+) -> CaseResult:
     """One case: draw clicks, predict on the original grid, score. `predict(image, clicks_ras) -> uint8 KJI`.
 
     `predict` may return (mask, protocol, inference) to record what the model actually ran. An
@@ -182,12 +193,28 @@ def evaluate_case(case_id: str, image: Volume, label: Volume, predict: Callable[
         seconds = time.perf_counter() - start
         if mask.shape != truth.shape:
             raise ValueError(f"the prediction has shape {mask.shape}, the label {truth.shape}")
-        return CaseResult(case_id, dice(mask, truth), surface_dice(mask, truth, image.spacing_kji, tolerance_mm),
-                          int(truth.sum()), int(mask.sum()), seconds, clicks_ras, protocol=protocol,
-                          inference=inference)
-    except Exception as exc:                       # noqa: BLE001 - one case must never end the run
-        return CaseResult(case_id, None, None, int(truth.sum()), 0, time.perf_counter() - start, clicks_ras,
-                          error=one_line(exc, 300, with_type=True))
+        return CaseResult(
+            case_id,
+            dice(mask, truth),
+            surface_dice(mask, truth, image.spacing_kji, tolerance_mm),
+            int(truth.sum()),
+            int(mask.sum()),
+            seconds,
+            clicks_ras,
+            protocol=protocol,
+            inference=inference,
+        )
+    except Exception as exc:  # noqa: BLE001 - one case must never end the run
+        return CaseResult(
+            case_id,
+            None,
+            None,
+            int(truth.sum()),
+            0,
+            time.perf_counter() - start,
+            clicks_ras,
+            error=one_line(exc, 300, with_type=True),
+        )
 
 
 def failed_case(case_id: str, exc: BaseException) -> CaseResult:
@@ -200,10 +227,20 @@ def failed_case(case_id: str, exc: BaseException) -> CaseResult:
 # of the clicks whatever their spread (clicks outside it still go to the prompt encoder), fp32, text unused,
 # zeros in the organ channel when the mask misses the crop. "interactive" is what the app does.
 PROTOCOLS = {
-    "paper": {"sliding_window": False, "wide_prompts": "one-crop", "autocast": "off", "text_fusion": 0.0,
-              "anatomy_fallback": "zeros"},
-    "interactive": {"sliding_window": True, "wide_prompts": "refuse", "autocast": "auto", "text_fusion": 0.0,
-                    "anatomy_fallback": "prompt-box"},
+    "paper": {
+        "sliding_window": False,
+        "wide_prompts": "one-crop",
+        "autocast": "off",
+        "text_fusion": 0.0,
+        "anatomy_fallback": "zeros",
+    },
+    "interactive": {
+        "sliding_window": True,
+        "wide_prompts": "refuse",
+        "autocast": "auto",
+        "text_fusion": 0.0,
+        "anatomy_fallback": "prompt-box",
+    },
 }
 
 
@@ -235,8 +272,13 @@ def describe_run(run: dict | None) -> tuple[str, str]:
     return ("paper" if not differences else "extended: " + ", ".join(differences)), inference
 
 
-def session_predictor(model: str, device: str = "auto", text: str = "", backend_options: dict | None = None,
-                      organ_for: Callable[[str], Volume | None] | None = None):
+def session_predictor(
+    model: str,
+    device: str = "auto",
+    text: str = "",
+    backend_options: dict | None = None,
+    organ_for: Callable[[str], Volume | None] | None = None,
+):
     """A `predict(image, clicks)` that runs a fresh `Session` per case with the given model (any backend).
 
     It returns (mask, protocol, inference): what the case actually ran, read from the backend.
@@ -247,8 +289,7 @@ def session_predictor(model: str, device: str = "auto", text: str = "", backend_
     state = {"case": None}
 
     def predict(image: Volume, clicks: np.ndarray):
-        with Session(image, model=model, device=device, backend_options=backend_options,
-                     work_ahead=False) as session:
+        with Session(image, model=model, device=device, backend_options=backend_options, work_ahead=False) as session:
             if text:
                 session.set_text(text)
             organ = organ_for(state["case"]) if organ_for and state["case"] else None
@@ -257,7 +298,7 @@ def session_predictor(model: str, device: str = "auto", text: str = "", backend_
             for point in clicks:
                 session.add_point(point, positive=True)
             mask = np.asarray(session.predict().array)
-            name = session.backend_name()     # the backend the session ran, with the options it got
+            name = session.backend_name()  # the backend the session ran, with the options it got
             backend, _ = acquire_backend(name, session.device, options_for(name, session.backend_options))
             return (mask, *describe_run(getattr(backend, "last_run", None)))
 
@@ -281,8 +322,10 @@ class Summary:
 
     def line(self) -> str:
         failed = f", {self.failed} failed" if self.failed else ""
-        return (f"{self.scored} cases scored ({self.skipped} skipped{failed}): Dice {self.dice_mean:.4f} ± "
-                f"{self.dice_sd:.4f}, NSD@{NSD_TOLERANCE_MM:g}mm {self.nsd_mean:.4f} ± {self.nsd_sd:.4f}")
+        return (
+            f"{self.scored} cases scored ({self.skipped} skipped{failed}): Dice {self.dice_mean:.4f} ± "
+            f"{self.dice_sd:.4f}, NSD@{NSD_TOLERANCE_MM:g}mm {self.nsd_mean:.4f} ± {self.nsd_sd:.4f}"
+        )
 
 
 def summarise(results: Iterable[CaseResult]) -> Summary:
@@ -302,8 +345,19 @@ def summarise(results: Iterable[CaseResult]) -> Summary:
     return Summary(len(results), len(scored), len(results) - len(scored) - len(failed), dm, ds, nm, ns, len(failed))
 
 
-CSV_FIELDS = ("case_id", "dice", "nsd", "tumour_voxels", "predicted_voxels", "seconds", "clicks_ras", "protocol",
-              "inference", "note", "error")
+CSV_FIELDS = (
+    "case_id",
+    "dice",
+    "nsd",
+    "tumour_voxels",
+    "predicted_voxels",
+    "seconds",
+    "clicks_ras",
+    "protocol",
+    "inference",
+    "note",
+    "error",
+)
 
 
 def _csv_row(r: CaseResult, extra: dict) -> dict:

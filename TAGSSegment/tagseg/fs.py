@@ -3,6 +3,7 @@
 Path policy (where files go, which inputs an output may not replace) stays in `tagseg.paths`; this module
 only writes, checks and renames. It is the one place that calls `os.replace` (a guard test keeps it so).
 """
+
 from __future__ import annotations
 
 import atexit
@@ -75,8 +76,9 @@ def _install_signal_cleanup() -> None:
             previous = signal.getsignal(signum)
             if previous in (signal.SIG_IGN,):
                 continue
-            _previous_handlers[signum] = previous if callable(previous) and previous is not signal.default_int_handler \
-                else None
+            _previous_handlers[signum] = (
+                previous if callable(previous) and previous is not signal.default_int_handler else None
+            )
             signal.signal(signum, _on_signal)
     atexit.register(_remove_live_parts)
     _handlers_installed = True
@@ -160,8 +162,9 @@ class AtomicFile:
     unless every byte was written and checked; on any failure the partial file (and any folder created for
     it) is removed and `target` is left unchanged."""
 
-    def __init__(self, target: str | os.PathLike, suffix: str = "", what: str = "the output",
-                 mode: int = 0o644) -> None:
+    def __init__(
+        self, target: str | os.PathLike, suffix: str = "", what: str = "the output", mode: int = 0o644
+    ) -> None:
         self.target = Path(target)
         self.suffix = suffix
         self.what = what
@@ -175,8 +178,9 @@ class AtomicFile:
         try:
             self._created = make_parents(self.target)
         except OSError as exc:
-            raise WriteError(f"{self.target}: cannot create {self.what} ({_os_reason(exc, self.target.parent)})") \
-                from None
+            raise WriteError(
+                f"{self.target}: cannot create {self.what} ({_os_reason(exc, self.target.parent)})"
+            ) from None
         remove_stale_parts(self.target.parent)
         _install_signal_cleanup()
         token = secrets.token_hex(4)
@@ -187,17 +191,20 @@ class AtomicFile:
             os.close(fd)
         except OSError as exc:
             remove_folders(self._created)
-            raise WriteError(f"{self.target}: cannot create {self.what} ({_os_reason(exc, self.target.parent)})") \
-                from None
+            raise WriteError(
+                f"{self.target}: cannot create {self.what} ({_os_reason(exc, self.target.parent)})"
+            ) from None
         with _live_lock:
             _live_parts.add(str(self.path))
         return self
 
     def fail(self, exc: BaseException) -> "WriteError":
         """The error to raise for a failed write into `path`, with the operating system's reason."""
-        return WriteError(f"{self.target}: cannot write {self.what} ({_os_reason(exc, self.target.parent)}); "
-                          f"{'the previous file is unchanged' if self.target.exists() else 'nothing was written'}",
-                          exc.errno if isinstance(exc, OSError) else None)
+        return WriteError(
+            f"{self.target}: cannot write {self.what} ({_os_reason(exc, self.target.parent)}); "
+            f"{'the previous file is unchanged' if self.target.exists() else 'nothing was written'}",
+            exc.errno if isinstance(exc, OSError) else None,
+        )
 
     def commit(self, verify: Callable[[Path], None] | None = None) -> None:
         """Check the written bytes, then rename over the target."""
@@ -205,8 +212,10 @@ class AtomicFile:
         try:
             size = self.path.stat().st_size
             if size == 0:
-                raise OSError(errno.ENOSPC if (_free_bytes(self.target.parent) or 1 << 30) < (1 << 20) else errno.EIO,
-                              "the written file is empty")
+                raise OSError(
+                    errno.ENOSPC if (_free_bytes(self.target.parent) or 1 << 30) < (1 << 20) else errno.EIO,
+                    "the written file is empty",
+                )
             with open(self.path, "rb+") as handle:
                 os.fsync(handle.fileno())
             if verify is not None:
@@ -216,7 +225,7 @@ class AtomicFile:
             os.replace(self.path, self.target)
         except InputError:
             raise
-        except Exception as exc:                        # noqa: BLE001 - any failure is a failed write
+        except Exception as exc:  # noqa: BLE001 - any failure is a failed write
             raise self.fail(exc) from None
         self.committed = True
         with _live_lock:
@@ -232,8 +241,14 @@ class AtomicFile:
             remove_folders(self._created)
 
 
-def atomic_write(target: str | os.PathLike, write: Callable[[Path], None], verify: Callable[[Path], None] | None = None,
-                 suffix: str = "", what: str = "the output", mode: int = 0o644) -> None:
+def atomic_write(
+    target: str | os.PathLike,
+    write: Callable[[Path], None],
+    verify: Callable[[Path], None] | None = None,
+    suffix: str = "",
+    what: str = "the output",
+    mode: int = 0o644,
+) -> None:
     """`write(tmp)` then `verify(tmp)` then rename onto `target`; OS errors become a one-line WriteError."""
     with AtomicFile(target, suffix=suffix, what=what, mode=mode) as part:
         try:
@@ -278,7 +293,7 @@ def write_text_atomic(path: str | os.PathLike, text: str, what: str = "the file"
     atomic_write(path, write, verify, suffix=path.suffix, what=what, mode=mode)
 
 
-write_atomic = atomic_write          # the name every caller used before tagseg.fs existed
+write_atomic = atomic_write  # the name every caller used before tagseg.fs existed
 
 
 def replace_folder(work: str | os.PathLike, final: str | os.PathLike) -> None:

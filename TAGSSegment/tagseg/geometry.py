@@ -6,6 +6,7 @@ matrix and a KJI shape) owns every mapping of indices and points; a `Volume` is 
 array. Everything works on grids or volumes, or on plain KJI arrays with explicit index maps, never
 on a caller's array in place. Only this module inverts an IJK->RAS matrix.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-if TYPE_CHECKING:   # volume.py imports this module; Volume is imported where it is built
+if TYPE_CHECKING:  # volume.py imports this module; Volume is imported where it is built
     from .volume import Volume
 
 # a point this far (in voxels) outside an outer face still counts as inside: floating-point slack for clicks
@@ -86,8 +87,10 @@ class Grid:
     def __repr__(self) -> str:
         spacing = "x".join(f"{s:.4g}" for s in self.spacing_ijk)
         origin = ", ".join(f"{c:.4g}" for c in self.ijk_to_ras[:3, 3])
-        return (f"{type(self).__name__}({'x'.join(str(n) for n in self.shape_kji[::-1])} voxels (IJK), "
-                f"spacing {spacing} mm, origin RAS ({origin}))")
+        return (
+            f"{type(self).__name__}({'x'.join(str(n) for n in self.shape_kji[::-1])} voxels (IJK), "
+            f"spacing {spacing} mm, origin RAS ({origin}))"
+        )
 
     # -- axes ---------------------------------------------------------------------------------
     @property
@@ -149,7 +152,9 @@ class Grid:
         lo, hi = self.bounds_ras()
         lo = np.ceil(np.round(lo * 10, 6)) / 10
         hi = np.floor(np.round(hi * 10, 6)) / 10
-        return "R {:.1f}..{:.1f}, A {:.1f}..{:.1f}, S {:.1f}..{:.1f} mm".format(lo[0], hi[0], lo[1], hi[1], lo[2], hi[2])
+        return "R {:.1f}..{:.1f}, A {:.1f}..{:.1f}, S {:.1f}..{:.1f} mm".format(
+            lo[0], hi[0], lo[1], hi[1], lo[2], hi[2]
+        )
 
     # -- other grids --------------------------------------------------------------------------
     def same_grid(self, other: "Grid", atol: float = 1e-3) -> bool:
@@ -165,16 +170,19 @@ class Grid:
         lo = np.asarray(lo_kji)
         return Grid(self.ijk_to_ras @ _translation_ijk(lo[::-1]), tuple(int(n) for n in np.asarray(hi_kji) - lo))
 
-    def block_covering(self, other: "Grid", first_kji=None, last_kji=None, clip: bool = True
-                       ) -> tuple[np.ndarray, np.ndarray] | None:
+    def block_covering(
+        self, other: "Grid", first_kji=None, last_kji=None, clip: bool = True
+    ) -> tuple[np.ndarray, np.ndarray] | None:
         """The [lo, hi) KJI block of this grid that the voxels `first_kji`..`last_kji` (inclusive; default: all)
         of `other` overlap, outer faces included, so a resample of `other` onto it misses nothing.
         `clip` keeps it inside this grid; None when nothing is left."""
         first = np.zeros(3, int) if first_kji is None else np.asarray(first_kji)
         last = np.asarray(other.shape_kji) - 1 if last_kji is None else np.asarray(last_kji)
-        lo_src, hi_src = first - 0.5, last + 0.5         # outer voxel faces
-        corners = np.array([[k, j, i] for k in (lo_src[0], hi_src[0]) for j in (lo_src[1], hi_src[1])
-                            for i in (lo_src[2], hi_src[2])], dtype=np.float64)
+        lo_src, hi_src = first - 0.5, last + 0.5  # outer voxel faces
+        corners = np.array(
+            [[k, j, i] for k in (lo_src[0], hi_src[0]) for j in (lo_src[1], hi_src[1]) for i in (lo_src[2], hi_src[2])],
+            dtype=np.float64,
+        )
         kji = self.ras_to_kji(other.kji_to_ras(corners))
         lo = np.floor(kji.min(0)).astype(int)
         hi = np.ceil(kji.max(0)).astype(int) + 1
@@ -211,8 +219,8 @@ class AxisReorientation:
     @classmethod
     def to_axial(cls, volume: Grid | Volume) -> "AxisReorientation":
         dirs_kji = as_grid(volume).directions_kji
-        target_kji = AXIAL_DIRECTIONS_RAS[:, ::-1]          # columns: wanted RAS direction of k, j, i
-        score = target_kji.T @ dirs_kji                    # [target, source] cosine
+        target_kji = AXIAL_DIRECTIONS_RAS[:, ::-1]  # columns: wanted RAS direction of k, j, i
+        score = target_kji.T @ dirs_kji  # [target, source] cosine
         order, flips, used = [], [], set()
         for t in np.argsort(-np.abs(score).max(axis=1)):  # most decided target axis first
             candidates = [s for s in np.argsort(-np.abs(score[t])) if s not in used]
@@ -286,8 +294,9 @@ def _target_grid(target, shape_kji) -> Grid:
     return Grid(_matrix_of(target), tuple(int(n) for n in shape_kji))
 
 
-def resample(volume: Volume, target: Grid | np.ndarray, shape_kji: Sequence[int] | None = None, order: int = 1,
-             fill: float = 0.0) -> Volume:
+def resample(
+    volume: Volume, target: Grid | np.ndarray, shape_kji: Sequence[int] | None = None, order: int = 1, fill: float = 0.0
+) -> Volume:
     """Resample `volume` onto another grid (any orientation): a `Grid`, or an IJK->RAS matrix and `shape_kji`.
     order 0 = nearest, 1 = linear.
 
@@ -304,14 +313,27 @@ def resample(volume: Volume, target: Grid | np.ndarray, shape_kji: Sequence[int]
     data = np.asarray(volume.array)
     if order > 0 and not np.issubdtype(data.dtype, np.floating):
         data = data.astype(np.float32)
-    out = ndimage.affine_transform(data, kji_from_kji[:3, :3], offset=kji_from_kji[:3, 3],
-                                   output_shape=grid.shape_kji, order=order,
-                                   mode="grid-constant", cval=fill, prefilter=False)
+    out = ndimage.affine_transform(
+        data,
+        kji_from_kji[:3, :3],
+        offset=kji_from_kji[:3, 3],
+        output_shape=grid.shape_kji,
+        order=order,
+        mode="grid-constant",
+        cval=fill,
+        prefilter=False,
+    )
     return Volume(out, grid.ijk_to_ras, volume.name, dict(volume.meta))
 
 
-def resample_tensor(data, source: Grid | np.ndarray, target: Grid | np.ndarray,
-                    shape_kji: Sequence[int] | None = None, order: int = 1, fill: float = 0.0):
+def resample_tensor(
+    data,
+    source: Grid | np.ndarray,
+    target: Grid | np.ndarray,
+    shape_kji: Sequence[int] | None = None,
+    order: int = 1,
+    fill: float = 0.0,
+):
     """`resample` for a KJI torch tensor on any device (the TAGS crops on the GPU): same grid, same values.
     `source` is the tensor's grid (or its IJK->RAS matrix), `target` a `Grid` or a matrix with `shape_kji`.
 
@@ -341,7 +363,7 @@ def resample_tensor(data, source: Grid | np.ndarray, target: Grid | np.ndarray,
     k, j, i = (torch.arange(n, dtype=torch.float64, device=device) for n in shape)
     k, j, i = k[:, None, None], j[None, :, None], i[None, None, :]
     coords = []
-    for axis in range(3):       # scipy: ((m0 * k + m1 * j) + m2 * i) + offset
+    for axis in range(3):  # scipy: ((m0 * k + m1 * j) + m2 * i) + offset
         row = index_map[axis]
         coords.append(((row[0] * k + row[1] * j) + row[2] * i) + row[3])
     size = data.shape
@@ -393,7 +415,7 @@ def isotropic_grid(volume: Grid | Volume, spacing_mm: float | tuple[float, float
 
 def crop_pad(array: np.ndarray, start: tuple[int, ...], size: tuple[int, ...], fill=0) -> np.ndarray:
     """The window [start, start+size) of `array`; parts outside the array are filled with `fill`."""
-    out = np.full(tuple(size) + array.shape[len(size):], fill, dtype=array.dtype)
+    out = np.full(tuple(size) + array.shape[len(size) :], fill, dtype=array.dtype)
     src, dst = [], []
     for s, n, dim in zip(start, size, array.shape):
         lo, hi = max(s, 0), min(s + n, dim)

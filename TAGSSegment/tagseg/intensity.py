@@ -1,4 +1,5 @@
 """Intensity normalisation: CT windows in HU, MR percentiles. Always explicit, never the display window."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

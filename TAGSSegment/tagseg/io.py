@@ -1,4 +1,5 @@
 """Reading and writing volumes. The only place where ITK's LPS geometry meets our RAS `Volume`."""
+
 from __future__ import annotations
 
 import contextlib
@@ -48,11 +49,11 @@ def _nifti_data_end(header: bytes) -> int | None:
             break
     else:
         return None
-    if 1 <= dims[0] <= 7 and any(n == 0 for n in dims[1:dims[0] + 1]):
-        return -1                                   # a declared size of zero: no voxels at all
-    if not 1 <= dims[0] <= 7 or bitpix <= 0 or bitpix % 8 or any(n < 1 for n in dims[1:dims[0] + 1]):
+    if 1 <= dims[0] <= 7 and any(n == 0 for n in dims[1 : dims[0] + 1]):
+        return -1  # a declared size of zero: no voxels at all
+    if not 1 <= dims[0] <= 7 or bitpix <= 0 or bitpix % 8 or any(n < 1 for n in dims[1 : dims[0] + 1]):
         return None
-    return max(offset, header_size) + int(np.prod(dims[1:dims[0] + 1], dtype=np.int64)) * bitpix // 8
+    return max(offset, header_size) + int(np.prod(dims[1 : dims[0] + 1], dtype=np.int64)) * bitpix // 8
 
 
 def _check_nifti_complete(path: Path) -> None:
@@ -81,7 +82,7 @@ def _check_nifti_complete(path: Path) -> None:
                 missing = end - len(header) - budget.read_capped(stream, end - len(header), str(path))
     except InputError as exc:
         if "decompresses to more than" in str(exc) and end is not None and end > 0:
-            return                                  # longer than declared: ITK reads only what the header says
+            return  # longer than declared: ITK reads only what the header says
         raise
     except (OSError, EOFError, zlib.error) as exc:
         raise InputError(f"{path}: the file is truncated or corrupt ({exc})") from None
@@ -112,7 +113,7 @@ def native_output_captured():
     with _capture_lock:
         try:
             sink = tempfile.TemporaryFile()
-        except OSError:                                     # no room for a temporary file: discard instead
+        except OSError:  # no room for a temporary file: discard instead
             sink = open(os.devnull, "w+b")
         with sink:
             with contextlib.suppress(Exception):
@@ -157,7 +158,7 @@ def _check_header_budget(path: Path) -> None:
         try:
             reader.ReadImageInformation()
         except RuntimeError:
-            return                                       # unreadable header: the full read names the problem
+            return  # unreadable header: the full read names the problem
     del noise
     size, per_voxel = _header_bytes(reader)
     budget.check_voxels(size, per_voxel, f"{path}: the volume")
@@ -185,8 +186,10 @@ def _detached_data_file(path: Path) -> Path | None:
 def _image_to_volume(image, name: str) -> Volume:
     sitk = _sitk()
     if image.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(f"{name}: has {image.GetNumberOfComponentsPerPixel()} components per voxel "
-                         "(RGB or vector image); a single-channel 3D volume is needed")
+        raise InputError(
+            f"{name}: has {image.GetNumberOfComponentsPerPixel()} components per voxel "
+            "(RGB or vector image); a single-channel 3D volume is needed"
+        )
     dim = image.GetDimension()
     if dim == 4 and image.GetSize()[3] == 1:
         image = image[:, :, :, 0]
@@ -246,8 +249,10 @@ def load_volume(path: str | os.PathLike, series: str | None = None, resample_une
             image = _read_dicom_series(path, series, warnings, resample_uneven, dicom_files)
         else:
             if _suffix(path) not in VOLUME_SUFFIXES and _suffix(path) != ".dcm":
-                raise InputError(f"{path}: unsupported file type '{_suffix(path) or path.name}' "
-                                 f"(use {', '.join(VOLUME_SUFFIXES)} or a DICOM folder)")
+                raise InputError(
+                    f"{path}: unsupported file type '{_suffix(path) or path.name}' "
+                    f"(use {', '.join(VOLUME_SUFFIXES)} or a DICOM folder)"
+                )
             note_input(path)
             if _suffix(path) in (".mhd", ".nhdr"):
                 data_file = _detached_data_file(path)
@@ -278,7 +283,7 @@ def load_volume(path: str | os.PathLike, series: str | None = None, resample_une
         volume = _apply_nifti_precedence(path, volume, warnings)
     if warnings:
         volume.meta["warnings"] = warnings
-    if dicom_files:                     # the source a DICOM SEG output references (tagseg.dicomseg)
+    if dicom_files:  # the source a DICOM SEG output references (tagseg.dicomseg)
         volume.meta["dicom_files"] = tuple(str(f) for f in dicom_files)
     return volume
 
@@ -316,9 +321,13 @@ def _nifti_transforms(path: Path) -> tuple[int, np.ndarray | None, int, np.ndarr
         b, c, d, qx, qy, qz = (float(v) for v in quat)
         a2 = 1.0 - (b * b + c * c + d * d)
         a = np.sqrt(a2) if a2 > 1e-7 else 0.0
-        rot = np.array([[a * a + b * b - c * c - d * d, 2 * (b * c - a * d), 2 * (b * d + a * c)],
-                        [2 * (b * c + a * d), a * a + c * c - b * b - d * d, 2 * (c * d - a * b)],
-                        [2 * (b * d - a * c), 2 * (c * d + a * b), a * a + d * d - c * c - b * b]])
+        rot = np.array(
+            [
+                [a * a + b * b - c * c - d * d, 2 * (b * c - a * d), 2 * (b * d + a * c)],
+                [2 * (b * c + a * d), a * a + c * c - b * b - d * d, 2 * (c * d - a * b)],
+                [2 * (b * d - a * c), 2 * (c * d + a * b), a * a + d * d - c * c - b * b],
+            ]
+        )
         qfac = -1.0 if pixdim[0] < 0 else 1.0
         zooms = np.array([pixdim[1], pixdim[2], pixdim[3] * qfac], dtype=np.float64)
         qform = np.eye(4)
@@ -345,8 +354,10 @@ def _apply_nifti_precedence(path: Path, volume: Volume, warnings: list[str]) -> 
         return volume
     offset = float(np.linalg.norm(qform[:3, 3] - sform[:3, 3]))
     used_sform = np.allclose(volume.ijk_to_ras, sform, atol=NIFTI_XFORM_TOLERANCE_MM, rtol=0)
-    message = (f"{path.name}: the header's qform and sform disagree (origins {offset:.1f} mm apart); "
-               f"using the sform (code {scode}), as the NIfTI standard says")
+    message = (
+        f"{path.name}: the header's qform and sform disagree (origins {offset:.1f} mm apart); "
+        f"using the sform (code {scode}), as the NIfTI standard says"
+    )
     warnings.append(message)
     if used_sform:
         return volume
@@ -354,8 +365,8 @@ def _apply_nifti_precedence(path: Path, volume: Volume, warnings: list[str]) -> 
 
 
 # ---- DICOM series ------------------------------------------------------------------------------------------------
-DICOM_POSITION_TOLERANCE = 0.01        # a step may differ from the median step by 1 % ...
-DICOM_POSITION_TOLERANCE_MM = 0.005    # ... or 5 micrometres, whichever is larger
+DICOM_POSITION_TOLERANCE = 0.01  # a step may differ from the median step by 1 % ...
+DICOM_POSITION_TOLERANCE_MM = 0.005  # ... or 5 micrometres, whichever is larger
 
 
 def _dicom_tag(reader, tag: str) -> str:
@@ -376,8 +387,13 @@ def _looks_like_dicom_file(path: Path) -> bool:
         return False
 
 
-def _read_dicom_series(folder: Path, series: str | None, warnings: list[str], resample_uneven: bool = False,
-                       files_read: list[Path] | None = None):
+def _read_dicom_series(
+    folder: Path,
+    series: str | None,
+    warnings: list[str],
+    resample_uneven: bool = False,
+    files_read: list[Path] | None = None,
+):
     """One series, every slice read and checked: same size and orientation, positions evenly spaced along
     the slice normal (or resampled, when asked), no duplicates. Returns a SimpleITK image."""
     sitk = _sitk()
@@ -391,15 +407,15 @@ def _read_dicom_series(folder: Path, series: str | None, warnings: list[str], re
     if series is not None and series not in members:
         raise InputError(f"{folder}: no DICOM series {series}; the folder holds {_list_series(members)}")
     if series is None and len(ids) > 1:
-        raise InputError(f"{folder}: holds {len(ids)} DICOM series; pick one with series=UID: "
-                         f"{_list_series(members)}")
+        raise InputError(f"{folder}: holds {len(ids)} DICOM series; pick one with series=UID: {_list_series(members)}")
     uid = series or ids[0]
     files = [Path(f) for f in members[uid]]
     in_series = {str(Path(f).resolve()) for names in members.values() for f in names}
     for entry in sorted(folder.iterdir()):
         if entry.is_file() and str(entry.resolve()) not in in_series and _looks_like_dicom_file(entry):
-            raise InputError(f"{entry}: a DICOM slice that cannot be read (truncated or corrupt); "
-                             "the series would have a gap")
+            raise InputError(
+                f"{entry}: a DICOM slice that cannot be read (truncated or corrupt); the series would have a gap"
+            )
     for file in files:
         require_regular_file(file, "DICOM slice")
     if files_read is not None:
@@ -411,8 +427,9 @@ def _read_dicom_series(folder: Path, series: str | None, warnings: list[str], re
             try:
                 return sitk.ReadImage(str(files[0]))
             except RuntimeError as exc:
-                raise InputError(f"{files[0]}: cannot be read as a DICOM slice "
-                                 f"({_noise_detail([str(exc)] + noise)})") from None
+                raise InputError(
+                    f"{files[0]}: cannot be read as a DICOM slice ({_noise_detail([str(exc)] + noise)})"
+                ) from None
     first = sitk.ImageFileReader()
     first.SetFileName(str(files[0]))
     with native_output_captured():
@@ -431,8 +448,10 @@ def _read_dicom_series(folder: Path, series: str | None, warnings: list[str], re
             except RuntimeError as exc:
                 raise InputError(f"{file}: a DICOM slice that cannot be read ({_noise_detail([str(exc)])})") from None
         if image.GetDimension() == 3 and image.GetSize()[2] != 1 or image.GetNumberOfComponentsPerPixel() != 1:
-            raise InputError(f"{file}: not a single-channel 2D slice (size {image.GetSize()}); one slice per file "
-                             "is needed in a series folder")
+            raise InputError(
+                f"{file}: not a single-channel 2D slice (size {image.GetSize()}); one slice per file "
+                "is needed in a series folder"
+            )
         slices.append(image)
     return _stack_slices(folder, files, slices, warnings, resample_uneven)
 
@@ -482,21 +501,27 @@ def _stack_slices(folder: Path, files: list[Path], slices: list, warnings: list[
     duplicate = np.flatnonzero(steps <= DICOM_POSITION_TOLERANCE_MM)
     if len(duplicate):
         a, b = files[order[duplicate[0]]], files[order[duplicate[0] + 1]]
-        raise InputError(f"{folder}: duplicate slice position {pos[duplicate[0]]:g} mm ({a.name} and {b.name}); "
-                         f"positions found: {shown} mm")
+        raise InputError(
+            f"{folder}: duplicate slice position {pos[duplicate[0]]:g} mm ({a.name} and {b.name}); "
+            f"positions found: {shown} mm"
+        )
     uneven = bool(np.max(np.abs(steps - median)) > tolerance)
     if uneven and not resample_uneven:
-        raise InputError(f"{folder}: slices are not evenly spaced (positions along the slice normal: {shown} mm); "
-                         "a missing or extra slice would put the mask in the wrong place (resample_uneven=True "
-                         "interpolates them onto a regular grid)")
+        raise InputError(
+            f"{folder}: slices are not evenly spaced (positions along the slice normal: {shown} mm); "
+            "a missing or extra slice would put the mask in the wrong place (resample_uneven=True "
+            "interpolates them onto a regular grid)"
+        )
     arrays = [sitk.GetArrayFromImage(slices[i]).reshape(size0[1], size0[0]) for i in order]
     dtype = np.result_type(*[a.dtype for a in arrays])
     step = median
     if uneven:
         volume, step = _resample_slices(arrays, pos, dtype, median, (size0[0], size0[1]), folder)
-        warnings.append(f"{folder.name}: slices were unevenly spaced ({shown} mm; largest gap {steps.max():g} mm); "
-                        f"resampled onto {len(volume)} slices {step:g} mm apart, interpolating linearly between "
-                        "neighbouring slices")
+        warnings.append(
+            f"{folder.name}: slices were unevenly spaced ({shown} mm; largest gap {steps.max():g} mm); "
+            f"resampled onto {len(volume)} slices {step:g} mm apart, interpolating linearly between "
+            "neighbouring slices"
+        )
     else:
         volume = np.stack([a.astype(dtype, copy=False) for a in arrays])
     image = sitk.GetImageFromArray(volume)
@@ -506,14 +531,16 @@ def _stack_slices(folder: Path, files: list[Path], slices: list, warnings: list[
     return image
 
 
-def _resample_slices(arrays: list[np.ndarray], pos: np.ndarray, dtype, median: float, size_ij: tuple[int, int],
-                     folder: Path) -> tuple[np.ndarray, float]:
+def _resample_slices(
+    arrays: list[np.ndarray], pos: np.ndarray, dtype, median: float, size_ij: tuple[int, int], folder: Path
+) -> tuple[np.ndarray, float]:
     """Slices at sorted positions `pos` interpolated linearly onto a regular grid from the first to the last
     position, its step the median step rounded so both end slices stay where they were; integer voxels are
     rounded back to their type."""
     count = int(round((pos[-1] - pos[0]) / median)) + 1
-    budget.check_voxels((size_ij[0], size_ij[1], count), max(np.dtype(dtype).itemsize, 4),
-                        f"{folder}: the resampled series")
+    budget.check_voxels(
+        (size_ij[0], size_ij[1], count), max(np.dtype(dtype).itemsize, 4), f"{folder}: the resampled series"
+    )
     step = float(pos[-1] - pos[0]) / (count - 1)
     out = np.empty((count, size_ij[1], size_ij[0]), dtype)
     for k in range(count):
@@ -542,8 +569,12 @@ def load_mask_union(paths, name: str = "organ") -> Volume:
 def load_organ_mask(folder: str | os.PathLike, organ_names) -> Volume:
     """The union of `<organ>.nii.gz` masks from a folder of per-organ masks (TotalSegmentator's layout)."""
     folder = Path(folder)
-    found = [folder / f"{name}{ext}" for name in organ_names for ext in (".nii.gz", ".nii", ".nrrd")
-             if (folder / f"{name}{ext}").is_file()]
+    found = [
+        folder / f"{name}{ext}"
+        for name in organ_names
+        for ext in (".nii.gz", ".nii", ".nrrd")
+        if (folder / f"{name}{ext}").is_file()
+    ]
     if not found:
         raise InputError(f"{folder}: no organ mask named {', '.join(n + '.nii.gz' for n in organ_names)}")
     return load_mask_union(found, name="+".join(p.name.split(".")[0] for p in found))
@@ -572,8 +603,9 @@ def load_segmentation(path: str | os.PathLike) -> tuple[list[Volume], list[tuple
         try:
             image = sitk.ReadImage(str(path))
         except RuntimeError as exc:
-            raise InputError(f"{path}: cannot be read as a segmentation ({_noise_detail([str(exc)] + noise)})") \
-                from None
+            raise InputError(
+                f"{path}: cannot be read as a segmentation ({_noise_detail([str(exc)] + noise)})"
+            ) from None
 
     def field(key: str, default: str) -> str:
         return image.GetMetaData(key).strip() if image.HasMetaDataKey(key) else default
@@ -596,9 +628,11 @@ def _same_image(written, expected) -> str | None:
     sitk = _sitk()
     if tuple(written.GetSize()) != tuple(expected.GetSize()):
         return f"size {written.GetSize()} instead of {expected.GetSize()}"
-    for what, a, b in (("spacing", written.GetSpacing(), expected.GetSpacing()),
-                       ("origin", written.GetOrigin(), expected.GetOrigin()),
-                       ("direction", written.GetDirection(), expected.GetDirection())):
+    for what, a, b in (
+        ("spacing", written.GetSpacing(), expected.GetSpacing()),
+        ("origin", written.GetOrigin(), expected.GetOrigin()),
+        ("direction", written.GetDirection(), expected.GetDirection()),
+    ):
         if not np.allclose(a, b, atol=1e-4, rtol=1e-5):
             return f"{what} {tuple(round(v, 4) for v in a)} instead of {tuple(round(v, 4) for v in b)}"
     got, want = sitk.GetArrayViewFromImage(written), sitk.GetArrayViewFromImage(expected)
@@ -661,15 +695,23 @@ def save_volume(volume: Volume, path: str | os.PathLike) -> None:
     _write_atomically(output_image(volume, path), path)
 
 
-def save_segmentation(mask: Volume, path: str | os.PathLike, segment_name: str,
-                      color_rgb: tuple[float, float, float] = (0.9, 0.3, 0.2),
-                      terminology: str | None = None) -> None:
+def save_segmentation(
+    mask: Volume,
+    path: str | os.PathLike,
+    segment_name: str,
+    color_rgb: tuple[float, float, float] = (0.9, 0.3, 0.2),
+    terminology: str | None = None,
+) -> None:
     """Write a one-segment Slicer segmentation file (`.seg.nrrd`) on the mask's grid."""
     _write_atomically(_segmentation_image(mask, segment_name, color_rgb, terminology), Path(path))
 
 
-def _segmentation_image(mask: Volume, segment_name: str, color_rgb: tuple[float, float, float] = (0.9, 0.3, 0.2),
-                        terminology: str | None = None):
+def _segmentation_image(
+    mask: Volume,
+    segment_name: str,
+    color_rgb: tuple[float, float, float] = (0.9, 0.3, 0.2),
+    terminology: str | None = None,
+):
     """A one-segment Slicer segmentation image on the mask's grid.
 
     The header keys follow Slicer's vtkMRMLSegmentationStorageNode (a binary labelmap master

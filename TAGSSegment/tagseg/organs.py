@@ -4,6 +4,7 @@ TAGS was trained with machine-generated organ masks (TAGS_SPEC.md §4.4, §10 #2
 per-organ output folder (`<case>/<organ>.nii.gz`) is exactly the layout `tagseg` reads. It is an
 optional dependency with its own licence and weights, so it is never installed or run implicitly.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -14,8 +15,10 @@ from .errors import InputError, ModelError
 from .fs import write_atomic
 from .text import ORGAN_LABELS
 
-INSTALL_HINT = ("TotalSegmentator is not installed; install it with `pip install TotalSegmentator` (it downloads its "
-                "own weights on first use) or provide organ masks as <case>/<organ>.nii.gz")
+INSTALL_HINT = (
+    "TotalSegmentator is not installed; install it with `pip install TotalSegmentator` (it downloads its "
+    "own weights on first use) or provide organ masks as <case>/<organ>.nii.gz"
+)
 
 
 def totalsegmentator_available() -> bool:
@@ -38,7 +41,9 @@ def _readable_mask(path: Path) -> None:
         raise OSError(str(exc)) from None
 
 
-def run_totalsegmentator(image: Path, out_dir: Path, anatomy: str, device: str = "gpu", fast: bool = False) -> list[Path]:
+def run_totalsegmentator(
+    image: Path, out_dir: Path, anatomy: str, device: str = "gpu", fast: bool = False
+) -> list[Path]:
     """Write `<out_dir>/<organ>.nii.gz` for the organs that make up `anatomy`; returns the files."""
     if not totalsegmentator_available():
         raise ModelError(INSTALL_HINT)
@@ -57,8 +62,13 @@ def run_totalsegmentator(image: Path, out_dir: Path, anatomy: str, device: str =
             if source.is_file():
                 target = out_dir / source.name
                 # through the one atomic writer: a mask appears under its name only once it reads back whole
-                write_atomic(target, lambda tmp, s=source: shutil.copyfile(s, tmp), _readable_mask,
-                             suffix=".nii.gz", what="the organ mask")
+                write_atomic(
+                    target,
+                    lambda tmp, s=source: shutil.copyfile(s, tmp),
+                    _readable_mask,
+                    suffix=".nii.gz",
+                    what="the organ mask",
+                )
                 written.append(target)
     finally:
         shutil.rmtree(work, ignore_errors=True)

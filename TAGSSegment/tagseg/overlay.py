@@ -9,6 +9,7 @@ inside a 1920 x 1080 screen). Each panel is labelled with its position in mm (S,
 the legend below names every colour drawn and the intensity window: the one the description selects for CT
 (`Description.ct_preset`, e.g. lung -1000..400 HU for "lung nodule"), the engine's percentiles otherwise.
 """
+
 from __future__ import annotations
 
 import math
@@ -56,8 +57,14 @@ class _Layout:
         rest = [a for a in range(3) if a != slice_axis]
         col_axis = max(rest, key=lambda a: abs(dirs[0, a]))
         row_axis = rest[0] if rest[1] == col_axis else rest[1]
-        return cls(slice_axis, row_axis, col_axis, bool(dirs[1, row_axis] > 0), bool(dirs[0, col_axis] > 0),
-                   bool(dirs[2, slice_axis] >= 0))
+        return cls(
+            slice_axis,
+            row_axis,
+            col_axis,
+            bool(dirs[1, row_axis] > 0),
+            bool(dirs[0, col_axis] > 0),
+            bool(dirs[2, slice_axis] >= 0),
+        )
 
     def view(self, array: np.ndarray) -> np.ndarray:
         out = np.transpose(array, (self.slice_axis, self.row_axis, self.col_axis))
@@ -96,8 +103,10 @@ def _check_grid(image: Volume, other: Volume | None, what: str) -> np.ndarray | 
     if other is None:
         return None
     if not image.same_grid(other):
-        raise ValueError(f"{what} must be on the image's voxel grid (shape {image.shape_kji}, same geometry); "
-                         f"got shape {other.shape_kji}")
+        raise ValueError(
+            f"{what} must be on the image's voxel grid (shape {image.shape_kji}, same geometry); "
+            f"got shape {other.shape_kji}"
+        )
     return np.asarray(other.array) > 0
 
 
@@ -117,7 +126,6 @@ def _write_png_atomically(picture: Image.Image, path: Path) -> None:
     write_atomic(path, write, verify, suffix=".png", what="the overlay")
 
 
-
 @dataclass(frozen=True)
 class Panel:
     """Where one panel lies on the sheet (pixels) and what it shows: a view slice, rows r0:r1, columns c0:c1."""
@@ -135,9 +143,9 @@ class Panel:
 
 @dataclass(frozen=True)
 class OverlaySheet:
-    size: tuple[int, int]                # (width, height) in pixels
+    size: tuple[int, int]  # (width, height) in pixels
     panels: tuple[Panel, ...]
-    window: str                          # the intensity window, as the legend shows it
+    window: str  # the intensity window, as the legend shows it
     legend: tuple[str, ...]
 
 
@@ -170,9 +178,18 @@ def _slice_label(image: Volume, layout: _Layout, index: int) -> str:
     return f"S {s_mm:.1f} mm"
 
 
-def save_overlay_png(image: Volume, mask: Volume | None, path: str | os.PathLike, points_ras=(),
-                     max_slices: int = 5, reference: Volume | None = None, neg_points_ras=(), boxes_ras=(),
-                     text: str | Description | None = None, zoom: bool = True) -> OverlaySheet:
+def save_overlay_png(
+    image: Volume,
+    mask: Volume | None,
+    path: str | os.PathLike,
+    points_ras=(),
+    max_slices: int = 5,
+    reference: Volume | None = None,
+    neg_points_ras=(),
+    boxes_ras=(),
+    text: str | Description | None = None,
+    zoom: bool = True,
+) -> OverlaySheet:
     """Write axial panels of `image`: the mask outline (red), `reference` outline (green), include points
     (yellow +), exclude points (cyan x), boxes (orange; each given as 6 numbers or two RAS corners).
 
@@ -210,9 +227,18 @@ def save_overlay_png(image: Volume, mask: Volume | None, path: str | os.PathLike
     def slices_of(view: np.ndarray | None) -> np.ndarray:
         return np.zeros(0, int) if view is None else np.flatnonzero(view.any(axis=(1, 2)))
 
-    prompt_slices = np.unique(np.clip(np.rint(np.concatenate(
-        [include[:, 0], exclude[:, 0]] + [np.arange(math.ceil(lo[0]), math.floor(hi[0]) + 1) for lo, hi in boxes])),
-        0, n_slices - 1).astype(int))
+    prompt_slices = np.unique(
+        np.clip(
+            np.rint(
+                np.concatenate(
+                    [include[:, 0], exclude[:, 0]]
+                    + [np.arange(math.ceil(lo[0]), math.floor(hi[0]) + 1) for lo, hi in boxes]
+                )
+            ),
+            0,
+            n_slices - 1,
+        ).astype(int)
+    )
     if len(slices_of(mask_view)):
         chosen = _spread(slices_of(mask_view), max_slices)
     elif len(prompt_slices):
@@ -248,14 +274,14 @@ def save_overlay_png(image: Volume, mask: Volume | None, path: str | os.PathLike
     entries += [("include", POINT_RGB, "plus")] if len(include) else []
     entries += [("exclude", EXCLUDE_RGB, "cross")] if len(exclude) else []
     entries += [("box", BOX_RGB, "outline")] if boxes else []
-    legend_lines = _legend_lines(entries, [f"window {window_label}", "patient L = screen right, A = up"],
-                                 width, font)
+    legend_lines = _legend_lines(entries, [f"window {window_label}", "patient L = screen right, A = up"], width, font)
     height = grid_rows * panel_h + (grid_rows - 1) * PANEL_GAP_PX + len(legend_lines) * LEGEND_LINE_PX + 4
     sheet = Image.new("RGB", (width, height))
     nearest = {}
     for kind, points in (("include", include), ("exclude", exclude)):
-        nearest[kind] = (np.argmin(np.abs(points[:, :1] - np.array(chosen)[None, :]), axis=1)
-                         if len(points) else np.zeros(0, int))
+        nearest[kind] = (
+            np.argmin(np.abs(points[:, :1] - np.array(chosen)[None, :]), axis=1) if len(points) else np.zeros(0, int)
+        )
     panels = []
     for slot, (index, rows, cols, label, zoomed) in enumerate(regions):
         w = panel_w
@@ -306,14 +332,13 @@ def save_overlay_png(image: Volume, mask: Volume | None, path: str | os.PathLike
         panels.append(Panel(ox, oy, out_w, out_h, label, index, rows, cols, zoomed))
     _draw_legend(sheet, legend_lines, grid_rows * panel_h + (grid_rows - 1) * PANEL_GAP_PX + 2, font)
     _write_png_atomically(sheet, Path(path))
-    return OverlaySheet((width, height), tuple(panels), window_label,
-                        tuple(name for name, _, _ in entries))
+    return OverlaySheet((width, height), tuple(panels), window_label, tuple(name for name, _, _ in entries))
 
 
 def _zoom_region(mask_view: np.ndarray | None, include: np.ndarray, row_sp: float, col_sp: float):
     """(slice, rows, cols) around the lesion's largest cross-section (or the first include point), with
     `ZOOM_MARGIN_MM` or half the lesion's size around it, whichever is larger; None when there is nothing."""
-    n_slices, n_rows, n_cols = (mask_view.shape if mask_view is not None else (0, 0, 0))
+    n_slices, n_rows, n_cols = mask_view.shape if mask_view is not None else (0, 0, 0)
     if mask_view is not None and mask_view.any():
         index = int(np.argmax(mask_view.sum(axis=(1, 2))))
         found = np.argwhere(mask_view[index])
@@ -327,10 +352,16 @@ def _zoom_region(mask_view: np.ndarray | None, include: np.ndarray, row_sp: floa
     size_mm = max((r1 - r0) * row_sp, (c1 - c0) * col_sp)
     half_mm = size_mm / 2 + max(ZOOM_MARGIN_MM, size_mm / 2)
     centre_r, centre_c = (r0 + r1) / 2, (c0 + c1) / 2
-    rows = (max(0, int(math.floor(centre_r - half_mm / row_sp))), min(n_rows, int(math.ceil(centre_r + half_mm / row_sp))))
-    cols = (max(0, int(math.floor(centre_c - half_mm / col_sp))), min(n_cols, int(math.ceil(centre_c + half_mm / col_sp))))
+    rows = (
+        max(0, int(math.floor(centre_r - half_mm / row_sp))),
+        min(n_rows, int(math.ceil(centre_r + half_mm / row_sp))),
+    )
+    cols = (
+        max(0, int(math.floor(centre_c - half_mm / col_sp))),
+        min(n_cols, int(math.ceil(centre_c + half_mm / col_sp))),
+    )
     if rows == (0, n_rows) and cols == (0, n_cols):
-        return None                         # the lesion fills the slice: a zoom would repeat a panel
+        return None  # the lesion fills the slice: a zoom would repeat a panel
     return index, rows, cols
 
 

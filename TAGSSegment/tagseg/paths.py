@@ -1,5 +1,6 @@
 """Path policy: where tagseg keeps files it derives or installs, which files a command may not overwrite (its
 inputs), what a path is, and the one file-hash helper. Writing files is `tagseg.fs`'s (the atomic writer)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -14,7 +15,8 @@ from .errors import InputError
 def cache_dir() -> Path:
     """Derived artefacts (exported encoders, text embeddings, installed models); never the working directory."""
     root = os.environ.get("TAGSEG_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache"), "tagseg")
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache"), "tagseg"
+    )
     return Path(root)
 
 
@@ -59,7 +61,7 @@ def note_input(path: str | os.PathLike) -> None:
     if not _guarding:
         return
     inode, resolved = _identity(Path(path))
-    if len(_inputs) > 100_000:                     # a long-lived server: forget the oldest half
+    if len(_inputs) > 100_000:  # a long-lived server: forget the oldest half
         for key in list(_inputs)[: len(_inputs) // 2]:
             del _inputs[key]
     if inode is not None:
@@ -130,9 +132,22 @@ def require_regular_file(path: str | os.PathLike, what: str = "file") -> None:
 # ---- moved to tagseg.fs ------------------------------------------------------------------------------------------
 # The atomic writer lived here; these names still resolve (lazily: tagseg.fs imports this module, so importing it
 # at the top would be a cycle) until every caller imports them from tagseg.fs.
-_MOVED_TO_FS = frozenset({"AtomicFile", "WriteError", "write_atomic", "atomic_write", "write_text_atomic",
-                          "write_json_atomic", "fsync_dir", "make_parents", "missing_parents", "remove_folders",
-                          "remove_stale_parts", "PART_PREFIX"})
+_MOVED_TO_FS = frozenset(
+    {
+        "AtomicFile",
+        "WriteError",
+        "write_atomic",
+        "atomic_write",
+        "write_text_atomic",
+        "write_json_atomic",
+        "fsync_dir",
+        "make_parents",
+        "missing_parents",
+        "remove_folders",
+        "remove_stale_parts",
+        "PART_PREFIX",
+    }
+)
 
 
 def __getattr__(name: str):

@@ -6,6 +6,7 @@ Session's model thread), so it must be quick and thread-safe: store the numbers,
 The Session passes its callback to the backend (`Backend.report_progress`); the engine server keeps
 the latest report per session for clients to poll.
 """
+
 from __future__ import annotations
 
 import sys
@@ -16,7 +17,7 @@ Progress = Callable[[str, int, int], None]
 
 # a bar appears only once a stage has run this long: quick steps print nothing (the issue: "over 2 s")
 BAR_DELAY_S = 2.0
-BAR_MIN_INTERVAL_S = 0.1      # redraw at most 10 times a second
+BAR_MIN_INTERVAL_S = 0.1  # redraw at most 10 times a second
 
 
 def notify(progress: Progress | None, stage: str, done: int, total: int) -> None:
@@ -43,13 +44,20 @@ class TerminalProgress:
                 self._close_bar()
                 from tqdm import tqdm
 
-                self._bar = tqdm(total=max(int(total), 1), desc=stage, file=self._file, leave=False,
-                                 delay=BAR_DELAY_S, mininterval=BAR_MIN_INTERVAL_S, dynamic_ncols=True)
+                self._bar = tqdm(
+                    total=max(int(total), 1),
+                    desc=stage,
+                    file=self._file,
+                    leave=False,
+                    delay=BAR_DELAY_S,
+                    mininterval=BAR_MIN_INTERVAL_S,
+                    dynamic_ncols=True,
+                )
                 self._stage = stage
             bar = self._bar
             if total and bar.total != total:
                 bar.total = int(total)
-            bar.update(min(int(done), int(bar.total)) - bar.n)     # drawn after BAR_DELAY_S, at most 10 times a second
+            bar.update(min(int(done), int(bar.total)) - bar.n)  # drawn after BAR_DELAY_S, at most 10 times a second
 
     def _close_bar(self) -> None:
         if self._bar is not None:

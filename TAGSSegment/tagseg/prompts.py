@@ -1,4 +1,5 @@
 """Prompts in RAS millimetres (what Slicer shows at the cursor) and their validation against a volume."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -61,8 +62,10 @@ def make_point(volume: Volume, ras, positive: bool = True) -> Point:
     what = "include point" if positive else "exclude point"
     arr = _ras(ras, what)
     if not volume.contains_kji(volume.ras_to_kji(arr))[0]:
-        raise PromptError(f"{what} ({arr[0]:.1f}, {arr[1]:.1f}, {arr[2]:.1f}) is outside the volume "
-                          f"(RAS bounds {volume.describe_bounds()})")
+        raise PromptError(
+            f"{what} ({arr[0]:.1f}, {arr[1]:.1f}, {arr[2]:.1f}) is outside the volume "
+            f"(RAS bounds {volume.describe_bounds()})"
+        )
     return Point(tuple(float(v) for v in arr), bool(positive))
 
 
@@ -75,10 +78,14 @@ def make_box(volume: Volume, corner_a, corner_b) -> Box:
         raise PromptError("box has zero size (both corners are the same point)")
     # a box may be flat along the slice axis (a 2D box drawn on one slice); it needs extent in-plane
     if np.count_nonzero((hi - lo) * volume.spacing_kji > 1e-6) < 2:
-        raise PromptError(f"box has zero size in two directions ({size_mm[0]:.1f} x {size_mm[1]:.1f} x {size_mm[2]:.1f} mm)")
+        raise PromptError(
+            f"box has zero size in two directions ({size_mm[0]:.1f} x {size_mm[1]:.1f} x {size_mm[2]:.1f} mm)"
+        )
     shape = np.array(volume.shape_kji)
     inter_lo, inter_hi = np.maximum(lo, -0.5), np.minimum(hi, shape - 0.5)
     if np.any(inter_hi < inter_lo):
-        raise PromptError(f"box ({a[0]:.1f}, {a[1]:.1f}, {a[2]:.1f})-({b[0]:.1f}, {b[1]:.1f}, {b[2]:.1f}) "
-                          f"is outside the volume (RAS bounds {volume.describe_bounds()})")
+        raise PromptError(
+            f"box ({a[0]:.1f}, {a[1]:.1f}, {a[2]:.1f})-({b[0]:.1f}, {b[1]:.1f}, {b[2]:.1f}) "
+            f"is outside the volume (RAS bounds {volume.describe_bounds()})"
+        )
     return Box(tuple(float(v) for v in a), tuple(float(v) for v in b))

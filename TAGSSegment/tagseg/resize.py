@@ -6,6 +6,7 @@ machine. These functions sample the same source pixels with the same weights ("b
 `align_corners=False`, and "area" = adaptive average pooling); they differ from torch only in float32
 rounding (test_resize.py holds them to 1e-5).
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -41,8 +42,10 @@ def _bilinear_axis(a: np.ndarray, n_out: int, axis: int) -> np.ndarray:
 
 def _area_axis(a: np.ndarray, n_out: int, axis: int) -> np.ndarray:
     start, end = _area_bounds(a.shape[axis], n_out)
-    padded = np.concatenate([np.zeros_like(np.take(a, [0], axis=axis), dtype=np.float64),
-                             np.cumsum(a, axis=axis, dtype=np.float64)], axis=axis)
+    padded = np.concatenate(
+        [np.zeros_like(np.take(a, [0], axis=axis), dtype=np.float64), np.cumsum(a, axis=axis, dtype=np.float64)],
+        axis=axis,
+    )
     shape = [1] * a.ndim
     shape[axis] = n_out
     sums = np.take(padded, end, axis=axis) - np.take(padded, start, axis=axis)

@@ -5,6 +5,7 @@ gives the same physical anatomy whatever the grid's axis order, flips or obliqui
 sampling and the noise depend on the grid. The anatomy is fixed around RAS (0, 0, 0), sized to
 fit the default 160 x 160 x 100 mm field of view; `origin_ras` moves the grid, not the anatomy.
 """
+
 from __future__ import annotations
 
 import os
@@ -93,8 +94,9 @@ class _Blob:
 
     def inside(self, ras: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
         rel = [ras[n] - np.float32(self.centre[n]) for n in range(3)]
-        u = [sum(rel[n] * np.float32(self.rotation[n, m]) for n in range(3)) / np.float32(self.semi[m])
-             for m in range(3)]
+        u = [
+            sum(rel[n] * np.float32(self.rotation[n, m]) for n in range(3)) / np.float32(self.semi[m]) for m in range(3)
+        ]
         rho = np.sqrt(u[0] ** 2 + u[1] ** 2 + u[2] ** 2)
         safe = np.maximum(rho, np.float32(1e-6))
         bump = np.zeros_like(rho)
@@ -180,8 +182,9 @@ def _block_ras(ijk_to_ras: np.ndarray, block) -> tuple[np.ndarray, np.ndarray, n
     i = np.arange(block[2].start, block[2].stop, dtype=np.float64)[None, None, :]
     m = ijk_to_ras
     shape = (len(k), j.shape[1], i.shape[2])
-    return tuple(np.broadcast_to(m[r, 0] * i + m[r, 1] * j + m[r, 2] * k + m[r, 3], shape).astype(np.float32)
-                 for r in range(3))
+    return tuple(
+        np.broadcast_to(m[r, 0] * i + m[r, 1] * j + m[r, 2] * k + m[r, 3], shape).astype(np.float32) for r in range(3)
+    )
 
 
 def _paint(blob: _Blob, shape_kji, ijk_to_ras: np.ndarray) -> np.ndarray:
@@ -245,8 +248,9 @@ def _draw_centre(rng: np.random.Generator, spec: _OrganSpec, region) -> np.ndarr
     return np.clip(centre, lo, hi)
 
 
-def _choose_host(rng: np.random.Generator, reach: float, box, radius_mm: float | None,
-                 tumour_organ: str | None = None) -> tuple[_OrganSpec, float]:
+def _choose_host(
+    rng: np.random.Generator, reach: float, box, radius_mm: float | None, tumour_organ: str | None = None
+) -> tuple[_OrganSpec, float]:
     hosts = [spec for spec in _ORGANS if spec.host_weight > 0]
     if tumour_organ is not None:
         # "kidney" means either kidney: a dataset of one tumour type needs its host fixed, the side may vary
@@ -262,8 +266,10 @@ def _choose_host(rng: np.random.Generator, reach: float, box, radius_mm: float |
             raise ValueError(f"tumour_radius_mm must be a positive number of mm, got {radius_mm!r}")
         candidates = [spec for spec in hosts if fits[spec.name] >= radius]
         if not candidates:
-            raise ValueError(f"a {radius:g} mm tumour fits in no organ of this phantom and grid "
-                             f"(largest that fits: {max(fits.values()):.1f} mm)")
+            raise ValueError(
+                f"a {radius:g} mm tumour fits in no organ of this phantom and grid "
+                f"(largest that fits: {max(fits.values()):.1f} mm)"
+            )
     else:
         candidates = [spec for spec in hosts if fits[spec.name] >= RADIUS_RANGE_MM[0]]
         if not candidates:
@@ -289,9 +295,16 @@ def _default_origin(shape_kji, spacing_ijk, directions) -> np.ndarray:
     return -(linear @ centre_ijk)
 
 
-def make_phantom(seed: int = 0, shape_kji=(40, 160, 160), spacing_ijk=(1.0, 1.0, 2.5), directions=None,
-                 origin_ras=None, tumour_radius_mm: float | None = None,
-                 contrast_hu: float | None = None, tumour_organ: str | None = None) -> Phantom:
+def make_phantom(
+    seed: int = 0,
+    shape_kji=(40, 160, 160),
+    spacing_ijk=(1.0, 1.0, 2.5),
+    directions=None,
+    origin_ras=None,
+    tumour_radius_mm: float | None = None,
+    contrast_hu: float | None = None,
+    tumour_organ: str | None = None,
+) -> Phantom:
     """A CT-like abdomen (int16 HU) with one tumour inside an organ, deterministic for `seed`.
 
     `directions` (3x3, columns = RAS directions of i, j, k) and `origin_ras` only change how the
@@ -337,15 +350,18 @@ def make_phantom(seed: int = 0, shape_kji=(40, 160, 160), spacing_ijk=(1.0, 1.0,
         hu[owner == code] = organ_hu[spec.name]
 
     hu += np.float32(shape.contrast_hu) * ndimage.gaussian_filter(
-        label.astype(np.float32), _sigma_voxels(TUMOUR_EDGE_BLUR_MM, spacing_kji))
+        label.astype(np.float32), _sigma_voxels(TUMOUR_EDGE_BLUR_MM, spacing_kji)
+    )
     hu = ndimage.gaussian_filter(hu, _sigma_voxels(PARTIAL_VOLUME_BLUR_MM, spacing_kji))
     noise = np.random.default_rng([int(seed), 1]).standard_normal(shape_kji, dtype=np.float32)
     noise = ndimage.gaussian_filter(noise, 0.5)
     hu += noise * np.float32(noise_hu / max(float(noise.std()), 1e-6))
     image = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
 
-    organs = {spec.name: Volume((owner == code).astype(np.uint8), ijk_to_ras, name=spec.name)
-              for code, spec in enumerate(_ORGANS, start=1)}
+    organs = {
+        spec.name: Volume((owner == code).astype(np.uint8), ijk_to_ras, name=spec.name)
+        for code, spec in enumerate(_ORGANS, start=1)
+    }
     return Phantom(
         image=Volume(image, ijk_to_ras, name=f"phantom_{seed}"),
         label=Volume(label.astype(np.uint8), ijk_to_ras, name="tumor"),
@@ -372,8 +388,9 @@ def write_case(phantom: Phantom, folder: str | os.PathLike) -> dict[str, Path]:
     return paths
 
 
-def insert_tumour(image: Volume, organ_mask: Volume, seed: int, radius_mm: float | None = None,
-                  contrast_hu: float | None = None) -> tuple[Volume, Volume]:
+def insert_tumour(
+    image: Volume, organ_mask: Volume, seed: int, radius_mm: float | None = None, contrast_hu: float | None = None
+) -> tuple[Volume, Volume]:
     """Add a synthetic tumour inside a real organ mask (any non-zero voxel); returns (new image, label).
 
     The tumour shifts the local intensities by `contrast_hu` (seeded 40-80 HU, either sign, when
@@ -401,8 +418,9 @@ def insert_tumour(image: Volume, organ_mask: Volume, seed: int, radius_mm: float
         if not np.isfinite(radius) or radius <= 0:
             raise ValueError(f"radius_mm must be a positive number of mm, got {radius_mm!r}")
         if radius > fit:
-            raise ValueError(f"a {radius:g} mm tumour does not fit inside the organ "
-                             f"(largest that fits: {max(fit, 0.0):.1f} mm)")
+            raise ValueError(
+                f"a {radius:g} mm tumour does not fit inside the organ (largest that fits: {max(fit, 0.0):.1f} mm)"
+            )
     candidates = np.flatnonzero(depth >= radius * shape.reach + margin)
     centre_kji = np.array(np.unravel_index(candidates[rng.integers(len(candidates))], organ.shape))
     tumour = shape.blob(image.kji_to_ras(centre_kji)[0], radius)
@@ -441,15 +459,15 @@ SLICE_GEOMETRIES = ("thick", "isotropic")
 THICK_SLICE_MM = 5.0
 THICK_IN_PLANE_MM = (0.7, 0.8)
 ISOTROPIC_MM = 1.0
-THICK_SUBSAMPLES = 5              # each 5 mm slice averages the anatomy over its thickness (partial volume)
+THICK_SUBSAMPLES = 5  # each 5 mm slice averages the anatomy over its thickness (partial volume)
 LESION_ELONGATION = 0.15
-LESION_WOBBLE = 0.10              # low-frequency outline waves, both edges
-SOFT_IRREGULARITY = 0.12          # extra high-frequency outline waves of a soft (infiltrating) edge
-SHARP_RAMP_MM = 1.5               # width of the intensity ramp across the outline
-SOFT_RAMP_FRACTION = 0.35         # soft edge: ramp width as a fraction of the radius, clipped to...
+LESION_WOBBLE = 0.10  # low-frequency outline waves, both edges
+SOFT_IRREGULARITY = 0.12  # extra high-frequency outline waves of a soft (infiltrating) edge
+SHARP_RAMP_MM = 1.5  # width of the intensity ramp across the outline
+SOFT_RAMP_FRACTION = 0.35  # soft edge: ramp width as a fraction of the radius, clipped to...
 SOFT_RAMP_RANGE_MM = (4.0, 12.0)
-SOFT_RAMP_VARIATION = 0.5         # ...and varying by +-50% around the outline
-LESION_TEXTURE = 0.10             # +-10% of the contrast inside the lesion
+SOFT_RAMP_VARIATION = 0.5  # ...and varying by +-50% around the outline
+LESION_TEXTURE = 0.10  # +-10% of the contrast inside the lesion
 MAX_LESION_PHANTOM_VOXELS = 5_000_000
 _LPS = np.diag([-1.0, -1.0, 1.0])
 _CT_HOST_LUNG_P = 0.35
@@ -460,7 +478,7 @@ _MR_FRACTIONS = {"csf": 0.25, "skull": 0.05, "scalp": 0.9}
 class _Field:
     """A smooth random field in [-1, 1]: a few plane waves with seeded directions, wavelengths and phases."""
 
-    k: np.ndarray       # (n, 3) wave vectors, rad/mm
+    k: np.ndarray  # (n, 3) wave vectors, rad/mm
     phases: np.ndarray
     amps: np.ndarray
 
@@ -519,8 +537,11 @@ def check_lesion_options(radius_mm, edge: str, modality: str, slices: str) -> fl
     lo, hi = LESION_RADIUS_LIMITS_MM
     if not np.isfinite(radius) or not lo <= radius <= hi:
         raise ValueError(f"lesion radius must be from {lo:g} to {hi:g} mm, got {radius_mm!r}")
-    for name, value, allowed in (("edge", edge, EDGES), ("modality", modality, MODALITIES),
-                                 ("slices", slices, SLICE_GEOMETRIES)):
+    for name, value, allowed in (
+        ("edge", edge, EDGES),
+        ("modality", modality, MODALITIES),
+        ("slices", slices, SLICE_GEOMETRIES),
+    ):
         if value not in allowed:
             raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
     return radius
@@ -530,8 +551,9 @@ def lesion_phantom_name(radius_mm: float, edge: str, modality: str, slices: str,
     return f"phantom_r{float(radius_mm):g}mm_{edge}_{modality}_{slices}_s{int(seed)}"
 
 
-def make_lesion_phantom(seed: int = 0, radius_mm: float = 10.0, edge: str = "sharp", modality: str = "ct",
-                        slices: str = "thick") -> Phantom:
+def make_lesion_phantom(
+    seed: int = 0, radius_mm: float = 10.0, edge: str = "sharp", modality: str = "ct", slices: str = "thick"
+) -> Phantom:
     """One lesion of `radius_mm` (equivalent radius, 3-40 mm) in a host tissue; deterministic for the arguments.
 
     modality "ct": int16 HU, air around a body (fat, soft tissue, spine, a kidney) and the lesion in a
@@ -544,8 +566,9 @@ def make_lesion_phantom(seed: int = 0, radius_mm: float = 10.0, edge: str = "sha
     """
     radius = check_lesion_options(radius_mm, edge, modality, slices)
     seed = int(seed)
-    rng = np.random.default_rng([seed, 17, EDGES.index(edge), MODALITIES.index(modality),
-                                 SLICE_GEOMETRIES.index(slices)])
+    rng = np.random.default_rng(
+        [seed, 17, EDGES.index(edge), MODALITIES.index(modality), SLICE_GEOMETRIES.index(slices)]
+    )
     pixel = float(rng.uniform(*THICK_IN_PLANE_MM)) if slices == "thick" else ISOTROPIC_MM
     slice_mm = THICK_SLICE_MM if slices == "thick" else ISOTROPIC_MM
     soft = edge == "soft"
@@ -583,22 +606,22 @@ def make_lesion_phantom(seed: int = 0, radius_mm: float = 10.0, edge: str = "sha
     else:
         host = "brain"
         brain = np.maximum([52.0, 60.0, 48.0], np.r_[np.abs(offset_xy), 2.0] + visible + 3.0)
-        fov_half = brain[:2] + 8.0 + 3.0      # skull 4 mm, scalp 4 mm, 3 mm of air
+        fov_half = brain[:2] + 8.0 + 3.0  # skull 4 mm, scalp 4 mm, 3 mm of air
     z_half = max((100.0 if slices == "thick" else 60.0) / 2.0, float(visible[2]) + 2.0 + max(slice_mm, 6.0))
     n_i, n_j = (int(np.ceil(2.0 * h / pixel)) for h in fov_half)
     n_k = int(np.ceil(2.0 * z_half / slice_mm)) + 1
     shape_kji = (n_k, n_j, n_i)
-    if n_k * n_j * n_i > MAX_LESION_PHANTOM_VOXELS:   # cannot happen within the radius limits; a guard
+    if n_k * n_j * n_i > MAX_LESION_PHANTOM_VOXELS:  # cannot happen within the radius limits; a guard
         raise ValueError(f"a {radius:g} mm {modality} phantom would need {shape_kji} voxels")
     spacing_ijk = (pixel, pixel, slice_mm)
     ijk_to_ras = make_ijk_to_ras(spacing_ijk, _default_origin(shape_kji, spacing_ijk, _LPS), _LPS)
     # centre on a slice centre (plus a little) so even a 3 mm lesion crosses a 5 mm slice's centre
     slice_z = (np.arange(n_k) - (n_k - 1) / 2.0) * slice_mm
-    centre = np.array([offset_xy[0], offset_xy[1],
-                       slice_z[np.argmin(np.abs(slice_z))] + rng.uniform(-0.2, 0.2) * slice_mm])
+    centre = np.array(
+        [offset_xy[0], offset_xy[1], slice_z[np.argmin(np.abs(slice_z))] + rng.uniform(-0.2, 0.2) * slice_mm]
+    )
     lesion = _Blob(centre, ratios * radius, rotation, *waves)
-    host_blob = _Blob(centre + rotation @ host_shift, host_semi, rotation,
-                      *_waves_in(rng, 0.05, 3, (1.0, 2.5)))
+    host_blob = _Blob(centre + rotation @ host_shift, host_semi, rotation, *_waves_in(rng, 0.05, 3, (1.0, 2.5)))
 
     # intensities: seeded per phantom
     if modality == "ct":
@@ -617,7 +640,7 @@ def make_lesion_phantom(seed: int = 0, radius_mm: float = 10.0, edge: str = "sha
         kidney_value = float(rng.uniform(140.0, 160.0))
         scale = 1.0
     else:
-        scale = float(rng.uniform(250.0, 1200.0))          # arbitrary scanner units
+        scale = float(rng.uniform(250.0, 1200.0))  # arbitrary scanner units
         host_value = scale
         contrast = (1.0 if rng.random() < 0.8 else -0.6) * float(rng.uniform(0.4, 0.9)) * scale
         noise_sd = float(rng.uniform(0.03, 0.05)) * scale
@@ -667,14 +690,15 @@ def make_lesion_phantom(seed: int = 0, radius_mm: float = 10.0, edge: str = "sha
     del ras
     spacing_kji = np.asarray(spacing_ijk, float)[::-1]
     in_plane_blur = np.array([0.0, *(_sigma_voxels(PARTIAL_VOLUME_BLUR_MM, spacing_kji)[1:])])
-    value = ndimage.gaussian_filter(value, in_plane_blur if slices == "thick"
-                                    else _sigma_voxels(PARTIAL_VOLUME_BLUR_MM, spacing_kji))
+    value = ndimage.gaussian_filter(
+        value, in_plane_blur if slices == "thick" else _sigma_voxels(PARTIAL_VOLUME_BLUR_MM, spacing_kji)
+    )
     noise_rng = np.random.default_rng([seed, 18])
     noise = ndimage.gaussian_filter(noise_rng.standard_normal(shape_kji, dtype=np.float32), 0.5)
     noise *= np.float32(noise_sd / max(float(noise.std()), 1e-6))
     label &= in_host
     if not label.any():
-        raise ValueError("the lesion falls between voxel centres")   # the centre is on a slice: a guard
+        raise ValueError("the lesion falls between voxel centres")  # the centre is on a slice: a guard
     if modality == "ct":
         image = np.clip(np.rint(value + noise), -1024, 3071).astype(np.int16)
         organs = {"body": region, host: in_host}
@@ -682,7 +706,7 @@ def make_lesion_phantom(seed: int = 0, radius_mm: float = 10.0, edge: str = "sha
     elif modality == "mr":
         other = ndimage.gaussian_filter(noise_rng.standard_normal(shape_kji, dtype=np.float32), 0.5)
         other *= np.float32(noise_sd / max(float(other.std()), 1e-6))
-        magnitude = np.sqrt((value + noise) ** 2 + other ** 2)                  # Rician, positive
+        magnitude = np.sqrt((value + noise) ** 2 + other**2)  # Rician, positive
         image = np.clip(np.rint(magnitude), 0, 32767).astype(np.int16)
         organs = {"brain": region}
         units = "raw MR units"
@@ -705,13 +729,27 @@ def make_lesion_phantom(seed: int = 0, radius_mm: float = 10.0, edge: str = "sha
         radius_mm=radius,
         centre_ras=tuple(float(v) for v in centre),
         seed=seed,
-        extra={"edge": edge, "modality": modality, "slices": slices, "ramp_mm": ramp_mm, "units": units,
-               "noise": float(noise_sd / (1.0 if modality != "mr-zscored" else sd)), "host_value": host_value},
+        extra={
+            "edge": edge,
+            "modality": modality,
+            "slices": slices,
+            "ramp_mm": ramp_mm,
+            "units": units,
+            "noise": float(noise_sd / (1.0 if modality != "mr-zscored" else sd)),
+            "host_value": host_value,
+        },
     )
 
 
-def write_lesion_cases(out: str | os.PathLike, cases: int = 1, seed: int = 0, radius_mm: float = 10.0,
-                       edge: str = "sharp", modality: str = "ct", slices: str = "thick") -> list[Path]:
+def write_lesion_cases(
+    out: str | os.PathLike,
+    cases: int = 1,
+    seed: int = 0,
+    radius_mm: float = 10.0,
+    edge: str = "sharp",
+    modality: str = "ct",
+    slices: str = "thick",
+) -> list[Path]:
     """`cases` lesion phantoms (seeds seed, seed+1, ...) as one folder per case holding image.nii.gz,
     label.nii.gz and the organ masks: the layout of ../shared/data/lesions_dev."""
     check_lesion_options(radius_mm, edge, modality, slices)

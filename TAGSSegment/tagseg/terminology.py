@@ -15,6 +15,7 @@ repository (commit 583e9b37d50e), Modules/Loadable/Terminologies/Resources/:
 
 All codes are SNOMED CT (scheme designator "SCT").
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -75,14 +76,27 @@ class TerminologyEntry:
         """The string `vtkSegment::SetTerminology` takes (Slicer's `SerializeTerminologyEntry` layout:
         context~category~type~type modifier~anatomic context~region~region modifier)."""
         region = self.region.triple() if self.region else "^^"
-        return "~".join((CATEGORY_TYPE_CONTEXT, self.category.triple(), self.type.triple(), "^^",
-                         ANATOMIC_CONTEXT if self.region else "", region, "^^"))
+        return "~".join(
+            (
+                CATEGORY_TYPE_CONTEXT,
+                self.category.triple(),
+                self.type.triple(),
+                "^^",
+                ANATOMIC_CONTEXT if self.region else "",
+                region,
+                "^^",
+            )
+        )
 
     def as_dict(self) -> dict:
-        return {"context": CATEGORY_TYPE_CONTEXT, "category": self.category.as_dict(), "type": self.type.as_dict(),
-                "anatomic_context": ANATOMIC_CONTEXT if self.region else None,
-                "anatomic_region": self.region.as_dict() if self.region else None,
-                "serialized": self.serialized()}
+        return {
+            "context": CATEGORY_TYPE_CONTEXT,
+            "category": self.category.as_dict(),
+            "type": self.type.as_dict(),
+            "anatomic_context": ANATOMIC_CONTEXT if self.region else None,
+            "anatomic_region": self.region.as_dict() if self.region else None,
+            "serialized": self.serialized(),
+        }
 
     def describe(self) -> str:
         where = f", {self.region.meaning} (SCT {self.region.value})" if self.region else ""
@@ -91,5 +105,6 @@ class TerminologyEntry:
 
 def lesion_entry(anatomy: str | None, lesion_kind: str | None) -> TerminologyEntry:
     """The entry of a lesion of this kind in this anatomy (either may be None: a Mass, no region)."""
-    return TerminologyEntry(MORPHOLOGICALLY_ALTERED, LESION_TYPES.get(lesion_kind or "", MASS),
-                            ANATOMIC_REGIONS.get(anatomy or ""))
+    return TerminologyEntry(
+        MORPHOLOGICALLY_ALTERED, LESION_TYPES.get(lesion_kind or "", MASS), ANATOMIC_REGIONS.get(anatomy or "")
+    )

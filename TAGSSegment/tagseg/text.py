@@ -22,6 +22,7 @@ standard terminology codes ("tumeur du pancréas", "pancreatik tumor" and "pancr
 Unknown words are fine: the text still names the segment, the anatomy is then None and the CT window soft
 tissue. Measured on `Testing/Python/data/descriptions.tsv` (README, "tagseg describe").
 """
+
 from __future__ import annotations
 
 import re
@@ -55,77 +56,195 @@ ANATOMY_WORDS: dict[str, tuple[str, ...]] = {
 # whole; "word*" also matches as the start of a longer word. Short words that are also common words elsewhere
 # are left out or only used in phrases ("rim", Portuguese kidney, is "do rim": "rim enhancement" is English).
 FOREIGN_ANATOMY_WORDS: dict[str, dict[str, tuple[str, ...]]] = {
-    "pancreas": {"fr": ("pancreas", "pancreatique*"), "de": ("pankreas*", "bauchspeicheldruse*"),
-                 "es": ("pancreas", "pancreatico*"), "it": ("pancreas", "pancreatico*"),
-                 "pt": ("pancreas", "pancreatico*")},
-    "liver": {"fr": ("foie", "hepatique*", "hepatocarcinome*"), "de": ("leber*",),
-              "es": ("higado", "hepatico*"), "it": ("fegato", "epatico*", "epatica", "epatocarcinoma*"),
-              "pt": ("figado", "hepatico*")},
-    "kidney": {"fr": ("rein", "reins", "renale*"), "de": ("niere*",), "es": ("rinon", "rinones", "renal*"),
-               "it": ("rene", "reni", "renale*"), "pt": ("do rim", "no rim", "dos rins", "renal*")},
-    "lung": {"fr": ("poumon*", "pulmonaire*"), "de": ("lunge*",), "es": ("pulmon*",),
-             "it": ("polmone*", "polmoni", "polmonare*"), "pt": ("pulmao", "pulmoes", "pulmonar*")},
-    "brain": {"fr": ("cerveau*", "cerebral*", "gliome*", "glioblastome*", "meningiome*"),
-              "de": ("gehirn*", "hirn*", "gliom*", "glioblastom*", "meningeom*"),
-              "es": ("cerebro*", "cerebral*", "glioma*"), "it": ("cervello*", "cerebrale*", "glioma*"),
-              "pt": ("cerebro*", "cerebral*", "encefalo*")},
-    "breast": {"fr": ("sein", "seins", "mammaire*"), "de": ("brust*", "mamma*"), "es": ("mama", "mamario*"),
-               "it": ("mammella*", "mammario*"), "pt": ("mama", "mamas", "mamario*")},
-    "colon": {"fr": ("colon", "rectum", "colorectal*", "rectal*"), "de": ("dickdarm*", "darm*", "kolon*", "rektum*"),
-              "es": ("colon", "recto", "colorrectal*"), "it": ("colon", "retto", "colorettale*"),
-              "pt": ("colon", "colo", "reto", "colorretal*")},
-    "prostate": {"fr": ("prostate*",), "de": ("prostata*",), "es": ("prostata*",), "it": ("prostata*",),
-                 "pt": ("prostata*",)},
-    "bladder": {"fr": ("vessie*", "vesical*"), "de": ("harnblase*", "blase*"), "es": ("vejiga*",),
-                "it": ("vescica*", "vescicale*"), "pt": ("bexiga*",)},
-    "stomach": {"fr": ("estomac*", "gastrique*"), "de": ("magen*",), "es": ("estomago*",), "it": ("stomaco*",),
-                "pt": ("estomago*",)},
-    "adrenal": {"fr": ("surrenale*", "surrenal*"), "de": ("nebenniere*",), "es": ("suprarrenal*",),
-                "it": ("surrenale*", "surrenalico*"), "pt": ("suprarrenal*",)},
-    "spleen": {"fr": ("rate", "splenique*"), "de": ("milz*",), "es": ("bazo", "esplenico*"),
-               "it": ("milza", "splenico*"), "pt": ("baco", "esplenico*")},
-    "bone": {"fr": ("osseux", "osseuse*"), "de": ("knochen*",), "es": ("hueso*", "oseo", "osea"),
-             "it": ("osso", "ossa", "osseo", "ossea"), "pt": ("osso", "ossos", "osseo", "ossea")},
-    "lymph_node": {"fr": ("ganglion", "ganglions", "ganglionnaire*", "lymphatique*"), "de": ("lymphknoten*",),
-                   "es": ("ganglio", "ganglios", "linfatico*"), "it": ("linfonod*", "linfatico*"),
-                   "pt": ("linfonod*", "linfatico*", "ganglio", "ganglios")},
-    "head_neck": {"fr": ("thyroide*", "larynx", "tete et cou"), "de": ("schilddruse*", "kehlkopf*", "kopf hals*"),
-                  "es": ("tiroide*", "laringe", "cabeza y cuello"), "it": ("tiroide*", "laringe", "testa collo",
-                                                                          "testa e collo"),
-                  "pt": ("tireoid*", "tiroide*", "laringe", "cabeca e pescoco")},
+    "pancreas": {
+        "fr": ("pancreas", "pancreatique*"),
+        "de": ("pankreas*", "bauchspeicheldruse*"),
+        "es": ("pancreas", "pancreatico*"),
+        "it": ("pancreas", "pancreatico*"),
+        "pt": ("pancreas", "pancreatico*"),
+    },
+    "liver": {
+        "fr": ("foie", "hepatique*", "hepatocarcinome*"),
+        "de": ("leber*",),
+        "es": ("higado", "hepatico*"),
+        "it": ("fegato", "epatico*", "epatica", "epatocarcinoma*"),
+        "pt": ("figado", "hepatico*"),
+    },
+    "kidney": {
+        "fr": ("rein", "reins", "renale*"),
+        "de": ("niere*",),
+        "es": ("rinon", "rinones", "renal*"),
+        "it": ("rene", "reni", "renale*"),
+        "pt": ("do rim", "no rim", "dos rins", "renal*"),
+    },
+    "lung": {
+        "fr": ("poumon*", "pulmonaire*"),
+        "de": ("lunge*",),
+        "es": ("pulmon*",),
+        "it": ("polmone*", "polmoni", "polmonare*"),
+        "pt": ("pulmao", "pulmoes", "pulmonar*"),
+    },
+    "brain": {
+        "fr": ("cerveau*", "cerebral*", "gliome*", "glioblastome*", "meningiome*"),
+        "de": ("gehirn*", "hirn*", "gliom*", "glioblastom*", "meningeom*"),
+        "es": ("cerebro*", "cerebral*", "glioma*"),
+        "it": ("cervello*", "cerebrale*", "glioma*"),
+        "pt": ("cerebro*", "cerebral*", "encefalo*"),
+    },
+    "breast": {
+        "fr": ("sein", "seins", "mammaire*"),
+        "de": ("brust*", "mamma*"),
+        "es": ("mama", "mamario*"),
+        "it": ("mammella*", "mammario*"),
+        "pt": ("mama", "mamas", "mamario*"),
+    },
+    "colon": {
+        "fr": ("colon", "rectum", "colorectal*", "rectal*"),
+        "de": ("dickdarm*", "darm*", "kolon*", "rektum*"),
+        "es": ("colon", "recto", "colorrectal*"),
+        "it": ("colon", "retto", "colorettale*"),
+        "pt": ("colon", "colo", "reto", "colorretal*"),
+    },
+    "prostate": {
+        "fr": ("prostate*",),
+        "de": ("prostata*",),
+        "es": ("prostata*",),
+        "it": ("prostata*",),
+        "pt": ("prostata*",),
+    },
+    "bladder": {
+        "fr": ("vessie*", "vesical*"),
+        "de": ("harnblase*", "blase*"),
+        "es": ("vejiga*",),
+        "it": ("vescica*", "vescicale*"),
+        "pt": ("bexiga*",),
+    },
+    "stomach": {
+        "fr": ("estomac*", "gastrique*"),
+        "de": ("magen*",),
+        "es": ("estomago*",),
+        "it": ("stomaco*",),
+        "pt": ("estomago*",),
+    },
+    "adrenal": {
+        "fr": ("surrenale*", "surrenal*"),
+        "de": ("nebenniere*",),
+        "es": ("suprarrenal*",),
+        "it": ("surrenale*", "surrenalico*"),
+        "pt": ("suprarrenal*",),
+    },
+    "spleen": {
+        "fr": ("rate", "splenique*"),
+        "de": ("milz*",),
+        "es": ("bazo", "esplenico*"),
+        "it": ("milza", "splenico*"),
+        "pt": ("baco", "esplenico*"),
+    },
+    "bone": {
+        "fr": ("osseux", "osseuse*"),
+        "de": ("knochen*",),
+        "es": ("hueso*", "oseo", "osea"),
+        "it": ("osso", "ossa", "osseo", "ossea"),
+        "pt": ("osso", "ossos", "osseo", "ossea"),
+    },
+    "lymph_node": {
+        "fr": ("ganglion", "ganglions", "ganglionnaire*", "lymphatique*"),
+        "de": ("lymphknoten*",),
+        "es": ("ganglio", "ganglios", "linfatico*"),
+        "it": ("linfonod*", "linfatico*"),
+        "pt": ("linfonod*", "linfatico*", "ganglio", "ganglios"),
+    },
+    "head_neck": {
+        "fr": ("thyroide*", "larynx", "tete et cou"),
+        "de": ("schilddruse*", "kehlkopf*", "kopf hals*"),
+        "es": ("tiroide*", "laringe", "cabeza y cuello"),
+        "it": ("tiroide*", "laringe", "testa collo", "testa e collo"),
+        "pt": ("tireoid*", "tiroide*", "laringe", "cabeca e pescoco"),
+    },
 }
 
 # words that suggest an anatomy only when no organ is named ("thyroid nodule" is not a lung nodule)
 WEAK_ANATOMY_WORDS = {"nodule": "lung", "nodulo": "lung", "rundherd": "lung", "glioma": "brain", "metastasis": None}
 
-LESION_WORDS = ("tumor", "tumour", "lesion", "cancer", "mass", "nodule", "metastasis", "metastases", "cyst",
-                "carcinoma", "neoplasm", "malignancy")
+LESION_WORDS = (
+    "tumor",
+    "tumour",
+    "lesion",
+    "cancer",
+    "mass",
+    "nodule",
+    "metastasis",
+    "metastases",
+    "cyst",
+    "carcinoma",
+    "neoplasm",
+    "malignancy",
+)
 
 # lesion word (folded; any language) -> its English kind. Matched at a word's start, and (6+ letters) anywhere in
 # a word, for compounds ("Lungentumor", "Brustkrebs" has "krebs": 5 letters, listed as a compound part below).
 LESION_KINDS: dict[str, str] = {
     # English
-    "tumor": "tumor", "tumour": "tumor", "lesion": "lesion", "cancer": "cancer", "mass": "mass",
-    "nodule": "nodule", "metastasis": "metastasis", "metastases": "metastasis", "cyst": "cyst",
-    "carcinoma": "carcinoma", "neoplasm": "neoplasm", "malignancy": "cancer",
+    "tumor": "tumor",
+    "tumour": "tumor",
+    "lesion": "lesion",
+    "cancer": "cancer",
+    "mass": "mass",
+    "nodule": "nodule",
+    "metastasis": "metastasis",
+    "metastases": "metastasis",
+    "cyst": "cyst",
+    "carcinoma": "carcinoma",
+    "neoplasm": "neoplasm",
+    "malignancy": "cancer",
     # French
-    "tumeur": "tumor", "masse": "mass", "metastase": "metastasis", "kyste": "cyst", "carcinome": "carcinoma",
+    "tumeur": "tumor",
+    "masse": "mass",
+    "metastase": "metastasis",
+    "kyste": "cyst",
+    "carcinome": "carcinoma",
     "neoplasie": "neoplasm",
     # German
-    "krebs": "cancer", "lasion": "lesion", "raumforderung": "mass", "knoten": "nodule", "rundherd": "nodule",
-    "zyste": "cyst", "karzinom": "carcinoma", "geschwulst": "tumor",
+    "krebs": "cancer",
+    "lasion": "lesion",
+    "raumforderung": "mass",
+    "knoten": "nodule",
+    "rundherd": "nodule",
+    "zyste": "cyst",
+    "karzinom": "carcinoma",
+    "geschwulst": "tumor",
     # Spanish
-    "masa": "mass", "nodulo": "nodule", "quiste": "cyst", "neoplasia": "neoplasm",
+    "masa": "mass",
+    "nodulo": "nodule",
+    "quiste": "cyst",
+    "neoplasia": "neoplasm",
     # Italian
-    "tumore": "tumor", "lesione": "lesion", "cancro": "cancer", "massa": "mass", "metastasi": "metastasis", "cisti": "cyst",
+    "tumore": "tumor",
+    "lesione": "lesion",
+    "cancro": "cancer",
+    "massa": "mass",
+    "metastasi": "metastasis",
+    "cisti": "cyst",
     # Portuguese
-    "lesao": "lesion", "cisto": "cyst",
+    "lesao": "lesion",
+    "cisto": "cyst",
 }
 LESION_LANGUAGES: dict[str, tuple[str, ...]] = {
     "en": tuple(LESION_WORDS) + ("tumour",),
     "fr": ("tumeur", "lesion", "cancer", "masse", "nodule", "metastase", "kyste", "carcinome", "neoplasie"),
-    "de": ("tumor", "krebs", "lasion", "raumforderung", "knoten", "rundherd", "metastase", "zyste", "karzinom",
-           "geschwulst", "neoplasie"),
+    "de": (
+        "tumor",
+        "krebs",
+        "lasion",
+        "raumforderung",
+        "knoten",
+        "rundherd",
+        "metastase",
+        "zyste",
+        "karzinom",
+        "geschwulst",
+        "neoplasie",
+    ),
     "es": ("tumor", "lesion", "cancer", "masa", "nodulo", "metastasis", "quiste", "carcinoma", "neoplasia"),
     "it": ("tumore", "lesione", "cancro", "massa", "nodulo", "metastasi", "cisti", "carcinoma", "neoplasia"),
     "pt": ("tumor", "lesao", "cancer", "massa", "nodulo", "metastase", "cisto", "carcinoma", "neoplasia"),
@@ -134,30 +253,85 @@ LESION_LANGUAGES: dict[str, tuple[str, ...]] = {
 COMPOUND_LESION_TAILS = ("krebs", "zyste", "tumor")
 
 # Real words one edit from a vocabulary word: never read as a typo of it.
-NOT_TYPOS = frozenset({
-    "drain", "grain", "river", "lever", "lives", "liner", "diver", "long", "legion", "region", "module",
-    "ladder", "color", "colin", "penal", "humor", "rumor", "dancer", "canker", "mast", "mask", "moss", "miss",
-    "less", "pass", "mess", "none", "done", "tone", "zone", "cone", "bond", "born", "lobe", "lumen", "rates",
-    "breath", "bread", "gone", "lone", "bore", "hung", "rung",
-    "sung", "cost", "cast", "lunar",
-})
-FUZZY_SHORT_WORDS = ("lung", "bone", "cyst")   # the 4-letter words typos are looked for
+NOT_TYPOS = frozenset(
+    {
+        "drain",
+        "grain",
+        "river",
+        "lever",
+        "lives",
+        "liner",
+        "diver",
+        "long",
+        "legion",
+        "region",
+        "module",
+        "ladder",
+        "color",
+        "colin",
+        "penal",
+        "humor",
+        "rumor",
+        "dancer",
+        "canker",
+        "mast",
+        "mask",
+        "moss",
+        "miss",
+        "less",
+        "pass",
+        "mess",
+        "none",
+        "done",
+        "tone",
+        "zone",
+        "cone",
+        "bond",
+        "born",
+        "lobe",
+        "lumen",
+        "rates",
+        "breath",
+        "bread",
+        "gone",
+        "lone",
+        "bore",
+        "hung",
+        "rung",
+        "sung",
+        "cost",
+        "cast",
+        "lunar",
+    }
+)
+FUZZY_SHORT_WORDS = ("lung", "bone", "cyst")  # the 4-letter words typos are looked for
 
 # anatomy -> preset used for CT; MR always uses percentiles
 CT_PRESET_FOR = {"lung": intensity.LUNG, "brain": intensity.BRAIN_CT, "bone": intensity.BONE}
 
 # organ names of TotalSegmentator-style masks that make up each anatomy (for the anatomy prompt)
 ORGAN_LABELS = {
-    "pancreas": ("pancreas",), "liver": ("liver",), "kidney": ("kidney_left", "kidney_right"),
-    "lung": ("lung_upper_lobe_left", "lung_lower_lobe_left", "lung_upper_lobe_right", "lung_middle_lobe_right",
-             "lung_lower_lobe_right"),
-    "spleen": ("spleen",), "stomach": ("stomach",), "colon": ("colon",), "prostate": ("prostate",),
-    "bladder": ("urinary_bladder",), "adrenal": ("adrenal_gland_left", "adrenal_gland_right"), "brain": ("brain",),
+    "pancreas": ("pancreas",),
+    "liver": ("liver",),
+    "kidney": ("kidney_left", "kidney_right"),
+    "lung": (
+        "lung_upper_lobe_left",
+        "lung_lower_lobe_left",
+        "lung_upper_lobe_right",
+        "lung_middle_lobe_right",
+        "lung_lower_lobe_right",
+    ),
+    "spleen": ("spleen",),
+    "stomach": ("stomach",),
+    "colon": ("colon",),
+    "prostate": ("prostate",),
+    "bladder": ("urinary_bladder",),
+    "adrenal": ("adrenal_gland_left", "adrenal_gland_right"),
+    "brain": ("brain",),
 }
 
 MAX_DESCRIPTION_CHARS = 200
-LANGUAGE_NAMES = {"en": "English", "fr": "French", "de": "German", "es": "Spanish", "it": "Italian",
-                  "pt": "Portuguese"}
+LANGUAGE_NAMES = {"en": "English", "fr": "French", "de": "German", "es": "Spanish", "it": "Italian", "pt": "Portuguese"}
 
 
 @dataclass(frozen=True)
@@ -167,13 +341,18 @@ class WordMatch:
 
     typed: str
     read_as: str
-    means: str                 # an anatomy key, or "lesion:<kind>"
+    means: str  # an anatomy key, or "lesion:<kind>"
     languages: tuple[str, ...]
     edits: int = 0
 
     def as_dict(self) -> dict:
-        return {"typed": self.typed, "read_as": self.read_as, "means": self.means,
-                "languages": list(self.languages), "edits": self.edits}
+        return {
+            "typed": self.typed,
+            "read_as": self.read_as,
+            "means": self.means,
+            "languages": list(self.languages),
+            "edits": self.edits,
+        }
 
     def describe(self) -> str:
         if self.edits:
@@ -186,7 +365,7 @@ class WordMatch:
 class Description:
     text: str
     anatomy: str | None
-    lesion_word: str | None            # the English lesion kind: tumor, lesion, cancer, mass, nodule, cyst, ...
+    lesion_word: str | None  # the English lesion kind: tumor, lesion, cancer, mass, nodule, cyst, ...
     evidence: tuple[WordMatch, ...] = ()
 
     @property
@@ -204,11 +383,14 @@ class Description:
         """The reading, as `tagseg describe --json` and `segment --json` ("reading") print it."""
         preset = self.ct_preset()
         return {
-            "text": self.text, "segment_name": self.segment_name, "anatomy": self.anatomy,
+            "text": self.text,
+            "segment_name": self.segment_name,
+            "anatomy": self.anatomy,
             "lesion_word": self.lesion_word,
-            "intensity": {"ct": {"preset": preset.name, "window_hu": list(preset.window_hu)},
-                          "mr": {"preset": intensity.PERCENTILE.name,
-                                 "percentiles": list(intensity.PERCENTILE.percentiles)}},
+            "intensity": {
+                "ct": {"preset": preset.name, "window_hu": list(preset.window_hu)},
+                "mr": {"preset": intensity.PERCENTILE.name, "percentiles": list(intensity.PERCENTILE.percentiles)},
+            },
             "terminology": self.terminology().as_dict(),
             "words": [m.as_dict() for m in self.evidence],
         }
@@ -220,8 +402,10 @@ class Description:
         if why:
             anatomy += f" ({why[0]})"
         lo, hi = self.ct_preset().window_hu
-        return (f"{anatomy}; {self.lesion_word or 'no lesion word'}; CT window {lo:g}..{hi:g} HU; "
-                f"{self.terminology().describe()}")
+        return (
+            f"{anatomy}; {self.lesion_word or 'no lesion word'}; CT window {lo:g}..{hi:g} HU; "
+            f"{self.terminology().describe()}"
+        )
 
 
 def clean_text(text: object) -> str:
@@ -241,9 +425,9 @@ def fold(text: str) -> str:
 @dataclass(frozen=True)
 class _Entry:
     word: str
-    means: str                  # anatomy key or "lesion:<kind>"
+    means: str  # anatomy key or "lesion:<kind>"
     languages: tuple[str, ...]
-    prefix: bool                # also matches the start of a longer word
+    prefix: bool  # also matches the start of a longer word
 
 
 def _vocabulary() -> tuple[_Entry, ...]:
@@ -265,8 +449,10 @@ def _vocabulary() -> tuple[_Entry, ...]:
     for language, words in LESION_LANGUAGES.items():
         for word in words:
             add(word, f"lesion:{LESION_KINDS[word]}", language, True)
-    return tuple(_Entry(word, means, tuple(dict.fromkeys(langs)), prefix[(word, means)])
-                 for (word, means), langs in languages.items())
+    return tuple(
+        _Entry(word, means, tuple(dict.fromkeys(langs)), prefix[(word, means)])
+        for (word, means), langs in languages.items()
+    )
 
 
 VOCABULARY = _vocabulary()
@@ -298,7 +484,7 @@ def _typo_matches(unmatched: list[str]) -> list[WordMatch]:
     """Vocabulary words within the edit limit of words that matched nothing, closest first."""
     try:
         from rapidfuzz.distance import OSA
-    except ImportError:   # tagseg lists rapidfuzz; without it, only exact words are read
+    except ImportError:  # tagseg lists rapidfuzz; without it, only exact words are read
         return []
     found = []
     for word in unmatched:
@@ -330,6 +516,7 @@ def parse_description(text: str | None) -> Description:
         typed = _exact(entry, words, phrase)
         if typed is not None:
             matches.append(WordMatch(typed, entry.word, entry.means, entry.languages))
+
     def is_lesion(m: WordMatch) -> bool:
         return m.means.startswith("lesion:")
 
@@ -344,8 +531,10 @@ def parse_description(text: str | None) -> Description:
     anatomy = None
     if anatomy_hits:
         anatomy = min(anatomy_hits, key=lambda m: (m.edits, _ANATOMY_ORDER[m.means])).means
-    lesions = sorted((m for m in matches if is_lesion(m)),
-                     key=lambda m: (m.edits, words.index(m.typed) if m.typed in words else len(words)))
+    lesions = sorted(
+        (m for m in matches if is_lesion(m)),
+        key=lambda m: (m.edits, words.index(m.typed) if m.typed in words else len(words)),
+    )
     lesion = lesions[0].means.split(":", 1)[1] if lesions else None
     if anatomy is None:
         weak = [m for m in lesions if m.read_as in WEAK_ANATOMY_WORDS and (m.typed == m.read_as or m.edits)]
@@ -354,11 +543,12 @@ def parse_description(text: str | None) -> Description:
             matches.append(WordMatch(weak[0].typed, weak[0].read_as, anatomy, weak[0].languages, weak[0].edits))
     order = {w: n for n, w in reversed(list(enumerate(words)))}
     best: dict[tuple[str, str], WordMatch] = {}
-    for m in matches:   # one reason per word and meaning: the longest vocabulary word, English first
+    for m in matches:  # one reason per word and meaning: the longest vocabulary word, English first
         key = (m.typed, m.means)
-        if key not in best or (len(m.read_as), "en" in m.languages) > (len(best[key].read_as),
-                                                                        "en" in best[key].languages):
+        if key not in best or (len(m.read_as), "en" in m.languages) > (
+            len(best[key].read_as),
+            "en" in best[key].languages,
+        ):
             best[key] = m
-    evidence = sorted(best.values(),
-                      key=lambda m: (order.get(m.typed.split()[0], len(words)), m.means))
+    evidence = sorted(best.values(), key=lambda m: (order.get(m.typed.split()[0], len(words)), m.means))
     return Description(clean, anatomy, lesion, tuple(evidence))

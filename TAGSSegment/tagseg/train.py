@@ -7,6 +7,7 @@ state. Randomness is re-seeded from (seed, epoch, rank) at every epoch, so a run
 continues exactly as an uninterrupted one would. Launched by `torchrun`, it trains with
 DistributedDataParallel and distributed samplers; otherwise in one process.
 """
+
 from __future__ import annotations
 
 import csv
@@ -41,14 +42,14 @@ class TrainConfig:
     epochs: int = 200
     lr: float = 1e-4
     weight_decay: float = 1e-5
-    schedule_iters: int | None = None      # LinearLR total_iters; None = 500 for 200 epochs, else 2.5 x epochs
+    schedule_iters: int | None = None  # LinearLR total_iters; None = 500 for 200 epochs, else 2.5 x epochs
     seed: int = 0
-    autocast: str = "off"                  # the paper trains in fp32; "bf16"/"fp16" are options
-    point_labels: bool = False             # extension: learn a +/- label embedding for clicks
-    max_steps_per_epoch: int | None = None # bound an epoch (tests, smoke runs)
+    autocast: str = "off"  # the paper trains in fp32; "bf16"/"fp16" are options
+    point_labels: bool = False  # extension: learn a +/- label embedding for clicks
+    max_steps_per_epoch: int | None = None  # bound an epoch (tests, smoke runs)
     device: str = "auto"
     sam_weights: str | None = None
-    text_encoder: str | None = None        # default: the preset's (paper: open_clip:ViT-L-14:openai)
+    text_encoder: str | None = None  # default: the preset's (paper: open_clip:ViT-L-14:openai)
     object_word: str = ""
     object_word_mode: str = "dataset-key"
     task: str = "custom"
@@ -93,7 +94,7 @@ def init_distributed(device: str) -> Distributed:
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
-    np.random.seed(seed % 2 ** 32)
+    np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
@@ -116,10 +117,10 @@ def _atomic_torch_save(obj, path: Path) -> None:
             raise OSError(errno.EIO, f"the training state read back is damaged ({bad})")
 
     def write(tmp: Path) -> None:
-        with open(tmp, "wb") as stream:       # a Python file: a short write raises OSError with the OS's reason
+        with open(tmp, "wb") as stream:  # a Python file: a short write raises OSError with the OS's reason
             try:
                 torch.save(obj, stream)
-            except RuntimeError as exc:       # torch's zip writer masks that OSError with its own error
+            except RuntimeError as exc:  # torch's zip writer masks that OSError with its own error
                 cause = exc.__context__ or exc.__cause__
                 if isinstance(cause, OSError):
                     raise cause from None
@@ -133,14 +134,20 @@ def _crop_from_sample(sample: dict) -> tuple[torch.Tensor, torch.Tensor]:
     image = torch.as_tensor(sample["image"]).float()
     organ = torch.as_tensor(sample["organ"]).float()
     label = torch.as_tensor(sample["label"]).float()
-    if image.dim() == 5:                                  # a batch of one from a DataLoader
+    if image.dim() == 5:  # a batch of one from a DataLoader
         image, organ, label = image[0], organ[0], label[0]
     return torch.cat([image, image, organ], dim=0), (label[0] > 0.5).float()
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, train_data, val_data, class_embeddings: torch.Tensor | None = None,
-                 log: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        train_data,
+        val_data,
+        class_embeddings: torch.Tensor | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
         from .devices import resolve_device
 
         self.config = config
@@ -154,8 +161,7 @@ class Trainer:
         self.train_data, self.val_data = train_data, val_data
         seed_everything(config.seed)
         self.model = self._build_model()
-        self.class_embeddings = (class_embeddings if class_embeddings is not None
-                                 else self._class_embeddings()).float()
+        self.class_embeddings = (class_embeddings if class_embeddings is not None else self._class_embeddings()).float()
         self.forward = self.model
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
@@ -196,24 +202,42 @@ class Trainer:
     def _metadata_kwargs(self) -> dict:
         c = self.config
         spec = c.text_encoder or self.model.config.text_encoder
-        return dict(task=c.task, anatomy=c.anatomy, intensity=c.intensity, organ_labels=c.organ_labels,
-                    text={"encoder": spec, "object_word": c.object_word, "object_word_mode": c.object_word_mode},
-                    class_embeddings=self.class_embeddings)
+        return dict(
+            task=c.task,
+            anatomy=c.anatomy,
+            intensity=c.intensity,
+            organ_labels=c.organ_labels,
+            text={"encoder": spec, "object_word": c.object_word, "object_word_mode": c.object_word_mode},
+            class_embeddings=self.class_embeddings,
+        )
 
     def save(self, name: str, extra: dict | None = None) -> Path:
         from .tags.checkpoint import save_model
 
         path = self.out / f"{name}.safetensors"
-        provenance = {**self.config.provenance, "epoch": self.epoch, "best_val_loss": self.best_val,
-                      "recipe": {k: v for k, v in asdict(self.config).items()
-                                 if k in ("preset", "epochs", "lr", "weight_decay", "seed", "autocast", "point_labels")},
-                      "world_size": self.dist.world, **(extra or {})}
+        provenance = {
+            **self.config.provenance,
+            "epoch": self.epoch,
+            "best_val_loss": self.best_val,
+            "recipe": {
+                k: v
+                for k, v in asdict(self.config).items()
+                if k in ("preset", "epochs", "lr", "weight_decay", "seed", "autocast", "point_labels")
+            },
+            "world_size": self.dist.world,
+            **(extra or {}),
+        }
         save_model(self.model, path, provenance=provenance, **self._metadata_kwargs())
         return path
 
     def save_state(self) -> None:
-        state = {"epoch": self.epoch, "best_val": self.best_val, "history": self.history,
-                 "optimisers": self.optimisers.state_dict(), "config": asdict(self.config)}
+        state = {
+            "epoch": self.epoch,
+            "best_val": self.best_val,
+            "history": self.history,
+            "optimisers": self.optimisers.state_dict(),
+            "config": asdict(self.config),
+        }
         _atomic_torch_save(state, self.out / STATE_NAME)
 
     def resume(self) -> bool:
@@ -225,7 +249,7 @@ class Trainer:
         if not (state_path.is_file() and last.is_file()):
             return False
         model, _ = load_model(last)
-        forget_input(last)                     # the run's own checkpoint: continuing it replaces it
+        forget_input(last)  # the run's own checkpoint: continuing it replaces it
         self.model.load_state_dict(model.state_dict())
         state = torch.load(state_path, map_location=self.device, weights_only=True)
         self.optimisers.load_state_dict(state["optimisers"])
@@ -243,12 +267,25 @@ class Trainer:
             dataset.set_random_state(seed)
         sampler = None
         if self.dist.enabled:
-            sampler = DistributedSampler(dataset, num_replicas=self.dist.world, rank=self.dist.rank,
-                                         shuffle=shuffle, seed=self.config.seed, drop_last=False)
+            sampler = DistributedSampler(
+                dataset,
+                num_replicas=self.dist.world,
+                rank=self.dist.rank,
+                shuffle=shuffle,
+                seed=self.config.seed,
+                drop_last=False,
+            )
             sampler.set_epoch(epoch)
         generator = torch.Generator().manual_seed(seed)
-        return DataLoader(dataset, batch_size=1, shuffle=shuffle and sampler is None, sampler=sampler,
-                          num_workers=0, generator=generator, collate_fn=lambda items: items[0])
+        return DataLoader(
+            dataset,
+            batch_size=1,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
+            num_workers=0,
+            generator=generator,
+            collate_fn=lambda items: items[0],
+        )
 
     def train_epoch(self, epoch: int) -> dict:
         seed = _epoch_seed(self.config.seed, epoch, self.dist.rank)
@@ -261,14 +298,27 @@ class Trainer:
                 break
             crop, label = _crop_from_sample(sample)
             points, labels = sample_training_points(label.numpy(), rng)
-            result = training_step(self.model, self.optimisers, crop, label, points, labels, self.class_embeddings,
-                                   autocast_dtype=self._autocast_dtype(), forward=self.forward)
+            result = training_step(
+                self.model,
+                self.optimisers,
+                crop,
+                label,
+                points,
+                labels,
+                self.class_embeddings,
+                autocast_dtype=self._autocast_dtype(),
+                forward=self.forward,
+            )
             losses.append(result["loss"])
             mains.append(result["main"])
             aligns.append(result["alignment"])
         self.optimisers.epoch_end()
-        return {"train_loss": _mean(losses), "train_main": _mean(mains), "train_alignment": _mean(aligns),
-                "steps": len(losses)}
+        return {
+            "train_loss": _mean(losses),
+            "train_main": _mean(mains),
+            "train_alignment": _mean(aligns),
+            "steps": len(losses),
+        }
 
     @torch.no_grad()
     def validate(self, epoch: int) -> dict:
@@ -282,14 +332,21 @@ class Trainer:
             if len(points) == 0:
                 points, point_labels = sample_training_points(label.numpy(), rng, positives=0, randoms=10)
             crops, target = crop[None].to(self.device), label[None].to(self.device)
-            with torch.autocast(device_type=torch.device(self.device).type, dtype=self._autocast_dtype() or torch.bfloat16,
-                                enabled=self._autocast_dtype() is not None):
+            with torch.autocast(
+                device_type=torch.device(self.device).type,
+                dtype=self._autocast_dtype() or torch.bfloat16,
+                enabled=self._autocast_dtype() is not None,
+            ):
                 logits, encoded = model(crops, points[None].to(self.device), point_labels[None].to(self.device))
                 maps = model.alignment_maps(encoded, self.class_embeddings.to(self.device))
             prob = torch.softmax(logits.float(), 1)[:, 1]
             loss = soft_dice_loss(prob, target) + alignment_loss([m.float() for m in maps], target)
             pred = (prob > 0.5).float()
-            dice = 1.0 if target.sum() + pred.sum() == 0 else float(2 * (pred * target).sum() / (pred.sum() + target.sum()))
+            dice = (
+                1.0
+                if target.sum() + pred.sum() == 0
+                else float(2 * (pred * target).sum() / (pred.sum() + target.sum()))
+            )
             totals += torch.tensor([float(loss), dice, 1.0], dtype=torch.float64)
         if self.dist.enabled:
             import torch.distributed as dist
@@ -336,8 +393,13 @@ class Trainer:
         bar.close()
         if writer is not None:
             writer.close()
-        return {"epochs": self.epoch, "best_val_loss": self.best_val, "history": self.history,
-                "best": str(self.out / "best.safetensors"), "last": str(self.out / "last.safetensors")}
+        return {
+            "epochs": self.epoch,
+            "best_val_loss": self.best_val,
+            "history": self.history,
+            "best": str(self.out / "best.safetensors"),
+            "last": str(self.out / "last.safetensors"),
+        }
 
     def _tensorboard(self):
         if not self.dist.main:
@@ -384,8 +446,9 @@ class _progress:
 
     def update(self, row: dict) -> None:
         if self.bar is not None:
-            self.bar.set_postfix(loss=f"{row['train_loss']:.3f}", val=f"{row['val_loss']:.3f}",
-                                 dice=f"{row['val_dice']:.3f}")
+            self.bar.set_postfix(
+                loss=f"{row['train_loss']:.3f}", val=f"{row['val_loss']:.3f}", dice=f"{row['val_dice']:.3f}"
+            )
             self.bar.update(1)
 
     def close(self) -> None:
@@ -426,13 +489,31 @@ class PreparedRun:
             tdist.destroy_process_group()
 
 
-def prepare(data: str | os.PathLike, task: str, out: str | os.PathLike, *, preset: str = "tags-b",
-            epochs: int = 200, lr: float = 1e-4, seed: int = 0, autocast: str = "off", layout: str = "auto",
-            organ_dir: str | None = None, split: str | None = None, fold: int = 0, tumour_label: int | None = None,
-            sam_weights: str | None = None, text_encoder: str | None = None,
-            object_word_mode: str = "dataset-key", point_labels: bool = False,
-            max_steps_per_epoch: int | None = None, cache: str | None = None, resume: bool = False,
-            device: str = "auto", log: Callable[[str], None] | None = None) -> PreparedRun:
+def prepare(
+    data: str | os.PathLike,
+    task: str,
+    out: str | os.PathLike,
+    *,
+    preset: str = "tags-b",
+    epochs: int = 200,
+    lr: float = 1e-4,
+    seed: int = 0,
+    autocast: str = "off",
+    layout: str = "auto",
+    organ_dir: str | None = None,
+    split: str | None = None,
+    fold: int = 0,
+    tumour_label: int | None = None,
+    sam_weights: str | None = None,
+    text_encoder: str | None = None,
+    object_word_mode: str = "dataset-key",
+    point_labels: bool = False,
+    max_steps_per_epoch: int | None = None,
+    cache: str | None = None,
+    resume: bool = False,
+    device: str = "auto",
+    log: Callable[[str], None] | None = None,
+) -> PreparedRun:
     """Check the data and the run folder, split the cases (seeded 70/10/20 without a split file), fix the
     intensity normalisation, warm the preprocessed cache and write split.json and config.json (main rank only).
 
@@ -440,8 +521,7 @@ def prepare(data: str | os.PathLike, task: str, out: str | os.PathLike, *, prese
     the dataset.json); `log` receives the notes a user should see (default: stderr).
     """
     from .data import transforms as T
-    from .data.datasets import (check_cases, dataset_anatomy, find_cases, make_split, save_split_json,
-                                split_cases)
+    from .data.datasets import check_cases, dataset_anatomy, find_cases, make_split, save_split_json, split_cases
     from .data.loader import TrainingDataset
     from .data.preprocess import PreprocessedCache, task_intensity
     from .data.synthetic import dataset_intensity
@@ -460,8 +540,10 @@ def prepare(data: str | os.PathLike, task: str, out: str | os.PathLike, *, prese
     check_cases(cases, tumour_label=tumour_label)
     if subsets is None:
         subsets = make_split([c.case_id for c in cases], seed)
-        log("no --split: a seeded 70/10/20 split of this data (saved as split.json in the run folder), "
-            "not the paper's 3DSAM-adapter fold")
+        log(
+            "no --split: a seeded 70/10/20 split of this data (saved as split.json in the run folder), "
+            "not the paper's 3DSAM-adapter fold"
+        )
     sets = split_cases(cases, subsets)
     if not sets.get("train") or not sets.get("val"):
         raise InputError("the split has no training or no validation cases")
@@ -472,16 +554,19 @@ def prepare(data: str | os.PathLike, task: str, out: str | os.PathLike, *, prese
     else:
         stats = dataset_intensity(data)
         if stats is None:
-            raise InputError(f"{data}: a custom task needs intensity statistics in dataset.json "
-                             "(window/mean/std, as `tagseg synth` writes) or use --task kits|lits|pancreas")
+            raise InputError(
+                f"{data}: a custom task needs intensity statistics in dataset.json "
+                "(window/mean/std, as `tagseg synth` writes) or use --task kits|lits|pancreas"
+            )
         intensity = task_intensity(stats)
         anatomy = dataset_anatomy(data)
         organ_labels = list(ORGAN_LABELS.get(anatomy, (anatomy,)))
         word = te.object_word(anatomy, mode="anatomy")
     intensity_meta = {"window": list(intensity.window), "mean": intensity.mean, "std": intensity.std}
     crop = net_preset.crop_size
-    preprocessed = PreprocessedCache(Path(cache).expanduser() if cache else out.parent / "cache",
-                                     spacing_mm=net_preset.spacing_mm)
+    preprocessed = PreprocessedCache(
+        Path(cache).expanduser() if cache else out.parent / "cache", spacing_mm=net_preset.spacing_mm
+    )
     dist = init_distributed(device if device != "auto" else "cpu")
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
@@ -492,18 +577,41 @@ def prepare(data: str | os.PathLike, task: str, out: str | os.PathLike, *, prese
 
         tdist.barrier()
     task_spec = spec if spec is not None else intensity_meta
-    train_set = TrainingDataset(sets["train"], preprocessed, T.train_transforms(task_spec, crop=crop), task_spec,
-                                seed, tumour_label=tumour_label)
-    val_set = TrainingDataset(sets["val"], preprocessed, T.val_transforms(task_spec, crop=crop), task_spec, seed,
-                              tumour_label=tumour_label)
-    config = TrainConfig(out=str(out), preset=preset, epochs=epochs, lr=lr, seed=seed, autocast=autocast,
-                         point_labels=point_labels, max_steps_per_epoch=max_steps_per_epoch, device=device,
-                         sam_weights=sam_weights, text_encoder=text_encoder, object_word=word,
-                         object_word_mode=object_word_mode if spec else "anatomy",
-                         task=spec.key if spec else "custom", anatomy=anatomy, organ_labels=organ_labels,
-                         intensity=intensity_meta,
-                         provenance={"data": str(Path(data).resolve()), "train_cases": len(sets["train"]),
-                                     "val_cases": len(sets["val"])})
+    train_set = TrainingDataset(
+        sets["train"],
+        preprocessed,
+        T.train_transforms(task_spec, crop=crop),
+        task_spec,
+        seed,
+        tumour_label=tumour_label,
+    )
+    val_set = TrainingDataset(
+        sets["val"], preprocessed, T.val_transforms(task_spec, crop=crop), task_spec, seed, tumour_label=tumour_label
+    )
+    config = TrainConfig(
+        out=str(out),
+        preset=preset,
+        epochs=epochs,
+        lr=lr,
+        seed=seed,
+        autocast=autocast,
+        point_labels=point_labels,
+        max_steps_per_epoch=max_steps_per_epoch,
+        device=device,
+        sam_weights=sam_weights,
+        text_encoder=text_encoder,
+        object_word=word,
+        object_word_mode=object_word_mode if spec else "anatomy",
+        task=spec.key if spec else "custom",
+        anatomy=anatomy,
+        organ_labels=organ_labels,
+        intensity=intensity_meta,
+        provenance={
+            "data": str(Path(data).resolve()),
+            "train_cases": len(sets["train"]),
+            "val_cases": len(sets["val"]),
+        },
+    )
     if dist.main:
         write_run_config(out, config)
     return PreparedRun(config, train_set, val_set, dist)

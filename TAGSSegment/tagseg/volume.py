@@ -4,6 +4,7 @@ The array is stored in KJI order (slice, row, column), the order of Slicer's `ar
 and SimpleITK's `GetArrayFromImage`; the matrix maps (i, j, k, 1) column vectors to (R, A, S, 1),
 as Slicer's `GetIJKToRASMatrix`. Arrays are read-only so no step can modify a caller's volume.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -28,8 +29,10 @@ class Volume:
         origin = ", ".join(f"{c:.4g}" for c in self.ijk_to_ras[:3, 3])
         extra = f", {self.array.shape[3]} components" if self.array.ndim > 3 else ""
         name = f"{self.name!r}, " if self.name else ""
-        return (f"Volume({name}{'x'.join(str(n) for n in self.shape_kji[::-1])} voxels (IJK){extra}, "
-                f"{self.array.dtype}, spacing {spacing} mm, origin RAS ({origin}))")
+        return (
+            f"Volume({name}{'x'.join(str(n) for n in self.shape_kji[::-1])} voxels (IJK){extra}, "
+            f"{self.array.dtype}, spacing {spacing} mm, origin RAS ({origin}))"
+        )
 
     def __post_init__(self) -> None:
         array = _frozen(self.array)
@@ -120,12 +123,17 @@ def check_volume(volume: Volume) -> None:
     if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool) or np.iscomplexobj(array):
         raise InputError(f"{label}: unsupported voxel type {array.dtype}; a real-valued scalar volume is needed")
     spacing = volume.spacing_ijk
-    if not np.all(np.isfinite(volume.ijk_to_ras)) or np.any(spacing <= 1e-6) or abs(np.linalg.det(volume.ijk_to_ras[:3, :3])) < 1e-12:
+    if (
+        not np.all(np.isfinite(volume.ijk_to_ras))
+        or np.any(spacing <= 1e-6)
+        or abs(np.linalg.det(volume.ijk_to_ras[:3, :3])) < 1e-12
+    ):
         shown = ", ".join(f"{float(v):.3g}" for v in spacing)
         raise InputError(f"{label}: invalid geometry (spacing {shown} mm); check the header")
     directions = volume.ijk_to_ras[:3, :3] / spacing[None, :]
     if np.max(np.abs(directions.T @ directions - np.eye(3))) > 1e-3:
-        raise InputError(f"{label}: the voxel axes are not perpendicular (a sheared grid); resample it to an "
-                         "orthogonal grid first")
+        raise InputError(
+            f"{label}: the voxel axes are not perpendicular (a sheared grid); resample it to an orthogonal grid first"
+        )
     if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).any():
         raise InputError(f"{label}: every voxel is NaN or infinite")

@@ -5,6 +5,7 @@ offline (HF_HUB_OFFLINE / TAGSEG_OFFLINE). A download is written to `<file>.part
 renamed into place once size and SHA-256 match, so a weights folder never holds a partial or unverified file under
 its real name.
 """
+
 from __future__ import annotations
 
 import errno
@@ -33,7 +34,7 @@ class WeightEntry:
     name: str
     file: str
     url: str
-    size: int | None          # bytes; None where the publisher gives no size
+    size: int | None  # bytes; None where the publisher gives no size
     sha256: str
     licence: str
     source: str
@@ -57,7 +58,7 @@ CATALOGUE: dict[str, WeightEntry] = {
         name="clip-vit-l-14",
         file="ViT-L-14.pt",
         url="https://openaipublic.azureedge.net/clip/models/"
-            "b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836/ViT-L-14.pt",
+        "b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836/ViT-L-14.pt",
         size=None,
         sha256="b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836",
         licence="MIT",
@@ -106,9 +107,16 @@ def describe(name: str) -> dict:
     item = entry(name)
     path = find_weight(name)
     return {
-        "name": item.name, "file": item.file, "url": item.url, "size": item.size, "sha256": item.sha256,
-        "licence": item.licence, "source": item.source, "purpose": item.purpose,
-        "path": str(path) if path else None, "present": path is not None,
+        "name": item.name,
+        "file": item.file,
+        "url": item.url,
+        "size": item.size,
+        "sha256": item.sha256,
+        "licence": item.licence,
+        "source": item.source,
+        "purpose": item.purpose,
+        "path": str(path) if path else None,
+        "present": path is not None,
         "file_size": path.stat().st_size if path else None,
         "destination": str(target_path(name)),
     }
@@ -117,9 +125,11 @@ def describe(name: str) -> dict:
 def offline_instructions(name: str) -> str:
     """One paragraph telling a user on an offline machine exactly what to fetch and where to put it."""
     item = entry(name)
-    return (f"Download {item.url} ({_size_text(item.size)}, SHA-256 {item.sha256}; {item.licence} licence, "
-            f"{item.source}) on a machine with internet access and place it at {target_path(name)} "
-            f"(set TAGSEG_WEIGHTS_DIR to use another folder), then run `tagseg weights verify {name}`.")
+    return (
+        f"Download {item.url} ({_size_text(item.size)}, SHA-256 {item.sha256}; {item.licence} licence, "
+        f"{item.source}) on a machine with internet access and place it at {target_path(name)} "
+        f"(set TAGSEG_WEIGHTS_DIR to use another folder), then run `tagseg weights verify {name}`."
+    )
 
 
 def verify(name: str) -> bool:
@@ -143,8 +153,9 @@ def download(name: str, *, timeout_s: float = 20, progress: Callable[[int, int |
     item = entry(name)
     target = target_path(name)
     if offline_mode():
-        raise ModelError(f"offline (HF_HUB_OFFLINE/TAGSEG_OFFLINE is set): not downloading {name}. "
-                         + offline_instructions(name))
+        raise ModelError(
+            f"offline (HF_HUB_OFFLINE/TAGSEG_OFFLINE is set): not downloading {name}. " + offline_instructions(name)
+        )
     if not item.url.startswith(("https://", "http://")):
         raise ModelError(f"weights {name}: only http(s) URLs can be downloaded, not {item.url}")
     if target.is_file() and verify(name):
@@ -157,8 +168,11 @@ def download(name: str, *, timeout_s: float = 20, progress: Callable[[int, int |
             request = urllib.request.Request(item.url, headers={"User-Agent": "tagseg"})
             with urllib.request.urlopen(request, timeout=timeout_s) as response, part.path.open("wb") as out:
                 announced = response.headers.get("Content-Length")
-                total = item.size if item.size is not None else (int(announced) if announced and announced.isdigit()
-                                                                 else None)
+                total = (
+                    item.size
+                    if item.size is not None
+                    else (int(announced) if announced and announced.isdigit() else None)
+                )
                 if item.size is not None and announced and announced.isdigit() and int(announced) != item.size:
                     raise ModelError(f"{item.url} announces {int(announced):,} bytes, expected {item.size:,}")
                 while True:
@@ -176,10 +190,12 @@ def download(name: str, *, timeout_s: float = 20, progress: Callable[[int, int |
                 raise ModelError(f"downloaded {done:,} bytes of {item.file}, expected {item.size:,}")
             got = digest.hexdigest()
             if got != item.sha256:
-                raise ModelError(f"SHA-256 mismatch for {item.file}: got {got}, expected {item.sha256} "
-                                 f"({item.source}); nothing was saved")
+                raise ModelError(
+                    f"SHA-256 mismatch for {item.file}: got {got}, expected {item.sha256} "
+                    f"({item.source}); nothing was saved"
+                )
 
-            def read_back(tmp: Path) -> None:       # what reached the disk, not what passed through memory
+            def read_back(tmp: Path) -> None:  # what reached the disk, not what passed through memory
                 if tmp.stat().st_size != done or sha256_file(tmp) != got:
                     raise OSError(errno.EIO, "the file read back differs from what was downloaded")
 
@@ -191,8 +207,10 @@ def download(name: str, *, timeout_s: float = 20, progress: Callable[[int, int |
         text = one_line(reason) if str(reason).strip() else type(exc).__name__
         if isinstance(exc, urllib.error.HTTPError):
             text = f"HTTP {exc.code} {text}"
-        raise ModelError(f"download of {name} from {item.url} failed after {done:,} bytes "
-                         f"({type(exc).__name__}: {text}); nothing was saved") from None
+        raise ModelError(
+            f"download of {name} from {item.url} failed after {done:,} bytes "
+            f"({type(exc).__name__}: {text}); nothing was saved"
+        ) from None
     return target
 
 
@@ -202,8 +220,10 @@ def _list_lines() -> list[str]:
         info = describe(name)
         size = info["size"] if info["size"] is not None else info["file_size"]
         state = f"present at {info['path']}" if info["present"] else f"missing (goes to {info['destination']})"
-        lines.append(f"{name:15s} {info['file']:22s} {_size_text(size) if size is not None else 'unknown':>20s}  "
-                     f"{info['licence']:10s} {info['purpose']}; {state}")
+        lines.append(
+            f"{name:15s} {info['file']:22s} {_size_text(size) if size is not None else 'unknown':>20s}  "
+            f"{info['licence']:10s} {info['purpose']}; {state}"
+        )
     return lines
 
 
@@ -239,8 +259,9 @@ def weights_command(action: str, name: str | None, as_json: bool, print_fn: Call
     elif ok:
         print_fn(f"{name}: {target_path(name)} OK (SHA-256 {entry(name).sha256})")
     elif present:
-        print_fn(f"{name}: {target_path(name)} does NOT match the catalogue (size or SHA-256); "
-                 + offline_instructions(name))
+        print_fn(
+            f"{name}: {target_path(name)} does NOT match the catalogue (size or SHA-256); " + offline_instructions(name)
+        )
     else:
         print_fn(f"{name}: not present. " + offline_instructions(name))
     return 0 if ok else 1

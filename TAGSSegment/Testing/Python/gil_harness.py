@@ -7,6 +7,7 @@ made through `ctypes.PyDLL`, which (unlike `ctypes.CDLL`) keeps the GIL held, li
 Qt's event processing; then the Python timer callbacks run. `hold_gil=False` gives the same loop with an
 ordinary `time.sleep` (GIL released), the reference an unconstrained Python sees.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -19,7 +20,7 @@ IDLE_US = 45000
 
 def _usleep():
     library = ctypes.util.find_library("c")
-    libc = ctypes.PyDLL(library)            # PyDLL: the GIL is NOT released during the call
+    libc = ctypes.PyDLL(library)  # PyDLL: the GIL is NOT released during the call
     usleep = libc.usleep
     usleep.argtypes = [ctypes.c_uint]
     usleep.restype = ctypes.c_int
@@ -47,8 +48,7 @@ class GilHoldingLoop:
         else:
             time.sleep(self.idle_us / 1e6)
 
-    def run_until(self, done: Callable[[], bool], callbacks: Iterable[Callable[[], object]],
-                  timeout: float) -> float:
+    def run_until(self, done: Callable[[], bool], callbacks: Iterable[Callable[[], object]], timeout: float) -> float:
         """Seconds until `done()`; TimeoutError after `timeout` seconds."""
         callbacks = list(callbacks)
         start = time.perf_counter()

@@ -4,6 +4,7 @@ reads them (slicer-core's segmentation storage node) and by a second, independen
 slicer, vtk and TAGSSegmentLib are imported inside the functions, so GUI-free tests can import this module where
 slicer-core is not installed. Not a test module (no `test_` prefix): pytest collects nothing here.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -101,11 +102,12 @@ def check_seg_nrrd_with_pynrrd(path, name: str | None, ijk_to_ras: np.ndarray, m
     k, j, i = offset[::-1].astype(int)
     value = int(header["Segment0_LabelValue"])
     assert data.ndim == 3 and np.count_nonzero(data == value) == np.count_nonzero(mask)
-    assert np.array_equal(data == value, mask[k:k + data.shape[0], j:j + data.shape[1], i:i + data.shape[2]] > 0)
+    assert np.array_equal(data == value, mask[k : k + data.shape[0], j : j + data.shape[1], i : i + data.shape[2]] > 0)
 
 
-def assert_seg_nrrd_round_trip(path: Path, volume, name: str, mask: np.ndarray, *, volume_name: str | None = None,
-                               color=None) -> None:
+def assert_seg_nrrd_round_trip(
+    path: Path, volume, name: str, mask: np.ndarray, *, volume_name: str | None = None, color=None
+) -> None:
     """The .seg.nrrd at `path`, read back by slicer-core in a fresh scene beside `volume`, holds exactly one
     segment called `name` (in `color` when given), on the volume's grid, with exactly `mask`'s voxels (read with
     the extension's own `segment_mask`); pynrrd agrees on geometry, name and voxels."""

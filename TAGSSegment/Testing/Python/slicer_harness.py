@@ -5,6 +5,7 @@ SubjectHierarchy module logics the way Slicer does at start-up, and installs the
 `slicer.modules` shim that `slicer.util`'s array functions need outside the application. No pytest here,
 so Slicer-side scripts can use it too.
 """
+
 from __future__ import annotations
 
 import types
@@ -39,6 +40,12 @@ def make_scene() -> types.SimpleNamespace:
         volumes=types.SimpleNamespace(logic=lambda: volumes_logic),
         markups=types.SimpleNamespace(logic=lambda: markups_logic),
     )
-    return types.SimpleNamespace(scene=scene, app_logic=app_logic, color_logic=color_logic,
-                                 volumes_logic=volumes_logic, segmentations_logic=segmentations_logic,
-                                 markups_logic=markups_logic, subject_hierarchy_logic=subject_hierarchy_logic)
+    return types.SimpleNamespace(
+        scene=scene,
+        app_logic=app_logic,
+        color_logic=color_logic,
+        volumes_logic=volumes_logic,
+        segmentations_logic=segmentations_logic,
+        markups_logic=markups_logic,
+        subject_hierarchy_logic=subject_hierarchy_logic,
+    )

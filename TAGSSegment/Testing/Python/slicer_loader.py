@@ -35,6 +35,7 @@ SCENARIO: `register` (load TAGSSegment.py, fire startupCompleted, clone the effe
 the effect before anything imported the package), `events` (drive the registered effect's
 processInteractionEvents). VARIANT: `5.8` or `5.10`.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -79,9 +80,9 @@ def _imp_load_source(name: str, path: str) -> types.ModuleType:
         try:
             spec.loader.exec_module(module)
         finally:
-            module = sys.modules.pop(name)   # moved to the end of sys.modules, as _exec does
+            module = sys.modules.pop(name)  # moved to the end of sys.modules, as _exec does
             sys.modules[name] = module
-    else:                   # importlib._bootstrap._load
+    else:  # importlib._bootstrap._load
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         try:
@@ -119,7 +120,7 @@ def effect_class(variant: str, path: str):
         class_name += "Effect"
     if variant == "5.8":
         module = sys.modules.get(module_name)
-        if not isinstance(module, types.ModuleType):        # PyImport_AddModule
+        if not isinstance(module, types.ModuleType):  # PyImport_AddModule
             module = sys.modules[module_name] = types.ModuleType(module_name)
         if not _has_attr(module, class_name):
             load_source_as_module(variant, module_name, path)
@@ -193,7 +194,7 @@ def install_stubs(variant: str) -> types.SimpleNamespace:
 
     effects_base = types.ModuleType("SegmentEditorEffects")
     effects_base.AbstractScriptedSegmentEditorEffect = AbstractScriptedSegmentEditorEffect
-    effects_base.__path__ = []   # a package in Slicer; `SegmentEditorEffects.AbstractScriptedSegmentEditorEffect`
+    effects_base.__path__ = []  # a package in Slicer; `SegmentEditorEffects.AbstractScriptedSegmentEditorEffect`
     abstract = types.ModuleType("SegmentEditorEffects.AbstractScriptedSegmentEditorEffect")
     abstract.AbstractScriptedSegmentEditorEffect = AbstractScriptedSegmentEditorEffect
 
@@ -238,8 +239,16 @@ def install_stubs(variant: str) -> types.SimpleNamespace:
         setattr(scripted, name, type(name, (), {"__init__": lambda self, *args, **kwargs: None}))
 
     app = FakeApp()
-    sys.modules.update({"qt": _qt_module(), "ctk": types.ModuleType("ctk"), "SegmentEditorEffects": effects_base,
-                        abstract.__name__: abstract, wrappers.__name__: wrappers, scripted.__name__: scripted})
+    sys.modules.update(
+        {
+            "qt": _qt_module(),
+            "ctk": types.ModuleType("ctk"),
+            "SegmentEditorEffects": effects_base,
+            abstract.__name__: abstract,
+            wrappers.__name__: wrappers,
+            scripted.__name__: scripted,
+        }
+    )
     slicer.app = app
     slicer.ScriptedLoadableModule = scripted
     return types.SimpleNamespace(app=app, registered=registered, wrappers=wrappers)
@@ -271,9 +280,14 @@ def _module_logic_report(stubs, module_name: str, effect) -> dict:
     logic.replace_tags_logic(FakeTagsLogic())
     started = effect._startPrediction({"kwargs": {"volume_node": None, "text": "liver tumor"}})
     released = [slot for slot in stubs.app.connections.get("aboutToQuit()", [])]
-    return {"module_name": logic.moduleName, "device": logic.device(), "engine": logic.engine_settings()["mode"],
-            "effect_started": list(started[1]), "asked": asked[:1],
-            "quit_releases": any(getattr(slot, "__self__", None) is logic for slot in released)}
+    return {
+        "module_name": logic.moduleName,
+        "device": logic.device(),
+        "engine": logic.engine_settings()["mode"],
+        "effect_started": list(started[1]),
+        "asked": asked[:1],
+        "quit_releases": any(getattr(slot, "__self__", None) is logic for slot in released),
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -297,21 +311,29 @@ def import_every_submodule(package: str, package_dir: str) -> list[str]:
 
 def _package_report(package: str) -> dict:
     module = sys.modules.get(package)
-    return {"package_has_path": hasattr(module, "__path__"),
-            "package_effect_is_class": isinstance(getattr(module, "SegmentEditorEffect", None), type)}
+    return {
+        "package_has_path": hasattr(module, "__path__"),
+        "package_effect_is_class": isinstance(getattr(module, "SegmentEditorEffect", None), type),
+    }
 
 
 def scenario_register(variant: str, module_dir: str, package: str) -> dict:
     stubs = install_stubs(variant)
     _add_module_path(module_dir)
     load_scripted_module(variant, os.path.join(module_dir, f"{os.path.basename(module_dir)}.py"))
-    stubs.app.emit("startupCompleted()")         # TAGSSegment registers its effect here
+    stubs.app.emit("startupCompleted()")  # TAGSSegment registers its effect here
     assert len(stubs.registered) == 1, f"{len(stubs.registered)} effects registered"
-    lib_before = {name: module for name, module in sys.modules.items()
-                  if name.startswith(f"{package}.") and not name.endswith(".SegmentEditorEffect")}
-    clone = stubs.registered[0].clone()           # what every Segment Editor widget does
-    report = {"registered": type(stubs.registered[0]).__name__, "cloned": type(clone.self()).__name__,
-              "effect_name": clone.name}
+    lib_before = {
+        name: module
+        for name, module in sys.modules.items()
+        if name.startswith(f"{package}.") and not name.endswith(".SegmentEditorEffect")
+    }
+    clone = stubs.registered[0].clone()  # what every Segment Editor widget does
+    report = {
+        "registered": type(stubs.registered[0]).__name__,
+        "cloned": type(clone.self()).__name__,
+        "effect_name": clone.name,
+    }
     if package == "TAGSSegmentLib":
         report["module_logic"] = _module_logic_report(stubs, os.path.basename(module_dir), clone.self())
     report["submodules"] = import_every_submodule(package, os.path.join(module_dir, package))
@@ -333,7 +355,7 @@ def scenario_fallback(variant: str, module_dir: str, package: str) -> dict:
     report = {"registered": type(effect.self()).__name__}
     report["submodules"] = import_every_submodule(package, os.path.join(module_dir, package))
     report.update(_package_report(package))
-    report.pop("package_effect_is_class")         # the fallback module holds its own copy of the class
+    report.pop("package_effect_is_class")  # the fallback module holds its own copy of the class
     return report
 
 
@@ -368,17 +390,21 @@ def scenario_events(variant: str, module_dir: str, package: str) -> dict:
 
     stubs = install_stubs(variant)
     _add_module_path(module_dir)
-    status_log = importlib.import_module(f"{package}.status_log")    # TAGSSegment.py imports it before registering
+    status_log = importlib.import_module(f"{package}.status_log")  # TAGSSegment.py imports it before registering
     effect = stubs.wrappers.qSlicerSegmentEditorScriptedEffect(None)
     effect.setPythonSource(os.path.join(module_dir, package, "SegmentEditorEffect.py"))
     tags = effect.self()
-    effect.parameterSetNode = lambda: None        # a Segment Editor with no segmentation selected
+    effect.parameterSetNode = lambda: None  # a Segment Editor with no segmentation selected
     tags.excludeButton = types.SimpleNamespace(checked=False)  # the one options widget clicks read
     view, xy = _SliceView(), (120, 80)
     answers = []
     before = len(status_log.log_history())
-    for event in ("LeftButtonPressEvent", "LeftButtonReleaseEvent", "LeftButtonDoubleClickEvent",
-                  "LeftButtonReleaseEvent"):
+    for event in (
+        "LeftButtonPressEvent",
+        "LeftButtonReleaseEvent",
+        "LeftButtonDoubleClickEvent",
+        "LeftButtonReleaseEvent",
+    ):
         answers.append(bool(tags.processInteractionEvents(_Interactor(xy), getattr(vtk.vtkCommand, event), view)))
     clicks = [line for line in status_log.log_history()[before:] if "Select a segmentation" in line]
     return {"answers": answers, "clicks": len(clicks)}
@@ -399,8 +425,12 @@ def scenario_cold(variant: str, module_dir: str, package: str) -> dict:
     return report
 
 
-SCENARIOS = {"register": scenario_register, "fallback": scenario_fallback, "cold": scenario_cold,
-             "events": scenario_events}
+SCENARIOS = {
+    "register": scenario_register,
+    "fallback": scenario_fallback,
+    "cold": scenario_cold,
+    "events": scenario_events,
+}
 
 
 def main(argv: list[str]) -> int:

@@ -2,6 +2,7 @@
 (TotalSegmentator v2's numbering, a JSON sidecar, a `.seg.nrrd`'s segment names), and a map with several labels
 and no names is refused instead of becoming "any organ". Label maps are generated here.
 """
+
 import json
 from types import SimpleNamespace
 
@@ -20,8 +21,12 @@ from tagseg.volume import Volume, make_ijk_to_ras
 SHAPE = (10, 40, 40)
 MATRIX = make_ijk_to_ras((2.0, 2.0, 3.0), (-40.0, -40.0, -15.0))
 # TotalSegmentator v2 numbering: 2 kidney_right, 3 kidney_left, 5 liver, 7 pancreas
-BLOCKS = {2: (slice(2, 8), slice(5, 15), slice(5, 12)), 3: (slice(2, 8), slice(5, 15), slice(28, 35)),
-          5: (slice(1, 9), slice(20, 35), slice(5, 20)), 7: (slice(3, 7), slice(22, 30), slice(24, 36))}
+BLOCKS = {
+    2: (slice(2, 8), slice(5, 15), slice(5, 12)),
+    3: (slice(2, 8), slice(5, 15), slice(28, 35)),
+    5: (slice(1, 9), slice(20, 35), slice(5, 20)),
+    7: (slice(3, 7), slice(22, 30), slice(24, 36)),
+}
 
 
 def label_map() -> Volume:
@@ -48,8 +53,9 @@ def test_totalsegmentator_numbering_picks_both_kidneys(tmp_path):
 def test_json_sidecar_beside_the_map_is_used_without_asking(tmp_path):
     path = tmp_path / "mine.nii.gz"
     save_volume(label_map(), path)
-    (tmp_path / "mine.json").write_text(json.dumps({"2": "Right kidney", "3": "left kidney", "5": "Liver",
-                                                    "7": "spleen"}), encoding="utf-8")
+    (tmp_path / "mine.json").write_text(
+        json.dumps({"2": "Right kidney", "3": "left kidney", "5": "Liver", "7": "spleen"}), encoding="utf-8"
+    )
     assert np.array_equal(load_anatomy(path, "liver").array, expected(5))
     assert np.array_equal(load_anatomy(path, "kidney").array, expected(2, 3)), "names match whatever the word order"
     assert np.array_equal(load_anatomy(path, "spleen").array, expected(7))
@@ -79,8 +85,9 @@ def test_seg_nrrd_segment_names_are_the_classes_including_overlapping_layers(tmp
     liver = (labels == 5).astype(np.uint8)
     kidneys = np.where(labels == 2, 1, 0) + np.where(labels == 3, 2, 0)
     path = tmp_path / "organs.seg.nrrd"
-    write_seg_nrrd(path, [kidneys.astype(np.uint8), liver],
-                   [("Kidney right", 0, 1), ("Kidney left", 0, 2), ("Liver", 1, 1)])
+    write_seg_nrrd(
+        path, [kidneys.astype(np.uint8), liver], [("Kidney right", 0, 1), ("Kidney left", 0, 2), ("Liver", 1, 1)]
+    )
     assert np.array_equal(load_anatomy(path, "kidney").array, expected(2, 3))
     assert np.array_equal(load_anatomy(path, "liver").array, liver)
     with pytest.raises(InputError, match="no segment named pancreas"):
@@ -140,8 +147,16 @@ def test_cli_picks_the_organ_from_a_label_map_and_refuses_one_without_names(caps
     organs = tmp_path / "total.nii.gz"
     save_volume(label_map(), organs)
     click = Volume(np.zeros(SHAPE, np.int16), MATRIX).kji_to_ras([(5, 10, 30)])[0]
-    common = [image, "--point=" + ",".join(f"{v:.2f}" for v in click), "--model", RecordingBackend.name,
-              "--device", "cpu", "--anatomy", organs]
+    common = [
+        image,
+        "--point=" + ",".join(f"{v:.2f}" for v in click),
+        "--model",
+        RecordingBackend.name,
+        "--device",
+        "cpu",
+        "--anatomy",
+        organs,
+    ]
 
     refused = run(capsys, "segment", *common, "-o", tmp_path / "a.nii.gz", "--text", "kidney tumor")
     assert refused.code == 2
@@ -149,11 +164,29 @@ def test_cli_picks_the_organ_from_a_label_map_and_refuses_one_without_names(caps
     assert refused.err.startswith("tagseg: error:") and "--anatomy-classes totalsegmentator" in refused.err
     assert not (tmp_path / "a.nii.gz").exists() and backend.anatomy is None
 
-    done = run(capsys, "segment", *common, "-o", tmp_path / "b.nii.gz", "--text", "Nierentumor links",
-               "--anatomy-classes", "totalsegmentator")
+    done = run(
+        capsys,
+        "segment",
+        *common,
+        "-o",
+        tmp_path / "b.nii.gz",
+        "--text",
+        "Nierentumor links",
+        "--anatomy-classes",
+        "totalsegmentator",
+    )
     assert done.code == 0, done.err
     assert np.array_equal(backend.anatomy > 0, expected(2, 3) > 0)
 
-    no_organ = run(capsys, "segment", *common, "-o", tmp_path / "c.nii.gz", "--text", "lesion",
-                   "--anatomy-classes", "totalsegmentator")
+    no_organ = run(
+        capsys,
+        "segment",
+        *common,
+        "-o",
+        tmp_path / "c.nii.gz",
+        "--text",
+        "lesion",
+        "--anatomy-classes",
+        "totalsegmentator",
+    )
     assert no_organ.code == 2 and "--text naming the organ" in no_organ.err

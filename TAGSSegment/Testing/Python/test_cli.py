@@ -3,6 +3,7 @@
 Bad inputs must fail before any model work, so those tests take milliseconds. The end-to-end runs
 use the real LiteMedSAM backend, built once for this module and shared through the registry.
 """
+
 import hashlib
 import json
 import os
@@ -27,7 +28,7 @@ from tagseg.session import Session
 
 from helpers import read_seg_nrrd, segment_names
 
-MODULE_DIR = Path(__file__).resolve().parents[2]          # TAGSSegment/
+MODULE_DIR = Path(__file__).resolve().parents[2]  # TAGSSegment/
 MODEL = "litemedsam-3d"
 PHANTOM = dict(seed=0, shape_kji=(16, 64, 64), spacing_ijk=(2.0, 2.0, 4.0))
 MIN_DICE = 0.6
@@ -74,8 +75,9 @@ def case(tmp_path_factory):
     clicks = phantom.label.kji_to_ras(voxels[rng.choice(len(voxels), size=3, replace=False)])
     point_args = [f"--point={coords(c)}" for c in clicks]
     centre = phantom.image.kji_to_ras([np.array(phantom.image.shape_kji) / 2])[0]
-    return SimpleNamespace(phantom=phantom, image=paths["image"], label=paths["label"], clicks=clicks,
-                           point_args=point_args, centre=centre)
+    return SimpleNamespace(
+        phantom=phantom, image=paths["image"], label=paths["label"], clicks=clicks, point_args=point_args, centre=centre
+    )
 
 
 @pytest.fixture()
@@ -102,14 +104,17 @@ def bad_images(tmp_path_factory, case):
     return SimpleNamespace(garbage=garbage, flat=flat, four_d=four_d, rgb=rgb, all_nan=all_nan, folder=folder)
 
 
-@pytest.mark.parametrize("name, fragment", [
-    ("missing", "file not found"),
-    ("garbage", "garbage.nii.gz"),
-    ("flat", "2D image"),
-    ("four_d", "4D image"),
-    ("rgb", "components per voxel"),
-    ("all_nan", "NaN or infinite"),
-])
+@pytest.mark.parametrize(
+    "name, fragment",
+    [
+        ("missing", "file not found"),
+        ("garbage", "garbage.nii.gz"),
+        ("flat", "2D image"),
+        ("four_d", "4D image"),
+        ("rgb", "components per voxel"),
+        ("all_nan", "NaN or infinite"),
+    ],
+)
 def test_unusable_images_are_refused(capsys, bad_images, out_dir, name, fragment):
     image = bad_images.folder / "missing.nii.gz" if name == "missing" else getattr(bad_images, name)
     result = run(capsys, "segment", image, "-o", out_dir / "mask.nii.gz", "--point", "0,0,0", "--device", "cpu")
@@ -128,17 +133,20 @@ def test_nan_and_inf_voxels_are_accepted_with_a_warning(capsys, tmp_path, case, 
     assert_one_line_error(result, "outside the volume")
 
 
-@pytest.mark.parametrize("prompt, fragment", [
-    ([], "no prompt given"),
-    (["--neg-point", "0,0,0"], "only exclude points"),
-    (["--point", "1,2"], "expected 3 numbers"),
-    (["--point", "a,b,c"], "expected 3 comma-separated numbers"),
-    (["--point", "1,2,nan"], "finite"),
-    (["--point", "1,2,inf"], "finite"),
-    (["--box", "1,2,3,4,5"], "expected 6 numbers"),
-    (["--box", "1,2,3,1,2,3"], "zero size"),
-    (["--point=0,0,0", "--box", "-5,-5,-5,5,5,5", "--neg-point", "1;2;3"], "--neg-point"),
-])
+@pytest.mark.parametrize(
+    "prompt, fragment",
+    [
+        ([], "no prompt given"),
+        (["--neg-point", "0,0,0"], "only exclude points"),
+        (["--point", "1,2"], "expected 3 numbers"),
+        (["--point", "a,b,c"], "expected 3 comma-separated numbers"),
+        (["--point", "1,2,nan"], "finite"),
+        (["--point", "1,2,inf"], "finite"),
+        (["--box", "1,2,3,4,5"], "expected 6 numbers"),
+        (["--box", "1,2,3,1,2,3"], "zero size"),
+        (["--point=0,0,0", "--box", "-5,-5,-5,5,5,5", "--neg-point", "1;2;3"], "--neg-point"),
+    ],
+)
 def test_malformed_or_missing_prompts(capsys, case, out_dir, prompt, fragment):
     result = run(capsys, "segment", case.image, "-o", out_dir / "mask.nii.gz", *prompt, "--device", "cpu")
     assert_one_line_error(result, fragment)
@@ -171,11 +179,31 @@ def test_unknown_model_and_corrupt_checkpoint(capsys, case, tmp_path, out_dir):
 def test_empty_anatomy_mask_is_refused(capsys, case, tmp_path, out_dir):
     empty = tmp_path / "organ.nii.gz"
     save_volume(case.phantom.label.with_array(np.zeros(case.phantom.label.shape_kji, np.uint8)), empty)
-    result = run(capsys, "segment", case.image, "-o", out_dir / "m.nii.gz", *case.point_args, "--anatomy", empty,
-                 "--device", "cpu")
+    result = run(
+        capsys,
+        "segment",
+        case.image,
+        "-o",
+        out_dir / "m.nii.gz",
+        *case.point_args,
+        "--anatomy",
+        empty,
+        "--device",
+        "cpu",
+    )
     assert_one_line_error(result, "anatomy mask is empty")
-    result = run(capsys, "segment", case.image, "-o", out_dir / "m.nii.gz", *case.point_args, "--anatomy",
-                 tmp_path / "nothing.nii.gz", "--device", "cpu")
+    result = run(
+        capsys,
+        "segment",
+        case.image,
+        "-o",
+        out_dir / "m.nii.gz",
+        *case.point_args,
+        "--anatomy",
+        tmp_path / "nothing.nii.gz",
+        "--device",
+        "cpu",
+    )
     assert_one_line_error(result, "nothing.nii.gz: file not found")
     assert not out_dir.exists()
 
@@ -189,9 +217,14 @@ def test_cuda_request_without_cuda_is_refused(capsys, case, out_dir):
     assert_one_line_error(result, "CUDA is not available", "--device cpu")
 
 
-@pytest.mark.parametrize("output, fragment", [("mask.txt", "unsupported output type"),
-                                              ("mask.png", "unsupported output type"),
-                                              (".nii.gz", "unsupported output type")])
+@pytest.mark.parametrize(
+    "output, fragment",
+    [
+        ("mask.txt", "unsupported output type"),
+        ("mask.png", "unsupported output type"),
+        (".nii.gz", "unsupported output type"),
+    ],
+)
 def test_unsupported_outputs(capsys, case, out_dir, output, fragment):
     result = run(capsys, "segment", case.image, "-o", out_dir / output, "--point", "0,0,0")
     assert_one_line_error(result, fragment)
@@ -204,8 +237,9 @@ def test_unwritable_outputs(capsys, case, tmp_path):
     assert_one_line_error(result, "not a folder")
     result = run(capsys, "segment", case.image, "-o", tmp_path, "--point", "0,0,0")
     assert_one_line_error(result, "unsupported output type")
-    result = run(capsys, "segment", case.image, "-o", tmp_path / "m.nii.gz", "--png", tmp_path / "ov.jpg",
-                 "--point", "0,0,0")
+    result = run(
+        capsys, "segment", case.image, "-o", tmp_path / "m.nii.gz", "--png", tmp_path / "ov.jpg", "--point", "0,0,0"
+    )
     assert_one_line_error(result, ".png")
     assert files_in(tmp_path) == {"a_file"}
 
@@ -218,7 +252,12 @@ def test_output_may_not_overwrite_the_input(capsys, case):
 
 
 def test_usage_errors_exit_2(capsys):
-    assert run(capsys, ).code == 2
+    assert (
+        run(
+            capsys,
+        ).code
+        == 2
+    )
     result = run(capsys, "segment", "image.nii.gz")
     assert result.code == 2 and "-o" in result.err
     assert run(capsys, "segment", "a.nii.gz", "-o", "b.nii.gz", "--bogus").code == 2
@@ -234,18 +273,31 @@ def fake_mask(session):
     return session.volume.with_array(data, name="tumor")
 
 
-@pytest.mark.parametrize("exc, code, fragment", [
-    (ValueError("something broke"), 1, "ValueError: something broke"),
-    (RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), 2, "--device cpu"),
-])
+@pytest.mark.parametrize(
+    "exc, code, fragment",
+    [
+        (ValueError("something broke"), 1, "ValueError: something broke"),
+        (RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), 2, "--device cpu"),
+    ],
+)
 def test_prediction_failures(capsys, monkeypatch, case, out_dir, exc, code, fragment):
     def boom(self):
         raise exc
 
     monkeypatch.delenv("TAGSEG_DEBUG", raising=False)
     monkeypatch.setattr(Session, "predict", boom)
-    result = run(capsys, "segment", case.image, "-o", out_dir / "m.nii.gz", "--png", out_dir / "o.png",
-                 *case.point_args, "--device", "cpu")
+    result = run(
+        capsys,
+        "segment",
+        case.image,
+        "-o",
+        out_dir / "m.nii.gz",
+        "--png",
+        out_dir / "o.png",
+        *case.point_args,
+        "--device",
+        "cpu",
+    )
     line = assert_one_line_error(result, fragment, code=code)
     if code == 1:
         assert "TAGSEG_DEBUG=1" in line
@@ -269,9 +321,19 @@ def test_write_errors_name_the_output_and_leave_nothing(capsys, monkeypatch, cas
         raise RuntimeError("Exception thrown in SimpleITK ImageFileWriter_Execute: ITK ERROR: cannot write")
 
     monkeypatch.setattr(Session, "predict", fake_mask)
-    monkeypatch.setattr(io, "write_verified", refuse)         # the one writer's write-and-check step
-    result = run(capsys, "segment", case.image, "-o", out_dir / output, "--png", out_dir / "o.png",
-                 *case.point_args, "--device", "cpu")
+    monkeypatch.setattr(io, "write_verified", refuse)  # the one writer's write-and-check step
+    result = run(
+        capsys,
+        "segment",
+        case.image,
+        "-o",
+        out_dir / output,
+        "--png",
+        out_dir / "o.png",
+        *case.point_args,
+        "--device",
+        "cpu",
+    )
     assert_one_line_error(result, str(out_dir / output), "cannot write")
     assert files_in(out_dir) == set()
 
@@ -280,8 +342,9 @@ def test_write_errors_name_the_output_and_leave_nothing(capsys, monkeypatch, cas
 def run_program(*args, timeout: float = 120) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(MODULE_DIR), HF_HUB_OFFLINE="1")
     env.pop("TAGSEG_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "tagseg", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "tagseg", *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout
+    )
 
 
 def test_program_exit_codes_and_no_traceback(tmp_path, case):
@@ -306,10 +369,24 @@ def test_program_interrupted_exits_130_at_once(tmp_path, case):
     """Ctrl-C during model work: exit 130 without waiting for the model thread to finish its pass."""
     env = dict(os.environ, PYTHONPATH=str(MODULE_DIR), HF_HUB_OFFLINE="1")
     process = subprocess.Popen(
-        [sys.executable, "-m", "tagseg", "segment", str(case.image), "-o", str(tmp_path / "m.nii.gz"),
-         *case.point_args, "--device", "cpu"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        [
+            sys.executable,
+            "-m",
+            "tagseg",
+            "segment",
+            str(case.image),
+            "-o",
+            str(tmp_path / "m.nii.gz"),
+            *case.point_args,
+            "--device",
+            "cpu",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     time.sleep(4.0)
     if process.poll() is not None:
         process.communicate()
@@ -334,8 +411,20 @@ def test_segment_writes_a_slicer_segmentation_and_an_overlay(capsys, shared_back
     out = tmp_path / "results" / "nested"
     before = sha256(case.image)
     text = case.phantom.description
-    result = run(capsys, "segment", case.image, "-o", out / "tumour.seg.nrrd", "--png", out / "overlay.png",
-                 *case.point_args, "--text", text, "--device", "cpu")
+    result = run(
+        capsys,
+        "segment",
+        case.image,
+        "-o",
+        out / "tumour.seg.nrrd",
+        "--png",
+        out / "overlay.png",
+        *case.point_args,
+        "--text",
+        text,
+        "--device",
+        "cpu",
+    )
     assert result.code == 0, result.err
     assert "Traceback" not in result.err
     stages = [line.split()[0] for line in result.out.splitlines()]
@@ -356,8 +445,9 @@ def test_segment_writes_a_slicer_segmentation_and_an_overlay(capsys, shared_back
 
 
 def test_segment_json_summary_and_label_map(capsys, shared_backend, case, tmp_path):
-    result = run(capsys, "segment", case.image, "-o", tmp_path / "mask.nii.gz", *case.point_args, "--device", "cpu",
-                 "--json")
+    result = run(
+        capsys, "segment", case.image, "-o", tmp_path / "mask.nii.gz", *case.point_args, "--device", "cpu", "--json"
+    )
     assert result.code == 0, result.err
     summary = json.loads(result.out)
     mask = load_volume(tmp_path / "mask.nii.gz")
@@ -373,8 +463,17 @@ def test_segment_json_summary_and_label_map(capsys, shared_backend, case, tmp_pa
 
 def test_segment_shows_how_the_text_was_read(capsys, shared_backend, case, tmp_path):
     """`segment --json` carries the same reading as `tagseg describe --json`; the text output one line of it."""
-    args = ("segment", case.image, "-o", tmp_path / "mask.nii.gz", *case.point_args, "--device", "cpu",
-            "--text", "tumeur pulmonaire")
+    args = (
+        "segment",
+        case.image,
+        "-o",
+        tmp_path / "mask.nii.gz",
+        *case.point_args,
+        "--device",
+        "cpu",
+        "--text",
+        "tumeur pulmonaire",
+    )
     result = run(capsys, *args, "--json")
     assert result.code == 0, result.err
     reading = json.loads(result.out)["reading"]
@@ -383,8 +482,10 @@ def test_segment_shows_how_the_text_was_read(capsys, shared_backend, case, tmp_p
     assert reading["anatomy"] == "lung" and reading["intensity"]["ct"]["preset"] == "ct-lung"
     result = run(capsys, *args[:-2], "--text", "pancreatik tumor")
     assert result.code == 0, result.err
-    assert "text     read as pancreas ('pancreatik' read as 'pancreatic', 1 edit); tumor; CT window -160..240 HU" \
+    assert (
+        "text     read as pancreas ('pancreatik' read as 'pancreatic', 1 edit); tumor; CT window -160..240 HU"
         in result.out
+    )
 
 
 def test_info_reports_the_model(capsys, shared_backend):
@@ -400,16 +501,21 @@ def test_info_reports_the_model(capsys, shared_backend):
 
 
 def test_demo_on_a_small_phantom(capsys, monkeypatch, shared_backend, tmp_path):
-    monkeypatch.setattr(synth, "make_phantom", partial(synth.make_phantom, shape_kji=PHANTOM["shape_kji"],
-                                                       spacing_ijk=PHANTOM["spacing_ijk"]))
+    monkeypatch.setattr(
+        synth,
+        "make_phantom",
+        partial(synth.make_phantom, shape_kji=PHANTOM["shape_kji"], spacing_ijk=PHANTOM["spacing_ijk"]),
+    )
     # the small test grid keeps the seed's own tumour size (the one the segment tests use)
     monkeypatch.setattr(demo, "DEMO_TUMOUR_RADIUS_MM", None)
-    result = run(capsys, "demo", "--out", tmp_path, "--seed", str(PHANTOM["seed"]), "--no-real", "--no-large",
-                 "--device", "cpu")
+    result = run(
+        capsys, "demo", "--out", tmp_path, "--seed", str(PHANTOM["seed"]), "--no-real", "--no-large", "--device", "cpu"
+    )
     assert result.code == 0, result.err
     scores = [float(s) for s in re.findall(r"Dice (\d\.\d+)", result.out)]
     assert len(scores) == 1 and scores[0] > MIN_DICE, result.out
     assert re.search(r"refinement \d+\.\d\d s \(ratio \d+\.\d\d\)", result.out)
     assert "real case skipped" in result.out
     assert {"phantom_mask.nii.gz", "phantom_overlay.png", "phantom/image.nii.gz", "phantom/label.nii.gz"} <= files_in(
-        tmp_path)
+        tmp_path
+    )

@@ -4,6 +4,7 @@ listed by --json) and a progress bar on stderr (only on a terminal, never with -
 A scripted backend (registered like any model) gives exact masks and progress reports in milliseconds;
 one run with the real default model checks a warning it really earns (a lesion cut by the image edge).
 """
+
 import json
 import sys
 from types import SimpleNamespace
@@ -63,8 +64,9 @@ def click_args() -> list[str]:
 def test_an_empty_result_is_written_with_one_warning_line_and_listed_by_json(capsys, scripted, image, tmp_path):
     scripted.mask = np.zeros(SHAPE, np.uint8)
     out = tmp_path / "mask.nii.gz"
-    result = run(capsys, "segment", image, "-o", out, *click_args(), "--model", ScriptedBackend.name,
-                 "--device", "cpu", "--json")
+    result = run(
+        capsys, "segment", image, "-o", out, *click_args(), "--model", ScriptedBackend.name, "--device", "cpu", "--json"
+    )
     assert result.code == 0, result.err
     lines = [line for line in result.err.splitlines() if "[empty]" in line]
     assert len(lines) == 1 and lines[0].startswith("tagseg: warning: the result is empty"), result.err
@@ -76,8 +78,19 @@ def test_an_empty_result_is_written_with_one_warning_line_and_listed_by_json(cap
 def test_a_plausible_result_prints_no_warning(capsys, scripted, image, tmp_path):
     grid = np.indices(SHAPE).reshape(3, -1).T
     scripted.mask = (np.linalg.norm((grid - CENTRE_KJI) * (2.0, 1.0, 1.0), axis=1) <= 6).reshape(SHAPE).astype(np.uint8)
-    result = run(capsys, "segment", image, "-o", tmp_path / "mask.nii.gz", *click_args(), "--model",
-                 ScriptedBackend.name, "--device", "cpu", "--json")
+    result = run(
+        capsys,
+        "segment",
+        image,
+        "-o",
+        tmp_path / "mask.nii.gz",
+        *click_args(),
+        "--model",
+        ScriptedBackend.name,
+        "--device",
+        "cpu",
+        "--json",
+    )
     assert result.code == 0 and "warning" not in result.err, result.err
     assert json.loads(result.out)["result_warnings"] == []
 
@@ -93,8 +106,17 @@ def test_progress_bar_on_a_terminal_and_none_with_quiet(capsys, scripted, image,
     # capsys's stream is in place once the test body runs: make it say it is a terminal
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
     scripted.mask = np.zeros(SHAPE, np.uint8)
-    args = ["segment", image, "-o", tmp_path / "mask.nii.gz", *click_args(), "--model", ScriptedBackend.name,
-            "--device", "cpu"]
+    args = [
+        "segment",
+        image,
+        "-o",
+        tmp_path / "mask.nii.gz",
+        *click_args(),
+        "--model",
+        ScriptedBackend.name,
+        "--device",
+        "cpu",
+    ]
     shown = run(capsys, *args)
     assert shown.code == 0 and "slices" in shown.err and "3/3" in shown.err, shown.err
     quiet = run(capsys, *args, "--quiet")
@@ -104,8 +126,18 @@ def test_progress_bar_on_a_terminal_and_none_with_quiet(capsys, scripted, image,
 def test_no_progress_bar_when_stderr_is_not_a_terminal(capsys, scripted, image, tmp_path, monkeypatch):
     draw_at_once(monkeypatch)
     scripted.mask = np.zeros(SHAPE, np.uint8)
-    result = run(capsys, "segment", image, "-o", tmp_path / "mask.nii.gz", *click_args(), "--model",
-                 ScriptedBackend.name, "--device", "cpu")
+    result = run(
+        capsys,
+        "segment",
+        image,
+        "-o",
+        tmp_path / "mask.nii.gz",
+        *click_args(),
+        "--model",
+        ScriptedBackend.name,
+        "--device",
+        "cpu",
+    )
     assert result.code == 0 and "slices" not in result.err, result.err
 
 
@@ -116,16 +148,30 @@ def test_the_real_model_warns_when_the_lesion_is_cut_by_the_image_edge(capsys, s
     k = int(np.median(np.argwhere(label > 0)[:, 0]))
     matrix = np.array(phantom.image.ijk_to_ras)
     matrix[:3, 3] = phantom.image.kji_to_ras([[k - 1, 0, 0]])[0]
-    image = Volume(np.asarray(phantom.image.array)[k - 1:k + 2], matrix, "slab")
+    image = Volume(np.asarray(phantom.image.array)[k - 1 : k + 2], matrix, "slab")
     save_volume(image, tmp_path / "slab.nii.gz")
-    voxels = np.argwhere(label[k - 1:k + 2] > 0)
+    voxels = np.argwhere(label[k - 1 : k + 2] > 0)
     click = image.kji_to_ras(voxels[np.random.default_rng(0).choice(len(voxels), 1)])[0]
-    result = run(capsys, "segment", tmp_path / "slab.nii.gz", "-o", tmp_path / "mask.nii.gz",
-                 "--point=" + ",".join(f"{v:.3f}" for v in click), "--text", phantom.description,
-                 "--model", "litemedsam-3d", "--device", "cpu", "--json")
+    result = run(
+        capsys,
+        "segment",
+        tmp_path / "slab.nii.gz",
+        "-o",
+        tmp_path / "mask.nii.gz",
+        "--point=" + ",".join(f"{v:.3f}" for v in click),
+        "--text",
+        phantom.description,
+        "--model",
+        "litemedsam-3d",
+        "--device",
+        "cpu",
+        "--json",
+    )
     assert result.code == 0, result.err
     summary = json.loads(result.out)
     assert summary["voxels"] > 0
     assert "volume_border" in [w["code"] for w in summary["result_warnings"]]
-    assert any(line.startswith("tagseg: warning: the result touches the") and line.endswith("[volume_border]")
-               for line in result.err.splitlines()), result.err
+    assert any(
+        line.startswith("tagseg: warning: the result touches the") and line.endswith("[volume_border]")
+        for line in result.err.splitlines()
+    ), result.err

@@ -1,5 +1,6 @@
 """Training data: dataset layouts, input checks, splits, 1 mm preprocessing + cache, transforms, loader,
 synthetic datasets. Every test writes real files into tmp_path and checks something that can fail."""
+
 from __future__ import annotations
 
 import errno
@@ -15,9 +16,20 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tagseg.data import preprocess as P  # noqa: E402
-from tagseg.data.datasets import (Case, cases_from_split, check_cases, detect_layout, discover_cases,  # noqa: E402
-                                  load_case, load_split_json, load_split_pkl, make_split, read_split_pkl,
-                                  save_split_json, split_cases)
+from tagseg.data.datasets import (
+    Case,
+    cases_from_split,
+    check_cases,
+    detect_layout,
+    discover_cases,  # noqa: E402
+    load_case,
+    load_split_json,
+    load_split_pkl,
+    make_split,
+    read_split_pkl,
+    save_split_json,
+    split_cases,
+)
 from tagseg.data.synthetic import dataset_intensity, insert_into_ct, write_synthetic_dataset  # noqa: E402
 from tagseg.errors import InputError  # noqa: E402
 from tagseg.io import load_volume, save_volume  # noqa: E402
@@ -58,19 +70,27 @@ def test_msd_layout_uses_dataset_json_and_skips_macos_junk(tmp_path):
     for cid in ("pancreas_001", "pancreas_010"):
         write(root / "imagesTr" / f"{cid}.nii.gz", ct())
         write(root / "labelsTr" / f"{cid}.nii.gz", seg())
-    (root / "imagesTr" / "._pancreas_001.nii.gz").write_bytes(b"\x00\x05\x16\x07")   # AppleDouble from the tarball
+    (root / "imagesTr" / "._pancreas_001.nii.gz").write_bytes(b"\x00\x05\x16\x07")  # AppleDouble from the tarball
     write(root / "organsTr" / "pancreas_010" / "pancreas.nii.gz", seg() > 0)
-    (root / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "1": "pancreas", "2": "cancer"},
-                                                   "training": [{"image": f"./imagesTr/{c}.nii.gz",
-                                                                 "label": f"./labelsTr/{c}.nii.gz"}
-                                                                for c in ("pancreas_010", "pancreas_001")]}), encoding="utf-8")
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {
+                "labels": {"0": "background", "1": "pancreas", "2": "cancer"},
+                "training": [
+                    {"image": f"./imagesTr/{c}.nii.gz", "label": f"./labelsTr/{c}.nii.gz"}
+                    for c in ("pancreas_010", "pancreas_001")
+                ],
+            }
+        ),
+        encoding="utf-8",
+    )
     assert detect_layout(root) == "msd"
     cases = discover_cases(root)
     assert ids(cases) == ["pancreas_001", "pancreas_010"]
     assert cases[0].label == root / "labelsTr" / "pancreas_001.nii.gz"
     assert cases[0].organ_masks == () and cases[1].organ_masks == (root / "organsTr/pancreas_010/pancreas.nii.gz",)
 
-    bare = tmp_path / "nnunet"            # no dataset.json, nnU-Net `_0000` channel names
+    bare = tmp_path / "nnunet"  # no dataset.json, nnU-Net `_0000` channel names
     write(bare / "imagesTr" / "x_7_0000.nii.gz", ct())
     write(bare / "labelsTr" / "x_7.nii.gz", seg())
     (bare / "imagesTr" / "._x_7_0000.nii.gz").write_bytes(b"junk")
@@ -92,10 +112,10 @@ def test_kits_layout_prefers_majority_label_and_unites_kidneys(tmp_path):
     write(b / "segmentation.nii.gz", seg())
     write(b / "kidney.nii.gz", seg() > 0)
     assert detect_layout(root) == "kits"
-    first, second = discover_cases(root)                       # organ "auto" = kidney for KiTS
+    first, second = discover_cases(root)  # organ "auto" = kidney for KiTS
     assert first.label.name == "aggregated_MAJ_seg.nii.gz" and second.label.name == "segmentation.nii.gz"
     assert [p.name for p in first.organ_masks] == ["kidney_left.nii.gz", "kidney_right.nii.gz"]
-    assert [p.name for p in second.organ_masks] == ["kidney.nii.gz"]   # the authors' single file wins
+    assert [p.name for p in second.organ_masks] == ["kidney.nii.gz"]  # the authors' single file wins
     organ = load_case(first)[2]
     assert np.array_equal(organ.array, left | right)
 
@@ -109,7 +129,7 @@ def test_lits_layout_in_batches_with_totalsegmentator_folder(tmp_path):
     write(organs / "volume-10" / "liver.nii.gz", seg() > 0)
     assert detect_layout(root) == "lits"
     cases = discover_cases(root, organ_dir=organs)
-    assert ids(cases) == ["volume-0", "volume-2", "volume-10"]          # natural order, split.pkl ids
+    assert ids(cases) == ["volume-0", "volume-2", "volume-10"]  # natural order, split.pkl ids
     assert cases[1].label is None and cases[2].label.name == "segmentation-10.nii"
     assert cases[2].organ_masks == (organs / "volume-10" / "liver.nii.gz",) and cases[0].organ_masks == ()
 
@@ -148,8 +168,11 @@ def test_check_cases_reports_every_problem_in_one_error(tmp_path):
     def case(cid, label=True, organ=True, **geometry):
         write(root / f"{cid}_image.nii.gz", ct())
         if label:
-            write(root / f"{cid}_label.nii.gz", geometry.pop("label_array", seg()),
-                  spacing=geometry.pop("label_spacing", (1.0, 1.0, 1.0)))
+            write(
+                root / f"{cid}_label.nii.gz",
+                geometry.pop("label_array", seg()),
+                spacing=geometry.pop("label_spacing", (1.0, 1.0, 1.0)),
+            )
         if organ:
             write(root / "organs" / cid / "liver.nii.gz", seg() > 0, origin=geometry.pop("organ_origin", (0, 0, 0)))
 
@@ -171,7 +194,7 @@ def test_check_cases_reports_every_problem_in_one_error(tmp_path):
     assert "small: label size 5x6x4 vs image 6x6x4" in message
     assert "shifted: organ liver.nii.gz origin" in message
     assert "good" not in message.replace("cannot", "")
-    check_cases([c for c in cases if c.case_id == "good"])   # a clean case passes
+    check_cases([c for c in cases if c.case_id == "good"])  # a clean case passes
 
 
 def test_check_cases_truncates_long_lists(tmp_path):
@@ -196,8 +219,12 @@ class _Exploit:
 def _split_fold(offset: int) -> dict:
     def entries(names):
         return {n: [f"Training/{n}/image.nii.gz", f"Training/{n}/segmentation.nii.gz"] for n in names}
-    return {"train": entries([f"pancreas_{offset + i}" for i in range(3)]),
-            "val": entries([f"pancreas_{offset + 10}"]), "test": entries([f"pancreas_{offset + 20}"])}
+
+    return {
+        "train": entries([f"pancreas_{offset + i}" for i in range(3)]),
+        "val": entries([f"pancreas_{offset + 10}"]),
+        "test": entries([f"pancreas_{offset + 20}"]),
+    }
 
 
 def test_split_pkl_restricted_unpickler(tmp_path):
@@ -210,8 +237,11 @@ def test_split_pkl_restricted_unpickler(tmp_path):
 
     legit = tmp_path / "split.pkl"
     legit.write_bytes(pickle.dumps([_split_fold(100 * f) for f in range(5)], protocol=4))
-    assert load_split_pkl(legit, fold=1) == {"train": ["pancreas_100", "pancreas_101", "pancreas_102"],
-                                             "val": ["pancreas_110"], "test": ["pancreas_120"]}
+    assert load_split_pkl(legit, fold=1) == {
+        "train": ["pancreas_100", "pancreas_101", "pancreas_102"],
+        "val": ["pancreas_110"],
+        "test": ["pancreas_120"],
+    }
     legit0 = tmp_path / "split0.pkl"
     legit0.write_bytes(pickle.dumps([_split_fold(0)], protocol=0))
     entries = read_split_pkl(legit0)["val"]
@@ -227,7 +257,7 @@ def test_split_pkl_restricted_unpickler(tmp_path):
 def test_seeded_split_is_reproducible_and_round_trips(tmp_path):
     case_ids = [f"case_{n:05d}" for n in range(20)]
     split = make_split(case_ids, seed=3)
-    assert split == make_split(list(reversed(case_ids)), seed=3)        # order-independent
+    assert split == make_split(list(reversed(case_ids)), seed=3)  # order-independent
     assert split != make_split(case_ids, seed=4)
     assert [len(split[k]) for k in ("train", "val", "test")] == [14, 2, 4]
     assert sorted(sum(split.values(), [])) == case_ids
@@ -253,15 +283,16 @@ def test_resampling_keeps_physical_positions_windows_and_zeroes_nan():
     labels = np.where(ball, 2, np.where(np.linalg.norm(ras - centre_ras, axis=-1) < 10.0, 1, 0)).astype(np.uint8)
     pixels = np.where(ball, 300.0, -500.0).astype(np.float32)
     pixels[0, 0, :5] = np.nan
-    out_image, out_label, out_organ = P.resample_case(image.with_array(pixels), image.with_array(labels),
-                                                      image.with_array(labels), 1.0, window=(-100.0, 200.0))
+    out_image, out_label, out_organ = P.resample_case(
+        image.with_array(pixels), image.with_array(labels), image.with_array(labels), 1.0, window=(-100.0, 200.0)
+    )
     assert np.allclose(out_image.ijk_to_ras[:3, :3], LPS) and out_label.same_grid(out_image)
     values = np.asarray(out_image.array)
     assert np.isfinite(values).all() and values.min() == -100.0 and values.max() == 200.0
     assert set(np.unique(out_label.array)) == {0, 1} and out_label.array.dtype == np.uint8
     centroid = out_label.kji_to_ras(np.argwhere(out_label.array).mean(0))[0]
     assert np.linalg.norm(centroid - image.kji_to_ras(np.argwhere(ball).mean(0))[0]) < 1.0
-    assert out_organ.array.sum() > out_label.array.sum()              # organ = labels > 0, tumour inside
+    assert out_organ.array.sum() > out_label.array.sum()  # organ = labels > 0, tumour inside
     volume_ml = out_label.array.sum() / 1000.0
     assert abs(volume_ml - ball.sum() * np.prod(spacing) / 1000.0) < 0.15 * volume_ml
 
@@ -286,13 +317,14 @@ def test_anisotropic_volume_is_resampled_in_plane_first(monkeypatch):
     out, _, _ = P.resample_case(volume, None, None, 1.0)
     assert grids == [((1.0, 1.0, 10.0), (6, 16, 20)), ((1.0, 1.0, 1.0), (60, 16, 20))]
     slices = F.interpolate(torch.from_numpy(array)[:, None], scale_factor=(0.8, 0.8), mode="bilinear")
-    reference = F.interpolate(slices[None].permute(0, 2, 1, 3, 4).contiguous(), scale_factor=(10.0, 1.0, 1.0),
-                              mode="trilinear")[0, 0].numpy()
+    reference = F.interpolate(
+        slices[None].permute(0, 2, 1, 3, 4).contiguous(), scale_factor=(10.0, 1.0, 1.0), mode="trilinear"
+    )[0, 0].numpy()
     assert out.shape_kji == reference.shape and np.abs(out.array - reference).max() < 1e-2
 
     grids.clear()
     P.resample_case(Volume(array, make_ijk_to_ras((1.0, 1.0, 3.0), (0, 0, 0), LPS)), None, None, 1.0)
-    assert len(grids) == 1                                             # ratio 3: one trilinear pass
+    assert len(grids) == 1  # ratio 3: one trilinear pass
 
 
 def test_training_grid_matches_the_inference_crop():
@@ -312,7 +344,7 @@ def test_training_grid_matches_the_inference_crop():
     crop = ct_channel(volume, grid, intensity)
     block = np.asarray(image.array)[tuple(slice(c - 8, c + 8) for c in centre)]
     assert np.allclose(crop, (block - intensity.mean) / intensity.std, atol=1e-4)
-    assert np.ptp(crop) > 1.0                                          # a real pattern, not a constant
+    assert np.ptp(crop) > 1.0  # a real pattern, not a constant
 
 
 def _tiny_case(root: Path, value: int = 40) -> Case:
@@ -342,13 +374,13 @@ def test_cache_hit_is_identical_and_source_changes_invalidate(tmp_path):
     assert (cache.folder(case, (-48.0, 163.0)) / "meta.json").is_file()
 
     stat = case.image.stat()
-    os.utime(case.image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))   # touched, same bytes: still valid
+    os.utime(case.image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # touched, same bytes: still valid
     cache.load(case, window=(-48.0, 163.0))
     assert len(calls) == 1
-    _tiny_case(tmp_path / "ds", value=90)                                 # new voxels
+    _tiny_case(tmp_path / "ds", value=90)  # new voxels
     third = cache.load(case, window=(-48.0, 163.0))
     assert len(calls) == 2 and float(third.image.array.max()) == 90.0 and float(first.image.array.max()) == 40.0
-    cache.load(case, window=(-39.0, 204.0))                              # other settings: another entry
+    cache.load(case, window=(-39.0, 204.0))  # other settings: another entry
     assert len(calls) == 3
 
 
@@ -360,7 +392,7 @@ def test_cache_out_of_disk_leaves_no_partial_file(tmp_path, monkeypatch):
     written = []
 
     def full_disk(stream, array, **kwargs):
-        if written:                                  # the image array fits, the label does not
+        if written:  # the image array fits, the label does not
             stream.write(b"\x93NUMPY partial")
             raise OSError(errno.ENOSPC, "No space left on device")
         written.append(1)
@@ -379,12 +411,12 @@ def test_cache_out_of_disk_leaves_no_partial_file(tmp_path, monkeypatch):
 def _arrays(shape=(40, 48, 44), tumour_at=(30, 10, 12)) -> dict:
     rng = np.random.default_rng(1)
     image = rng.normal(60.0, 30.0, shape).astype(np.float32)
-    image[:, :3] = -1000.0                                       # air, removed by the foreground crop
+    image[:, :3] = -1000.0  # air, removed by the foreground crop
     label = np.zeros(shape, np.float32)
     organ = np.zeros(shape, np.float32)
     d, h, w = tumour_at
-    organ[d - 6:d + 6, h - 6:h + 6, w - 6:w + 6] = 1
-    label[d - 2:d + 2, h - 2:h + 2, w - 2:w + 2] = 1
+    organ[d - 6 : d + 6, h - 6 : h + 6, w - 6 : w + 6] = 1
+    label[d - 2 : d + 2, h - 2 : h + 2, w - 2 : w + 2] = 1
     return {"image": image[None], "label": label[None], "organ": organ[None]}
 
 
@@ -396,9 +428,21 @@ def test_train_transforms_give_binary_crops(task):
     pipeline = T.train_transforms(task, crop=32)
     names = [type(t).__name__ for t in pipeline.transforms]
     expected_aug = ["RandRotated", "RandZoomd"] if task == "pancreas" else ["RandZoomd"]
-    assert names == ["ScaleIntensityRanged", "RandShiftIntensityd", "CropForegroundd", "NormalizeIntensityd",
-                     *expected_aug, "BinariseMasksd", "SpatialPadd", "RandCropByPosNegLabeld", "RandSpatialCropd",
-                     "RandFlipd", "RandFlipd", "RandFlipd", "RandRotate90d"]
+    assert names == [
+        "ScaleIntensityRanged",
+        "RandShiftIntensityd",
+        "CropForegroundd",
+        "NormalizeIntensityd",
+        *expected_aug,
+        "BinariseMasksd",
+        "SpatialPadd",
+        "RandCropByPosNegLabeld",
+        "RandSpatialCropd",
+        "RandFlipd",
+        "RandFlipd",
+        "RandFlipd",
+        "RandRotate90d",
+    ]
     crop = pipeline.transforms[names.index("RandCropByPosNegLabeld")]
     assert tuple(crop.cropper.spatial_size) == (38, 38, 38) and crop.cropper.pos_ratio == 2 / 3
     for seed in range(3):
@@ -438,12 +482,13 @@ def test_zscore_uses_the_task_statistics():
 # ------------------------------------------------------------------------------------------------ synthetic + loader
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory) -> Path:
-    return write_synthetic_dataset(tmp_path_factory.mktemp("synth") / "Task99", cases=3, seed=5, organ="pancreas",
-                                   **SMALL)
+    return write_synthetic_dataset(
+        tmp_path_factory.mktemp("synth") / "Task99", cases=3, seed=5, organ="pancreas", **SMALL
+    )
 
 
 def test_synthetic_dataset_is_discovered_checked_and_reproducible(synthetic, tmp_path):
-    cases = discover_cases(synthetic, layout="msd")                 # organ "auto" = dataset.json label 1
+    cases = discover_cases(synthetic, layout="msd")  # organ "auto" = dataset.json label 1
     assert ids(cases) == ["pancreas_000", "pancreas_001", "pancreas_002"]
     check_cases(cases)
     meta = json.loads((synthetic / "dataset.json").read_text(encoding="utf-8"))
@@ -451,17 +496,19 @@ def test_synthetic_dataset_is_discovered_checked_and_reproducible(synthetic, tmp
     details = meta["tagseg"]["cases"]
     assert {d["tumour_organ"] for d in details} == {"pancreas"}
     assert len({d["contrast_hu"] for d in details}) == 3 and len({d["radius_mm"] for d in details}) == 3
-    suggested = dataset_intensity(synthetic)                       # foreground percentiles, for a custom task
+    suggested = dataset_intensity(synthetic)  # foreground percentiles, for a custom task
     assert suggested["window"][0] < suggested["mean"] < suggested["window"][1] and suggested["std"] > 0
     image, label, organ = load_case(cases[0])
     assert image.shape_kji == SMALL["shape_kji"] and set(np.unique(label.array)) == {0, 1, 2}
-    assert np.all(organ.array[label.array == 2] == 1)              # the tumour lies inside the organ mask
+    assert np.all(organ.array[label.array == 2] == 1)  # the tumour lies inside the organ mask
     again = write_synthetic_dataset(tmp_path / "again", cases=1, seed=5, organ="pancreas", **SMALL)
     assert np.array_equal(load_volume(again / "imagesTr" / "pancreas_000.nii.gz").array, image.array)
     kidney = write_synthetic_dataset(tmp_path / "kidney", cases=1, seed=1, organ="kidney", **SMALL)
     [kcase] = discover_cases(kidney)
     assert kcase.organ_masks[0].name == "kidney.nii.gz"
-    assert json.loads((kidney / "dataset.json").read_text(encoding="utf-8"))["tagseg"]["cases"][0]["tumour_organ"].startswith("kidney_")
+    assert json.loads((kidney / "dataset.json").read_text(encoding="utf-8"))["tagseg"]["cases"][0][
+        "tumour_organ"
+    ].startswith("kidney_")
 
 
 def test_training_dataset_and_loader(synthetic, tmp_path):
@@ -480,12 +527,13 @@ def test_training_dataset_and_loader(synthetic, tmp_path):
     a, b = dataset(), dataset()
     sample = a[1]
     assert sample["case_id"] == "pancreas_001"
-    assert {k: tuple(v.shape) for k, v in sample.items() if k != "case_id"} == {k: (1, 16, 16, 16) for k in
-                                                                                 ("image", "label", "organ")}
+    assert {k: tuple(v.shape) for k, v in sample.items() if k != "case_id"} == {
+        k: (1, 16, 16, 16) for k in ("image", "label", "organ")
+    }
     assert sample["image"].dtype == torch.float32 and type(sample["image"]) is torch.Tensor
-    assert torch.equal(sample["image"], b[1]["image"])                 # same seed, same augmentation
+    assert torch.equal(sample["image"], b[1]["image"])  # same seed, same augmentation
     b.set_epoch(1)
-    assert not torch.equal(sample["image"], b[1]["image"])             # a new epoch, new augmentation
+    assert not torch.equal(sample["image"], b[1]["image"])  # a new epoch, new augmentation
     ranks = [make_loader(dataset(), workers=0, distributed=True, num_replicas=2, rank=r, seed=7) for r in (0, 1)]
     seen = []
     for loader in ranks:
@@ -493,15 +541,18 @@ def test_training_dataset_and_loader(synthetic, tmp_path):
         for batch in loader:
             assert tuple(batch["image"].shape) == (1, 1, 16, 16, 16)
             seen += batch["case_id"]
-    assert sorted(set(seen)) == ids(cases)                            # the two ranks cover every case
+    assert sorted(set(seen)) == ids(cases)  # the two ranks cover every case
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "ct_organs" / "example_seg.nii.gz").is_file(),
-                    reason="../shared/data/ct_organs is not available on this machine")
+@pytest.mark.skipif(
+    not (SHARED_DATA / "ct_organs" / "example_seg.nii.gz").is_file(),
+    reason="../shared/data/ct_organs is not available on this machine",
+)
 def test_tumours_inserted_into_a_real_ct(tmp_path):
     folder = SHARED_DATA / "ct_organs"
-    out = insert_into_ct(folder / "example_ct_sm.nii.gz", folder / "example_seg.nii.gz", tmp_path / "ct", cases=2,
-                         seed=0, organ="liver")
+    out = insert_into_ct(
+        folder / "example_ct_sm.nii.gz", folder / "example_seg.nii.gz", tmp_path / "ct", cases=2, seed=0, organ="liver"
+    )
     cases = discover_cases(out, layout="msd")
     check_cases(cases)
     source = load_volume(folder / "example_ct_sm.nii.gz")

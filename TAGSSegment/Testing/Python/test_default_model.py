@@ -1,5 +1,6 @@
 """The default model's generalisation rules: intensity normalisation of masked MR, the corrective-click
 simulation, and corrections that edit the previous result locally (real LiteMedSAM weights)."""
+
 import numpy as np
 import pytest
 
@@ -10,15 +11,15 @@ from tagseg.corrective import next_corrective_click
 def test_constant_background_is_left_out_of_mr_percentiles():
     rng = np.random.default_rng(0)
     brain = rng.normal(0.0, 1.0, (20, 40, 40)).astype(np.float32)
-    brain[8:12, 15:25, 15:25] += 4.0                       # a bright lesion
+    brain[8:12, 15:25, 15:25] += 4.0  # a bright lesion
     zscored = np.full((20, 80, 80), brain.min(), np.float32)  # skull-stripped: the fill is the minimum
     zscored[:, 20:60, 20:60] = brain
     assert intensity.constant_background(zscored.ravel()) == pytest.approx(float(brain.min()))
     out = intensity.normalise(zscored, intensity.PERCENTILE)
-    lo, hi = np.percentile(brain[brain != brain.min()], [0.5, 99.5])   # the fill value itself is left out
+    lo, hi = np.percentile(brain[brain != brain.min()], [0.5, 99.5])  # the fill value itself is left out
     inside = out[:, 20:60, 20:60]
     assert np.allclose(inside, np.clip((brain - lo) / (hi - lo), 0, 1), atol=1e-5)
-    assert out[0, 0, 0] == 0.0                             # the fill is black, not mid-grey
+    assert out[0, 0, 0] == 0.0  # the fill is black, not mid-grey
     # the same brain shifted to raw positive values, no fill: identical normalised brain
     raw = (brain * 100 + 1000).astype(np.float32)
     assert intensity.constant_background(raw.ravel()) is None
@@ -29,12 +30,12 @@ def test_corrective_click_goes_to_the_innermost_voxel_of_the_larger_error():
     truth = np.zeros((9, 30, 30), bool)
     truth[2:7, 5:25, 5:25] = True
     pred = np.zeros_like(truth)
-    pred[2:7, 5:25, 5:15] = True                           # misses the right half
+    pred[2:7, 5:25, 5:15] = True  # misses the right half
     kji, positive = next_corrective_click(pred, truth, (2.0, 1.0, 1.0))
     assert positive and pred[tuple(kji.astype(int))] == 0 and truth[tuple(kji.astype(int))]
     assert 18 <= kji[2] <= 21 and kji[0] == 4
     leak = truth.copy()
-    leak[2:7, 25:30, 5:25] = True                          # leaks past the right border
+    leak[2:7, 25:30, 5:25] = True  # leaks past the right border
     kji, positive = next_corrective_click(leak, truth, (2.0, 1.0, 1.0))
     assert not positive and leak[tuple(kji.astype(int))] and not truth[tuple(kji.astype(int))]
     assert next_corrective_click(truth, truth, (1.0, 1.0, 1.0)) is None
@@ -50,8 +51,10 @@ def phantom_session(shared_backend):
 
     phantom = make_phantom(**PHANTOM)
     label = np.asarray(phantom.label.array) > 0
-    clicks = [phantom.image.kji_to_ras(v)[0] for v in np.argwhere(label)[np.random.default_rng(0).integers(
-        0, int(label.sum()), size=3)]]
+    clicks = [
+        phantom.image.kji_to_ras(v)[0]
+        for v in np.argwhere(label)[np.random.default_rng(0).integers(0, int(label.sum()), size=3)]
+    ]
     s = Session(phantom.image, model="litemedsam-3d", device="cpu")
     s.set_text(phantom.description)
     for p in clicks:
@@ -72,8 +75,8 @@ def test_an_include_click_adds_and_keeps_everything_else(phantom_session):
         after = np.asarray(s.predict().array) > 0
     finally:
         s.undo()
-    assert after[tuple(far)]                               # the clicked voxel is in
-    assert np.all(after[first])                            # nothing the first result held was lost
+    assert after[tuple(far)]  # the clicked voxel is in
+    assert np.all(after[first])  # nothing the first result held was lost
 
 
 def test_an_exclude_click_only_removes(phantom_session):
@@ -87,7 +90,7 @@ def test_an_exclude_click_only_removes(phantom_session):
         after = np.asarray(s.predict().array) > 0
     finally:
         s.undo()
-    assert not np.any(after & ~first)                      # nothing added
+    assert not np.any(after & ~first)  # nothing added
     assert after.sum() < first.sum() and not after[tuple(target)]
 
 
@@ -122,7 +125,7 @@ def test_slices_a_correction_needs_are_encoded_while_the_user_looks(shared_backe
     from tagseg import Session
     from tagseg.synth import make_phantom
 
-    phantom = make_phantom(seed=1, shape_kji=(24, 64, 64), spacing_ijk=(2.0, 2.0, 1.5))    # thin slices
+    phantom = make_phantom(seed=1, shape_kji=(24, 64, 64), spacing_ijk=(2.0, 2.0, 1.5))  # thin slices
     label = np.asarray(phantom.label.array) > 0
     inside = np.argwhere(label)
     centre = inside[len(inside) // 2]

@@ -3,6 +3,7 @@ source series' patient, study and references and the description's terminology c
 voxels of the label map written from the same result. The DICOM series is generated here (SimpleITK), in a
 coronal orientation and written in shuffled file order, so no axis convention can cancel out.
 """
+
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -31,13 +32,22 @@ def write_series(folder):
     for index in (3, 0, 5, 1, 4, 2):
         pixels = (np.arange(ROWS * COLS).reshape(ROWS, COLS) * 3 + index * 40 - 500).astype(np.int16)
         image = sitk.GetImageFromArray(pixels[None])
-        image.SetSpacing((0.8, 0.7, 2.5))                   # columns 0.8 mm apart, rows 0.7 mm
-        for tag, value in (("0008|0060", "CT"), ("0010|0010", "Phantom^Coronal"), ("0010|0020", "P-41"),
-                           ("0020|000d", STUDY_UID), ("0020|000e", SERIES_UID), ("0020|0052", SERIES_UID + ".9"),
-                           ("0020|0011", "7"), ("0020|0013", str(index + 1)),
-                           ("0020|0032", f"-10\\{index * 2.5 - 20}\\5"), ("0020|0037", "1\\0\\0\\0\\0\\-1"),
-                           ("0028|0030", "0.7\\0.8"), ("0008|0016", "1.2.840.10008.5.1.4.1.1.2"),
-                           ("0008|0018", f"{SERIES_UID}.{index + 1}")):
+        image.SetSpacing((0.8, 0.7, 2.5))  # columns 0.8 mm apart, rows 0.7 mm
+        for tag, value in (
+            ("0008|0060", "CT"),
+            ("0010|0010", "Phantom^Coronal"),
+            ("0010|0020", "P-41"),
+            ("0020|000d", STUDY_UID),
+            ("0020|000e", SERIES_UID),
+            ("0020|0052", SERIES_UID + ".9"),
+            ("0020|0011", "7"),
+            ("0020|0013", str(index + 1)),
+            ("0020|0032", f"-10\\{index * 2.5 - 20}\\5"),
+            ("0020|0037", "1\\0\\0\\0\\0\\-1"),
+            ("0028|0030", "0.7\\0.8"),
+            ("0008|0016", "1.2.840.10008.5.1.4.1.1.2"),
+            ("0008|0018", f"{SERIES_UID}.{index + 1}"),
+        ):
             image.SetMetaData(tag, value)
         writer.SetFileName(str(folder / f"img{index * 7 % 6}.dcm"))
         writer.Execute(image)
@@ -65,12 +75,19 @@ def case(tmp_path, register_backend):
     volume = load_volume(tmp_path / "series")
     mask = np.zeros(volume.shape_kji, np.uint8)
     mask[1:4, 2:7, 3:10] = 1
-    mask[4, 9, 14] = 1                                  # one lone voxel near a corner
+    mask[4, 9, 14] = 1  # one lone voxel near a corner
     backend = register_backend(ScriptedBackend())
     backend.mask = mask
     click = volume.kji_to_ras([(2, 4, 6)])[0]
-    args = ["--point=" + ",".join(f"{v:.3f}" for v in click), "--model", ScriptedBackend.name, "--device", "cpu",
-            "--text", "liver tumor"]
+    args = [
+        "--point=" + ",".join(f"{v:.3f}" for v in click),
+        "--model",
+        ScriptedBackend.name,
+        "--device",
+        "cpu",
+        "--text",
+        "liver tumor",
+    ]
     return SimpleNamespace(folder=tmp_path / "series", volume=volume, mask=mask, backend=backend, args=args)
 
 
@@ -103,14 +120,18 @@ def test_seg_reads_back_with_the_source_references_codes_and_the_label_map_voxel
     assert seg.FrameOfReferenceUID == SERIES_UID + ".9"
     referenced = seg.ReferencedSeriesSequence[0]
     assert referenced.SeriesInstanceUID == SERIES_UID
-    assert sorted(i.ReferencedSOPInstanceUID for i in referenced.ReferencedInstanceSequence) == \
-        sorted(f"{SERIES_UID}.{n}" for n in range(1, SLICES + 1))
+    assert sorted(i.ReferencedSOPInstanceUID for i in referenced.ReferencedInstanceSequence) == sorted(
+        f"{SERIES_UID}.{n}" for n in range(1, SLICES + 1)
+    )
 
     segment = seg.get_segment_description(1)
     entry = parse_description("liver tumor").terminology()
     assert segment.segment_label == "liver tumor"
-    assert (segment.segmented_property_category.value, segment.segmented_property_type.value) == \
-        (entry.category.value, entry.type.value) == ("49755003", "4147007")
+    assert (
+        (segment.segmented_property_category.value, segment.segmented_property_type.value)
+        == (entry.category.value, entry.type.value)
+        == ("49755003", "4147007")
+    )
     assert segment.anatomic_regions[0].value == entry.region.value == "10200004"
     assert segment.anatomic_regions[0].scheme_designator == "SCT"
 
@@ -126,8 +147,9 @@ def test_dicom_seg_flag_writes_into_a_folder(capsys, tmp_path, case):
     assert done.code == 0, done.err
     files = list(folder.iterdir())
     assert len(files) == 1 and files[0].suffix == ".dcm"
-    assert seg_voxels_in(hd.seg.segread(files[0]), case.volume) == \
-        {tuple(int(v) for v in row) for row in np.argwhere(case.mask)}
+    assert seg_voxels_in(hd.seg.segread(files[0]), case.volume) == {
+        tuple(int(v) for v in row) for row in np.argwhere(case.mask)
+    }
 
 
 def test_non_dicom_input_is_refused_before_the_model_runs(capsys, tmp_path, case):
@@ -167,11 +189,14 @@ def test_a_seg_on_the_real_example_series_matches_the_label_map_voxels(tmp_path)
     volume = load_volume(EXAMPLE_SERIES)
     mask = np.zeros(volume.shape_kji, np.uint8)
     mask[8:12, 200:260, 300:340] = 1
-    mask[0, 0, 511] = 1                                 # a corner voxel: the grid's orientation shows
+    mask[0, 0, 511] = 1  # a corner voxel: the grid's orientation shows
     result = volume.with_array(mask)
     path = dicomseg.save_dicom_seg(result, volume, tmp_path / "real.dcm", "liver lesion")
     seg = hd.seg.segread(path)
-    assert seg.Modality == "SEG" and seg.FrameOfReferenceUID == pydicom.dcmread(
-        sorted(EXAMPLE_SERIES.iterdir())[0], stop_before_pixels=True).FrameOfReferenceUID
+    assert (
+        seg.Modality == "SEG"
+        and seg.FrameOfReferenceUID
+        == pydicom.dcmread(sorted(EXAMPLE_SERIES.iterdir())[0], stop_before_pixels=True).FrameOfReferenceUID
+    )
     assert len(seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence) == volume.shape_kji[0]
     assert seg_voxels_in(seg, volume) == {tuple(int(v) for v in row) for row in np.argwhere(mask)}

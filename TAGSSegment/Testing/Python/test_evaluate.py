@@ -1,4 +1,5 @@
 """Evaluation metrics against hand-computed values and MONAI, and the per-case protocol."""
+
 import csv
 import math
 import warnings
@@ -6,8 +7,16 @@ import warnings
 import numpy as np
 import pytest
 
-from tagseg.evaluate import (CaseResult, draw_clicks, dice, evaluate_case, summarise, surface_dice,
-                             surface_distances, write_results_csv)
+from tagseg.evaluate import (
+    CaseResult,
+    draw_clicks,
+    dice,
+    evaluate_case,
+    summarise,
+    surface_dice,
+    surface_distances,
+    write_results_csv,
+)
 from tagseg.volume import Volume, make_ijk_to_ras
 
 
@@ -15,13 +24,13 @@ def cubes():
     truth = np.zeros((4, 4, 4), bool)
     truth[1:3, 1:3, 1:3] = True
     pred = np.zeros_like(truth)
-    pred[1:3, 1:3, 2:4] = True          # shifted one voxel along i
+    pred[1:3, 1:3, 2:4] = True  # shifted one voxel along i
     return pred, truth
 
 
 def test_dice_and_nsd_on_a_hand_computed_case():
     pred, truth = cubes()
-    assert dice(pred, truth) == 0.5                                   # 2*4 / (8 + 8)
+    assert dice(pred, truth) == 0.5  # 2*4 / (8 + 8)
     # the surfaces lie at most 1 mm apart, so a 5 mm tolerance accepts all of both
     assert surface_dice(pred, truth, (1.0, 1.0, 1.0), tolerance_mm=5.0) == 1.0
     assert surface_dice(truth, truth, (2.0, 0.7, 0.7), tolerance_mm=0.0) == 1.0
@@ -79,8 +88,18 @@ def test_empty_masks():
 def ellipsoid_pairs(count=10, seed=0):
     """Pairs of overlapping, differently shaped ellipsoids on anisotropic grids (CT-like spacings)."""
     rng = np.random.default_rng(seed)
-    spacings = [(2.5, 0.8, 0.8), (5.0, 0.7, 0.7), (3.0, 1.5, 0.6), (1.0, 1.0, 1.0), (0.8, 2.0, 3.0),
-                (2.0, 0.9, 1.3), (4.0, 0.6, 0.9), (1.5, 3.0, 1.5), (0.7, 0.7, 2.5), (3.0, 2.5, 1.5)]
+    spacings = [
+        (2.5, 0.8, 0.8),
+        (5.0, 0.7, 0.7),
+        (3.0, 1.5, 0.6),
+        (1.0, 1.0, 1.0),
+        (0.8, 2.0, 3.0),
+        (2.0, 0.9, 1.3),
+        (4.0, 0.6, 0.9),
+        (1.5, 3.0, 1.5),
+        (0.7, 0.7, 2.5),
+        (3.0, 2.5, 1.5),
+    ]
     shape = (36, 44, 52)
     grid = np.indices(shape).astype(float)
     for n in range(count):
@@ -114,7 +133,7 @@ def test_surface_dice_matches_monai_area_weighted_nsd_on_anisotropic_pairs():
             worst = max(worst, abs(ours - area))
             voxel_gap = max(voxel_gap, abs(ours - voxels))
     assert worst <= 0.005, worst
-    assert voxel_gap > 0.01        # the metric this replaced differs measurably
+    assert voxel_gap > 0.01  # the metric this replaced differs measurably
 
 
 def test_surface_dice_equals_deepminds_surface_distance():
@@ -122,7 +141,7 @@ def test_surface_dice_equals_deepminds_surface_distance():
     sd = pytest.importorskip("surface_distance")
     for pred, truth, spacing in ellipsoid_pairs(4, seed=1):
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")           # its scipy.ndimage.filters imports are deprecated
+            warnings.simplefilter("ignore")  # its scipy.ndimage.filters imports are deprecated
             theirs = sd.compute_surface_dice_at_tolerance(sd.compute_surface_distances(truth, pred, spacing), 2.0)
         assert surface_dice(pred, truth, spacing, 2.0) == pytest.approx(float(theirs), abs=1e-9)
 
@@ -149,7 +168,7 @@ def test_case_protocol_draws_clicks_from_the_tumour_and_skips_empty_cases(tmp_pa
     write_results_csv([result, skipped], out, extra={"model": "m", "seed": 2})
     rows = list(csv.DictReader(out.open(encoding="utf-8")))
     assert rows[0]["dice"] == "0.500000" and rows[1]["dice"] == "" and rows[0]["model"] == "m"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.csv"]          # no partial file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.csv"]  # no partial file
 
 
 def test_clicks_are_seeded():
@@ -187,8 +206,23 @@ def test_evaluate_command_reproduces_hand_computed_numbers(tmp_path, capsys, mon
     save_volume(Volume(np.zeros((4, 4, 4), np.uint8), grid, "lab", {}), data / "case2_image.nii.gz")
     save_volume(Volume(np.zeros((4, 4, 4), np.uint8), grid, "lab", {}), data / "case2_label.nii.gz")
     out = tmp_path / "results.csv"
-    code = commands.main(["evaluate", "--data", str(data), "--model", "shifted-cube", "--out", str(out), "--device", "cpu",
-                     "--clicks", "3", "--seed", "2"])
+    code = commands.main(
+        [
+            "evaluate",
+            "--data",
+            str(data),
+            "--model",
+            "shifted-cube",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--clicks",
+            "3",
+            "--seed",
+            "2",
+        ]
+    )
     printed = capsys.readouterr()
     assert code == 0, printed.err
     rows = {r["case_id"]: r for r in csv.DictReader(out.open(encoding="utf-8"))}
@@ -218,9 +252,9 @@ def wide_case():
     label = np.zeros(image.shape, np.uint8)
     organ = np.zeros(image.shape, np.uint8)
     for i in (8, 148):
-        image[4:8, 7:12, i - 2:i + 3] = 60
-        label[5:7, 8:11, i - 1:i + 2] = 2
-        organ[2:10, 4:16, i - 6:i + 7] = 1
+        image[4:8, 7:12, i - 2 : i + 3] = 60
+        label[5:7, 8:11, i - 1 : i + 2] = 2
+        organ[2:10, 4:16, i - 6 : i + 7] = 1
     vol = Volume(image, grid, "img", {})
     return vol, vol.with_array(label), vol.with_array(organ)
 
@@ -231,7 +265,9 @@ def wide_dataset(tmp_path):
 
     root = tmp_path / "data"
     root.mkdir()
-    (root / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "1": "liver", "2": "tumour"}}), encoding="utf-8")
+    (root / "dataset.json").write_text(
+        json.dumps({"labels": {"0": "background", "1": "liver", "2": "tumour"}}), encoding="utf-8"
+    )
     image, label, organ = wide_case()
     write_msd_case(root, "wide_001", image, label, organ)
     return root
@@ -246,12 +282,27 @@ def test_paper_protocol_finishes_a_case_whose_clicks_span_200_mm(tiny_trained, w
     from tagseg import commands
 
     out = tmp_path / "results.csv"
-    code = commands.main(["evaluate", "--data", str(wide_dataset), "--model", str(tiny_trained.checkpoint), "--out",
-                     str(out), "--device", "cpu", "--clicks", "3", "--seed", "2"])
+    code = commands.main(
+        [
+            "evaluate",
+            "--data",
+            str(wide_dataset),
+            "--model",
+            str(tiny_trained.checkpoint),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--clicks",
+            "3",
+            "--seed",
+            "2",
+        ]
+    )
     printed = capsys.readouterr()
     assert code == 0, printed.err
     (row,) = list(csv.DictReader(out.open(encoding="utf-8")))
-    assert click_spread_mm(row) >= 200.0              # the premise: far wider than one 48 mm crop
+    assert click_spread_mm(row) >= 200.0  # the premise: far wider than one 48 mm crop
     assert row["error"] == "" and 0.0 <= float(row["dice"]) <= 1.0 and row["nsd"] != ""
     # one crop, fp32, the organ mask (as far as it reaches) in the third channel: the authors' test.py
     assert row["protocol"] == "paper" and row["requested_protocol"] == "paper"
@@ -264,8 +315,24 @@ def test_extensions_are_recorded_per_case(tiny_trained, wide_dataset, tmp_path, 
     from tagseg import commands
 
     out = tmp_path / "results.csv"
-    code = commands.main(["evaluate", "--data", str(wide_dataset), "--model", str(tiny_trained.checkpoint), "--out",
-                     str(out), "--device", "cpu", "--seed", "2", "--sliding-window", "--text-fusion", "0.2"])
+    code = commands.main(
+        [
+            "evaluate",
+            "--data",
+            str(wide_dataset),
+            "--model",
+            str(tiny_trained.checkpoint),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--seed",
+            "2",
+            "--sliding-window",
+            "--text-fusion",
+            "0.2",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     (row,) = list(csv.DictReader(out.open(encoding="utf-8")))
     assert row["protocol"].startswith("extended:") and "sliding window" in row["protocol"]
@@ -284,8 +351,21 @@ def test_a_failing_case_is_a_row_and_the_run_goes_on(tiny_trained, wide_dataset,
     (wide_dataset / "imagesTr" / "wide_004.nii.gz").write_bytes(b"not a volume")
     save_volume(label, wide_dataset / "labelsTr" / "wide_004.nii.gz")
     out = tmp_path / "results.csv"
-    code = commands.main(["evaluate", "--data", str(wide_dataset), "--model", str(tiny_trained.checkpoint), "--out",
-                     str(out), "--device", "cpu", "--seed", "2"])
+    code = commands.main(
+        [
+            "evaluate",
+            "--data",
+            str(wide_dataset),
+            "--model",
+            str(tiny_trained.checkpoint),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--seed",
+            "2",
+        ]
+    )
     printed = capsys.readouterr()
     assert code == 3, printed.err
     rows = {r["case_id"]: r for r in csv.DictReader(out.open(encoding="utf-8"))}
@@ -304,5 +384,5 @@ def test_results_are_written_as_each_case_finishes(tmp_path):
     pred, truth = cubes()
     with ResultsWriter(out, {"model": "m"}) as writer:
         writer.write(CaseResult("a", 0.5, 1.0, 8, 8, 0.1, protocol="paper"))
-        rows = list(csv.DictReader(out.open(encoding="utf-8")))          # readable before the run ends
+        rows = list(csv.DictReader(out.open(encoding="utf-8")))  # readable before the run ends
         assert [r["case_id"] for r in rows] == ["a"] and rows[0]["protocol"] == "paper"

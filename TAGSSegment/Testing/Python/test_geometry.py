@@ -3,17 +3,25 @@
 Every conversion between the source grid and a working grid must keep each voxel at its RAS
 position; a mask predicted on the working grid has to land on exactly the voxels it was predicted on.
 """
+
 import itertools
 
 import numpy as np
 import pytest
 
-from tagseg.geometry import (AXIAL_DIRECTIONS_RAS, AxisReorientation, crop_pad, isotropic_grid, paste, resample,
-                             resample_like)
+from tagseg.geometry import (
+    AXIAL_DIRECTIONS_RAS,
+    AxisReorientation,
+    crop_pad,
+    isotropic_grid,
+    paste,
+    resample,
+    resample_like,
+)
 from tagseg.volume import Volume, make_ijk_to_ras
 
-SHAPE = (9, 11, 13)                    # k, j, i: all different, so a swapped axis cannot go unnoticed
-SPACING = (0.7, 0.9, 2.5)              # i, j, k
+SHAPE = (9, 11, 13)  # k, j, i: all different, so a swapped axis cannot go unnoticed
+SPACING = (0.7, 0.9, 2.5)  # i, j, k
 CENTER_RAS = np.array([-12.0, 31.0, 47.5])
 SPHERE_CENTER = CENTER_RAS + [0.41, -0.33, 0.52]
 SPHERE_RADIUS = 3.47
@@ -26,7 +34,7 @@ def rotation(axis, degrees: float) -> np.ndarray:
     return np.eye(3) + np.sin(angle) * cross + (1 - np.cos(angle)) * cross @ cross
 
 
-SAGITTAL = np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])   # i -> A, j -> -S, k -> R
+SAGITTAL = np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])  # i -> A, j -> -S, k -> R
 DIRECTIONS = {
     "ras": np.eye(3),
     "lps": np.diag([-1.0, -1.0, 1.0]),
@@ -165,8 +173,11 @@ def test_all_storage_orders_of_one_grid_reorient_to_the_same_working_volume():
     for perm in itertools.permutations(range(3)):
         for flips in itertools.product((False, True), repeat=3):
             stored = _relabelled(base, perm, flips)
-            np.testing.assert_allclose(stored.kji_to_ras([[1, 2, 3]]),
-                                       base.kji_to_ras(np.argwhere(base.array == stored.array[1, 2, 3])), atol=1e-9)
+            np.testing.assert_allclose(
+                stored.kji_to_ras([[1, 2, 3]]),
+                base.kji_to_ras(np.argwhere(base.array == stored.array[1, 2, 3])),
+                atol=1e-9,
+            )
             work = AxisReorientation.to_axial(stored).volume(stored)
             np.testing.assert_array_equal(work.array, base.array, err_msg=f"{perm} {flips}")
             np.testing.assert_allclose(work.ijk_to_ras, base.ijk_to_ras, atol=1e-9, err_msg=f"{perm} {flips}")
@@ -234,7 +245,7 @@ def test_resample_keeps_ras_positions(name):
 
 @pytest.mark.parametrize("name", ["ras", "lps", "oblique_permuted"])
 def test_isotropic_grid_covers_the_same_ras_bounds(name):
-    spacing = (0.5, 1.0, 2.5)              # extents 6.5, 11 and 22.5 mm: whole multiples of 0.5
+    spacing = (0.5, 1.0, 2.5)  # extents 6.5, 11 and 22.5 mm: whole multiples of 0.5
     vol = Volume(np.zeros(SHAPE, np.uint8), centred_matrix(DIRECTIONS[name], spacing=spacing))
     matrix, shape = isotropic_grid(vol, 0.5)
     iso = Volume(np.zeros(shape, np.uint8), matrix)
@@ -244,7 +255,7 @@ def test_isotropic_grid_covers_the_same_ras_bounds(name):
     for got, want in zip(iso.bounds_ras(), vol.bounds_ras()):
         np.testing.assert_allclose(got, want, atol=1e-9)
 
-    matrix, shape = isotropic_grid(vol, 0.8)   # not a divisor: same first corner, ends within half a voxel
+    matrix, shape = isotropic_grid(vol, 0.8)  # not a divisor: same first corner, ends within half a voxel
     iso = Volume(np.zeros(shape, np.uint8), matrix)
     corner = [[-0.5, -0.5, -0.5]]
     np.testing.assert_allclose(iso.kji_to_ras(corner), vol.kji_to_ras(corner), atol=1e-9)
@@ -253,11 +264,11 @@ def test_isotropic_grid_covers_the_same_ras_bounds(name):
 
 
 WINDOWS = [
-    ((2, 3, 4), (4, 5, 6)),          # inside
-    ((-3, 2, 1), (6, 4, 4)),         # starts before the array
-    ((7, 9, 10), (6, 6, 6)),         # runs past the end
-    ((-2, -2, -2), (14, 16, 18)),    # larger than the array on every side
-    ((20, 0, 0), (3, 3, 3)),         # entirely outside
+    ((2, 3, 4), (4, 5, 6)),  # inside
+    ((-3, 2, 1), (6, 4, 4)),  # starts before the array
+    ((7, 9, 10), (6, 6, 6)),  # runs past the end
+    ((-2, -2, -2), (14, 16, 18)),  # larger than the array on every side
+    ((20, 0, 0), (3, 3, 3)),  # entirely outside
 ]
 
 

@@ -1,4 +1,5 @@
 """scripts/gpu_check.py runs end to end (CPU, --tiny) and says "unmeasured" instead of guessing without CUDA."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,14 @@ SCRIPT = Path(__file__).resolve().parents[3] / "scripts" / "gpu_check.py"
 
 
 def _run(*args, env=None):
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, encoding="utf-8",
-                          env=dict(os.environ, HF_HUB_OFFLINE="1", **(env or {})), timeout=900)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        env=dict(os.environ, HF_HUB_OFFLINE="1", **(env or {})),
+        timeout=900,
+    )
 
 
 def test_cpu_tiny_run_measures_both_models():

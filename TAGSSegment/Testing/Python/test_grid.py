@@ -1,6 +1,7 @@
 """`tagseg.geometry.Grid`: the one owner of index/point geometry. Its mappings must equal, bit for bit, the
 hand-written ones they replaced (Volume's, the TAGS crop's, the Slicer logic's block resampler), and no
 module but geometry.py may invert an IJK->RAS matrix again."""
+
 from __future__ import annotations
 
 import ast
@@ -15,7 +16,7 @@ from tagseg.geometry import KJI_SWAP, Grid, as_grid, resample, resample_like
 from tagseg.tags.crop import CropGrid, crop_to_source
 from tagseg.volume import Volume, make_ijk_to_ras
 
-SOURCE = Path(__file__).resolve().parents[2]               # TAGSSegment/
+SOURCE = Path(__file__).resolve().parents[2]  # TAGSSegment/
 GEOMETRY = SOURCE / "tagseg" / "geometry.py"
 SOURCE_FOLDERS = (SOURCE / "tagseg", SOURCE / "TAGSSegmentLib")
 
@@ -38,10 +39,11 @@ def _points(rng, n: int = 200) -> np.ndarray:
 
 # -- the grid itself ---------------------------------------------------------------------------
 
+
 def test_grid_is_immutable_and_compares_by_value():
     matrix = make_ijk_to_ras((1.0, 2.0, 3.0), (4.0, 5.0, 6.0))
     grid = Grid(matrix, [2, 3, 4])
-    matrix[0, 0] = 99.0                                   # the caller's matrix is copied
+    matrix[0, 0] = 99.0  # the caller's matrix is copied
     assert grid.ijk_to_ras[0, 0] == 1.0 and grid.shape_kji == (2, 3, 4)
     assert not grid.ijk_to_ras.flags.writeable and not grid.ras_to_ijk.flags.writeable
     assert grid == Grid(make_ijk_to_ras((1.0, 2.0, 3.0), (4.0, 5.0, 6.0)), (2, 3, 4))
@@ -75,9 +77,13 @@ def test_contains_matches_both_former_rules(name):
     grid = Grid(matrix, shape)
     rng = np.random.default_rng(1)
     upper = np.array(shape) - 1
-    kji = np.concatenate([rng.uniform(-2, upper + 2, (500, 3)),
-                          np.array([[-0.5, 0, 0], [-0.5 - 1e-10, 0, 0], [-0.5 - 1e-8, 0, 0]]),
-                          np.array(upper + 0.5)[None] + np.array([[0.0], [1e-10], [1e-8]])])
+    kji = np.concatenate(
+        [
+            rng.uniform(-2, upper + 2, (500, 3)),
+            np.array([[-0.5, 0, 0], [-0.5 - 1e-10, 0, 0], [-0.5 - 1e-8, 0, 0]]),
+            np.array(upper + 0.5)[None] + np.array([[0.0], [1e-10], [1e-8]]),
+        ]
+    )
     for tolerance in (0.0, 0.5, 1.0):
         slack = tolerance + 1e-9
         old = np.all((kji >= -slack) & (kji <= np.array(shape) - 1 + slack), axis=1)
@@ -103,14 +109,18 @@ def test_index_map_between_grids_is_the_former_formula():
 def test_block_covering_equals_the_slicer_block_arithmetic(clip):
     """The block the Slicer logic computed by hand (through a dummy Volume) before it used `Grid`."""
     source = Grid(*GRIDS["oblique"])
-    centre = source.kji_to_ras(np.array(source.shape_kji) / 2)[0] + (15.0, 0.0, 0.0)   # overlapping, part outside
+    centre = source.kji_to_ras(np.array(source.shape_kji) / 2)[0] + (15.0, 0.0, 0.0)  # overlapping, part outside
     linear = make_ijk_to_ras((0.7, 0.7, 2.5), (0.0, 0.0, 0.0), np.diag([-1.0, -1.0, 1.0]))
-    target = Grid(make_ijk_to_ras((0.7, 0.7, 2.5), centre - linear[:3, :3] @ (32.0, 32.0, 20.0),
-                                  np.diag([-1.0, -1.0, 1.0])), (40, 64, 64))
+    target = Grid(
+        make_ijk_to_ras((0.7, 0.7, 2.5), centre - linear[:3, :3] @ (32.0, 32.0, 20.0), np.diag([-1.0, -1.0, 1.0])),
+        (40, 64, 64),
+    )
     first, last = np.array([2, 3, 4]), np.array([9, 20, 30])
     lo_src, hi_src = first - 0.5, last + 0.5
-    corners = np.array([[k, j, i] for k in (lo_src[0], hi_src[0]) for j in (lo_src[1], hi_src[1])
-                        for i in (lo_src[2], hi_src[2])], dtype=np.float64)
+    corners = np.array(
+        [[k, j, i] for k in (lo_src[0], hi_src[0]) for j in (lo_src[1], hi_src[1]) for i in (lo_src[2], hi_src[2])],
+        dtype=np.float64,
+    )
     kji = Volume(np.zeros((1, 1, 1)), target.ijk_to_ras).ras_to_kji(source.kji_to_ras(corners))
     lo, hi = np.floor(kji.min(0)).astype(int), np.ceil(kji.max(0)).astype(int)
     if clip:
@@ -167,8 +177,22 @@ def test_crops_are_grids():
 
 # words that mark a matrix as a grid's (IJK->RAS, an affine, a direction/world/transform matrix): an inverse
 # of one of those belongs in geometry.py; an inverse of anything else (a covariance, a fit) is left alone
-GEOMETRY_WORDS = ("ijk", "ras", "affine", "matrix", "lps", "grid", "direction", "world", "transform", "xform",
-                  "sform", "qform", "crop", "volume")
+GEOMETRY_WORDS = (
+    "ijk",
+    "ras",
+    "affine",
+    "matrix",
+    "lps",
+    "grid",
+    "direction",
+    "world",
+    "transform",
+    "xform",
+    "sform",
+    "qform",
+    "crop",
+    "volume",
+)
 INVERSES = ("inv", "pinv")
 
 
@@ -179,15 +203,21 @@ def _sources() -> list[Path]:
 def _grid_inverses(path: Path) -> list[str]:
     """`linalg.inv(...)`-style calls on a grid matrix (and bare `inv` imported from a linalg module) in `path`."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    bare = {alias.asname or alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
-            and (node.module or "").endswith("linalg") for alias in node.names if alias.name in INVERSES}
+    bare = {
+        alias.asname or alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and (node.module or "").endswith("linalg")
+        for alias in node.names
+        if alias.name in INVERSES
+    }
     found = []
     for node in ast.walk(tree):
         if not isinstance(node, ast.Call) or not node.args:
             continue
         func = ast.unparse(node.func)
-        is_inverse = (func in bare or any(func == f"linalg.{name}" or func.endswith(f".linalg.{name}")
-                                          for name in INVERSES))
+        is_inverse = func in bare or any(
+            func == f"linalg.{name}" or func.endswith(f".linalg.{name}") for name in INVERSES
+        )
         argument = ast.unparse(node.args[0]).lower()
         if is_inverse and any(word in argument for word in GEOMETRY_WORDS):
             where = path.relative_to(SOURCE) if path.is_relative_to(SOURCE) else path.name
@@ -198,15 +228,18 @@ def _grid_inverses(path: Path) -> list[str]:
 def test_only_geometry_inverts_a_grid_matrix():
     """Each conversion lives in geometry.py: elsewhere ask a `Grid` (`ras_to_kji`, `ras_to_ijk`, `kji_map_to`)."""
     offenders = [hit for path in _sources() if path != GEOMETRY for hit in _grid_inverses(path)]
-    assert not offenders, "IJK->RAS inverted outside tagseg/geometry.py (use tagseg.geometry.Grid):\n" + \
-        "\n".join(offenders)
+    assert not offenders, "IJK->RAS inverted outside tagseg/geometry.py (use tagseg.geometry.Grid):\n" + "\n".join(
+        offenders
+    )
 
 
 def test_the_guard_sees_what_it_guards(tmp_path):
     sample = tmp_path / "sample.py"
-    sample.write_text("import numpy as np\nfrom numpy.linalg import inv as invert\nimport numpy\n"
-                      "a = np.linalg.inv(volume.ijk_to_ras)\nb = numpy.linalg.inv(matrix)\n"
-                      "c = invert(self.affine)\nd = np.linalg.inv(covariance)\ne = linalg.inv(crop.ijk_to_ras)\n")
+    sample.write_text(
+        "import numpy as np\nfrom numpy.linalg import inv as invert\nimport numpy\n"
+        "a = np.linalg.inv(volume.ijk_to_ras)\nb = numpy.linalg.inv(matrix)\n"
+        "c = invert(self.affine)\nd = np.linalg.inv(covariance)\ne = linalg.inv(crop.ijk_to_ras)\n"
+    )
     hits = _grid_inverses(sample)
     assert [h.split(":")[1] for h in hits] == ["4", "5", "6", "8"]
     assert _grid_inverses(GEOMETRY), "geometry.py's own inverse should be visible to the guard"

@@ -4,6 +4,7 @@ writes that cannot lie (a real full disk: a private tmpfs mounted in a mount nam
 short write), inputs that are never outputs, exact volume bounds, DICOM/NIfTI geometry checked, and clean
 one-line messages. Everything is made on the fly; nothing large is stored.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -31,9 +32,9 @@ from tagseg.prompts import make_point
 from tagseg.volume import Volume, make_ijk_to_ras
 
 MODULE_DIR = Path(__file__).resolve().parents[2]
-AS_LIMIT = 4 << 30                  # address space of a bomb's process: torch needs ~3 GB of mappings to import
-RSS_LIMIT_MB = 1024                 # what a refused input may cost at most
-RSS_TABLE = os.environ.get("TAGSEG_RSS_TABLE")   # append "case | MB" lines here (for the README's table)
+AS_LIMIT = 4 << 30  # address space of a bomb's process: torch needs ~3 GB of mappings to import
+RSS_LIMIT_MB = 1024  # what a refused input may cost at most
+RSS_TABLE = os.environ.get("TAGSEG_RSS_TABLE")  # append "case | MB" lines here (for the README's table)
 
 DRIVER = textwrap.dedent("""
     import json, os, resource, sys
@@ -70,14 +71,22 @@ DRIVER = textwrap.dedent("""
 """)
 
 
-def run_limited(tmp_path: Path, *args, env: dict | None = None, wrap: list[str] | None = None,
-                timeout: float = 240) -> tuple[subprocess.CompletedProcess, float]:
+def run_limited(
+    tmp_path: Path, *args, env: dict | None = None, wrap: list[str] | None = None, timeout: float = 240
+) -> tuple[subprocess.CompletedProcess, float]:
     """`tagseg ARGS` in a fresh process under RLIMIT_AS; returns the result and the peak RSS in MB."""
     driver = tmp_path / "harden_driver.py"
     driver.write_text(DRIVER, encoding="utf-8")
     report = tmp_path / "harden_report.json"
-    full_env = dict(os.environ, PYTHONPATH=str(MODULE_DIR), HF_HUB_OFFLINE="1", HARDEN_AS_LIMIT=str(AS_LIMIT),
-                    HARDEN_REPORT=str(report), TAGSEG_CACHE_DIR=str(tmp_path / "cache"), **(env or {}))
+    full_env = dict(
+        os.environ,
+        PYTHONPATH=str(MODULE_DIR),
+        HF_HUB_OFFLINE="1",
+        HARDEN_AS_LIMIT=str(AS_LIMIT),
+        HARDEN_REPORT=str(report),
+        TAGSEG_CACHE_DIR=str(tmp_path / "cache"),
+        **(env or {}),
+    )
     full_env.pop("TAGSEG_DEBUG", None)
     full_env.pop("TAGSEG_MEMORY_LIMIT", None)
     command = [*(wrap or []), sys.executable, str(driver), *map(str, args)]
@@ -104,8 +113,9 @@ def assert_refused(result: subprocess.CompletedProcess, *fragments: str) -> str:
 
 def small_volume(shape=(8, 16, 16), spacing=(1.0, 1.0, 2.0), dtype=np.int16) -> Volume:
     rng = np.random.default_rng(0)
-    return Volume(rng.integers(-100, 100, shape).astype(dtype), make_ijk_to_ras(spacing, (10.0, -20.0, 30.0)),
-                  name="image")
+    return Volume(
+        rng.integers(-100, 100, shape).astype(dtype), make_ijk_to_ras(spacing, (10.0, -20.0, 30.0)), name="image"
+    )
 
 
 # ---- (1) memory bombs ------------------------------------------------------------------------------------------
@@ -132,8 +142,11 @@ def bomb_nrrd(folder: Path) -> Path:
 
 def bomb_mha(folder: Path) -> Path:
     path = folder / "bomb.mha"
-    path.write_text("ObjectType = Image\nNDims = 3\nDimSize = 4000 4000 400\nElementType = MET_SHORT\n"
-                    "ElementSpacing = 1 1 1\nElementDataFile = LOCAL\n", encoding="utf-8")
+    path.write_text(
+        "ObjectType = Image\nNDims = 3\nDimSize = 4000 4000 400\nElementType = MET_SHORT\n"
+        "ElementSpacing = 1 1 1\nElementDataFile = LOCAL\n",
+        encoding="utf-8",
+    )
     return path
 
 
@@ -166,11 +179,18 @@ def huge_config_checkpoint(folder: Path) -> Path:
     config = get_preset("tags-b").to_dict()
     config.update(embed_dim=4096, depth=96, mlp_ratio=16, num_heads=64, text_dim=4096)
     spec = TASKS["kits"]
-    meta = {"preset": config["name"], "config": config, "task": spec.key, "anatomy": spec.anatomy,
-            "organ_labels": list(spec.organ_labels), "tumour_label": spec.tumour_label,
-            "intensity": spec.intensity(), "spacing_mm": [1.0, 1.0, 1.0],
-            "text": {"encoder": "open_clip:ViT-L-14:openai", "object_word": spec.key,
-                     "object_word_mode": "dataset-key"}, "provenance": {}}
+    meta = {
+        "preset": config["name"],
+        "config": config,
+        "task": spec.key,
+        "anatomy": spec.anatomy,
+        "organ_labels": list(spec.organ_labels),
+        "tumour_label": spec.tumour_label,
+        "intensity": spec.intensity(),
+        "spacing_mm": [1.0, 1.0, 1.0],
+        "text": {"encoder": "open_clip:ViT-L-14:openai", "object_word": spec.key, "object_word_mode": "dataset-key"},
+        "provenance": {},
+    }
     path = folder / "huge.safetensors"
     save_checkpoint(path, {"image_encoder.pos_embed": torch.ones(1)}, meta)
     return path
@@ -200,12 +220,28 @@ def test_checkpoint_config_is_sized_before_the_network_is_built(tmp_path, comman
     checkpoint = huge_config_checkpoint(tmp_path)
     image = tmp_path / "image.nii.gz"
     save_volume(small_volume(), image)
-    args = (["segment", image, "-o", tmp_path / "out.nii.gz", "--point", "15,-12,36", "--model", checkpoint,
-             "--device", "cpu"]
-            if command == "segment" else ["models", "install", checkpoint])
+    args = (
+        [
+            "segment",
+            image,
+            "-o",
+            tmp_path / "out.nii.gz",
+            "--point",
+            "15,-12,36",
+            "--model",
+            checkpoint,
+            "--device",
+            "cpu",
+        ]
+        if command == "segment"
+        else ["models", "install", checkpoint]
+    )
     result, rss = run_limited(tmp_path, *args)
-    record_rss(f"`{' '.join(map(str, args[:2])) if command == 'install' else 'segment --model'}` "
-               "checkpoint with a 60 G-parameter config", rss)
+    record_rss(
+        f"`{' '.join(map(str, args[:2])) if command == 'install' else 'segment --model'}` "
+        "checkpoint with a 60 G-parameter config",
+        rss,
+    )
     line = assert_refused(result, "huge.safetensors")
     assert "memory" in line or "shape" in line
     assert rss < RSS_LIMIT_MB
@@ -230,8 +266,9 @@ def test_memory_limit_comes_from_the_environment_or_the_flag(tmp_path, monkeypat
     assert 64 << 20 <= budget.limit_bytes()
     image = tmp_path / "image.nii.gz"
     save_volume(small_volume(), image)
-    result, _ = run_limited(tmp_path, "--memory-limit", "1K", "segment", image, "-o", tmp_path / "o.nii.gz",
-                            "--point", "15,-12,36")
+    result, _ = run_limited(
+        tmp_path, "--memory-limit", "1K", "segment", image, "-o", tmp_path / "o.nii.gz", "--point", "15,-12,36"
+    )
     assert_refused(result, "more than the limit of 1.0 KB")
 
 
@@ -248,8 +285,16 @@ def test_decompression_is_capped_and_morphology_radii_are_bounded():
 def _can_mount_tmpfs() -> bool:
     if not shutil.which("unshare") or os.geteuid() != 0:
         return False
-    probe = subprocess.run(["unshare", "-m", "sh", "-c", "mkdir -p /tmp/.tagseg-tmpfs-probe && mount -t tmpfs "
-                            "-o size=64k tmpfs /tmp/.tagseg-tmpfs-probe"], capture_output=True)
+    probe = subprocess.run(
+        [
+            "unshare",
+            "-m",
+            "sh",
+            "-c",
+            "mkdir -p /tmp/.tagseg-tmpfs-probe && mount -t tmpfs -o size=64k tmpfs /tmp/.tagseg-tmpfs-probe",
+        ],
+        capture_output=True,
+    )
     return probe.returncode == 0
 
 
@@ -268,23 +313,28 @@ def test_full_disk_exits_2_with_the_os_reason_and_keeps_the_previous_file(tmp_pa
     (tmp_path / "prev.py").write_text(
         f"import sys; sys.path.insert(0, {str(MODULE_DIR)!r})\nimport numpy as np\n"
         "from tagseg.io import save_volume\nfrom tagseg.volume import Volume\n"
-        "save_volume(Volume(np.ones((2, 2, 2), np.uint8), np.eye(4)), sys.argv[1])\n", encoding="utf-8")
-    script = (f"mount -t tmpfs -o size=512k tmpfs {mount} && {sys.executable} {tmp_path / 'prev.py'} {target} && "
-              f"cp {target} {tmp_path}/previous && avail=$(df -k --output=avail {mount} | tail -1) && "
-              f"dd if=/dev/zero of={mount}/filler bs=1k count=$((avail - {room_kb})) 2>/dev/null; "
-              f"\"$@\"; rc=$?; cmp -s {target} {tmp_path}/previous && echo INTACT; cp {target} {tmp_path}/after{output}; "
-              f"ls -A {mount}; exit $rc")
+        "save_volume(Volume(np.ones((2, 2, 2), np.uint8), np.eye(4)), sys.argv[1])\n",
+        encoding="utf-8",
+    )
+    script = (
+        f"mount -t tmpfs -o size=512k tmpfs {mount} && {sys.executable} {tmp_path / 'prev.py'} {target} && "
+        f"cp {target} {tmp_path}/previous && avail=$(df -k --output=avail {mount} | tail -1) && "
+        f"dd if=/dev/zero of={mount}/filler bs=1k count=$((avail - {room_kb})) 2>/dev/null; "
+        f'"$@"; rc=$?; cmp -s {target} {tmp_path}/previous && echo INTACT; cp {target} {tmp_path}/after{output}; '
+        f"ls -A {mount}; exit $rc"
+    )
     wrap = ["unshare", "-m", "sh", "-c", script, "sh"]
-    result, _ = run_limited(tmp_path, "segment", image, "-o", target, "--point", "15,-12,60",
-                            env={"HARDEN_FAKE_PREDICT": "1"}, wrap=wrap)
-    if result.returncode == 0:            # with a little room a compressed mask can fit: then it must be whole
+    result, _ = run_limited(
+        tmp_path, "segment", image, "-o", target, "--point", "15,-12,60", env={"HARDEN_FAKE_PREDICT": "1"}, wrap=wrap
+    )
+    if result.returncode == 0:  # with a little room a compressed mask can fit: then it must be whole
         assert room_kb > 0 and "INTACT" not in result.stdout
         written = load_volume(tmp_path / f"after{output}")
         assert written.shape_kji == volume.shape_kji and int(np.count_nonzero(written.array)) == 4 * 8 * 8
     else:
         assert_refused(result, str(target), "No space left on device", "previous file is unchanged")
         assert "INTACT" in result.stdout and " ml " not in result.stdout
-    assert sorted(result.stdout.split()[-2:]) == sorted(["filler", output]), result.stdout   # no partial file
+    assert sorted(result.stdout.split()[-2:]) == sorted(["filler", output]), result.stdout  # no partial file
 
 
 def test_full_disk_leaves_the_previous_file_and_no_partial_file(tmp_path):
@@ -323,9 +373,18 @@ def test_full_disk_leaves_the_previous_file_and_no_partial_file(tmp_path):
         assert all(ok is True for _, ok in results), results
     """)
     (tmp_path / "check.py").write_text(check, encoding="utf-8")
-    result = subprocess.run(["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o size=256k tmpfs {mount} && "
-                             f"{sys.executable} {tmp_path / 'check.py'}"], capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [
+            "unshare",
+            "-m",
+            "sh",
+            "-c",
+            f"mount -t tmpfs -o size=256k tmpfs {mount} && {sys.executable} {tmp_path / 'check.py'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -438,15 +497,20 @@ def test_every_product_writer_fails_a_short_write_and_keeps_the_previous_file(tm
     (tmp_path / "check.py").write_text(WRITERS_CHECK, encoding="utf-8")
     (tmp_path / "files").mkdir()
     env = dict(os.environ, PYTHONPATH=str(MODULE_DIR), HF_HUB_OFFLINE="1")
-    result = subprocess.run([sys.executable, str(tmp_path / "check.py"), str(tmp_path / "files")],
-                            capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(tmp_path / "check.py"), str(tmp_path / "files")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert len(report) == 8
     for name, outcome in report.items():
         error = outcome["error"]
         assert f"{name}: cannot write" in error or "could not cache text embeddings at" in error, (name, outcome)
-        assert "EFBIG" in error or "requested and" in error, (name, outcome)     # numpy names no errno
+        assert "EFBIG" in error or "requested and" in error, (name, outcome)  # numpy names no errno
         assert outcome["intact"], (name, outcome)
         assert outcome["files"] == [name], (name, outcome)
 
@@ -461,10 +525,23 @@ def test_no_input_can_be_the_output(tmp_path):
     symlink = tmp_path / "symlink.nii.gz"
     symlink.symlink_to(image)
     before = {p: p.read_bytes() for p in (image, anatomy)}
-    for output, fragment in ((anatomy, "overwrite the input"), (link, "overwrite the input"),
-                             (symlink, "overwrite the input image")):
-        result, _ = run_limited(tmp_path, "segment", image, "-o", output, "--anatomy", anatomy,
-                                "--point", "15,-12,36", env={"HARDEN_FAKE_PREDICT": "1"})
+    for output, fragment in (
+        (anatomy, "overwrite the input"),
+        (link, "overwrite the input"),
+        (symlink, "overwrite the input image"),
+    ):
+        result, _ = run_limited(
+            tmp_path,
+            "segment",
+            image,
+            "-o",
+            output,
+            "--anatomy",
+            anatomy,
+            "--point",
+            "15,-12,36",
+            env={"HARDEN_FAKE_PREDICT": "1"},
+        )
         assert_refused(result, fragment)
     assert {p: p.read_bytes() for p in before} == before
 
@@ -477,7 +554,7 @@ def test_a_file_read_can_never_be_replaced_within_a_command(tmp_path):
     save_volume(small_volume(), path)
     alias = tmp_path / "alias.nrrd"
     os.link(path, alias)
-    with guarding_inputs():                                   # what the CLI wraps every command in
+    with guarding_inputs():  # what the CLI wraps every command in
         load_volume(path)
         for target in (path, alias):
             with pytest.raises(TagsegError, match="would overwrite the input"):
@@ -508,18 +585,30 @@ def test_signals_during_the_write_remove_the_partial_file(tmp_path, signum):
     out = tmp_path / "out" / "m.nii.gz"
     driver = tmp_path / "harden_driver.py"
     driver.write_text(DRIVER, encoding="utf-8")
-    env = dict(os.environ, PYTHONPATH=str(MODULE_DIR), HF_HUB_OFFLINE="1", HARDEN_AS_LIMIT=str(AS_LIMIT),
-               HARDEN_REPORT=str(tmp_path / "r.json"), HARDEN_FAKE_PREDICT="1", HARDEN_SLOW_WRITE="1")
-    proc = subprocess.Popen([sys.executable, str(driver), "segment", str(image), "-o", str(out), "--point",
-                             "15,-12,36"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            # a runner started in the background passes SIGINT on ignored, and tagseg respects that
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(MODULE_DIR),
+        HF_HUB_OFFLINE="1",
+        HARDEN_AS_LIMIT=str(AS_LIMIT),
+        HARDEN_REPORT=str(tmp_path / "r.json"),
+        HARDEN_FAKE_PREDICT="1",
+        HARDEN_SLOW_WRITE="1",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(driver), "segment", str(image), "-o", str(out), "--point", "15,-12,36"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        # a runner started in the background passes SIGINT on ignored, and tagseg respects that
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.time() + 120
     while time.time() < deadline and "WRITING" not in (proc.stdout.readline() or ""):
         pass
     assert [p.name for p in out.parent.iterdir()][0].startswith(".tagseg-")
     proc.send_signal(signum)
-    proc.wait(timeout=120)        # a lost signal would let the 60 s write finish and leave the output: caught below
+    proc.wait(timeout=120)  # a lost signal would let the 60 s write finish and leave the output: caught below
     assert proc.returncode != 0
     assert not out.parent.exists() or list(out.parent.iterdir()) == []
 
@@ -542,10 +631,10 @@ def test_atomic_file_refuses_an_input_and_cleans_created_folders(tmp_path):
 @pytest.mark.parametrize("n", [7, 8])
 def test_nearest_index_at_both_faces(n):
     assert geometry.nearest_index(-0.5, n) == 0
-    assert geometry.nearest_index(-0.5 - 1e-7, n) == 0          # clipped even just outside
-    assert geometry.nearest_index(n - 0.5, n) == n - 1           # even n: 7.5 -> 7, never 8
+    assert geometry.nearest_index(-0.5 - 1e-7, n) == 0  # clipped even just outside
+    assert geometry.nearest_index(n - 0.5, n) == n - 1  # even n: 7.5 -> 7, never 8
     assert geometry.nearest_index(n - 0.5 + 1e-7, n) == n - 1
-    assert geometry.nearest_index(n - 1.5, n) == n - 1           # halves round up, not to even
+    assert geometry.nearest_index(n - 1.5, n) == n - 1  # halves round up, not to even
     assert geometry.nearest_index(2.5, n) == 3 and geometry.nearest_index(3.5, n) == 4
     assert list(geometry.nearest_index([0.49, 0.5, n - 1.0], n)) == [0, 1, n - 1]
     assert geometry.nearest_voxel([[n - 0.5, -0.5, 15.5]], (n, 16, 16)).tolist() == [[n - 1, 0, 15]]
@@ -556,8 +645,16 @@ def test_nearest_index_at_both_faces(n):
 def test_a_click_anywhere_within_the_printed_bounds_works(n, spacing):
     volume = small_volume(shape=(n, 16, 16), spacing=spacing)
     text = volume.describe_bounds()
-    numbers = [float(v) for v in text.replace("R", "").replace("A", "").replace("S", "").replace("mm", "")
-               .replace(",", " ").replace("..", " ").split()]
+    numbers = [
+        float(v)
+        for v in text.replace("R", "")
+        .replace("A", "")
+        .replace("S", "")
+        .replace("mm", "")
+        .replace(",", " ")
+        .replace("..", " ")
+        .split()
+    ]
     lo, hi = np.array(numbers[0::2]), np.array(numbers[1::2])
     for corner in np.array(np.meshgrid(*zip(lo, hi))).T.reshape(-1, 3):
         make_point(volume, corner)
@@ -570,8 +667,15 @@ def test_a_click_anywhere_within_the_printed_bounds_works(n, spacing):
 
 
 # ---- (3) DICOM and NIfTI geometry --------------------------------------------------------------------------------
-def write_dicom_series(folder: Path, positions, uid="1.2.826.0.1.3680043.2.1125.1", description="axial",
-                       prefix="s", size=(16, 12), step_value: int = 1) -> list[Path]:
+def write_dicom_series(
+    folder: Path,
+    positions,
+    uid="1.2.826.0.1.3680043.2.1125.1",
+    description="axial",
+    prefix="s",
+    size=(16, 12),
+    step_value: int = 1,
+) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
@@ -580,11 +684,18 @@ def write_dicom_series(folder: Path, positions, uid="1.2.826.0.1.3680043.2.1125.
         array = (np.arange(size[0] * size[1]).reshape(size[1], size[0]) + index * step_value).astype(np.int16)
         image = sitk.GetImageFromArray(array[None])
         image.SetSpacing((0.8, 0.8, 1.0))
-        for tag, value in (("0008|0060", "CT"), ("0020|000d", "1.2.826.0.1.3680043.2.1125.9"),
-                           ("0020|000e", uid), ("0008|103e", description), ("0020|0013", str(index + 1)),
-                           ("0020|0032", f"-10\\-20\\{z}"), ("0020|0037", "1\\0\\0\\0\\1\\0"),
-                           ("0028|0030", "0.8\\0.8"), ("0008|0016", "1.2.840.10008.5.1.4.1.1.2"),
-                           ("0008|0018", f"{uid}.{index + 1}")):
+        for tag, value in (
+            ("0008|0060", "CT"),
+            ("0020|000d", "1.2.826.0.1.3680043.2.1125.9"),
+            ("0020|000e", uid),
+            ("0008|103e", description),
+            ("0020|0013", str(index + 1)),
+            ("0020|0032", f"-10\\-20\\{z}"),
+            ("0020|0037", "1\\0\\0\\0\\1\\0"),
+            ("0028|0030", "0.8\\0.8"),
+            ("0008|0016", "1.2.840.10008.5.1.4.1.1.2"),
+            ("0008|0018", f"{uid}.{index + 1}"),
+        ):
             image.SetMetaData(tag, value)
         path = folder / f"{prefix}{index:03d}.dcm"
         writer.SetFileName(str(path))
@@ -598,14 +709,17 @@ def test_dicom_even_series_loads_with_its_spacing(tmp_path):
     volume = load_volume(tmp_path / "ct")
     assert volume.shape_kji == (5, 12, 16)
     assert np.allclose(volume.spacing_ijk, (0.8, 0.8, 2.5))
-    assert np.allclose(volume.ijk_to_ras[:3, 3], (10, 20, 0))        # LPS (-10, -20, 0) in RAS
-    assert int(volume.array[4, 0, 0]) == 4                             # slices in position order
+    assert np.allclose(volume.ijk_to_ras[:3, 3], (10, 20, 0))  # LPS (-10, -20, 0) in RAS
+    assert int(volume.array[4, 0, 0]) == 4  # slices in position order
 
 
-@pytest.mark.parametrize("positions, fragment", [
-    ([0, 2, 4, 6, 20, 22, 24, 60], "not evenly spaced"),
-    ([0, 2, 4, 4, 6], "duplicate slice position"),
-])
+@pytest.mark.parametrize(
+    "positions, fragment",
+    [
+        ([0, 2, 4, 6, 20, 22, 24, 60], "not evenly spaced"),
+        ([0, 2, 4, 4, 6], "duplicate slice position"),
+    ],
+)
 def test_dicom_uneven_or_duplicate_positions_are_refused(tmp_path, positions, fragment):
     write_dicom_series(tmp_path / "ct", positions)
     with pytest.raises(InputError, match=fragment) as info:
@@ -623,7 +737,7 @@ def test_dicom_uneven_series_is_resampled_only_when_asked(tmp_path):
     assert np.allclose(volume.ijk_to_ras[:3, 3], (10, 20, 0))
     base = np.arange(16 * 12).reshape(12, 16)
     s_mm = np.arange(31) * 2.0
-    acquired = np.interp(s_mm, positions, np.arange(8) * 140)        # linear between neighbouring slices
+    acquired = np.interp(s_mm, positions, np.arange(8) * 140)  # linear between neighbouring slices
     assert np.array_equal(volume.array, base[None] + np.rint(acquired).astype(int)[:, None, None])
     assert int(volume.array[5, 0, 0]) == 460 and int(volume.array[-1, 0, 0]) == 7 * 140
     assert "resampled onto 31 slices 2 mm apart" in volume.meta["warnings"][0]
@@ -695,15 +809,26 @@ def test_nifti_sform_wins_over_a_disagreeing_qform_and_outputs_agree(tmp_path):
 def test_fifo_is_refused_by_type_without_opening(tmp_path):
     fifo = tmp_path / "pipe.nii.gz"
     os.mkfifo(fifo)
-    result, _ = run_limited(tmp_path, "segment", fifo, "-o", tmp_path / "o.nii.gz", "--point", "0,0,0",
-                            timeout=60)
+    result, _ = run_limited(tmp_path, "segment", fifo, "-o", tmp_path / "o.nii.gz", "--point", "0,0,0", timeout=60)
     assert_refused(result, "named pipe")
     image = tmp_path / "image.nii.gz"
     save_volume(small_volume(), image)
     model = tmp_path / "pipe.safetensors"
     os.mkfifo(model)
-    result, _ = run_limited(tmp_path, "segment", image, "-o", tmp_path / "o.nii.gz", "--point", "15,-12,36",
-                            "--model", model, "--device", "cpu", timeout=120)
+    result, _ = run_limited(
+        tmp_path,
+        "segment",
+        image,
+        "-o",
+        tmp_path / "o.nii.gz",
+        "--point",
+        "15,-12,36",
+        "--model",
+        model,
+        "--device",
+        "cpu",
+        timeout=120,
+    )
     line = assert_refused(result, "named pipe")
     assert "folder" not in line
 
@@ -735,8 +860,10 @@ def test_non_regular_detached_data_file_is_refused(tmp_path):
     fifo = tmp_path / "data.raw"
     os.mkfifo(fifo)
     header = tmp_path / "image.mhd"
-    header.write_text("ObjectType = Image\nNDims = 3\nDimSize = 4 4 4\nElementType = MET_UCHAR\n"
-                      "ElementDataFile = data.raw\n", encoding="utf-8")
+    header.write_text(
+        "ObjectType = Image\nNDims = 3\nDimSize = 4 4 4\nElementType = MET_UCHAR\nElementDataFile = data.raw\n",
+        encoding="utf-8",
+    )
     with pytest.raises(InputError, match="named pipe"):
         load_volume(header)
     assert stat.S_ISFIFO(os.stat(fifo).st_mode)

@@ -3,6 +3,7 @@
 io.py is the only place where ITK's LPS geometry meets our RAS `Volume`, so each format is
 cross-checked against an independent reader (nibabel, pynrrd, SimpleITK, slicer-core).
 """
+
 import gzip
 import os
 import types
@@ -35,10 +36,10 @@ def rotation(axis, degrees: float) -> np.ndarray:
 
 
 DIRECTIONS = {
-    "lps": np.diag([-1.0, -1.0, 1.0]),               # identity direction in the file
-    "ras_flipped": np.eye(3),                         # diag(-1, -1, 1) in the file
+    "lps": np.diag([-1.0, -1.0, 1.0]),  # identity direction in the file
+    "ras_flipped": np.eye(3),  # diag(-1, -1, 1) in the file
     "oblique": rotation([0.3, 1.0, 0.2], 20) @ np.diag([-1.0, -1.0, 1.0]),
-    "permuted": np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, -1.0, 0.0]]),   # left-handed
+    "permuted": np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, -1.0, 0.0]]),  # left-handed
 }
 FORMATS = [".nii.gz", ".nrrd", ".mha"]
 
@@ -79,7 +80,7 @@ def test_nifti_geometry_matches_nibabel(tmp_path, geometry):
     save_volume(vol, path)
     image = nib.load(str(path))
     k, j, i = KNOWN_KJI
-    ras = (image.affine @ [i, j, k, 1])[:3]             # nibabel's affine is voxel -> RAS
+    ras = (image.affine @ [i, j, k, 1])[:3]  # nibabel's affine is voxel -> RAS
     np.testing.assert_allclose(ras, known_voxel_ras(vol), atol=1e-4)
     assert np.asarray(image.dataobj)[i, j, k] == vol.array[KNOWN_KJI]
 
@@ -121,8 +122,10 @@ def mrml():
     volumes_logic = register(slicer.vtkSlicerVolumesLogic(), "Volumes")
     seg_logic = register(slicer.vtkSlicerSegmentationsModuleLogic(), "Segmentations")
     register(slicer.vtkSlicerSubjectHierarchyModuleLogic(), "SubjectHierarchy")
-    modules = types.SimpleNamespace(segmentations=types.SimpleNamespace(logic=lambda: seg_logic),
-                                    volumes=types.SimpleNamespace(logic=lambda: volumes_logic))
+    modules = types.SimpleNamespace(
+        segmentations=types.SimpleNamespace(logic=lambda: seg_logic),
+        volumes=types.SimpleNamespace(logic=lambda: volumes_logic),
+    )
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(slicer, "mrmlScene", scene, raising=False)
         patch.setattr(slicer, "modules", modules, raising=False)
@@ -139,8 +142,9 @@ def _volume_node(mrml, volume: Volume):
     k, j, i = volume.shape_kji
     image = vtk.vtkImageData()
     image.SetDimensions(i, j, k)
-    image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(np.zeros(k * j * i, np.int16), deep=True,
-                                                               array_type=vtk.VTK_SHORT))
+    image.GetPointData().SetScalars(
+        numpy_support.numpy_to_vtk(np.zeros(k * j * i, np.int16), deep=True, array_type=vtk.VTK_SHORT)
+    )
     node.SetAndObserveImageData(image)
     return node
 
@@ -152,7 +156,7 @@ def test_seg_nrrd_opens_in_slicer_as_one_segment(tmp_path, mrml, geometry, fille
     mask = np.zeros(SHAPE, np.uint8)
     if filled:
         mask[1:4, 2:6, 3:7] = 1
-        mask[5, 6, 7] = 1                       # a corner voxel: the extent must reach the array edge
+        mask[5, 6, 7] = 1  # a corner voxel: the extent must reach the array edge
     path = tmp_path / "tumour.seg.nrrd"
     save_segmentation(vol.with_array(mask), path, segment_name="liver tumour")
     assert sorted(os.listdir(tmp_path)) == [path.name]
@@ -227,8 +231,10 @@ def _write_gzip_garbage(folder: Path) -> Path:
 def _write_zero_spacing(folder: Path) -> Path:
     """SimpleITK refuses to create zero spacing, so the header is written by hand."""
     path = folder / "flat.mha"
-    header = ("ObjectType = Image\nNDims = 3\nDimSize = 4 5 6\nElementSpacing = 0 1 1\n"
-              "ElementType = MET_SHORT\nElementDataFile = LOCAL\n")
+    header = (
+        "ObjectType = Image\nNDims = 3\nDimSize = 4 5 6\nElementSpacing = 0 1 1\n"
+        "ElementType = MET_SHORT\nElementDataFile = LOCAL\n"
+    )
     path.write_bytes(header.encode() + bytes(4 * 5 * 6 * 2))
     return path
 

@@ -1,5 +1,6 @@
 """LiteMedSAM's two runtimes run the same network: the ONNX Runtime encoder and box decoder (exported from the
 verified checkpoint into the cache folder) against eager PyTorch, on a real CT-like slice (real weights)."""
+
 import shutil
 import subprocess
 import sys
@@ -20,7 +21,7 @@ def _slice() -> np.ndarray:
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:INPUT_SIZE, :INPUT_SIZE]
     image = 0.3 + 0.05 * rng.standard_normal((INPUT_SIZE, INPUT_SIZE))
-    image[(yy - 120) ** 2 + (xx - 140) ** 2 < 30 ** 2] += 0.4
+    image[(yy - 120) ** 2 + (xx - 140) ** 2 < 30**2] += 0.4
     return np.repeat(np.clip(image, 0, 1)[None], 3, axis=0).astype(np.float32)
 
 
@@ -38,13 +39,13 @@ def test_onnx_runtime_matches_torch_on_encoder_and_decoder(nets):
     assert emb_onnx.shape == emb_torch.shape == litemedsam_net.EMBEDDING_SHAPE
     assert np.abs(emb_onnx - emb_torch).max() <= 1e-3 * np.abs(emb_torch).max()
     boxes = np.array([[105, 85, 175, 155], [60, 60, 200, 200], [0, 0, 255, 255]], np.float32)
-    logits_onnx, iou_onnx = onnx.decode(emb_torch, boxes)          # the same embedding: the decoders alone
+    logits_onnx, iou_onnx = onnx.decode(emb_torch, boxes)  # the same embedding: the decoders alone
     logits_torch, iou_torch = torch_net.decode(emb_torch, boxes)
     assert logits_onnx.shape == logits_torch.shape == (3, INPUT_SIZE, INPUT_SIZE)
     assert np.abs(logits_onnx - logits_torch).max() < 1e-3
     assert np.abs(iou_onnx - iou_torch).max() < 1e-4
-    disc = logits_onnx[0] > 0                                     # and the mask is the disc, not noise
-    assert 0.5 * np.pi * 30 ** 2 < disc.sum() < 1.5 * np.pi * 30 ** 2
+    disc = logits_onnx[0] > 0  # and the mask is the disc, not noise
+    assert 0.5 * np.pi * 30**2 < disc.sum() < 1.5 * np.pi * 30**2
 
 
 def test_parameter_count_constant_is_the_checkpoints(nets):
@@ -71,7 +72,7 @@ def test_exported_runtime_starts_without_building_the_torch_network(nets):
 def test_an_unreadable_cached_export_is_exported_again(tmp_path, monkeypatch):
     encoder = litemedsam_net.exported_path("encoder")
     monkeypatch.setenv("TAGSEG_CACHE_DIR", str(tmp_path))
-    shutil.copyfile(encoder, litemedsam_net.exported_path("encoder"))     # only the decoder is at stake
+    shutil.copyfile(encoder, litemedsam_net.exported_path("encoder"))  # only the decoder is at stake
     broken = litemedsam_net.exported_path("decoder")
     broken.write_bytes(b"not an onnx file")
     net = LiteMedSAM(runtime="onnxruntime")
@@ -98,7 +99,7 @@ def test_the_default_model_on_a_cpu_never_imports_torch(tmp_path):
 
     if devices._may_have_gpu():
         pytest.skip("this machine may have a GPU: --device auto imports torch to ask")
-    LiteMedSAM(runtime="onnxruntime")                           # the exports, cached (this process may use torch)
+    LiteMedSAM(runtime="onnxruntime")  # the exports, cached (this process may use torch)
     phantom = make_phantom(seed=0, shape_kji=(16, 64, 64), spacing_ijk=(2.0, 2.0, 4.0))
     image = tmp_path / "image.nii.gz"
     save_volume(phantom.image, image)

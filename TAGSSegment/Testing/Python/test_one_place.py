@@ -1,5 +1,6 @@
 """One place for each concern: guards that fail when a second copy of a small utility (Dice, the atomic rename)
 appears, or when the command modules start importing each other in a cycle; plus the shared helpers' contracts."""
+
 from __future__ import annotations
 
 import pkgutil
@@ -15,7 +16,7 @@ from tagseg.devices import is_out_of_memory
 from tagseg.errors import one_line
 from tagseg.evaluate import dice
 
-SOURCE = Path(__file__).resolve().parents[2]              # TAGSSegment/
+SOURCE = Path(__file__).resolve().parents[2]  # TAGSSegment/
 REPO = SOURCE.parent
 ENGINE = SOURCE / "tagseg"
 SLICER = SOURCE / "TAGSSegmentLib"
@@ -24,8 +25,9 @@ BENCH = REPO / "bench"
 
 
 def _sources(*folders: Path) -> list[Path]:
-    return sorted(p for folder in folders if folder.is_dir() for p in folder.rglob("*.py")
-                  if "__pycache__" not in p.parts)
+    return sorted(
+        p for folder in folders if folder.is_dir() for p in folder.rglob("*.py") if "__pycache__" not in p.parts
+    )
 
 
 def _offenders(pattern: str, folders: tuple[Path, ...], allowed: set[Path]) -> list[str]:
@@ -55,12 +57,12 @@ def test_one_dice():
 def test_dice_convention():
     empty = np.zeros((2, 3, 4), np.uint8)
     full = np.ones_like(empty)
-    assert dice(empty, empty) == 1.0                      # nothing to find, nothing found
+    assert dice(empty, empty) == 1.0  # nothing to find, nothing found
     assert dice(full, empty) == 0.0 and dice(empty, full) == 0.0
     half = full.copy()
     half[0] = 0
     assert dice(full, half) == pytest.approx(2 * 12 / 36)
-    assert dice(full * 7, full) == 1.0                    # any nonzero voxel is inside
+    assert dice(full * 7, full) == 1.0  # any nonzero voxel is inside
 
 
 def test_one_line():
@@ -69,15 +71,17 @@ def test_one_line():
     assert one_line(KeyError("x"), with_type=True) == "KeyError: 'x'"
     assert one_line(RuntimeError("first\nTraceback ..."), first_line=True) == "first"
     assert one_line("x" * 50, 10) == "x" * 10
-    assert one_line("caf\udce9") == "caf?"                # an undecodable command-line byte
+    assert one_line("caf\udce9") == "caf?"  # an undecodable command-line byte
 
 
 def test_out_of_memory_check_never_imports_torch():
-    code = ("import sys; from tagseg.devices import is_out_of_memory as oom; "
-            "assert oom(RuntimeError('CUDA out of memory. Tried to allocate 2 GiB')); "
-            "assert not oom(ValueError('x')); "
-            "assert oom(type('OutOfMemoryError', (RuntimeError,), {})('')); "
-            "assert 'torch' not in sys.modules, 'imported torch'")
+    code = (
+        "import sys; from tagseg.devices import is_out_of_memory as oom; "
+        "assert oom(RuntimeError('CUDA out of memory. Tried to allocate 2 GiB')); "
+        "assert not oom(ValueError('x')); "
+        "assert oom(type('OutOfMemoryError', (RuntimeError,), {})('')); "
+        "assert 'torch' not in sys.modules, 'imported torch'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=SOURCE, timeout=120)
     assert is_out_of_memory(MemoryError("out of memory")) and not is_out_of_memory(OSError("disk full"))
 
@@ -87,8 +91,9 @@ def _modules(package: str) -> list[str]:
     return [package] + [f"{package}.{m.name}" for m in pkgutil.iter_modules([str(root)])]
 
 
-@pytest.mark.parametrize("module", ["tagseg.fs", "tagseg.paths", "tagseg.errors", "tagseg.devices",
-                                    "tagseg.cli", "tagseg.train"])
+@pytest.mark.parametrize(
+    "module", ["tagseg.fs", "tagseg.paths", "tagseg.errors", "tagseg.devices", "tagseg.cli", "tagseg.train"]
+)
 def test_utility_modules_import_alone(module):
     """Each module imports first in a fresh interpreter: an import cycle would fail here."""
     subprocess.run([sys.executable, "-c", f"import {module}"], check=True, cwd=SOURCE, timeout=120)
@@ -144,7 +149,7 @@ def test_command_modules_form_no_import_cycle():
     seen, stack = set(), []
 
     def visit(node: str) -> None:
-        assert node not in stack, f"import cycle: {' -> '.join(stack[stack.index(node):] + [node])}"
+        assert node not in stack, f"import cycle: {' -> '.join(stack[stack.index(node) :] + [node])}"
         if node in seen:
             return
         stack.append(node)
@@ -155,10 +160,16 @@ def test_command_modules_form_no_import_cycle():
 
     for node in sorted(graph):
         visit(node)
-    engine = [p for p in _sources(ENGINE) if "commands" not in p.relative_to(ENGINE).parts and p.name != "cli.py"
-              and p.name != "__main__.py"]
+    engine = [
+        p
+        for p in _sources(ENGINE)
+        if "commands" not in p.relative_to(ENGINE).parts and p.name != "cli.py" and p.name != "__main__.py"
+    ]
     for path in engine:
         package = ".".join(("tagseg", *path.relative_to(ENGINE).parts[:-1]))
-        bad = {m for m in _imports(path, package)
-               if m in ("tagseg.commands", "tagseg.cli") or m.startswith(("tagseg.commands.", "tagseg.cli."))}
+        bad = {
+            m
+            for m in _imports(path, package)
+            if m in ("tagseg.commands", "tagseg.cli") or m.startswith(("tagseg.commands.", "tagseg.cli."))
+        }
         assert not bad, f"{path.relative_to(REPO)} imports the command line: {sorted(bad)}"

@@ -1,4 +1,5 @@
 """Overlay PNGs: people judge segmentations from these, so orientation and colours must be right."""
+
 from __future__ import annotations
 
 import sys
@@ -47,7 +48,7 @@ def where(rgb: np.ndarray, colour) -> np.ndarray:
 
 
 def crop(rgb: np.ndarray, panel) -> np.ndarray:
-    return rgb[panel.y:panel.y + panel.height, panel.x:panel.x + panel.width]
+    return rgb[panel.y : panel.y + panel.height, panel.x : panel.x + panel.width]
 
 
 def first_panel(path: Path, sheet) -> np.ndarray:
@@ -94,8 +95,9 @@ def test_empty_mask_draws_no_red_and_shows_the_middle_slice(tmp_path):
 def test_points_and_reference(tmp_path):
     image, mask = ct_with_ball(grid(), (64, 64, 10), (0, 0, 0))
     empty = mask.with_array(np.zeros(mask.shape_kji, np.uint8))
-    sheet = save_overlay_png(image, empty, tmp_path / "points.png", points_ras=[(-20.0, 0.0, 0.0), (500.0, 0.0, 0.0)],
-                             zoom=False)
+    sheet = save_overlay_png(
+        image, empty, tmp_path / "points.png", points_ras=[(-20.0, 0.0, 0.0), (500.0, 0.0, 0.0)], zoom=False
+    )
     rgb = first_panel(tmp_path / "points.png", sheet)
     ys, xs = np.nonzero(where(rgb, YELLOW))
     assert len(xs) > 0 and not where(rgb, RED).any()
@@ -109,12 +111,15 @@ def test_points_and_reference(tmp_path):
     assert where(rgb, GREEN).sum() > 50 and where(rgb, RED).sum() > 50
 
 
-@pytest.mark.parametrize("name, directions, shape_ijk, spacing_ijk", [
-    ("RAS", None, (64, 64, 10), (2.0, 2.0, 3.0)),
-    ("LPS", np.diag([-1.0, -1.0, 1.0]), (64, 64, 10), (2.0, 2.0, 3.0)),
-    ("flipped S", np.diag([-1.0, 1.0, -1.0]), (64, 64, 10), (2.0, 2.0, 3.0)),
-    ("permuted", TO_A_S_R, (64, 10, 64), (2.0, 3.0, 2.0)),
-])
+@pytest.mark.parametrize(
+    "name, directions, shape_ijk, spacing_ijk",
+    [
+        ("RAS", None, (64, 64, 10), (2.0, 2.0, 3.0)),
+        ("LPS", np.diag([-1.0, -1.0, 1.0]), (64, 64, 10), (2.0, 2.0, 3.0)),
+        ("flipped S", np.diag([-1.0, 1.0, -1.0]), (64, 64, 10), (2.0, 2.0, 3.0)),
+        ("permuted", TO_A_S_R, (64, 10, 64), (2.0, 3.0, 2.0)),
+    ],
+)
 def test_patient_left_is_screen_right_and_anterior_is_up(tmp_path, name, directions, shape_ijk, spacing_ijk):
     ijk_to_ras = grid(directions, shape_ijk, spacing_ijk)
     image, mask = ct_with_ball(ijk_to_ras, shape_ijk, centre_ras=(-30.0, 25.0, 0.0), radius_mm=10.0)
@@ -164,7 +169,7 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(Image.Image, "save", broken_save)
     from tagseg.errors import InputError
 
-    with pytest.raises(InputError, match="disk full"):      # the one writer's one-line error
+    with pytest.raises(InputError, match="disk full"):  # the one writer's one-line error
         save_overlay_png(image, mask, target)
     assert list(tmp_path.iterdir()) == []
 
@@ -175,23 +180,30 @@ def test_the_window_is_the_one_the_description_selects(tmp_path):
     soft = save_overlay_png(lungish, mask, tmp_path / "soft.png", max_slices=1, zoom=False, text="liver tumor")
     lung = save_overlay_png(lungish, mask, tmp_path / "lung.png", max_slices=1, zoom=False, text="tumeur pulmonaire")
     assert soft.window == "ct-soft-tissue -160..240 HU" and lung.window == "ct-lung -1000..400 HU"
-    at_centre_of_body = (128 + 40, 128)                   # 20 mm anterior of the centre: body, outside the ball
+    at_centre_of_body = (128 + 40, 128)  # 20 mm anterior of the centre: body, outside the ball
     assert first_panel(tmp_path / "soft.png", soft)[at_centre_of_body][0] == 0, "-700 HU is black in soft tissue"
     assert 40 < first_panel(tmp_path / "lung.png", lung)[at_centre_of_body][0] < 100, "and grey in the lung window"
 
 
 def test_exclude_points_and_boxes_are_drawn_and_named_in_the_legend(tmp_path):
     image, mask = ct_with_ball(grid(), (64, 64, 10), (0, 0, 0))
-    sheet = save_overlay_png(image, mask, tmp_path / "prompts.png", max_slices=1, zoom=False,
-                             points_ras=[(0.0, 0.0, 0.0)], neg_points_ras=[(20.0, 0.0, 0.0)],
-                             boxes_ras=[(-16.0, -16.0, -6.0, 16.0, 16.0, 6.0)])
+    sheet = save_overlay_png(
+        image,
+        mask,
+        tmp_path / "prompts.png",
+        max_slices=1,
+        zoom=False,
+        points_ras=[(0.0, 0.0, 0.0)],
+        neg_points_ras=[(20.0, 0.0, 0.0)],
+        boxes_ras=[(-16.0, -16.0, -6.0, 16.0, 16.0, 6.0)],
+    )
     assert sheet.legend == ("result", "include", "exclude", "box")
     panel = first_panel(tmp_path / "prompts.png", sheet)
     ys, xs = np.nonzero(where(panel, CYAN))
     assert len(xs) and abs(xs.mean() - (128 - 20 * 2)) < 3, "exclude at R = +20 mm: left of centre on screen"
     ys, xs = np.nonzero(where(panel, ORANGE))
     assert abs(xs.min() - (128 - 32)) <= 2 and abs(xs.max() - (128 + 32)) <= 2, "a 32 mm box, 64 px wide"
-    legend = pixels(tmp_path / "prompts.png")[sheet.panels[0].y + sheet.panels[0].height:]
+    legend = pixels(tmp_path / "prompts.png")[sheet.panels[0].y + sheet.panels[0].height :]
     for colour in (RED, YELLOW, CYAN, ORANGE):
         assert where(legend, colour).any(), f"the legend shows {colour}"
 
@@ -202,12 +214,13 @@ def test_a_large_image_fits_a_screen_and_the_zoom_panel_magnifies_the_lesion(tmp
     sheet = save_overlay_png(image, mask, tmp_path / "big.png")
     width, height = sheet.size
     assert width <= 1920 and height <= 1080 and len(sheet.panels) == 6, sheet.size
-    assert [p.label for p in sheet.panels[:5]] == sorted((p.label for p in sheet.panels[:5]),
-                                                         key=lambda t: float(t.split()[1]))
+    assert [p.label for p in sheet.panels[:5]] == sorted(
+        (p.label for p in sheet.panels[:5]), key=lambda t: float(t.split()[1])
+    )
     zoom = sheet.panels[-1]
     assert zoom.zoomed and zoom.label.startswith("zoom ") and zoom.label.endswith(" mm")
     rgb = pixels(tmp_path / "big.png")
     red_zoomed = where(crop(rgb, zoom), RED)
     red_normal = where(crop(rgb, sheet.panels[2]), RED)
-    span = lambda red: np.ptp(np.nonzero(red)[1])          # noqa: E731
+    span = lambda red: np.ptp(np.nonzero(red)[1])  # noqa: E731
     assert span(red_zoomed) > 2.5 * span(red_normal), "the zoom shows the lesion larger"

@@ -3,6 +3,7 @@
 A file missing from MODULE_PYTHON_SCRIPTS/RESOURCES is silently left out of the Slicer extension,
 and an engine module that imports Slicer's GUI stack breaks the command line and the tests.
 """
+
 import ast
 import re
 import sys
@@ -10,11 +11,24 @@ from pathlib import Path
 
 import pytest
 
-MODULE_DIR = Path(__file__).resolve().parents[2]          # TAGSSegment/
+MODULE_DIR = Path(__file__).resolve().parents[2]  # TAGSSegment/
 REPO = MODULE_DIR.parent
 ENGINE_DIR = MODULE_DIR / "tagseg"
-SLICER_ONLY_MODULES = {"slicer", "qt", "ctk", "vtk", "vtkmodules", "PythonQt", "SegmentEditorEffects", "sitkUtils",
-                       "DICOMLib", "SampleData", "PyTorchUtils", "ScriptedLoadableModule", "mrml"}
+SLICER_ONLY_MODULES = {
+    "slicer",
+    "qt",
+    "ctk",
+    "vtk",
+    "vtkmodules",
+    "PythonQt",
+    "SegmentEditorEffects",
+    "sitkUtils",
+    "DICOMLib",
+    "SampleData",
+    "PyTorchUtils",
+    "ScriptedLoadableModule",
+    "mrml",
+}
 SLICER_ONLY_PREFIXES = ("qSlicer", "qMRML", "vtkSlicer", "vtkMRML")
 
 
@@ -40,8 +54,11 @@ def module_cmake() -> str:
 
 def test_every_module_python_file_is_packaged():
     listed = set(cmake_list(module_cmake(), "MODULE_PYTHON_SCRIPTS"))
-    on_disk = {path.relative_to(MODULE_DIR).as_posix() for path in MODULE_DIR.rglob("*.py")
-               if "Testing" not in path.relative_to(MODULE_DIR).parts}
+    on_disk = {
+        path.relative_to(MODULE_DIR).as_posix()
+        for path in MODULE_DIR.rglob("*.py")
+        if "Testing" not in path.relative_to(MODULE_DIR).parts
+    }
     assert on_disk, "no module files found"
     missing = sorted(on_disk - listed)
     assert not missing, f"add to MODULE_PYTHON_SCRIPTS in TAGSSegment/CMakeLists.txt: {missing}"
@@ -50,8 +67,11 @@ def test_every_module_python_file_is_packaged():
 def test_every_resource_is_packaged():
     listed = set(cmake_list(module_cmake(), "MODULE_PYTHON_RESOURCES"))
     data_files = [p for p in (MODULE_DIR / "tagseg").rglob("*") if p.suffix not in (".py", ".pyc")]
-    on_disk = {path.relative_to(MODULE_DIR).as_posix() for path in [*(MODULE_DIR / "Resources").rglob("*"), *data_files]
-               if path.is_file() and "__pycache__" not in path.parts}
+    on_disk = {
+        path.relative_to(MODULE_DIR).as_posix()
+        for path in [*(MODULE_DIR / "Resources").rglob("*"), *data_files]
+        if path.is_file() and "__pycache__" not in path.parts
+    }
     missing = sorted(on_disk - listed)
     assert not missing, f"add to MODULE_PYTHON_RESOURCES in TAGSSegment/CMakeLists.txt: {missing}"
     assert "Resources/requirements.txt" in listed
@@ -69,9 +89,15 @@ def test_module_cmake_builds_a_scripted_module_with_generic_tests():
 def test_s4ext_agrees_with_the_root_cmake():
     cmake = cmake_settings((REPO / "CMakeLists.txt").read_text(encoding="utf-8"))
     s4ext = s4ext_settings((REPO / "TAGSSegment.s4ext").read_text(encoding="utf-8"))
-    pairs = {"category": "EXTENSION_CATEGORY", "homepage": "EXTENSION_HOMEPAGE", "depends": "EXTENSION_DEPENDS",
-             "contributors": "EXTENSION_CONTRIBUTORS", "description": "EXTENSION_DESCRIPTION",
-             "iconurl": "EXTENSION_ICONURL", "screenshoturls": "EXTENSION_SCREENSHOTURLS"}
+    pairs = {
+        "category": "EXTENSION_CATEGORY",
+        "homepage": "EXTENSION_HOMEPAGE",
+        "depends": "EXTENSION_DEPENDS",
+        "contributors": "EXTENSION_CONTRIBUTORS",
+        "description": "EXTENSION_DESCRIPTION",
+        "iconurl": "EXTENSION_ICONURL",
+        "screenshoturls": "EXTENSION_SCREENSHOTURLS",
+    }
     for key, variable in pairs.items():
         assert s4ext.get(key) == cmake.get(variable), f"{key} differs between TAGSSegment.s4ext and CMakeLists.txt"
     assert cmake["EXTENSION_CATEGORY"] == "Segmentation"
@@ -79,8 +105,12 @@ def test_s4ext_agrees_with_the_root_cmake():
     assert "Apache-2.0" in cmake["EXTENSION_DESCRIPTION"]
     assert s4ext["scm"] == "git" and s4ext["build_subdirectory"] == "." and s4ext["enabled"] == "1"
     root = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
-    for call in ("find_package(Slicer", "add_subdirectory(TAGSSegment)", "${Slicer_EXTENSION_GENERATE_CONFIG}",
-                 "${Slicer_EXTENSION_CPACK}"):
+    for call in (
+        "find_package(Slicer",
+        "add_subdirectory(TAGSSegment)",
+        "${Slicer_EXTENSION_GENERATE_CONFIG}",
+        "${Slicer_EXTENSION_CPACK}",
+    ):
         assert call in root
 
 
@@ -92,9 +122,13 @@ def _imported_modules(path: Path) -> set[str]:
             names.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             names.add(node.module.split(".")[0])
-        elif (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None))
-              in ("import_module", "__import__") and node.args and isinstance(node.args[0], ast.Constant)
-              and isinstance(node.args[0].value, str)):
+        elif (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "attr", getattr(node.func, "id", None)) in ("import_module", "__import__")
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
             names.add(node.args[0].value.split(".")[0])
     return names
 
@@ -102,8 +136,11 @@ def _imported_modules(path: Path) -> set[str]:
 def test_engine_imports_nothing_from_slicer():
     offenders = {}
     for path in sorted(ENGINE_DIR.rglob("*.py")):
-        bad = {name for name in _imported_modules(path)
-               if name in SLICER_ONLY_MODULES or name.startswith(SLICER_ONLY_PREFIXES)}
+        bad = {
+            name
+            for name in _imported_modules(path)
+            if name in SLICER_ONLY_MODULES or name.startswith(SLICER_ONLY_PREFIXES)
+        }
         if bad:
             offenders[path.relative_to(MODULE_DIR).as_posix()] = sorted(bad)
     assert not offenders, f"the tagseg engine must stay GUI-free and Slicer-free: {offenders}"

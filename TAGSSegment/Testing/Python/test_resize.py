@@ -1,5 +1,6 @@
 """NumPy resizing against torch.nn.functional.interpolate, whose sampling rules it copies (the default model's
 inputs and outputs go through it)."""
+
 import numpy as np
 import pytest
 
@@ -9,9 +10,19 @@ torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
 
-@pytest.mark.parametrize("shape,size", [((512, 512), (256, 256)), ((240, 240), (256, 256)), ((320, 320), (256, 256)),
-                                        ((256, 256), (512, 512)), ((256, 256), (240, 240)), ((37, 53), (256, 256)),
-                                        ((256, 256), (333, 333)), ((300, 200), (256, 256))])
+@pytest.mark.parametrize(
+    "shape,size",
+    [
+        ((512, 512), (256, 256)),
+        ((240, 240), (256, 256)),
+        ((320, 320), (256, 256)),
+        ((256, 256), (512, 512)),
+        ((256, 256), (240, 240)),
+        ((37, 53), (256, 256)),
+        ((256, 256), (333, 333)),
+        ((300, 200), (256, 256)),
+    ],
+)
 def test_matches_torch(shape, size):
     rng = np.random.default_rng(0)
     image = rng.standard_normal((3, *shape)).astype(np.float32) * 100

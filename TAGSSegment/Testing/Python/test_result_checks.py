@@ -3,6 +3,7 @@
 The checker runs on generated masks and prompts (no model); one Session test with a scripted backend
 shows the warnings reaching `predict`'s result, and the CLI tests (test_cli.py) their printing.
 """
+
 import numpy as np
 import pytest
 
@@ -12,8 +13,8 @@ from tagseg.session import Session
 from tagseg.synth import make_phantom
 from tagseg.volume import Volume, make_ijk_to_ras
 
-SPACING = (1.0, 1.0, 2.0)          # i, j, k in mm
-SHAPE = (40, 96, 96)               # k, j, i
+SPACING = (1.0, 1.0, 2.0)  # i, j, k in mm
+SHAPE = (40, 96, 96)  # k, j, i
 MATRIX = make_ijk_to_ras(SPACING, (0.0, 0.0, 0.0))
 SPACING_KJI = np.array(SPACING[::-1])
 
@@ -47,14 +48,14 @@ def test_empty_result():
 
 def test_a_few_voxels_at_one_click_are_tiny():
     mask = np.zeros(SHAPE, np.uint8)
-    mask[20, 47:50, 47:50] = 1                    # 9 voxels, 0.018 ml: the spleen case of issue 16
+    mask[20, 47:50, 47:50] = 1  # 9 voxels, 0.018 ml: the spleen case of issue 16
     assert codes(mask, [CENTRE]) == ["tiny"]
-    assert codes(ball(CENTRE, 3.0), [CENTRE]) == []     # a 6 mm nodule is a plausible target
+    assert codes(ball(CENTRE, 3.0), [CENTRE]) == []  # a 6 mm nodule is a plausible target
 
 
 def test_a_result_far_smaller_than_the_span_of_the_clicks():
-    clicks = [(20, 48, 20), (20, 48, 76)]         # 56 mm apart
-    small = ball((20, 48, 20), 6.0) | ball((20, 48, 76), 6.0)    # each click kept, little in between
+    clicks = [(20, 48, 20), (20, 48, 76)]  # 56 mm apart
+    small = ball((20, 48, 20), 6.0) | ball((20, 48, 76), 6.0)  # each click kept, little in between
     found = codes(small, clicks)
     assert "small" in found and "tiny" not in found
     # the same clicks on a lesion that spans them: no warning
@@ -66,12 +67,12 @@ def test_a_result_far_smaller_than_the_span_of_the_clicks():
 
 def test_the_threshold_follows_the_geometry_of_a_lesion_holding_the_clicks():
     """An ellipsoid S x S/3 x S/3 through both clicks passes; S x S/6 x S/6 (a needle) is flagged."""
-    clicks = np.array([(20, 48, 18), (20, 48, 78)], float)      # S = 60 mm along i
+    clicks = np.array([(20, 48, 18), (20, 48, 78)], float)  # S = 60 mm along i
     grid = np.indices(SHAPE).reshape(3, -1).T * SPACING_KJI
     centre = np.array(CENTRE) * SPACING_KJI
 
     def ellipsoid(minor_fraction):
-        semi = np.array([30 * minor_fraction, 30 * minor_fraction, 31.0])        # k, j, i mm
+        semi = np.array([30 * minor_fraction, 30 * minor_fraction, 31.0])  # k, j, i mm
         return (np.sum(((grid - centre) / semi) ** 2, axis=1) <= 1).reshape(SHAPE).astype(np.uint8)
 
     assert "small" not in codes(ellipsoid(1 / 3), clicks)
@@ -80,7 +81,7 @@ def test_the_threshold_follows_the_geometry_of_a_lesion_holding_the_clicks():
 
 def test_a_result_leaking_along_a_thin_structure():
     mask = ball(CENTRE, 6.0)
-    mask[20, 48, 48:96] = 1                       # a one-voxel tendril running 48 mm to the image edge
+    mask[20, 48, 48:96] = 1  # a one-voxel tendril running 48 mm to the image edge
     mask[20, 47:50, 60:95] = 1
     found = codes(mask, [CENTRE])
     assert "leak" in found
@@ -89,12 +90,12 @@ def test_a_result_leaking_along_a_thin_structure():
 
 
 def test_touching_the_volume_edge_names_the_side():
-    mask = ball((38, 48, 48), 8.0)                # runs out through the last slice (k = 39: superior)
+    mask = ball((38, 48, 48), 8.0)  # runs out through the last slice (k = 39: superior)
     warnings = check_result(mask, MATRIX, [(38, 48, 48)], ())
     assert [w.code for w in warnings] == ["volume_border"]
     assert "superior" in warnings[0].message
     flipped = MATRIX.copy()
-    flipped[:3, 2] *= -1                          # k now runs inferior: the same voxels are the inferior edge
+    flipped[:3, 2] *= -1  # k now runs inferior: the same voxels are the inferior edge
     assert "inferior" in check_result(mask, flipped, [(38, 48, 48)], ())[0].message
     # a single-slice image has no edge along k
     flat = np.zeros((1, 96, 96), np.uint8)
@@ -103,22 +104,22 @@ def test_touching_the_volume_edge_names_the_side():
 
 
 def test_reaching_the_edge_of_the_model_crop():
-    crop_matrix = make_ijk_to_ras((1.5, 1.5, 1.5), (24.0, 24.0, 10.0))    # 32^3 crop at 1.5 mm: 24..72 mm in-plane
+    crop_matrix = make_ijk_to_ras((1.5, 1.5, 1.5), (24.0, 24.0, 10.0))  # 32^3 crop at 1.5 mm: 24..72 mm in-plane
     crop = Crop(crop_matrix, (32, 32, 32))
     inside = ball(CENTRE, 10.0)
     assert codes(inside, [CENTRE], crops=[crop]) == []
     cut = ball(CENTRE, 30.0)
     cut[:, :, :24] = 0
-    cut[:, :, 72:] = 0                            # what a crop 24..72 mm wide leaves of a larger lesion
+    cut[:, :, 72:] = 0  # what a crop 24..72 mm wide leaves of a larger lesion
     cut[:, :24] = 0
     cut[:, 72:] = 0
     assert "crop_border" in codes(cut, [CENTRE], crops=[crop])
-    assert "crop_border" not in codes(cut, [CENTRE])                         # whole volume seen: no crop
+    assert "crop_border" not in codes(cut, [CENTRE])  # whole volume seen: no crop
     # two overlapping crops: the seam between them is not an edge
     left = Crop(make_ijk_to_ras((1.5, 1.5, 1.5), (0.0, 24.0, 10.0)), (32, 32, 32))
     right = Crop(make_ijk_to_ras((1.5, 1.5, 1.5), (36.0, 24.0, 10.0)), (32, 32, 32))
     wide = np.zeros(SHAPE, np.uint8)
-    wide[18:23, 40:56, 10:80] = 1                 # i 10..80 mm: inside the union 0..84, across the seam at 48
+    wide[18:23, 40:56, 10:80] = 1  # i 10..80 mm: inside the union 0..84, across the seam at 48
     assert "crop_border" not in codes(wide, [(20, 48, 20), (20, 48, 70)], crops=[left, right])
     assert "crop_border" in codes(wide, [(20, 48, 20), (20, 48, 70)], crops=[left])
 
@@ -171,14 +172,14 @@ def test_session_returns_the_warnings_with_the_result_and_reports_progress(scrip
         assert [w.code for w in result.meta["warnings"]] == ["empty"] == [w.code for w in session.warnings]
         assert all(isinstance(w, ResultWarning) for w in result.meta["warnings"])
         assert ("load_model", 1, 1) in calls and calls[-3:] == [("slices", 1, 3), ("slices", 2, 3), ("slices", 3, 3)]
-        assert scripted.progress is None                  # the hook is only set during the call
-        session.add_point(centre_ras + (0, 0, 2))         # new prompts: a new prediction
+        assert scripted.progress is None  # the hook is only set during the call
+        session.add_point(centre_ras + (0, 0, 2))  # new prompts: a new prediction
         scripted.mask = ball(CENTRE, 10.0)
         calls.clear()
         other = []
         assert session.predict(progress=lambda *a: other.append(a)).meta["warnings"] == []
         assert other == [("slices", 1, 3), ("slices", 2, 3), ("slices", 3, 3)] and calls == []
-        session.undo()                                    # the cached empty result keeps its warning
+        session.undo()  # the cached empty result keeps its warning
         assert [w.code for w in session.predict().meta["warnings"]] == ["empty"]
     finally:
         session.close()

@@ -4,6 +4,7 @@ The server runs as a subprocess on loopback (`--port 0`); the in-process referen
 shared default backend. The phantom is three 64x64 slices cut around the tumour of a small synthetic
 CT, so each image encoding costs three slices on the CPU.
 """
+
 import http.client
 import json
 import os
@@ -22,15 +23,23 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
 from tagseg import errors  # noqa: E402
-from tagseg.client import (EngineClient, RemoteSession, encode_volume, engine_health, frame,  # noqa: E402
-                           prompt_json, volume_header, volume_id)
+from tagseg.client import (
+    EngineClient,
+    RemoteSession,
+    encode_volume,
+    engine_health,
+    frame,  # noqa: E402
+    prompt_json,
+    volume_header,
+    volume_id,
+)
 from tagseg.errors import DeviceError, EngineUnavailable, InputError, ModelError, PromptError  # noqa: E402
 from tagseg.prompts import make_point  # noqa: E402
 from tagseg.session import Session  # noqa: E402
 from tagseg.synth import make_phantom  # noqa: E402
 from tagseg.volume import Volume  # noqa: E402
 
-SOURCE = Path(__file__).resolve().parents[2]            # TAGSSegment/, where the tagseg package lives
+SOURCE = Path(__file__).resolve().parents[2]  # TAGSSegment/, where the tagseg package lives
 START_TIMEOUT_S = 120
 MAX_UPLOAD_MB = 1
 TOKEN = "test-token-0123456789abcdef"
@@ -41,16 +50,20 @@ def slab(volume: Volume, k0: int, count: int = 3) -> Volume:
     """`count` slices of `volume` from slice k0, on the same physical grid."""
     matrix = np.array(volume.ijk_to_ras)
     matrix[:3, 3] = volume.kji_to_ras([[k0, 0, 0]])[0]
-    return Volume(np.asarray(volume.array)[k0:k0 + count], matrix, volume.name)
+    return Volume(np.asarray(volume.array)[k0 : k0 + count], matrix, volume.name)
 
 
 def start_server(tmp_path: Path, *extra: str, stdin=subprocess.DEVNULL):
     """A `tagseg serve` subprocess and its ready line; stderr goes to a file for diagnostics."""
-    env = dict(os.environ, PYTHONPATH=str(SOURCE) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               HF_HUB_OFFLINE="1")
+    env = dict(os.environ, PYTHONPATH=str(SOURCE) + os.pathsep + os.environ.get("PYTHONPATH", ""), HF_HUB_OFFLINE="1")
     log = open(tmp_path / f"serve-{time.monotonic_ns()}.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "tagseg", "serve", "--device", "cpu", *extra], stdin=stdin,
-                            stdout=subprocess.PIPE, stderr=log, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tagseg", "serve", "--device", "cpu", *extra],
+        stdin=stdin,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        env=env,
+    )
     lines: list[bytes] = []
     reader = threading.Thread(target=lambda: lines.append(proc.stdout.readline()), daemon=True)
     reader.start()
@@ -104,8 +117,9 @@ def case():
     clicks = [tuple(c) for c in label.kji_to_ras(voxels[rng.choice(len(voxels), 4, replace=False)])]
     # another slab (other voxels, same grid spacing) for a second image encoding
     other = slab(phantom.image, 0 if k_centre > 6 else 12)
-    return type("Case", (), dict(image=image, label=label, clicks=clicks, text=phantom.description,
-                                 other=other, full=phantom))
+    return type(
+        "Case", (), dict(image=image, label=label, clicks=clicks, text=phantom.description, other=other, full=phantom)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -139,16 +153,24 @@ def test_remote_session_has_exactly_the_session_methods():
         return {n for n in dir(cls) if not n.startswith("_") and callable(getattr(cls, n))}
 
     assert public(RemoteSession) == public(Session)
-    assert {"set_text", "set_anatomy", "add_point", "add_box", "predict", "undo", "redo", "reset",
-            "close"} <= public(RemoteSession)
+    assert {"set_text", "set_anatomy", "add_point", "add_box", "predict", "undo", "redo", "reset", "close"} <= public(
+        RemoteSession
+    )
 
 
 def test_client_imports_only_the_standard_library_and_numpy():
-    code = ("import sys, tagseg.client; heavy = {'torch', 'fastapi', 'uvicorn', 'starlette', 'pydantic', "
-            "'scipy', 'SimpleITK', 'timm', 'onnxruntime'}; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                         env=dict(os.environ, PYTHONPATH=str(SOURCE)))
+    code = (
+        "import sys, tagseg.client; heavy = {'torch', 'fastapi', 'uvicorn', 'starlette', 'pydantic', "
+        "'scipy', 'SimpleITK', 'timm', 'onnxruntime'}; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, PYTHONPATH=str(SOURCE)),
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
 
@@ -168,12 +190,12 @@ def test_masks_are_bit_identical_to_the_in_process_session(server, local, case):
             lambda s: s.add_box(np.array(case.clicks[0]) - (10, 10, 2), np.array(case.clicks[0]) + (10, 10, 2)),
             lambda s: s.reset(),
             lambda s: s.set_text(case.text),
-            lambda s: s.add_point(case.clicks[0]),        # the prompts of step 1 again: a cached result
+            lambda s: s.add_point(case.clicks[0]),  # the prompts of step 1 again: a cached result
         ]
         predicted = 0
         for index, step in enumerate(steps):
             assert step(remote) == step(local)
-            if index in (0, 7, 8):          # text and reset alone: nothing to predict
+            if index in (0, 7, 8):  # text and reset alone: nothing to predict
                 continue
             mine, theirs = remote.predict(), local.predict()
             predicted += 1
@@ -181,7 +203,7 @@ def test_masks_are_bit_identical_to_the_in_process_session(server, local, case):
             assert np.array_equal(mine.array, theirs.array), f"masks differ after step {index}"
             assert mine.name == theirs.name and mine.same_grid(theirs)
             assert (mine.meta["model"], mine.meta["anatomy"]) == (theirs.meta["model"], theirs.meta["anatomy"])
-            assert mine.meta["warnings"] == theirs.meta["warnings"] == list(remote.warnings)   # tagseg.checks
+            assert mine.meta["warnings"] == theirs.meta["warnings"] == list(remote.warnings)  # tagseg.checks
             assert "remote_overhead" in remote.timings and remote.timings["total"] >= remote.timings["engine_total"]
         assert predicted == len(steps) - 3
         # three slices cut through the tumour: the real result reaches the image's top and bottom, and says so
@@ -198,7 +220,7 @@ def test_anatomy_mask_gives_the_same_result(server, local, case):
         for s in (remote, local):
             s.reset()
             s.set_text(case.text)
-            s.set_anatomy(organ)            # on the 16-slice grid: resampled by the server / the Session
+            s.set_anatomy(organ)  # on the 16-slice grid: resampled by the server / the Session
             s.add_point(case.clicks[0])
         assert np.array_equal(remote.predict().array, local.predict().array)
         with pytest.raises(PromptError, match="empty") as remote_error:
@@ -216,12 +238,12 @@ def test_anatomy_mask_gives_the_same_result(server, local, case):
 def test_engine_errors_arrive_as_the_same_classes(server, case):
     with RemoteSession(server.url, case.image, token=TOKEN, device="cpu") as remote:
         with pytest.raises(PromptError, match="no prompt given"):
-            remote.predict()                                  # raised by the server's Session
+            remote.predict()  # raised by the server's Session
         remote.add_point(case.clicks[0], positive=False)
         with pytest.raises(PromptError, match="only exclude points"):
             remote.predict()
         with pytest.raises(PromptError, match="outside the volume"):
-            remote.add_point((1e4, 0.0, 0.0))                 # checked here, as Session does
+            remote.add_point((1e4, 0.0, 0.0))  # checked here, as Session does
         with pytest.raises(PromptError, match="finite"):
             remote.add_point((float("nan"), 0.0, 0.0))
     with RemoteSession(server.url, case.image, token=TOKEN, model="no-such-model", device="cpu") as remote:
@@ -231,8 +253,7 @@ def test_engine_errors_arrive_as_the_same_classes(server, case):
     with pytest.raises(DeviceError):
         RemoteSession(server.url, case.image, token=TOKEN, device="quantum")
     with pytest.raises(InputError, match="invalid geometry"):
-        RemoteSession(server.url, Volume(np.zeros((2, 8, 8), np.int16), np.diag([0.0, 1.0, 1.0, 1.0])),
-                      token=TOKEN)
+        RemoteSession(server.url, Volume(np.zeros((2, 8, 8), np.int16), np.diag([0.0, 1.0, 1.0, 1.0])), token=TOKEN)
 
 
 def test_a_wrong_token_or_no_server_is_engine_unavailable(server, case):
@@ -242,7 +263,7 @@ def test_a_wrong_token_or_no_server_is_engine_unavailable(server, case):
         RemoteSession(server.url, case.image)
     import socket
 
-    with socket.socket() as probe:                 # a port nobody listens on
+    with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
         free = probe.getsockname()[1]
     start = time.monotonic()
@@ -253,7 +274,7 @@ def test_a_wrong_token_or_no_server_is_engine_unavailable(server, case):
 
 
 def test_a_bigger_volume_than_the_server_accepts_is_an_input_error(server):
-    big = Volume(np.ones((32, 128, 160), np.int16), np.eye(4))        # 1.25 MB > --max-upload-mb 1
+    big = Volume(np.ones((32, 128, 160), np.int16), np.eye(4))  # 1.25 MB > --max-upload-mb 1
     with pytest.raises(InputError, match="max-upload-mb"):
         RemoteSession(server.url, big, token=TOKEN)
 
@@ -268,7 +289,7 @@ def _malformed_requests(server, case):
     session = EngineClient(server.url, TOKEN).call("POST", "/v1/sessions", json_body={"volume": vid})[0]["session"]
     predict = f"/v1/sessions/{session}/predict"
     click = list(case.clicks[0])
-    fresh = "12" * 32                  # an id the server does not hold (a known one needs no body)
+    fresh = "12" * 32  # an id the server does not hold (a known one needs no body)
     json_type = {"Content-Type": "application/json"}
 
     def upload(head: dict, payload: bytes, name: str | None = None):
@@ -289,8 +310,13 @@ def _malformed_requests(server, case):
         "basic scheme": ("GET", "/v1/health", b"", {"Authorization": f"Basic {TOKEN}"}, None),
         "no token on predict": ("POST", predict, b"{}", json_type, None),
         "no token on upload": ("PUT", f"/v1/volumes/{vid}", good, {}, None),
-        "wrong token on sessions": ("POST", "/v1/sessions", json.dumps({"volume": vid}).encode(), json_type,
-                                    "wrong-token-wrong-token"),
+        "wrong token on sessions": (
+            "POST",
+            "/v1/sessions",
+            json.dumps({"volume": vid}).encode(),
+            json_type,
+            "wrong-token-wrong-token",
+        ),
         # routes
         "unknown route": ("GET", "/v1/nothing", b"", {}, TOKEN),
         "root": ("GET", "/", b"", {}, TOKEN),
@@ -311,17 +337,37 @@ def _malformed_requests(server, case):
         "volume not a string": ("POST", "/v1/sessions", b'{"volume": 5}', json_type, TOKEN),
         "volume id malformed": ("POST", "/v1/sessions", b'{"volume": "../../etc"}', json_type, TOKEN),
         "volume unknown": ("POST", "/v1/sessions", json.dumps({"volume": "ab" * 32}).encode(), json_type, TOKEN),
-        "model not a string": ("POST", "/v1/sessions", json.dumps({"volume": vid, "model": 3}).encode(),
-                               json_type, TOKEN),
-        "model too long": ("POST", "/v1/sessions", json.dumps({"volume": vid, "model": "m" * 5000}).encode(),
-                           json_type, TOKEN),
-        "device unknown": ("POST", "/v1/sessions", json.dumps({"volume": vid, "device": "quantum"}).encode(),
-                           json_type, TOKEN),
+        "model not a string": (
+            "POST",
+            "/v1/sessions",
+            json.dumps({"volume": vid, "model": 3}).encode(),
+            json_type,
+            TOKEN,
+        ),
+        "model too long": (
+            "POST",
+            "/v1/sessions",
+            json.dumps({"volume": vid, "model": "m" * 5000}).encode(),
+            json_type,
+            TOKEN,
+        ),
+        "device unknown": (
+            "POST",
+            "/v1/sessions",
+            json.dumps({"volume": vid, "device": "quantum"}).encode(),
+            json_type,
+            TOKEN,
+        ),
         "unknown session": ("POST", f"/v1/sessions/{'0' * 32}/predict", b"{}", json_type, TOKEN),
         "session id path": ("POST", "/v1/sessions/..%2F..%2Fetc/predict", b"{}", json_type, TOKEN),
         "close unknown session": ("DELETE", f"/v1/sessions/{'1' * 32}", b"", {}, TOKEN),
-        "anatomy unknown volume": ("POST", f"/v1/sessions/{session}/anatomy",
-                                   json.dumps({"volume": "cd" * 32}).encode(), json_type, TOKEN),
+        "anatomy unknown volume": (
+            "POST",
+            f"/v1/sessions/{session}/anatomy",
+            json.dumps({"volume": "cd" * 32}).encode(),
+            json_type,
+            TOKEN,
+        ),
         # prompts
         "NaN coordinate literal": ("POST", predict, b'{"points": [{"ras": [NaN, 0, 0]}]}', json_type, TOKEN),
         "Infinity literal": ("POST", predict, b'{"points": [{"ras": [Infinity, 0, 0]}]}', json_type, TOKEN),
@@ -365,10 +411,10 @@ def _malformed_requests(server, case):
         "unknown encoding": upload(dict(header, encoding="gzip"), raw),
         "corrupt zlib": upload(dict(header, encoding="zlib"), b"\x78\x9c" + b"garbage" * 10),
         "zlib bomb": upload(dict(header, encoding="zlib"), zlib.compress(raw + b"\0" * (4 << 20))),
-        "sheared grid": upload(dict(header, ijk_to_ras=[[1, 1, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]),
-                               raw),
-        "all-NaN volume": upload(dict(header, dtype="<f4"),
-                                 np.full(case.image.shape_kji, np.nan, np.float32).tobytes()),
+        "sheared grid": upload(dict(header, ijk_to_ras=[[1, 1, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]), raw),
+        "all-NaN volume": upload(
+            dict(header, dtype="<f4"), np.full(case.image.shape_kji, np.nan, np.float32).tobytes()
+        ),
         "volume over the limit": upload(dict(header, shape=[64, 128, 128]), raw),
         "Content-Length 10 GB": ("PUT", f"/v1/volumes/{vid}", None, {"Content-Length": str(10 << 30)}, TOKEN),
     }
@@ -380,7 +426,7 @@ def test_malformed_requests_get_one_line_json_4xx_and_the_server_keeps_serving(s
     assert len(cases) >= 50
     statuses = {}
     for label, (method, path, body, headers, token) in cases.items():
-        if body is None:                              # headers announce a body that is never sent
+        if body is None:  # headers announce a body that is never sent
             host, port = server.url.split("//")[1].rsplit(":", 1)
             conn = http.client.HTTPConnection(host, int(port), timeout=30)
             conn.putrequest(method, path)
@@ -425,10 +471,11 @@ def test_a_superseded_prediction_is_dropped(server, case):
     def send(name: str, offset_mm: float) -> None:
         point = make_point(image, centre + np.array([offset_mm, 0.0, 0.0]))
         try:
-            header, _ = client.call("POST", f"/v1/sessions/{sid}/predict",
-                                    json_body=prompt_json([point], [], text, None))
+            header, _ = client.call(
+                "POST", f"/v1/sessions/{sid}/predict", json_body=prompt_json([point], [], text, None)
+            )
             outcomes[name] = header
-        except Exception as exc:          # noqa: BLE001 - the outcome is what is asserted
+        except Exception as exc:  # noqa: BLE001 - the outcome is what is asserted
             outcomes[name] = exc
 
     threads = {"A": threading.Thread(target=send, args=("A", 0.0))}
@@ -448,8 +495,7 @@ def test_a_superseded_prediction_is_dropped(server, case):
 
 
 # ---- a killed server ------------------------------------------------------------------------------------
-def test_sigkill_mid_prediction_is_engine_unavailable_and_a_restart_serves_the_next_click(
-        tmp_path, local, case):
+def test_sigkill_mid_prediction_is_engine_unavailable_and_a_restart_serves_the_next_click(tmp_path, local, case):
     proc, ready = start_server(tmp_path)
     port = ready["url"].rsplit(":", 1)[1]
     remote = RemoteSession(ready["url"], case.image, device="cpu")
@@ -461,13 +507,13 @@ def test_sigkill_mid_prediction_is_engine_unavailable_and_a_restart_serves_the_n
         def click() -> None:
             try:
                 outcome["result"] = remote.predict()
-            except Exception as exc:      # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001
                 outcome["result"] = exc
             outcome["at"] = time.monotonic()
 
         worker = threading.Thread(target=click)
         worker.start()
-        wait_running(ready["url"], token=None)     # the first prediction loads the model: seconds
+        wait_running(ready["url"], token=None)  # the first prediction loads the model: seconds
         killed_at = time.monotonic()
         os.kill(proc.pid, signal.SIGKILL)
         worker.join(10)
@@ -480,7 +526,7 @@ def test_sigkill_mid_prediction_is_engine_unavailable_and_a_restart_serves_the_n
         restarted, ready2 = start_server(tmp_path, "--port", port)
         try:
             assert ready2["url"] == ready["url"]
-            remote.add_point(case.clicks[1])           # the next click: the session is opened again
+            remote.add_point(case.clicks[1])  # the next click: the session is opened again
             after_restart = remote.predict().array
             # the restarted engine has no earlier result to correct, so it computes from all prompts at
             # once: the reference is the in-process model doing the same (`incremental` off)
@@ -508,8 +554,13 @@ def test_sigkill_mid_prediction_is_engine_unavailable_and_a_restart_serves_the_n
 
 # ---- the command line -----------------------------------------------------------------------------------
 def _serve(*args: str, timeout: float = 60):
-    return subprocess.run([sys.executable, "-m", "tagseg", "serve", *args], capture_output=True, text=True,
-                          timeout=timeout, env=dict(os.environ, PYTHONPATH=str(SOURCE)))
+    return subprocess.run(
+        [sys.executable, "-m", "tagseg", "serve", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ, PYTHONPATH=str(SOURCE)),
+    )
 
 
 def test_a_public_address_without_a_token_is_refused(tmp_path):
@@ -532,7 +583,7 @@ def test_a_missing_token_file_gets_a_private_random_token(tmp_path):
         assert engine_health(ready["url"], token)["ok"]
         with pytest.raises(EngineUnavailable, match="refused the token"):
             engine_health(ready["url"], None)
-        proc.stdin.close()          # no --exit-with-stdin: closing stdin does not stop it
+        proc.stdin.close()  # no --exit-with-stdin: closing stdin does not stop it
         time.sleep(0.5)
         assert proc.poll() is None
     finally:

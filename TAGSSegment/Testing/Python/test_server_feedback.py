@@ -4,6 +4,7 @@ The server runs in this process (uvicorn on a thread, loopback) so a scripted ba
 any model, can hold a prediction half-way until the client has seen its progress: no sleeps decide
 the outcome. (test_server.py checks the same warnings against the in-process Session with the real model.)
 """
+
 import threading
 
 import numpy as np
@@ -20,7 +21,7 @@ from tagseg.volume import Volume, make_ijk_to_ras  # noqa: E402
 
 SHAPE = (8, 32, 32)
 MATRIX = make_ijk_to_ras((1.0, 1.0, 2.0), (0.0, 0.0, 0.0))
-HANG_GUARD_S = 60        # only bounds a broken run; a working one never waits this long
+HANG_GUARD_S = 60  # only bounds a broken run; a working one never waits this long
 
 
 class HalfwayBackend(Backend):
@@ -68,7 +69,7 @@ def test_warnings_arrive_as_the_in_process_session_gives_them(scripted, url):
     try:
         for s in (remote, local):
             s.add_point(click)
-        scripted.mask[3:6, 12:20, 31] = 1            # touches the image's edge along i, and is tiny
+        scripted.mask[3:6, 12:20, 31] = 1  # touches the image's edge along i, and is tiny
         mine, theirs = remote.predict(), local.predict()
         assert mine.meta["warnings"] == theirs.meta["warnings"] == list(remote.warnings)
         assert [w.code for w in mine.meta["warnings"]] == ["tiny", "volume_border"]

@@ -3,6 +3,7 @@
 The real LiteMedSAM backend is built once per module and handed to every Session through the
 backend registry, so each test pays for predictions, not for loading the network again.
 """
+
 import hashlib
 import threading
 import time
@@ -72,8 +73,13 @@ def first(shared_backend, phantom, clicks):
     encoded_before = shared_backend.net.stats["encoded"]
     start = time.perf_counter()
     mask = session.predict()
-    result = SimpleNamespace(session=session, mask=mask, seconds=time.perf_counter() - start,
-                             encoded=shared_backend.net.stats["encoded"] - encoded_before, hash_before=hash_before)
+    result = SimpleNamespace(
+        session=session,
+        mask=mask,
+        seconds=time.perf_counter() - start,
+        encoded=shared_backend.net.stats["encoded"] - encoded_before,
+        hash_before=hash_before,
+    )
     yield result
     session.close()
 
@@ -256,8 +262,7 @@ def test_empty_or_disjoint_anatomy_mask_is_refused(phantom):
 
 # ---- geometry invariance (real model) -------------------------------------------------------------------
 @pytest.mark.parametrize("geometry", ["lps", "permuted"])
-def test_same_physical_phantom_gives_the_same_mask_in_any_axis_order(shared_backend, first, clicks, phantom,
-                                                                     geometry):
+def test_same_physical_phantom_gives_the_same_mask_in_any_axis_order(shared_backend, first, clicks, phantom, geometry):
     """The phantom on an LPS or axis-permuted grid, same RAS clicks -> the same physical mask.
 
     make_phantom draws its noise in array order, so each grid gets another noise realisation and

@@ -1,5 +1,6 @@
 """TAGSSegmentLib.engine without a model: the non-blocking HTTP exchange, the task runner's time budget, and
 the local engine process (a real `tagseg serve`, which loads no model until a session opens)."""
+
 from __future__ import annotations
 
 import http.server
@@ -56,7 +57,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def do_PUT(self):
         size = int(self.headers["Content-Length"])
-        if self.path == "/limited":          # answer at once, without reading the body (like a 413)
+        if self.path == "/limited":  # answer at once, without reading the body (like a 413)
             body = b'{"error": "PayloadTooLarge", "message": "too big"}'
             self.send_response(413)
             self.send_header("Content-Type", "application/json")
@@ -93,7 +94,7 @@ def test_exchange_sends_the_token_and_parses_json_and_chunked_replies(http_serve
 
 
 def test_a_large_upload_goes_in_bounded_steps(http_server):
-    body = bytes(range(256)) * (24 * 4096)                     # 24 MiB
+    body = bytes(range(256)) * (24 * 4096)  # 24 MiB
     reply, longest = run(Endpoint(http_server, None).call("PUT", "/v1/volumes/x", body_parts=[b"head", body]))
     assert reply[0] == {"received": len(body) + 4, "sum": sum((b"head" + body)[::4096])}
     assert longest < 0.1
@@ -108,7 +109,7 @@ def test_an_early_refusal_during_an_upload_is_read_not_reported_as_a_dead_server
 def test_no_server_is_one_engine_unavailable_line():
     import socket
 
-    with socket.socket() as probe:                             # a port nobody listens on
+    with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     with pytest.raises(EngineUnavailable, match="not reachable.*connection refused"):
@@ -120,7 +121,7 @@ def test_no_server_is_one_engine_unavailable_line():
 def test_the_runner_returns_within_its_budget():
     def busy():
         for _ in range(20):
-            time.sleep(0.01)                                   # a bounded piece of work
+            time.sleep(0.01)  # a bounded piece of work
             yield CPU
         return "done"
 
@@ -128,7 +129,7 @@ def test_the_runner_returns_within_its_budget():
     runner.start(busy())
     began = time.perf_counter()
     finished, _, _ = runner.step(began + 0.03)
-    assert not finished and time.perf_counter() - began < 0.15      # the whole task takes 0.2 s
+    assert not finished and time.perf_counter() - began < 0.15  # the whole task takes 0.2 s
     assert run(busy())[0] == "done"
 
 
@@ -145,7 +146,7 @@ def test_a_side_task_runs_alongside_the_main_one_and_its_errors_are_dropped(http
         runs.append(reply["path"])
 
     def main():
-        while "/side2" not in runs:           # waits for the side task's reply: it must have run meanwhile
+        while "/side2" not in runs:  # waits for the side task's reply: it must have run meanwhile
             yield ("sleep", time.perf_counter() + 0.001)
         reply, _ = yield from endpoint.call("GET", "/main")
         return reply["path"]

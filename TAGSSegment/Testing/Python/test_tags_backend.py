@@ -1,5 +1,6 @@
 """The `tags` backend end to end: a tags-tiny checkpoint trained inside the test session (conftest) driven
 through the CLI and the Session, with text, anatomy, refinement, exclude clicks, boxes, crops and bad input."""
+
 import json
 
 import numpy as np
@@ -34,8 +35,21 @@ def coords(values):
 def test_cli_segments_with_a_tags_checkpoint_text_and_anatomy(tiny_trained, tmp_path, capsys):
     out = tmp_path / "mask.nii.gz"
     points = [f"--point={coords(p)}" for p in label_clicks(tiny_trained)]
-    code, stdout, err = run(capsys, "segment", tiny_trained.image_path, "-o", out, *points, "--text", "liver tumor",
-                            "--anatomy", tiny_trained.organ_path, "--model", tiny_trained.checkpoint, "--json")
+    code, stdout, err = run(
+        capsys,
+        "segment",
+        tiny_trained.image_path,
+        "-o",
+        out,
+        *points,
+        "--text",
+        "liver tumor",
+        "--anatomy",
+        tiny_trained.organ_path,
+        "--model",
+        tiny_trained.checkpoint,
+        "--json",
+    )
     assert code == 0, err
     summary = json.loads(stdout)
     assert summary["model"].startswith("tags:") and summary["segment_name"]
@@ -45,34 +59,90 @@ def test_cli_segments_with_a_tags_checkpoint_text_and_anatomy(tiny_trained, tmp_
 def test_anatomy_folder_picks_the_organ_named_by_the_text(tiny_trained, tmp_path, capsys):
     out = tmp_path / "mask.seg.nrrd"
     points = [f"--point={coords(p)}" for p in label_clicks(tiny_trained)]
-    code, _, err = run(capsys, "segment", tiny_trained.image_path, "-o", out, *points, "--text", "hepatic lesion",
-                       "--anatomy", tiny_trained.organ_dir, "--model", tiny_trained.checkpoint)
+    code, _, err = run(
+        capsys,
+        "segment",
+        tiny_trained.image_path,
+        "-o",
+        out,
+        *points,
+        "--text",
+        "hepatic lesion",
+        "--anatomy",
+        tiny_trained.organ_dir,
+        "--model",
+        tiny_trained.checkpoint,
+    )
     assert code == 0, err
     assert dice(load_volume(out).array, tiny_trained.phantom.label.array) >= 0.85
-    code, _, err = run(capsys, "segment", tiny_trained.image_path, "-o", tmp_path / "x.nii.gz", *points,
-                       "--text", "tumor", "--anatomy", tiny_trained.organ_dir, "--model", tiny_trained.checkpoint)
+    code, _, err = run(
+        capsys,
+        "segment",
+        tiny_trained.image_path,
+        "-o",
+        tmp_path / "x.nii.gz",
+        *points,
+        "--text",
+        "tumor",
+        "--anatomy",
+        tiny_trained.organ_dir,
+        "--model",
+        tiny_trained.checkpoint,
+    )
     assert code == 2 and "needs --text naming the organ" in err and not (tmp_path / "x.nii.gz").exists()
 
 
 def test_text_only_start_proposes_a_click_inside_the_organ(tiny_trained, tmp_path, capsys):
     out = tmp_path / "mask.nii.gz"
-    code, stdout, err = run(capsys, "segment", tiny_trained.image_path, "-o", out, "--text", "liver tumor",
-                            "--anatomy", tiny_trained.organ_path, "--model", tiny_trained.checkpoint,
-                            "--text-only", "--json")
+    code, stdout, err = run(
+        capsys,
+        "segment",
+        tiny_trained.image_path,
+        "-o",
+        out,
+        "--text",
+        "liver tumor",
+        "--anatomy",
+        tiny_trained.organ_path,
+        "--model",
+        tiny_trained.checkpoint,
+        "--text-only",
+        "--json",
+    )
     assert code == 0, err
     proposed = json.loads(stdout)["prompts"]["proposed_point"]
     organ = tiny_trained.organ
     k, j, i = np.round(organ.ras_to_kji(proposed)[0]).astype(int)
     assert np.asarray(organ.array)[k, j, i] > 0
-    code, _, err = run(capsys, "segment", tiny_trained.image_path, "-o", tmp_path / "y.nii.gz", "--text", "liver tumor",
-                       "--model", tiny_trained.checkpoint, "--text-only")
+    code, _, err = run(
+        capsys,
+        "segment",
+        tiny_trained.image_path,
+        "-o",
+        tmp_path / "y.nii.gz",
+        "--text",
+        "liver tumor",
+        "--model",
+        tiny_trained.checkpoint,
+        "--text-only",
+    )
     assert code == 2 and "--text-only needs --anatomy" in err
 
 
 def test_tags_options_are_refused_for_the_default_model(tiny_trained, tmp_path, capsys):
     points = [f"--point={coords(p)}" for p in label_clicks(tiny_trained, 1)]
-    code, _, err = run(capsys, "segment", tiny_trained.image_path, "-o", tmp_path / "m.nii.gz", *points,
-                       "--model", "litemedsam-3d", "--text-fusion", "0.3")
+    code, _, err = run(
+        capsys,
+        "segment",
+        tiny_trained.image_path,
+        "-o",
+        tmp_path / "m.nii.gz",
+        *points,
+        "--model",
+        "litemedsam-3d",
+        "--text-fusion",
+        "0.3",
+    )
     assert code == 2 and "need a TAGS checkpoint" in err
 
 
@@ -85,8 +155,13 @@ def backend(tiny_trained):
 
 def grid_prompts(tiny, positive_kji, negative_kji=(), boxes=(), text="liver tumor", anatomy=True):
     organ = np.asarray(tiny.organ.array) > 0 if anatomy else None
-    return GridPrompts(np.asarray(positive_kji, float).reshape(-1, 3), np.asarray(negative_kji, float).reshape(-1, 3),
-                       tuple(boxes), text, organ)
+    return GridPrompts(
+        np.asarray(positive_kji, float).reshape(-1, 3),
+        np.asarray(negative_kji, float).reshape(-1, 3),
+        tuple(boxes),
+        text,
+        organ,
+    )
 
 
 def label_kji(tiny):
@@ -116,7 +191,7 @@ def test_exclude_click_removes_what_it_touches(tiny_trained, backend):
         b.set_image(phantom.image)
         refined = b.predict(grid_prompts(tiny_trained, clicks, [far]))
         assert refined[tuple(far)] == 0
-        assert all(refined[tuple(c)] == base[tuple(c)] for c in clicks)   # include clicks are protected
+        assert all(refined[tuple(c)] == base[tuple(c)] for c in clicks)  # include clicks are protected
 
 
 def test_box_prompt_segments_and_stays_inside_the_box(tiny_trained, backend):
@@ -127,14 +202,14 @@ def test_box_prompt_segments_and_stays_inside_the_box(tiny_trained, backend):
     margin = np.ceil(5.0 / tiny_trained.phantom.image.spacing_kji).astype(int) + 1
     outside = np.ones(mask.shape, bool)
     a, b = np.maximum(lo.astype(int) - margin, 0), (hi.astype(int) + margin + 1)
-    outside[a[0]:b[0], a[1]:b[1], a[2]:b[2]] = False
+    outside[a[0] : b[0], a[1] : b[1], a[2] : b[2]] = False
     assert not mask[outside].any()
 
 
 def test_prompts_wider_than_a_crop_need_the_sliding_window(tiny_trained, backend):
     image = tiny_trained.phantom.image
     k, j, i = image.shape_kji
-    far_apart = np.array([[k // 2, 5, 5], [k // 2, j - 6, i - 6]], float)        # ~100 mm apart, crop is 48 mm
+    far_apart = np.array([[k // 2, 5, 5], [k // 2, j - 6, i - 6]], float)  # ~100 mm apart, crop is 48 mm
     with pytest.raises(PromptError, match="sliding window"):
         backend.predict(grid_prompts(tiny_trained, far_apart))
     wide = TagsBackend(tiny_trained.checkpoint, "cpu", options=TagsOptions(sliding_window=True))
@@ -160,8 +235,18 @@ def test_empty_organ_mask_warns_and_falls_back(tiny_trained, tmp_path, capsys):
     empty = tmp_path / "empty.nii.gz"
     save_volume(tiny_trained.organ.with_array(np.zeros(tiny_trained.organ.shape_kji, np.uint8)), empty)
     points = [f"--point={coords(p)}" for p in label_clicks(tiny_trained)]
-    code, _, err = run(capsys, "segment", tiny_trained.image_path, "-o", tmp_path / "m.nii.gz", *points,
-                       "--anatomy", empty, "--model", tiny_trained.checkpoint)
+    code, _, err = run(
+        capsys,
+        "segment",
+        tiny_trained.image_path,
+        "-o",
+        tmp_path / "m.nii.gz",
+        *points,
+        "--anatomy",
+        empty,
+        "--model",
+        tiny_trained.checkpoint,
+    )
     assert code == 0 and "warning" in err and "fallback" in err
 
 
@@ -186,16 +271,26 @@ def test_input_volume_is_never_modified(tiny_trained, backend):
     assert np.array_equal(before, tiny_trained.phantom.image.array)
 
 
-def test_model_auto_picks_an_installed_checkpoint_for_the_described_anatomy(tiny_trained, tmp_path, capsys,
-                                                                             monkeypatch):
+def test_model_auto_picks_an_installed_checkpoint_for_the_described_anatomy(
+    tiny_trained, tmp_path, capsys, monkeypatch
+):
     monkeypatch.setenv("TAGSEG_MODELS_DIR", str(tmp_path / "models"))
     code, stdout, err = run(capsys, "models", "install", tiny_trained.checkpoint)
     assert code == 0, err
     code, stdout, _ = run(capsys, "models", "list", "--json")
     assert json.loads(stdout)["installed"][0]["anatomy"] == "liver"
     points = [f"--point={coords(p)}" for p in label_clicks(tiny_trained, 2)]
-    code, stdout, err = run(capsys, "segment", tiny_trained.image_path, "-o", tmp_path / "m.nii.gz", *points,
-                            "--text", "liver tumor", "--json")
+    code, stdout, err = run(
+        capsys,
+        "segment",
+        tiny_trained.image_path,
+        "-o",
+        tmp_path / "m.nii.gz",
+        *points,
+        "--text",
+        "liver tumor",
+        "--json",
+    )
     assert code == 0, err
     assert json.loads(stdout)["model"].startswith("tags:")
 
@@ -204,8 +299,9 @@ def test_pickled_checkpoints_are_not_loaded_as_models(tmp_path, capsys, tiny_tra
     fake = tmp_path / "best.pth.tar"
     fake.write_bytes(b"not really")
     points = [f"--point={coords(p)}" for p in label_clicks(tiny_trained, 1)]
-    code, _, err = run(capsys, "segment", tiny_trained.image_path, "-o", tmp_path / "m.nii.gz", *points,
-                       "--model", fake)
+    code, _, err = run(
+        capsys, "segment", tiny_trained.image_path, "-o", tmp_path / "m.nii.gz", *points, "--model", fake
+    )
     assert code == 2 and "convert-checkpoint" in err and len(err.strip().splitlines()) == 1
 
 
@@ -213,7 +309,9 @@ def test_info_reports_tags_b_parameter_counts(capsys):
     code, stdout, err = run(capsys, "info", "--model", "tags-b", "--json")
     assert code == 0, err
     params = json.loads(stdout)["model"]["parameters"]
-    assert params["frozen"] == pytest.approx(88.8e6, rel=0.01) and params["trainable"] == pytest.approx(37.3e6, rel=0.01)
+    assert params["frozen"] == pytest.approx(88.8e6, rel=0.01) and params["trainable"] == pytest.approx(
+        37.3e6, rel=0.01
+    )
 
 
 def test_checkpoint_metadata_drives_preprocessing(tiny_trained):
@@ -248,8 +346,14 @@ def test_out_of_memory_while_encoding_becomes_a_device_error(tiny_trained, monke
         b.predict(grid_prompts(tiny_trained, label_kji(tiny_trained)[:1]))
 
 
-@pytest.mark.parametrize("directions", [np.diag([-1.0, -1.0, 1.0]), np.diag([1.0, -1.0, -1.0]),
-                                        np.array([[0.0, -1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])])
+@pytest.mark.parametrize(
+    "directions",
+    [
+        np.diag([-1.0, -1.0, 1.0]),
+        np.diag([1.0, -1.0, -1.0]),
+        np.array([[0.0, -1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]),
+    ],
+)
 def test_crop_covers_the_authors_floored_crop(directions):
     """test.py resamples to 1 mm with F.interpolate (voxel n at (n + 0.5) mm from the volume's edge), takes
     c = (max + min) // 2 of the clicks' 1 mm voxels and crops [c - P/2, c + P/2). Our crop must cover
@@ -258,28 +362,32 @@ def test_crop_covers_the_authors_floored_crop(directions):
     from tagseg.volume import Volume, make_ijk_to_ras
 
     spacing_ijk = np.array([0.7, 0.9, 2.5])
-    volume = Volume(np.zeros((40, 60, 70), np.int16), make_ijk_to_ras(spacing_ijk, (12.3, -40.1, 7.7), directions),
-                    "v", {})
+    volume = Volume(
+        np.zeros((40, 60, 70), np.int16), make_ijk_to_ras(spacing_ijk, (12.3, -40.1, 7.7), directions), "v", {}
+    )
     size = 16
     rng = np.random.default_rng(0)
     for _ in range(5):
         kji = rng.uniform(0, np.array(volume.shape_kji) - 1, (3, 3))
         spacing_kji = spacing_ijk[::-1]
-        one_mm = np.floor((kji + 0.5) * spacing_kji)            # the 1 mm voxel holding each click
+        one_mm = np.floor((kji + 0.5) * spacing_kji)  # the 1 mm voxel holding each click
         c = (one_mm.max(0) + one_mm.min(0)) // 2
         grid = CropGrid.centred(floored_centre_ras(volume, volume.kji_to_ras(kji), 1.0), size, 1.0)
         corners = np.array([[a, b, d] for a in (0, size - 1) for b in (0, size - 1) for d in (0, size - 1)], float)
-        covered = (volume.ras_to_kji(grid.kji_to_ras(corners)) + 0.5) * spacing_kji - 0.5   # 1 mm voxel indices
-        assert np.allclose(covered, np.round(covered), atol=1e-6)       # crop voxels sit on the 1 mm grid
+        covered = (volume.ras_to_kji(grid.kji_to_ras(corners)) + 0.5) * spacing_kji - 0.5  # 1 mm voxel indices
+        assert np.allclose(covered, np.round(covered), atol=1e-6)  # crop voxels sit on the 1 mm grid
         assert np.allclose(covered.min(0), c - size // 2) and np.allclose(covered.max(0), c + size // 2 - 1)
 
 
 def test_one_crop_mode_segments_whatever_the_spread_as_published(tiny_trained):
     image = tiny_trained.phantom.image
     k, j, i = image.shape_kji
-    far_apart = np.array([[k // 2, 5, 5], [k // 2, j - 6, i - 6]], float)        # ~100 mm apart, crop is 48 mm
-    paper = TagsBackend(tiny_trained.checkpoint, "cpu",
-                        options=TagsOptions(wide_prompts="one-crop", anatomy_fallback="zeros", autocast="off"))
+    far_apart = np.array([[k // 2, 5, 5], [k // 2, j - 6, i - 6]], float)  # ~100 mm apart, crop is 48 mm
+    paper = TagsBackend(
+        tiny_trained.checkpoint,
+        "cpu",
+        options=TagsOptions(wide_prompts="one-crop", anatomy_fallback="zeros", autocast="off"),
+    )
     paper.set_image(image)
     mask = paper.predict(grid_prompts(tiny_trained, far_apart))
     assert mask.shape == image.shape_kji and "one crop" in " ".join(paper.trace)
@@ -294,11 +402,11 @@ def test_paper_organ_channel_is_zeros_when_the_mask_misses_the_crop(tiny_trained
     image = tiny_trained.phantom.image
     paper.set_image(image)
     far = np.zeros(image.shape_kji, bool)
-    far[0, 0, 0] = True                                   # an organ mask nowhere near the crop
+    far[0, 0, 0] = True  # an organ mask nowhere near the crop
     prompts = GridPrompts(np.zeros((0, 3)), np.zeros((0, 3)), (), "", far)
     grid = CropGrid.centred(image.kji_to_ras(np.array(image.shape_kji, float) / 2)[0], 32, 1.5)
     assert not paper._organ_channel(grid, prompts, None).any()
-    box = TagsBackend(tiny_trained.checkpoint, "cpu")   # the app's default: a box around the prompts
+    box = TagsBackend(tiny_trained.checkpoint, "cpu")  # the app's default: a box around the prompts
     box.set_image(image)
     extent = (image.kji_to_ras(np.array(image.shape_kji, float) / 2)[0],) * 2
     assert box._organ_channel(grid, prompts, extent).any()

@@ -1,5 +1,6 @@
 """TAGS checkpoint format, converter and installed registry: exact round trips, tamper and crash safety, and
 refusal of pickles that would execute code. Everything runs on tiny synthetic tensors in well under a second."""
+
 import io
 import json
 import os
@@ -30,9 +31,14 @@ class Pwn:
 def metadata(task="kits", **overrides):
     spec = TASKS[task]
     meta = {
-        "preset": "tags-test", "config": {"depth": 2, "embed_dim": 8, "global_attn_indexes": [1]},
-        "task": spec.key, "anatomy": spec.anatomy, "organ_labels": list(spec.organ_labels),
-        "tumour_label": spec.tumour_label, "intensity": spec.intensity(), "spacing_mm": [1.0, 1.0, 1.0],
+        "preset": "tags-test",
+        "config": {"depth": 2, "embed_dim": 8, "global_attn_indexes": [1]},
+        "task": spec.key,
+        "anatomy": spec.anatomy,
+        "organ_labels": list(spec.organ_labels),
+        "tumour_label": spec.tumour_label,
+        "intensity": spec.intensity(),
+        "spacing_mm": [1.0, 1.0, 1.0],
         "text": {"encoder": "open_clip:ViT-L-14:openai", "object_word": spec.key, "object_word_mode": "dataset-key"},
         "provenance": {"training": {"epochs": 3, "data": "synthetic"}},
     }
@@ -145,6 +151,7 @@ def test_foreign_and_damaged_files_are_refused(tmp_path):
         ckpt.load_checkpoint(junk)
 
     from safetensors.torch import save_file
+
     plain = tmp_path / "plain.safetensors"
     save_file({"w": torch.ones(2)}, str(plain))
     with pytest.raises(ModelError, match="not a tagseg TAGS checkpoint"):
@@ -225,23 +232,33 @@ def test_interrupted_save_leaves_nothing_behind(tmp_path, monkeypatch):
 
 
 def test_check_state_dict_names_the_first_mismatch():
-    expected = {"image_encoder.blocks.0.attn.qkv.weight": (2304, 768), "mask_decoder.bias": (2,),
-                "point_label_embed.weight": (2, 256)}
+    expected = {
+        "image_encoder.blocks.0.attn.qkv.weight": (2304, 768),
+        "mask_decoder.bias": (2,),
+        "point_label_embed.weight": (2, 256),
+    }
     good = {"image_encoder.blocks.0.attn.qkv.weight": torch.zeros(2304, 768), "mask_decoder.bias": torch.zeros(2)}
     ckpt.check_state_dict(expected, good, "tags-b", optional={"point_label_embed.weight"})
 
-    wrong = dict(good, **{"image_encoder.blocks.0.attn.qkv.weight": torch.zeros(192, 64),
-                          "mask_decoder.bias": torch.zeros(3)})
+    wrong = dict(
+        good, **{"image_encoder.blocks.0.attn.qkv.weight": torch.zeros(192, 64), "mask_decoder.bias": torch.zeros(3)}
+    )
     with pytest.raises(ModelError) as info:
         ckpt.check_state_dict(expected, wrong, "tags-b", optional={"point_label_embed.weight"})
-    assert str(info.value) == ("tensor image_encoder.blocks.0.attn.qkv.weight has shape (192, 64) but preset tags-b "
-                               "needs (2304, 768) — is this a checkpoint of another preset?")
+    assert str(info.value) == (
+        "tensor image_encoder.blocks.0.attn.qkv.weight has shape (192, 64) but preset tags-b "
+        "needs (2304, 768) — is this a checkpoint of another preset?"
+    )
 
     with pytest.raises(ModelError, match=r"^tensor point_label_embed.weight is missing .*\(2, 256\)"):
         ckpt.check_state_dict(expected, good, "tags-b")
     with pytest.raises(ModelError, match=r"^tensor image_encoder.extra_block.weight is not part of preset tags-b"):
-        ckpt.check_state_dict(expected, dict(good, **{"image_encoder.extra_block.weight": torch.zeros(1)}), "tags-b",
-                              optional={"point_label_embed.weight"})
+        ckpt.check_state_dict(
+            expected,
+            dict(good, **{"image_encoder.extra_block.weight": torch.zeros(1)}),
+            "tags-b",
+            optional={"point_label_embed.weight"},
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -259,16 +276,28 @@ def authors_checkpoint(path, best_val_loss=np.float32(0.4321), **replace):
         "blocks.0.attn.rel_pos_d": torch.randn(15, 4, generator=gen),
         "neck_3d.0.0.weight": torch.randn(4, 8, 1, 1, 1, generator=gen),
     }
-    prompts = [{"pe_layer.positional_encoding_gaussian_matrix": torch.randn(3, 4, generator=gen),
-                "transformer.layers.0.global_query": torch.randn(10, 4, generator=gen) + i} for i in range(4)]
+    prompts = [
+        {
+            "pe_layer.positional_encoding_gaussian_matrix": torch.randn(3, 4, generator=gen),
+            "transformer.layers.0.global_query": torch.randn(10, 4, generator=gen) + i,
+        }
+        for i in range(4)
+    ]
     decoder = {"head.0.weight": torch.randn(2, 4, 3, 3, 3, generator=gen)}
     net = torch.nn.Linear(3, 2)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4, weight_decay=1e-5)
     net(torch.ones(1, 3)).sum().backward()
     opt.step()
-    raw = {"epoch": 17, "best_val_loss": best_val_loss, "encoder_dict": encoder, "decoder_dict": decoder,
-           "feature_dict": prompts, "encoder_opt": opt.state_dict(), "feature_opt": opt.state_dict(),
-           "decoder_opt": opt.state_dict()}
+    raw = {
+        "epoch": 17,
+        "best_val_loss": best_val_loss,
+        "encoder_dict": encoder,
+        "decoder_dict": decoder,
+        "feature_dict": prompts,
+        "encoder_opt": opt.state_dict(),
+        "feature_opt": opt.state_dict(),
+        "decoder_opt": opt.state_dict(),
+    }
     raw.update(replace)
     torch.save(raw, path)
     return raw
@@ -278,9 +307,15 @@ def test_convert_authors_checkpoint(tmp_path):
     src = tmp_path / "best.pth.tar"
     raw = authors_checkpoint(src)
     dst = tmp_path / "pancreas.safetensors"
-    digest = ckpt.convert_authors_checkpoint(src, dst, task="pancreas", preset="tags-test", config={"depth": 2},
-                                             extra_tensors={"text.class_embeddings": torch.ones(8, 2)},
-                                             provenance={"note": "synthetic"})
+    digest = ckpt.convert_authors_checkpoint(
+        src,
+        dst,
+        task="pancreas",
+        preset="tags-test",
+        config={"depth": 2},
+        extra_tensors={"text.class_embeddings": torch.ones(8, 2)},
+        provenance={"note": "synthetic"},
+    )
     loaded = ckpt.load_checkpoint(dst)
     assert loaded.sha256 == digest
 
@@ -297,10 +332,17 @@ def test_convert_authors_checkpoint(tmp_path):
     meta, spec = loaded.metadata, TASKS["pancreas"]
     assert meta["intensity"] == {"window": list(spec.window), "mean": spec.mean, "std": spec.std}
     assert (meta["task"], meta["anatomy"], meta["organ_labels"], meta["tumour_label"]) == (
-        "pancreas", "pancreas", ["pancreas"], 2)
+        "pancreas",
+        "pancreas",
+        ["pancreas"],
+        2,
+    )
     assert meta["preset"] == "tags-test" and meta["config"] == {"depth": 2}
-    assert meta["text"] == {"encoder": "open_clip:ViT-L-14:openai", "object_word": "pancreas",
-                            "object_word_mode": "dataset-key"}
+    assert meta["text"] == {
+        "encoder": "open_clip:ViT-L-14:openai",
+        "object_word": "pancreas",
+        "object_word_mode": "dataset-key",
+    }
     prov = meta["provenance"]
     assert prov["source_file"] == "best.pth.tar" and prov["source_sha256"] == sha256_file(src)
     assert prov["epoch"] == 17 and prov["best_val_loss"] == pytest.approx(0.4321) and prov["note"] == "synthetic"
@@ -348,8 +390,13 @@ def test_convert_names_what_is_missing(tmp_path):
 @pytest.mark.parametrize("writer", ["torch.save", "pickle.dump"])
 def test_malicious_pickle_is_refused_without_running(tmp_path, writer):
     marker = tmp_path / "pwned"
-    payload = {"epoch": 1, "encoder_dict": {"w": torch.ones(1)}, "decoder_dict": {}, "feature_dict": [{}] * 4,
-               "encoder_opt": Pwn(marker)}
+    payload = {
+        "epoch": 1,
+        "encoder_dict": {"w": torch.ones(1)},
+        "decoder_dict": {},
+        "feature_dict": [{}] * 4,
+        "encoder_opt": Pwn(marker),
+    }
     src = tmp_path / "evil.pth.tar"
     if writer == "torch.save":
         torch.save(payload, src)
@@ -470,11 +517,20 @@ def test_a_header_length_whose_first_byte_is_0x80_still_loads(tmp_path):
     tensors = {"image_encoder.x": torch.zeros(2)}
     for pad in range(0, 400, 8):
         path = tmp_path / f"c{pad}.safetensors"
-        meta = {"format": "tagseg-tags", "format_version": 1, "preset": "p", "config": {}, "task": "t",
-                "anatomy": "liver", "organ_labels": ["liver"], "tumour_label": 2,
-                "intensity": {"window": [-1, 1], "mean": 0.0, "std": 1.0}, "spacing_mm": [1.0, 1.0, 1.0],
-                "text": {"encoder": "e", "object_word": "liver", "object_word_mode": "anatomy"},
-                "provenance": {"note": "x" * pad}}
+        meta = {
+            "format": "tagseg-tags",
+            "format_version": 1,
+            "preset": "p",
+            "config": {},
+            "task": "t",
+            "anatomy": "liver",
+            "organ_labels": ["liver"],
+            "tumour_label": 2,
+            "intensity": {"window": [-1, 1], "mean": 0.0, "std": 1.0},
+            "spacing_mm": [1.0, 1.0, 1.0],
+            "text": {"encoder": "e", "object_word": "liver", "object_word_mode": "anatomy"},
+            "provenance": {"note": "x" * pad},
+        }
         save_checkpoint(path, tensors, meta)
         if path.read_bytes()[0] == 0x80:
             assert torch.equal(load_checkpoint(path).state_dict["image_encoder.x"], tensors["image_encoder.x"])

@@ -3,6 +3,7 @@
 Everything runs on the tiny random-weight open_clip model (64-d); no test touches the network. Each test gets its own
 cache and weights folder, so results never depend on what an earlier run left behind.
 """
+
 import hashlib
 import os
 import subprocess
@@ -55,20 +56,30 @@ class CountingEncoder:
 
 # --- prompt ensemble --------------------------------------------------------------------------------------------------
 
+
 def test_ensemble_sizes_and_exact_sentences():
     assert (len(te.NORMAL_STATES), len(te.TUMOUR_STATES), len(te.TEMPLATES)) == (8, 6, 34)
     assert len(set(te.TEMPLATES)) == 34
     normal, tumour = te.ensemble_sentences("pancreas")
     assert (len(normal), len(tumour)) == (272, 204)
     assert len(set(normal)) == 272 and len(set(tumour)) == 204 and not set(normal) & set(tumour)
-    for sentence in ("this is one pancreas in the scene.", "a 3D photo of the flawless pancreas.",
-                     "there is a pancreas without tumor in the scene.", "a 3D photo of a large healthy pancreas.",
-                     "a low resolution 3D photo of the perfect pancreas.",
-                     "a cropped 3D photo of a pancreas without lesion."):
+    for sentence in (
+        "this is one pancreas in the scene.",
+        "a 3D photo of the flawless pancreas.",
+        "there is a pancreas without tumor in the scene.",
+        "a 3D photo of a large healthy pancreas.",
+        "a low resolution 3D photo of the perfect pancreas.",
+        "a cropped 3D photo of a pancreas without lesion.",
+    ):
         assert sentence in normal, sentence
-    for sentence in ("a bright 3D photo of the pancreas with tumor.", "this is a diseased pancreas in the scene.",
-                     "a close-up 3D photo of a anomalous pancreas.", "a 3D photo of the rotated pancreas with illness.",
-                     "a 3D photo of one pancreas with flaw.", "a corrupted 3D photo of the pancreas with tumor."):
+    for sentence in (
+        "a bright 3D photo of the pancreas with tumor.",
+        "this is a diseased pancreas in the scene.",
+        "a close-up 3D photo of a anomalous pancreas.",
+        "a 3D photo of the rotated pancreas with illness.",
+        "a 3D photo of one pancreas with flaw.",
+        "a corrupted 3D photo of the pancreas with tumor.",
+    ):
         assert sentence in tumour, sentence
     # the object word is the only thing that changes between organs
     kidney_normal, _ = te.ensemble_sentences("kidney")
@@ -93,6 +104,7 @@ def test_object_word_modes():
 
 
 # --- encoders ---------------------------------------------------------------------------------------------------------
+
 
 def test_tiny_encoder_builds_and_leaves_global_rng_alone(tiny):
     assert tiny.id == TINY and tiny.dim == 64
@@ -124,9 +136,11 @@ def test_random_encoder_is_deterministic_in_process_and_across_processes(tiny, t
     assert other_seed.id != tiny.id
     assert not torch.allclose(tiny_pancreas, te.class_embeddings(other_seed, "pancreas", use_cache=False), atol=1e-4)
     sentences = ["a 3D photo of a liver.", "a bad 3D photo of the liver with tumor."]
-    code = ("import sys, torch; from tagseg.tags import text_encoder as te; "
-            f"e = te.make_text_encoder(te.TINY_TEXT_ENCODER).encode({sentences!r}); "
-            "sys.stdout.write(' '.join(repr(v) for v in e.flatten().tolist()))")
+    code = (
+        "import sys, torch; from tagseg.tags import text_encoder as te; "
+        f"e = te.make_text_encoder(te.TINY_TEXT_ENCODER).encode({sentences!r}); "
+        "sys.stdout.write(' '.join(repr(v) for v in e.flatten().tolist()))"
+    )
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -181,8 +195,12 @@ def test_corrupt_cache_is_recomputed(damage):
         path.write_bytes(b"")
     else:  # a valid file with a tensor of the wrong shape and the right metadata
         from safetensors.torch import save_file
-        save_file({"T": torch.ones(counting.dim, 3)}, str(path),
-                  metadata={"encoder_id": counting.id, "object_word": "pancreas", "ensemble": te.ENSEMBLE_VERSION})
+
+        save_file(
+            {"T": torch.ones(counting.dim, 3)},
+            str(path),
+            metadata={"encoder_id": counting.id, "object_word": "pancreas", "ensemble": te.ENSEMBLE_VERSION},
+        )
     again = te.class_embeddings(counting, "pancreas")
     assert counting.calls == 2 and torch.equal(again, good)
     te.class_embeddings(counting, "pancreas")
@@ -198,11 +216,21 @@ def test_encoder_returning_wrong_shape_is_a_model_error():
         te.class_embeddings(Broken(), "liver", use_cache=False)
 
 
-@pytest.mark.parametrize("spec", [
-    "", "open_clip", "open_clip:ViT-L-14", "open_clip::openai", "clip:ViT-L-14:openai",
-    "open_clip-random:tagseg-tiny-clip:zero", "open_clip-random:no-such-model:0", "open_clip:ViT-L-14:no-such-tag",
-    "open_clip-file:tagseg-tiny-clip:/no/such/file.pt", "open_clip:ViT-L-14:/some/file.pt",
-])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "",
+        "open_clip",
+        "open_clip:ViT-L-14",
+        "open_clip::openai",
+        "clip:ViT-L-14:openai",
+        "open_clip-random:tagseg-tiny-clip:zero",
+        "open_clip-random:no-such-model:0",
+        "open_clip:ViT-L-14:no-such-tag",
+        "open_clip-file:tagseg-tiny-clip:/no/such/file.pt",
+        "open_clip:ViT-L-14:/some/file.pt",
+    ],
+)
 def test_bad_spec_is_one_line_model_error(spec):
     with pytest.raises(ModelError) as info:
         te.make_text_encoder(spec)
@@ -262,6 +290,7 @@ def test_file_encoder_reads_a_state_dict(tmp_path):
 def test_file_encoder_reads_an_openai_style_torchscript_archive_with_quick_gelu(tmp_path):
     """OpenAI ships ViT-L-14.pt as TorchScript, trained with QuickGELU; both must be honoured."""
     import warnings
+
     model = _tiny_model(quick_gelu=True)
     path = tmp_path / "tiny_openai_style.pt"
     with warnings.catch_warnings():

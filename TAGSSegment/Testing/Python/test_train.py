@@ -1,4 +1,5 @@
 """`tagseg train` / `tagseg evaluate` on `tagseg synth` data: learning, exact resume, two-process DDP."""
+
 import csv
 import hashlib
 import json
@@ -15,7 +16,18 @@ from tagseg import commands
 
 MODULE_DIR = Path(__file__).resolve().parents[2]
 SYNTH = ["--cases", "6", "--shape", "24,64,64", "--organ", "liver", "--seed", "0"]
-TRAIN = ["--task", "custom", "--preset", "tags-tiny", "--lr", "1e-3", "--point-labels", "--device", "cpu", "--from-scratch"]
+TRAIN = [
+    "--task",
+    "custom",
+    "--preset",
+    "tags-tiny",
+    "--lr",
+    "1e-3",
+    "--point-labels",
+    "--device",
+    "cpu",
+    "--from-scratch",
+]
 MIN_VAL_DICE = 0.4
 
 
@@ -62,7 +74,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(data, tmp_path, monk
 
     def interrupted(self, epoch):
         if epoch == 2:
-            raise KeyboardInterrupt           # the run dies during its third epoch
+            raise KeyboardInterrupt  # the run dies during its third epoch
         return original(self, epoch)
 
     with monkeypatch.context() as patch:
@@ -85,7 +97,7 @@ def test_an_existing_run_is_not_overwritten_without_resume(data, tmp_path, capsy
     assert "--resume" in capsys.readouterr().err
 
 
-DDP_SCRIPT = textwrap.dedent('''
+DDP_SCRIPT = textwrap.dedent("""
     import hashlib, os, sys
     import numpy as np, torch
     sys.path.insert(0, {module_dir!r})
@@ -124,7 +136,7 @@ DDP_SCRIPT = textwrap.dedent('''
     rank = int(os.environ["RANK"])
     steps = trainer.history[-1]["steps"]
     open(os.path.join({out!r}, f"rank{{rank}}.sha"), "w", encoding="utf-8").write(f"{{digest}} {{steps}}")
-''')
+""")
 
 
 def test_two_process_ddp_ends_with_identical_weights(tmp_path):
@@ -132,12 +144,17 @@ def test_two_process_ddp_ends_with_identical_weights(tmp_path):
     out = tmp_path / "run"
     script.write_text(DDP_SCRIPT.format(module_dir=str(MODULE_DIR), out=str(out)), encoding="utf-8")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(script)], env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     digests = [(out / f"rank{r}.sha").read_text(encoding="utf-8").split() for r in (0, 1)]
     assert digests[0][0] == digests[1][0]
-    assert digests[0][1] == digests[1][1] == "2"         # 4 cases over 2 ranks: 2 steps each per epoch
+    assert digests[0][1] == digests[1][1] == "2"  # 4 cases over 2 ranks: 2 steps each per epoch
     assert (out / "best.safetensors").is_file() and (out / "last.train-state.pt").is_file()
 
 
@@ -164,6 +181,21 @@ def test_training_without_sam_weights_needs_from_scratch(data, tmp_path, capsys)
 
 def test_training_without_split_says_whose_split_it_uses(data, tmp_path, capsys):
     out = tmp_path / "run"
-    assert run("train", "--data", data, "--out", out, *TRAIN, "--epochs", "1", "--max-steps-per-epoch", "1",
-               "--cache", tmp_path / "cache") == 0
+    assert (
+        run(
+            "train",
+            "--data",
+            data,
+            "--out",
+            out,
+            *TRAIN,
+            "--epochs",
+            "1",
+            "--max-steps-per-epoch",
+            "1",
+            "--cache",
+            tmp_path / "cache",
+        )
+        == 0
+    )
     assert "no --split" in capsys.readouterr().err and (out / "split.json").is_file()

@@ -2,6 +2,7 @@
 
 Downloads go to a local http.server on 127.0.0.1 (the catalogue entry is pointed at it), never to the internet.
 """
+
 import dataclasses
 import hashlib
 import http.server
@@ -87,6 +88,7 @@ def leftovers(private_folders):
 
 # --- catalogue --------------------------------------------------------------------------------------------------------
 
+
 def test_catalogue_entries_are_complete():
     assert set(weights.CATALOGUE) >= {"sam-vit-b", "clip-vit-l-14"}
     for name, item in weights.CATALOGUE.items():
@@ -129,6 +131,7 @@ def test_offline_instructions_name_everything():
 
 
 # --- download ---------------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("var", ["HF_HUB_OFFLINE", "TAGSEG_OFFLINE"])
 def test_download_refused_offline(monkeypatch, private_folders, server, var):
@@ -205,6 +208,7 @@ def test_unreachable_server_is_a_model_error(monkeypatch, private_folders, onlin
 
 
 # --- CLI back end -----------------------------------------------------------------------------------------------------
+
 
 def run_command(*args):
     lines = []

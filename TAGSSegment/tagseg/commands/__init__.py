@@ -8,6 +8,7 @@ Errors a user can fix are one line on stderr and exit code 2; outputs appear onl
 Exit codes: 0 ok, 1 internal error, 2 user error (bad input, refused file, out of memory), 3 some evaluated cases
 failed (`evaluate`), 130 interrupted.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,9 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     """The `tagseg` parser with every command registered."""
     parser = _Parser(prog=PROG, description="Interactive 3D tumour segmentation from clicks, boxes and text.")
     parser.add_argument("--version", action="version", version=f"{PROG} {tagseg_version()}")
-    parser.add_argument("--memory-limit", metavar="SIZE",
-                        help="most memory one input may need, e.g. 8G (default: a quarter of the available memory; "
-                             "environment variable TAGSEG_MEMORY_LIMIT)")
+    parser.add_argument(
+        "--memory-limit",
+        metavar="SIZE",
+        help="most memory one input may need, e.g. 8G (default: a quarter of the available memory; "
+        "environment variable TAGSEG_MEMORY_LIMIT)",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
     for command in COMMANDS:
@@ -92,7 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 warnings.filterwarnings("ignore", module=NOISY_WARNING_MODULES)
                 # other libraries' warnings (numpy overflow, ...) become our one line, not their two
                 warnings.showwarning = lambda message, category, *rest, **kw: reporter.warn(
-                    f"{category.__name__}: {message}")
+                    f"{category.__name__}: {message}"
+                )
             if getattr(args, "memory_limit", None):
                 from ..budget import ENV, parse_size
 
@@ -102,8 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return args.func(args, reporter)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr, flush=True)
-        if as_program and any(t.is_alive() and not t.daemon for t in threading.enumerate()
-                              if t is not threading.main_thread()):
+        if as_program and any(
+            t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()
+        ):
             # A model pass cannot be cancelled; exiting normally would wait for it to finish.
             sys.stdout.flush()
             os._exit(130)
@@ -129,12 +135,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ..devices import is_out_of_memory
 
         if is_out_of_memory(exc):
-            _error("the device ran out of memory while running the model; rerun with --device cpu "
-                   "(or close other programs using the GPU)")
+            _error(
+                "the device ran out of memory while running the model; rerun with --device cpu "
+                "(or close other programs using the GPU)"
+            )
             return 2
         detail = one_line(f"{type(exc).__name__}: {exc}")[:300]
-        print(f"{PROG}: internal error: {detail} (rerun with environment variable TAGSEG_DEBUG=1 to see the traceback)",
-              file=sys.stderr, flush=True)
+        print(
+            f"{PROG}: internal error: {detail} (rerun with environment variable TAGSEG_DEBUG=1 to see the traceback)",
+            file=sys.stderr,
+            flush=True,
+        )
         return 1
     finally:
         if getattr(args, "memory_limit", None):

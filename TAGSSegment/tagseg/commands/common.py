@@ -1,5 +1,6 @@
 """What several commands share: the program name, the warning reporter, the version, and the steps around a
 Session (load an image, predict, close, measure). A leaf module: it imports no command module."""
+
 from __future__ import annotations
 
 import sys

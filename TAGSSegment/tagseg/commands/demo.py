@@ -1,5 +1,6 @@
 """`tagseg demo`: segment a synthetic phantom (a typical and a large tumour) and, when present, a real case from
 ../shared/data, the way a user would: three clicks, a prediction, one refinement click, another prediction."""
+
 from __future__ import annotations
 
 import argparse
@@ -27,11 +28,19 @@ def register(commands) -> None:
     demo = commands.add_parser("demo", help="segment a synthetic phantom (and a real case if available)")
     demo.add_argument("--out", metavar="DIR", help="output folder (default: a new temporary folder)")
     demo.add_argument("--seed", type=int, default=0, help="phantom and click seed (default: 0)")
-    demo.add_argument("--real", action=argparse.BooleanOptionalAction, default=True,
-                      help="also run a real case from ../shared/data when present (default: yes)")
+    demo.add_argument(
+        "--real",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run a real case from ../shared/data when present (default: yes)",
+    )
     demo.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
-    demo.add_argument("--large", action=argparse.BooleanOptionalAction, default=True,
-                      help="also segment a large soft-edged tumour phantom (30 mm radius, isotropic MR; default: yes)")
+    demo.add_argument(
+        "--large",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also segment a large soft-edged tumour phantom (30 mm radius, isotropic MR; default: yes)",
+    )
     demo.set_defaults(func=run)
 
 
@@ -60,8 +69,9 @@ class _Steps:
     def __init__(self, total: int) -> None:
         from tqdm import tqdm
 
-        self._bar = tqdm(total=total, desc="demo", unit="step", file=sys.stderr, leave=False,
-                         disable=not sys.stderr.isatty())
+        self._bar = tqdm(
+            total=total, desc="demo", unit="step", file=sys.stderr, leave=False, disable=not sys.stderr.isatty()
+        )
         self._open = False
 
     def start(self, what: str) -> None:
@@ -79,8 +89,9 @@ class _Steps:
         self._bar.close()
 
 
-def _demo_case(name: str, image, label, text: str, seed: int, out: Path, device: str,
-               reporter: Reporter, steps: _Steps) -> dict:
+def _demo_case(
+    name: str, image, label, text: str, seed: int, out: Path, device: str, reporter: Reporter, steps: _Steps
+) -> dict:
     """Three clicks, predict, one more click, predict again; writes the mask and an overlay."""
     import numpy as np
 
@@ -109,21 +120,43 @@ def _demo_case(name: str, image, label, text: str, seed: int, out: Path, device:
     finally:
         close(session, interrupted)
     mask_path = out / f"{name}_mask.nii.gz"
-    write_outputs(refined, image, mask_path, ".nii.gz", text, out / f"{name}_overlay.png",
-                  clicks + [refine_click], reference=label)
-    return {"case": name, "text": text, "clicks_ras": clicks, "refine_click_ras": refine_click,
-            "dice_first": round(dice(first.array, label.array), 4), "dice": round(dice(refined.array, label.array), 4),
-            "first_prediction_s": round(first_s, 3), "model_load_s": None if load_s is None else round(load_s, 3),
-            "refinement_s": round(refine_s, 3), "refinement_ratio": round(refine_s / max(first_s, 1e-9), 4),
-            "mask": str(mask_path), "overlay": str(out / f"{name}_overlay.png"), **mask_stats(refined)}
+    write_outputs(
+        refined,
+        image,
+        mask_path,
+        ".nii.gz",
+        text,
+        out / f"{name}_overlay.png",
+        clicks + [refine_click],
+        reference=label,
+    )
+    return {
+        "case": name,
+        "text": text,
+        "clicks_ras": clicks,
+        "refine_click_ras": refine_click,
+        "dice_first": round(dice(first.array, label.array), 4),
+        "dice": round(dice(refined.array, label.array), 4),
+        "first_prediction_s": round(first_s, 3),
+        "model_load_s": None if load_s is None else round(load_s, 3),
+        "refinement_s": round(refine_s, 3),
+        "refinement_ratio": round(refine_s / max(first_s, 1e-9), 4),
+        "mask": str(mask_path),
+        "overlay": str(out / f"{name}_overlay.png"),
+        **mask_stats(refined),
+    }
 
 
 def _print_case(result: dict) -> None:
     load = f" (incl. model load {result['model_load_s']:.2f} s)" if result.get("model_load_s") else ""
-    print(f"{result['case']}: Dice {result['dice_first']:.3f} after {DEMO_CLICKS} clicks, "
-          f"{result['dice']:.3f} after a refinement click; {result['volume_ml']:.2f} ml")
-    print(f"{result['case']}: first prediction {result['first_prediction_s']:.2f} s{load}, "
-          f"refinement {result['refinement_s']:.2f} s (ratio {result['refinement_ratio']:.2f})")
+    print(
+        f"{result['case']}: Dice {result['dice_first']:.3f} after {DEMO_CLICKS} clicks, "
+        f"{result['dice']:.3f} after a refinement click; {result['volume_ml']:.2f} ml"
+    )
+    print(
+        f"{result['case']}: first prediction {result['first_prediction_s']:.2f} s{load}, "
+        f"refinement {result['refinement_s']:.2f} s (ratio {result['refinement_ratio']:.2f})"
+    )
     print(f"{result['case']}: wrote {result['mask']} and {result['overlay']}")
 
 
@@ -143,21 +176,37 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
         steps.start("phantom")
         phantom = synth.make_phantom(seed=args.seed, tumour_radius_mm=DEMO_TUMOUR_RADIUS_MM)
         written = synth.write_case(phantom, out / "phantom")
-        result = _demo_case("phantom", phantom.image, phantom.label, phantom.description, args.seed, out, device,
-                            reporter, steps)
-        print(f"phantom: seed {args.seed}, {phantom.description}, {phantom.radius_mm:.1f} mm radius, "
-              f"contrast {phantom.contrast_hu:+.0f} HU; case written to {written['image'].parent}")
+        result = _demo_case(
+            "phantom", phantom.image, phantom.label, phantom.description, args.seed, out, device, reporter, steps
+        )
+        print(
+            f"phantom: seed {args.seed}, {phantom.description}, {phantom.radius_mm:.1f} mm radius, "
+            f"contrast {phantom.contrast_hu:+.0f} HU; case written to {written['image'].parent}"
+        )
         _print_case(result)
         if args.large:
             steps.start("large phantom")
             large = synth.make_lesion_phantom(seed=args.seed, **DEMO_LARGE_PHANTOM)
             written = synth.write_case(large, out / "large_phantom")
-            print(f"large_phantom: seed {args.seed}, {large.description}, {large.radius_mm:g} mm radius, "
-                  f"{large.extra['edge']} edge ({large.extra['ramp_mm']:.1f} mm ramp), {large.extra['modality']}, "
-                  f"{large.extra['slices']} slices {'x'.join(str(n) for n in large.image.shape_kji[::-1])}; "
-                  f"case written to {written['image'].parent}")
-            _print_case(_demo_case("large_phantom", large.image, large.label, large.description, args.seed, out,
-                                   device, reporter, steps))
+            print(
+                f"large_phantom: seed {args.seed}, {large.description}, {large.radius_mm:g} mm radius, "
+                f"{large.extra['edge']} edge ({large.extra['ramp_mm']:.1f} mm ramp), {large.extra['modality']}, "
+                f"{large.extra['slices']} slices {'x'.join(str(n) for n in large.image.shape_kji[::-1])}; "
+                f"case written to {written['image'].parent}"
+            )
+            _print_case(
+                _demo_case(
+                    "large_phantom",
+                    large.image,
+                    large.label,
+                    large.description,
+                    args.seed,
+                    out,
+                    device,
+                    reporter,
+                    steps,
+                )
+            )
         if run_real:
             image = load_volume(case_dir / "image.nii.gz")
             label = load_volume(case_dir / "label.nii.gz")

@@ -1,4 +1,5 @@
 """`tagseg describe`: how a description is read (anatomy, lesion word, CT window, segment name, terminology)."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,10 +11,13 @@ from .common import Reporter
 
 def register(commands) -> None:
     """Add `describe` to the `tagseg` subcommands."""
-    describe = commands.add_parser("describe", help="show how a description (--text) is read",
-                                   description="How TEXT is read: anatomy, lesion word, CT window, segment name and "
-                                               "the terminology codes the segment gets. Reads French, German, "
-                                               "Spanish, Italian and Portuguese, and typos.")
+    describe = commands.add_parser(
+        "describe",
+        help="show how a description (--text) is read",
+        description="How TEXT is read: anatomy, lesion word, CT window, segment name and "
+        "the terminology codes the segment gets. Reads French, German, "
+        "Spanish, Italian and Portuguese, and typos.",
+    )
     describe.add_argument("text", metavar="TEXT", help='a description, e.g. "tumeur du pancréas"')
     describe.add_argument("--json", action="store_true", help="print JSON")
     describe.set_defaults(func=run)
@@ -43,8 +47,13 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
     ]
     for match in reading.evidence:
         means = match.means.split(":", 1)
-        lines.append(("word", f"{match.describe()} -> " + (f"lesion word '{means[1]}'" if len(means) == 2
-                                                            else f"anatomy {match.means}")))
+        lines.append(
+            (
+                "word",
+                f"{match.describe()} -> "
+                + (f"lesion word '{means[1]}'" if len(means) == 2 else f"anatomy {match.means}"),
+            )
+        )
     for label, value in lines:
         print(f"{label:<10} {one_line(value)}")
     return 0

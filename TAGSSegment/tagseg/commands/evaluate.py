@@ -1,5 +1,6 @@
 """`tagseg evaluate`: the paper's evaluation protocol (Dice, NSD at 5 mm) for any model over a dataset folder;
 one CSV row per case, a failed case is a row and exit code 3."""
+
 from __future__ import annotations
 
 import argparse
@@ -17,13 +18,15 @@ EXIT_CASES_FAILED = 3
 def register(commands) -> None:
     """Add `evaluate` to the `tagseg` subcommands."""
     ev = commands.add_parser(
-        "evaluate", help="the paper's evaluation protocol for any model (Dice, NSD@5mm)",
+        "evaluate",
+        help="the paper's evaluation protocol for any model (Dice, NSD@5mm)",
         description="Per case: clicks drawn from the tumour (seeded), one prediction, Dice and the authors' NSD "
-                    "at 5 mm on the original grid. --protocol paper (default) runs TAGS as the authors' test.py "
-                    "does: one crop at the floored midpoint of the clicks whatever their spread, fp32, text "
-                    "unused, zeros in the organ channel when the mask misses the crop. The extensions are "
-                    "opt-in flags; the CSV records per case what actually ran. A case that fails is a row with "
-                    "its error; the run goes on and exits with code 3 if any case failed.")
+        "at 5 mm on the original grid. --protocol paper (default) runs TAGS as the authors' test.py "
+        "does: one crop at the floored midpoint of the clicks whatever their spread, fp32, text "
+        "unused, zeros in the organ channel when the mask misses the crop. The extensions are "
+        "opt-in flags; the CSV records per case what actually ran. A case that fails is a row with "
+        "its error; the run goes on and exits with code 3 if any case failed.",
+    )
     ev.add_argument("--data", required=True, metavar="DIR")
     ev.add_argument("--model", required=True, metavar="CHECKPOINT|NAME")
     ev.add_argument("--clicks", type=int, default=3)
@@ -35,21 +38,45 @@ def register(commands) -> None:
     ev.add_argument("--fold", type=int, default=0)
     ev.add_argument("--subset", default="test")
     ev.add_argument("--tumour-label", type=int, default=2)
-    ev.add_argument("--text", default=None,
-                    help="description (default: '<organ> tumor'); picks the model with --model auto, and reaches "
-                         "the model only with --text-fusion or --protocol interactive (the paper: text unused)")
-    ev.add_argument("--protocol", choices=tuple(PROTOCOL_CHOICES), default="paper",
-                    help="paper (default): the authors' test.py; interactive: what the app does (sliding window, "
-                         "bf16 on GPU, a box around the clicks as organ channel when the mask is missing)")
+    ev.add_argument(
+        "--text",
+        default=None,
+        help="description (default: '<organ> tumor'); picks the model with --model auto, and reaches "
+        "the model only with --text-fusion or --protocol interactive (the paper: text unused)",
+    )
+    ev.add_argument(
+        "--protocol",
+        choices=tuple(PROTOCOL_CHOICES),
+        default="paper",
+        help="paper (default): the authors' test.py; interactive: what the app does (sliding window, "
+        "bf16 on GPU, a box around the clicks as organ channel when the mask is missing)",
+    )
     ext = ev.add_argument_group("TAGS extensions (off in --protocol paper; each flag turns one on)")
-    ext.add_argument("--sliding-window", action="store_true", default=None,
-                     help="cover clicks wider than one crop with overlapping crops")
-    ext.add_argument("--autocast", choices=("off", "bf16", "fp16", "auto"), default=None,
-                     help="mixed precision (paper: off = fp32; auto = bf16 on CUDA)")
-    ext.add_argument("--text-fusion", type=float, default=None, metavar="W",
-                     help="mix the text-conditioned tumour map into the result with weight W (paper: 0)")
-    ext.add_argument("--anatomy-fallback", choices=("zeros", "prompt-box", "ct", "ones"), default=None,
-                     help="organ channel when the mask is missing or misses the crop (paper: zeros)")
+    ext.add_argument(
+        "--sliding-window",
+        action="store_true",
+        default=None,
+        help="cover clicks wider than one crop with overlapping crops",
+    )
+    ext.add_argument(
+        "--autocast",
+        choices=("off", "bf16", "fp16", "auto"),
+        default=None,
+        help="mixed precision (paper: off = fp32; auto = bf16 on CUDA)",
+    )
+    ext.add_argument(
+        "--text-fusion",
+        type=float,
+        default=None,
+        metavar="W",
+        help="mix the text-conditioned tumour map into the result with weight W (paper: 0)",
+    )
+    ext.add_argument(
+        "--anatomy-fallback",
+        choices=("zeros", "prompt-box", "ct", "ones"),
+        default=None,
+        help="organ channel when the mask is missing or misses the crop (paper: zeros)",
+    )
     ev.add_argument("--limit", type=int, help="only the first N cases")
     ev.add_argument("--device", default="auto")
     ev.set_defaults(func=run)
@@ -61,8 +88,7 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
 
     from ..backends import resolve_model_name
     from ..data.datasets import dataset_anatomy, find_cases, load_case, split_cases
-    from ..evaluate import (ResultsWriter, evaluate_case, failed_case, protocol_options, session_predictor,
-                            summarise)
+    from ..evaluate import ResultsWriter, evaluate_case, failed_case, protocol_options, session_predictor, summarise
     from ..text import parse_description
 
     out = Path(args.out).expanduser()
@@ -73,8 +99,9 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
         raise InputError("--clicks must be at least 1")
     if args.text_fusion is not None and not 0.0 <= args.text_fusion <= 1.0:
         raise InputError(f"--text-fusion {args.text_fusion}: must be within 0..1")
-    cases, split = find_cases(args.data, layout=args.layout, organ="auto", organ_dir=args.organ_dir,
-                              split_file=args.split, fold=args.fold)
+    cases, split = find_cases(
+        args.data, layout=args.layout, organ="auto", organ_dir=args.organ_dir, split_file=args.split, fold=args.fold
+    )
     if split is not None:
         cases = split_cases(cases, split).get(args.subset, [])
     cases = [c for c in cases if c.label is not None][: args.limit or None]
@@ -83,8 +110,13 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
     anatomy = dataset_anatomy(args.data)
     text = args.text if args.text is not None else f"{anatomy if anatomy != 'organ' else ''} tumor".strip()
     model = resolve_model_name(args.model, parse_description(text))
-    options = protocol_options(args.protocol, sliding_window=args.sliding_window, autocast=args.autocast,
-                               text_fusion=args.text_fusion, anatomy_fallback=args.anatomy_fallback)
+    options = protocol_options(
+        args.protocol,
+        sliding_window=args.sliding_window,
+        autocast=args.autocast,
+        text_fusion=args.text_fusion,
+        anatomy_fallback=args.anatomy_fallback,
+    )
     # the paper's test.py never looks at text; it reaches the model only when an extension uses it
     model_text = text if (args.protocol != "paper" or options["text_fusion"] > 0) else ""
     organs: dict = {}
@@ -116,7 +148,11 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
     print(summary.line())
     print(f"per-case results: {out}")
     if summary.failed:
-        print(f"{summary.failed} of {len(results)} cases failed (their rows in {out} give the error); "
-              f"exit code {EXIT_CASES_FAILED}", file=sys.stderr, flush=True)
+        print(
+            f"{summary.failed} of {len(results)} cases failed (their rows in {out} give the error); "
+            f"exit code {EXIT_CASES_FAILED}",
+            file=sys.stderr,
+            flush=True,
+        )
         return EXIT_CASES_FAILED
     return 0

@@ -1,4 +1,5 @@
 """`tagseg info`: versions, devices, models, the cache folder and the default weights' state."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,8 +13,11 @@ from .common import Reporter, tagseg_version
 def register(commands) -> None:
     """Add `info` to the `tagseg` subcommands."""
     info = commands.add_parser("info", help="versions, devices, models and weights")
-    info.add_argument("--model", metavar="NAME|PATH",
-                      help="also report this model: a backend, a TAGS preset (tags-b, tags-tiny) or a checkpoint")
+    info.add_argument(
+        "--model",
+        metavar="NAME|PATH",
+        help="also report this model: a backend, a TAGS preset (tags-b, tags-tiny) or a checkpoint",
+    )
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(func=run)
 
@@ -28,8 +32,12 @@ def _weights_info() -> dict:
         return {"path": None, "sha256_ok": False, "problem": str(exc)}
     if not path.is_file():
         return {"path": str(path), "sha256_ok": False, "problem": "file missing"}
-    return {"path": str(path), "size_bytes": path.stat().st_size,
-            "sha256_ok": sha256_file(path) == litemedsam_net.EXPECTED_SHA256, "license": litemedsam_net.LICENSE}
+    return {
+        "path": str(path),
+        "size_bytes": path.stat().st_size,
+        "sha256_ok": sha256_file(path) == litemedsam_net.EXPECTED_SHA256,
+        "license": litemedsam_net.LICENSE,
+    }
 
 
 def _model_info(model: str) -> dict:
@@ -41,16 +49,26 @@ def _model_info(model: str) -> dict:
         from ..tags import build_tags
 
         net = build_tags(model)
-        return {"name": model, "kind": "TAGS preset (random weights: train it or load a checkpoint)",
-                "config": net.config.to_dict(), "parameters": net.parameter_counts()}
+        return {
+            "name": model,
+            "kind": "TAGS preset (random weights: train it or load a checkpoint)",
+            "config": net.config.to_dict(),
+            "parameters": net.parameter_counts(),
+        }
     name = backends.resolve_model_name(model, parse_description(""))
     if name.startswith(backends.TAGS_PREFIX):
         from ..tags.checkpoint import load_model
 
-        net, ckpt = load_model(name[len(backends.TAGS_PREFIX):])
+        net, ckpt = load_model(name[len(backends.TAGS_PREFIX) :])
         meta = {k: v for k, v in ckpt.metadata.items() if k != "config"}
-        return {"name": name, "kind": "TAGS checkpoint", "sha256": ckpt.sha256, "metadata": meta,
-                "config": net.config.to_dict(), "parameters": net.parameter_counts()}
+        return {
+            "name": name,
+            "kind": "TAGS checkpoint",
+            "sha256": ckpt.sha256,
+            "metadata": meta,
+            "config": net.config.to_dict(),
+            "parameters": net.parameter_counts(),
+        }
     return backends.create_backend(name, "cpu").info()
 
 
@@ -65,8 +83,13 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
     from ..paths import cache_dir
 
     report = {
-        "versions": {"tagseg": tagseg_version(), "python": sys.version.split()[0], "torch": torch.__version__,
-                     "numpy": numpy.__version__, "SimpleITK": SimpleITK.Version_VersionString()},
+        "versions": {
+            "tagseg": tagseg_version(),
+            "python": sys.version.split()[0],
+            "torch": torch.__version__,
+            "numpy": numpy.__version__,
+            "SimpleITK": SimpleITK.Version_VersionString(),
+        },
         "devices": describe_devices(),
         "models": sorted(backends.BACKENDS),
         "default_model": backends.DEFAULT_BACKEND,

@@ -1,5 +1,6 @@
 """Model files: `tagseg weights` (third-party SAM/CLIP weights), `tagseg convert-checkpoint` (the TAGS authors'
 .pth.tar) and `tagseg models` (installed TAGS checkpoints that --model auto picks from)."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,27 +13,37 @@ from .common import PROG, Reporter
 
 def register(commands) -> None:
     """Add `weights`, `convert-checkpoint` and `models` to the `tagseg` subcommands."""
-    weights = commands.add_parser("weights", help="third-party weights TAGS can use (SAM, CLIP): list, download, verify",
-                                  description="Downloads happen only here, on request; size, licence and SHA-256 "
-                                              "are shown and verified. Offline, it says what to place where.")
+    weights = commands.add_parser(
+        "weights",
+        help="third-party weights TAGS can use (SAM, CLIP): list, download, verify",
+        description="Downloads happen only here, on request; size, licence and SHA-256 "
+        "are shown and verified. Offline, it says what to place where.",
+    )
     weights.add_argument("action", choices=("list", "download", "verify"))
     weights.add_argument("name", nargs="?", help="sam-vit-b or clip-vit-l-14")
     weights.add_argument("--json", action="store_true", help="print JSON")
     weights.set_defaults(func=run_weights)
 
-    convert = commands.add_parser("convert-checkpoint",
-                                  help="convert the TAGS authors' .pth.tar into a tagseg .safetensors checkpoint",
-                                  description="Reads tensors only (torch.load weights_only=True); a file that would "
-                                              "need code to run is refused.")
+    convert = commands.add_parser(
+        "convert-checkpoint",
+        help="convert the TAGS authors' .pth.tar into a tagseg .safetensors checkpoint",
+        description="Reads tensors only (torch.load weights_only=True); a file that would need code to run is refused.",
+    )
     convert.add_argument("source", metavar="SRC.pth.tar")
     convert.add_argument("output", metavar="OUT.safetensors")
     convert.add_argument("--task", required=True, help="kits, lits or pancreas (sets window, statistics, organ)")
     convert.add_argument("--preset", default="tags-b")
-    convert.add_argument("--object-word-mode", choices=("dataset-key", "organ"), default="dataset-key",
-                         help="CLIP object word the checkpoint was trained with (authors: the dataset key)")
+    convert.add_argument(
+        "--object-word-mode",
+        choices=("dataset-key", "organ"),
+        default="dataset-key",
+        help="CLIP object word the checkpoint was trained with (authors: the dataset key)",
+    )
     convert.set_defaults(func=run_convert)
 
-    models = commands.add_parser("models", help="installed TAGS checkpoints (used by --model auto): list, install, remove")
+    models = commands.add_parser(
+        "models", help="installed TAGS checkpoints (used by --model auto): list, install, remove"
+    )
     models.add_argument("action", choices=("list", "install", "remove"))
     models.add_argument("target", nargs="?", metavar="FILE|SHA", help="checkpoint to install, or SHA/file to remove")
     models.add_argument("--json", action="store_true", help="print JSON")
@@ -57,8 +68,9 @@ def run_convert(args: argparse.Namespace, reporter: Reporter) -> int:
     if not dst.name.endswith(".safetensors"):
         raise InputError(f"{dst}: the output must end in .safetensors")
     config = get_preset(args.preset).to_dict()
-    digest = convert_authors_checkpoint(src, dst, task=args.task, preset=args.preset, config=config,
-                                        object_word_mode=args.object_word_mode)
+    digest = convert_authors_checkpoint(
+        src, dst, task=args.task, preset=args.preset, config=config, object_word_mode=args.object_word_mode
+    )
     try:
         load_model(dst)
     except TagsegError:
@@ -84,7 +96,7 @@ def run_models(args: argparse.Namespace, reporter: Reporter) -> int:
             raise InputError("models install needs a checkpoint file")
         from ..tags.checkpoint import load_model
 
-        load_model(Path(args.target).expanduser())          # refuse what could not be loaded later
+        load_model(Path(args.target).expanduser())  # refuse what could not be loaded later
         path = checkpoint.install_checkpoint(Path(args.target).expanduser())
         print(f"installed {path}")
         return 0
@@ -99,7 +111,9 @@ def run_models(args: argparse.Namespace, reporter: Reporter) -> int:
         return 0
     print(f"models folder {checkpoint.models_dir()}")
     for e in entries or ():
-        print(f"  {e.get('anatomy', '?'):10s} {e.get('preset', '?'):9s} {str(e.get('sha256', ''))[:12]}  {e.get('file')}")
+        print(
+            f"  {e.get('anatomy', '?'):10s} {e.get('preset', '?'):9s} {str(e.get('sha256', ''))[:12]}  {e.get('file')}"
+        )
     if not entries:
         print("  (none installed; --model auto uses the embedded default)")
     return 0

@@ -1,4 +1,5 @@
 """`tagseg organs`: organ masks for the anatomy prompt with TotalSegmentator (an optional dependency)."""
+
 from __future__ import annotations
 
 import argparse

@@ -1,5 +1,6 @@
 """Output files of the commands: which names are accepted, checks before any work starts (so a typo costs a
 second, not a minute), and the mask + overlay written through the one atomic writer (tagseg.fs)."""
+
 from __future__ import annotations
 
 import os
@@ -74,15 +75,25 @@ def dicom_seg_file(output: Path) -> Path:
     return output / f"{new_uid()}.dcm"
 
 
-def write_outputs(mask, image, output: Path, suffix: str, segment_name: str, png: Path | None,
-                  points_ras, reference=None, neg_points_ras=(), boxes_ras=()) -> None:
+def write_outputs(
+    mask,
+    image,
+    output: Path,
+    suffix: str,
+    segment_name: str,
+    png: Path | None,
+    points_ras,
+    reference=None,
+    neg_points_ras=(),
+    boxes_ras=(),
+) -> None:
     """Write the mask under a temporary name, then the overlay, then rename the mask into place."""
     from ..fs import AtomicFile
     from ..io import output_image, write_verified
     from ..overlay import save_overlay_png
     from ..text import parse_description
 
-    if suffix == ".dcm":                    # DICOM SEG, coded with the description's terminology entry
+    if suffix == ".dcm":  # DICOM SEG, coded with the description's terminology entry
         from ..dicomseg import segmentation_dataset, write_verified as write_seg
 
         dataset = segmentation_dataset(mask, image, segment_name, parse_description(segment_name).terminology())
@@ -94,15 +105,24 @@ def write_outputs(mask, image, output: Path, suffix: str, segment_name: str, png
 
         def write(tmp: Path) -> None:
             write_verified(picture, tmp)
-    with AtomicFile(output, suffix=suffix, what="the mask") as part:    # one writer: checked, then renamed
+
+    with AtomicFile(output, suffix=suffix, what="the mask") as part:  # one writer: checked, then renamed
         try:
             write(part.path)
         except (RuntimeError, OSError, TypeError) as exc:
             raise part.fail(exc) from None
         if png is not None:
             try:
-                save_overlay_png(image, mask, png, points_ras=points_ras, reference=reference,
-                                 neg_points_ras=neg_points_ras, boxes_ras=boxes_ras, text=segment_name)
+                save_overlay_png(
+                    image,
+                    mask,
+                    png,
+                    points_ras=points_ras,
+                    reference=reference,
+                    neg_points_ras=neg_points_ras,
+                    boxes_ras=boxes_ras,
+                    text=segment_name,
+                )
             except OSError as exc:
                 raise InputError(f"{png}: cannot write the overlay ({one_line(exc)[:200]})") from None
         part.commit()

@@ -1,4 +1,5 @@
 """`tagseg segment`: a mask from clicks, boxes, a description and an organ mask, checked before the model loads."""
+
 from __future__ import annotations
 
 import argparse
@@ -19,55 +20,103 @@ _NUMBER_LIST = re.compile(r"^-[\d.]")
 
 def register(commands) -> None:
     """Add `segment` to the `tagseg` subcommands."""
-    seg = commands.add_parser("segment", help="segment IMAGE from clicks/boxes (RAS mm) and write a mask",
-                              description="Segment a tumour in IMAGE. Coordinates are RAS millimetres, as "
-                                          "3D Slicer shows them at the mouse cursor. Write negative numbers "
-                                          "as --point=-12,30,5 or --point -12,30,5.")
+    seg = commands.add_parser(
+        "segment",
+        help="segment IMAGE from clicks/boxes (RAS mm) and write a mask",
+        description="Segment a tumour in IMAGE. Coordinates are RAS millimetres, as "
+        "3D Slicer shows them at the mouse cursor. Write negative numbers "
+        "as --point=-12,30,5 or --point -12,30,5.",
+    )
     seg.add_argument("image", metavar="IMAGE", help="input volume (.nii/.nii.gz/.nrrd/.mha/.mhd or a DICOM folder)")
-    seg.add_argument("-o", "--output", required=True, metavar="OUT",
-                     help="mask to write: .nii.gz/.nii/.nrrd/.mha (uint8 label map, 1 = tumour) or .seg.nrrd "
-                          "(Slicer segmentation) or .dcm (DICOM SEG; needs a DICOM series as IMAGE)")
-    seg.add_argument("--dicom-seg", action="store_true",
-                     help="OUT is a folder: write the result there as a DICOM SEG, named <new UID>.dcm")
+    seg.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="OUT",
+        help="mask to write: .nii.gz/.nii/.nrrd/.mha (uint8 label map, 1 = tumour) or .seg.nrrd "
+        "(Slicer segmentation) or .dcm (DICOM SEG; needs a DICOM series as IMAGE)",
+    )
+    seg.add_argument(
+        "--dicom-seg",
+        action="store_true",
+        help="OUT is a folder: write the result there as a DICOM SEG, named <new UID>.dcm",
+    )
     seg.add_argument("--point", action="append", default=[], metavar="R,A,S", help="include click (repeatable)")
     seg.add_argument("--neg-point", action="append", default=[], metavar="R,A,S", help="exclude click (repeatable)")
-    seg.add_argument("--box", action="append", default=[], metavar="R1,A1,S1,R2,A2,S2",
-                     help="box by two opposite corners (repeatable)")
+    seg.add_argument(
+        "--box",
+        action="append",
+        default=[],
+        metavar="R1,A1,S1,R2,A2,S2",
+        help="box by two opposite corners (repeatable)",
+    )
     seg.add_argument("--text", default="", help='description, e.g. "pancreatic tumor" (names the segment)')
-    seg.add_argument("--anatomy", metavar="MASK",
-                     help="organ mask file (any grid), or a folder of per-organ masks (TotalSegmentator output: "
-                          "the organ is picked from --text). Default model: the result stays inside it; "
-                          "TAGS: the organ-mask input channel")
-    seg.add_argument("--anatomy-classes", metavar="totalsegmentator|CLASSES.json",
-                     help="class names of a multi-label --anatomy map: TotalSegmentator v2's numbering or a JSON "
-                          "file {label: name} (default: MAP.json beside it, or a .seg.nrrd's segment names); the "
-                          "organ is picked from --text")
+    seg.add_argument(
+        "--anatomy",
+        metavar="MASK",
+        help="organ mask file (any grid), or a folder of per-organ masks (TotalSegmentator output: "
+        "the organ is picked from --text). Default model: the result stays inside it; "
+        "TAGS: the organ-mask input channel",
+    )
+    seg.add_argument(
+        "--anatomy-classes",
+        metavar="totalsegmentator|CLASSES.json",
+        help="class names of a multi-label --anatomy map: TotalSegmentator v2's numbering or a JSON "
+        "file {label: name} (default: MAP.json beside it, or a .seg.nrrd's segment names); the "
+        "organ is picked from --text",
+    )
     seg.add_argument("--model", default="auto", metavar="NAME|PATH", help="model name or checkpoint (default: auto)")
     seg.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     seg.add_argument("--png", metavar="OVERLAY.png", help="also write an axial overlay preview")
     seg.add_argument("--series", metavar="UID", help="the DICOM series to read when the IMAGE folder holds several")
-    seg.add_argument("--resample-uneven-dicom", action="store_true",
-                     help="interpolate a DICOM series with unevenly spaced slices onto a regular grid (default: "
-                          "refuse it)")
+    seg.add_argument(
+        "--resample-uneven-dicom",
+        action="store_true",
+        help="interpolate a DICOM series with unevenly spaced slices onto a regular grid (default: refuse it)",
+    )
     seg.add_argument("--json", action="store_true", help="print a JSON summary instead of text")
-    seg.add_argument("--quiet", action="store_true",
-                     help="no progress bar (it is shown on stderr only when it is a terminal and a step takes over 2 s)")
+    seg.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bar (it is shown on stderr only when it is a terminal and a step takes over 2 s)",
+    )
     tags = seg.add_argument_group("TAGS checkpoints (extensions beyond the paper; defaults = the paper)")
-    tags.add_argument("--text-fusion", type=float, default=0.0, metavar="W",
-                      help="mix the text-conditioned tumour map into the result with weight W in 0..1 (default 0)")
-    tags.add_argument("--text-only", action="store_true",
-                      help="without clicks: start from the text map's peak inside the --anatomy organ")
+    tags.add_argument(
+        "--text-fusion",
+        type=float,
+        default=0.0,
+        metavar="W",
+        help="mix the text-conditioned tumour map into the result with weight W in 0..1 (default 0)",
+    )
+    tags.add_argument(
+        "--text-only",
+        action="store_true",
+        help="without clicks: start from the text map's peak inside the --anatomy organ",
+    )
     tags.add_argument("--sliding-window", action="store_true", help="cover prompts wider than one crop")
-    tags.add_argument("--negatives", choices=("auto", "constraint"), default="auto",
-                      help="exclude clicks as model tokens when the checkpoint supports it (auto) or only as "
-                           "constraints on the result")
-    tags.add_argument("--anatomy-fallback", choices=("prompt-box", "zeros", "ct", "ones"), default="prompt-box",
-                      help="organ channel without --anatomy or when it misses the crop (default: a box around the "
-                           "prompts + 20 mm; the paper: zeros)")
-    tags.add_argument("--autocast", choices=("auto", "off", "bf16", "fp16"), default="auto",
-                      help="precision (default auto: bf16 on CUDA, fp32 elsewhere; the paper: off = fp32)")
-    tags.add_argument("--allow-download", action="store_true",
-                      help="let the text encoder download CLIP weights for a new description")
+    tags.add_argument(
+        "--negatives",
+        choices=("auto", "constraint"),
+        default="auto",
+        help="exclude clicks as model tokens when the checkpoint supports it (auto) or only as "
+        "constraints on the result",
+    )
+    tags.add_argument(
+        "--anatomy-fallback",
+        choices=("prompt-box", "zeros", "ct", "ones"),
+        default="prompt-box",
+        help="organ channel without --anatomy or when it misses the crop (default: a box around the "
+        "prompts + 20 mm; the paper: zeros)",
+    )
+    tags.add_argument(
+        "--autocast",
+        choices=("auto", "off", "bf16", "fp16"),
+        default="auto",
+        help="precision (default auto: bf16 on CUDA, fp32 elsewhere; the paper: off = fp32)",
+    )
+    tags.add_argument(
+        "--allow-download", action="store_true", help="let the text encoder download CLIP weights for a new description"
+    )
     seg.set_defaults(func=run)
 
 
@@ -153,7 +202,7 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
     if suffix == ".dcm":
         from ..dicomseg import check_source
 
-        check_source(volume, f"{output}: a DICOM SEG")        # refused before the model runs
+        check_source(volume, f"{output}: a DICOM SEG")  # refused before the model runs
     anatomy = _load_anatomy(anatomy_path, description, reporter, classes) if anatomy_path else None
     if args.text_only and not points and not boxes and anatomy is None:
         raise PromptError("--text-only needs --anatomy: the first click is searched inside the organ")
@@ -163,16 +212,28 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
     from ..session import Session
 
     is_tags = model_name.startswith("tags:")
-    options = {"text_fusion": args.text_fusion, "sliding_window": args.sliding_window, "negatives": args.negatives,
-               "anatomy_fallback": args.anatomy_fallback, "allow_download": args.allow_download,
-               "autocast": args.autocast}
+    options = {
+        "text_fusion": args.text_fusion,
+        "sliding_window": args.sliding_window,
+        "negatives": args.negatives,
+        "anatomy_fallback": args.anatomy_fallback,
+        "allow_download": args.allow_download,
+        "autocast": args.autocast,
+    }
     if not is_tags and (args.text_fusion or args.text_only or args.sliding_window):
         raise PromptError(f"--text-fusion/--text-only/--sliding-window need a TAGS checkpoint (model: {model_name})")
     from ..progress import TerminalProgress
 
     progress = TerminalProgress(enabled=not args.quiet)
-    session = Session(volume, model=model_name, device=args.device, warn=reporter.warn, backend_options=options,
-                      progress=progress, work_ahead=False)      # one prediction: nothing to prepare for
+    session = Session(
+        volume,
+        model=model_name,
+        device=args.device,
+        warn=reporter.warn,
+        backend_options=options,
+        progress=progress,
+        work_ahead=False,
+    )  # one prediction: nothing to prepare for
     interrupted: list[bool] = []
     proposed = None
     try:
@@ -202,22 +263,34 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
         progress.close()
         close(session, interrupted)
     result_warnings = list(mask.meta.get("warnings", ()))
-    for warning in result_warnings:             # what the result checks doubt (tagseg.checks), one line each
+    for warning in result_warnings:  # what the result checks doubt (tagseg.checks), one line each
         reporter.warn(f"{warning.message} [{warning.code}]")
 
     t2 = time.perf_counter()
-    write_outputs(mask, volume, output, suffix, description.segment_name, png, points,
-                  neg_points_ras=neg_points, boxes_ras=boxes)
+    write_outputs(
+        mask, volume, output, suffix, description.segment_name, png, points, neg_points_ras=neg_points, boxes_ras=boxes
+    )
     stages["write"] = time.perf_counter() - t2
     stats = mask_stats(mask)
     summary = {
-        "image": str(image_path), "output": str(output), "overlay": str(png) if png else None,
-        "segment_name": description.segment_name, "model": model_name, "device": session.device,
-        **stats, "timings_s": {k: round(v, 3) for k, v in stages.items()},
+        "image": str(image_path),
+        "output": str(output),
+        "overlay": str(png) if png else None,
+        "segment_name": description.segment_name,
+        "model": model_name,
+        "device": session.device,
+        **stats,
+        "timings_s": {k: round(v, 3) for k, v in stages.items()},
         "model_load_s": None if load_s is None else round(load_s, 3),
         "backend_timings_s": {k: round(float(v), 3) for k, v in mask.meta.get("timings", {}).items()},
-        "prompts": {"points": points, "neg_points": neg_points, "boxes": boxes, "text": description.text,
-                    "anatomy": args.anatomy, "proposed_point": proposed},
+        "prompts": {
+            "points": points,
+            "neg_points": neg_points,
+            "boxes": boxes,
+            "text": description.text,
+            "anatomy": args.anatomy,
+            "proposed_point": proposed,
+        },
         "reading": description.as_dict(),
         "warnings": reporter.warnings,
         "result_warnings": [w.to_dict() for w in result_warnings],
@@ -227,8 +300,10 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
         return 0
     k, j, i = volume.shape_kji
     sp = volume.spacing_ijk
-    print(f"load     {stages['load']:7.2f} s  {image_path.name} ({i}x{j}x{k} voxels, "
-          f"{sp[0]:.2f}x{sp[1]:.2f}x{sp[2]:.2f} mm)")
+    print(
+        f"load     {stages['load']:7.2f} s  {image_path.name} ({i}x{j}x{k} voxels, "
+        f"{sp[0]:.2f}x{sp[1]:.2f}x{sp[2]:.2f} mm)"
+    )
     extra = f"; model load {load_s:.2f} s" if load_s is not None else ""
     print(f"predict  {stages['predict']:7.2f} s  {model_name} on {session.device} (first prediction{extra})")
     written = output.name + (f", {png.name}" if png else "")

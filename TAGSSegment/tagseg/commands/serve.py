@@ -1,4 +1,5 @@
 """`tagseg serve`: the engine as an HTTP server. Its flags and handler live with the server (tagseg.server)."""
+
 from __future__ import annotations
 
 

@@ -1,5 +1,6 @@
 """`tagseg synth`: synthetic CT-like cases with tumours (MSD layout) or lesion phantoms (one folder per case),
 written into a temporary sibling and renamed into place, so a failure leaves no half dataset."""
+
 from __future__ import annotations
 
 import argparse
@@ -32,12 +33,22 @@ def register(commands) -> None:
     # Lesion phantoms (any of these four): one folder per case with image, label and organ masks, the
     # layout of ../shared/data/lesions_dev; tagseg.synth.make_lesion_phantom describes them.
     synth.add_argument("--radius-mm", metavar="MM", help="lesion phantoms: lesion radius, 3-40 mm (default 10)")
-    synth.add_argument("--edge", choices=LESION_EDGES, help="lesion phantoms: sharp, or soft (irregular, "
-                       "infiltrating, a gradual intensity ramp) (default sharp)")
-    synth.add_argument("--modality", choices=LESION_MODALITIES, help="lesion phantoms: ct (HU), mr (raw, positive) "
-                       "or mr-zscored (skull-stripped, z-scored, background at the minimum) (default ct)")
-    synth.add_argument("--slices", choices=LESION_SLICES, help="lesion phantoms: thick (5 mm, 0.7-0.8 mm pixels) "
-                       "or isotropic (1 mm) (default thick)")
+    synth.add_argument(
+        "--edge",
+        choices=LESION_EDGES,
+        help="lesion phantoms: sharp, or soft (irregular, infiltrating, a gradual intensity ramp) (default sharp)",
+    )
+    synth.add_argument(
+        "--modality",
+        choices=LESION_MODALITIES,
+        help="lesion phantoms: ct (HU), mr (raw, positive) "
+        "or mr-zscored (skull-stripped, z-scored, background at the minimum) (default ct)",
+    )
+    synth.add_argument(
+        "--slices",
+        choices=LESION_SLICES,
+        help="lesion phantoms: thick (5 mm, 0.7-0.8 mm pixels) or isotropic (1 mm) (default thick)",
+    )
     synth.set_defaults(func=run)
 
 
@@ -55,9 +66,9 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InputError(f"{out}: already exists and is not an empty folder")
     if not args.from_ct and not lesion:
-        _synth_shape(args)                         # refused before any folder is made
+        _synth_shape(args)  # refused before any folder is made
     final, parent = out, out.parent
-    created = make_parents(out)                    # every folder made here goes again on failure
+    created = make_parents(out)  # every folder made here goes again on failure
     work = Path(tempfile.mkdtemp(prefix=".tagseg-synth-", dir=parent))
     done = False
     try:
@@ -74,8 +85,10 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
         if created and not done:
             remove_folders(created)
     if lesion:
-        print(f"wrote {args.cases} lesion phantoms to {final} ({lesion['radius_mm']:g} mm, {lesion['edge']} edge, "
-              f"{lesion['modality']}, {lesion['slices']} slices; one folder per case: image, label, organ masks)")
+        print(
+            f"wrote {args.cases} lesion phantoms to {final} ({lesion['radius_mm']:g} mm, {lesion['edge']} edge, "
+            f"{lesion['modality']}, {lesion['slices']} slices; one folder per case: image, label, organ masks)"
+        )
         return 0
     print(f"wrote {args.cases} cases to {final} (MSD layout: dataset.json, imagesTr, labelsTr, organsTr)")
     return 0
@@ -87,11 +100,15 @@ def _lesion_options(args: argparse.Namespace) -> dict | None:
     if not given:
         return None
     if args.from_ct or args.organ_mask:
-        raise InputError("--radius-mm/--edge/--modality/--slices write lesion phantoms; they cannot be combined "
-                         "with --from-ct or --organ-mask")
+        raise InputError(
+            "--radius-mm/--edge/--modality/--slices write lesion phantoms; they cannot be combined "
+            "with --from-ct or --organ-mask"
+        )
     if args.shape != "48,128,128" or args.organ != "pancreas":
-        raise InputError("--shape and --organ do not apply to lesion phantoms (their grid follows --slices and "
-                         "--radius-mm, their host follows --modality)")
+        raise InputError(
+            "--shape and --organ do not apply to lesion phantoms (their grid follows --slices and "
+            "--radius-mm, their host follows --modality)"
+        )
     if args.cases > 500:
         raise InputError(f"--cases {args.cases}: at most 500 lesion phantoms at a time")
     options = {**LESION_DEFAULTS, **given}
@@ -113,10 +130,17 @@ def _write_synth(args: argparse.Namespace, out: Path) -> Path:
     if args.from_ct:
         if not args.organ_mask:
             raise InputError("--from-ct needs --organ-mask")
-        return insert_into_ct(Path(args.from_ct).expanduser(), Path(args.organ_mask).expanduser(), out,
-                              cases=args.cases, seed=args.seed, organ=args.organ)
-    return write_synthetic_dataset(out, cases=args.cases, seed=args.seed, organ=args.organ,
-                                   shape_kji=_synth_shape(args))
+        return insert_into_ct(
+            Path(args.from_ct).expanduser(),
+            Path(args.organ_mask).expanduser(),
+            out,
+            cases=args.cases,
+            seed=args.seed,
+            organ=args.organ,
+        )
+    return write_synthetic_dataset(
+        out, cases=args.cases, seed=args.seed, organ=args.organ, shape_kji=_synth_shape(args)
+    )
 
 
 def _synth_shape(args: argparse.Namespace) -> tuple[int, int, int]:

@@ -1,5 +1,6 @@
 """`tagseg train`: the published TAGS recipe on a dataset folder. The set-up is `tagseg.train.prepare`; this module
 is the flags and the summary."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,31 +13,50 @@ TASK_CHOICES = ("kits", "lits", "pancreas", "custom")
 
 def register(commands) -> None:
     """Add `train` to the `tagseg` subcommands."""
-    train = commands.add_parser("train", help="train TAGS with the published recipe (torchrun for several GPUs)",
-                                description="Train TAGS on a dataset folder (MSD, KiTS, LiTS or image/label pairs). "
-                                            "Several GPUs: torchrun --nproc_per_node N -m tagseg train ...")
+    train = commands.add_parser(
+        "train",
+        help="train TAGS with the published recipe (torchrun for several GPUs)",
+        description="Train TAGS on a dataset folder (MSD, KiTS, LiTS or image/label pairs). "
+        "Several GPUs: torchrun --nproc_per_node N -m tagseg train ...",
+    )
     train.add_argument("--data", required=True, metavar="DIR")
-    train.add_argument("--task", required=True, choices=TASK_CHOICES,
-                       help="published task (window, statistics, organ, object word) or custom (from dataset.json)")
+    train.add_argument(
+        "--task",
+        required=True,
+        choices=TASK_CHOICES,
+        help="published task (window, statistics, organ, object word) or custom (from dataset.json)",
+    )
     train.add_argument("--out", required=True, metavar="RUN_DIR")
     train.add_argument("--preset", default="tags-b")
     train.add_argument("--epochs", type=int, default=200)
     train.add_argument("--lr", type=float, default=1e-4)
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--autocast", choices=("off", "bf16", "fp16"), default="off",
-                       help="mixed precision (the paper: off = fp32)")
+    train.add_argument(
+        "--autocast", choices=("off", "bf16", "fp16"), default="off", help="mixed precision (the paper: off = fp32)"
+    )
     train.add_argument("--layout", default="auto", help="auto, msd, kits, lits, folder, case-folder")
     train.add_argument("--organ-dir", metavar="DIR", help="organ masks as DIR/<case>/<organ>.nii.gz")
-    train.add_argument("--split", metavar="FILE",
-                       help="3DSAM-adapter split.pkl (the paper's folds) or a tagseg split .json; without it, a "
-                            "seeded 70/10/20 split of this data, saved as RUN_DIR/split.json")
+    train.add_argument(
+        "--split",
+        metavar="FILE",
+        help="3DSAM-adapter split.pkl (the paper's folds) or a tagseg split .json; without it, a "
+        "seeded 70/10/20 split of this data, saved as RUN_DIR/split.json",
+    )
     train.add_argument("--fold", type=int, default=0)
     train.add_argument("--tumour-label", type=int, default=None, help="tumour value in the labels (default: task's)")
-    train.add_argument("--sam-weights", metavar="PTH",
-                       help="sam_vit_b_01ec64.pth (tagseg weights download sam-vit-b); required unless --from-scratch")
-    train.add_argument("--from-scratch", action="store_true",
-                       help="train without SAM weights: the frozen backbone stays random (tests, tiny presets)")
-    train.add_argument("--text-encoder", help="open_clip spec (default: the preset's; paper: open_clip:ViT-L-14:openai)")
+    train.add_argument(
+        "--sam-weights",
+        metavar="PTH",
+        help="sam_vit_b_01ec64.pth (tagseg weights download sam-vit-b); required unless --from-scratch",
+    )
+    train.add_argument(
+        "--from-scratch",
+        action="store_true",
+        help="train without SAM weights: the frozen backbone stays random (tests, tiny presets)",
+    )
+    train.add_argument(
+        "--text-encoder", help="open_clip spec (default: the preset's; paper: open_clip:ViT-L-14:openai)"
+    )
     train.add_argument("--object-word-mode", choices=("dataset-key", "anatomy"), default="dataset-key")
     train.add_argument("--point-labels", action="store_true", help="extension: learn include/exclude click labels")
     train.add_argument("--max-steps-per-epoch", type=int, help="bound each epoch (smoke tests)")
@@ -49,24 +69,44 @@ def register(commands) -> None:
 def run(args: argparse.Namespace, reporter: Reporter) -> int:
     """Check the flags, prepare the run, fit, print the best checkpoint."""
     if not args.sam_weights and not args.from_scratch:
-        raise InputError("no --sam-weights: the frozen SAM ViT-B backbone would stay random; pass --sam-weights "
-                         "sam_vit_b_01ec64.pth (tagseg weights download sam-vit-b) or --from-scratch to mean it")
+        raise InputError(
+            "no --sam-weights: the frozen SAM ViT-B backbone would stay random; pass --sam-weights "
+            "sam_vit_b_01ec64.pth (tagseg weights download sam-vit-b) or --from-scratch to mean it"
+        )
     if args.sam_weights and args.from_scratch:
         raise InputError("--sam-weights and --from-scratch contradict each other; pass one")
     from ..train import prepare
 
-    prepared = prepare(args.data, args.task, args.out, preset=args.preset, epochs=args.epochs, lr=args.lr,
-                       seed=args.seed, autocast=args.autocast, layout=args.layout, organ_dir=args.organ_dir,
-                       split=args.split, fold=args.fold, tumour_label=args.tumour_label,
-                       sam_weights=args.sam_weights, text_encoder=args.text_encoder,
-                       object_word_mode=args.object_word_mode, point_labels=args.point_labels,
-                       max_steps_per_epoch=args.max_steps_per_epoch, cache=args.cache, resume=args.resume,
-                       device=args.device)
+    prepared = prepare(
+        args.data,
+        args.task,
+        args.out,
+        preset=args.preset,
+        epochs=args.epochs,
+        lr=args.lr,
+        seed=args.seed,
+        autocast=args.autocast,
+        layout=args.layout,
+        organ_dir=args.organ_dir,
+        split=args.split,
+        fold=args.fold,
+        tumour_label=args.tumour_label,
+        sam_weights=args.sam_weights,
+        text_encoder=args.text_encoder,
+        object_word_mode=args.object_word_mode,
+        point_labels=args.point_labels,
+        max_steps_per_epoch=args.max_steps_per_epoch,
+        cache=args.cache,
+        resume=args.resume,
+        device=args.device,
+    )
     result = prepared.fit(resume=args.resume)
     if prepared.dist.main:
         last = result["history"][-1] if result["history"] else {}
-        print(f"trained {result['epochs']} epochs; best validation loss {result['best_val_loss']:.4f}; "
-              f"last validation Dice {last.get('val_dice', float('nan')):.3f}")
+        print(
+            f"trained {result['epochs']} epochs; best validation loss {result['best_val_loss']:.4f}; "
+            f"last validation Dice {last.get('val_dice', float('nan')):.3f}"
+        )
         print(f"best checkpoint: {result['best']}")
     prepared.close()
     return 0

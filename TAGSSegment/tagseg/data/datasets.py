@@ -7,6 +7,7 @@ MSD (`imagesTr/`, `labelsTr/`), KiTS (`case_xxxxx/imaging.nii.gz`), LiTS (`volum
 generic ones. Organ masks are found where the authors kept them (`<case dir>/<organ>.nii.gz`) or in a
 TotalSegmentator output folder per case; several files are united (kidney = kidney_left + kidney_right).
 """
+
 from __future__ import annotations
 
 import builtins
@@ -57,8 +58,9 @@ def _volume_files(folder: Path) -> list[Path]:
     """Volume files in a folder; hidden files (e.g. macOS `._x.nii.gz` in the MSD tarballs) are skipped."""
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
-                  and _strip_ext(p.name) is not None)
+    return sorted(
+        p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and _strip_ext(p.name) is not None
+    )
 
 
 def _find_volume(folder: Path, stem: str) -> Path | None:
@@ -75,7 +77,7 @@ def _natural_key(text: str) -> list:
 
 def _case_id_from_image(path: Path) -> str:
     stem = _strip_ext(path.name) or path.name
-    return stem[:-5] if stem.endswith("_0000") else stem   # nnU-Net's channel suffix
+    return stem[:-5] if stem.endswith("_0000") else stem  # nnU-Net's channel suffix
 
 
 def _relative(entry: str) -> str:
@@ -120,8 +122,9 @@ def _kits(root: Path):
 def _walk_files(root: Path, pattern: str, depth: int = 3) -> list[Path]:
     out = []
     for level in range(depth + 1):
-        out.extend(p for p in root.glob("/".join(["*"] * level + [pattern])) if p.is_file()
-                   and not p.name.startswith("."))
+        out.extend(
+            p for p in root.glob("/".join(["*"] * level + [pattern])) if p.is_file() and not p.name.startswith(".")
+        )
     return out
 
 
@@ -134,7 +137,7 @@ def _lits(root: Path):
     found = []
     for image in _walk_files(root, "volume-*.nii*"):
         match = re.fullmatch(r"volume-(\d+)", _strip_ext(image.name) or "")
-        if match:   # the case id is the image's name, as in 3DSAM-adapter's lits split.pkl
+        if match:  # the case id is the image's name, as in 3DSAM-adapter's lits split.pkl
             found.append((f"volume-{match.group(1)}", image, segmentations.get(match.group(1)), None))
     return found
 
@@ -185,8 +188,10 @@ def detect_layout(root: str | os.PathLike) -> str:
         return "lits"
     if _case_folders(root):
         return "case-folder"
-    raise InputError(f"{root}: no known dataset layout (looked for dataset.json/imagesTr, case_*/imaging.nii.gz, "
-                     "images/ or <id>_image.nii.gz, volume-N.nii, <case>/image.nii.gz)")
+    raise InputError(
+        f"{root}: no known dataset layout (looked for dataset.json/imagesTr, case_*/imaging.nii.gz, "
+        "images/ or <id>_image.nii.gz, volume-N.nii, <case>/image.nii.gz)"
+    )
 
 
 def _organ_groups(organ: str | Sequence[str] | None) -> list[tuple[str, ...]]:
@@ -214,8 +219,12 @@ def _find_organ_masks(folders: Iterable[Path | None], groups: list[tuple[str, ..
 
 
 def _organ_folders(root: Path, case_id: str, case_dir: Path | None, organ_dir: Path | None) -> list[Path | None]:
-    return [organ_dir / case_id if organ_dir else None, case_dir, root / "organsTr" / case_id,
-            root / "organs" / case_id]
+    return [
+        organ_dir / case_id if organ_dir else None,
+        case_dir,
+        root / "organsTr" / case_id,
+        root / "organs" / case_id,
+    ]
 
 
 def _msd_organ(root: Path) -> str | None:
@@ -227,8 +236,12 @@ def _msd_organ(root: Path) -> str | None:
     return name or None
 
 
-def discover_cases(root: str | os.PathLike, layout: str = "auto", organ: str | Sequence[str] | None = "auto",
-                   organ_dir: str | os.PathLike | None = None) -> list[Case]:
+def discover_cases(
+    root: str | os.PathLike,
+    layout: str = "auto",
+    organ: str | Sequence[str] | None = "auto",
+    organ_dir: str | os.PathLike | None = None,
+) -> list[Case]:
     """Cases of a dataset folder, sorted naturally by id.
 
     `organ`: mask file name(s) without extension; "auto" = the layout's organ (KiTS kidney, LiTS liver,
@@ -295,8 +308,9 @@ def _read_header(path: Path) -> _Header:
     n = reader.GetDimension()
     direction = np.array(reader.GetDirection(), float).reshape(n, n)[:3, :3]
     flip = LPS_TO_RAS[:3, :3]
-    return _Header(size, np.array(reader.GetSpacing()[:3], float), flip @ np.array(reader.GetOrigin()[:3], float),
-                   flip @ direction)
+    return _Header(
+        size, np.array(reader.GetSpacing()[:3], float), flip @ np.array(reader.GetOrigin()[:3], float), flip @ direction
+    )
 
 
 def _fmt(values) -> str:
@@ -332,14 +346,24 @@ def _listing(title: str, items: list[str], limit: int = LIST_LIMIT) -> str:
     return f"{title} ({len(items)}): {shown}{more}"
 
 
-def check_cases(cases: Sequence[Case], tumour_label: int = 2, require_organs: bool = True,
-                check_geometry: bool = True) -> None:
+def check_cases(
+    cases: Sequence[Case], tumour_label: int = 2, require_organs: bool = True, check_geometry: bool = True
+) -> None:
     """Refuse unusable cases before training, with ONE InputError listing every problem by case id."""
     if not cases:
         raise InputError("no cases to check: the dataset is empty")
-    problems: dict[str, list[str]] = {key: [] for key in (
-        "duplicate case ids", "missing images", "missing labels", "missing organ masks", "unreadable files",
-        f"labels without the tumour value {tumour_label}", "geometry differs from the image")}
+    problems: dict[str, list[str]] = {
+        key: []
+        for key in (
+            "duplicate case ids",
+            "missing images",
+            "missing labels",
+            "missing organ masks",
+            "unreadable files",
+            f"labels without the tumour value {tumour_label}",
+            "geometry differs from the image",
+        )
+    }
     seen: set[str] = set()
     bad: set[str] = set()
 
@@ -409,8 +433,10 @@ def read_split_pkl(path: str | os.PathLike, fold: int = 0) -> dict[str, dict[str
         data = path.read_bytes()
         folds = _SplitUnpickler(io.BytesIO(data)).load()
     except pickle.UnpicklingError as exc:
-        raise InputError(f"{path}: refused: the file asks to load {exc}, but a split.pkl holds only dicts, lists and "
-                         "strings (it may be malicious; use a split JSON instead)") from None
+        raise InputError(
+            f"{path}: refused: the file asks to load {exc}, but a split.pkl holds only dicts, lists and "
+            "strings (it may be malicious; use a split JSON instead)"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - any other failure means "not a split file"
         raise InputError(f"{path}: cannot be read as a split.pkl ({type(exc).__name__})") from None
     if isinstance(folds, dict):
@@ -428,8 +454,12 @@ def read_split_pkl(path: str | os.PathLike, fold: int = 0) -> dict[str, dict[str
             raise InputError(f"{path}: fold {fold} is not {{'train'|'val'|'test': {{case: [image, label]}}}}")
         out[split] = {}
         for case, files in entries.items():
-            if not (isinstance(case, str) and isinstance(files, (list, tuple)) and len(files) >= 2
-                    and all(isinstance(f, str) for f in files[:2])):
+            if not (
+                isinstance(case, str)
+                and isinstance(files, (list, tuple))
+                and len(files) >= 2
+                and all(isinstance(f, str) for f in files[:2])
+            ):
                 raise InputError(f"{path}: fold {fold} {split} entry {case!r} is not [image_path, label_path]")
             out[split][case] = (files[0], files[1])
     if "train" not in out:
@@ -442,9 +472,12 @@ def load_split_pkl(path: str | os.PathLike, fold: int = 0) -> dict[str, list[str
     return {split: list(entries) for split, entries in read_split_pkl(path, fold).items()}
 
 
-def cases_from_split(root: str | os.PathLike, entries: Mapping[str, Sequence[str]],
-                     organ: str | Sequence[str] | None = None, organ_dir: str | os.PathLike | None = None
-                     ) -> list[Case]:
+def cases_from_split(
+    root: str | os.PathLike,
+    entries: Mapping[str, Sequence[str]],
+    organ: str | Sequence[str] | None = None,
+    organ_dir: str | os.PathLike | None = None,
+) -> list[Case]:
     """Cases from split.pkl entries {case: (image_rel, label_rel)} under the authors' `data_prefix`;
     organ masks next to the image when it sits in a per-case folder (the authors' layout)."""
     root = Path(root)
@@ -458,8 +491,9 @@ def cases_from_split(root: str | os.PathLike, entries: Mapping[str, Sequence[str
     return cases
 
 
-def make_split(case_ids: Iterable[str], seed: int, fractions: Sequence[float] = (0.7, 0.1, 0.2)
-               ) -> dict[str, list[str]]:
+def make_split(
+    case_ids: Iterable[str], seed: int, fractions: Sequence[float] = (0.7, 0.1, 0.2)
+) -> dict[str, list[str]]:
     """A seeded train/val/test split; it depends on the set of ids, not on their order."""
     ids = sorted(set(case_ids), key=_natural_key)
     fr = np.asarray(fractions, float)
@@ -467,13 +501,16 @@ def make_split(case_ids: Iterable[str], seed: int, fractions: Sequence[float] = 
         raise InputError(f"split fractions must be three non-negative numbers summing to 1, got {tuple(fractions)}")
     order = np.random.default_rng(seed).permutation(len(ids))
     n_val, n_test = int(round(len(ids) * fr[1])), int(round(len(ids) * fr[2]))
-    if len(ids) and fr[0] > 0 and n_val + n_test >= len(ids):   # keep at least one training case
+    if len(ids) and fr[0] > 0 and n_val + n_test >= len(ids):  # keep at least one training case
         n_test = max(len(ids) - 1 - n_val, 0)
         n_val = min(n_val, len(ids) - 1 - n_test)
     shuffled = [ids[i] for i in order]
-    test, val, train = shuffled[:n_test], shuffled[n_test:n_test + n_val], shuffled[n_test + n_val:]
-    return {"train": sorted(train, key=_natural_key), "val": sorted(val, key=_natural_key),
-            "test": sorted(test, key=_natural_key)}
+    test, val, train = shuffled[:n_test], shuffled[n_test : n_test + n_val], shuffled[n_test + n_val :]
+    return {
+        "train": sorted(train, key=_natural_key),
+        "val": sorted(val, key=_natural_key),
+        "test": sorted(test, key=_natural_key),
+    }
 
 
 def _validate_split(split: Mapping, where: str) -> dict[str, list[str]]:
@@ -538,9 +575,14 @@ def dataset_anatomy(root: str | os.PathLike) -> str:
     return "organ"
 
 
-def find_cases(root: str | os.PathLike, layout: str = "auto", organ: str | Sequence[str] | None = "auto",
-               organ_dir: str | os.PathLike | None = None, split_file: str | os.PathLike | None = None,
-               fold: int = 0) -> tuple[list[Case], dict[str, list[str]] | None]:
+def find_cases(
+    root: str | os.PathLike,
+    layout: str = "auto",
+    organ: str | Sequence[str] | None = "auto",
+    organ_dir: str | os.PathLike | None = None,
+    split_file: str | os.PathLike | None = None,
+    fold: int = 0,
+) -> tuple[list[Case], dict[str, list[str]] | None]:
     """The cases of a dataset folder and, when `split_file` is given, its subsets (a 3DSAM-adapter .pkl fold or a
     tagseg .json); what `train` and `evaluate` start from."""
     root = Path(root).expanduser()

@@ -4,6 +4,7 @@ Augmentation randomness is seeded per sample from (seed, epoch, index), so a run
 whatever the number of loader workers or DDP ranks, and each epoch sees new augmentations once the
 trainer calls `set_epoch` (or `set_random_state`, which the trainer calls with a per-epoch seed).
 """
+
 from __future__ import annotations
 
 import random
@@ -25,8 +26,16 @@ class TrainingDataset(Dataset):
     """Samples {"image", "label", "organ": float32 [1, D, H, W], "case_id": str} of cached 1 mm cases
     passed through `transforms` (train, val or test transforms of `tagseg.data.transforms`)."""
 
-    def __init__(self, cases: Sequence[Case], cache: PreprocessedCache, transforms: Callable,
-                 intensity: Task | str | Intensity | Mapping, seed: int = 0, *, tumour_label: int | None = 2) -> None:
+    def __init__(
+        self,
+        cases: Sequence[Case],
+        cache: PreprocessedCache,
+        transforms: Callable,
+        intensity: Task | str | Intensity | Mapping,
+        seed: int = 0,
+        *,
+        tumour_label: int | None = 2,
+    ) -> None:
         if not cases:
             raise InputError("no cases for the training dataset")
         self.cases = list(cases)
@@ -58,9 +67,11 @@ class TrainingDataset(Dataset):
         if entry.label is None or entry.organ is None:
             missing = "label" if entry.label is None else "organ mask"
             raise InputError(f"{case.case_id}: no {missing}; run check_cases before training")
-        data = {"image": np.asarray(entry.image.array, np.float32)[None],
-                "label": np.asarray(entry.label.array, np.float32)[None],
-                "organ": np.asarray(entry.organ.array, np.float32)[None]}
+        data = {
+            "image": np.asarray(entry.image.array, np.float32)[None],
+            "label": np.asarray(entry.label.array, np.float32)[None],
+            "organ": np.asarray(entry.organ.array, np.float32)[None],
+        }
         if hasattr(self.transforms, "set_random_state"):
             self.transforms.set_random_state(seed=self.sample_seed(index))
         out = first_sample(self.transforms(data))
@@ -82,9 +93,19 @@ def seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
-def make_loader(dataset: Dataset, batch_size: int = 1, workers: int = 0, shuffle: bool = True,
-                distributed: bool = False, *, seed: int = 0, drop_last: bool | None = None,
-                num_replicas: int | None = None, rank: int | None = None, pin_memory: bool = False) -> DataLoader:
+def make_loader(
+    dataset: Dataset,
+    batch_size: int = 1,
+    workers: int = 0,
+    shuffle: bool = True,
+    distributed: bool = False,
+    *,
+    seed: int = 0,
+    drop_last: bool | None = None,
+    num_replicas: int | None = None,
+    rank: int | None = None,
+    pin_memory: bool = False,
+) -> DataLoader:
     """A DataLoader with deterministic shuffling and worker seeding; a DistributedSampler when distributed
     (the trainer calls `loader.sampler.set_epoch(epoch)`, or `start_epoch`). drop_last defaults to True
     when shuffling (training, as published) and False otherwise (validation)."""
@@ -92,11 +113,21 @@ def make_loader(dataset: Dataset, batch_size: int = 1, workers: int = 0, shuffle
     generator = torch.Generator().manual_seed(int(seed))
     sampler = None
     if distributed:
-        sampler = DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=int(seed),
-                                     drop_last=False)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-                      num_workers=int(workers), worker_init_fn=seed_worker, generator=generator, drop_last=drop,
-                      pin_memory=pin_memory, persistent_workers=False)
+        sampler = DistributedSampler(
+            dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=int(seed), drop_last=False
+        )
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
+        num_workers=int(workers),
+        worker_init_fn=seed_worker,
+        generator=generator,
+        drop_last=drop,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+    )
 
 
 def start_epoch(loader: DataLoader, epoch: int) -> None:

@@ -10,6 +10,7 @@ aligned, edge-clamped).
 Why a cache: the published loader re-reads and re-resamples every full volume on every iteration,
 which makes the loader the bottleneck (§5.5). Each case is resampled once and stored as .npy.
 """
+
 from __future__ import annotations
 
 import errno
@@ -29,7 +30,7 @@ from ..tags.crop import CROP_DIRECTIONS, Intensity
 from ..tags.tasks import TASKS, Task
 from ..volume import Volume
 
-ANISOTROPY_RATIO = 8.0      # published: max/min spacing above this -> in-plane first, then along D
+ANISOTROPY_RATIO = 8.0  # published: max/min spacing above this -> in-plane first, then along D
 CACHE_VERSION = 1
 _SPACE_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
@@ -82,8 +83,9 @@ def _aligned_permutation(volume: Volume, matrix: np.ndarray) -> bool:
     return bool(np.all(np.isclose(np.sort(cosines, axis=1)[:, -1], 1.0, atol=1e-6)))
 
 
-def _in_plane_grid(volume: Volume, thick: int, matrix: np.ndarray, shape_kji: tuple[int, int, int]
-                   ) -> tuple[np.ndarray, tuple[int, int, int]]:
+def _in_plane_grid(
+    volume: Volume, thick: int, matrix: np.ndarray, shape_kji: tuple[int, int, int]
+) -> tuple[np.ndarray, tuple[int, int, int]]:
     """The intermediate grid of the anisotropic rule: target spacing in-plane, the source's own slices
     along the thick axis, so pass 1 interpolates only within slices and pass 2 only across them."""
     spacing = volume.spacing_ijk
@@ -108,8 +110,7 @@ def _in_plane_grid(volume: Volume, thick: int, matrix: np.ndarray, shape_kji: tu
     return isotropic_grid(volume, target)
 
 
-def resample_linear(volume: Volume, matrix: np.ndarray, shape_kji: tuple[int, int, int], fill: float = 0.0
-                    ) -> Volume:
+def resample_linear(volume: Volume, matrix: np.ndarray, shape_kji: tuple[int, int, int], fill: float = 0.0) -> Volume:
     """Trilinear resampling with the published anisotropy rule, realised with `tagseg.geometry.resample`:
     when max/min spacing > 8, pass 1 resamples onto `_in_plane_grid` (bilinear within the source slices,
     which it hits exactly), pass 2 onto the final grid (linear across slices only for axis-aligned data).
@@ -128,9 +129,15 @@ def _binary_resampled(volume: Volume, binary: np.ndarray, matrix, shape, name: s
     return Volume((np.asarray(soft.array) > 0.5).astype(np.uint8), matrix, name)
 
 
-def resample_case(image: Volume, label: Volume | None, organ: Volume | None, spacing_mm: float = 1.0, *,
-                  tumour_label: int | None = 2, window: tuple[float, float] | None = None
-                  ) -> tuple[Volume, Volume | None, Volume | None]:
+def resample_case(
+    image: Volume,
+    label: Volume | None,
+    organ: Volume | None,
+    spacing_mm: float = 1.0,
+    *,
+    tumour_label: int | None = 2,
+    window: tuple[float, float] | None = None,
+) -> tuple[Volume, Volume | None, Volume | None]:
     """(image, label, organ) on the 1 mm crop-orientation grid of the image (§4.2).
 
     Image: NaN -> 0, trilinear, then clipped to `window` (z-scoring is left to the transforms, as
@@ -143,7 +150,7 @@ def resample_case(image: Volume, label: Volume | None, organ: Volume | None, spa
     matrix, shape = crop_orientation_grid(image, spacing_mm)
     pixels = np.array(image.array, dtype=np.float32)
     pixels[~np.isfinite(pixels)] = 0.0
-    fill = float(pixels.min())   # outside an oblique volume: its darkest value (air), cropped away later
+    fill = float(pixels.min())  # outside an oblique volume: its darkest value (air), cropped away later
     resampled = np.asarray(resample_linear(image.with_array(pixels), matrix, shape, fill=fill).array, np.float32)
     if window is not None:
         resampled = np.clip(resampled, float(window[0]), float(window[1]))
@@ -190,8 +197,13 @@ class PreprocessedCache:
     InputError naming the cache folder. Safe for several processes (DDP ranks, loader workers).
     """
 
-    def __init__(self, root: str | os.PathLike, spacing_mm: float = 1.0, dtype: str = "float16",
-                 resample_fn: Callable | None = None) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        spacing_mm: float = 1.0,
+        dtype: str = "float16",
+        resample_fn: Callable | None = None,
+    ) -> None:
         if np.dtype(dtype) not in (np.dtype(np.float16), np.dtype(np.float32)):
             raise InputError(f"cache dtype must be float16 or float32, got {dtype}")
         self.root = Path(root)
@@ -200,9 +212,12 @@ class PreprocessedCache:
         self._resample = resample_fn or resample_case
 
     def _params(self, window, tumour_label) -> dict:
-        return {"spacing_mm": self.spacing_mm, "dtype": self.dtype,
-                "window": None if window is None else [float(window[0]), float(window[1])],
-                "tumour_label": tumour_label}
+        return {
+            "spacing_mm": self.spacing_mm,
+            "dtype": self.dtype,
+            "window": None if window is None else [float(window[0]), float(window[1])],
+            "tumour_label": tumour_label,
+        }
 
     def folder(self, case, window: tuple[float, float] | None, tumour_label: int | None = 2) -> Path:
         """Where a case's entry lives for these settings (settings in the folder name, readable)."""
@@ -215,8 +230,11 @@ class PreprocessedCache:
 
     @staticmethod
     def _sources(case) -> list[Path]:
-        return [Path(case.image)] + ([Path(case.label)] if case.label is not None else []) + \
-            [Path(p) for p in case.organ_masks]
+        return (
+            [Path(case.image)]
+            + ([Path(case.label)] if case.label is not None else [])
+            + [Path(p) for p in case.organ_masks]
+        )
 
     def _fresh(self, meta: dict, case, params: dict) -> tuple[bool, bool]:
         """(valid, meta needs a refresh because only stat data changed)."""
@@ -230,8 +248,11 @@ class PreprocessedCache:
                 stat = path.stat()
             except OSError:
                 return False, False
-            if (record.get("path") == str(path.resolve()) and stat.st_size == record.get("size")
-                    and stat.st_mtime_ns == record.get("mtime_ns")):
+            if (
+                record.get("path") == str(path.resolve())
+                and stat.st_size == record.get("size")
+                and stat.st_mtime_ns == record.get("mtime_ns")
+            ):
                 continue
             if stat.st_size != record.get("size") or _sha1(path) != record.get("sha1"):
                 return False, False
@@ -244,9 +265,11 @@ class PreprocessedCache:
             arrays = {name: np.load(folder / f"{name}.npy", allow_pickle=False) for name in meta["arrays"]}
         except (OSError, ValueError):
             return None
-        return Preprocessed(Volume(arrays["image"], matrix, "image"),
-                            Volume(arrays["label"], matrix, "label") if "label" in arrays else None,
-                            Volume(arrays["organ"], matrix, "organ") if "organ" in arrays else None)
+        return Preprocessed(
+            Volume(arrays["image"], matrix, "image"),
+            Volume(arrays["label"], matrix, "label") if "label" in arrays else None,
+            Volume(arrays["organ"], matrix, "organ") if "organ" in arrays else None,
+        )
 
     def load(self, case, window: tuple[float, float] | None, tumour_label: int | None = 2) -> Preprocessed:
         """The case resampled to the cache spacing and clipped to `window`, from disk when still valid."""
@@ -262,7 +285,7 @@ class PreprocessedCache:
             if valid:
                 cached = self._read(folder, meta)
                 if cached is not None:
-                    if refresh:   # a copied/touched source: remember its new stat data, best effort
+                    if refresh:  # a copied/touched source: remember its new stat data, best effort
                         meta["sources"] = [_source_record(p) for p in self._sources(case)]
                         try:
                             self._write_file(folder, "meta.json", lambda f: f.write(json.dumps(meta).encode()))
@@ -271,8 +294,14 @@ class PreprocessedCache:
                     return cached
         return self._compute(case, folder, params, window, tumour_label)
 
-    def warm(self, cases: Sequence, window: tuple[float, float] | None, tumour_label: int | None = 2,
-             progress: Callable[[int, int, str], None] | None = None, workers: int = 1) -> None:
+    def warm(
+        self,
+        cases: Sequence,
+        window: tuple[float, float] | None,
+        tumour_label: int | None = 2,
+        progress: Callable[[int, int, str], None] | None = None,
+        workers: int = 1,
+    ) -> None:
         """Fill the cache before training (e.g. on rank 0 before the other ranks start). A 512x512x60 CT
         takes ~15 s on one core, so `workers` processes share the cases (entries are process-safe)."""
         if workers <= 1 or len(cases) <= 1:
@@ -293,19 +322,26 @@ class PreprocessedCache:
     def _compute(self, case, folder: Path, params: dict, window, tumour_label) -> Preprocessed:
         from .datasets import load_case
 
-        sources = [_source_record(p) for p in self._sources(case)]   # before reading: a later edit invalidates
+        sources = [_source_record(p) for p in self._sources(case)]  # before reading: a later edit invalidates
         image, label, organ = load_case(case)
-        image, label, organ = self._resample(image, label, organ, self.spacing_mm, tumour_label=tumour_label,
-                                             window=window)
+        image, label, organ = self._resample(
+            image, label, organ, self.spacing_mm, tumour_label=tumour_label, window=window
+        )
         stored = Volume(np.asarray(image.array).astype(self.dtype), image.ijk_to_ras, "image")
         arrays = {"image": np.asarray(stored.array)}
         if label is not None:
             arrays["label"] = np.asarray(label.array, np.uint8)
         if organ is not None:
             arrays["organ"] = np.asarray(organ.array, np.uint8)
-        meta = {"version": CACHE_VERSION, "case_id": case.case_id, "params": params, "sources": sources,
-                "ijk_to_ras": np.asarray(image.ijk_to_ras).tolist(), "shape_kji": list(image.shape_kji),
-                "arrays": list(arrays)}
+        meta = {
+            "version": CACHE_VERSION,
+            "case_id": case.case_id,
+            "params": params,
+            "sources": sources,
+            "ijk_to_ras": np.asarray(image.ijk_to_ras).tolist(),
+            "shape_kji": list(image.shape_kji),
+            "arrays": list(arrays),
+        }
         self._store(folder, arrays, meta, case.case_id)
         return Preprocessed(stored, label, organ)
 
@@ -320,7 +356,7 @@ class PreprocessedCache:
 
         def verify(tmp: Path) -> None:
             if name.endswith(".npy"):
-                np.load(tmp, mmap_mode="r", allow_pickle=False).reshape(-1)[-1:].copy()   # mapped: whole length
+                np.load(tmp, mmap_mode="r", allow_pickle=False).reshape(-1)[-1:].copy()  # mapped: whole length
             else:
                 json.loads(tmp.read_text(encoding="utf-8"))
 
@@ -331,15 +367,17 @@ class PreprocessedCache:
 
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            (folder / "meta.json").unlink(missing_ok=True)   # the old entry is invalid before any array changes
+            (folder / "meta.json").unlink(missing_ok=True)  # the old entry is invalid before any array changes
             for name, array in arrays.items():
                 self._write_file(folder, f"{name}.npy", lambda f, a=array: np.save(f, a, allow_pickle=False))
             self._write_file(folder, "meta.json", lambda f: f.write(json.dumps(meta, indent=1).encode()))
         except (OSError, WriteError) as exc:
             self._discard(folder)
             if exc.errno in _SPACE_ERRNOS:
-                raise InputError(f"no space left on the device for the preprocessing cache {self.root} "
-                                 f"(case {case_id}); free disk space or choose another cache folder") from None
+                raise InputError(
+                    f"no space left on the device for the preprocessing cache {self.root} "
+                    f"(case {case_id}); free disk space or choose another cache folder"
+                ) from None
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise InputError(f"cannot write the preprocessing cache {self.root} (case {case_id}): {reason}") from None
 

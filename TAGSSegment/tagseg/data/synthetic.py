@@ -6,6 +6,7 @@
 layout="msd")` reads: dataset.json, imagesTr/<id>.nii.gz, labelsTr/<id>.nii.gz (1 organ, 2 tumour) and
 organsTr/<id>/<organ>.nii.gz, plus suggested intensity settings measured as published (§4.2).
 """
+
 from __future__ import annotations
 
 import json
@@ -22,7 +23,7 @@ from ..synth import insert_tumour, make_phantom
 from ..text import ORGAN_LABELS
 from ..volume import Volume
 
-DEFAULT_DIRECTIONS = np.diag([-1.0, -1.0, 1.0])   # LPS-stored axial, the common CT storage order
+DEFAULT_DIRECTIONS = np.diag([-1.0, -1.0, 1.0])  # LPS-stored axial, the common CT storage order
 
 
 def _case_seed(seed: int, index: int) -> int:
@@ -42,30 +43,58 @@ def _sample(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, limit
     return values if len(values) <= limit else rng.choice(values, limit, replace=False)
 
 
-def _write_case(out: Path, case_id: str, image: Volume, organ: np.ndarray, tumour: np.ndarray,
-                organ_name: str) -> dict:
+def _write_case(out: Path, case_id: str, image: Volume, organ: np.ndarray, tumour: np.ndarray, organ_name: str) -> dict:
     label = np.where(tumour > 0, 2, np.where(organ > 0, 1, 0)).astype(np.uint8)
     save_volume(image, out / "imagesTr" / f"{case_id}.nii.gz")
     save_volume(image.with_array(label, name="label"), out / "labelsTr" / f"{case_id}.nii.gz")
-    save_volume(image.with_array((organ > 0).astype(np.uint8), name=organ_name),
-                out / "organsTr" / case_id / f"{organ_name}.nii.gz")
+    save_volume(
+        image.with_array((organ > 0).astype(np.uint8), name=organ_name),
+        out / "organsTr" / case_id / f"{organ_name}.nii.gz",
+    )
     return {"image": f"./imagesTr/{case_id}.nii.gz", "label": f"./labelsTr/{case_id}.nii.gz"}
 
 
-def _dataset_json(out: Path, name: str, description: str, organ: str, training: list[dict], details: list[dict],
-                  intensity: dict, seed: int) -> None:
-    write_json_atomic(out / "dataset.json", {
-        "name": name, "description": description, "tensorImageSize": "3D", "modality": {"0": "CT"},
-        "labels": {"0": "background", "1": organ, "2": "tumour"},
-        "numTraining": len(training), "numTest": 0, "training": training, "test": [],
-        "tagseg": {"generator": "tagseg.data.synthetic", "seed": int(seed), "intensity": intensity,
-                   "cases": details},
-    })
+def _dataset_json(
+    out: Path,
+    name: str,
+    description: str,
+    organ: str,
+    training: list[dict],
+    details: list[dict],
+    intensity: dict,
+    seed: int,
+) -> None:
+    write_json_atomic(
+        out / "dataset.json",
+        {
+            "name": name,
+            "description": description,
+            "tensorImageSize": "3D",
+            "modality": {"0": "CT"},
+            "labels": {"0": "background", "1": organ, "2": "tumour"},
+            "numTraining": len(training),
+            "numTest": 0,
+            "training": training,
+            "test": [],
+            "tagseg": {
+                "generator": "tagseg.data.synthetic",
+                "seed": int(seed),
+                "intensity": intensity,
+                "cases": details,
+            },
+        },
+    )
 
 
-def write_synthetic_dataset(out: str | os.PathLike, cases: int = 8, seed: int = 0, organ: str = "pancreas",
-                            shape_kji: Sequence[int] = (48, 128, 128), spacing_ijk: Sequence[float] = (1.25, 1.25, 2.0),
-                            directions=None) -> Path:
+def write_synthetic_dataset(
+    out: str | os.PathLike,
+    cases: int = 8,
+    seed: int = 0,
+    organ: str = "pancreas",
+    shape_kji: Sequence[int] = (48, 128, 128),
+    spacing_ijk: Sequence[float] = (1.25, 1.25, 2.0),
+    directions=None,
+) -> Path:
     """`cases` phantoms with one tumour in `organ` (pancreas, liver or kidney), MSD layout; same seed, same data.
 
     The default grid covers the phantom's 160 x 160 x 96 mm anatomy; smaller shapes (e.g. (24, 64, 64)
@@ -81,22 +110,42 @@ def write_synthetic_dataset(out: str | os.PathLike, cases: int = 8, seed: int = 
     for index in range(cases):
         case_seed = _case_seed(seed, index)
         try:
-            phantom = make_phantom(case_seed, shape_kji=tuple(shape_kji), spacing_ijk=tuple(spacing_ijk),
-                                   directions=dirs, tumour_organ=organ_key)
+            phantom = make_phantom(
+                case_seed,
+                shape_kji=tuple(shape_kji),
+                spacing_ijk=tuple(spacing_ijk),
+                directions=dirs,
+                tumour_organ=organ_key,
+            )
         except ValueError as exc:
             raise InputError(f"synthetic {organ} case {index}: {exc}") from None
         parts = [m for name, m in phantom.organs.items() if name == organ_key or name.startswith(organ_key + "_")]
         organ_mask = np.any([np.asarray(m.array) > 0 for m in parts], axis=0)
         case_id = f"{organ_key}_{index:03d}"
-        training.append(_write_case(out, case_id, phantom.image, organ_mask, np.asarray(phantom.label.array),
-                                    organ_key))
+        training.append(
+            _write_case(out, case_id, phantom.image, organ_mask, np.asarray(phantom.label.array), organ_key)
+        )
         samples.append(_sample(phantom.image.array, organ_mask, rng))
-        details.append({"case_id": case_id, "phantom_seed": case_seed, "tumour_organ": phantom.tumour_organ,
-                        "radius_mm": round(phantom.radius_mm, 3), "contrast_hu": round(phantom.contrast_hu, 3),
-                        "centre_ras": [round(v, 3) for v in phantom.centre_ras]})
-    _dataset_json(out, f"tagseg synthetic {organ_key} tumours",
-                  "Seeded CT-like phantoms (tagseg.synth); not patient data", organ_key, training, details,
-                  _foreground_intensity(samples), seed)
+        details.append(
+            {
+                "case_id": case_id,
+                "phantom_seed": case_seed,
+                "tumour_organ": phantom.tumour_organ,
+                "radius_mm": round(phantom.radius_mm, 3),
+                "contrast_hu": round(phantom.contrast_hu, 3),
+                "centre_ras": [round(v, 3) for v in phantom.centre_ras],
+            }
+        )
+    _dataset_json(
+        out,
+        f"tagseg synthetic {organ_key} tumours",
+        "Seeded CT-like phantoms (tagseg.synth); not patient data",
+        organ_key,
+        training,
+        details,
+        _foreground_intensity(samples),
+        seed,
+    )
     return out
 
 
@@ -120,12 +169,22 @@ def _organ_from_mask(mask: Volume, path: Path, organ: str, organ_labels) -> np.n
         values = [int(k) for k, v in table.items() if v in names]
         if values:
             return np.isin(array, values)
-    raise InputError(f"{path}: a label map with values {present[:8].tolist()}…; pass organ_labels (the values of the "
-                     f"{organ}) or a binary mask")
+    raise InputError(
+        f"{path}: a label map with values {present[:8].tolist()}…; pass organ_labels (the values of the "
+        f"{organ}) or a binary mask"
+    )
 
 
-def insert_into_ct(ct_image_path: str | os.PathLike, organ_mask_path: str | os.PathLike, out: str | os.PathLike,
-                   cases: int = 4, seed: int = 0, *, organ: str = "liver", organ_labels=None) -> Path:
+def insert_into_ct(
+    ct_image_path: str | os.PathLike,
+    organ_mask_path: str | os.PathLike,
+    out: str | os.PathLike,
+    cases: int = 4,
+    seed: int = 0,
+    *,
+    organ: str = "liver",
+    organ_labels=None,
+) -> Path:
     """`cases` copies of a real CT, each with one seeded synthetic tumour inside `organ`, MSD layout."""
     ct_path, mask_path, out = Path(ct_image_path), Path(organ_mask_path), Path(out)
     image, mask = load_volume(ct_path), load_volume(mask_path)
@@ -147,11 +206,24 @@ def insert_into_ct(ct_image_path: str | os.PathLike, organ_mask_path: str | os.P
         case_id = f"{organ_key}_ct_{index:03d}"
         training.append(_write_case(out, case_id, new_image, organ_mask, np.asarray(tumour.array), organ_key))
         samples.append(_sample(new_image.array, organ_mask, rng))
-        details.append({"case_id": case_id, "seed": case_seed, "source_ct": ct_path.name,
-                        "tumour_voxels": int(np.count_nonzero(tumour.array))})
-    _dataset_json(out, f"tagseg synthetic {organ_key} tumours in {ct_path.name}",
-                  "Synthetic tumours inserted into a real CT's organ mask; the tumours are not real", organ_key,
-                  training, details, _foreground_intensity(samples), seed)
+        details.append(
+            {
+                "case_id": case_id,
+                "seed": case_seed,
+                "source_ct": ct_path.name,
+                "tumour_voxels": int(np.count_nonzero(tumour.array)),
+            }
+        )
+    _dataset_json(
+        out,
+        f"tagseg synthetic {organ_key} tumours in {ct_path.name}",
+        "Synthetic tumours inserted into a real CT's organ mask; the tumours are not real",
+        organ_key,
+        training,
+        details,
+        _foreground_intensity(samples),
+        seed,
+    )
     return out
 
 

@@ -6,6 +6,7 @@ at 0.5 afterwards. Only the crop size is a parameter (128 for TAGS, 32 for tags-
 around the positive/negative crop stays round(1.2 * crop) as published. Inputs are channel-first
 arrays [1, D, H, W] in the crop orientation (`preprocess.resample_case`).
 """
+
 from __future__ import annotations
 
 import math
@@ -84,8 +85,9 @@ def pad_size(crop: int, pad: int | None = None) -> int:
 
 def _clip(intensity: Intensity, allow_missing: bool = False) -> ScaleIntensityRanged:
     lo, hi = intensity.window
-    return ScaleIntensityRanged(keys="image", a_min=lo, a_max=hi, b_min=lo, b_max=hi, clip=True,
-                                allow_missing_keys=allow_missing)
+    return ScaleIntensityRanged(
+        keys="image", a_min=lo, a_max=hi, b_min=lo, b_max=hi, clip=True, allow_missing_keys=allow_missing
+    )
 
 
 def _normalise(intensity: Intensity) -> NormalizeIntensityd:
@@ -128,23 +130,27 @@ def val_transforms(task: Task | str | Intensity | Mapping, crop: int = 128) -> C
     """Published validation crop: clip, pad, a crop centred on a tumour voxel, z-score, binarise."""
     intensity, _ = transform_settings(task)
     keys = list(KEYS)
-    return Compose([
-        _clip(intensity),
-        SpatialPadd(keys=keys, spatial_size=[crop] * 3),
-        RandCropByPosNegLabeld(keys=keys, label_key="label", spatial_size=[crop] * 3, pos=1, neg=0, num_samples=1),
-        _normalise(intensity),
-        BinariseMasksd(MASK_KEYS),
-    ])
+    return Compose(
+        [
+            _clip(intensity),
+            SpatialPadd(keys=keys, spatial_size=[crop] * 3),
+            RandCropByPosNegLabeld(keys=keys, label_key="label", spatial_size=[crop] * 3, pos=1, neg=0, num_samples=1),
+            _normalise(intensity),
+            BinariseMasksd(MASK_KEYS),
+        ]
+    )
 
 
 def test_transforms(task: Task | str | Intensity | Mapping) -> Compose:
     """Published test preprocessing of the whole 1 mm volume: clip, z-score, binarise (label optional)."""
     intensity, _ = transform_settings(task)
-    return Compose([
-        _clip(intensity),
-        _normalise(intensity),
-        BinariseMasksd(MASK_KEYS, allow_missing_keys=True),
-    ])
+    return Compose(
+        [
+            _clip(intensity),
+            _normalise(intensity),
+            BinariseMasksd(MASK_KEYS, allow_missing_keys=True),
+        ]
+    )
 
 
 def first_sample(output) -> dict:
@@ -156,5 +162,16 @@ def first_sample(output) -> dict:
     return output
 
 
-__all__ = ["KEYS", "MASK_KEYS", "DUMMY_2D_TASKS", "BinariseMasksd", "AboveWindow", "transform_settings",
-           "pad_size", "train_transforms", "val_transforms", "test_transforms", "first_sample"]
+__all__ = [
+    "KEYS",
+    "MASK_KEYS",
+    "DUMMY_2D_TASKS",
+    "BinariseMasksd",
+    "AboveWindow",
+    "transform_settings",
+    "pad_size",
+    "train_transforms",
+    "val_transforms",
+    "test_transforms",
+    "first_sample",
+]

@@ -4,6 +4,7 @@ prompt, fused with point prompts. See TAGS_SPEC.md; `tagseg.backends.tags` runs 
 The network names load on first use (PEP 562): `tagseg.tags.model` imports torch and segment_anything
 (with torchvision), seconds of start-up that a run of the default model, which only asks
 `tagseg.tags.installed` whether a checkpoint is installed, should not pay."""
+
 from .config import PRESETS, TagsConfig, get_preset
 
 _MODEL_NAMES = ("TagsNet", "EncodedCrop", "build_tags")

@@ -35,6 +35,7 @@ The header's ``__metadata__`` has one key, ``"tagseg"``, whose value is a JSON o
 
 The checksum covers the tensors only; the registry's whole-file SHA-256 also covers the metadata.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -69,12 +70,21 @@ METADATA_KEY = "tagseg"
 EXTRA_PREFIX = "extra."
 SUFFIX = ".safetensors"
 PICKLE_SUFFIXES = (".pth.tar", ".pth", ".pt", ".ckpt")
-REQUIRED_METADATA = ("preset", "config", "task", "anatomy", "organ_labels", "tumour_label", "intensity",
-                     "spacing_mm", "text")
+REQUIRED_METADATA = (
+    "preset",
+    "config",
+    "task",
+    "anatomy",
+    "organ_labels",
+    "tumour_label",
+    "intensity",
+    "spacing_mm",
+    "text",
+)
 AUTHORS_KEYS = ("encoder_dict", "decoder_dict", "feature_dict")
 N_PROMPT_ENCODERS = 4
 
-_ANATOMY_RE = re.compile(r"[a-z0-9][a-z0-9_-]*\Z")     # used with .match; \Z, not $ ("liver\n" must fail)
+_ANATOMY_RE = re.compile(r"[a-z0-9][a-z0-9_-]*\Z")  # used with .match; \Z, not $ ("liver\n" must fail)
 _SHA_RE = re.compile(r"[0-9a-f]{64}\Z")
 _CONVERT_HINT = "convert it first with `tagseg convert-checkpoint`"
 
@@ -166,8 +176,11 @@ def _cpu_tensors(tensors: Mapping[str, Any], what: str) -> dict[str, torch.Tenso
             raise ModelError(f"{what} entry {name} is not a dense tensor with data ({value.layout}, {value.device})")
         tensor = value.detach().to("cpu").contiguous()
         storage = tensor.untyped_storage()
-        if (storage.nbytes() != tensor.numel() * tensor.element_size() or storage.data_ptr() in seen
-                or tensor.numel() == 0):
+        if (
+            storage.nbytes() != tensor.numel() * tensor.element_size()
+            or storage.data_ptr() in seen
+            or tensor.numel() == 0
+        ):
             tensor = tensor.clone()
             storage = tensor.untyped_storage()
         if tensor.numel():
@@ -202,20 +215,24 @@ def _metadata_problem(meta: Mapping[str, Any]) -> str | None:
     if not isinstance(intensity, Mapping):
         return "metadata intensity must be a dict with window, mean and std"
     window = intensity.get("window")
-    if (not isinstance(window, (list, tuple)) or len(window) != 2 or not all(_is_number(v) for v in window)
-            or not window[0] < window[1]):
+    if (
+        not isinstance(window, (list, tuple))
+        or len(window) != 2
+        or not all(_is_number(v) for v in window)
+        or not window[0] < window[1]
+    ):
         return "metadata intensity.window must be [lo, hi] with lo < hi"
     if not _is_number(intensity.get("mean")):
         return "metadata intensity.mean must be a number"
     if not _is_number(intensity.get("std")) or not intensity["std"] > 0:
         return "metadata intensity.std must be a positive number"
     spacing = meta["spacing_mm"]
-    if (not isinstance(spacing, (list, tuple)) or len(spacing) != 3
-            or not all(_is_number(v) and v > 0 for v in spacing)):
+    if not isinstance(spacing, (list, tuple)) or len(spacing) != 3 or not all(_is_number(v) and v > 0 for v in spacing):
         return "metadata spacing_mm must be three positive numbers"
     text = meta["text"]
-    if not isinstance(text, Mapping) or not all(isinstance(text.get(k), str) for k in
-                                                ("encoder", "object_word", "object_word_mode")):
+    if not isinstance(text, Mapping) or not all(
+        isinstance(text.get(k), str) for k in ("encoder", "object_word", "object_word_mode")
+    ):
         return "metadata text must be a dict with string encoder, object_word and object_word_mode"
     if not isinstance(meta.get("provenance", {}), Mapping):
         return "metadata provenance must be a dict"
@@ -226,8 +243,9 @@ def _parse_header(header: Mapping[str, str] | None, where: Path) -> dict:
     """Our metadata out of a safetensors header, or a ModelError that says why the file is not ours."""
     raw = (header or {}).get(METADATA_KEY)
     if raw is None:
-        raise ModelError(f"{where} is a safetensors file but not a tagseg TAGS checkpoint (no '{METADATA_KEY}' "
-                         "metadata)")
+        raise ModelError(
+            f"{where} is a safetensors file but not a tagseg TAGS checkpoint (no '{METADATA_KEY}' metadata)"
+        )
     try:
         meta = json.loads(raw)
     except ValueError as exc:
@@ -237,11 +255,14 @@ def _parse_header(header: Mapping[str, str] | None, where: Path) -> dict:
         raise ModelError(f"{where} is not a tagseg TAGS checkpoint (metadata format {found!r}, expected {FORMAT!r})")
     version = meta.get("format_version")
     if type(version) is int and version > FORMAT_VERSION:
-        raise ModelError(f"{where} uses checkpoint format version {version}, but this tagseg reads version "
-                         f"{FORMAT_VERSION}; update tagseg")
+        raise ModelError(
+            f"{where} uses checkpoint format version {version}, but this tagseg reads version "
+            f"{FORMAT_VERSION}; update tagseg"
+        )
     if version != FORMAT_VERSION or type(version) is not int:
-        raise ModelError(f"{where} has unknown checkpoint format version {version!r} (this tagseg reads "
-                         f"{FORMAT_VERSION})")
+        raise ModelError(
+            f"{where} has unknown checkpoint format version {version!r} (this tagseg reads {FORMAT_VERSION})"
+        )
     problem = _metadata_problem(meta)
     if problem is None and not (isinstance(meta.get("tensors_sha256"), str) and _SHA_RE.match(meta["tensors_sha256"])):
         problem = "metadata lacks a valid tensors_sha256"
@@ -259,8 +280,12 @@ def _write_tensors(path: str, tensors: dict[str, torch.Tensor], header: dict[str
     save_file(tensors, path, metadata=header)
 
 
-def save_checkpoint(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, Any],
-                    extra_tensors: Mapping[str, torch.Tensor] | None = None) -> str:
+def save_checkpoint(
+    path: str | os.PathLike,
+    state_dict: Mapping[str, torch.Tensor],
+    metadata: Mapping[str, Any],
+    extra_tensors: Mapping[str, torch.Tensor] | None = None,
+) -> str:
     """Write a TAGS checkpoint atomically (temp file + rename, mode 0o644) and return the file's SHA-256.
 
     `format`, `format_version` and `tensors_sha256` are set here; `provenance.created` and
@@ -271,8 +296,10 @@ def save_checkpoint(path: str | os.PathLike, state_dict: Mapping[str, torch.Tens
         raise ModelError(f"cannot save {dest}: a TAGS checkpoint file name must end with {SUFFIX}")
     meta = dict(metadata)
     if meta.get("format", FORMAT) != FORMAT or meta.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
-        raise ModelError(f"cannot save {dest}: metadata says format {meta.get('format')!r} version "
-                         f"{meta.get('format_version')!r}; this tagseg writes {FORMAT!r} version {FORMAT_VERSION}")
+        raise ModelError(
+            f"cannot save {dest}: metadata says format {meta.get('format')!r} version "
+            f"{meta.get('format_version')!r}; this tagseg writes {FORMAT!r} version {FORMAT_VERSION}"
+        )
     meta["format"], meta["format_version"] = FORMAT, FORMAT_VERSION
     provenance = meta.get("provenance")
     provenance = {} if provenance is None else provenance
@@ -328,14 +355,18 @@ class TagsCheckpoint:
 def _refuse_unloadable(src: Path) -> None:
     """Refuse pickles by name (never unpickled here) and paths that are not files."""
     if _is_pickle_name(src):
-        raise ModelError(f"{src} is a PyTorch pickle checkpoint; tagseg loads only {SUFFIX} checkpoints — "
-                         f"{_CONVERT_HINT}")
+        raise ModelError(
+            f"{src} is a PyTorch pickle checkpoint; tagseg loads only {SUFFIX} checkpoints — {_CONVERT_HINT}"
+        )
     from ..paths import file_kind, note_input
 
     kind = file_kind(src)
     if kind != "file":
-        raise ModelError(f"checkpoint {src} not found" if kind == "missing" else
-                         f"checkpoint {src} is {'a folder' if kind == 'folder' else kind}, not a file")
+        raise ModelError(
+            f"checkpoint {src} not found"
+            if kind == "missing"
+            else f"checkpoint {src} is {'a folder' if kind == 'folder' else kind}, not a file"
+        )
     note_input(src)
     with src.open("rb") as handle:
         head = handle.read(9)
@@ -370,15 +401,22 @@ def load_checkpoint(path: str | os.PathLike, verify: bool = True) -> TagsCheckpo
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise ModelError(f"{src} is not a readable safetensors file ({one_line(exc, 200)})") from exc
     if verify and tensors_sha256(tensors) != meta["tensors_sha256"]:
-        raise ModelError(f"{src} is damaged or was modified: its tensors do not match the checksum in its metadata; "
-                         "download or convert it again")
-    extra = {name[len(EXTRA_PREFIX):]: t for name, t in tensors.items() if name.startswith(EXTRA_PREFIX)}
+        raise ModelError(
+            f"{src} is damaged or was modified: its tensors do not match the checksum in its metadata; "
+            "download or convert it again"
+        )
+    extra = {name[len(EXTRA_PREFIX) :]: t for name, t in tensors.items() if name.startswith(EXTRA_PREFIX)}
     state = {name: t for name, t in tensors.items() if not name.startswith(EXTRA_PREFIX)}
     return TagsCheckpoint(state_dict=state, extra=extra, metadata=meta, path=src, sha256=sha256_file(src))
 
 
-def check_state_dict(expected: Mapping[str, tuple[int, ...]], got: Mapping[str, torch.Tensor], preset: str, *,
-                     optional: Collection[str] = ()) -> None:
+def check_state_dict(
+    expected: Mapping[str, tuple[int, ...]],
+    got: Mapping[str, torch.Tensor],
+    preset: str,
+    *,
+    optional: Collection[str] = (),
+) -> None:
     """Raise ModelError naming the first tensor that does not fit the preset: missing or mis-shaped (in the
     order of `expected`), then unexpected (in the order of `got`). Names in `optional` may be missing."""
     hint = "is this a checkpoint of another preset?"
@@ -386,14 +424,17 @@ def check_state_dict(expected: Mapping[str, tuple[int, ...]], got: Mapping[str, 
         if name not in got:
             if name in optional:
                 continue
-            raise ModelError(f"tensor {name} is missing but preset {preset} needs it with shape {_fmt_shape(shape)} "
-                             f"— {hint}")
+            raise ModelError(
+                f"tensor {name} is missing but preset {preset} needs it with shape {_fmt_shape(shape)} — {hint}"
+            )
         tensor = got[name]
         if not isinstance(tensor, torch.Tensor):
             raise ModelError(f"tensor {name} is a {type(tensor).__name__}, not a tensor — {hint}")
         if tuple(tensor.shape) != tuple(shape):
-            raise ModelError(f"tensor {name} has shape {_fmt_shape(tensor.shape)} but preset {preset} needs "
-                             f"{_fmt_shape(shape)} — {hint}")
+            raise ModelError(
+                f"tensor {name} has shape {_fmt_shape(tensor.shape)} but preset {preset} needs "
+                f"{_fmt_shape(shape)} — {hint}"
+            )
     for name in got:
         if name not in expected:
             raise ModelError(f"tensor {name} is not part of preset {preset} — {hint}")
@@ -431,8 +472,10 @@ def safe_torch_load(path: str | os.PathLike) -> object:
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL\s+([\w.]+)", str(exc))
         detail = f" (it references {found.group(1)})" if found else ""
-        raise ModelError(f"{src} contains Python objects that would have to be executed to load it{detail}; "
-                         "refused (only tensors/plain containers are loaded)") from exc
+        raise ModelError(
+            f"{src} contains Python objects that would have to be executed to load it{detail}; "
+            "refused (only tensors/plain containers are loaded)"
+        ) from exc
     except MemoryError:
         raise
     except Exception as exc:  # torch raises many types for damaged or foreign files
@@ -450,7 +493,7 @@ def _plain_state_dict(value: Any, what: str, src: Path) -> dict[str, torch.Tenso
             raise ModelError(f"{src}: {what} has a non-string key {name!r}")
         if not isinstance(tensor, torch.Tensor):
             raise ModelError(f"{src}: {what}[{name}] is a {type(tensor).__name__}, not a tensor")
-        out[name[len("module."):] if strip else name] = tensor
+        out[name[len("module.") :] if strip else name] = tensor
     return out
 
 
@@ -460,8 +503,9 @@ def authors_state_dict(raw: Mapping[str, Any], src: str | os.PathLike = "checkpo
     where = Path(src)
     missing = [key for key in AUTHORS_KEYS if key not in raw]
     if missing:
-        raise ModelError(f"{where} lacks {', '.join(missing)} — is it a TAGS training checkpoint "
-                         "(best.pth.tar / last.pth.tar)?")
+        raise ModelError(
+            f"{where} lacks {', '.join(missing)} — is it a TAGS training checkpoint (best.pth.tar / last.pth.tar)?"
+        )
     state: dict[str, torch.Tensor] = {}
     for name, tensor in _plain_state_dict(raw["encoder_dict"], "encoder_dict", where).items():
         if not name.endswith(".attn_mask"):
@@ -469,8 +513,9 @@ def authors_state_dict(raw: Mapping[str, Any], src: str | os.PathLike = "checkpo
     prompts = raw["feature_dict"]
     if not isinstance(prompts, (list, tuple)) or len(prompts) != N_PROMPT_ENCODERS:
         found = f"{len(prompts)} entries" if isinstance(prompts, (list, tuple)) else f"a {type(prompts).__name__}"
-        raise ModelError(f"{where}: feature_dict should list {N_PROMPT_ENCODERS} prompt-encoder state dicts but "
-                         f"holds {found}")
+        raise ModelError(
+            f"{where}: feature_dict should list {N_PROMPT_ENCODERS} prompt-encoder state dicts but holds {found}"
+        )
     for index, encoder in enumerate(prompts):
         for name, tensor in _plain_state_dict(encoder, f"feature_dict[{index}]", where).items():
             state[f"prompt_encoders.{index}.{name}"] = tensor
@@ -487,11 +532,18 @@ def _plain_number(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def convert_authors_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, task: str, preset: str = "tags-b",
-                               config: Mapping[str, Any], object_word_mode: str = "dataset-key",
-                               text_encoder: str = "open_clip:ViT-L-14:openai",
-                               extra_tensors: Mapping[str, torch.Tensor] | None = None,
-                               provenance: Mapping[str, Any] | None = None) -> str:
+def convert_authors_checkpoint(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    *,
+    task: str,
+    preset: str = "tags-b",
+    config: Mapping[str, Any],
+    object_word_mode: str = "dataset-key",
+    text_encoder: str = "open_clip:ViT-L-14:openai",
+    extra_tensors: Mapping[str, torch.Tensor] | None = None,
+    provenance: Mapping[str, Any] | None = None,
+) -> str:
     """Convert the authors' `best.pth.tar` into a TAGS checkpoint, stamping the task table's preprocessing into
     its metadata. Returns the new file's SHA-256."""
     source = Path(src)
@@ -504,8 +556,10 @@ def convert_authors_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *
         raise ModelError("the network config must be a dict")
     raw = safe_torch_load(source)
     if not isinstance(raw, Mapping):
-        raise ModelError(f"{source} is not a TAGS training checkpoint: it holds a {type(raw).__name__}, not a dict "
-                         f"with {', '.join(AUTHORS_KEYS)}")
+        raise ModelError(
+            f"{source} is not a TAGS training checkpoint: it holds a {type(raw).__name__}, not a dict "
+            f"with {', '.join(AUTHORS_KEYS)}"
+        )
     state = authors_state_dict(raw, source)
 
     info: dict[str, Any] = {"source": "authors' TAGS training checkpoint", "converted": _now()}
@@ -520,11 +574,19 @@ def convert_authors_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *
     info["source_sha256"] = sha256_file(source)
 
     metadata = {
-        "preset": preset, "config": dict(config), "task": spec.key, "anatomy": spec.anatomy,
-        "organ_labels": list(spec.organ_labels), "tumour_label": spec.tumour_label, "intensity": spec.intensity(),
+        "preset": preset,
+        "config": dict(config),
+        "task": spec.key,
+        "anatomy": spec.anatomy,
+        "organ_labels": list(spec.organ_labels),
+        "tumour_label": spec.tumour_label,
+        "intensity": spec.intensity(),
         "spacing_mm": [1.0, 1.0, 1.0],
-        "text": {"encoder": text_encoder, "object_word": spec.object_word(object_word_mode),
-                 "object_word_mode": object_word_mode},
+        "text": {
+            "encoder": text_encoder,
+            "object_word": spec.object_word(object_word_mode),
+            "object_word_mode": object_word_mode,
+        },
         "provenance": info,
     }
     return save_checkpoint(dst, state, metadata, extra_tensors)
@@ -556,8 +618,16 @@ def install_checkpoint(path: str | os.PathLike) -> Path:
                 dest.unlink()
             raise ModelError(f"{src} changed while it was being installed; install it again")
     entries = [e for e in _read_index(root) if e["sha256"] != sha and e["file"] != name]
-    entries.append({"file": name, "sha256": sha, "anatomy": meta["anatomy"], "task": meta["task"],
-                    "preset": meta["preset"], "installed_at": _now("microseconds")})
+    entries.append(
+        {
+            "file": name,
+            "sha256": sha,
+            "anatomy": meta["anatomy"],
+            "task": meta["task"],
+            "preset": meta["preset"],
+            "installed_at": _now("microseconds"),
+        }
+    )
     _write_index(root, entries)
     return dest
 
@@ -575,8 +645,11 @@ def uninstall(sha_or_file: str | os.PathLike) -> Path:
     key = str(sha_or_file).strip()
     name, digest = Path(key).name, key.lower()
     entries = _read_index(root)
-    hits = [e for e in entries if e["file"] == name or e["sha256"] == digest
-            or (len(digest) >= 6 and e["sha256"].startswith(digest))]
+    hits = [
+        e
+        for e in entries
+        if e["file"] == name or e["sha256"] == digest or (len(digest) >= 6 and e["sha256"].startswith(digest))
+    ]
     if not hits:
         raise ModelError(f"no installed checkpoint matches {key!r}")
     if len({e["sha256"] for e in hits}) > 1:
@@ -591,16 +664,35 @@ def uninstall(sha_or_file: str | os.PathLike) -> Path:
 
 # -- a TagsNet in and out of the format ------------------------------------------------------------
 
-def save_model(model, path: str | os.PathLike, *, task: str, anatomy: str, intensity: Mapping[str, Any],
-               text: Mapping[str, str], organ_labels: Collection[str] = (), tumour_label: int = 2,
-               class_embeddings: torch.Tensor | None = None, provenance: Mapping[str, Any] | None = None) -> str:
+
+def save_model(
+    model,
+    path: str | os.PathLike,
+    *,
+    task: str,
+    anatomy: str,
+    intensity: Mapping[str, Any],
+    text: Mapping[str, str],
+    organ_labels: Collection[str] = (),
+    tumour_label: int = 2,
+    class_embeddings: torch.Tensor | None = None,
+    provenance: Mapping[str, Any] | None = None,
+) -> str:
     """Write a `TagsNet` with everything inference needs, so the file drops straight into Slicer or the CLI.
     `class_embeddings` (T for `text["object_word"]`) lets inference run without the CLIP weights."""
     config = model.config
     metadata = {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "preset": config.name, "config": config.to_dict(),
-        "task": task, "anatomy": anatomy, "organ_labels": list(organ_labels), "tumour_label": int(tumour_label),
-        "intensity": dict(intensity), "spacing_mm": [config.spacing_mm] * 3, "text": dict(text),
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "preset": config.name,
+        "config": config.to_dict(),
+        "task": task,
+        "anatomy": anatomy,
+        "organ_labels": list(organ_labels),
+        "tumour_label": int(tumour_label),
+        "intensity": dict(intensity),
+        "spacing_mm": [config.spacing_mm] * 3,
+        "text": dict(text),
         "provenance": dict(provenance or {}),
     }
     extra = {"text.class_embeddings": class_embeddings.detach().float().cpu()} if class_embeddings is not None else None

@@ -1,5 +1,6 @@
 """Network presets. `tags-b` is the paper's network (TAGS_SPEC.md §2-3); `tags-tiny` is the same code with
 small dimensions so that CPU tests build, train and run it in seconds."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
@@ -10,6 +11,7 @@ from ..errors import ModelError
 @dataclass(frozen=True)
 class TagsConfig:
     name: str
+    # fmt: off
     crop_size: int = 128                 # P: crop side in voxels
     spacing_mm: float = 1.0              # isotropic voxel size of the crop
     upsample: int = 4                    # crop is upsampled x4 to 512 before the 2D patch embedding
@@ -33,6 +35,7 @@ class TagsConfig:
     point_labels: bool = False           # extension: a learned +/- label embedding on point tokens
     alignment_weight: float = 0.2        # x <- (1-w) x + w a_s (paper: 0.8 / 0.2)
     logit_scale: float = 100.0
+    # fmt: on
 
     @property
     def token_grid(self) -> int:
@@ -45,10 +48,24 @@ class TagsConfig:
         return tuple(step * (s + 1) for s in range(4))
 
     def validate(self) -> "TagsConfig":
-        limits = {"crop_size": 1024, "upsample": 16, "patch_size": 64, "embed_dim": 4096, "depth": 96, "num_heads": 64,
-                  "sam_window_size": 256, "sam_img_size": 4096, "cubic_window": 64, "neck_dim": 4096,
-                  "prompt_heads": 64, "prompt_mlp_dim": 16384, "prompt_depth": 16, "prompt_global_queries": 256,
-                  "decoder_channels": 4096, "text_dim": 4096}
+        limits = {
+            "crop_size": 1024,
+            "upsample": 16,
+            "patch_size": 64,
+            "embed_dim": 4096,
+            "depth": 96,
+            "num_heads": 64,
+            "sam_window_size": 256,
+            "sam_img_size": 4096,
+            "cubic_window": 64,
+            "neck_dim": 4096,
+            "prompt_heads": 64,
+            "prompt_mlp_dim": 16384,
+            "prompt_depth": 16,
+            "prompt_global_queries": 256,
+            "decoder_channels": 4096,
+            "text_dim": 4096,
+        }
         for name, upper in limits.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= upper:
@@ -65,7 +82,9 @@ class TagsConfig:
         if self.crop_size * self.upsample % self.patch_size:
             raise ModelError(f"preset {self.name}: crop*upsample must be a multiple of the patch size")
         if grid % self.cubic_window:
-            raise ModelError(f"preset {self.name}: token grid {grid} is not a multiple of the window {self.cubic_window}")
+            raise ModelError(
+                f"preset {self.name}: token grid {grid} is not a multiple of the window {self.cubic_window}"
+            )
         if self.depth % 4:
             raise ModelError(f"preset {self.name}: depth must be a multiple of 4 (four alignment stages)")
         if (self.sam_img_size // self.patch_size) % grid:
@@ -73,7 +92,9 @@ class TagsConfig:
         if self.crop_size % 2 or (self.crop_size // 2) % grid:
             raise ModelError(f"preset {self.name}: crop/2 must be a multiple of the token grid")
         if self.text_dim != self.embed_dim:
-            raise ModelError(f"preset {self.name}: text width {self.text_dim} must equal the ViT width {self.embed_dim}")
+            raise ModelError(
+                f"preset {self.name}: text width {self.text_dim} must equal the ViT width {self.embed_dim}"
+            )
         return self
 
     def to_dict(self) -> dict:
@@ -100,10 +121,26 @@ class TagsConfig:
 TAGS_B = TagsConfig(name="tags-b")
 
 TAGS_TINY = TagsConfig(
-    name="tags-tiny", crop_size=32, spacing_mm=1.5, upsample=2, patch_size=8, embed_dim=64, depth=4, num_heads=4,
-    sam_window_size=7, sam_img_size=128, global_attn_indexes=(1, 3), cubic_window=4, neck_dim=32, prompt_heads=4,
-    prompt_mlp_dim=64, decoder_channels=16, text_dim=64, text_encoder="open_clip-random:tagseg-tiny-clip:0",
-    point_labels=True)
+    name="tags-tiny",
+    crop_size=32,
+    spacing_mm=1.5,
+    upsample=2,
+    patch_size=8,
+    embed_dim=64,
+    depth=4,
+    num_heads=4,
+    sam_window_size=7,
+    sam_img_size=128,
+    global_attn_indexes=(1, 3),
+    cubic_window=4,
+    neck_dim=32,
+    prompt_heads=4,
+    prompt_mlp_dim=64,
+    decoder_channels=16,
+    text_dim=64,
+    text_encoder="open_clip-random:tagseg-tiny-clip:0",
+    point_labels=True,
+)
 
 PRESETS: dict[str, TagsConfig] = {c.name: c for c in (TAGS_B, TAGS_TINY)}
 

@@ -12,6 +12,7 @@ Each step has a numpy/scipy form (the reference, used on CPU) and a `*_tensor` t
 arithmetic in torch on the model's device (`geometry.resample_tensor`), so a GPU run does not ship
 the crop through the CPU; `test_tags_crop_device.py` holds the two to equality.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -82,16 +83,19 @@ def floored_centre_ras(volume: Volume, points_ras, spacing_mm: float) -> np.ndar
     # crop axis a (i, j, k) against volume axis b: a signed permutation when the grids are aligned
     alignment = CROP_DIRECTIONS.T @ volume.directions_ijk
     nearest = np.round(alignment)
-    aligned = (np.allclose(alignment, nearest, atol=1e-3) and np.all(np.abs(nearest).sum(0) == 1)
-               and np.all(np.abs(nearest).sum(1) == 1))
+    aligned = (
+        np.allclose(alignment, nearest, atol=1e-3)
+        and np.all(np.abs(nearest).sum(0) == 1)
+        and np.all(np.abs(nearest).sum(1) == 1)
+    )
     if not aligned:
         mid = (pts.min(0) + pts.max(0)) / 2
         return np.floor(mid / spacing_mm) * spacing_mm
     spacing = np.asarray(volume.spacing_kji, float)
     index = np.floor((volume.ras_to_kji(pts) + 0.5) * spacing / spacing_mm)
     centre = np.floor((index.min(0) + index.max(0)) / 2)
-    sign_ijk = nearest.sum(0)                      # +1 where the crop runs along the volume axis, -1 against
-    centre -= (sign_ijk[::-1] < 0)
+    sign_ijk = nearest.sum(0)  # +1 where the crop runs along the volume axis, -1 against
+    centre -= sign_ijk[::-1] < 0
     return volume.kji_to_ras((centre + 0.5) * spacing_mm / spacing - 0.5)[0]
 
 
@@ -130,8 +134,9 @@ def mask_channel_tensor(data, mask: Volume, grid: CropGrid):
     return (sampled > 0.5).to(torch.float32)
 
 
-def crop_to_source(prob_crop: np.ndarray, grid: CropGrid, source: Volume
-                   ) -> tuple[tuple[slice, slice, slice], np.ndarray] | None:
+def crop_to_source(
+    prob_crop: np.ndarray, grid: CropGrid, source: Volume
+) -> tuple[tuple[slice, slice, slice], np.ndarray] | None:
     """A crop-grid probability map -> the block of the source grid the crop covers (linear, 0 outside
     the crop). Returns (KJI slices, float32 block), or None when the crop misses the volume."""
     block = source.grid.block_covering(grid)

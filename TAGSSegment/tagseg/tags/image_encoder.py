@@ -6,6 +6,7 @@ positions, norms, necks) and the four alignment adapters train. Parameter names 
 authors' `ImageEncoderViT_3d`, so SAM's `image_encoder.*` weights and TAGS checkpoints map onto
 them one to one. Tokens are laid out [B, H, W, D, C] throughout, as in the authors' code.
 """
+
 from __future__ import annotations
 
 import torch
@@ -87,7 +88,7 @@ def shifted_window_mask(grid: int, window: int, shift: int) -> torch.Tensor:
             for ds in bands:
                 labels[:, hs, ws, ds, :] = region
                 region += 1
-    flat = window_partition_3d(labels, window).view(-1, window ** 3)
+    flat = window_partition_3d(labels, window).view(-1, window**3)
     diff = flat.unsqueeze(1) - flat.unsqueeze(2)
     return torch.where(diff != 0, torch.tensor(-100.0), torch.tensor(0.0))
 
@@ -120,7 +121,7 @@ class Attention3d(nn.Module):
         b, h, w, d, c = x.shape
         n = h * w * d
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]                       # [B, heads, N, hd]
+        q, k, v = qkv[0], qkv[1], qkv[2]  # [B, heads, N, hd]
         rq = q.reshape(b, self.num_heads, h, w, d, -1)
         rel_h = torch.einsum("bnhwdc,hkc->bnhwdk", rq, relative_positions(h, self.rel_pos_h))
         rel_w = torch.einsum("bnhwdc,wkc->bnhwdk", rq, relative_positions(w, self.rel_pos_w))
@@ -130,7 +131,8 @@ class Attention3d(nn.Module):
         if mask is not None:
             windows = mask.shape[0]
             bias = (bias.view(b // windows, windows, self.num_heads, n, n) + mask[None, :, None]).view(
-                b, self.num_heads, n, n)
+                b, self.num_heads, n, n
+            )
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
         out = out.view(b, self.num_heads, h, w, d, -1).permute(0, 2, 3, 4, 1, 5).reshape(b, h, w, d, c)
         return self.proj(out)
@@ -170,8 +172,12 @@ class Block3d(nn.Module):
 
 
 def _neck(in_dim: int, out_dim: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv3d(in_dim, out_dim, 1, bias=False), LayerNorm3d(out_dim),
-                         nn.Conv3d(out_dim, out_dim, 3, padding=1, bias=False), LayerNorm3d(out_dim))
+    return nn.Sequential(
+        nn.Conv3d(in_dim, out_dim, 1, bias=False),
+        LayerNorm3d(out_dim),
+        nn.Conv3d(out_dim, out_dim, 3, padding=1, bias=False),
+        LayerNorm3d(out_dim),
+    )
 
 
 class ImageEncoder3d(nn.Module):
@@ -182,28 +188,33 @@ class ImageEncoder3d(nn.Module):
         super().__init__()
         self.config = config
         dim, grid = config.embed_dim, config.token_grid
-        self.patch_embed = PatchEmbed(kernel_size=(config.patch_size,) * 2, stride=(config.patch_size,) * 2,
-                                      in_chans=3, embed_dim=dim)
-        self.slice_embed = nn.Conv3d(dim, dim, kernel_size=(1, 1, config.patch_size),
-                                     stride=(1, 1, config.patch_size), groups=dim)
+        self.patch_embed = PatchEmbed(
+            kernel_size=(config.patch_size,) * 2, stride=(config.patch_size,) * 2, in_chans=3, embed_dim=dim
+        )
+        self.slice_embed = nn.Conv3d(
+            dim, dim, kernel_size=(1, 1, config.patch_size), stride=(1, 1, config.patch_size), groups=dim
+        )
         sam_grid = config.sam_img_size // config.patch_size
         self.pos_embed = nn.Parameter(torch.zeros(1, sam_grid, sam_grid, dim))
         self.depth_embed = nn.Parameter(torch.ones(1, grid, dim))
         self.pos_pool = sam_grid // grid
         self.blocks = nn.ModuleList(
-            Block3d(config,
-                    rel_pos_size=sam_grid if i in config.global_attn_indexes else config.sam_window_size,
-                    shift=config.cubic_window // 2 if i % 2 == 0 else 0)
-            for i in range(config.depth))
+            Block3d(
+                config,
+                rel_pos_size=sam_grid if i in config.global_attn_indexes else config.sam_window_size,
+                shift=config.cubic_window // 2 if i % 2 == 0 else 0,
+            )
+            for i in range(config.depth)
+        )
         self.neck_3d = nn.ModuleList(_neck(dim, config.neck_dim) for _ in range(4))
         self.alignment_adapters = nn.ModuleList(AlignmentAdapter(dim) for _ in range(4))
 
     def tokens(self, crop: torch.Tensor) -> torch.Tensor:
         """One crop [3, P, P, P] -> tokens [1, g, g, g, C] with positions added."""
         up = F.interpolate(crop[None].float(), scale_factor=self.config.upsample, mode="trilinear")
-        slices = up[0].transpose(0, 1)                                    # [D', 3, H', W']
+        slices = up[0].transpose(0, 1)  # [D', 3, H', W']
         with torch.no_grad():
-            x = self.patch_embed(slices)                                  # [D', g, g, C], SAM stays frozen
+            x = self.patch_embed(slices)  # [D', g, g, C], SAM stays frozen
         x = self.slice_embed(x.permute(3, 1, 2, 0).unsqueeze(0)).permute(0, 2, 3, 4, 1)
         pos = F.avg_pool2d(self.pos_embed.permute(0, 3, 1, 2), kernel_size=self.pos_pool)
         pos = pos.permute(0, 2, 3, 1).unsqueeze(3) + self.depth_embed[:, None, None]
@@ -235,7 +246,8 @@ class ImageEncoder3d(nn.Module):
         frozen = []
         for name, _ in self.named_parameters():
             if name.startswith(("patch_embed.", "pos_embed")) or any(
-                    part in name for part in (".attn.qkv.", ".attn.proj.", ".mlp.", ".attn.rel_pos_h",
-                                              ".attn.rel_pos_w", ".attn.lr")):
+                part in name
+                for part in (".attn.qkv.", ".attn.proj.", ".mlp.", ".attn.rel_pos_h", ".attn.rel_pos_w", ".attn.lr")
+            ):
                 frozen.append(name)
         return frozen

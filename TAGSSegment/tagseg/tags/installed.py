@@ -3,6 +3,7 @@
 it, and importing `checkpoint` (torch, safetensors) just to learn that nothing is installed cost 2-5 s of
 start-up (bench/startup.py). Installing and removing stay in `checkpoint`, which re-exports these names.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,10 +26,16 @@ def models_dir() -> Path:
 
 
 def _valid_entry(entry: Any) -> bool:
-    return (isinstance(entry, dict) and isinstance(entry.get("file"), str) and entry["file"]
-            and Path(entry["file"]).name == entry["file"] and entry["file"] not in (".", "..")
-            and isinstance(entry.get("sha256"), str) and bool(_SHA_RE.match(entry["sha256"]))
-            and isinstance(entry.get("anatomy"), str))
+    return (
+        isinstance(entry, dict)
+        and isinstance(entry.get("file"), str)
+        and entry["file"]
+        and Path(entry["file"]).name == entry["file"]
+        and entry["file"] not in (".", "..")
+        and isinstance(entry.get("sha256"), str)
+        and bool(_SHA_RE.match(entry["sha256"]))
+        and isinstance(entry.get("anatomy"), str)
+    )
 
 
 def _read_index(root: Path) -> list[dict]:
@@ -55,10 +62,13 @@ def find_installed(anatomy: str) -> Path | None:
     entry = max(matches, key=lambda match: (match[0], match[1]))[2]
     path = root / entry["file"]
     if not path.is_file():
-        raise ModelError(f"installed checkpoint {path} for {wanted} is missing; install it again or uninstall "
-                         f"{entry['sha256'][:12]}")
+        raise ModelError(
+            f"installed checkpoint {path} for {wanted} is missing; install it again or uninstall {entry['sha256'][:12]}"
+        )
     actual = sha256_file(path)
     if actual != entry["sha256"]:
-        raise ModelError(f"installed checkpoint {path} was modified or damaged (SHA-256 {actual[:12]}…, installed as "
-                         f"{entry['sha256'][:12]}…); install it again")
+        raise ModelError(
+            f"installed checkpoint {path} was modified or damaged (SHA-256 {actual[:12]}…, installed as "
+            f"{entry['sha256'][:12]}…); install it again"
+        )
     return path

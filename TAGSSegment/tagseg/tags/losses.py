@@ -4,6 +4,7 @@ Main: MONAI-style DiceCE (Dice on the tumour channel only, CE on both, 0.5 each)
 Alignment: per stage 1/2 [focal(P_s) + soft Dice(P_s[:, 1])]. The focal term applies softmax to the
 already-softmaxed P_s, a quirk of the authors' code kept on purpose (§10 #8).
 """
+
 from __future__ import annotations
 
 import torch

@@ -4,6 +4,7 @@ Each of the four feature levels gets two 3x3x3 conv + InstanceNorm + ReLU layers
 half the crop size; the four are concatenated with the half-size CT channel and mapped to two-class
 logits, then upsampled x2 to the crop. Names follow the authors' modules so their weights load.
 """
+
 from __future__ import annotations
 
 import torch
@@ -14,8 +15,14 @@ from .config import TagsConfig
 
 
 def _level(in_ch: int, ch: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv3d(in_ch, ch, 3, padding=1, bias=False), nn.InstanceNorm3d(ch), nn.ReLU(),
-                         nn.Conv3d(ch, ch, 3, padding=1, bias=False), nn.InstanceNorm3d(ch), nn.ReLU())
+    return nn.Sequential(
+        nn.Conv3d(in_ch, ch, 3, padding=1, bias=False),
+        nn.InstanceNorm3d(ch),
+        nn.ReLU(),
+        nn.Conv3d(ch, ch, 3, padding=1, bias=False),
+        nn.InstanceNorm3d(ch),
+        nn.ReLU(),
+    )
 
 
 class LevelHeads(nn.Module):
@@ -25,8 +32,13 @@ class LevelHeads(nn.Module):
 
     def forward(self, levels: list[torch.Tensor], scale: float) -> torch.Tensor:
         heads = (self.head2, self.head3, self.head4, self.head5)
-        return torch.cat([F.interpolate(h(x), scale_factor=scale, mode="trilinear", align_corners=True)
-                          for h, x in zip(heads, levels)], dim=1)
+        return torch.cat(
+            [
+                F.interpolate(h(x), scale_factor=scale, mode="trilinear", align_corners=True)
+                for h, x in zip(heads, levels)
+            ],
+            dim=1,
+        )
 
 
 class MaskDecoder(nn.Module):
@@ -37,8 +49,12 @@ class MaskDecoder(nn.Module):
         ch = config.decoder_channels
         self.stage_scale = (config.crop_size // 2) / config.token_grid
         self.mlahead = LevelHeads(config.neck_dim, ch)
-        self.cls = nn.Sequential(nn.Conv3d(4 * ch + 1, ch, 3, padding=1, bias=False), nn.InstanceNorm3d(ch),
-                                 nn.ReLU(), nn.Conv3d(ch, 2, 3, padding=1, bias=False))
+        self.cls = nn.Sequential(
+            nn.Conv3d(4 * ch + 1, ch, 3, padding=1, bias=False),
+            nn.InstanceNorm3d(ch),
+            nn.ReLU(),
+            nn.Conv3d(ch, 2, 3, padding=1, bias=False),
+        )
 
     def forward(self, levels: list[torch.Tensor], ct_dhw: torch.Tensor) -> torch.Tensor:
         small = F.interpolate(ct_dhw.permute(0, 2, 3, 1).unsqueeze(1).float(), scale_factor=0.5, mode="trilinear")

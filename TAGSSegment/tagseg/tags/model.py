@@ -4,6 +4,7 @@ and the text-vision alignment head (TAGS_SPEC.md §3).
 `encode` and `decode` are split so an interactive session encodes a crop once and re-runs only the
 prompt encoder and decoder for each new click.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,9 +23,9 @@ from .prompt_encoder import PromptEncoder
 class EncodedCrop:
     """Everything the decoder needs from one crop, so a new click skips the image encoder."""
 
-    features: list[torch.Tensor]     # F1..F4, [B, neck, g, g, g] (H, W, D)
-    aligned: list[torch.Tensor]      # a1..a4, [B, g, g, g, C]
-    ct: torch.Tensor                 # CT channel of the crop, [B, P, P, P] (D, H, W)
+    features: list[torch.Tensor]  # F1..F4, [B, neck, g, g, g] (H, W, D)
+    aligned: list[torch.Tensor]  # a1..a4, [B, g, g, g, C]
+    ct: torch.Tensor  # CT channel of the crop, [B, P, P, P] (D, H, W)
 
 
 class TagsNet(nn.Module):
@@ -81,8 +82,9 @@ class TagsNet(nn.Module):
         features, aligned = self.image_encoder(crops)
         return EncodedCrop(features=features, aligned=aligned, ct=crops[:, 0])
 
-    def decode(self, encoded: EncodedCrop, points_dwh: torch.Tensor,
-               labels: torch.Tensor | None = None) -> torch.Tensor:
+    def decode(
+        self, encoded: EncodedCrop, points_dwh: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Two-class logits [B, 2, P, P, P] (D-H-W) for crop-voxel points [B, N, 3] in (d, w, h) order.
         `labels` [B, N] (1 include, 0 exclude) is used only by checkpoints with a label embedding."""
         embedding = None
@@ -94,8 +96,9 @@ class TagsNet(nn.Module):
         levels[3] = self.prompt_encoders[3](levels[3], points_dwh, embedding)
         return self.mask_decoder(levels, encoded.ct)
 
-    def forward(self, crops: torch.Tensor, points_dwh: torch.Tensor,
-                labels: torch.Tensor | None = None) -> tuple[torch.Tensor, EncodedCrop]:
+    def forward(
+        self, crops: torch.Tensor, points_dwh: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, EncodedCrop]:
         encoded = self.encode(crops)
         return self.decode(encoded, points_dwh, labels), encoded
 
@@ -107,7 +110,7 @@ class TagsNet(nn.Module):
         maps = []
         for a in encoded.aligned:
             b, g = a.shape[0], a.shape[1]
-            tokens = a.permute(0, 3, 1, 2, 4).reshape(b, -1, a.shape[-1])          # D-H-W token order
+            tokens = a.permute(0, 3, 1, 2, 4).reshape(b, -1, a.shape[-1])  # D-H-W token order
             tokens = tokens / tokens.norm(dim=-1, keepdim=True)
             logits = (self.config.logit_scale * tokens @ t).transpose(1, 2).reshape(b, 2, g, g, g)
             logits = F.interpolate(logits, size=(size,) * 3, mode="trilinear", align_corners=True)

@@ -8,6 +8,7 @@ computed here; the Gaussian matrix is kept as a buffer so checkpoints load stric
 Extension (switchable, `TagsConfig.point_labels`): a learned embedding per point label
 (0 = exclude, 1 = include) added to the point tokens. Off = the paper, where points carry no label.
 """
+
 from __future__ import annotations
 
 import torch
@@ -38,7 +39,7 @@ class QueryBlock(nn.Module):
     def forward(self, image: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         q = torch.cat([self.global_query.expand(points.shape[0], -1, -1), points], dim=1)
         q = self.norm2(q + self.norm1(self.self_attn(q=q, k=q, v=q)))
-        points, queries = q[:, self.queries:], q[:, :self.queries]
+        points, queries = q[:, self.queries :], q[:, : self.queries]
         queries = self.norm3(queries + self.mlp(queries))
         image = self.norm4(image + self.cross_attn_image_to_token(q=image, k=queries, v=queries))
         return image, points
@@ -49,7 +50,8 @@ class QueryTransformer(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(
             QueryBlock(config.neck_dim, config.prompt_heads, config.prompt_mlp_dim, config.prompt_global_queries)
-            for _ in range(config.prompt_depth))
+            for _ in range(config.prompt_depth)
+        )
 
     def forward(self, image: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         for layer in self.layers:
@@ -73,8 +75,9 @@ class PromptEncoder(nn.Module):
         sampled = nn.functional.grid_sample(features, grid[:, None, None], align_corners=False)
         return sampled[:, :, 0, 0].transpose(1, 2)
 
-    def forward(self, features: torch.Tensor, points_dwh: torch.Tensor,
-                label_embedding: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, features: torch.Tensor, points_dwh: torch.Tensor, label_embedding: torch.Tensor | None = None
+    ) -> torch.Tensor:
         tokens = self.sample_points(features, points_dwh)
         if label_embedding is not None:
             tokens = tokens + label_embedding

@@ -1,5 +1,6 @@
 """Pieces of the published training recipe shared by `tagseg train` and the tests (TAGS_SPEC.md §5):
 click sampling, the three AdamW optimisers with their linear schedule, and one optimisation step."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,9 +15,12 @@ POSITIVE_POINTS = 10
 RANDOM_POINTS = 20
 
 
-def sample_training_points(label: np.ndarray | torch.Tensor, rng: np.random.Generator,
-                           positives: int = POSITIVE_POINTS, randoms: int = RANDOM_POINTS
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_training_points(
+    label: np.ndarray | torch.Tensor,
+    rng: np.random.Generator,
+    positives: int = POSITIVE_POINTS,
+    randoms: int = RANDOM_POINTS,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Points (d, w, h) [N, 3] and their labels [N]: `positives` drawn from the tumour with replacement,
     then `randoms` drawn from the whole crop (they may land on tumour, as published). Labels are the
     ground truth at each point; only checkpoints with a label embedding use them."""
@@ -52,8 +56,10 @@ class Optimisers:
             sched.step()
 
     def state_dict(self) -> dict:
-        return {k: {"optimiser": o.state_dict(), "scheduler": self.schedulers[k].state_dict()}
-                for k, o in self.optimisers.items()}
+        return {
+            k: {"optimiser": o.state_dict(), "scheduler": self.schedulers[k].state_dict()}
+            for k, o in self.optimisers.items()
+        }
 
     def load_state_dict(self, state: dict) -> None:
         for k, o in self.optimisers.items():
@@ -61,26 +67,38 @@ class Optimisers:
             self.schedulers[k].load_state_dict(state[k]["scheduler"])
 
 
-def make_optimisers(model: TagsNet, lr: float = 1e-4, weight_decay: float = 1e-5,
-                    schedule_iters: int = 500) -> Optimisers:
+def make_optimisers(
+    model: TagsNet, lr: float = 1e-4, weight_decay: float = 1e-5, schedule_iters: int = 500
+) -> Optimisers:
     """Three AdamW (encoder, prompt encoders, decoder) with LinearLR 1.0 -> 0.01 over `schedule_iters` epochs."""
     optimisers, schedulers = {}, {}
     for name, params in model.parameter_groups().items():
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
         optimisers[name] = opt
-        schedulers[name] = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1.0, end_factor=0.01,
-                                                             total_iters=schedule_iters)
+        schedulers[name] = torch.optim.lr_scheduler.LinearLR(
+            opt, start_factor=1.0, end_factor=0.01, total_iters=schedule_iters
+        )
     return Optimisers(optimisers, schedulers)
 
 
-def losses_for(logits: torch.Tensor, maps: list[torch.Tensor], target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def losses_for(
+    logits: torch.Tensor, maps: list[torch.Tensor], target: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(DiceCE on the mask, alignment loss) in fp32."""
     return dice_ce_loss(logits.float(), target), alignment_loss([m.float() for m in maps], target)
 
 
-def training_step(model: TagsNet, optimisers: Optimisers, crop: torch.Tensor, label: torch.Tensor,
-                  points_dwh: torch.Tensor, point_labels: torch.Tensor, class_embeddings: torch.Tensor,
-                  autocast_dtype: torch.dtype | None = None, forward=None) -> dict[str, float]:
+def training_step(
+    model: TagsNet,
+    optimisers: Optimisers,
+    crop: torch.Tensor,
+    label: torch.Tensor,
+    points_dwh: torch.Tensor,
+    point_labels: torch.Tensor,
+    class_embeddings: torch.Tensor,
+    autocast_dtype: torch.dtype | None = None,
+    forward=None,
+) -> dict[str, float]:
     """One step on one crop [3, P, P, P] with label [P, P, P]: DiceCE + alignment loss, gradient clipping
     at 1.0 on the encoder, the decoder and the applied prompt encoder, then the three optimisers.
     `forward` is the module to call (a DistributedDataParallel wrapper of `model` under torchrun)."""

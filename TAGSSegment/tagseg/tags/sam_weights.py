@@ -5,6 +5,7 @@ norms, attention projections, in-plane relative positions, MLPs); SAM's 2D neck 
 TAGS and is skipped. After loading, the depth relative positions start as the mean of the
 in-plane ones (TAGS_SPEC.md §3.2.1).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,7 +24,7 @@ def sam_image_encoder_tensors(state: dict) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not state:
         raise ModelError("not a SAM checkpoint: expected a state dict of tensors")
     if any(k.startswith(SAM_PREFIX) for k in state):
-        state = {k[len(SAM_PREFIX):]: v for k, v in state.items() if k.startswith(SAM_PREFIX)}
+        state = {k[len(SAM_PREFIX) :]: v for k, v in state.items() if k.startswith(SAM_PREFIX)}
     tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor) and not k.startswith("neck.")}
     if "patch_embed.proj.weight" not in tensors:
         raise ModelError("not a SAM checkpoint: it has no image_encoder.patch_embed.proj.weight")
@@ -38,15 +39,22 @@ def load_sam_weights(model: TagsNet, source: str | Path | dict) -> dict[str, lis
     own = model.image_encoder.state_dict()
     for name, value in tensors.items():
         if name not in own:
-            raise ModelError(f"SAM tensor image_encoder.{name} has no place in preset {model.config.name} "
-                             "(is this a SAM ViT-B checkpoint?)")
+            raise ModelError(
+                f"SAM tensor image_encoder.{name} has no place in preset {model.config.name} "
+                "(is this a SAM ViT-B checkpoint?)"
+            )
         if tuple(own[name].shape) != tuple(value.shape):
-            raise ModelError(f"SAM tensor image_encoder.{name} has shape {tuple(value.shape)} but preset "
-                             f"{model.config.name} needs {tuple(own[name].shape)} (is this a SAM ViT-B checkpoint?)")
-    missing_frozen = sorted(set(model.image_encoder.frozen_parameter_names()) - set(tensors) - {
-        n for n in own if n.endswith(".attn.lr")})
+            raise ModelError(
+                f"SAM tensor image_encoder.{name} has shape {tuple(value.shape)} but preset "
+                f"{model.config.name} needs {tuple(own[name].shape)} (is this a SAM ViT-B checkpoint?)"
+            )
+    missing_frozen = sorted(
+        set(model.image_encoder.frozen_parameter_names()) - set(tensors) - {n for n in own if n.endswith(".attn.lr")}
+    )
     if missing_frozen:
-        raise ModelError(f"SAM checkpoint lacks {missing_frozen[0]} (and {len(missing_frozen) - 1} more frozen tensors)")
+        raise ModelError(
+            f"SAM checkpoint lacks {missing_frozen[0]} (and {len(missing_frozen) - 1} more frozen tensors)"
+        )
     with torch.no_grad():
         for name, value in tensors.items():
             own[name].copy_(value.to(own[name].dtype))

@@ -4,6 +4,7 @@ A TAGS checkpoint is only valid for the data it was trained on: the CT is clippe
 and z-scored with its foreground mean/std, and the 3rd input channel is that dataset's organ mask. Keeping the
 numbers in one table lets the converter stamp them into a checkpoint's metadata and lets inference check them.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ OBJECT_WORD_MODES = ("dataset-key", "organ")
 class Task:
     """One dataset the authors trained on, with the preprocessing a checkpoint trained on it needs."""
 
+    # fmt: off
     key: str                          # the authors' `--data` value
     dataset: str                      # human-readable dataset name
     anatomy: str                      # tagseg anatomy key (tagseg.text.ANATOMY_WORDS / ORGAN_LABELS)
@@ -29,6 +31,7 @@ class Task:
     split: tuple[int, int, int]       # fold-0 case counts (train, val, test)
     tumour_label: int = 2             # label value of the tumour in the dataset's ground truth
     source: str = "TAGS"              # "TAGS", or "3DSAM-adapter only" when TAGS never trained on it
+    # fmt: on
 
     @property
     def dataset_key(self) -> str:
@@ -54,24 +57,65 @@ class Task:
 
     def intensity(self) -> dict:
         """The checkpoint-metadata form of the intensity normalisation."""
-        return {"window": [float(self.window[0]), float(self.window[1])], "mean": float(self.mean),
-                "std": float(self.std)}
+        return {
+            "window": [float(self.window[0]), float(self.window[1])],
+            "mean": float(self.mean),
+            "std": float(self.std),
+        }
 
 
 TASKS: dict[str, Task] = {
-    "kits": Task(key="kits", dataset="KiTS21", anatomy="kidney", window=(-54.0, 247.0), mean=59.53867,
-                 std=55.457336, organ_file="kidney.nii.gz", spatial_index=(0, 1, 2), organ_word="kidney",
-                 split=(209, 30, 61)),
-    "lits": Task(key="lits", dataset="LiTS17", anatomy="liver", window=(-48.0, 163.0), mean=60.057533,
-                 std=40.198017, organ_file="liver.nii.gz", spatial_index=(2, 1, 0), organ_word="liver",
-                 split=(83, 11, 24)),
-    "pancreas": Task(key="pancreas", dataset="MSD Task07 Pancreas", anatomy="pancreas", window=(-39.0, 204.0),
-                     mean=68.45214, std=63.422806, organ_file="pancreas.nii.gz", spatial_index=(2, 1, 0),
-                     organ_word="pancreas", split=(196, 28, 57)),
+    "kits": Task(
+        key="kits",
+        dataset="KiTS21",
+        anatomy="kidney",
+        window=(-54.0, 247.0),
+        mean=59.53867,
+        std=55.457336,
+        organ_file="kidney.nii.gz",
+        spatial_index=(0, 1, 2),
+        organ_word="kidney",
+        split=(209, 30, 61),
+    ),
+    "lits": Task(
+        key="lits",
+        dataset="LiTS17",
+        anatomy="liver",
+        window=(-48.0, 163.0),
+        mean=60.057533,
+        std=40.198017,
+        organ_file="liver.nii.gz",
+        spatial_index=(2, 1, 0),
+        organ_word="liver",
+        split=(83, 11, 24),
+    ),
+    "pancreas": Task(
+        key="pancreas",
+        dataset="MSD Task07 Pancreas",
+        anatomy="pancreas",
+        window=(-39.0, 204.0),
+        mean=68.45214,
+        std=63.422806,
+        organ_file="pancreas.nii.gz",
+        spatial_index=(2, 1, 0),
+        organ_word="pancreas",
+        split=(196, 28, 57),
+    ),
     # 3DSAM-adapter's fourth dataset; TAGS never trained on it. MSD Colon labels the cancer 1, not 2.
-    "colon": Task(key="colon", dataset="MSD Task10 Colon", anatomy="colon", window=(-57.0, 175.0), mean=65.175035,
-                  std=32.651197, organ_file="colon.nii.gz", spatial_index=(2, 1, 0), organ_word="colon",
-                  split=(89, 11, 26), tumour_label=1, source="3DSAM-adapter only"),
+    "colon": Task(
+        key="colon",
+        dataset="MSD Task10 Colon",
+        anatomy="colon",
+        window=(-57.0, 175.0),
+        mean=65.175035,
+        std=32.651197,
+        organ_file="colon.nii.gz",
+        spatial_index=(2, 1, 0),
+        organ_word="colon",
+        split=(89, 11, 26),
+        tumour_label=1,
+        source="3DSAM-adapter only",
+    ),
 }
 
 

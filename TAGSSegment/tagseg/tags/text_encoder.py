@@ -4,6 +4,7 @@ T is constant for a given (encoder, object word), so it is computed once and cac
 `cache_dir()/text_embeddings`. Encoders are built lazily: a cache hit never loads a text model. Nothing here downloads
 anything unless the caller passes allow_download=True and the environment is not marked offline.
 """
+
 from __future__ import annotations
 
 import errno
@@ -26,29 +27,58 @@ from ..paths import cache_dir, sha256_file
 # --- prompt ensemble (§3.4) -------------------------------------------------------------------------------------------
 
 NORMAL_STATES: tuple[str, ...] = (
-    "{}", "flawless {}", "perfect {}", "healthy {}",
-    "{} without flaw", "{} without illness", "{} without lesion", "{} without tumor",
+    "{}",
+    "flawless {}",
+    "perfect {}",
+    "healthy {}",
+    "{} without flaw",
+    "{} without illness",
+    "{} without lesion",
+    "{} without tumor",
 )
 TUMOUR_STATES: tuple[str, ...] = (
-    "diseased {}", "anomalous {}", "{} with flaw", "{} with illness", "{} with lesion", "{} with tumor",
+    "diseased {}",
+    "anomalous {}",
+    "{} with flaw",
+    "{} with illness",
+    "{} with lesion",
+    "{} with tumor",
 )
 TEMPLATES: tuple[str, ...] = (
-    "this is one {} in the scene.", "this is a {} in the scene.", "this is the {} in the scene.",
-    "there is a {} in the scene.", "there is the {} in the scene.",
-    "a 3D photo of one {}.", "a 3D photo of a {}.", "a 3D photo of the {}.",
-    "a 3D photo of a large {}.", "a 3D photo of the large {}.",
-    "a 3D photo of a small {}.", "a 3D photo of the small {}.",
-    "a 3D photo of a rotated {}.", "a 3D photo of the rotated {}.",
-    "a flipped 3D photo of a {}.", "a flipped 3D photo of the {}.",
-    "a bright 3D photo of a {}.", "a bright 3D photo of the {}.",
-    "a dark 3D photo of a {}.", "a dark 3D photo of the {}.",
-    "a good 3D photo of a {}.", "a good 3D photo of the {}.",
-    "a bad 3D photo of a {}.", "a bad 3D photo of the {}.",
-    "a corrupted 3D photo of a {}.", "a corrupted 3D photo of the {}.",
-    "a blurry 3D photo of a {}.", "a blurry 3D photo of the {}.",
-    "a low resolution 3D photo of a {}.", "a low resolution 3D photo of the {}.",
-    "a close-up 3D photo of a {}.", "a close-up 3D photo of the {}.",
-    "a cropped 3D photo of a {}.", "a cropped 3D photo of the {}.",
+    "this is one {} in the scene.",
+    "this is a {} in the scene.",
+    "this is the {} in the scene.",
+    "there is a {} in the scene.",
+    "there is the {} in the scene.",
+    "a 3D photo of one {}.",
+    "a 3D photo of a {}.",
+    "a 3D photo of the {}.",
+    "a 3D photo of a large {}.",
+    "a 3D photo of the large {}.",
+    "a 3D photo of a small {}.",
+    "a 3D photo of the small {}.",
+    "a 3D photo of a rotated {}.",
+    "a 3D photo of the rotated {}.",
+    "a flipped 3D photo of a {}.",
+    "a flipped 3D photo of the {}.",
+    "a bright 3D photo of a {}.",
+    "a bright 3D photo of the {}.",
+    "a dark 3D photo of a {}.",
+    "a dark 3D photo of the {}.",
+    "a good 3D photo of a {}.",
+    "a good 3D photo of the {}.",
+    "a bad 3D photo of a {}.",
+    "a bad 3D photo of the {}.",
+    "a corrupted 3D photo of a {}.",
+    "a corrupted 3D photo of the {}.",
+    "a blurry 3D photo of a {}.",
+    "a blurry 3D photo of the {}.",
+    "a low resolution 3D photo of a {}.",
+    "a low resolution 3D photo of the {}.",
+    "a close-up 3D photo of a {}.",
+    "a close-up 3D photo of the {}.",
+    "a cropped 3D photo of a {}.",
+    "a cropped 3D photo of the {}.",
 )
 # Part of every cache key: change it whenever the sentences or the ensembling change.
 ENSEMBLE_VERSION = "tags-3.4-v1"
@@ -92,6 +122,7 @@ def object_word(anatomy: str | None, mode: str = "anatomy", task: str | None = N
 
 # --- encoders ---------------------------------------------------------------------------------------------------------
 
+
 @runtime_checkable
 class TextEncoder(Protocol):
     """What class_embeddings needs: a stable id (cache key, recorded in checkpoints), a width, and encode()."""
@@ -117,6 +148,7 @@ _file_hashes: dict[tuple[str, int, int], str] = {}
 def _open_clip():
     """Import open_clip on demand (it takes seconds) and make sure the tiny config is registered."""
     import open_clip
+
     if open_clip.get_model_config(TINY_MODEL_NAME) is None:
         open_clip.add_model_config(TINY_CONFIG_PATH)
     return open_clip
@@ -184,8 +216,16 @@ class OpenClipTextEncoder:
     The network is built on the first encode(), so a cached T never loads it.
     """
 
-    def __init__(self, model_name: str, pretrained: str | os.PathLike | None = None, *, seed: int = 0,
-                 allow_download: bool = False, device: str | torch.device = "cpu", batch_size: int = 128):
+    def __init__(
+        self,
+        model_name: str,
+        pretrained: str | os.PathLike | None = None,
+        *,
+        seed: int = 0,
+        allow_download: bool = False,
+        device: str | torch.device = "cpu",
+        batch_size: int = 128,
+    ):
         self.model_name = str(model_name).strip().replace("/", "-")
         cfg = _model_config(self.model_name)
         self.dim = int(cfg["embed_dim"])
@@ -215,19 +255,27 @@ class OpenClipTextEncoder:
         self._file = path
         self._quick_gelu = _is_torchscript(path)  # OpenAI's archives were trained with QuickGELU
         sha = _file_sha256(path)
-        catalogued = [(m, t) for (m, t), n in CATALOGUE_TAGS.items()
-                      if m == self.model_name and weights.CATALOGUE[n].sha256 == sha]
+        catalogued = [
+            (m, t)
+            for (m, t), n in CATALOGUE_TAGS.items()
+            if m == self.model_name and weights.CATALOGUE[n].sha256 == sha
+        ]
         # the same bytes give the same embeddings however they were obtained, so they share the tag's id
-        self.id = (f"open_clip:{catalogued[0][0]}:{catalogued[0][1]}" if catalogued
-                   else f"open_clip-file:{self.model_name}:sha256={sha}")
+        self.id = (
+            f"open_clip:{catalogued[0][0]}:{catalogued[0][1]}"
+            if catalogued
+            else f"open_clip-file:{self.model_name}:sha256={sha}"
+        )
 
     def _use_tag(self, tag: str, allow_download: bool) -> None:
         from open_clip.pretrained import get_pretrained_cfg, list_pretrained_tags_by_model
+
         tag_cfg = get_pretrained_cfg(self.model_name, tag)
         if not tag_cfg:
             known = ", ".join(list_pretrained_tags_by_model(self.model_name)) or "none"
-            raise ModelError(f"{tag!r} is neither a file nor an open_clip pretrained tag of {self.model_name} "
-                             f"(tags: {known})")
+            raise ModelError(
+                f"{tag!r} is neither a file nor an open_clip pretrained tag of {self.model_name} (tags: {known})"
+            )
         self.id = f"open_clip:{self.model_name}:{tag}"
         self._quick_gelu = bool(tag_cfg.get("quick_gelu", False))
         entry_name = CATALOGUE_TAGS.get((self.model_name, tag))
@@ -240,10 +288,14 @@ class OpenClipTextEncoder:
             why = "offline (HF_HUB_OFFLINE/TAGSEG_OFFLINE is set)" if weights.offline_mode() else "downloads are off"
             if entry_name is not None:
                 item = weights.entry(entry_name)
-                raise ModelError(f"CLIP weights for {self.id} are missing and {why}: run `tagseg weights download "
-                                 f"{entry_name}` or place {item.file} in {weights.weights_dir()} ({item.url})")
-            raise ModelError(f"open_clip weights {self.model_name}/{tag} need a download and {why}; use "
-                             f"open_clip-file:{self.model_name}:<path> with a local checkpoint instead")
+                raise ModelError(
+                    f"CLIP weights for {self.id} are missing and {why}: run `tagseg weights download "
+                    f"{entry_name}` or place {item.file} in {weights.weights_dir()} ({item.url})"
+                )
+            raise ModelError(
+                f"open_clip weights {self.model_name}/{tag} need a download and {why}; use "
+                f"open_clip-file:{self.model_name}:<path> with a local checkpoint instead"
+            )
         if entry_name is not None:
             self._file = weights.download(entry_name)  # verified, lands in the weights folder
         else:
@@ -257,8 +309,12 @@ class OpenClipTextEncoder:
             with torch.random.fork_rng(devices=[]), _quiet_open_clip():
                 torch.manual_seed(self.seed)
                 if self._tag is not None:
-                    model = open_clip.create_model(self.model_name, pretrained=self._tag,
-                                                   cache_dir=str(weights.weights_dir() / "open_clip"), **kwargs)
+                    model = open_clip.create_model(
+                        self.model_name,
+                        pretrained=self._tag,
+                        cache_dir=str(weights.weights_dir() / "open_clip"),
+                        **kwargs,
+                    )
                 elif self._file is not None and not _is_torchscript(self._file):
                     model = open_clip.create_model(self.model_name, pretrained=str(self._file), **kwargs)
                 else:
@@ -269,7 +325,8 @@ class OpenClipTextEncoder:
                 for key in list(state):
                     # OpenAI's scalar metadata, and non-persistent buffers (attn_mask) that scripting serialises
                     if key in ("input_resolution", "context_length", "vocab_size") or (
-                            key not in own and key in buffers):
+                        key not in own and key in buffers
+                    ):
                         state.pop(key)
                 model.load_state_dict(state, strict=True)
         except ModelError:
@@ -290,7 +347,7 @@ class OpenClipTextEncoder:
         chunks = []
         with torch.no_grad():
             for start in range(0, len(sentences), self.batch_size):
-                tokens = self._tokenizer(list(sentences[start:start + self.batch_size])).to(self.device)
+                tokens = self._tokenizer(list(sentences[start : start + self.batch_size])).to(self.device)
                 if self.device.type == "cuda":
                     with torch.autocast("cuda"):
                         features = self._model.encode_text(tokens)
@@ -304,8 +361,13 @@ class OpenClipTextEncoder:
 
 
 def _looks_like_path(value: str) -> bool:
-    return ("/" in value or "\\" in value or value.startswith("~")
-            or value.lower().endswith((".pt", ".pth", ".bin", ".safetensors", ".npz")) or os.path.isfile(value))
+    return (
+        "/" in value
+        or "\\" in value
+        or value.startswith("~")
+        or value.lower().endswith((".pt", ".pth", ".bin", ".safetensors", ".npz"))
+        or os.path.isfile(value)
+    )
 
 
 def make_text_encoder(spec: str, allow_download: bool = False, *, device: str | torch.device = "cpu") -> TextEncoder:
@@ -316,8 +378,10 @@ def make_text_encoder(spec: str, allow_download: bool = False, *, device: str | 
     kind, model_name, arg = (p.strip() for p in parts)
     if kind == "open_clip":
         if _looks_like_path(arg):
-            raise ModelError(f"bad text encoder spec {spec!r}: open_clip: takes a pretrained tag; "
-                             f"use open_clip-file:{model_name}:{arg} for a file")
+            raise ModelError(
+                f"bad text encoder spec {spec!r}: open_clip: takes a pretrained tag; "
+                f"use open_clip-file:{model_name}:{arg} for a file"
+            )
         return OpenClipTextEncoder(model_name, arg, allow_download=allow_download, device=device)
     if kind == "open_clip-file":
         return OpenClipTextEncoder(model_name, Path(arg), device=device)
@@ -332,6 +396,7 @@ def make_text_encoder(spec: str, allow_download: bool = False, *, device: str | 
 
 # --- class embeddings T and their cache -------------------------------------------------------------------------------
 
+
 def _ensemble(features: torch.Tensor) -> torch.Tensor:
     """Normalise each sentence, average, normalise again (§3.4)."""
     return F.normalize(F.normalize(features.float(), dim=-1).mean(dim=0), dim=0)
@@ -343,8 +408,12 @@ def embeddings_cache_path(encoder: TextEncoder, word: str) -> Path:
 
 
 def _valid(t: torch.Tensor, dim: int) -> bool:
-    return (t.dtype == torch.float32 and tuple(t.shape) == (dim, 2) and bool(torch.isfinite(t).all())
-            and bool(torch.allclose(t.norm(dim=0), torch.ones(2), atol=1e-3)))
+    return (
+        t.dtype == torch.float32
+        and tuple(t.shape) == (dim, 2)
+        and bool(torch.isfinite(t).all())
+        and bool(torch.allclose(t.norm(dim=0), torch.ones(2), atol=1e-3))
+    )
 
 
 def _read_cache(path: Path, encoder: TextEncoder, word: str) -> torch.Tensor | None:
@@ -353,13 +422,18 @@ def _read_cache(path: Path, encoder: TextEncoder, word: str) -> torch.Tensor | N
         return None
     try:
         from safetensors import safe_open
+
         with safe_open(str(path), framework="pt") as handle:
             meta = handle.metadata() or {}
             t = handle.get_tensor("T")
     except Exception:  # any corruption means "recompute"
         return None
-    if (meta.get("encoder_id") != encoder.id or meta.get("object_word") != word
-            or meta.get("ensemble") != ENSEMBLE_VERSION or not _valid(t, int(encoder.dim))):
+    if (
+        meta.get("encoder_id") != encoder.id
+        or meta.get("object_word") != word
+        or meta.get("ensemble") != ENSEMBLE_VERSION
+        or not _valid(t, int(encoder.dim))
+    ):
         return None
     return t.clone()
 
@@ -369,16 +443,19 @@ def _write_cache(path: Path, t: torch.Tensor, encoder: TextEncoder, word: str) -
     from safetensors.torch import save
 
     from ..fs import write_atomic
-    data = save({"T": t.contiguous()},
-                metadata={"encoder_id": encoder.id, "object_word": word, "ensemble": ENSEMBLE_VERSION})
+
+    data = save(
+        {"T": t.contiguous()}, metadata={"encoder_id": encoder.id, "object_word": word, "ensemble": ENSEMBLE_VERSION}
+    )
 
     def verify(tmp: Path) -> None:
         if _read_cache(tmp, encoder, word) is None:
             raise OSError(errno.EIO, "the cached embeddings read back differ from what was written")
 
     try:
-        write_atomic(path, lambda tmp: tmp.write_bytes(data), verify, suffix=".safetensors",
-                     what="the text-embedding cache")
+        write_atomic(
+            path, lambda tmp: tmp.write_bytes(data), verify, suffix=".safetensors", what="the text-embedding cache"
+        )
     except (OSError, InputError) as exc:
         warnings.warn(f"could not cache text embeddings at {path}: {exc}", RuntimeWarning, stacklevel=3)
 
@@ -396,7 +473,7 @@ def class_embeddings(encoder: TextEncoder, object_word: str, use_cache: bool = T
     expected = (len(normal) + len(tumour), int(encoder.dim))
     if tuple(features.shape) != expected:
         raise ModelError(f"text encoder {encoder.id} returned shape {tuple(features.shape)}, expected {expected}")
-    t = torch.stack([_ensemble(features[:len(normal)]), _ensemble(features[len(normal):])], dim=1)
+    t = torch.stack([_ensemble(features[: len(normal)]), _ensemble(features[len(normal) :])], dim=1)
     t = t.detach().to("cpu", torch.float32).contiguous()
     if not _valid(t, int(encoder.dim)):
         raise ModelError(f"text encoder {encoder.id} produced non-finite or zero embeddings for {word!r}")
