@@ -14,9 +14,8 @@ import os
 import sys
 
 import qt
-import vtk
-
 import slicer
+import vtk
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,

@@ -82,7 +82,7 @@ class GrowFromSeeds:
         shell_lo = np.clip(np.floor(lo + 1e-6).astype(int), 1, shape - 2)
         shell_hi = np.clip(np.ceil(hi - 1e-6).astype(int), 1, shape - 2)
         region_lo, region_hi = shell_lo - 1, shell_hi + 1
-        region = tuple(slice(int(a), int(b) + 1) for a, b in zip(region_lo, region_hi))
+        region = tuple(slice(int(a), int(b) + 1) for a, b in zip(region_lo, region_hi, strict=False))
         seeds = np.zeros([s.stop - s.start for s in region], dtype=np.uint8)
         a, b = shell_lo - region_lo, shell_hi - region_lo
         inner = seeds[a[0] : b[0] + 1, a[1] : b[1] + 1, a[2] : b[2] + 1]

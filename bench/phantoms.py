@@ -61,7 +61,11 @@ def balanced_half() -> list[tuple[int, str, str, str]]:
     balanced (10 or 11 cells each way); which cells flip is a default_rng(0) permutation."""
     cells = [(r, m) for r in RADII_MM for m in MODALITIES]
     flips = np.random.default_rng(0).permutation(np.arange(len(cells)) % 2)
-    return [(r, EDGES[(flip + c) % 2], m, s) for (r, m), flip in zip(cells, flips) for c, s in enumerate(SLICES)]
+    return [
+        (r, EDGES[(flip + c) % 2], m, s)
+        for (r, m), flip in zip(cells, flips, strict=False)
+        for c, s in enumerate(SLICES)
+    ]
 
 
 def one_per_cell() -> list[tuple[int, str, str, str]]:

@@ -33,7 +33,7 @@ def plot(
     fig, axes = plt.subplots(nrows, ncols, figsize=(7.5 * ncols, 3.6 * nrows), squeeze=False)
     flat = axes.ravel()
     width = 0.8 / max(len(methods), 1)
-    for ax, protocol in zip(flat, protocols):
+    for ax, protocol in zip(flat, protocols, strict=False):
         for m, method in enumerate(methods):
             xs = [c + (m - (len(methods) - 1) / 2) * width for c in range(len(cases))]
             ys = [dice.get((method, protocol, case), math.nan) for case in cases]

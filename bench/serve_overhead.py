@@ -99,7 +99,7 @@ def main() -> int:
     finally:
         proc.terminate()
         proc.wait(30)
-    overhead = [r - l for r, l in zip(remote_s, local_s)]
+    overhead = [r - loc for r, loc in zip(remote_s, local_s, strict=False)]
     print(
         json.dumps(
             {
@@ -110,7 +110,7 @@ def main() -> int:
                 "remote_click_s": round(statistics.median(remote_s), 4),
                 "session_click_s": round(statistics.median(local_s), 4),
                 "overhead_s": round(statistics.median(overhead), 4),
-                "transport_s": round(statistics.median(r - s for r, s in zip(remote_s, server_s)), 4),
+                "transport_s": round(statistics.median(r - s for r, s in zip(remote_s, server_s, strict=False)), 4),
                 "bit_identical": identical,
                 "target_overhead_s": 0.03,
             }

@@ -20,7 +20,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serve_overhead import SOURCE, slab, start_server  # noqa: E402,F401 (SOURCE puts tagseg on sys.path)
-
 from tagseg.client import RemoteSession  # noqa: E402
 from tagseg.errors import TagsegError  # noqa: E402
 from tagseg.synth import make_phantom  # noqa: E402

@@ -68,7 +68,7 @@ def in_process(volume, clicks, model: str, device: str) -> dict:
     out = {"masks": []}
     session = Session(volume, model=model, device=device)
     try:
-        for index, click in enumerate(clicks):
+        for click in clicks:
             start = time.perf_counter()
             session.add_point(click, positive=True)
             result = session.predict()
@@ -103,18 +103,18 @@ def slicer_path(volume, clicks, model: str, device: str, idle_us: int, timeout: 
             delivered: list = []
 
             def deliver(future) -> None:  # what the effect's timer does once the future is done
-                if delivered or not future.done():
+                if delivered or not future.done():  # noqa: B023 (runs within this iteration)
                     return
                 began = time.perf_counter()
                 mask = future.result()
                 L.write_mask(editor, segmentation, segment_id, L.oriented_labelmap(mask, node, segmentation))
                 out["write_s"] = max(out["write_s"], time.perf_counter() - began)
-                delivered.append(mask)
+                delivered.append(mask)  # noqa: B023 (runs within this iteration)
 
             start = time.perf_counter()
             future = logic.predict_async(node, clicks[: index + 1], [], [], "")
             out["predict_async_s"] = max(out["predict_async_s"], time.perf_counter() - start)
-            loop.run_until(lambda: bool(delivered), [logic.poll, lambda: deliver(future)], timeout)
+            loop.run_until(lambda: bool(delivered), [logic.poll, lambda: deliver(future)], timeout)  # noqa: B023 (runs within this iteration)
             seconds = time.perf_counter() - start
             out["seconds"] = out.get("seconds", []) + [seconds]
             out["masks"].append(delivered[0])
@@ -152,8 +152,8 @@ def main() -> int:
         print(json.dumps({"bench": "slicer_path", "skipped": f"case folder not found: {folder}"}))
         return 0
     try:
-        import slicer  # noqa: F401
         import fastapi  # noqa: F401
+        import slicer  # noqa: F401
     except ImportError as exc:
         print(json.dumps({"bench": "slicer_path", "skipped": f"needs slicer-core, fastapi and uvicorn ({exc})"}))
         return 0
@@ -184,7 +184,7 @@ def main() -> int:
         "write_s": round(path["write_s"], 4),
         "predict_async_s": round(path["predict_async_s"], 4),
         "engine_ready_s": round(path["engine_ready_s"], 2),
-        "identical_masks": all(np.array_equal(a, b) for a, b in zip(path["masks"], reference["masks"])),
+        "identical_masks": all(np.array_equal(a, b) for a, b in zip(path["masks"], reference["masks"], strict=False)),
         "dice": [round(dice(m, label.array), 3) for m in path["masks"]],
         "timings_first": path["timings"][0],
         "timings_last_refine": path["timings"][-1],

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from tagseg.tags.model import TagsNet
+    pass
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "TAGSSegment"))
@@ -98,8 +98,8 @@ def train(args: argparse.Namespace, seeds: list[int], checkpoint: Path) -> dict:
     from tagseg.synth import make_phantom
     from tagseg.tags import build_tags
     from tagseg.tags import text_encoder as te
-    from tagseg.tags.crop import Intensity
     from tagseg.tags.checkpoint import save_model
+    from tagseg.tags.crop import Intensity
     from tagseg.tags.fit import Case, fit
 
     torch.manual_seed(args.seed)
@@ -339,7 +339,7 @@ def report(
     text_hits, text_dist, text_dice = stats[STARTS[0]][:3]
     cen_hits, cen_dist, cen_dice = stats[STARTS[1]][:3]
     rnd_hits = stats[STARTS[2]][0]
-    start_diff = ci_text([a - b for a, b in zip(stats[STARTS[0]][3], stats[STARTS[1]][3])])
+    start_diff = ci_text([a - b for a, b in zip(stats[STARTS[0]][3], stats[STARTS[1]][3], strict=False)])
     lines += [
         "",
         "## Conclusion",

@@ -24,9 +24,8 @@ if __name__ == os.path.basename(_PACKAGE_DIR) and "__path__" not in globals():
 import logging
 
 import qt
-import vtk
-
 import slicer
+import vtk
 from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
 from TAGSSegmentLib import markers, naming, prediction_queue, prompts, slice_boxes, status_log, wording

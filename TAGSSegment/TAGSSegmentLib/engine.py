@@ -29,8 +29,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Generator
 from pathlib import Path
-from typing import Any, Generator
+from typing import Any
 
 from tagseg.client import reply_error, unframe
 from tagseg.errors import EngineUnavailable, TagsegError

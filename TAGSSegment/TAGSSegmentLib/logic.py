@@ -21,13 +21,13 @@ import threading
 import time
 import zlib
 from collections import OrderedDict, deque
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
+import slicer
 import vtk
 from vtk.util import numpy_support
 
-import slicer
 import tagseg
 from tagseg.errors import InputError, PromptError
 from tagseg.text import parse_description
@@ -1128,7 +1128,7 @@ class TAGSLogic:
                 self.last_progress = {}
                 header, payload = yield from alongside(
                     endpoint.call("POST", f"/v1/sessions/{sid}/predict", json_body=body),
-                    lambda: self._progress_task(endpoint, sid, job),
+                    lambda: self._progress_task(endpoint, sid, job),  # noqa: B023 (runs within this iteration)
                     self.progress_poll_s,
                 )
                 break

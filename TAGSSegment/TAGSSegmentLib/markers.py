@@ -92,8 +92,8 @@ class PromptMarkers:
             if index >= len(boxes):
                 boxes.append(self._make("vtkMRMLMarkupsROINode", f"{self.prefix} box", BOX_COLOR))
             roi = boxes[index]
-            roi.SetCenter([(a + b) / 2 for a, b in zip(lo, hi)])
-            roi.SetSize([max(b - a, 1e-3) for a, b in zip(lo, hi)])
+            roi.SetCenter([(a + b) / 2 for a, b in zip(lo, hi, strict=False)])
+            roi.SetSize([max(b - a, 1e-3) for a, b in zip(lo, hi, strict=False)])
         self._box_ids = [b.GetID() for b in boxes]
 
     def node_ids(self) -> list[str]:

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import importlib
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from TAGSSegmentLib import status_log
 from TAGSSegmentLib.settings import (

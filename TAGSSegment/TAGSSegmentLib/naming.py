@@ -10,7 +10,8 @@ from __future__ import annotations
 import colorsys
 import re
 import zlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 DEFAULT_SEGMENT_NAME = "Tumor"
 GENERAL_ANATOMY_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
@@ -81,9 +82,8 @@ def _slicer_entry_for_name(segment: Any, name: str) -> bool:
     logic = _terminology_logic()
     if logic is None:
         return False
-    import vtk
-
     import slicer
+    import vtk
 
     try:
         loaded = vtk.vtkStringArray()

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 Vec3 = tuple[float, float, float]
 
@@ -21,8 +22,8 @@ class Prompts:
 
     def add_box(self, corner_a: Sequence[float], corner_b: Sequence[float]) -> None:
         a, b = as_vec3(corner_a, "box corner"), as_vec3(corner_b, "box corner")
-        lo = tuple(min(x, y) for x, y in zip(a, b))
-        hi = tuple(max(x, y) for x, y in zip(a, b))
+        lo = tuple(min(x, y) for x, y in zip(a, b, strict=False))
+        hi = tuple(max(x, y) for x, y in zip(a, b, strict=False))
         self.boxes.append((lo, hi))  # type: ignore[arg-type]
 
     def clear(self) -> None:

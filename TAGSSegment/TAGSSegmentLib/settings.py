@@ -7,7 +7,8 @@ which one it has. The choices offered to the user and their validation live here
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 from urllib.parse import urlparse
 
 DEVICE_KEY = "TAGSSegment/Device"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
 
 _history: deque[str] = deque(maxlen=500)
 _listeners: list[Callable[[str], None]] = []

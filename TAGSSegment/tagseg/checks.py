@@ -52,7 +52,7 @@ class ResultWarning:
         return {"code": self.code, "message": self.message}
 
     @classmethod
-    def from_dict(cls, obj) -> "ResultWarning":
+    def from_dict(cls, obj) -> ResultWarning:
         if not isinstance(obj, dict):
             raise ValueError('a result warning is {"code": str, "message": str}')
         return cls(str(obj.get("code", "")), " ".join(str(obj.get("message", "")).split()))

@@ -98,7 +98,7 @@ def segmentation_dataset(
         except (OSError, pydicom.errors.InvalidDicomError) as exc:
             raise InputError(f"{file}: cannot be read again for the SEG's references ({exc})") from None
     orientation, pixel_spacing, slice_spacing, positions = _geometry(mask)
-    for file, dataset in zip(files, sources):
+    for file, dataset in zip(files, sources, strict=False):
         if "SliceThickness" not in dataset or dataset.SliceThickness in (None, ""):
             dataset.SliceThickness = slice_spacing  # optional in CT headers, yet highdicom reads it from each source
         # anonymisers blank the dataset's own SOP Class/Instance UIDs and keep them in the file meta: the SEG's
@@ -187,7 +187,7 @@ def read_dicom_seg(path: str | os.PathLike, like: Volume, segment_number: int = 
         raise ValueError(f"{path}: frames of {ds.Rows}x{ds.Columns}, the volume's slices are {rows}x{cols}")
     pixels = ds.pixel_array.reshape(int(ds.NumberOfFrames), rows, cols)
     out = np.zeros(like.shape_kji, np.uint8)
-    for frame, group in zip(pixels, ds.PerFrameFunctionalGroupsSequence):
+    for frame, group in zip(pixels, ds.PerFrameFunctionalGroupsSequence, strict=False):
         identified = group if "SegmentIdentificationSequence" in group else shared  # one segment: shared
         if int(identified.SegmentIdentificationSequence[0].ReferencedSegmentNumber) != segment_number:
             continue

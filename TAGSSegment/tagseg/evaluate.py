@@ -20,9 +20,9 @@ import math
 import os
 import statistics
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 from scipy import ndimage
@@ -97,7 +97,7 @@ def surface_distances(pred: np.ndarray, truth: np.ndarray, spacing_kji) -> dict[
         empty = np.zeros(0)
         return {"areas_pred": empty, "areas_truth": empty, "pred_to_truth": empty, "truth_to_pred": empty}
     where = np.argwhere(either)
-    box = tuple(slice(lo, hi + 1) for lo, hi in zip(where.min(0), where.max(0)))
+    box = tuple(slice(lo, hi + 1) for lo, hi in zip(where.min(0), where.max(0), strict=False))
     table = _surfel_area_table(spacing)
     out = {}
     surfaces = {}
@@ -385,7 +385,7 @@ class ResultsWriter:
         self._writer.writeheader()
         self._rows = 0
 
-    def __enter__(self) -> "ResultsWriter":
+    def __enter__(self) -> ResultsWriter:
         return self
 
     def write(self, result: CaseResult) -> None:

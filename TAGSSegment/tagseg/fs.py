@@ -15,8 +15,8 @@ import re
 import secrets
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .errors import InputError, TagsegError, one_line
 from .paths import refuse_input_as_output
@@ -173,7 +173,7 @@ class AtomicFile:
         self.committed = False
         self._created: list[Path] = []
 
-    def __enter__(self) -> "AtomicFile":
+    def __enter__(self) -> AtomicFile:
         refuse_input_as_output(self.target, self.what)
         try:
             self._created = make_parents(self.target)
@@ -198,7 +198,7 @@ class AtomicFile:
             _live_parts.add(str(self.path))
         return self
 
-    def fail(self, exc: BaseException) -> "WriteError":
+    def fail(self, exc: BaseException) -> WriteError:
         """The error to raise for a failed write into `path`, with the operating system's reason."""
         return WriteError(
             f"{self.target}: cannot write {self.what} ({_os_reason(exc, self.target.parent)}); "

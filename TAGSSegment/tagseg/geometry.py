@@ -9,9 +9,10 @@ on a caller's array in place. Only this module inverts an IJK->RAS matrix.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -152,26 +153,24 @@ class Grid:
         lo, hi = self.bounds_ras()
         lo = np.ceil(np.round(lo * 10, 6)) / 10
         hi = np.floor(np.round(hi * 10, 6)) / 10
-        return "R {:.1f}..{:.1f}, A {:.1f}..{:.1f}, S {:.1f}..{:.1f} mm".format(
-            lo[0], hi[0], lo[1], hi[1], lo[2], hi[2]
-        )
+        return f"R {lo[0]:.1f}..{hi[0]:.1f}, A {lo[1]:.1f}..{hi[1]:.1f}, S {lo[2]:.1f}..{hi[2]:.1f} mm"
 
     # -- other grids --------------------------------------------------------------------------
-    def same_grid(self, other: "Grid", atol: float = 1e-3) -> bool:
+    def same_grid(self, other: Grid, atol: float = 1e-3) -> bool:
         """Same shape and matrices equal within `atol` (mm): resampling between them would be a no-op."""
         return self.shape_kji == other.shape_kji and np.allclose(self.ijk_to_ras, other.ijk_to_ras, atol=atol)
 
-    def kji_map_to(self, other: "Grid") -> np.ndarray:
+    def kji_map_to(self, other: Grid) -> np.ndarray:
         """4x4 taking a KJI index of this grid to the KJI index of `other` at the same RAS point."""
         return KJI_SWAP @ (other.ras_to_ijk @ self.ijk_to_ras) @ KJI_SWAP
 
-    def sub_grid(self, lo_kji, hi_kji) -> "Grid":
+    def sub_grid(self, lo_kji, hi_kji) -> Grid:
         """The block [lo, hi) of this grid (KJI indices) as a grid of its own: same axes, origin at voxel lo."""
         lo = np.asarray(lo_kji)
         return Grid(self.ijk_to_ras @ _translation_ijk(lo[::-1]), tuple(int(n) for n in np.asarray(hi_kji) - lo))
 
     def block_covering(
-        self, other: "Grid", first_kji=None, last_kji=None, clip: bool = True
+        self, other: Grid, first_kji=None, last_kji=None, clip: bool = True
     ) -> tuple[np.ndarray, np.ndarray] | None:
         """The [lo, hi) KJI block of this grid that the voxels `first_kji`..`last_kji` (inclusive; default: all)
         of `other` overlap, outer faces included, so a resample of `other` onto it misses nothing.
@@ -217,11 +216,11 @@ class AxisReorientation:
     source_shape: tuple[int, int, int]
 
     @classmethod
-    def to_axial(cls, volume: Grid | Volume) -> "AxisReorientation":
+    def to_axial(cls, volume: Grid | Volume) -> AxisReorientation:
         dirs_kji = as_grid(volume).directions_kji
         target_kji = AXIAL_DIRECTIONS_RAS[:, ::-1]  # columns: wanted RAS direction of k, j, i
         score = target_kji.T @ dirs_kji  # [target, source] cosine
-        order, flips, used = [], [], set()
+        order, used = [], set()
         for t in np.argsort(-np.abs(score).max(axis=1)):  # most decided target axis first
             candidates = [s for s in np.argsort(-np.abs(score[t])) if s not in used]
             s = int(candidates[0])
@@ -383,11 +382,11 @@ def resample_tensor(
         out = read([torch.floor(c + 0.5).to(torch.int64) for c in coords])
         return out.to(data.dtype) if not data.is_floating_point() and fill == int(fill) else out
     starts = [torch.floor(c) for c in coords]
-    weights = [(1.0 - (c - s), c - s) for c, s in zip(coords, starts)]
+    weights = [(1.0 - (c - s), c - s) for c, s in zip(coords, starts, strict=False)]
     starts = [s.to(torch.int64) for s in starts]
     total = torch.zeros(shape, dtype=torch.float64, device=device)
     for corner in itertools.product((0, 1), repeat=3):
-        term = read([s + c for s, c in zip(starts, corner)]).to(torch.float64)
+        term = read([s + c for s, c in zip(starts, corner, strict=False)]).to(torch.float64)
         for axis, c in enumerate(corner):
             term = term * weights[axis][c]
         total = total + term
@@ -417,7 +416,7 @@ def crop_pad(array: np.ndarray, start: tuple[int, ...], size: tuple[int, ...], f
     """The window [start, start+size) of `array`; parts outside the array are filled with `fill`."""
     out = np.full(tuple(size) + array.shape[len(size) :], fill, dtype=array.dtype)
     src, dst = [], []
-    for s, n, dim in zip(start, size, array.shape):
+    for s, n, dim in zip(start, size, array.shape, strict=False):
         lo, hi = max(s, 0), min(s + n, dim)
         if hi <= lo:
             return out
@@ -430,7 +429,7 @@ def crop_pad(array: np.ndarray, start: tuple[int, ...], size: tuple[int, ...], f
 def paste(target: np.ndarray, patch: np.ndarray, start: tuple[int, ...]) -> None:
     """Write `patch` into the window at `start` of `target` (clipped to target). Modifies `target`."""
     src, dst = [], []
-    for s, n, dim in zip(start, patch.shape, target.shape):
+    for s, n, dim in zip(start, patch.shape, target.shape, strict=False):
         lo, hi = max(s, 0), min(s + n, dim)
         if hi <= lo:
             return

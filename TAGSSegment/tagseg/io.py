@@ -16,7 +16,7 @@ import numpy as np
 
 from . import budget
 from .errors import InputError
-from .fs import AtomicFile, WriteError
+from .fs import AtomicFile
 from .geometry import LPS_TO_RAS  # noqa: F401  (tagseg.io.LPS_TO_RAS, as before)
 from .paths import file_kind, note_input, require_regular_file
 from .volume import Volume
@@ -483,7 +483,7 @@ def _stack_slices(folder: Path, files: list[Path], slices: list, warnings: list[
         raise InputError(f"{files[0]}: degenerate slice orientation in the header")
     normal /= np.linalg.norm(normal)
     positions = []
-    for file, image in zip(files, slices):
+    for file, image in zip(files, slices, strict=False):
         if image.GetSize()[:2] != size0:
             raise InputError(f"{file}: slice of size {image.GetSize()[:2]} in a series of {size0}")
         direction = np.array(image.GetDirection(), dtype=np.float64).reshape(image.GetDimension(), -1)[:3, :3]
@@ -559,7 +559,7 @@ def load_mask_union(paths, name: str = "organ") -> Volume:
         raise InputError(f"{name}: no organ mask files")
     masks = [load_volume(p) for p in paths]
     union = np.zeros(masks[0].shape_kji, np.uint8)
-    for path, mask in zip(paths, masks):
+    for path, mask in zip(paths, masks, strict=False):
         if not mask.same_grid(masks[0]):
             raise InputError(f"{path}: organ mask not on the grid of {paths[0].name}")
         union |= (np.asarray(mask.array) > 0).astype(np.uint8)

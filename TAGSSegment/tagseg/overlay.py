@@ -51,7 +51,7 @@ class _Layout:
     slices_ascend_superior: bool
 
     @classmethod
-    def axial(cls, volume: Volume) -> "_Layout":
+    def axial(cls, volume: Volume) -> _Layout:
         dirs = volume.directions_ijk[:, ::-1]  # columns: RAS direction of array axes k, j, i
         slice_axis = int(np.argmax(np.abs(dirs[2])))
         rest = [a for a in range(3) if a != slice_axis]
@@ -307,7 +307,7 @@ def save_overlay_png(
         draw = ImageDraw.Draw(panel)
 
         def xy(row: float, col: float) -> tuple[float, float]:
-            return (col - cols[0] + 0.5) * sx, (row - rows[0] + 0.5) * sy
+            return (col - cols[0] + 0.5) * sx, (row - rows[0] + 0.5) * sy  # noqa: B023 (runs within this iteration)
 
         for lo_box, hi_box in boxes:
             if lo_box[0] - 0.5 <= index <= hi_box[0] + 0.5:

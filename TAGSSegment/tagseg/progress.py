@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import sys
 import threading
-from typing import Callable, TextIO
+from collections.abc import Callable
+from typing import TextIO
 
 Progress = Callable[[str, int, int], None]
 

@@ -100,7 +100,7 @@ class _Blob:
         rho = np.sqrt(u[0] ** 2 + u[1] ** 2 + u[2] ** 2)
         safe = np.maximum(rho, np.float32(1e-6))
         bump = np.zeros_like(rho)
-        for wave, freq, phase, amp in zip(self.waves, self.freqs, self.phases, self.amps):
+        for wave, freq, phase, amp in zip(self.waves, self.freqs, self.phases, self.amps, strict=False):
             along = (u[0] * np.float32(wave[0]) + u[1] * np.float32(wave[1]) + u[2] * np.float32(wave[2])) / safe
             bump += np.float32(amp) * np.sin(np.float32(freq) * along + np.float32(phase))
         return rho <= 1.0 + bump
@@ -173,7 +173,7 @@ def _block(shape_kji, ras_to_ijk: np.ndarray, centre, half) -> tuple[slice, slic
     hi = np.minimum(np.ceil(kji.max(0)).astype(int) + 1, np.array(shape_kji))
     if np.any(lo >= hi):
         return None
-    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=False))
 
 
 def _block_ras(ijk_to_ras: np.ndarray, block) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -432,7 +432,7 @@ def insert_tumour(
     found = np.argwhere(label)
     lo = np.maximum(found.min(0) - reach, 0)
     hi = np.minimum(found.max(0) + reach + 1, organ.shape)
-    block = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    block = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=False))
     weight = ndimage.gaussian_filter(label[block].astype(np.float32), sigma)
 
     source = np.asarray(image.array)
@@ -484,7 +484,7 @@ class _Field:
 
     def __call__(self, ras) -> np.ndarray:
         out = np.zeros(np.broadcast_shapes(*(np.shape(a) for a in ras)), np.float32)
-        for k, phase, amp in zip(self.k, self.phases, self.amps):
+        for k, phase, amp in zip(self.k, self.phases, self.amps, strict=False):
             out += np.float32(amp) * np.cos(sum(ras[n] * np.float32(k[n]) for n in range(3)) + np.float32(phase))
         return out
 
@@ -513,7 +513,7 @@ def _level(blob: _Blob, ras) -> np.ndarray:
     rho = np.sqrt(u[0] ** 2 + u[1] ** 2 + u[2] ** 2)
     safe = np.maximum(rho, np.float32(1e-6))
     bump = np.zeros_like(rho)
-    for wave, freq, phase, amp in zip(blob.waves, blob.freqs, blob.phases, blob.amps):
+    for wave, freq, phase, amp in zip(blob.waves, blob.freqs, blob.phases, blob.amps, strict=False):
         along = (u[0] * np.float32(wave[0]) + u[1] * np.float32(wave[1]) + u[2] * np.float32(wave[2])) / safe
         bump += np.float32(amp) * np.sin(np.float32(freq) * along + np.float32(phase))
     return rho - (np.float32(1.0) + bump)
@@ -523,7 +523,7 @@ def _outline_half_extent(rotation: np.ndarray, semi: np.ndarray, waves) -> np.nd
     """Half size of the RAS box around a wavy outline centred at 0, from 4096 directions (+2%)."""
     d = np.random.default_rng(0).normal(size=(4096, 3))
     d /= np.linalg.norm(d, axis=1, keepdims=True)
-    bump = sum(amp * np.sin(freq * (d @ wave) + phase) for wave, freq, phase, amp in zip(*waves))
+    bump = sum(amp * np.sin(freq * (d @ wave) + phase) for wave, freq, phase, amp in zip(*waves, strict=False))
     ras = (d * (1.0 + bump)[:, None] * np.asarray(semi, float)[None, :]) @ np.asarray(rotation).T
     return 1.02 * np.abs(ras).max(axis=0)
 
@@ -580,7 +580,7 @@ def make_lesion_phantom(
     waves = [np.asarray(a) for a in _waves_in(rng, LESION_WOBBLE, 4, (1.0, 3.0))]
     if soft:
         extra = _waves_in(rng, SOFT_IRREGULARITY, 6, (4.0, 8.0))
-        waves = [np.concatenate([a, np.asarray(b)]) for a, b in zip(waves, extra)]
+        waves = [np.concatenate([a, np.asarray(b)]) for a, b in zip(waves, extra, strict=False)]
     wobble = float(np.abs(waves[3]).sum())
     ramp_mm = float(np.clip(SOFT_RAMP_FRACTION * radius, *SOFT_RAMP_RANGE_MM)) if soft else SHARP_RAMP_MM
     ramp_variation = SOFT_RAMP_VARIATION if soft else 0.0

@@ -89,11 +89,11 @@ class Volume:
         """The bounds as printed in messages, rounded inwards to 0.1 mm: every point within them is inside."""
         return self._grid.describe_bounds()
 
-    def same_grid(self, other: "Volume | Grid", atol: float = 1e-3) -> bool:
+    def same_grid(self, other: Volume | Grid, atol: float = 1e-3) -> bool:
         return self._grid.same_grid(getattr(other, "grid", other), atol)
 
     # voxels
-    def with_array(self, array: np.ndarray, name: str | None = None) -> "Volume":
+    def with_array(self, array: np.ndarray, name: str | None = None) -> Volume:
         """A new volume on this volume's grid."""
         if tuple(array.shape) != self.shape_kji:
             raise ValueError(f"array shape {array.shape} does not match grid {self.shape_kji}")

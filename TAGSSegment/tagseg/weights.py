@@ -15,9 +15,9 @@ import json
 import os
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from .errors import ModelError, one_line
 from .fs import AtomicFile, WriteError

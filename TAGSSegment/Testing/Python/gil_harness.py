@@ -13,7 +13,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import time
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 IDLE_US = 45000
 

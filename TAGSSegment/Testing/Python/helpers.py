@@ -15,7 +15,7 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
 
 # ---- matrices ----------------------------------------------------------------------------------------------------
-def matrix_to_vtk(array) -> "vtk.vtkMatrix4x4":  # noqa: F821
+def matrix_to_vtk(array) -> vtk.vtkMatrix4x4:  # noqa: F821
     """A vtkMatrix4x4 holding the 4x4 numpy `array`."""
     import vtk
 
@@ -112,9 +112,9 @@ def assert_seg_nrrd_round_trip(
     segment called `name` (in `color` when given), on the volume's grid, with exactly `mask`'s voxels (read with
     the extension's own `segment_mask`); pynrrd agrees on geometry, name and voxels."""
     import slicer
-    from TAGSSegmentLib import logic as L
 
     from slicer_harness import make_scene
+    from TAGSSegmentLib import logic as L
 
     fresh = make_scene()
     node_in = L.volume_node_from_volume(fresh.scene, volume, volume_name)

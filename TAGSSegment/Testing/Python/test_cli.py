@@ -20,13 +20,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from tagseg import backends, commands, io, synth
+from helpers import read_seg_nrrd, segment_names
+from tagseg import commands, io, synth
 from tagseg.commands import demo
 from tagseg.evaluate import dice
 from tagseg.io import load_volume, save_volume
 from tagseg.session import Session
-
-from helpers import read_seg_nrrd, segment_names
 
 MODULE_DIR = Path(__file__).resolve().parents[2]  # TAGSSegment/
 MODEL = "litemedsam-3d"

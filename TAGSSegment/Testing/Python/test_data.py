@@ -369,7 +369,7 @@ def test_cache_hit_is_identical_and_source_changes_invalidate(tmp_path):
     first = cache.load(case, window=(-48.0, 163.0))
     second = cache.load(case, window=(-48.0, 163.0))
     assert len(calls) == 1 and first.image.array.dtype == np.float16 and second.label.array.dtype == np.uint8
-    for a, b in zip(first.__dict__.values(), second.__dict__.values()):
+    for a, b in zip(first.__dict__.values(), second.__dict__.values(), strict=False):
         assert np.array_equal(a.array, b.array) and np.allclose(a.ijk_to_ras, b.ijk_to_ras)
     assert (cache.folder(case, (-48.0, 163.0)) / "meta.json").is_file()
 

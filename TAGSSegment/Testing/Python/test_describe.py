@@ -31,7 +31,7 @@ MIN_GROUP_ACCURACY = 0.85
 def read_table() -> list[dict]:
     lines = [line for line in TABLE.read_text(encoding="utf-8").splitlines() if line and not line.startswith("#")]
     header = lines[0].split("\t")
-    rows = [dict(zip(header, line.split("\t"))) for line in lines[1:]]
+    rows = [dict(zip(header, line.split("\t"), strict=False)) for line in lines[1:]]
     for row in rows:
         row["text"] = row.get("text") or ""
     return rows

@@ -33,21 +33,20 @@ import subprocess
 import sys
 import tempfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Callable
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from helpers import check_seg_nrrd_with_pynrrd
 from tagseg import backends, cli
 from tagseg.backends.base import Backend
 from tagseg.text import ANATOMY_WORDS, MAX_DESCRIPTION_CHARS
 from tagseg.volume import Volume
-
-from helpers import check_seg_nrrd_with_pynrrd
 
 SEED = 20260611
 MODULE_DIR = Path(__file__).resolve().parents[2]  # TAGSSegment/
@@ -60,6 +59,7 @@ IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 SHAPE = (8, 16, 16)
 SPACING = np.array([1.0, 1.0, 2.0])  # i, j, k
 ORIGIN_RAS = np.array([10.0, -20.0, 30.0])
+AXES_RAS = np.eye(3)  # identity directions: an axial RAS grid
 IJK_TO_RAS = np.eye(4)
 IJK_TO_RAS[:3, :3] = np.diag(SPACING)
 IJK_TO_RAS[:3, 3] = ORIGIN_RAS
@@ -97,7 +97,7 @@ def base_array(seed: int = 0, dtype=np.int16) -> np.ndarray:
 
 # ---- writers (independent of tagseg.io, so the engine's reader meets files it did not write) -----------------
 def write_itk(
-    path: Path, array, spacing=SPACING, origin_ras=ORIGIN_RAS, directions_ras=np.eye(3), vector: bool = False
+    path: Path, array, spacing=SPACING, origin_ras=ORIGIN_RAS, directions_ras=AXES_RAS, vector: bool = False
 ) -> Path:
     image = sitk.GetImageFromArray(np.asarray(array), isVector=vector)
     if image.GetDimension() == 3:
@@ -225,7 +225,7 @@ def nii_with_sform(path: Path, srows) -> Path:
         plain = write_itk(Path(folder) / "x.nii", base_array())
         header = bytearray(plain.read_bytes())
     struct.pack_into("<hh", header, 252, 0, 1)  # qform_code, sform_code
-    for row, offset in zip(srows, (280, 296, 312)):
+    for row, offset in zip(srows, (280, 296, 312), strict=False):
         struct.pack_into("<4f", header, offset, *row)
     struct.pack_into("<3f", header, 80, *(float(np.linalg.norm(np.array(srows, float)[:, n])) for n in range(3)))
     return put(path, bytes(header))
@@ -686,7 +686,7 @@ def check(case: Case, request, tmp_path: Path, capsys, monkeypatch) -> None:
     assert "Traceback" not in result.err
     assert leftovers(tmp_path) == [], leftovers(tmp_path)
     assert tree(ctx.cwd) == {} and tree(ctx.systmp) == {}, "files written to the working or temporary folder"
-    for folder, snapshot in zip(shared_folders, shared_before):
+    for folder, snapshot in zip(shared_folders, shared_before, strict=False):
         assert stat_tree(folder) == snapshot, "a shared input changed"
     assert {path: sha256_bytes(path.read_bytes()) for path in outside} == outside_before, "an input changed"
     # a failed run may write where it declares only when a fault stopped it midway (a clean refusal writes nothing)
@@ -2323,10 +2323,6 @@ def pipeline_cases() -> list:
         ("truncated", "c1.nii.gz"),
     ):
         cases.append(Case(f"train-data-{kind}", lambda c, k=kind: train(c, dataset(c, k)), 2, fragment))
-    out_is_file_bug = (
-        "`train --out` naming an existing file (or a path below one) is an internal error (exit 1, "
-        "NotADirectoryError from Path.iterdir in tagseg/train.py check_output_folder)"
-    )
     cases += [
         Case(
             "train-unknown-preset",
@@ -3032,9 +3028,8 @@ def write_among_other_segments(c: Ctx, mode: str):
     overlap, hidden ones under "visible", names, colours and IDs never change; undo restores every voxel."""
     slicer = pytest.importorskip("slicer", reason="slicer-core provides the MRML stack")
     from slicer_harness import make_scene
-    from TAGSSegmentLib import logic as L
-
     from tagseg.session import Session
+    from TAGSSegmentLib import logic as L
 
     h = make_scene()
     node = L.volume_node_from_volume(h.scene, Volume(base_array(), IJK_TO_RAS), "CT")
@@ -3083,7 +3078,7 @@ def write_among_other_segments(c: Ctx, mode: str):
         assert (result & organ).any() and (result & hidden).any() and not (result & far).any()
         editor, editor_node = L.make_editor_logic(h.scene, seg_node, node, tumour)
         editor_node.SetOverwriteMode(getattr(slicer.vtkMRMLSegmentEditorNode, mode))
-        state["before"] = before = segments()
+        state["before"] = segments()
         assert not L.write_mask(
             editor, seg_node, tumour, L.oriented_labelmap(np.zeros(SHAPE, np.uint8), node, seg_node)
         )

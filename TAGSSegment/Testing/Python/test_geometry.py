@@ -157,12 +157,12 @@ def _relabelled(base: Volume, perm, flips) -> Volume:
         if flipped:
             array = np.flip(array, axis)
     shape = base.shape_kji
-    first = [shape[p] - 1 if f else 0 for p, f in zip(perm, flips)]
+    first = [shape[p] - 1 if f else 0 for p, f in zip(perm, flips, strict=False)]
     base_index_of_first = np.zeros(3)
     for a, p in enumerate(perm):
         base_index_of_first[p] = first[a]
     matrix = np.eye(4)
-    for a, (p, f) in enumerate(zip(perm, flips)):
+    for a, (p, f) in enumerate(zip(perm, flips, strict=False)):
         matrix[:3, 2 - a] = (-1 if f else 1) * base.ijk_to_ras[:3, 2 - p]
     matrix[:3, 3] = base.kji_to_ras(base_index_of_first)[0]
     return Volume(np.ascontiguousarray(array), matrix)
@@ -252,7 +252,7 @@ def test_isotropic_grid_covers_the_same_ras_bounds(name):
     assert shape == (45, 22, 13)
     np.testing.assert_allclose(iso.spacing_ijk, 0.5)
     np.testing.assert_allclose(iso.directions_ijk, vol.directions_ijk, atol=1e-12)
-    for got, want in zip(iso.bounds_ras(), vol.bounds_ras()):
+    for got, want in zip(iso.bounds_ras(), vol.bounds_ras(), strict=False):
         np.testing.assert_allclose(got, want, atol=1e-9)
 
     matrix, shape = isotropic_grid(vol, 0.8)  # not a divisor: same first corner, ends within half a voxel
@@ -278,8 +278,8 @@ def test_crop_pad_and_paste_round_trip(start, size):
     crop = crop_pad(array, start, size, fill=-1)
     assert crop.shape == size and crop.dtype == array.dtype
     for index in itertools.product(*(range(n) for n in size)):
-        source = tuple(s + i for s, i in zip(start, index))
-        inside = all(0 <= s < n for s, n in zip(source, array.shape))
+        source = tuple(s + i for s, i in zip(start, index, strict=False))
+        inside = all(0 <= s < n for s, n in zip(source, array.shape, strict=False))
         assert crop[index] == (array[source] if inside else -1)
 
     target = array.copy()
@@ -288,7 +288,9 @@ def test_crop_pad_and_paste_round_trip(start, size):
 
     blank = np.zeros_like(array)
     paste(blank, crop, start)
-    window = tuple(slice(max(s, 0), max(min(s + n, dim), 0)) for s, n, dim in zip(start, size, array.shape))
+    window = tuple(
+        slice(max(s, 0), max(min(s + n, dim), 0)) for s, n, dim in zip(start, size, array.shape, strict=False)
+    )
     np.testing.assert_array_equal(blank[window], array[window])
     outside = np.ones(array.shape, bool)
     outside[window] = False

@@ -170,7 +170,7 @@ def test_crops_are_grids():
     source = Volume(np.zeros((30, 40, 50), np.int16), make_ijk_to_ras((0.8, 0.8, 2.0), (0.0, -40.0, 10.0)))
     slices, block = crop_to_source(np.ones(crop.shape, np.float32), crop, source)
     lo, hi = source.grid.block_covering(crop)
-    assert slices == tuple(slice(a, b) for a, b in zip(lo, hi)) and block.shape == tuple(hi - lo)
+    assert slices == tuple(slice(a, b) for a, b in zip(lo, hi, strict=False)) and block.shape == tuple(hi - lo)
 
 
 # -- guards ----------------------------------------------------------------------------------

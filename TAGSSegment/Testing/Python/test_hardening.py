@@ -26,8 +26,8 @@ import SimpleITK as sitk
 
 from tagseg import budget, geometry
 from tagseg.errors import InputError
-from tagseg.io import load_volume, save_volume
 from tagseg.fs import AtomicFile, remove_stale_parts
+from tagseg.io import load_volume, save_volume
 from tagseg.prompts import make_point
 from tagseg.volume import Volume, make_ijk_to_ras
 
@@ -656,7 +656,7 @@ def test_a_click_anywhere_within_the_printed_bounds_works(n, spacing):
         .split()
     ]
     lo, hi = np.array(numbers[0::2]), np.array(numbers[1::2])
-    for corner in np.array(np.meshgrid(*zip(lo, hi))).T.reshape(-1, 3):
+    for corner in np.array(np.meshgrid(*zip(lo, hi, strict=False))).T.reshape(-1, 3):
         make_point(volume, corner)
         index = geometry.nearest_voxel(volume.ras_to_kji(corner), volume.shape_kji)[0]
         assert np.all((index >= 0) & (index < np.array(volume.shape_kji)))
@@ -836,7 +836,7 @@ def test_fifo_is_refused_by_type_without_opening(tmp_path):
 def test_escape_sequences_in_paths_are_not_echoed(tmp_path):
     evil = tmp_path / "\x1b]0;pwned\x07\x1b[31mred\x1b[0m.nii.gz"
     result, _ = run_limited(tmp_path, "segment", evil, "-o", tmp_path / "o.nii.gz", "--point", "0,0,0")
-    line = assert_refused(result, "file not found")
+    assert_refused(result, "file not found")
     assert "\x1b" not in result.stderr and "\x07" not in result.stderr
 
 

@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from helpers import check_seg_nrrd_with_pynrrd, matrix_to_vtk, read_seg_nrrd
 from tagseg.errors import InputError
 from tagseg.io import load_volume, save_segmentation, save_volume
 from tagseg.volume import Volume, check_volume, make_ijk_to_ras
-
-from helpers import check_seg_nrrd_with_pynrrd, matrix_to_vtk, read_seg_nrrd
 
 SHARED_DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
 DICOM_DIR = SHARED_DATA / "ct_organs" / "example_ct_dicom"

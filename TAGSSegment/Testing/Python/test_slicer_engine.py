@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tagseg.errors import EngineUnavailable, InputError
-from TAGSSegmentLib.engine import CPU, Endpoint, LocalEngine, TaskRunner, alongside, http_exchange
+from TAGSSegmentLib.engine import CPU, Endpoint, LocalEngine, TaskRunner, alongside
 
 
 def run(task, timeout: float = 60.0, budget: float = 0.03):

@@ -46,9 +46,8 @@ def test_busy_dialog_shows_the_latest_progress():
 
 
 slicer = pytest.importorskip("slicer", reason="slicer-core (pip install slicer-core) provides the MRML stack")
-from TAGSSegmentLib import logic as L  # noqa: E402
-
 from slicer_harness import make_scene  # noqa: E402
+from TAGSSegmentLib import logic as L  # noqa: E402
 
 
 class HalfwayBackend(Backend):

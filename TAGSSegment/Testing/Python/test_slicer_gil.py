@@ -27,13 +27,12 @@ slicer = pytest.importorskip("slicer", reason="slicer-core (pip install slicer-c
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
+from gil_harness import GilHoldingLoop  # noqa: E402
+from slicer_harness import make_scene  # noqa: E402
 from tagseg.evaluate import dice  # noqa: E402
 from tagseg.synth import make_phantom  # noqa: E402
 from tagseg.volume import Volume  # noqa: E402
 from TAGSSegmentLib import logic as L  # noqa: E402
-
-from gil_harness import GilHoldingLoop  # noqa: E402
-from slicer_harness import make_scene  # noqa: E402
 
 MODEL = "litemedsam-3d"
 WARM_TIMEOUT_S = 600  # engine start, model load and the first image encodings on a loaded CPU

@@ -17,23 +17,22 @@ slicer = pytest.importorskip("slicer", reason="slicer-core (pip install slicer-c
 vtk = pytest.importorskip("vtk")
 
 import tagseg  # noqa: E402
+from helpers import (  # noqa: E402
+    assert_seg_nrrd_round_trip,
+    image_to_world,
+    matrix_to_vtk,
+    node_ijk_to_ras,
+    world_to_image,
+    write_seg_nrrd,
+)
+from slicer_harness import make_scene  # noqa: E402
 from tagseg.errors import InputError, PromptError  # noqa: E402
 from tagseg.evaluate import dice  # noqa: E402
 from tagseg.prompts import make_box  # noqa: E402
 from tagseg.synth import make_phantom  # noqa: E402
-from tagseg.volume import Volume, make_ijk_to_ras  # noqa: E402
 from tagseg.text import parse_description  # noqa: E402
+from tagseg.volume import Volume, make_ijk_to_ras  # noqa: E402
 from TAGSSegmentLib import logic as L  # noqa: E402
-
-from slicer_harness import make_scene  # noqa: E402
-from helpers import (
-    assert_seg_nrrd_round_trip,
-    image_to_world,
-    matrix_to_vtk,
-    node_ijk_to_ras,  # noqa: E402
-    world_to_image,
-    write_seg_nrrd,
-)
 
 REPO = Path(__file__).resolve().parents[3]
 DEV_DATA = Path(os.environ.get("TAGSEG_DEV_DATA", REPO.parent / "shared" / "data" / "lesions_dev"))
@@ -43,6 +42,7 @@ OBLIQUE = np.linalg.qr(OBLIQUE)[0] * np.sign(np.diag(np.linalg.qr(OBLIQUE)[1])) 
 DIRECTIONS = {"RAS": np.eye(3), "LPS": np.diag([-1.0, -1.0, 1.0]), "oblique": OBLIQUE}
 SPACING = (0.8, 0.9, 2.5)
 ORIGIN = (-10.0, 20.0, 30.0)
+DIRECTIONS = np.eye(3)
 SHAPE = (12, 20, 24)  # KJI
 
 
@@ -70,7 +70,7 @@ def add_transform(scene, matrix: np.ndarray, name: str = "T"):
     return node
 
 
-def add_volume(scene, array: np.ndarray, spacing=SPACING, origin=ORIGIN, directions=np.eye(3), name="CT"):
+def add_volume(scene, array: np.ndarray, spacing=SPACING, origin=ORIGIN, directions=DIRECTIONS, name="CT"):
     """A scalar volume node built the way Slicer's readers build it (spacing, origin, directions)."""
     from vtk.util import numpy_support
 
@@ -104,7 +104,7 @@ def ct_array(shape=SHAPE, seed=0) -> np.ndarray:
 
 def blob(shape=SHAPE, centre=(6, 10, 12), radii=(3.5, 6.0, 7.0)) -> np.ndarray:
     k, j, i = np.ogrid[: shape[0], : shape[1], : shape[2]]
-    r2 = sum(((g - c) / r) ** 2 for g, c, r in zip((k, j, i), centre, radii))
+    r2 = sum(((g - c) / r) ** 2 for g, c, r in zip((k, j, i), centre, radii, strict=False))
     return (r2 <= 1.0).astype(np.uint8)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,7 @@ IN_PLANE_ONLY = np.zeros((3, 3, 3), bool)
 IN_PLANE_ONLY[1] = True
 
 
-@lru_cache(maxsize=None)
+@cache
 def phantom(seed: int) -> Phantom:
     return make_phantom(seed)
 
@@ -246,7 +246,7 @@ def test_insert_tumour_in_phantom_keeps_to_the_mask():
 
 
 # ---------------------------------------------------------------------------------------- lesion phantoms
-@lru_cache(maxsize=None)
+@cache
 def lesion(seed: int, radius: float, edge: str, modality: str, slices: str) -> Phantom:
     return make_lesion_phantom(seed, radius, edge, modality, slices)
 

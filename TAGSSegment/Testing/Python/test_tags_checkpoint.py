@@ -265,7 +265,10 @@ def test_check_state_dict_names_the_first_mismatch():
 # the authors' checkpoints
 
 
-def authors_checkpoint(path, best_val_loss=np.float32(0.4321), **replace):
+AUTHORS_BEST_VAL_LOSS = np.float32(0.4321)
+
+
+def authors_checkpoint(path, best_val_loss=AUTHORS_BEST_VAL_LOSS, **replace):
     """A small checkpoint with the structure of the authors' best.pth.tar, including optimiser states."""
     gen = torch.Generator().manual_seed(3)
     encoder = {

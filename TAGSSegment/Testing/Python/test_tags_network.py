@@ -11,7 +11,7 @@ import torch
 from conftest import dice
 from tagseg.errors import ModelError
 from tagseg.tags import build_tags, get_preset
-from tagseg.tags.checkpoint import load_model, save_checkpoint, safe_torch_load
+from tagseg.tags.checkpoint import load_model, safe_torch_load, save_checkpoint
 from tagseg.tags.image_encoder import (
     Attention3d,
     relative_positions,

@@ -1,7 +1,6 @@
 """`tagseg train` / `tagseg evaluate` on `tagseg synth` data: learning, exact resume, two-process DDP."""
 
 import csv
-import hashlib
 import json
 import os
 import subprocess
@@ -9,7 +8,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from tagseg import commands

@@ -18,6 +18,7 @@ from tagseg.errors import ModelError
 
 PAYLOAD = bytes(range(256)) * 4099 + b"tail"  # a little over 1 MiB: more than one download chunk
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
+PAYLOAD_SIZE = len(PAYLOAD)
 
 
 @pytest.fixture(autouse=True)
@@ -75,7 +76,7 @@ def server():
     httpd.server_close()
 
 
-def point_at(monkeypatch, url, size=len(PAYLOAD), sha256=PAYLOAD_SHA, name="sam-vit-b"):
+def point_at(monkeypatch, url, size=PAYLOAD_SIZE, sha256=PAYLOAD_SHA, name="sam-vit-b"):
     item = dataclasses.replace(weights.CATALOGUE[name], url=url, size=size, sha256=sha256)
     monkeypatch.setitem(weights.CATALOGUE, name, item)
     return item

@@ -17,7 +17,7 @@ import sys
 import threading
 import traceback
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..errors import TagsegError, one_line
 from ..paths import guarding_inputs

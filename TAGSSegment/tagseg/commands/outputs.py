@@ -4,8 +4,8 @@ second, not a minute), and the mask + overlay written through the one atomic wri
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ..errors import InputError, one_line
 
@@ -94,7 +94,8 @@ def write_outputs(
     from ..text import parse_description
 
     if suffix == ".dcm":  # DICOM SEG, coded with the description's terminology entry
-        from ..dicomseg import segmentation_dataset, write_verified as write_seg
+        from ..dicomseg import segmentation_dataset
+        from ..dicomseg import write_verified as write_seg
 
         dataset = segmentation_dataset(mask, image, segment_name, parse_description(segment_name).terminology())
 

@@ -7,8 +7,8 @@ import json
 import math
 import re
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ..errors import PromptError, one_line
 from .common import Reporter, close, load_image, mask_stats, predict

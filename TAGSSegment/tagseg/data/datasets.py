@@ -16,15 +16,15 @@ import json
 import os
 import pickle
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
 from ..errors import InputError
-from ..io import LPS_TO_RAS, load_mask_union, load_volume
 from ..fs import write_json_atomic
+from ..io import LPS_TO_RAS, load_mask_union, load_volume
 from ..text import ORGAN_LABELS
 from ..volume import Volume
 

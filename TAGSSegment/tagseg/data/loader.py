@@ -8,7 +8,7 @@ trainer calls `set_epoch` (or `set_random_state`, which the trainer calls with a
 from __future__ import annotations
 
 import random
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -53,7 +53,7 @@ class TrainingDataset(Dataset):
         """New augmentations per epoch; call before creating the epoch's iterator (workers copy the dataset)."""
         self.epoch = int(epoch)
 
-    def set_random_state(self, seed: int) -> "TrainingDataset":
+    def set_random_state(self, seed: int) -> TrainingDataset:
         """Replace the base seed (the trainer passes a per-epoch, per-rank seed)."""
         self.seed = int(seed)
         return self

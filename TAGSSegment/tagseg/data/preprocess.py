@@ -18,9 +18,9 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -243,7 +243,7 @@ class PreprocessedCache:
         if meta.get("version") != CACHE_VERSION or meta.get("params") != params or len(recorded) != len(sources):
             return False, False
         refresh = False
-        for record, path in zip(recorded, sources):
+        for record, path in zip(recorded, sources, strict=False):
             try:
                 stat = path.stat()
             except OSError:

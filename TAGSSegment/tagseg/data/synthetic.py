@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from ..errors import InputError
-from ..io import load_volume, save_volume
 from ..fs import write_json_atomic
+from ..io import load_volume, save_volume
 from ..synth import insert_tumour, make_phantom
 from ..text import ORGAN_LABELS
 from ..volume import Volume

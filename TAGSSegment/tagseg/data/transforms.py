@@ -10,7 +10,7 @@ arrays [1, D, H, W] in the crop orientation (`preprocess.resample_case`).
 from __future__ import annotations
 
 import math
-from typing import Hashable, Mapping
+from collections.abc import Hashable, Mapping
 
 import torch
 from monai.transforms import (

@@ -48,7 +48,6 @@ import pickle
 import re
 import shutil
 import sys
-import tempfile
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,8 +58,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..errors import ModelError, one_line
-from ..fs import fsync_dir
-from ..paths import cache_dir, sha256_file
+from ..paths import sha256_file
 from .installed import INDEX_NAME, _read_index, _valid_entry, find_installed, models_dir  # noqa: F401
 from .tasks import OBJECT_WORD_MODES, TASKS
 
@@ -702,11 +700,10 @@ def save_model(
 def load_model(path: str | os.PathLike):
     """Checkpoint file -> (TagsNet with its weights, TagsCheckpoint). Shapes are checked tensor by tensor first,
     so a checkpoint of another preset is named, not loaded half-way."""
-    from .config import TagsConfig
-    from .model import TagsNet
-
     from .. import budget
     from ..errors import InputError
+    from .config import TagsConfig
+    from .model import TagsNet
 
     ckpt = load_checkpoint(path)
     config = TagsConfig.from_dict(ckpt.metadata["config"])

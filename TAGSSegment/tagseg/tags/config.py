@@ -47,7 +47,7 @@ class TagsConfig:
         step = self.depth // 4
         return tuple(step * (s + 1) for s in range(4))
 
-    def validate(self) -> "TagsConfig":
+    def validate(self) -> TagsConfig:
         limits = {
             "crop_size": 1024,
             "upsample": 16,
@@ -103,7 +103,7 @@ class TagsConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TagsConfig":
+    def from_dict(cls, data: dict) -> TagsConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

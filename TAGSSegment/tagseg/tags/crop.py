@@ -35,7 +35,7 @@ class Intensity:
     std: float
 
     @classmethod
-    def from_metadata(cls, meta: dict) -> "Intensity":
+    def from_metadata(cls, meta: dict) -> Intensity:
         lo, hi = meta["window"]
         return cls((float(lo), float(hi)), float(meta["mean"]), float(meta["std"]))
 
@@ -45,7 +45,7 @@ class CropGrid(Grid):
     """A P^3 crop: a cubic `Grid` along `CROP_DIRECTIONS`. Crop voxel P/2 (per axis) sits on `centre_ras`."""
 
     @classmethod
-    def centred(cls, centre_ras, size: int, spacing_mm: float) -> "CropGrid":
+    def centred(cls, centre_ras, size: int, spacing_mm: float) -> CropGrid:
         matrix = np.eye(4)
         matrix[:3, :3] = CROP_DIRECTIONS * spacing_mm
         matrix[:3, 3] = np.asarray(centre_ras, float) - matrix[:3, :3] @ np.full(3, size // 2)
@@ -145,7 +145,7 @@ def crop_to_source(
     lo, hi = block
     crop_volume = Volume(np.asarray(prob_crop, np.float32), grid.ijk_to_ras, "crop", {})
     out = resample(crop_volume, source.grid.sub_grid(lo, hi), order=1, fill=0.0).array
-    return tuple(slice(a, b) for a, b in zip(lo, hi)), np.asarray(out, np.float32)
+    return tuple(slice(a, b) for a, b in zip(lo, hi, strict=False)), np.asarray(out, np.float32)
 
 
 def crop_to_source_tensor(prob_crop, grid: CropGrid, source: Volume):
@@ -157,4 +157,4 @@ def crop_to_source_tensor(prob_crop, grid: CropGrid, source: Volume):
         return None
     lo, hi = block
     out = resample_tensor(prob_crop.to(torch.float32), grid, source.grid.sub_grid(lo, hi), order=1, fill=0.0)
-    return tuple(slice(a, b) for a, b in zip(lo, hi)), out
+    return tuple(slice(a, b) for a, b in zip(lo, hi, strict=False)), out

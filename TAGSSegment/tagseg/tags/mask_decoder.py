@@ -35,7 +35,7 @@ class LevelHeads(nn.Module):
         return torch.cat(
             [
                 F.interpolate(h(x), scale_factor=scale, mode="trilinear", align_corners=True)
-                for h, x in zip(heads, levels)
+                for h, x in zip(heads, levels, strict=False)
             ],
             dim=1,
         )

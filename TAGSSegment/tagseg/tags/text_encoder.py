@@ -403,7 +403,7 @@ def _ensemble(features: torch.Tensor) -> torch.Tensor:
 
 
 def embeddings_cache_path(encoder: TextEncoder, word: str) -> Path:
-    key = hashlib.sha256(f"{ENSEMBLE_VERSION}\n{encoder.id}\n{word}".encode("utf-8")).hexdigest()
+    key = hashlib.sha256(f"{ENSEMBLE_VERSION}\n{encoder.id}\n{word}".encode()).hexdigest()
     return cache_dir() / "text_embeddings" / f"{key}.safetensors"
 
 
