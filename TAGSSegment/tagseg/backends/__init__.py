@@ -8,9 +8,9 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Callable, Union
 
 from ..errors import ModelError
 from ..text import Description
@@ -132,7 +132,7 @@ TAGS = BackendKind("tags", _build_tags, options=_tags_options, backend=_tags_cla
 
 # name -> kind. A bare `factory(device, options)` is still accepted here (tests patch entries with one): it is a
 # kind that declares neither options nor capabilities.
-BACKENDS: dict[str, Union[BackendKind, Factory]] = {DEFAULT_BACKEND: LITEMEDSAM_3D}
+BACKENDS: dict[str, BackendKind | Factory] = {DEFAULT_BACKEND: LITEMEDSAM_3D}
 # kind name -> a kind whose models are checkpoint files, named prefix + path
 CHECKPOINT_KINDS: dict[str, BackendKind] = {TAGS.name: TAGS}
 
@@ -237,7 +237,7 @@ def create_backend(name: str, device: str, options: dict | None = None) -> Backe
 # Loaded backends shared by every Session in the process (a model load costs seconds; a Slicer user
 # switching volumes, or `tagseg evaluate` going through cases, should pay it once). Each entry has a
 # lock: sessions run on their own worker threads, and a backend holds per-volume state.
-_SHARED: "OrderedDict[tuple, tuple[Backend, threading.Lock]]" = OrderedDict()
+_SHARED: OrderedDict[tuple, tuple[Backend, threading.Lock]] = OrderedDict()
 _SHARED_LOCK = threading.Lock()
 SHARED_BACKENDS = 2
 
