@@ -76,13 +76,12 @@ def is_out_of_memory(exc: BaseException) -> bool:
 def describe_devices() -> dict:
     import torch
 
-    info = {"torch": torch.__version__, "cuda_available": torch.cuda.is_available(), "cuda_devices": []}
+    cuda_devices: list[dict] = []
+    info = {"torch": torch.__version__, "cuda_available": torch.cuda.is_available(), "cuda_devices": cuda_devices}
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             props = torch.cuda.get_device_properties(i)
-            info["cuda_devices"].append(
-                {"index": i, "name": props.name, "memory_gb": round(props.total_memory / 2**30, 1)}
-            )
+            cuda_devices.append({"index": i, "name": props.name, "memory_gb": round(props.total_memory / 2**30, 1)})
     info["mps_available"] = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
     info["cpu_threads"] = torch.get_num_threads()
     return info

@@ -286,7 +286,7 @@ def session_predictor(
     from .backends import acquire_backend, options_for
     from .session import Session
 
-    state = {"case": None}
+    state: dict[str, str | None] = {"case": None}
 
     def predict(image: Volume, clicks: np.ndarray):
         with Session(image, model=model, device=device, backend_options=backend_options, work_ahead=False) as session:

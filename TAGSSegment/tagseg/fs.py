@@ -98,7 +98,7 @@ def _pid_alive(pid: int) -> bool:
 
 def remove_stale_parts(folder: Path) -> list[Path]:
     """Partial files in `folder` left by tagseg processes that no longer run (killed mid-write)."""
-    removed = []
+    removed: list[Path] = []
     try:
         names = os.listdir(folder)
     except OSError:
@@ -169,9 +169,16 @@ class AtomicFile:
         self.suffix = suffix
         self.what = what
         self.mode = mode
-        self.path: Path | None = None
+        self._part: Path | None = None
         self.committed = False
         self._created: list[Path] = []
+
+    @property
+    def path(self) -> Path:
+        """The partial file to write (there once the `with` block is entered)."""
+        if self._part is None:
+            raise RuntimeError("AtomicFile.path: enter the `with` block first")
+        return self._part
 
     def __enter__(self) -> AtomicFile:
         refuse_input_as_output(self.target, self.what)
@@ -185,9 +192,9 @@ class AtomicFile:
         _install_signal_cleanup()
         token = secrets.token_hex(4)
         name = f"{PART_PREFIX}{os.getpid()}-{token}.part{self.suffix}"
-        self.path = self.target.parent / name
+        self._part = self.target.parent / name
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            fd = os.open(self._part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             os.close(fd)
         except OSError as exc:
             remove_folders(self._created)
@@ -195,7 +202,7 @@ class AtomicFile:
                 f"{self.target}: cannot create {self.what} ({_os_reason(exc, self.target.parent)})"
             ) from None
         with _live_lock:
-            _live_parts.add(str(self.path))
+            _live_parts.add(str(self._part))
         return self
 
     def fail(self, exc: BaseException) -> WriteError:
@@ -208,42 +215,42 @@ class AtomicFile:
 
     def commit(self, verify: Callable[[Path], None] | None = None) -> None:
         """Check the written bytes, then rename over the target."""
-        assert self.path is not None
+        path = self.path
         try:
-            size = self.path.stat().st_size
+            size = path.stat().st_size
             if size == 0:
                 raise OSError(
                     errno.ENOSPC if (_free_bytes(self.target.parent) or 1 << 30) < (1 << 20) else errno.EIO,
                     "the written file is empty",
                 )
-            with open(self.path, "rb+") as handle:
+            with open(path, "rb+") as handle:
                 os.fsync(handle.fileno())
             if verify is not None:
-                verify(self.path)
-            os.chmod(self.path, self.mode)
+                verify(path)
+            os.chmod(path, self.mode)
             refuse_input_as_output(self.target, self.what)
-            os.replace(self.path, self.target)
+            os.replace(path, self.target)
         except InputError:
             raise
         except Exception as exc:  # noqa: BLE001 - any failure is a failed write
             raise self.fail(exc) from None
         self.committed = True
         with _live_lock:
-            _live_parts.discard(str(self.path))
+            _live_parts.discard(str(path))
         fsync_dir(self.target.parent)
 
     def __exit__(self, *exc_info) -> None:
-        if self.path is not None and not self.committed:
+        if self._part is not None and not self.committed:
             with contextlib.suppress(OSError):
-                os.unlink(self.path)
+                os.unlink(self._part)
             with _live_lock:
-                _live_parts.discard(str(self.path))
+                _live_parts.discard(str(self._part))
             remove_folders(self._created)
 
 
 def atomic_write(
     target: str | os.PathLike,
-    write: Callable[[Path], None],
+    write: Callable[[Path], object],
     verify: Callable[[Path], None] | None = None,
     suffix: str = "",
     what: str = "the output",

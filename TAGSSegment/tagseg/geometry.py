@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
@@ -68,7 +68,7 @@ class Grid:
     """
 
     ijk_to_ras: np.ndarray
-    shape_kji: tuple[int, ...]
+    shape_kji: tuple[int, int, int]
 
     def __post_init__(self) -> None:
         matrix = np.asarray(self.ijk_to_ras, dtype=np.float64)
@@ -167,7 +167,8 @@ class Grid:
     def sub_grid(self, lo_kji, hi_kji) -> Grid:
         """The block [lo, hi) of this grid (KJI indices) as a grid of its own: same axes, origin at voxel lo."""
         lo = np.asarray(lo_kji)
-        return Grid(self.ijk_to_ras @ _translation_ijk(lo[::-1]), tuple(int(n) for n in np.asarray(hi_kji) - lo))
+        k, j, i = (int(n) for n in np.asarray(hi_kji) - lo)
+        return Grid(self.ijk_to_ras @ _translation_ijk(lo[::-1]), (k, j, i))
 
     def block_covering(
         self, other: Grid, first_kji=None, last_kji=None, clip: bool = True
@@ -227,7 +228,8 @@ class AxisReorientation:
             used.add(s)
             order.append((int(t), s, bool(score[t, s] < 0)))
         order.sort()
-        return cls(tuple(s for _, s, _ in order), tuple(f for _, _, f in order), volume.shape_kji)
+        (_, s0, f0), (_, s1, f1), (_, s2, f2) = order
+        return cls((s0, s1, s2), (f0, f1, f2), volume.shape_kji)
 
     def apply(self, array: np.ndarray) -> np.ndarray:
         out = np.transpose(array, self.source_axis + tuple(range(3, array.ndim)))
@@ -245,7 +247,8 @@ class AxisReorientation:
         return np.transpose(out, inverse + tuple(range(3, array.ndim)))
 
     def target_shape(self) -> tuple[int, int, int]:
-        return tuple(self.source_shape[s] for s in self.source_axis)
+        k, j, i = (self.source_shape[s] for s in self.source_axis)
+        return k, j, i
 
     def index_to_target(self, kji: np.ndarray) -> np.ndarray:
         """Continuous source KJI indices -> working KJI indices."""
@@ -290,7 +293,7 @@ def _target_grid(target, shape_kji) -> Grid:
     """A `Grid` from a grid/volume, or from a matrix and a shape."""
     if shape_kji is None:
         return as_grid(target)
-    return Grid(_matrix_of(target), tuple(int(n) for n in shape_kji))
+    return Grid(_matrix_of(target), cast("tuple[int, int, int]", tuple(int(n) for n in shape_kji)))
 
 
 def resample(
@@ -400,7 +403,9 @@ def resample_like(volume: Volume, reference: Grid | Volume, order: int = 1, fill
     return resample(volume, as_grid(reference), order=order, fill=fill)
 
 
-def isotropic_grid(volume: Grid | Volume, spacing_mm: float | tuple[float, float, float]) -> tuple[np.ndarray, tuple]:
+def isotropic_grid(
+    volume: Grid | Volume, spacing_mm: float | tuple[float, float, float] | np.ndarray
+) -> tuple[np.ndarray, tuple]:
     """A grid covering the same RAS extent with the volume's directions and the given spacing (i, j, k)."""
     spacing = np.broadcast_to(np.asarray(spacing_mm, dtype=np.float64), (3,))
     extent_ijk = volume.spacing_ijk * np.array(volume.shape_kji[::-1])

@@ -610,7 +610,7 @@ def load_segmentation(path: str | os.PathLike) -> tuple[list[Volume], list[tuple
     def field(key: str, default: str) -> str:
         return image.GetMetaData(key).strip() if image.HasMetaDataKey(key) else default
 
-    segments = []
+    segments: list[tuple[str, int, int]] = []
     while image.HasMetaDataKey(f"Segment{len(segments)}_ID") or image.HasMetaDataKey(f"Segment{len(segments)}_Name"):
         n = len(segments)
         try:

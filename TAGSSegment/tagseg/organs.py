@@ -7,6 +7,7 @@ optional dependency with its own licence and weights, so it is never installed o
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import shutil
 from pathlib import Path
@@ -64,7 +65,7 @@ def run_totalsegmentator(
                 # through the one atomic writer: a mask appears under its name only once it reads back whole
                 write_atomic(
                     target,
-                    lambda tmp, s=source: shutil.copyfile(s, tmp),
+                    functools.partial(shutil.copyfile, source),
                     _readable_mask,
                     suffix=".nii.gz",
                     what="the organ mask",

@@ -156,6 +156,7 @@ def display_window(image: Volume, text: str | Description | None = None) -> tupl
     if intensity.looks_like_ct(array):
         desc = text if isinstance(text, Description) else parse_description(text)
         preset = desc.ct_preset()
+        assert preset.window_hu is not None  # a CT preset always has its window
         lo, hi = preset.window_hu
         return lo, hi, f"{preset.name} {lo:g}..{hi:g} HU"
     sample = array.ravel()[:: max(1, array.size // 500_000)].astype(np.float64)
@@ -369,7 +370,9 @@ def _legend_lines(entries, notes, width: int, font) -> list[list]:
     """Legend items flowed into lines that fit `width`: (name, colour, symbol) swatches, then the notes."""
     items = [(name, colour, symbol) for name, colour, symbol in entries] + [(note, None, None) for note in notes]
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    lines, current, used = [], [], 4
+    lines: list[list] = []
+    current: list = []
+    used = 4
     for item in items:
         need = (16 if item[1] else 0) + int(probe.textlength(item[0], font=font)) + 12
         if current and used + need > width:

@@ -12,7 +12,10 @@ from __future__ import annotations
 import sys
 import threading
 from collections.abc import Callable
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 Progress = Callable[[str, int, int], None]
 
@@ -33,8 +36,8 @@ class TerminalProgress:
         self._file = file if file is not None else sys.stderr
         isatty = getattr(self._file, "isatty", None)
         self.enabled = bool(enabled and callable(isatty) and isatty())
-        self._bar = None
-        self._stage = None
+        self._bar: tqdm | None = None
+        self._stage: str | None = None
         self._lock = threading.Lock()
 
     def __call__(self, stage: str, done: int, total: int) -> None:

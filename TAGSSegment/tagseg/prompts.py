@@ -22,6 +22,11 @@ def _ras(value, what: str) -> np.ndarray:
     return arr
 
 
+def _floats3(arr: np.ndarray) -> tuple[float, float, float]:
+    """A checked point (see `_ras`) as three floats."""
+    return float(arr[0]), float(arr[1]), float(arr[2])
+
+
 @dataclass(frozen=True)
 class Point:
     ras: tuple[float, float, float]
@@ -66,7 +71,7 @@ def make_point(volume: Volume, ras, positive: bool = True) -> Point:
             f"{what} ({arr[0]:.1f}, {arr[1]:.1f}, {arr[2]:.1f}) is outside the volume "
             f"(RAS bounds {volume.describe_bounds()})"
         )
-    return Point(tuple(float(v) for v in arr), bool(positive))
+    return Point(_floats3(arr), bool(positive))
 
 
 def make_box(volume: Volume, corner_a, corner_b) -> Box:
@@ -88,4 +93,4 @@ def make_box(volume: Volume, corner_a, corner_b) -> Box:
             f"box ({a[0]:.1f}, {a[1]:.1f}, {a[2]:.1f})-({b[0]:.1f}, {b[1]:.1f}, {b[2]:.1f}) "
             f"is outside the volume (RAS bounds {volume.describe_bounds()})"
         )
-    return Box(tuple(float(v) for v in a), tuple(float(v) for v in b))
+    return Box(_floats3(a), _floats3(b))

@@ -173,7 +173,7 @@ def _block(shape_kji, ras_to_ijk: np.ndarray, centre, half) -> tuple[slice, slic
     hi = np.minimum(np.ceil(kji.max(0)).astype(int) + 1, np.array(shape_kji))
     if np.any(lo >= hi):
         return None
-    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=False))
+    return slice(int(lo[0]), int(hi[0])), slice(int(lo[1]), int(hi[1])), slice(int(lo[2]), int(hi[2]))
 
 
 def _block_ras(ijk_to_ras: np.ndarray, block) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -182,9 +182,11 @@ def _block_ras(ijk_to_ras: np.ndarray, block) -> tuple[np.ndarray, np.ndarray, n
     i = np.arange(block[2].start, block[2].stop, dtype=np.float64)[None, None, :]
     m = ijk_to_ras
     shape = (len(k), j.shape[1], i.shape[2])
-    return tuple(
-        np.broadcast_to(m[r, 0] * i + m[r, 1] * j + m[r, 2] * k + m[r, 3], shape).astype(np.float32) for r in range(3)
+    r, a, s = (
+        np.broadcast_to(m[row, 0] * i + m[row, 1] * j + m[row, 2] * k + m[row, 3], shape).astype(np.float32)
+        for row in range(3)
     )
+    return r, a, s
 
 
 def _paint(blob: _Blob, shape_kji, ijk_to_ras: np.ndarray) -> np.ndarray:
@@ -370,7 +372,7 @@ def make_phantom(
         tumour_organ=host.name,
         contrast_hu=float(shape.contrast_hu),
         radius_mm=float(radius),
-        centre_ras=tuple(float(v) for v in centre),
+        centre_ras=(float(centre[0]), float(centre[1]), float(centre[2])),
         seed=int(seed),
         extra={"noise_hu": float(noise_hu), "organ_hu": {k: float(v) for k, v in organ_hu.items()}},
     )
@@ -727,7 +729,7 @@ def make_lesion_phantom(
         tumour_organ=host,
         contrast_hu=float(contrast),
         radius_mm=radius,
-        centre_ras=tuple(float(v) for v in centre),
+        centre_ras=(float(centre[0]), float(centre[1]), float(centre[2])),
         seed=seed,
         extra={
             "edge": edge,

@@ -375,6 +375,11 @@ class Description:
     def ct_preset(self) -> intensity.IntensityPreset:
         return CT_PRESET_FOR.get(self.anatomy or "", intensity.SOFT_TISSUE)
 
+    def _ct_window(self) -> tuple[float, float]:
+        window = self.ct_preset().window_hu
+        assert window is not None  # every CT preset has its HU window
+        return window
+
     def terminology(self) -> terminology.TerminologyEntry:
         """The Slicer/DICOM terminology entry of the segment: a lesion of this kind in this anatomy."""
         return terminology.lesion_entry(self.anatomy, self.lesion_word)
@@ -388,7 +393,7 @@ class Description:
             "anatomy": self.anatomy,
             "lesion_word": self.lesion_word,
             "intensity": {
-                "ct": {"preset": preset.name, "window_hu": list(preset.window_hu)},
+                "ct": {"preset": preset.name, "window_hu": list(self._ct_window())},
                 "mr": {"preset": intensity.PERCENTILE.name, "percentiles": list(intensity.PERCENTILE.percentiles)},
             },
             "terminology": self.terminology().as_dict(),
@@ -401,7 +406,7 @@ class Description:
         why = [m.describe() for m in self.evidence if m.means == self.anatomy]
         if why:
             anatomy += f" ({why[0]})"
-        lo, hi = self.ct_preset().window_hu
+        lo, hi = self._ct_window()
         return (
             f"{anatomy}; {self.lesion_word or 'no lesion word'}; CT window {lo:g}..{hi:g} HU; "
             f"{self.terminology().describe()}"

@@ -162,7 +162,7 @@ class Trainer:
         seed_everything(config.seed)
         self.model = self._build_model()
         self.class_embeddings = (class_embeddings if class_embeddings is not None else self._class_embeddings()).float()
-        self.forward = self.model
+        self.forward: torch.nn.Module = self.model  # the model, or its DistributedDataParallel wrapper
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -265,7 +265,7 @@ class Trainer:
         seed = _epoch_seed(self.config.seed, epoch, self.dist.rank)
         if hasattr(dataset, "set_random_state"):
             dataset.set_random_state(seed)
-        sampler = None
+        sampler: DistributedSampler | None = None
         if self.dist.enabled:
             sampler = DistributedSampler(
                 dataset,

@@ -8,6 +8,7 @@ as Slicer's `GetIJKToRASMatrix`. Arrays are read-only so no step can modify a ca
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 
@@ -22,6 +23,7 @@ class Volume:
     ijk_to_ras: np.ndarray
     name: str = ""
     meta: dict = field(default_factory=dict, compare=False)
+    _grid: Grid = field(init=False, repr=False, compare=False)  # set by __post_init__ from array and ijk_to_ras
 
     def __repr__(self) -> str:
         """One line a person can read (the dataclass default would print the voxels)."""
@@ -36,7 +38,7 @@ class Volume:
 
     def __post_init__(self) -> None:
         array = _frozen(self.array)
-        grid = Grid(self.ijk_to_ras, tuple(int(n) for n in array.shape[:3]))
+        grid = Grid(self.ijk_to_ras, cast("tuple[int, int, int]", tuple(int(n) for n in array.shape[:3])))
         object.__setattr__(self, "ijk_to_ras", grid.ijk_to_ras)
         object.__setattr__(self, "array", array)
         object.__setattr__(self, "_grid", grid)
@@ -90,7 +92,7 @@ class Volume:
         return self._grid.describe_bounds()
 
     def same_grid(self, other: Volume | Grid, atol: float = 1e-3) -> bool:
-        return self._grid.same_grid(getattr(other, "grid", other), atol)
+        return self._grid.same_grid(other.grid if isinstance(other, Volume) else other, atol)
 
     # voxels
     def with_array(self, array: np.ndarray, name: str | None = None) -> Volume:

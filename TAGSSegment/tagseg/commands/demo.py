@@ -9,6 +9,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from ..errors import InputError
 from .common import Reporter, close, mask_stats, predict
@@ -20,7 +21,7 @@ REAL_CASE_TEXT = "lesion"
 # A typical lesion size (the dev lesions are 7-17 mm in equivalent radius); see the README for larger ones.
 DEMO_TUMOUR_RADIUS_MM = 10.0
 # ...and a large soft-edged one, like the gliomas on isotropic FLAIR (tagseg.synth.make_lesion_phantom)
-DEMO_LARGE_PHANTOM = {"radius_mm": 30.0, "edge": "soft", "modality": "mr", "slices": "isotropic"}
+DEMO_LARGE_PHANTOM: dict[str, Any] = {"radius_mm": 30.0, "edge": "soft", "modality": "mr", "slices": "isotropic"}
 
 
 def register(commands) -> None:
@@ -60,7 +61,7 @@ def _clicks_from_label(label, count: int, rng) -> list[tuple[float, float, float
     if len(voxels) == 0:
         raise InputError(f"{label.name or 'label'}: the reference label is empty")
     picks = voxels[rng.choice(len(voxels), size=min(count, len(voxels)), replace=False)]
-    return [tuple(float(v) for v in ras) for ras in label.kji_to_ras(picks)]
+    return [(float(r), float(a), float(s)) for r, a, s in label.kji_to_ras(picks)]
 
 
 class _Steps:

@@ -128,6 +128,7 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
         for index, case in enumerate(cases, 1):
             try:
                 image, label, organ = load_case(case)
+                assert label is not None  # only labelled cases are evaluated (see above)
                 tumour = label.with_array((np.asarray(label.array) == args.tumour_label).astype(np.uint8))
             except Exception as exc:  # noqa: BLE001 - an unreadable case is a row, not the end of the run
                 result = failed_case(case.case_id, exc)

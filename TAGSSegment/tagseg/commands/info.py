@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 from ..errors import TagsegError
 from .common import Reporter, tagseg_version
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
     from ..devices import describe_devices
     from ..paths import cache_dir
 
-    report = {
+    report: dict[str, Any] = {
         "versions": {
             "tagseg": tagseg_version(),
             "python": sys.version.split()[0],

@@ -85,7 +85,7 @@ def _relative(entry: str) -> str:
 
 
 def _msd(root: Path) -> list[tuple[str, Path, Path | None, Path | None]]:
-    found = []
+    found: list[tuple[str, Path, Path | None, Path | None]] = []
     meta = root / "dataset.json"
     if meta.is_file():
         try:
@@ -120,7 +120,7 @@ def _kits(root: Path):
 
 
 def _walk_files(root: Path, pattern: str, depth: int = 3) -> list[Path]:
-    out = []
+    out: list[Path] = []
     for level in range(depth + 1):
         out.extend(
             p for p in root.glob("/".join(["*"] * level + [pattern])) if p.is_file() and not p.name.startswith(".")
@@ -146,11 +146,11 @@ def _folder(root: Path):
     found = []
     if (root / "images").is_dir():
         for image in _volume_files(root / "images"):
-            case_id = _strip_ext(image.name)
+            case_id = _strip_ext(image.name) or image.name  # a volume file: it has an extension
             found.append((case_id, image, _find_volume(root / "labels", case_id), None))
         return found
     for image in _volume_files(root):
-        stem = _strip_ext(image.name)
+        stem = _strip_ext(image.name) or image.name
         if stem.endswith("_image"):
             case_id = stem[: -len("_image")]
             found.append((case_id, image, _find_volume(root, f"{case_id}_label"), None))
@@ -182,7 +182,9 @@ def detect_layout(root: str | os.PathLike) -> str:
         return "msd"
     if _kits(root):
         return "kits"
-    if (root / "images").is_dir() or any(_strip_ext(p.name).endswith("_image") for p in _volume_files(root)):
+    if (root / "images").is_dir() or any(
+        (_strip_ext(p.name) or p.name).endswith("_image") for p in _volume_files(root)
+    ):
         return "folder"
     if _lits(root):
         return "lits"
@@ -199,7 +201,7 @@ def _organ_groups(organ: str | Sequence[str] | None) -> list[tuple[str, ...]]:
     if organ is None:
         return []
     if isinstance(organ, str):
-        groups = [(organ,)]
+        groups: list[tuple[str, ...]] = [(organ,)]
         parts = ORGAN_LABELS.get(organ.lower())
         if parts and tuple(parts) != (organ,):
             groups.append(tuple(parts))
@@ -387,7 +389,7 @@ def check_cases(
             flag("missing organ masks", cid)
         try:
             image = _read_header(Path(case.image)) if check_geometry else None
-            if has_label:
+            if has_label and case.label is not None:
                 values, label = _label_values(Path(case.label))
                 if not np.any(np.isclose(values, tumour_label)):
                     shown = ", ".join(f"{v:g}" for v in values[:12]) + (", …" if len(values) > 12 else "")

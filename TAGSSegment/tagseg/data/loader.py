@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -75,7 +76,7 @@ class TrainingDataset(Dataset):
         if hasattr(self.transforms, "set_random_state"):
             self.transforms.set_random_state(seed=self.sample_seed(index))
         out = first_sample(self.transforms(data))
-        sample = {key: _plain(out[key]) for key in ("image", "label", "organ")}
+        sample: dict[str, Any] = {key: _plain(out[key]) for key in ("image", "label", "organ")}
         sample["case_id"] = case.case_id
         return sample
 
@@ -111,7 +112,7 @@ def make_loader(
     when shuffling (training, as published) and False otherwise (validation)."""
     drop = shuffle if drop_last is None else drop_last
     generator = torch.Generator().manual_seed(int(seed))
-    sampler = None
+    sampler: DistributedSampler | None = None
     if distributed:
         sampler = DistributedSampler(
             dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=int(seed), drop_last=False

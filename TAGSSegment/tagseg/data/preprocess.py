@@ -41,7 +41,7 @@ def task_intensity(task: Task | str | Intensity | Mapping) -> Intensity:
     if isinstance(task, Intensity):
         return task
     if isinstance(task, Task):
-        return Intensity(tuple(task.window), task.mean, task.std)
+        return Intensity((task.window[0], task.window[1]), task.mean, task.std)
     if isinstance(task, str):
         if task not in TASKS:
             raise InputError(f"unknown task {task!r} (choose from {', '.join(TASKS)}, or give window/mean/std)")
@@ -103,7 +103,7 @@ def _in_plane_grid(
         inter[:3, 3] = matrix[:3, 3] + along * (start - float(along @ matrix[:3, 3]))
         shape = list(shape_kji)
         shape[2 - axis] = count
-        return inter, tuple(shape)
+        return inter, (shape[0], shape[1], shape[2])
     # oblique source: in-plane resampling on the source's own axes, then everything else in pass 2
     target = np.full(3, float(np.linalg.norm(matrix[:3, 0])))
     target[thick] = spacing[thick]

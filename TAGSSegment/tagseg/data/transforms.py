@@ -91,7 +91,12 @@ def _clip(intensity: Intensity, allow_missing: bool = False) -> ScaleIntensityRa
 
 
 def _normalise(intensity: Intensity) -> NormalizeIntensityd:
-    return NormalizeIntensityd(keys="image", subtrahend=intensity.mean, divisor=intensity.std)
+    # monai takes a float here (and applies it to the whole image); its annotation says array or tensor only
+    return NormalizeIntensityd(
+        keys="image",
+        subtrahend=intensity.mean,  # type: ignore[arg-type]
+        divisor=intensity.std,  # type: ignore[arg-type]
+    )
 
 
 def train_transforms(task: Task | str | Intensity | Mapping, crop: int = 128, pad: int | None = None) -> Compose:

@@ -117,7 +117,7 @@ def _fsync_file(path: str | Path) -> None:
         os.fsync(handle.fileno())
 
 
-def _atomic_write(dest: Path, write: Callable[[str], None], what: str) -> str:
+def _atomic_write(dest: Path, write: Callable[[str], object], what: str) -> str:
     """Through the one atomic writer (tagseg.paths): a crash or an error never leaves a half-written dest nor
     the temp file; the file is read back (safetensors header) before the rename. Returns its SHA-256."""
     from ..fs import WriteError, write_atomic
@@ -157,7 +157,8 @@ def tensors_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
         tensor = tensor.contiguous()
         digest.update(json.dumps([name, _dtype_name(tensor.dtype), list(tensor.shape)]).encode("utf-8") + b"\n")
         if tensor.numel():
-            digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+            # an ndarray is a buffer; numpy's stubs declare it only for Python >= 3.12
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy())  # type: ignore[arg-type]
     return digest.hexdigest()
 
 
@@ -452,7 +453,7 @@ def _numpy_safe_globals() -> list:
     try:
         from numpy._core.multiarray import scalar
     except ImportError:  # numpy 1.x
-        from numpy.core.multiarray import scalar
+        from numpy.core.multiarray import scalar  # type: ignore[no-redef]  # the same function, numpy 1.x path
     allowed: list = [np.dtype, (scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar")]
     allowed += sorted({type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDG"}, key=str)
     return allowed

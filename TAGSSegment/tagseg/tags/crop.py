@@ -15,6 +15,7 @@ the crop through the CPU; `test_tags_crop_device.py` holds the two to equality.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,7 +36,7 @@ class Intensity:
     std: float
 
     @classmethod
-    def from_metadata(cls, meta: dict) -> Intensity:
+    def from_metadata(cls, meta: Mapping) -> Intensity:
         lo, hi = meta["window"]
         return cls((float(lo), float(hi)), float(meta["mean"]), float(meta["std"]))
 
@@ -145,7 +146,8 @@ def crop_to_source(
     lo, hi = block
     crop_volume = Volume(np.asarray(prob_crop, np.float32), grid.ijk_to_ras, "crop", {})
     out = resample(crop_volume, source.grid.sub_grid(lo, hi), order=1, fill=0.0).array
-    return tuple(slice(a, b) for a, b in zip(lo, hi, strict=False)), np.asarray(out, np.float32)
+    slices = (slice(lo[0], hi[0]), slice(lo[1], hi[1]), slice(lo[2], hi[2]))
+    return slices, np.asarray(out, np.float32)
 
 
 def crop_to_source_tensor(prob_crop, grid: CropGrid, source: Volume):

@@ -9,6 +9,8 @@ them one to one. Tokens are laid out [B, H, W, D, C] throughout, as in the autho
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from segment_anything.modeling.common import MLPBlock
@@ -70,7 +72,7 @@ def window_partition_3d(x: torch.Tensor, size: int) -> torch.Tensor:
     return x.permute(0, 1, 3, 5, 2, 4, 6, 7).reshape(-1, size, size, size, c)
 
 
-def window_unpartition_3d(windows: torch.Tensor, size: int, grid: tuple[int, int, int]) -> torch.Tensor:
+def window_unpartition_3d(windows: torch.Tensor, size: int, grid: Sequence[int]) -> torch.Tensor:
     h, w, d = grid
     b = windows.shape[0] // ((h // size) * (w // size) * (d // size))
     x = windows.view(b, h // size, w // size, d // size, size, size, size, -1)
@@ -230,7 +232,8 @@ class ImageEncoder3d(nn.Module):
         x = self.tokens(crop)
         w = self.config.alignment_weight
         stages = set(self.config.alignment_blocks)
-        features, aligned = [], []
+        features: list[torch.Tensor] = []
+        aligned: list[torch.Tensor] = []
         for number, block in enumerate(self.blocks, start=1):
             x = block(x)
             if number in stages:

@@ -40,4 +40,7 @@ def focal_loss(prob: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> 
 def alignment_loss(maps: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
     """Sum over the four stages of 1/2 [focal + soft Dice on the tumour channel]; maps [B, 2, ...]."""
     target = target.float()
-    return sum(0.5 * (focal_loss(m, target) + soft_dice_loss(m[:, 1], target)) for m in maps)
+    total = torch.zeros((), device=target.device)
+    for m in maps:
+        total = total + 0.5 * (focal_loss(m, target) + soft_dice_loss(m[:, 1], target))
+    return total

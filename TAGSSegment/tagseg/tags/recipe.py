@@ -3,6 +3,7 @@ click sampling, the three AdamW optimisers with their linear schedule, and one o
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,8 +40,8 @@ def sample_training_points(
 
 @dataclass
 class Optimisers:
-    optimisers: dict[str, torch.optim.Optimizer]
-    schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler]
+    optimisers: Mapping[str, torch.optim.Optimizer]
+    schedulers: Mapping[str, torch.optim.lr_scheduler.LRScheduler]
 
     def zero_grad(self) -> None:
         for opt in self.optimisers.values():

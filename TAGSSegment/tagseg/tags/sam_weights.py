@@ -9,17 +9,19 @@ in-plane ones (TAGS_SPEC.md §3.2.1).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import torch
 
 from ..errors import ModelError
 from .checkpoint import safe_torch_load
+from .image_encoder import Block3d
 from .model import TagsNet
 
 SAM_PREFIX = "image_encoder."
 
 
-def sam_image_encoder_tensors(state: dict) -> dict[str, torch.Tensor]:
+def sam_image_encoder_tensors(state: object) -> dict[str, torch.Tensor]:
     """The image-encoder tensors of a SAM checkpoint, with or without the `image_encoder.` prefix."""
     if not isinstance(state, dict) or not state:
         raise ModelError("not a SAM checkpoint: expected a state dict of tensors")
@@ -59,5 +61,6 @@ def load_sam_weights(model: TagsNet, source: str | Path | dict) -> dict[str, lis
         for name, value in tensors.items():
             own[name].copy_(value.to(own[name].dtype))
         for block in model.image_encoder.blocks:
-            block.attn.rel_pos_d.copy_(0.5 * (block.attn.rel_pos_h + block.attn.rel_pos_w))
+            attn = cast(Block3d, block).attn
+            attn.rel_pos_d.copy_(0.5 * (attn.rel_pos_h + attn.rel_pos_w))
     return {"loaded": sorted(tensors), "not_in_sam": sorted(set(own) - set(tensors))}

@@ -15,7 +15,7 @@ import warnings
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -235,8 +235,8 @@ class OpenClipTextEncoder:
         self._file: Path | None = None
         self._tag: str | None = None
         self._quick_gelu = False
-        self._model = None
-        self._tokenizer = None
+        self._model: Any = None  # an open_clip CLIP text tower (open_clip has no type hints)
+        self._tokenizer: Any = None
         if pretrained is None:
             self.id = f"open_clip-random:{self.model_name}:{self.seed}"
         elif isinstance(pretrained, os.PathLike) or _looks_like_path(str(pretrained)):
