@@ -22,6 +22,7 @@ token. JSON bodies are UTF-8 JSON objects without NaN/Infinity. Binary bodies ar
 - Errors are one-line JSON ``{"error": ClassName, "message": str}`` with a 4xx status (5xx only for
   bugs); engine errors carry the `TagsegError` subclass name and are raised here as that class.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -33,8 +34,8 @@ import threading
 import time
 import urllib.parse
 import zlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 import numpy as np
 
@@ -50,15 +51,26 @@ MAGIC = b"TGS1"
 MAX_FRAME_HEADER = 64 * 1024
 # voxel types accepted on the wire (each byte order): what check_volume accepts, object types excluded
 WIRE_DTYPES = frozenset(
-    d.str for name in ("bool", "uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64",
-                       "float32", "float64")
-    for d in (np.dtype(name), np.dtype(name).newbyteorder()))
+    d.str
+    for name in ("bool", "uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64", "float32", "float64")
+    for d in (np.dtype(name), np.dtype(name).newbyteorder())
+)
 # a dead local server answers at once; this only bounds connecting to a machine that does not answer
 CONNECT_TIMEOUT_S = 10.0
 # how often RemoteSession asks for progress while a prediction runs (only when a progress callback is given)
 PROGRESS_POLL_S = 0.25
-ERROR_CLASSES = {cls.__name__: cls for cls in (TagsegError, errors.InputError, errors.PromptError, errors.ModelError,
-                                               errors.DeviceError, EngineUnavailable, errors.Superseded)}
+ERROR_CLASSES = {
+    cls.__name__: cls
+    for cls in (
+        TagsegError,
+        errors.InputError,
+        errors.PromptError,
+        errors.ModelError,
+        errors.DeviceError,
+        EngineUnavailable,
+        errors.Superseded,
+    )
+}
 
 
 # ---- wire format ---------------------------------------------------------------------------------------
@@ -75,10 +87,10 @@ def unframe(body: bytes | bytearray | memoryview) -> tuple[dict, memoryview]:
     (size,) = struct.unpack(">I", view[4:8])
     if size > MAX_FRAME_HEADER or 8 + size > len(view):
         raise ValueError("frame header size out of range")
-    header = json.loads(bytes(view[8:8 + size]), parse_constant=_no_constant)
+    header = json.loads(bytes(view[8 : 8 + size]), parse_constant=_no_constant)
     if not isinstance(header, dict):
         raise ValueError("frame header is not a JSON object")
-    return header, view[8 + size:]
+    return header, view[8 + size :]
 
 
 def _no_constant(name: str):
@@ -87,15 +99,19 @@ def _no_constant(name: str):
 
 def volume_header(volume: Volume) -> dict:
     array = volume.array
-    return {"dtype": array.dtype.str, "shape": [int(n) for n in array.shape],
-            "ijk_to_ras": [[float(v) for v in row] for row in np.asarray(volume.ijk_to_ras)]}
+    return {
+        "dtype": array.dtype.str,
+        "shape": [int(n) for n in array.shape],
+        "ijk_to_ras": [[float(v) for v in row] for row in np.asarray(volume.ijk_to_ras)],
+    }
 
 
 def volume_digest(header: dict):
     """A SHA-256 object fed with the canonical header (dtype, shape, matrix): update it with the raw bytes, in
     as many pieces as suits the caller (Slicer hashes a large volume a few megabytes per timer tick)."""
-    canonical = json.dumps({k: header[k] for k in ("dtype", "shape", "ijk_to_ras")}, sort_keys=True,
-                           separators=(",", ":"), allow_nan=False).encode()
+    canonical = json.dumps(
+        {k: header[k] for k in ("dtype", "shape", "ijk_to_ras")}, sort_keys=True, separators=(",", ":"), allow_nan=False
+    ).encode()
     return hashlib.sha256(canonical)
 
 
@@ -123,9 +139,12 @@ def encode_volume(volume: Volume, compress: bool = False) -> tuple[str, list[byt
 
 
 def prompt_json(points: Iterable[P.Point], boxes: Iterable[P.Box], text: str, anatomy: str | None) -> dict:
-    return {"points": [{"ras": list(p.ras), "positive": bool(p.positive)} for p in points],
-            "boxes": [{"a": list(b.corner_a), "b": list(b.corner_b)} for b in boxes],
-            "text": text, "anatomy": anatomy}
+    return {
+        "points": [{"ras": list(p.ras), "positive": bool(p.positive)} for p in points],
+        "boxes": [{"a": list(b.corner_a), "b": list(b.corner_b)} for b in boxes],
+        "text": text,
+        "anatomy": anatomy,
+    }
 
 
 def mask_bbox(array: np.ndarray) -> tuple[tuple[int, int, int], tuple[int, int, int]] | None:
@@ -134,9 +153,9 @@ def mask_bbox(array: np.ndarray) -> tuple[tuple[int, int, int], tuple[int, int, 
     ks = np.flatnonzero(arr.reshape(arr.shape[0], -1).any(axis=1))
     if ks.size == 0:
         return None
-    slab = arr[ks[0]:ks[-1] + 1]
+    slab = arr[ks[0] : ks[-1] + 1]
     js = np.flatnonzero(slab.any(axis=(0, 2)))
-    is_ = np.flatnonzero(slab[:, js[0]:js[-1] + 1].any(axis=(0, 1)))
+    is_ = np.flatnonzero(slab[:, js[0] : js[-1] + 1].any(axis=(0, 1)))
     return (int(ks[0]), int(js[0]), int(is_[0])), (int(ks[-1]) + 1, int(js[-1]) + 1, int(is_[-1]) + 1)
 
 
@@ -144,8 +163,11 @@ def encode_mask(array: np.ndarray, level: int = 1) -> tuple[dict, bytes]:
     """(header part, payload) of a mask reply: the array cropped to its bounding box, zlib-compressed."""
     arr = np.asarray(array)
     box = mask_bbox(arr)
-    header = {"shape": [int(n) for n in arr.shape], "dtype": arr.dtype.str,
-              "bbox": None if box is None else [list(box[0]), list(box[1])]}
+    header = {
+        "shape": [int(n) for n in arr.shape],
+        "dtype": arr.dtype.str,
+        "bbox": None if box is None else [list(box[0]), list(box[1])],
+    }
     if box is None:
         return header, b""
     (k0, j0, i0), (k1, j1, i1) = box
@@ -162,14 +184,14 @@ def decode_mask(header: dict, payload: bytes | memoryview) -> np.ndarray:
     if header.get("bbox") is None:
         return out
     lo, hi = (tuple(int(v) for v in corner) for corner in header["bbox"])
-    crop = tuple(h - l for l, h in zip(lo, hi))
-    if any(l < 0 or h > n or h <= l for l, h, n in zip(lo, hi, shape)):
+    crop = tuple(b - a for a, b in zip(lo, hi, strict=False))
+    if any(a < 0 or b > n or b <= a for a, b, n in zip(lo, hi, shape, strict=False)):
         raise ValueError("mask box outside the grid")
     expected = int(np.prod(crop)) * dtype.itemsize
     raw = zlib.decompressobj().decompress(payload, expected + 1)
     if len(raw) != expected:
         raise ValueError("mask payload has the wrong size")
-    out[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = np.frombuffer(raw, dtype=dtype).reshape(crop)
+    out[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = np.frombuffer(raw, dtype=dtype).reshape(crop)
     return out
 
 
@@ -200,8 +222,13 @@ class _UnknownAnatomy(Exception):
 
 _INTERNAL = {"UnknownSession": _UnknownSession, "UnknownVolume": _UnknownVolume, "UnknownAnatomy": _UnknownAnatomy}
 # what a broken connection looks like (server killed, restarted, network gone)
-_DISCONNECTS = (ConnectionError, http.client.RemoteDisconnected, http.client.IncompleteRead,
-                http.client.BadStatusLine, BrokenPipeError)
+_DISCONNECTS = (
+    ConnectionError,
+    http.client.RemoteDisconnected,
+    http.client.IncompleteRead,
+    http.client.BadStatusLine,
+    BrokenPipeError,
+)
 
 
 class EngineClient:
@@ -234,11 +261,14 @@ class EngineClient:
 
     def _unavailable(self, exc: BaseException) -> EngineUnavailable:
         reason = _describe(exc)
-        return EngineUnavailable(f"the tagseg engine at {self.url} is not reachable ({reason}); "
-                                 "start it with `tagseg serve` or check the URL")
+        return EngineUnavailable(
+            f"the tagseg engine at {self.url} is not reachable ({reason}); "
+            "start it with `tagseg serve` or check the URL"
+        )
 
-    def request(self, method: str, path: str, body=None, json_body: dict | None = None,
-                timeout: float | None = None) -> tuple[int, dict, bytes]:
+    def request(
+        self, method: str, path: str, body=None, json_body: dict | None = None, timeout: float | None = None
+    ) -> tuple[int, dict, bytes]:
         """(status, lower-case headers, body) of one exchange; EngineUnavailable when none completes."""
         headers = {"Accept": "application/json, application/octet-stream"}
         if self._token:
@@ -270,7 +300,7 @@ class EngineClient:
             except _DISCONNECTS as exc:
                 _close(conn)
                 if reused and attempt == 0:
-                    continue            # a keep-alive connection the server had closed: one fresh try
+                    continue  # a keep-alive connection the server had closed: one fresh try
                 raise self._unavailable(exc) from None
             except (OSError, http.client.HTTPException) as exc:
                 _close(conn)
@@ -358,7 +388,7 @@ class _State:
     points: tuple[P.Point, ...] = ()
     boxes: tuple[P.Box, ...] = ()
     text: str = ""
-    anatomy: str | None = None      # volume id of the organ mask on the server
+    anatomy: str | None = None  # volume id of the organ mask on the server
 
 
 class RemoteSession:
@@ -371,10 +401,18 @@ class RemoteSession:
     opened again by itself; a server that cannot be reached raises `EngineUnavailable`.
     """
 
-    def __init__(self, url: str, volume: Volume, token: str | None = None, model: str = "auto",
-                 device: str = "auto", *, timeout: float = 600.0,
-                 warn: Callable[[str], None] | None = None,
-                 progress: Callable[[str, int, int], None] | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        volume: Volume,
+        token: str | None = None,
+        model: str = "auto",
+        device: str = "auto",
+        *,
+        timeout: float = 600.0,
+        warn: Callable[[str], None] | None = None,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> None:
         if not isinstance(volume, Volume):
             raise TypeError("RemoteSession needs a tagseg.Volume (see tagseg.load_volume)")
         check_volume(volume)
@@ -404,8 +442,10 @@ class RemoteSession:
         size = sum(memoryview(p).nbytes for p in parts)
         limit = self._client.call("GET", "/v1/health")[0].get("max_upload_bytes")
         if isinstance(limit, int) and size > limit:
-            raise errors.InputError(f"the volume is {size / 2**20:.0f} MB, more than the engine at {self.url} "
-                                    f"accepts ({limit / 2**20:.0f} MB; see tagseg serve --max-upload-mb)")
+            raise errors.InputError(
+                f"the volume is {size / 2**20:.0f} MB, more than the engine at {self.url} "
+                f"accepts ({limit / 2**20:.0f} MB; see tagseg serve --max-upload-mb)"
+            )
         self._client.call("PUT", f"/v1/volumes/{vid}", body=parts)
 
     def _open(self) -> None:
@@ -441,12 +481,14 @@ class RemoteSession:
             try:
                 if self._sid is None:
                     self._open()
-                return self._client.call("POST", f"/v1/sessions/{self._sid}/{path}", json_body=json_body,
-                                         timeout=timeout)
+                return self._client.call(
+                    "POST", f"/v1/sessions/{self._sid}/{path}", json_body=json_body, timeout=timeout
+                )
             except (_UnknownSession, _UnknownVolume, _UnknownAnatomy) as exc:
                 if attempt == 2:
-                    raise EngineUnavailable(f"the tagseg engine at {self.url} keeps forgetting this session "
-                                            f"({exc})") from None
+                    raise EngineUnavailable(
+                        f"the tagseg engine at {self.url} keeps forgetting this session ({exc})"
+                    ) from None
                 if isinstance(exc, _UnknownAnatomy):
                     self._register_anatomy(self._state.anatomy)
                 else:
@@ -480,7 +522,7 @@ class RemoteSession:
             try:
                 if self._sid is None:
                     self._open()
-                self._register_anatomy(vid)          # the server resamples and checks it (PromptError if empty)
+                self._register_anatomy(vid)  # the server resamples and checks it (PromptError if empty)
                 break
             except _UnknownSession:
                 if attempt:
@@ -548,8 +590,9 @@ class RemoteSession:
         stop = threading.Event()
         watcher = None
         if callback is not None and self._sid is not None:
-            watcher = threading.Thread(target=self._watch_progress, args=(callback, stop), daemon=True,
-                                       name="tagseg-progress")
+            watcher = threading.Thread(
+                target=self._watch_progress, args=(callback, stop), daemon=True, name="tagseg-progress"
+            )
             watcher.start()
         try:
             header, payload = self._session_call("predict", self._prompt_request())
@@ -562,10 +605,12 @@ class RemoteSession:
         except (ValueError, KeyError, TypeError, zlib.error) as exc:
             raise TagsegError(f"engine at {self.url} sent a malformed mask ({exc})") from None
         if array.shape != self.volume.shape_kji:
-            raise TagsegError(f"engine at {self.url} sent a mask of shape {array.shape}, expected "
-                              f"{self.volume.shape_kji}")
-        timings = {str(k): float(v) for k, v in dict(header.get("timings") or {}).items()
-                   if isinstance(v, (int, float))}
+            raise TagsegError(
+                f"engine at {self.url} sent a mask of shape {array.shape}, expected {self.volume.shape_kji}"
+            )
+        timings = {
+            str(k): float(v) for k, v in dict(header.get("timings") or {}).items() if isinstance(v, (int, float))
+        }
         total = time.perf_counter() - start
         timings["engine_total"] = timings.get("total", 0.0)
         timings["remote_overhead"] = max(total - timings.get("server", timings["engine_total"]), 0.0)
@@ -574,8 +619,14 @@ class RemoteSession:
         meta = dict(header.get("meta") or {})
         warnings = tuple(ResultWarning.from_dict(w) for w in header.get("warnings") or () if isinstance(w, dict))
         result = self.volume.with_array(array, name=str(header.get("name", "")))
-        result.meta.update({"model": meta.get("model"), "anatomy": meta.get("anatomy"), "timings": dict(timings),
-                            "warnings": list(warnings)})
+        result.meta.update(
+            {
+                "model": meta.get("model"),
+                "anatomy": meta.get("anatomy"),
+                "timings": dict(timings),
+                "warnings": list(warnings),
+            }
+        )
         self.warnings = warnings
         return result
 
@@ -598,7 +649,7 @@ class RemoteSession:
                 pass
         self._client.close()
 
-    def __enter__(self) -> "RemoteSession":
+    def __enter__(self) -> RemoteSession:
         return self
 
     def __exit__(self, *exc) -> None:

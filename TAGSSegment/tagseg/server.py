@@ -19,6 +19,7 @@ Each session wraps a `tagseg.Session` (prompts, result cache; models are shared 
 A predict request that is still waiting when a newer one for the same session arrives is answered
 409 Superseded (newest wins). Nothing is unpickled; every size is bounded before it is read.
 """
+
 import asyncio
 import hmac
 import json
@@ -38,9 +39,8 @@ from pathlib import Path
 import numpy as np
 
 from . import prompts as P
-from .client import (MAX_FRAME_HEADER, PROTOCOL, WIRE_DTYPES, encode_mask, frame, is_loopback_host, unframe,
-                     volume_id)
-from .errors import DeviceError, InputError, PromptError, Superseded, TagsegError, one_line
+from .client import MAX_FRAME_HEADER, PROTOCOL, WIRE_DTYPES, encode_mask, frame, is_loopback_host, unframe, volume_id
+from .errors import DeviceError, InputError, Superseded, TagsegError, one_line
 from .fs import write_text_atomic
 from .text import parse_description
 from .volume import Volume, check_volume
@@ -53,8 +53,8 @@ MAX_TEXT_CHARS = 1000
 MAX_MODEL_CHARS = 4096
 MAX_DIM = 8192
 MAX_SESSIONS = 32
-SPARE_VOLUMES = 4            # uploaded volumes kept without a session using them
-RESULTS_PER_SESSION = 16     # full-grid masks a session keeps for undo/redo
+SPARE_VOLUMES = 4  # uploaded volumes kept without a session using them
+RESULTS_PER_SESSION = 16  # full-grid masks a session keeps for undo/redo
 MIN_TOKEN_CHARS = 16
 _ID = re.compile(r"^[0-9a-f]{64}$")
 _SID = re.compile(r"^[0-9a-f]{32}$")
@@ -72,11 +72,11 @@ class Reject(Exception):
 @dataclass
 class LiveSession:
     sid: str
-    session: object                       # tagseg.Session
+    session: object  # tagseg.Session
     volume_id: str
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     arrivals: int = 0
-    anatomies: dict = field(default_factory=dict)     # volume id -> (on-grid mask Volume, key)
+    anatomies: dict = field(default_factory=dict)  # volume id -> (on-grid mask Volume, key)
     last_used: float = field(default_factory=time.monotonic)
     closed: bool = False
     progress: "ProgressBox | None" = None
@@ -146,7 +146,7 @@ class Engine:
         used = {live.volume_id for live in self.sessions.values()}
         used.update(a for live in self.sessions.values() for a in live.anatomies)
         spare = [v for v in self.volumes if v not in used and v != vid]
-        for old in spare[:max(len(spare) - SPARE_VOLUMES, 0)]:
+        for old in spare[: max(len(spare) - SPARE_VOLUMES, 0)]:
             del self.volumes[old]
 
     def evict_sessions(self) -> list:
@@ -206,8 +206,11 @@ def _string(obj: dict, key: str, default: str | None, limit: int) -> str | None:
 
 def _vector(value, what: str) -> list[float]:
     """Three JSON numbers; finiteness is checked by the prompt code (PromptError, as in-process)."""
-    if (not isinstance(value, list) or len(value) != 3
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+    if (
+        not isinstance(value, list)
+        or len(value) != 3
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    ):
         raise Reject(400, "BadRequest", f"{what} must be a list of three numbers R, A, S")
     return [float(v) for v in value]
 
@@ -223,14 +226,15 @@ def prompt_set(live: LiveSession, request: dict) -> P.PromptSet:
     points = []
     for item in points_in:
         if not isinstance(item, dict) or not isinstance(item.get("positive", True), bool):
-            raise Reject(400, "BadRequest", "each point is {\"ras\": [r, a, s], \"positive\": true|false}")
+            raise Reject(400, "BadRequest", 'each point is {"ras": [r, a, s], "positive": true|false}')
         points.append(P.make_point(volume, _vector(item.get("ras"), "a point's 'ras'"), item.get("positive", True)))
     boxes = []
     for item in boxes_in:
         if not isinstance(item, dict):
-            raise Reject(400, "BadRequest", "each box is {\"a\": [r, a, s], \"b\": [r, a, s]}")
-        boxes.append(P.make_box(volume, _vector(item.get("a"), "a box corner 'a'"),
-                                _vector(item.get("b"), "a box corner 'b'")))
+            raise Reject(400, "BadRequest", 'each box is {"a": [r, a, s], "b": [r, a, s]}')
+        boxes.append(
+            P.make_box(volume, _vector(item.get("a"), "a box corner 'a'"), _vector(item.get("b"), "a box corner 'b'"))
+        )
     text = parse_description(_string(request, "text", "", MAX_TEXT_CHARS)).text
     anatomy_id = _string(request, "anatomy", None, 64)
     anatomy, key = None, ""
@@ -252,13 +256,19 @@ def parse_volume(vid: str, body: bytearray, max_bytes: int) -> Volume:
         raise Reject(400, "BadRequest", f"unsupported voxel type {str(dtype_name)[:20]!r}")
     dtype = np.dtype(dtype_name)
     shape = header.get("shape")
-    if (not isinstance(shape, list) or len(shape) != 3
-            or not all(isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= MAX_DIM for n in shape)):
+    if (
+        not isinstance(shape, list)
+        or len(shape) != 3
+        or not all(isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= MAX_DIM for n in shape)
+    ):
         raise Reject(400, "BadRequest", f"'shape' must be three sizes from 1 to {MAX_DIM}")
     matrix = header.get("ijk_to_ras")
-    if (not isinstance(matrix, list) or len(matrix) != 4
-            or not all(isinstance(r, list) and len(r) == 4 for r in matrix)
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for r in matrix for v in r)):
+    if (
+        not isinstance(matrix, list)
+        or len(matrix) != 4
+        or not all(isinstance(r, list) and len(r) == 4 for r in matrix)
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for r in matrix for v in r)
+    ):
         raise Reject(400, "BadRequest", "'ijk_to_ras' must be a 4x4 list of numbers")
     expected = int(np.prod(shape)) * dtype.itemsize
     if expected > max_bytes:
@@ -296,6 +306,7 @@ def parse_volume(vid: str, body: bytearray, max_bytes: int) -> Volume:
 # ---- model work (runs on a worker thread) --------------------------------------------------------------
 def _engine_errors(fn):
     """Out-of-memory and other device failures as DeviceError, like the command line reports them."""
+
     def run(*args):
         try:
             return fn(*args)
@@ -307,9 +318,12 @@ def _engine_errors(fn):
             from .devices import is_out_of_memory
 
             if is_out_of_memory(exc):
-                raise DeviceError("the device ran out of memory while running the model; restart the engine "
-                                  "with --device cpu or free GPU memory") from None
+                raise DeviceError(
+                    "the device ran out of memory while running the model; restart the engine "
+                    "with --device cpu or free GPU memory"
+                ) from None
             raise
+
     return run
 
 
@@ -326,12 +340,15 @@ def _predict(session, prompts: P.PromptSet):
         session.progress.clear()
     result = session.predict()
     cache = session._results
-    while len(cache) > RESULTS_PER_SESSION:       # bounded memory: oldest cached masks go first
+    while len(cache) > RESULTS_PER_SESSION:  # bounded memory: oldest cached masks go first
         cache.pop(next(iter(cache)))
     start = time.perf_counter()
     head, payload = encode_mask(result.array)
-    head.update(name=result.name, meta={"model": result.meta.get("model"), "anatomy": result.meta.get("anatomy")},
-                warnings=[w.to_dict() for w in result.meta.get("warnings", ())])
+    head.update(
+        name=result.name,
+        meta={"model": result.meta.get("model"), "anatomy": result.meta.get("anatomy")},
+        warnings=[w.to_dict() for w in result.meta.get("warnings", ())],
+    )
     timings = dict(session.timings, encode=time.perf_counter() - start)
     return head, payload, timings
 
@@ -400,9 +417,18 @@ def build_app(engine: Engine):
     @app.get("/v1/health")
     async def health(request: Request):
         auth(request)
-        return {"ok": True, "protocol": PROTOCOL, "version": __version__, "device": engine.device,
-                "pid": os.getpid(), "sessions": len(engine.sessions), "volumes": len(engine.volumes),
-                "running": engine.running, "served": engine.served, "max_upload_bytes": engine.max_upload_bytes}
+        return {
+            "ok": True,
+            "protocol": PROTOCOL,
+            "version": __version__,
+            "device": engine.device,
+            "pid": os.getpid(),
+            "sessions": len(engine.sessions),
+            "volumes": len(engine.volumes),
+            "running": engine.running,
+            "served": engine.served,
+            "max_upload_bytes": engine.max_upload_bytes,
+        }
 
     @app.get("/v1/volumes/{vid}")
     async def volume_info(vid: str, request: Request):
@@ -416,7 +442,7 @@ def build_app(engine: Engine):
         if not _ID.match(vid):
             raise Reject(400, "BadRequest", "a volume id is 64 lower-case hex digits (SHA-256)")
         body = await read_body(request, engine.max_upload_bytes + MAX_FRAME_HEADER + 8)
-        volume = await asyncio.to_thread(parse_volume, vid, body, engine.max_upload_bytes)   # checked even if known
+        volume = await asyncio.to_thread(parse_volume, vid, body, engine.max_upload_bytes)  # checked even if known
         if vid not in engine.volumes:
             engine.add_volume(vid, volume)
         return {"volume": vid}
@@ -493,7 +519,7 @@ def build_app(engine: Engine):
     @app.get("/v1/sessions/{sid}/progress")
     async def progress(sid: str, request: Request):
         auth(request)
-        live = engine.live(sid)       # never waits for the session's lock: a prediction holds it
+        live = engine.live(sid)  # never waits for the session's lock: a prediction holds it
         return dict(live.progress.snapshot() if live.progress else {}, running=live.lock.locked())
 
     @app.post("/v1/sessions/{sid}/propose")
@@ -519,19 +545,32 @@ def build_app(engine: Engine):
 # ---- the command ---------------------------------------------------------------------------------------
 def add_serve_command(commands) -> None:
     serve = commands.add_parser(
-        "serve", help="run the engine as a local or remote HTTP server (used by the Slicer extension)",
-        description="Serve the tagseg engine over HTTP. Prints one JSON line {\"url\": ..., \"pid\": ...} on "
-                    "stdout when ready. Any address other than loopback needs --token-file. The connection is "
-                    "not encrypted: reach a remote server through an SSH tunnel or a TLS proxy.")
+        "serve",
+        help="run the engine as a local or remote HTTP server (used by the Slicer extension)",
+        description='Serve the tagseg engine over HTTP. Prints one JSON line {"url": ..., "pid": ...} on '
+        "stdout when ready. Any address other than loopback needs --token-file. The connection is "
+        "not encrypted: reach a remote server through an SSH tunnel or a TLS proxy.",
+    )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=0, help="port (default: 0 = any free port)")
-    serve.add_argument("--token-file", metavar="FILE",
-                       help="file holding the access token (first line); created with a random token if missing")
+    serve.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="file holding the access token (first line); created with a random token if missing",
+    )
     serve.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
-    serve.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB, metavar="N",
-                       help=f"largest volume accepted, in MB (default: {DEFAULT_MAX_UPLOAD_MB})")
-    serve.add_argument("--exit-with-stdin", action="store_true",
-                       help="stop when standard input closes (a parent process that dies takes the server along)")
+    serve.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=DEFAULT_MAX_UPLOAD_MB,
+        metavar="N",
+        help=f"largest volume accepted, in MB (default: {DEFAULT_MAX_UPLOAD_MB})",
+    )
+    serve.add_argument(
+        "--exit-with-stdin",
+        action="store_true",
+        help="stop when standard input closes (a parent process that dies takes the server along)",
+    )
     serve.set_defaults(func=_cmd_serve)
 
 
@@ -539,7 +578,7 @@ def read_token(path: Path, warn) -> str:
     """The token in `path`; a missing file gets a new random token (readable by the owner only)."""
     if not path.exists():
         token = secrets.token_urlsafe(32)
-        write_text_atomic(path, token + "\n", what="the token file", mode=0o600)   # the owner's only
+        write_text_atomic(path, token + "\n", what="the token file", mode=0o600)  # the owner's only
         warn(f"wrote a new random token to {path}")
         return token
     try:
@@ -580,11 +619,13 @@ def _cmd_serve(args, reporter) -> int:
     loopback = is_loopback_host(args.host)
     token = read_token(Path(args.token_file).expanduser(), reporter.warn) if args.token_file else None
     if not loopback and token is None:
-        raise InputError(f"refusing to listen on {args.host} without a token: anyone who can reach it could run "
-                         "the model and read the uploaded images; add --token-file FILE")
+        raise InputError(
+            f"refusing to listen on {args.host} without a token: anyone who can reach it could run "
+            "the model and read the uploaded images; add --token-file FILE"
+        )
     try:
-        import uvicorn
         import fastapi  # noqa: F401
+        import uvicorn
     except ImportError:
         raise InputError("tagseg serve needs FastAPI and uvicorn: pip install fastapi uvicorn") from None
     from .devices import resolve_device
@@ -594,8 +635,13 @@ def _cmd_serve(args, reporter) -> int:
     sock = _bind(args.host, args.port)
     port = sock.getsockname()[1]
     shown = f"[{args.host}]" if ":" in args.host else args.host
-    ready = {"url": f"http://{shown}:{port}", "pid": os.getpid(), "protocol": PROTOCOL, "device": device,
-             "token": bool(token)}
+    ready = {
+        "url": f"http://{shown}:{port}",
+        "pid": os.getpid(),
+        "protocol": PROTOCOL,
+        "device": device,
+        "token": bool(token),
+    }
 
     class _Server(uvicorn.Server):
         async def startup(self, sockets=None):
@@ -603,10 +649,12 @@ def _cmd_serve(args, reporter) -> int:
             if self.started:
                 print(json.dumps(ready), flush=True)
 
-    config = uvicorn.Config(build_app(engine), log_level="warning", access_log=False, timeout_keep_alive=60,
-                            lifespan="off")
+    config = uvicorn.Config(
+        build_app(engine), log_level="warning", access_log=False, timeout_keep_alive=60, lifespan="off"
+    )
     server = _Server(config)
     if args.exit_with_stdin:
+
         def watch() -> None:
             try:
                 while sys.stdin.buffer.read(65536):
@@ -614,6 +662,7 @@ def _cmd_serve(args, reporter) -> int:
             except (OSError, ValueError):
                 pass
             server.should_exit = True
+
         threading.Thread(target=watch, name="tagseg-stdin-watch", daemon=True).start()
     server.run(sockets=[sock])
     return 0

@@ -3,12 +3,13 @@
 Model work runs on one persistent worker thread (cuDNN plan caches are per thread, so a fresh
 thread per click would be slow on GPU); the public methods stay synchronous.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
 import time
 import uuid
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -27,8 +28,11 @@ from .volume import Volume, check_volume
 
 def _check_capabilities(name: str, backend: Backend, prompts: GridPrompts) -> None:
     """A PromptError for a kind of prompt the model does not take (`Backend.capabilities`), not a silent skip."""
-    needed = {BOXES: bool(prompts.boxes_kji), NEGATIVE_POINTS: len(prompts.negative_kji) > 0,
-              ANATOMY: prompts.anatomy is not None}
+    needed = {
+        BOXES: bool(prompts.boxes_kji),
+        NEGATIVE_POINTS: len(prompts.negative_kji) > 0,
+        ANATOMY: prompts.anatomy is not None,
+    }
     missing = [what.replace("_", " ") for what, used in needed.items() if used and what not in backend.capabilities]
     if missing:
         raise PromptError(f"model '{name}' does not take {' or '.join(missing)}; remove them or choose another model")
@@ -40,9 +44,16 @@ class Session:
     >>> s = Session(vol); s.set_text("pancreatic tumor"); s.add_point((r, a, s_)); mask = s.predict()
     """
 
-    def __init__(self, volume: Volume, model: str = "auto", device: str = "auto",
-                 warn: Callable[[str], None] | None = None, backend_options: dict | None = None,
-                 progress: Progress | None = None, work_ahead: bool = True) -> None:
+    def __init__(
+        self,
+        volume: Volume,
+        model: str = "auto",
+        device: str = "auto",
+        warn: Callable[[str], None] | None = None,
+        backend_options: dict | None = None,
+        progress: Progress | None = None,
+        work_ahead: bool = True,
+    ) -> None:
         """`work_ahead`: let the model use the time after each result for what the next click will need (the
         default model encodes nearby slices in the background); off for one-shot use such as the CLI."""
         if not isinstance(volume, Volume):
@@ -58,7 +69,7 @@ class Session:
         self._warn = warn
         self.device = resolve_device(device, warn)
         self._history: list[P.PromptSet] = [P.PromptSet()]
-        self._history_id = uuid.uuid4().hex      # a shared backend corrects only this session's own results
+        self._history_id = uuid.uuid4().hex  # a shared backend corrects only this session's own results
         self._redo: list[P.PromptSet] = []
         self._backends: dict[str, tuple[Backend, object]] = {}
         self._results: dict[tuple, tuple[np.ndarray, tuple[ResultWarning, ...]]] = {}
@@ -81,8 +92,11 @@ class Session:
         """The description: names the result and selects anatomy and intensity preset (and, with
         model="auto", the model)."""
         desc = parse_description(text)
-        self._push(P.PromptSet(self.prompts.points, self.prompts.boxes, desc.text, self.prompts.anatomy,
-                               self.prompts.anatomy_key))
+        self._push(
+            P.PromptSet(
+                self.prompts.points, self.prompts.boxes, desc.text, self.prompts.anatomy, self.prompts.anatomy_key
+            )
+        )
 
     def set_anatomy(self, organ_mask: Volume | None, classes=None) -> None:
         """An organ mask on any grid; the result is kept inside it (dilated). None clears it.
@@ -105,13 +119,27 @@ class Session:
 
     def add_point(self, ras, positive: bool = True) -> None:
         point = P.make_point(self.volume, ras, positive)
-        self._push(P.PromptSet(self.prompts.points + (point,), self.prompts.boxes, self.prompts.text,
-                               self.prompts.anatomy, self.prompts.anatomy_key))
+        self._push(
+            P.PromptSet(
+                self.prompts.points + (point,),
+                self.prompts.boxes,
+                self.prompts.text,
+                self.prompts.anatomy,
+                self.prompts.anatomy_key,
+            )
+        )
 
     def add_box(self, corner_a, corner_b) -> None:
         box = P.make_box(self.volume, corner_a, corner_b)
-        self._push(P.PromptSet(self.prompts.points, self.prompts.boxes + (box,), self.prompts.text,
-                               self.prompts.anatomy, self.prompts.anatomy_key))
+        self._push(
+            P.PromptSet(
+                self.prompts.points,
+                self.prompts.boxes + (box,),
+                self.prompts.text,
+                self.prompts.anatomy,
+                self.prompts.anatomy_key,
+            )
+        )
 
     def undo(self) -> bool:
         """Take back the last interaction; False when there is nothing to undo."""
@@ -198,8 +226,9 @@ class Session:
                     crops = tuple(backend.crops or ())
                     timings = dict(backend.timings)
                 checked = time.perf_counter()
-                warnings = check_result(mask, self.volume.ijk_to_ras, grid_prompts.positive_kji,
-                                        grid_prompts.boxes_kji, crops)
+                warnings = check_result(
+                    mask, self.volume.ijk_to_ras, grid_prompts.positive_kji, grid_prompts.boxes_kji, crops
+                )
                 timings["checks"] = time.perf_counter() - checked
                 return mask, warnings, timings
 
@@ -208,8 +237,9 @@ class Session:
             self.timings = dict(stage_times, total=time.perf_counter() - start)
         desc = parse_description(prompts.text)
         result = self.volume.with_array(array, name=desc.segment_name)
-        result.meta.update({"model": name, "anatomy": desc.anatomy, "timings": dict(self.timings),
-                            "warnings": list(warnings)})
+        result.meta.update(
+            {"model": name, "anatomy": desc.anatomy, "timings": dict(self.timings), "warnings": list(warnings)}
+        )
         self.warnings = warnings
         return result
 
@@ -247,7 +277,7 @@ class Session:
         self._backends.clear()
         self._results.clear()
 
-    def __enter__(self) -> "Session":
+    def __enter__(self) -> Session:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -1,9 +1,9 @@
 """Fixtures shared by the TAGS tests: a tags-tiny network trained inside the test session on a synthetic
 phantom (no pretrained TAGS weights exist anywhere), saved as a real checkpoint file."""
+
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 
 from tagseg.evaluate import dice  # noqa: F401  (the one Dice; test files import it from here)
@@ -38,13 +38,27 @@ def tiny_trained(tmp_path_factory):
     class_embeddings = te.class_embeddings(encoder, word)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        history = fit(model, [Case(phantom.image, phantom.label, organ)], Intensity.from_metadata(TINY_INTENSITY),
-                      class_embeddings, steps=TRAIN_STEPS, lr=1e-3, seed=0)
+        history = fit(
+            model,
+            [Case(phantom.image, phantom.label, organ)],
+            Intensity.from_metadata(TINY_INTENSITY),
+            class_embeddings,
+            steps=TRAIN_STEPS,
+            lr=1e-3,
+            seed=0,
+        )
     checkpoint = folder / "liver-tiny.safetensors"
-    save_model(model, checkpoint, task="synthetic-liver", anatomy=phantom.tumour_organ, intensity=TINY_INTENSITY,
-               text={"encoder": model.config.text_encoder, "object_word": word, "object_word_mode": "anatomy"},
-               organ_labels=[phantom.tumour_organ], class_embeddings=class_embeddings,
-               provenance={"trained_on": "tagseg.synth phantom seed 1", "steps": TRAIN_STEPS})
+    save_model(
+        model,
+        checkpoint,
+        task="synthetic-liver",
+        anatomy=phantom.tumour_organ,
+        intensity=TINY_INTENSITY,
+        text={"encoder": model.config.text_encoder, "object_word": word, "object_word_mode": "anatomy"},
+        organ_labels=[phantom.tumour_organ],
+        class_embeddings=class_embeddings,
+        provenance={"trained_on": "tagseg.synth phantom seed 1", "steps": TRAIN_STEPS},
+    )
     image_path, label_path, organ_path = folder / "image.nii.gz", folder / "label.nii.gz", folder / "organ.nii.gz"
     save_volume(phantom.image, image_path)
     save_volume(phantom.label, label_path)
@@ -53,10 +67,20 @@ def tiny_trained(tmp_path_factory):
     organ_dir.mkdir()
     for name, mask in phantom.organs.items():
         save_volume(mask, organ_dir / f"{name}.nii.gz")
-    return SimpleNamespace(model=model, initial=initial, history=history, checkpoint=Path(checkpoint),
-                           phantom=phantom, organ=organ, image_path=image_path, label_path=label_path,
-                           organ_path=organ_path, organ_dir=organ_dir, class_embeddings=class_embeddings,
-                           word=word)
+    return SimpleNamespace(
+        model=model,
+        initial=initial,
+        history=history,
+        checkpoint=Path(checkpoint),
+        phantom=phantom,
+        organ=organ,
+        image_path=image_path,
+        label_path=label_path,
+        organ_path=organ_path,
+        organ_dir=organ_dir,
+        class_embeddings=class_embeddings,
+        word=word,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +91,7 @@ def shared_backend():
     from tagseg import backends
 
     backend = backends.create_backend(DEFAULT_MODEL, "cpu")
-    with pytest.MonkeyPatch.context() as patch:   # the same kind (its options and capabilities), this instance
+    with pytest.MonkeyPatch.context() as patch:  # the same kind (its options and capabilities), this instance
         patch.setitem(backends.BACKENDS, DEFAULT_MODEL, replace(backends.LITEMEDSAM_3D, build=lambda d, o: backend))
         yield backend
 
@@ -101,8 +125,9 @@ def in_process_engine_url():
     from tagseg.server import Engine, _bind, build_app
 
     sock = _bind("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(build_app(Engine("cpu", None, 1 << 24)), log_level="warning",
-                                           lifespan="off"))
+    server = uvicorn.Server(
+        uvicorn.Config(build_app(Engine("cpu", None, 1 << 24)), log_level="warning", lifespan="off")
+    )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     started = threading.Event()

@@ -1,5 +1,6 @@
 """The backend registry: one entry per kind of model (builder, options, capabilities); options checked by name;
 capabilities declared and tested instead of probed."""
+
 from __future__ import annotations
 
 import re
@@ -92,8 +93,11 @@ def test_a_tags_checkpoint_path_resolves_and_builds_through_the_registry(tmp_pat
 
     calls = []
     kind = backends.CHECKPOINT_KINDS["tags"]
-    monkeypatch.setitem(backends.CHECKPOINT_KINDS, "tags",
-                        replace(kind, build=lambda path, device, options: calls.append((path, device, options))))
+    monkeypatch.setitem(
+        backends.CHECKPOINT_KINDS,
+        "tags",
+        replace(kind, build=lambda path, device, options: calls.append((path, device, options))),
+    )
     backends.create_backend(name, "cpu", {"text_fusion": 0.5})
     assert calls == [(str(checkpoint.resolve()), "cpu", {"text_fusion": 0.5})]
 
@@ -134,6 +138,10 @@ PROBE = re.compile(r"\b(hasattr|getattr)\(\s*(self\.)?_?backend\b|hasattr\([^)]*
 def test_no_capability_probing_in_the_session_server_client_or_slicer_logic():
     files = [ROOT / "tagseg" / name for name in ("session.py", "server.py", "client.py")]
     files += sorted((ROOT / "TAGSSegmentLib").glob("*.py")) + [ROOT / "TAGSSegment.py"]
-    found = [f"{path.name}:{n}" for path in files
-             for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if PROBE.search(line)]
+    found = [
+        f"{path.name}:{n}"
+        for path in files
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if PROBE.search(line)
+    ]
     assert found == []

@@ -3,6 +3,7 @@ how to build one, which options it takes and what it can do; and the rule behind
 
 Model names: a registered name (`BACKENDS`, e.g. "litemedsam-3d"), or a checkpoint kind's prefix and a file path
 (`CHECKPOINT_KINDS`, e.g. "tags:/path/model.safetensors")."""
+
 from __future__ import annotations
 
 import os
@@ -43,8 +44,8 @@ class BackendKind:
     options: Callable[[], type] | None = None
     extra_options: tuple[str, ...] = ()
     backend: Callable[[], type[Backend]] | None = None
-    prefix: str = ""                                        # a checkpoint kind: the model-name prefix
-    suffixes: tuple[str, ...] = ()                          # ... the checkpoint files it loads
+    prefix: str = ""  # a checkpoint kind: the model-name prefix
+    suffixes: tuple[str, ...] = ()  # ... the checkpoint files it loads
     installed: Callable[[str], str | Path | None] | None = None  # ... anatomy key -> an installed checkpoint
 
     def option_names(self) -> frozenset[str] | None:
@@ -64,8 +65,10 @@ class BackendKind:
         known = self.option_names()
         unknown = sorted(set(options) - known) if known is not None else []
         if unknown:
-            raise ModelError(f"model '{self.name}' has no option {', '.join(repr(k) for k in unknown)} "
-                             f"(known: {', '.join(sorted(known)) or 'none'})")
+            raise ModelError(
+                f"model '{self.name}' has no option {', '.join(repr(k) for k in unknown)} "
+                f"(known: {', '.join(sorted(known)) or 'none'})"
+            )
         return options
 
     def create(self, device: str, options: dict | None = None, checkpoint: str | None = None) -> Backend:
@@ -125,10 +128,22 @@ def _installed_tags(anatomy: str) -> str | Path | None:
     return find_installed(anatomy)
 
 
-LITEMEDSAM_3D = BackendKind(DEFAULT_BACKEND, _build_litemedsam_3d, options=_litemedsam_options,
-                            extra_options=("runtime", "encoder"), backend=_litemedsam_class)
-TAGS = BackendKind("tags", _build_tags, options=_tags_options, backend=_tags_class, prefix=TAGS_PREFIX,
-                   suffixes=CHECKPOINT_SUFFIXES, installed=_installed_tags)
+LITEMEDSAM_3D = BackendKind(
+    DEFAULT_BACKEND,
+    _build_litemedsam_3d,
+    options=_litemedsam_options,
+    extra_options=("runtime", "encoder"),
+    backend=_litemedsam_class,
+)
+TAGS = BackendKind(
+    "tags",
+    _build_tags,
+    options=_tags_options,
+    backend=_tags_class,
+    prefix=TAGS_PREFIX,
+    suffixes=CHECKPOINT_SUFFIXES,
+    installed=_installed_tags,
+)
 
 # name -> kind. A bare `factory(device, options)` is still accepted here (tests patch entries with one): it is a
 # kind that declares neither options nor capabilities.
@@ -161,7 +176,7 @@ def kind_of(name: str) -> BackendKind:
 def checkpoint_of(name: str) -> str | None:
     """The checkpoint file a checkpoint kind's model name stands for; None for a registered name."""
     kind = kind_of(name)
-    return name[len(kind.prefix):] if kind.prefix else None
+    return name[len(kind.prefix) :] if kind.prefix else None
 
 
 def registered_checkpoint_for(anatomy: str | None) -> str | None:
@@ -174,7 +189,7 @@ def registered_checkpoint_for(anatomy: str | None) -> str | None:
 
 
 def resolve_model_name(model: str, description: Description) -> str:
-    """"auto" -> a registered TAGS checkpoint for the described anatomy, else the embedded default."""
+    """ "auto" -> a registered TAGS checkpoint for the described anatomy, else the embedded default."""
     if model in (None, "", "auto"):
         return registered_checkpoint_for(description.anatomy) or DEFAULT_BACKEND
     if model in BACKENDS:
@@ -188,8 +203,10 @@ def resolve_model_name(model: str, description: Description) -> str:
             if name.endswith(kind.suffixes):
                 return f"{kind.prefix}{path.resolve()}"
         if name.endswith(FOREIGN_CHECKPOINT_SUFFIXES):
-            raise ModelError(f"{model}: a PyTorch pickle, not a tagseg checkpoint; convert the authors' .pth.tar "
-                             "with `tagseg convert-checkpoint` (only tensors are read, nothing is executed)")
+            raise ModelError(
+                f"{model}: a PyTorch pickle, not a tagseg checkpoint; convert the authors' .pth.tar "
+                "with `tagseg convert-checkpoint` (only tensors are read, nothing is executed)"
+            )
         raise ModelError(f"{model}: not a model file this version can load (expected a TAGS .safetensors checkpoint)")
     if path.exists():
         from ..paths import file_kind
@@ -212,8 +229,9 @@ def check_option_names(options: dict | None) -> None:
         known |= kind.option_names()
     unknown = sorted(set(options or {}) - known)
     if unknown:
-        raise ModelError(f"no model has the option {', '.join(repr(k) for k in unknown)} "
-                         f"(known: {', '.join(sorted(known))})")
+        raise ModelError(
+            f"no model has the option {', '.join(repr(k) for k in unknown)} (known: {', '.join(sorted(known))})"
+        )
 
 
 def options_for(name: str, options: dict | None) -> dict:
@@ -231,7 +249,7 @@ def options_for(name: str, options: dict | None) -> dict:
 def create_backend(name: str, device: str, options: dict | None = None) -> Backend:
     """A new backend for a resolved model name; an option its kind does not take is a ModelError."""
     kind = kind_of(name)
-    return kind.create(device, options, checkpoint=name[len(kind.prefix):] if kind.prefix else None)
+    return kind.create(device, options, checkpoint=name[len(kind.prefix) :] if kind.prefix else None)
 
 
 # Loaded backends shared by every Session in the process (a model load costs seconds; a Slicer user
@@ -266,7 +284,25 @@ def release_shared_backends() -> None:
         _SHARED.clear()
 
 
-__all__ = ["Backend", "GridPrompts", "BackendKind", "BACKENDS", "CHECKPOINT_KINDS", "DEFAULT_BACKEND", "TAGS_PREFIX",
-           "ANATOMY", "BOXES", "NEGATIVE_POINTS", "PROPOSE_POINT", "register_backend", "kind_of", "checkpoint_of",
-           "resolve_model_name", "check_option_names", "options_for", "create_backend", "acquire_backend",
-           "release_shared_backends"]
+__all__ = [
+    "Backend",
+    "GridPrompts",
+    "BackendKind",
+    "BACKENDS",
+    "CHECKPOINT_KINDS",
+    "DEFAULT_BACKEND",
+    "TAGS_PREFIX",
+    "ANATOMY",
+    "BOXES",
+    "NEGATIVE_POINTS",
+    "PROPOSE_POINT",
+    "register_backend",
+    "kind_of",
+    "checkpoint_of",
+    "resolve_model_name",
+    "check_option_names",
+    "options_for",
+    "create_backend",
+    "acquire_backend",
+    "release_shared_backends",
+]

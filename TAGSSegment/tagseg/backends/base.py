@@ -1,32 +1,35 @@
 """The interface every model backend implements. Backends see the source `Volume` and prompts in
 source KJI indices; each does its own source->model-grid conversion through `tagseg.geometry`."""
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
 from ..volume import Volume
 
 # What a backend takes and can do, declared in `Backend.capabilities`; callers test membership, never `hasattr`.
-ANATOMY = "anatomy"                  # an organ mask bounds the result (`GridPrompts.anatomy`)
-BOXES = "boxes"                      # box prompts
+ANATOMY = "anatomy"  # an organ mask bounds the result (`GridPrompts.anatomy`)
+BOXES = "boxes"  # box prompts
 NEGATIVE_POINTS = "negative_points"  # exclude clicks
-PROPOSE_POINT = "propose_point"      # text-only start: `propose_point` finds a first include click
+PROPOSE_POINT = "propose_point"  # text-only start: `propose_point` finds a first include click
 
 
 @dataclass(frozen=True)
 class GridPrompts:
     """A `PromptSet` expressed on the source grid: continuous KJI indices and a boolean anatomy mask."""
 
+    # fmt: off
     positive_kji: np.ndarray            # (N, 3)
     negative_kji: np.ndarray            # (M, 3)
     boxes_kji: tuple[tuple[np.ndarray, np.ndarray], ...]  # (lo, hi) continuous KJI, lo <= hi
     text: str
     anatomy: np.ndarray | None          # bool KJI on the source grid, or None
     history: str = ""                   # whose prompts these are (a session): a click corrects only its own results
+    # fmt: on
 
 
 class Backend(ABC):
@@ -63,11 +66,11 @@ class Backend(ABC):
     def predict(self, prompts: GridPrompts) -> np.ndarray:
         """uint8 KJI mask on the source grid (1 = target)."""
 
-    def work_ahead(self) -> None:
+    def work_ahead(self) -> None:  # noqa: B027 (optional: does nothing unless a backend overrides it)
         """Start, in the background, what the next call on this result will likely need (interactive use; the
         Session calls it after `predict` unless told not to). Must return at once; the next call stops it."""
 
-    def stop_background(self) -> None:
+    def stop_background(self) -> None:  # noqa: B027 (optional, as work_ahead)
         """Stop work started by `work_ahead`; the Session calls it on close."""
 
     def propose_point(self, prompts: GridPrompts) -> np.ndarray:

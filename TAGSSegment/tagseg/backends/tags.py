@@ -28,6 +28,7 @@ Prompts wider than one crop are refused by default (`wide_prompts="refuse"`, for
 include click going to the prompt encoder, those outside the crop included. After each `predict`,
 `last_run` says what ran (crops, precision, organ channel, text fusion).
 """
+
 from __future__ import annotations
 
 import time
@@ -52,6 +53,7 @@ WIDE_PROMPTS = ("refuse", "one-crop")
 class TagsOptions:
     """The `tags` kind's options: the registry (`backends.TAGS`) takes exactly these names."""
 
+    # fmt: off
     text_fusion: float = 0.0            # weight of the text map in the probability; 0 = the paper
     negatives: str = "auto"             # "auto" (tokens if the checkpoint has label embeddings), "constraint"
     sliding_window: bool = False        # cover prompts wider than one crop with several crops
@@ -63,8 +65,9 @@ class TagsOptions:
     autocast: str = "auto"              # "auto" (bf16 on CUDA), "bf16", "fp16", "off"
     allow_download: bool = False        # may the text encoder fetch CLIP weights (explicit user request only)
     resample: str = "auto"              # crop in/out: "auto" (torch on CUDA, else scipy), "scipy", "torch"
+    # fmt: on
 
-    def validate(self) -> "TagsOptions":
+    def validate(self) -> TagsOptions:
         if not 0.0 <= self.text_fusion <= 1.0:
             raise ModelError(f"text fusion weight must be within 0..1, got {self.text_fusion}")
         if self.negatives not in ("auto", "constraint"):
@@ -84,19 +87,27 @@ class TagsOptions:
 class _Prompts:
     """Prompts in RAS mm, ready for any crop."""
 
-    include: np.ndarray          # (N, 3) include points (clicks + points derived from boxes)
-    exclude: np.ndarray          # (M, 3)
-    extent_lo: np.ndarray        # bounding box of everything that must be inside the crop
+    include: np.ndarray  # (N, 3) include points (clicks + points derived from boxes)
+    exclude: np.ndarray  # (M, 3)
+    extent_lo: np.ndarray  # bounding box of everything that must be inside the crop
     extent_hi: np.ndarray
 
 
 class TagsBackend(Backend):
     name = "tags"
-    capabilities = Backend.capabilities | {PROPOSE_POINT}    # the text branch: a text-only start
+    capabilities = Backend.capabilities | {PROPOSE_POINT}  # the text branch: a text-only start
 
-    def __init__(self, checkpoint: str | Path | None = None, device: str = "cpu", *, model=None,
-                 metadata: dict | None = None, class_embeddings=None, options: TagsOptions | None = None,
-                 encoding_cache_size: int = 2) -> None:
+    def __init__(
+        self,
+        checkpoint: str | Path | None = None,
+        device: str = "cpu",
+        *,
+        model=None,
+        metadata: dict | None = None,
+        class_embeddings=None,
+        options: TagsOptions | None = None,
+        encoding_cache_size: int = 2,
+    ) -> None:
         super().__init__()
         if checkpoint is not None:
             from .. import budget
@@ -134,7 +145,7 @@ class TagsBackend(Backend):
         self._cache_size = encoding_cache_size
         self._volume: Volume | None = None
         self._float_volume: Volume | None = None
-        self._volume_tensor = None           # _float_volume's array on the device (torch resampling)
+        self._volume_tensor = None  # _float_volume's array on the device (torch resampling)
         self._grid = None
         self._extents: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
         self.trace: list[str] = []
@@ -159,9 +170,16 @@ class TagsBackend(Backend):
 
     def info(self) -> dict:
         counts = self.model.parameter_counts()
-        return {"name": self.name, "preset": self.config.name, "source": self.source, "sha256": self.sha256,
-                "task": self.metadata.get("task"), "anatomy": self.metadata.get("anatomy"),
-                "parameters": counts, "options": self.options.__dict__}
+        return {
+            "name": self.name,
+            "preset": self.config.name,
+            "source": self.source,
+            "sha256": self.sha256,
+            "task": self.metadata.get("task"),
+            "anatomy": self.metadata.get("anatomy"),
+            "parameters": counts,
+            "options": self.options.__dict__,
+        }
 
     def predict(self, prompts: GridPrompts) -> np.ndarray:
         self.timings = {}
@@ -172,7 +190,7 @@ class TagsBackend(Backend):
         if len(ras.include) == 0:
             raise PromptError("TAGS needs at least one include point or a box")
         grids = self._grids_for(ras)
-        self.crops = tuple(Crop(grid.ijk_to_ras, grid.shape) for grid in grids)    # for the result checks
+        self.crops = tuple(Crop(grid.ijk_to_ras, grid.shape) for grid in grids)  # for the result checks
         prob = np.zeros(volume.shape_kji, np.float32)
         weight = np.zeros(volume.shape_kji, np.float32) if len(grids) > 1 else None
         from ..tags.crop import crop_to_source, crop_to_source_tensor
@@ -194,7 +212,9 @@ class TagsBackend(Backend):
                     prob[where] = block
                 elif on_device:
                     prob[where] += block
-                    weight[where] += crop_to_source_tensor(self._torch.ones_like(crop_prob), grid, volume)[1].cpu().numpy()
+                    weight[where] += (
+                        crop_to_source_tensor(self._torch.ones_like(crop_prob), grid, volume)[1].cpu().numpy()
+                    )
                 else:
                     prob[where] += block
                     weight[where] += crop_to_source(np.ones(grid.shape, np.float32), grid, volume)[1]
@@ -206,9 +226,12 @@ class TagsBackend(Backend):
         mask = (prob > 0.5).astype(np.uint8)
         mask = self._apply_constraints(mask, prompts)
         self._tick("postprocess", start)
-        self.last_run = {"crops": len(grids), "precision": self._precision(),
-                         "organ_channel": "/".join(sorted(set(self._run_organ))) or "none",
-                         "text_fusion": float(self.options.text_fusion)}
+        self.last_run = {
+            "crops": len(grids),
+            "precision": self._precision(),
+            "organ_channel": "/".join(sorted(set(self._run_organ))) or "none",
+            "text_fusion": float(self.options.text_fusion),
+        }
         return mask
 
     # -- text ---------------------------------------------------------------------------------
@@ -229,8 +252,9 @@ class TagsBackend(Backend):
             self._embeddings[word] = self._stored_embeddings
             return self._stored_embeddings
         try:
-            encoder = te.make_text_encoder(text_meta.get("encoder", self.config.text_encoder),
-                                           allow_download=self.options.allow_download)
+            encoder = te.make_text_encoder(
+                text_meta.get("encoder", self.config.text_encoder), allow_download=self.options.allow_download
+            )
             emb = te.class_embeddings(encoder, word)
         except ModelError as exc:
             if self._stored_embeddings is None:
@@ -238,8 +262,9 @@ class TagsBackend(Backend):
             self.trace.append(f"text: cannot embed '{word}' ({exc}); using the checkpoint's '{stored_word}'")
             emb = self._stored_embeddings
         if emb.shape[0] != self.config.embed_dim:
-            raise ModelError(f"text encoder gives {emb.shape[0]}-d embeddings, the checkpoint needs "
-                             f"{self.config.embed_dim}")
+            raise ModelError(
+                f"text encoder gives {emb.shape[0]}-d embeddings, the checkpoint needs {self.config.embed_dim}"
+            )
         self._embeddings[word] = emb
         return emb
 
@@ -258,7 +283,9 @@ class TagsBackend(Backend):
 
         volume = self._need_volume()
         if prompts.anatomy is None or not prompts.anatomy.any():
-            raise PromptError("a text-only start needs an organ mask (the anatomy prompt): the peak is searched inside it")
+            raise PromptError(
+                "a text-only start needs an organ mask (the anatomy prompt): the peak is searched inside it"
+            )
         kji = np.argwhere(prompts.anatomy)
         corners = volume.kji_to_ras(np.array([kji.min(0), kji.max(0)], float))
         lo, hi = corners.min(0), corners.max(0)
@@ -315,7 +342,7 @@ class TagsBackend(Backend):
     def _tile_centres(self, lo: np.ndarray, hi: np.ndarray) -> list[np.ndarray]:
         span, step = self._span_mm(), self.config.crop_size * self.config.spacing_mm / 2
         axes = []
-        for a, b in zip(lo, hi):
+        for a, b in zip(lo, hi, strict=False):
             if b - a <= span:
                 axes.append([(a + b) / 2])
             else:
@@ -330,14 +357,17 @@ class TagsBackend(Backend):
         wide = np.any(ras.extent_hi - ras.extent_lo > self._span_mm())
         if wide and not self.options.sliding_window and self.options.wide_prompts == "one-crop":
             # the paper: one crop at the midpoint whatever the spread; the prompts outside it still count
-            self.trace.append(f"one crop: the prompts span {np.max(ras.extent_hi - ras.extent_lo):.0f} mm, "
-                              "more than the crop (as published)")
+            self.trace.append(
+                f"one crop: the prompts span {np.max(ras.extent_hi - ras.extent_lo):.0f} mm, "
+                "more than the crop (as published)"
+            )
             wide = False
         if wide and not self.options.sliding_window:
             raise PromptError(
                 f"the prompts span {np.max(ras.extent_hi - ras.extent_lo):.0f} mm, more than one "
                 f"{size * spacing:.0f} mm crop of this model; segment one lesion at a time or enable the "
-                "sliding window (option sliding_window, an extension beyond the paper)")
+                "sliding window (option sliding_window, an extension beyond the paper)"
+            )
         if wide:
             self.trace.append("sliding window: prompts wider than one crop")
             grids = [CropGrid.centred(c, size, spacing) for c in self._tile_centres(ras.extent_lo, ras.extent_hi)]
@@ -412,7 +442,7 @@ class TagsBackend(Backend):
             organ = self._organ_channel(grid, prompts, extent)
             third = ct if organ is None else organ
             return torch.from_numpy(np.stack([ct, ct, third]))[None]
-        if self._volume_tensor is None:     # once per image; integers become float32 as in `resample`
+        if self._volume_tensor is None:  # once per image; integers become float32 as in `resample`
             array = np.asarray(self._float_volume.array)
             if not np.issubdtype(array.dtype, np.floating):
                 array = array.astype(np.float32)
@@ -457,8 +487,9 @@ class TagsBackend(Backend):
             if is_out_of_memory(exc):
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
-                raise DeviceError(f"out of memory on {self.device} while encoding a "
-                                  f"{self.config.crop_size}^3 crop; try device 'cpu'") from None
+                raise DeviceError(
+                    f"out of memory on {self.device} while encoding a {self.config.crop_size}^3 crop; try device 'cpu'"
+                ) from None
             raise
         self._tick("encode", start)
         self._run_organ.append(self._organ_sources.get(_grid_key(grid), "unknown"))
@@ -512,17 +543,22 @@ class TagsBackend(Backend):
                 lo, hi = np.clip(lo, -1.0, limit), np.clip(hi, -1.0, limit)
                 a = np.maximum(np.floor(lo - margin).astype(int), 0)
                 b = np.minimum(np.ceil(hi + margin).astype(int) + 1, volume.shape_kji)
-                keep[a[0]:b[0], a[1]:b[1], a[2]:b[2]] = True
+                keep[a[0] : b[0], a[1] : b[1], a[2] : b[2]] = True
                 if len(prompts.positive_kji):
-                    inside_any |= np.all((prompts.positive_kji >= lo - margin) & (prompts.positive_kji <= hi + margin), 1)
+                    inside_any |= np.all(
+                        (prompts.positive_kji >= lo - margin) & (prompts.positive_kji <= hi + margin), 1
+                    )
             if inside_any.all():
                 mask = (mask.astype(bool) & keep).astype(np.uint8)
         if len(prompts.negative_kji) and mask.any():
             labels, _ = ndimage.label(mask)
             from ..geometry import nearest_voxel
 
-            pos_idx = nearest_voxel(prompts.positive_kji, volume.shape_kji) if len(prompts.positive_kji) \
+            pos_idx = (
+                nearest_voxel(prompts.positive_kji, volume.shape_kji)
+                if len(prompts.positive_kji)
                 else np.zeros((0, 3), int)
+            )
             protected = set(labels[tuple(pos_idx.T)].tolist()) if len(pos_idx) else set()
             radius = np.maximum(self.options.negative_radius_mm / volume.spacing_kji, 1.0)
             for point in prompts.negative_kji:
@@ -533,10 +569,11 @@ class TagsBackend(Backend):
                     continue
                 lo = np.maximum(np.floor(point - radius).astype(int), 0)
                 hi = np.minimum(np.ceil(point + radius).astype(int) + 1, volume.shape_kji)
-                kk, jj, ii = np.ogrid[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
-                ball = ((kk - point[0]) / radius[0]) ** 2 + ((jj - point[1]) / radius[1]) ** 2 + \
-                    ((ii - point[2]) / radius[2]) ** 2 <= 1.0
-                mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]][ball] = 0
+                kk, jj, ii = np.ogrid[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+                ball = ((kk - point[0]) / radius[0]) ** 2 + ((jj - point[1]) / radius[1]) ** 2 + (
+                    (ii - point[2]) / radius[2]
+                ) ** 2 <= 1.0
+                mask[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]][ball] = 0
         return mask
 
 
