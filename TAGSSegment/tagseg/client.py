@@ -123,7 +123,8 @@ def volume_id(header: dict, raw: bytes | memoryview) -> str:
 
 
 def _raw_bytes(volume: Volume) -> memoryview:
-    return memoryview(np.ascontiguousarray(volume.array)).cast("B")
+    # an ndarray is a buffer; numpy's stubs declare it only for Python >= 3.12
+    return memoryview(np.ascontiguousarray(volume.array)).cast("B")  # type: ignore[arg-type]
 
 
 def encode_volume(volume: Volume, compress: bool = False) -> tuple[str, list[bytes | memoryview]]:
@@ -313,7 +314,7 @@ class EngineClient:
             return reply.status, {k.lower(): v for k, v in reply.getheaders()}, data
         raise AssertionError("unreachable")
 
-    def call(self, method: str, path: str, **kwargs) -> tuple[dict, bytes]:
+    def call(self, method: str, path: str, **kwargs) -> tuple[dict, bytes | memoryview]:
         """A successful reply as (JSON object or frame header, payload); errors raised as their classes."""
         status, headers, data = self.request(method, path, **kwargs)
         if 200 <= status < 300:
@@ -475,7 +476,9 @@ class RemoteSession:
                     raise
                 self._upload(self._anatomies[vid])
 
-    def _session_call(self, path: str, json_body: dict, timeout: float | None = None) -> tuple[dict, bytes]:
+    def _session_call(
+        self, path: str, json_body: dict, timeout: float | None = None
+    ) -> tuple[dict, bytes | memoryview]:
         """A call on this session; re-opens it once if the server no longer knows it (restarted)."""
         for attempt in range(3):
             try:
@@ -490,6 +493,7 @@ class RemoteSession:
                         f"the tagseg engine at {self.url} keeps forgetting this session ({exc})"
                     ) from None
                 if isinstance(exc, _UnknownAnatomy):
+                    assert self._state.anatomy is not None  # only a request naming an anatomy is told this
                     self._register_anatomy(self._state.anatomy)
                 else:
                     self._sid = None
@@ -633,7 +637,8 @@ class RemoteSession:
     def propose_point(self) -> tuple[float, float, float]:
         """Text-only start (TAGS checkpoints): a first include point where the text map peaks."""
         reply, _ = self._session_call("propose", self._prompt_request())
-        return tuple(float(v) for v in reply["ras"])
+        r, a, s = (float(v) for v in reply["ras"])
+        return r, a, s
 
     def backend_name(self) -> str:
         reply, _ = self._session_call("backend", self._prompt_request(), timeout=60.0)

@@ -35,6 +35,7 @@ import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -44,6 +45,9 @@ from .errors import DeviceError, InputError, Superseded, TagsegError, one_line
 from .fs import write_text_atomic
 from .text import parse_description
 from .volume import Volume, check_volume
+
+if TYPE_CHECKING:  # the model code is imported when the app is built (create_app)
+    from .session import Session
 
 DEFAULT_MAX_UPLOAD_MB = 2048
 MAX_JSON_BYTES = 1 << 20
@@ -72,7 +76,7 @@ class Reject(Exception):
 @dataclass
 class LiveSession:
     sid: str
-    session: object  # tagseg.Session
+    session: Session
     volume_id: str
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     arrivals: int = 0
@@ -204,6 +208,14 @@ def _string(obj: dict, key: str, default: str | None, limit: int) -> str | None:
     return value
 
 
+def _volume_id(obj: dict) -> str:
+    """The request's "volume": a 400 unless it is a volume id (a JSON null included)."""
+    vid = _string(obj, "volume", "", 64)
+    if vid is None or not _ID.match(vid):
+        raise Reject(400, "BadRequest", "a volume id is 64 lower-case hex digits (SHA-256)")
+    return vid
+
+
 def _vector(value, what: str) -> list[float]:
     """Three JSON numbers; finiteness is checked by the prompt code (PromptError, as in-process)."""
     if (
@@ -274,6 +286,7 @@ def parse_volume(vid: str, body: bytearray, max_bytes: int) -> Volume:
     if expected > max_bytes:
         raise Reject(413, "PayloadTooLarge", f"the volume has {expected} bytes; the limit is {max_bytes}")
     encoding = header.get("encoding", "raw")
+    raw: bytes | memoryview
     if encoding == "zlib":
         try:
             inflater = zlib.decompressobj()
@@ -451,7 +464,7 @@ def build_app(engine: Engine):
     async def open_session(request: Request):
         auth(request)
         req = await json_request(request)
-        vid = _string(req, "volume", "", 64)
+        vid = _volume_id(req)
         model = _string(req, "model", "auto", MAX_MODEL_CHARS) or "auto"
         device = _string(req, "device", "auto", 32) or "auto"
         volume = engine.volume(vid)
@@ -479,7 +492,7 @@ def build_app(engine: Engine):
     async def set_anatomy(sid: str, request: Request):
         auth(request)
         live = engine.live(sid)
-        vid = _string(await json_request(request), "volume", "", 64)
+        vid = _volume_id(await json_request(request))
         mask = engine.volume(vid)
         async with live.lock:
             if live.closed:

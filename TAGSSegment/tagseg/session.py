@@ -7,6 +7,7 @@ thread per click would be slow on GPU); the public methods stay synchronous.
 from __future__ import annotations
 
 import concurrent.futures
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -71,7 +72,7 @@ class Session:
         self._history: list[P.PromptSet] = [P.PromptSet()]
         self._history_id = uuid.uuid4().hex  # a shared backend corrects only this session's own results
         self._redo: list[P.PromptSet] = []
-        self._backends: dict[str, tuple[Backend, object]] = {}
+        self._backends: dict[str, tuple[Backend, threading.Lock]] = {}
         self._results: dict[tuple, tuple[np.ndarray, tuple[ResultWarning, ...]]] = {}
         # progress(stage, done, total) during model loads and long backend steps (see tagseg.progress)
         self.progress = progress
@@ -183,7 +184,7 @@ class Session:
         value = getattr(entry[0] if entry else None, "load_seconds", None)
         return float(value) if value is not None else None
 
-    def _backend(self, name: str) -> tuple[Backend, object]:
+    def _backend(self, name: str) -> tuple[Backend, threading.Lock]:
         """(backend, lock): loaded once per process and shared between sessions (see `acquire_backend`)."""
         if name not in self._backends:
             self._backends[name] = acquire_backend(name, self.device, options_for(name, self.backend_options))
@@ -243,7 +244,7 @@ class Session:
         self.warnings = warnings
         return result
 
-    def _loaded_backend(self, name: str, progress: Progress | None) -> tuple[Backend, object]:
+    def _loaded_backend(self, name: str, progress: Progress | None) -> tuple[Backend, threading.Lock]:
         """`_backend`, reporting a model load (seconds: weights, an ONNX export the first time) as progress."""
         if name in self._backends:
             return self._backends[name]
@@ -267,7 +268,8 @@ class Session:
                 backend.set_image(self.volume)
                 return backend.propose_point(grid_prompts)
 
-        return tuple(float(v) for v in self._worker.submit(job).result())
+        r, a, s = (float(v) for v in self._worker.submit(job).result())
+        return r, a, s
 
     def close(self) -> None:
         """Stop the worker thread and drop models (frees GPU memory)."""

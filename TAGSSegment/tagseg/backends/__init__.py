@@ -63,7 +63,9 @@ class BackendKind:
         """`options` as a new dict, or a ModelError naming every option this kind does not take."""
         options = dict(options or {})
         known = self.option_names()
-        unknown = sorted(set(options) - known) if known is not None else []
+        if known is None:  # undeclared: the builder takes any dict
+            return options
+        unknown = sorted(set(options) - known)
         if unknown:
             raise ModelError(
                 f"model '{self.name}' has no option {', '.join(repr(k) for k in unknown)} "
@@ -181,7 +183,9 @@ def checkpoint_of(name: str) -> str | None:
 
 def registered_checkpoint_for(anatomy: str | None) -> str | None:
     """The model name of a checkpoint installed for this anatomy, if any (each checkpoint kind's `installed`)."""
-    for kind in CHECKPOINT_KINDS.values() if anatomy else ():
+    if not anatomy:
+        return None
+    for kind in CHECKPOINT_KINDS.values():
         path = kind.installed(anatomy) if kind.installed else None
         if path:
             return f"{kind.prefix}{path}"
@@ -211,8 +215,8 @@ def resolve_model_name(model: str, description: Description) -> str:
     if path.exists():
         from ..paths import file_kind
 
-        kind = file_kind(path)
-        raise ModelError(f"{model}: is {'a folder' if kind == 'folder' else kind}, not a checkpoint file")
+        what = file_kind(path)
+        raise ModelError(f"{model}: is {'a folder' if what == 'folder' else what}, not a checkpoint file")
     known = ", ".join(sorted(BACKENDS))
     raise ModelError(f"unknown model '{model}' (known: auto, {known}; or a checkpoint file path)")
 
@@ -226,7 +230,7 @@ def check_option_names(options: dict | None) -> None:
     """A ModelError naming every option that no registered kind takes (a typo is refused, never dropped)."""
     known: set[str] = set()
     for kind in _declared_kinds():
-        known |= kind.option_names()
+        known |= kind.option_names() or frozenset()  # declared kinds only: never None
     unknown = sorted(set(options or {}) - known)
     if unknown:
         raise ModelError(

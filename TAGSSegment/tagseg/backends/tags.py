@@ -35,6 +35,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -44,6 +45,9 @@ from ..errors import DeviceError, InputError, ModelError, PromptError
 from ..text import parse_description
 from ..volume import Volume
 from .base import PROPOSE_POINT, Backend, GridPrompts
+
+if TYPE_CHECKING:  # the crop module imports torch: loaded when a model is
+    from ..tags.crop import CropGrid
 
 ANATOMY_FALLBACKS = ("prompt-box", "zeros", "ct", "ones")
 WIDE_PROMPTS = ("refuse", "one-crop")
@@ -146,7 +150,7 @@ class TagsBackend(Backend):
         self._volume: Volume | None = None
         self._float_volume: Volume | None = None
         self._volume_tensor = None  # _float_volume's array on the device (torch resampling)
-        self._grid = None
+        self._grid: CropGrid | None = None
         self._extents: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
         self.trace: list[str] = []
         self.last_run: dict = {}
@@ -217,7 +221,9 @@ class TagsBackend(Backend):
                     )
                 else:
                     prob[where] += block
-                    weight[where] += crop_to_source(np.ones(grid.shape, np.float32), grid, volume)[1]
+                    ones = crop_to_source(np.ones(grid.shape, np.float32), grid, volume)
+                    assert ones is not None  # the block `placed` covers
+                    weight[where] += ones[1]
             self._tick("resample_back", start)
             self.report_progress("crops", done, len(grids))
         start = time.perf_counter()
@@ -354,7 +360,7 @@ class TagsBackend(Backend):
         from ..tags.crop import CropGrid
 
         size, spacing = self.config.crop_size, self.config.spacing_mm
-        wide = np.any(ras.extent_hi - ras.extent_lo > self._span_mm())
+        wide = bool(np.any(ras.extent_hi - ras.extent_lo > self._span_mm()))
         if wide and not self.options.sliding_window and self.options.wide_prompts == "one-crop":
             # the paper: one crop at the midpoint whatever the spread; the prompts outside it still count
             self.trace.append(
@@ -436,18 +442,20 @@ class TagsBackend(Backend):
         from ..tags.crop import ct_channel, ct_channel_tensor
 
         torch = self._torch
+        float_volume = self._float_volume
+        assert float_volume is not None  # set with the volume by set_image
         extent = self._extents.get(_grid_key(grid))
         if not self._resample_on_device():
-            ct = ct_channel(self._float_volume, grid, self.intensity)
+            ct = ct_channel(float_volume, grid, self.intensity)
             organ = self._organ_channel(grid, prompts, extent)
             third = ct if organ is None else organ
             return torch.from_numpy(np.stack([ct, ct, third]))[None]
         if self._volume_tensor is None:  # once per image; integers become float32 as in `resample`
-            array = np.asarray(self._float_volume.array)
+            array = np.asarray(float_volume.array)
             if not np.issubdtype(array.dtype, np.floating):
                 array = array.astype(np.float32)
             self._volume_tensor = torch.from_numpy(np.require(array, requirements=["C", "W"])).to(self.device)
-        ct = ct_channel_tensor(self._volume_tensor, self._float_volume, grid, self.intensity)
+        ct = ct_channel_tensor(self._volume_tensor, float_volume, grid, self.intensity)
         organ = self._organ_channel(grid, prompts, extent, tensor=True)
         third = ct if organ is None else torch.as_tensor(organ, device=ct.device)
         return torch.stack([ct, ct, third])[None]
