@@ -7,12 +7,12 @@ coordinates) and nothing about volumes.
 
 Two runtimes, the same network:
 - "onnxruntime" (the CPU default): the image encoder and the box-prompted mask decoder are exported
-  once from the verified weights into the cache folder and run in ONNX Runtime (encoder ~1.5x,
-  decoder ~2.5x faster than eager torch on the 2-core build machine, bench/run_bench.py). Once both
+  once from the verified weights into the cache folder and run in ONNX Runtime (encoder ~3x,
+  decoder ~2.5x faster than eager torch on the 2-core build machine, bench/encoder_variants.py). Once both
   files exist, a new process builds neither the torch network nor imports timm/torchvision.
 - "torch": the checkpoint in eager PyTorch (any torch device; what MedSAM's own Slicer plugin runs).
 An encoder variant "int8" (ONNX Runtime dynamic quantisation of the encoder's MatMuls) is offered for
-measurement; it is not the default (see README, "encoder variants").
+measurement; it is not the default (docs/DEFAULT_MODEL.md, "Speed work").
 """
 from __future__ import annotations
 
