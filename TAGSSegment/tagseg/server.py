@@ -76,7 +76,7 @@ class Reject(Exception):
 @dataclass
 class LiveSession:
     sid: str
-    session: Session
+    session: "Session"  # only imported for type checking: the model code loads in create_app
     volume_id: str
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     arrivals: int = 0
