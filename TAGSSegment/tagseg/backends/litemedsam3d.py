@@ -226,11 +226,11 @@ class LiteMedSAM3D(Backend):
         local_pos = pos_rc - [win.r0, win.c0]
         local_neg = neg_rc - [win.r0, win.c0]
         if box_model is not None and len(pos_rc) == 0:
-            logits, ious = self._decode(z, win, box_model[None])
+            logits, box_ious = self._decode(z, win, box_model[None])
             mask = logits[0] > 0
             if allowed is not None:
                 mask &= allowed
-            return SliceResult(mask, float(ious[0]), box_model)
+            return SliceResult(mask, float(box_ious[0]), box_model)
         boxes = self._candidate_boxes(win, win.to_model(pos_rc), box_model, max_box_mm)
         body_area = max(
             1,
@@ -252,12 +252,12 @@ class LiteMedSAM3D(Backend):
         masks, ious, fits, holds = [], [], [], []
         pick = None
         for box in boxes:
-            logits, iou = self._decode(z, win, box[None])
+            logits, box_ious = self._decode(z, win, box[None])
             m = logits[0] > 0
             if allowed is not None:
                 m &= allowed
             masks.append(m)
-            ious.append(float(iou[0]))
+            ious.append(float(box_ious[0]))
             holds.append(
                 self._prompt_score(m, local_pos, local_neg) > -1e-6
                 and m.sum() <= o.max_body_fraction * body_area
@@ -397,7 +397,8 @@ class LiteMedSAM3D(Backend):
         key = self._prompt_key(pos, neg, box3d, prompts.anatomy)
         previous = self._previous_result(pos, neg, box3d, prompts.anatomy) if self.options.incremental else None
         if previous is not None:
-            mask = self._correct(self._full_window(), *previous, pos, neg, box3d, allowed)
+            before, click, positive = previous
+            mask = self._correct(self._full_window(), before, click, positive, pos, neg, box3d, allowed)
         else:
             mask = self._segment(self._full_window(), pos, neg, box3d, allowed)
         self._results[key] = mask
@@ -435,7 +436,8 @@ class LiteMedSAM3D(Backend):
     # ---- corrections ---------------------------------------------------------------------------
     def _prompt_key(self, pos: np.ndarray, neg: np.ndarray, box3d, anatomy) -> tuple:
         boxes = b"" if box3d is None else np.concatenate(box3d).tobytes()
-        organ = b"" if anatomy is None else hashlib.sha1(np.packbits(anatomy)).digest()
+        # an ndarray is a buffer; numpy's stubs declare it only for Python >= 3.12
+        organ = b"" if anatomy is None else hashlib.sha1(np.packbits(anatomy)).digest()  # type: ignore[arg-type]
         return (
             self._history,
             self._image_key,
@@ -446,7 +448,9 @@ class LiteMedSAM3D(Backend):
             organ,
         )
 
-    def _previous_result(self, pos: np.ndarray, neg: np.ndarray, box3d, anatomy):
+    def _previous_result(
+        self, pos: np.ndarray, neg: np.ndarray, box3d, anatomy
+    ) -> tuple[np.ndarray, np.ndarray, bool] | None:
         """(mask, point, positive) when these prompts are an earlier result's plus one click: a correction."""
         for added, positive in ((pos, True), (neg, False)):
             if len(added) == 0 or (positive and len(pos) < 2):
@@ -707,9 +711,9 @@ class LiteMedSAM3D(Backend):
                     last, must = (hi_limit, False) if direction > 0 else (lo_limit, False)
                 if (last - seed) * direction <= 0:
                     continue
-                visits = set(range(seed + direction * step, last + direction, direction * step))
-                visits |= {z for z in prompted if min(seed, last) <= z <= max(seed, last) and z != seed}
-                runs.append((seed, sorted(visits, reverse=direction < 0), must))
+                visit_set = set(range(seed + direction * step, last + direction, direction * step))
+                visit_set |= {z for z in prompted if min(seed, last) <= z <= max(seed, last) and z != seed}
+                runs.append((seed, sorted(visit_set, reverse=direction < 0), must))
         total = len(seeds) + sum(len(visits) for _, visits, _ in runs)
         done = len(seeds)
         self.report_progress("slices", done, total)
@@ -825,6 +829,7 @@ class LiteMedSAM3D(Backend):
             result = (
                 part if result is None else SliceResult(result.mask | part.mask, max(result.iou, part.iou), result.box)
             )
+        assert result is not None  # two or more clicks: the first always makes a result
         return result
 
     def _slice(self, z: int, win: Window) -> np.ndarray:
@@ -842,6 +847,7 @@ class LiteMedSAM3D(Backend):
         """Slice z from its neighbour's mask: (mask, IoU estimate, box, whether the lesion ends here, overlap)."""
         o = self.options
         box = self._mask_box(prev.mask, win, o.box_margin_px)
+        assert box is not None  # a chain only continues from a slice whose mask is not empty
         if box_model is not None:
             box = _intersect(box, box_model)
         wide = _expand(box, o.stability_expand)

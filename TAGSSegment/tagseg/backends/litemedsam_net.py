@@ -22,8 +22,9 @@ import threading
 import warnings
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -145,7 +146,8 @@ class LiteMedSAM:
         self._lock = threading.Lock()
         self.stats = {"encoded": 0, "cache_hits": 0, "decoded": 0, "prefetched": 0}
         self._encoder_session = self._decoder_session = None
-        self._background: tuple[threading.Thread, threading.Event, object] | None = None
+        # (thread, stop event, its onnxruntime.RunOptions: untyped)
+        self._background: tuple[threading.Thread, threading.Event, Any] | None = None
         self.runtime = "torch"
         if runtime != "torch" and self.device_name == "cpu" and self._start_onnx():
             self.runtime = "onnxruntime"
@@ -220,6 +222,7 @@ class LiteMedSAM:
         import torch
 
         net = self.network()
+        args: tuple[torch.Tensor, ...]
         if part == "encoder":
             module, args = net.image_encoder, (torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE),)
             names, dynamic = (["image"], ["embedding"]), None
@@ -292,7 +295,7 @@ class LiteMedSAM:
                 self._cache.popitem(last=False)
         return out
 
-    def encode_in_background(self, jobs: list[tuple[object, Callable[[], np.ndarray]]]) -> bool:
+    def encode_in_background(self, jobs: Sequence[tuple[object, Callable[..., np.ndarray]]]) -> bool:
         """Encode `(key, image_fn)` jobs on a background thread, in order, until done or `cancel_background()`.
 
         Interactive use: while the user looks at a result, the slices a correction may need get encoded, so
