@@ -12,6 +12,7 @@ times per case (the speed issue's CPU rows).
 Usage: python bench/corrective_bench.py [--cases DIR] [--methods litemedsam-3d,litemedsam-3d+look3s,grow-from-seeds]
        [--out bench/results/corrective.md] [--json F]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,17 +34,22 @@ DEFAULT_CASES = ROOT.parent / "shared" / "data" / "lesions_dev"
 CORRECTIONS = 5
 
 from run_bench import text_for  # noqa: E402  (the scoring tools' texts)
+
 TARGET = 0.85
 
 
-def curve_ours(image, truth: np.ndarray, clicks: list, text: str, think_s: float = 0.0) -> tuple[list[float], float, float]:
+def curve_ours(
+    image, truth: np.ndarray, clicks: list, text: str, think_s: float = 0.0
+) -> tuple[list[float], float, float]:
     """`think_s`: seconds the simulated user looks at each result before the next click (not timed; the
     default model encodes ahead meanwhile)."""
     from tagseg import Session
+    from tagseg.backends import release_shared_backends
     from tagseg.corrective import next_corrective_click
     from tagseg.evaluate import dice
 
     spacing = image.spacing_kji
+    release_shared_backends()  # no encodings or decoded masks left from another method's run of this case
     with Session(image, model="auto", device="cpu") as s:
         s.set_text(text)
         for p in clicks:
@@ -86,14 +92,17 @@ def curve_grow(image, truth: np.ndarray, clicks: list, text: str) -> tuple[list[
         point = tuple(image.kji_to_ras([click[0]])[0])
         (include if click[1] else exclude).append(point)
         t = time.perf_counter()
-        pred = grow.run(include, shell, exclude) > 0          # the background shell the user drew stays
+        pred = grow.run(include, shell, exclude) > 0  # the background shell the user drew stays
         refine.append(time.perf_counter() - t)
         curve.append(dice(pred, truth))
     return curve, first, float(np.median(refine)) if refine else 0.0
 
 
-METHODS = {"litemedsam-3d": curve_ours, "litemedsam-3d+look3s": functools.partial(curve_ours, think_s=3.0),
-           "grow-from-seeds": curve_grow}
+METHODS = {
+    "litemedsam-3d": curve_ours,
+    "litemedsam-3d+look3s": functools.partial(curve_ours, think_s=3.0),
+    "grow-from-seeds": curve_grow,
+}
 DEFAULT_METHODS = "litemedsam-3d,litemedsam-3d+look3s,grow-from-seeds"
 
 
@@ -104,8 +113,11 @@ def noc(curve: list[float]) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", type=Path, default=DEFAULT_CASES)
-    ap.add_argument("--methods", default=DEFAULT_METHODS,
-                    help="comma list of " + ", ".join(METHODS) + " (+look3s: 3 s between a result and the next click)")
+    ap.add_argument(
+        "--methods",
+        default=DEFAULT_METHODS,
+        help="comma list of " + ", ".join(METHODS) + " (+look3s: 3 s between a result and the next click)",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "corrective.md")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -132,36 +144,64 @@ def main() -> int:
         clicks = lesion_clicks(labels[0], 3, seed=0)
         for method in methods:
             curve, first, refine = METHODS[method](image, truth, clicks, text_for(name))
-            rows.append({"case": name, "method": method, "curve": curve, "noc85": noc(curve),
-                         "first_s": first, "refine_s": refine})
-            print(f"{name:24s} {method:16s} " + " ".join(f"{d:.3f}" for d in curve)
-                  + f"  NoC@85 {noc(curve)}  first {first:.1f}s refine {refine:.2f}s", flush=True)
-    lines = [f"Corrective protocol, {time.strftime('%Y-%m-%d')}: 3 seeded clicks (seed 0) + up to {CORRECTIONS} "
-             "corrections at the innermost voxel of the larger error region. Dice after each click; NoC@85 = clicks "
-             "to reach Dice 0.85 (9 = never).", "",
-             "| case | method | " + " | ".join(f"{3 + i} clicks" for i in range(CORRECTIONS + 1)) + " | NoC@85 |",
-             "|---|---|" + "---|" * (CORRECTIONS + 2)]
+            rows.append(
+                {
+                    "case": name,
+                    "method": method,
+                    "curve": curve,
+                    "noc85": noc(curve),
+                    "first_s": first,
+                    "refine_s": refine,
+                }
+            )
+            print(
+                f"{name:24s} {method:16s} "
+                + " ".join(f"{d:.3f}" for d in curve)
+                + f"  NoC@85 {noc(curve)}  first {first:.1f}s refine {refine:.2f}s",
+                flush=True,
+            )
+    lines = [
+        f"Corrective protocol, {time.strftime('%Y-%m-%d')}: 3 seeded clicks (seed 0) + up to {CORRECTIONS} "
+        "corrections at the innermost voxel of the larger error region. Dice after each click; NoC@85 = clicks "
+        "to reach Dice 0.85 (9 = never).",
+        "",
+        "| case | method | " + " | ".join(f"{3 + i} clicks" for i in range(CORRECTIONS + 1)) + " | NoC@85 |",
+        "|---|---|" + "---|" * (CORRECTIONS + 2),
+    ]
     for r in rows:
-        lines.append(f"| {r['case']} | {r['method']} | " + " | ".join(f"{d:.3f}" for d in r["curve"])
-                     + f" | {r['noc85']} |")
+        lines.append(
+            f"| {r['case']} | {r['method']} | " + " | ".join(f"{d:.3f}" for d in r["curve"]) + f" | {r['noc85']} |"
+        )
     for method in methods:
         mine = [r for r in rows if r["method"] == method]
         if mine:
             mean = np.mean([r["curve"] for r in mine], axis=0)
-            lines.append(f"| **mean** | {method} | " + " | ".join(f"**{d:.3f}**" for d in mean)
-                         + f" | **{np.mean([r['noc85'] for r in mine]):.1f}** |")
-    lines += ["", f"Speed ({os.cpu_count()} CPU cores, 1-min load average {os.getloadavg()[0]:.1f} at the end): "
-              "first prediction and the median corrective click per case, then the median over cases.", "",
-              "| method | " + " | ".join(sorted({r["case"] for r in rows})) + " | median |",
-              "|---|" + "---|" * (len({r["case"] for r in rows}) + 1)]
+            lines.append(
+                f"| **mean** | {method} | "
+                + " | ".join(f"**{d:.3f}**" for d in mean)
+                + f" | **{np.mean([r['noc85'] for r in mine]):.1f}** |"
+            )
+    lines += [
+        "",
+        f"Speed ({os.cpu_count()} CPU cores, 1-min load average {os.getloadavg()[0]:.1f} at the end): "
+        "first prediction and the median corrective click per case, then the median over cases.",
+        "",
+        "| method | " + " | ".join(sorted({r["case"] for r in rows})) + " | median |",
+        "|---|" + "---|" * (len({r["case"] for r in rows}) + 1),
+    ]
     for method in methods:
         mine = {r["case"]: r for r in rows if r["method"] == method}
         if mine:
-            cells = [f"{mine[c]['first_s']:.1f} / {mine[c]['refine_s']:.2f}" if c in mine else "-"
-                     for c in sorted({r["case"] for r in rows})]
-            lines.append(f"| {method} (first s / click s) | " + " | ".join(cells)
-                         + f" | {np.median([r['first_s'] for r in mine.values()]):.1f} / "
-                           f"{np.median([r['refine_s'] for r in mine.values()]):.2f} |")
+            cells = [
+                f"{mine[c]['first_s']:.1f} / {mine[c]['refine_s']:.2f}" if c in mine else "-"
+                for c in sorted({r["case"] for r in rows})
+            ]
+            lines.append(
+                f"| {method} (first s / click s) | "
+                + " | ".join(cells)
+                + f" | {np.median([r['first_s'] for r in mine.values()]):.1f} / "
+                f"{np.median([r['refine_s'] for r in mine.values()]):.2f} |"
+            )
     table = "\n".join(lines)
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
