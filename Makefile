@@ -20,7 +20,11 @@ $(STAMP): pyproject.toml
 	$(VENV_PY) -m pip install -e ".[test]" $(TORCH_PINS)
 	touch $(STAMP)
 
+# Lint and format check (ruff, configured in pyproject.toml) and type check of the engine (mypy), then the tests.
 test: venv
+	$(VENV)/bin/ruff check TAGSSegment bench scripts
+	$(VENV)/bin/ruff format --check TAGSSegment bench scripts
+	$(VENV)/bin/mypy
 	HF_HUB_OFFLINE=1 TAGSEG_CACHE_DIR=$(CURDIR)/.cache/tagseg $(VENV_PY) -m pytest TAGSSegment/Testing/Python -q
 
 demo: venv
@@ -38,7 +42,7 @@ bench: venv
 
 # Outputs and caches; the venv survives because rebuilding it takes minutes (see distclean).
 clean:
-	rm -rf .cache demo_output bench/results build dist
+	rm -rf .cache demo_output bench/results build dist .mypy_cache TAGSSegment/.mypy_cache .ruff_cache
 	find . -path ./$(VENV) -prune -o \( -name __pycache__ -o -name '*.egg-info' \) -type d -prune -exec rm -rf {} +
 
 distclean: clean
