@@ -57,10 +57,11 @@ def _model_info(model: str) -> dict:
             "parameters": net.parameter_counts(),
         }
     name = backends.resolve_model_name(model, parse_description(""))
-    if name.startswith(backends.TAGS_PREFIX):
+    checkpoint = backends.checkpoint_of(name)
+    if checkpoint is not None:
         from ..tags.checkpoint import load_model
 
-        net, ckpt = load_model(name[len(backends.TAGS_PREFIX) :])
+        net, ckpt = load_model(checkpoint)
         meta = {k: v for k, v in ckpt.metadata.items() if k != "config"}
         return {
             "name": name,

@@ -209,9 +209,11 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
     stages = {"load": time.perf_counter() - t0}
     _check_prompts_inside(volume, points, neg_points, boxes)
 
+    from ..backends import PROPOSE_POINT, kind_of
     from ..session import Session
 
-    is_tags = model_name.startswith("tags:")
+    kind = kind_of(model_name)
+    takes = kind.option_names() or frozenset()
     options = {
         "text_fusion": args.text_fusion,
         "sliding_window": args.sliding_window,
@@ -220,7 +222,12 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
         "allow_download": args.allow_download,
         "autocast": args.autocast,
     }
-    if not is_tags and (args.text_fusion or args.text_only or args.sliding_window):
+    needs_tags = (
+        (args.text_fusion and "text_fusion" not in takes)
+        or (args.sliding_window and "sliding_window" not in takes)
+        or (args.text_only and PROPOSE_POINT not in (kind.capabilities or frozenset()))
+    )
+    if needs_tags:
         raise PromptError(f"--text-fusion/--text-only/--sliding-window need a TAGS checkpoint (model: {model_name})")
     from ..progress import TerminalProgress
 
@@ -230,7 +237,7 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
         model=model_name,
         device=args.device,
         warn=reporter.warn,
-        backend_options=options,
+        backend_options={k: v for k, v in options.items() if k in takes},  # the chosen model's own
         progress=progress,
         work_ahead=False,
     )  # one prediction: nothing to prepare for
@@ -243,7 +250,7 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
             try:
                 session.set_anatomy(anatomy)
             except PromptError as exc:
-                if not is_tags:
+                if "anatomy_fallback" not in takes:
                     raise
                 reporter.warn(f"{exc}; using the {args.anatomy_fallback} fallback for the organ channel")
         if args.text_only and not points and not boxes:
