@@ -424,8 +424,7 @@ class RemoteSession:
         self._warn = warn
         self._client = EngineClient(url, token, timeout)
         self.url = self._client.url
-        self._history: list[_State] = [_State()]
-        self._redo: list[_State] = []
+        self._history: P.UndoHistory[_State] = P.UndoHistory(_State())
         self._anatomies: dict[str, Volume] = {}
         self._sid: str | None = None
         self.timings: dict[str, float] = {}
@@ -502,11 +501,10 @@ class RemoteSession:
     # ---- prompts (kept here; the same checks and messages as Session) ------------------------------------
     @property
     def _state(self) -> _State:
-        return self._history[-1]
+        return self._history.current
 
     def _push(self, new: _State) -> None:
-        self._history.append(new)
-        self._redo.clear()
+        self._history.push(new)
 
     def set_text(self, text: str | None) -> None:
         desc = parse_description(text)
@@ -546,21 +544,14 @@ class RemoteSession:
 
     def undo(self) -> bool:
         """Take back the last interaction; False when there is nothing to undo."""
-        if len(self._history) == 1:
-            return False
-        self._redo.append(self._history.pop())
-        return True
+        return self._history.undo()
 
     def redo(self) -> bool:
-        if not self._redo:
-            return False
-        self._history.append(self._redo.pop())
-        return True
+        return self._history.redo()
 
     def reset(self) -> None:
         """Forget every prompt (the server keeps its image encodings)."""
-        self._history = [_State()]
-        self._redo.clear()
+        self._history.reset(_State())
 
     def _prompt_request(self) -> dict:
         s = self._state

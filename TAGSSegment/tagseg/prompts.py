@@ -3,11 +3,49 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 import numpy as np
 
 from .errors import PromptError
 from .volume import Volume
+
+State = TypeVar("State")
+
+
+class UndoHistory(Generic[State]):
+    """Undo and redo over immutable prompt states; the local Session and the engine client's RemoteSession
+    keep their prompts in one, so both take a click back the same way."""
+
+    def __init__(self, first: State) -> None:
+        self._states: list[State] = [first]
+        self._redo: list[State] = []
+
+    @property
+    def current(self) -> State:
+        return self._states[-1]
+
+    def push(self, state: State) -> None:
+        """A new interaction: it becomes current and what was undone cannot be redone any more."""
+        self._states.append(state)
+        self._redo.clear()
+
+    def undo(self) -> bool:
+        """Take back the last interaction; False when there is nothing to undo."""
+        if len(self._states) == 1:
+            return False
+        self._redo.append(self._states.pop())
+        return True
+
+    def redo(self) -> bool:
+        if not self._redo:
+            return False
+        self._states.append(self._redo.pop())
+        return True
+
+    def reset(self, first: State) -> None:
+        self._states = [first]
+        self._redo.clear()
 
 
 def _ras(value, what: str) -> np.ndarray:

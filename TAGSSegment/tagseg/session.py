@@ -69,9 +69,8 @@ class Session:
         self.work_ahead = work_ahead
         self._warn = warn
         self.device = resolve_device(device, warn)
-        self._history: list[P.PromptSet] = [P.PromptSet()]
+        self._history: P.UndoHistory[P.PromptSet] = P.UndoHistory(P.PromptSet())
         self._history_id = uuid.uuid4().hex  # a shared backend corrects only this session's own results
-        self._redo: list[P.PromptSet] = []
         self._backends: dict[str, tuple[Backend, threading.Lock]] = {}
         self._results: dict[tuple, tuple[np.ndarray, tuple[ResultWarning, ...]]] = {}
         # progress(stage, done, total) during model loads and long backend steps (see tagseg.progress)
@@ -83,11 +82,10 @@ class Session:
     # ---- prompts -------------------------------------------------------------------------
     @property
     def prompts(self) -> P.PromptSet:
-        return self._history[-1]
+        return self._history.current
 
     def _push(self, new: P.PromptSet) -> None:
-        self._history.append(new)
-        self._redo.clear()
+        self._history.push(new)
 
     def set_text(self, text: str | None) -> None:
         """The description: names the result and selects anatomy and intensity preset (and, with
@@ -144,21 +142,14 @@ class Session:
 
     def undo(self) -> bool:
         """Take back the last interaction; False when there is nothing to undo."""
-        if len(self._history) == 1:
-            return False
-        self._redo.append(self._history.pop())
-        return True
+        return self._history.undo()
 
     def redo(self) -> bool:
-        if not self._redo:
-            return False
-        self._history.append(self._redo.pop())
-        return True
+        return self._history.redo()
 
     def reset(self) -> None:
         """Forget every prompt (cached image encodings are kept: they depend on the image only)."""
-        self._history = [P.PromptSet()]
-        self._redo.clear()
+        self._history.reset(P.PromptSet())
 
     # ---- prediction ------------------------------------------------------------------------
     def _grid_prompts(self, prompts: P.PromptSet) -> GridPrompts:
