@@ -450,7 +450,18 @@ def _boxes_list(boxes) -> list[tuple[np.ndarray, np.ndarray]]:
     return result
 
 
-class InProcessTAGSLogic:
+class _BlockingPredict:
+    """`predict` = `predict_async(...).result()`, for both logics (in-process and engine process)."""
+
+    def predict(
+        self, volume_node, include_ras=(), exclude_ras=(), boxes_ras=(), text: str = "", anatomy: Volume | None = None
+    ) -> np.ndarray:
+        """The mask (uint8 KJI on the volume's voxel grid) for these prompts; blocks until done.
+        tagseg errors (PromptError for a click outside the volume, ...) are raised as they are."""
+        return self.predict_async(volume_node, include_ras, exclude_ras, boxes_ras, text, anatomy).result()  # type: ignore[attr-defined]
+
+
+class InProcessTAGSLogic(_BlockingPredict):
     """The fallback: `tagseg` predictions inside Slicer's own process, on one worker thread.
 
     Inside Slicer that thread starves (PythonQt keeps the GIL while the event loop idles, see
@@ -496,13 +507,6 @@ class InProcessTAGSLogic:
             self.warn(message)
 
     # ---- prediction -----------------------------------------------------------------------------------------
-    def predict(
-        self, volume_node, include_ras=(), exclude_ras=(), boxes_ras=(), text: str = "", anatomy: Volume | None = None
-    ) -> np.ndarray:
-        """The mask (uint8 KJI on the volume's voxel grid) for these prompts; blocks until done.
-        tagseg errors (PromptError for a click outside the volume, ...) are raised as they are."""
-        return self.predict_async(volume_node, include_ras, exclude_ras, boxes_ras, text, anatomy).result()
-
     def predict_async(
         self, volume_node, include_ras=(), exclude_ras=(), boxes_ras=(), text: str = "", anatomy: Volume | None = None
     ) -> concurrent.futures.Future:
@@ -759,7 +763,7 @@ class _Job:
         self.submitted, self.read_seconds, self.restarted = submitted, read_seconds, False
 
 
-class TAGSLogic:
+class TAGSLogic(_BlockingPredict):
     """Runs `tagseg` predictions for Slicer volume nodes in a `tagseg serve` engine process.
 
     By default the engine is a child process started on first use (Slicer's PythonSlicer, loopback, a random
@@ -848,13 +852,6 @@ class TAGSLogic:
         self._background.append(wait_ready())
 
     # ---- prediction -----------------------------------------------------------------------------------------
-    def predict(
-        self, volume_node, include_ras=(), exclude_ras=(), boxes_ras=(), text: str = "", anatomy: Volume | None = None
-    ) -> np.ndarray:
-        """The mask (uint8 KJI on the volume's voxel grid) for these prompts; blocks (polling) until done.
-        tagseg errors (PromptError for a click outside the volume, ...) are raised as they are."""
-        return self.predict_async(volume_node, include_ras, exclude_ras, boxes_ras, text, anatomy).result()
-
     def predict_async(
         self, volume_node, include_ras=(), exclude_ras=(), boxes_ras=(), text: str = "", anatomy: Volume | None = None
     ) -> concurrent.futures.Future:

@@ -42,7 +42,7 @@ OBLIQUE = np.linalg.qr(OBLIQUE)[0] * np.sign(np.diag(np.linalg.qr(OBLIQUE)[1])) 
 DIRECTIONS = {"RAS": np.eye(3), "LPS": np.diag([-1.0, -1.0, 1.0]), "oblique": OBLIQUE}
 SPACING = (0.8, 0.9, 2.5)
 ORIGIN = (-10.0, 20.0, 30.0)
-DIRECTIONS = np.eye(3)
+AXIS_ALIGNED = np.eye(3)
 SHAPE = (12, 20, 24)  # KJI
 
 
@@ -70,7 +70,7 @@ def add_transform(scene, matrix: np.ndarray, name: str = "T"):
     return node
 
 
-def add_volume(scene, array: np.ndarray, spacing=SPACING, origin=ORIGIN, directions=DIRECTIONS, name="CT"):
+def add_volume(scene, array: np.ndarray, spacing=SPACING, origin=ORIGIN, directions=AXIS_ALIGNED, name="CT"):
     """A scalar volume node built the way Slicer's readers build it (spacing, origin, directions)."""
     from vtk.util import numpy_support
 
