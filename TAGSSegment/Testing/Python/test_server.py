@@ -358,6 +358,14 @@ def _malformed_requests(server, case):
             json_type,
             TOKEN,
         ),
+        "session volume null": ("POST", "/v1/sessions", json.dumps({"volume": None}).encode(), json_type, TOKEN),
+        "anatomy volume null": (
+            "POST",
+            f"/v1/sessions/{session}/anatomy",
+            json.dumps({"volume": None}).encode(),
+            json_type,
+            TOKEN,
+        ),
         "unknown session": ("POST", f"/v1/sessions/{'0' * 32}/predict", b"{}", json_type, TOKEN),
         "session id path": ("POST", "/v1/sessions/..%2F..%2Fetc/predict", b"{}", json_type, TOKEN),
         "close unknown session": ("DELETE", f"/v1/sessions/{'1' * 32}", b"", {}, TOKEN),
@@ -448,6 +456,7 @@ def test_malformed_requests_get_one_line_json_4xx_and_the_server_keeps_serving(s
     assert statuses["no token"] == statuses["wrong token"] == 401
     assert statuses["unknown session"] == 404 and statuses["point outside"] == 422
     assert statuses["volume over the limit"] == statuses["Content-Length 10 GB"] == 413
+    assert statuses["session volume null"] == statuses["anatomy volume null"] == 400  # was a TypeError, 500
     # still serving: health and a real prediction
     assert engine_health(server.url, TOKEN)["ok"]
     with RemoteSession(server.url, case.image, token=TOKEN, device="cpu") as remote:
