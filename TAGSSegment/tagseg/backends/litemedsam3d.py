@@ -409,6 +409,10 @@ class LiteMedSAM3D(Backend):
         self._last_mask = mask
         return out
 
+    def _equivalent_radius_mm(self, mask: np.ndarray) -> float:
+        """The radius (mm) of a ball with the mask's volume on the working grid."""
+        return float((3 * mask.sum() * np.prod(self.spacing) / (4 * np.pi)) ** (1 / 3))
+
     def work_ahead(self) -> None:
         """While the user looks at the last result, encode the slices a correction would model: those the result
         spans and up to `prefetch_margin` of its radius beyond, centre first (a correction's own slices are
@@ -420,7 +424,7 @@ class LiteMedSAM3D(Backend):
         slices = np.nonzero(mask.any(axis=(1, 2)))[0]
         if len(slices) == 0:
             return
-        radius_mm = (3 * mask.sum() * np.prod(self.spacing) / (4 * np.pi)) ** (1 / 3)
+        radius_mm = self._equivalent_radius_mm(mask)
         margin = int(np.ceil(o.prefetch_margin * radius_mm / self.spacing[0]))
         lo, hi = max(0, slices[0] - margin), min(self.work.shape_kji[0] - 1, slices[-1] + margin)
         centre = (slices[0] + slices[-1]) / 2
@@ -486,7 +490,7 @@ class LiteMedSAM3D(Backend):
             # click lies about halfway into the missed part, so it reaches about twice as far as the click
             # is from the previous result (all of it within one lesion radius of the click: computed there,
             # and the click's own segmentation only modelled on the slices that radius spans)
-            radius_mm = max(o.min_correction_mm, (3 * previous.sum() * np.prod(self.spacing) / (4 * np.pi)) ** (1 / 3))
+            radius_mm = max(o.min_correction_mm, self._equivalent_radius_mm(previous))
             half = np.ceil(radius_mm / np.asarray(self.spacing)).astype(int) + 1
             lo = np.maximum(np.array(index) - half, 0)
             hi = np.minimum(np.array(index) + half + 1, previous.shape)
