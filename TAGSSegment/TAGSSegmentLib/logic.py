@@ -250,7 +250,7 @@ def _resample_block(
 
 def _mask_bbox(mask: np.ndarray):
     """Half-open KJI bounding box of the non-zero voxels, None when there are none (per-axis reductions)."""
-    from tagseg.client import mask_bbox
+    from tagseg.geometry import mask_bbox
 
     return mask_bbox(mask)
 

@@ -43,6 +43,7 @@ from . import errors
 from . import prompts as P
 from .checks import ResultWarning
 from .errors import EngineUnavailable, PromptError, TagsegError
+from .geometry import mask_bbox
 from .text import parse_description
 from .volume import Volume, check_volume
 
@@ -146,18 +147,6 @@ def prompt_json(points: Iterable[P.Point], boxes: Iterable[P.Box], text: str, an
         "text": text,
         "anatomy": anatomy,
     }
-
-
-def mask_bbox(array: np.ndarray) -> tuple[tuple[int, int, int], tuple[int, int, int]] | None:
-    """Half-open KJI bounding box of the non-zero voxels, or None for an empty mask (one pass over the array)."""
-    arr = np.asarray(array)
-    ks = np.flatnonzero(arr.reshape(arr.shape[0], -1).any(axis=1))
-    if ks.size == 0:
-        return None
-    slab = arr[ks[0] : ks[-1] + 1]
-    js = np.flatnonzero(slab.any(axis=(0, 2)))
-    is_ = np.flatnonzero(slab[:, js[0] : js[-1] + 1].any(axis=(0, 1)))
-    return (int(ks[0]), int(js[0]), int(is_[0])), (int(ks[-1]) + 1, int(js[-1]) + 1, int(is_[-1]) + 1)
 
 
 def encode_mask(array: np.ndarray, level: int = 1) -> tuple[dict, bytes]:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tagseg.checks import Crop
-from tagseg.geometry import KJI_SWAP, Grid, as_grid, resample, resample_like
+from tagseg.geometry import KJI_SWAP, Grid, as_grid, mask_bbox, padded_bbox, resample, resample_like
 from tagseg.tags.crop import CropGrid, crop_to_source
 from tagseg.volume import Volume, make_ijk_to_ras
 
@@ -250,3 +250,26 @@ def test_the_kji_swap_is_written_once():
     holders = [p.relative_to(SOURCE) for p in _sources() if pattern in p.read_text(encoding="utf-8")]
     assert holders == [Path("tagseg/geometry.py")]
     assert GEOMETRY.read_text(encoding="utf-8").count(pattern) == 1
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_mask_bbox_and_padded_bbox_match_nonzero(seed):
+    """The per-axis reductions give nonzero()'s extent; padding is clipped at the array's faces."""
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((7, 9, 11), bool)
+    if seed:  # seed 0: an empty mask
+        k, j, i = (rng.integers(0, n, size=seed) for n in mask.shape)
+        mask[k, j, i] = True
+    found = mask_bbox(mask)
+    if not mask.any():
+        assert found is None and padded_bbox(mask, 2) is None
+        return
+    idx = np.nonzero(mask)
+    assert found == (tuple(int(a.min()) for a in idx), tuple(int(a.max()) + 1 for a in idx))
+    for pad in (0, 1, 3):
+        box = padded_bbox(mask, pad)
+        assert box == tuple(
+            slice(max(int(a.min()) - pad, 0), min(int(a.max()) + 1 + pad, n))
+            for a, n in zip(idx, mask.shape, strict=True)
+        )
+        assert mask[box].sum() == mask.sum()

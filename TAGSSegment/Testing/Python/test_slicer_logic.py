@@ -807,7 +807,7 @@ def test_predictions_run_in_the_engine_process_and_a_remote_engine_needs_its_tok
     local = shared_logic.predict(node, clicks, [], [], phantom.description)
     pid = shared_logic.engine_pid
     assert pid is not None and pid != os.getpid() and shared_logic.last_info["engine"] == shared_logic.engine_url
-    from tagseg.client import mask_bbox
+    from tagseg.geometry import mask_bbox
 
     assert isinstance(local, L.MaskArray) and tuple(map(tuple, local.bbox)) == mask_bbox(np.asarray(local))
     seg, _ = segmentation_with(phantom_node[0].scene, node, {})

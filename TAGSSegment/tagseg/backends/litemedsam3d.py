@@ -25,7 +25,7 @@ from scipy import ndimage
 
 from .. import intensity
 from ..budget import radius_voxels
-from ..geometry import AxisReorientation, crop_pad, paste
+from ..geometry import AxisReorientation, crop_pad, padded_bbox, paste
 from ..resize import resize_area, resize_bilinear
 from ..text import parse_description
 from ..volume import Volume
@@ -553,9 +553,8 @@ class LiteMedSAM3D(Backend):
 
     def _surroundings_median(self, mask: np.ndarray) -> float | None:
         """Median (in-plane smoothed) intensity of a 2-voxel ring just outside `mask`; None when there is none."""
-        lo = np.maximum(np.min(np.nonzero(mask), axis=1) - 3, 0)
-        hi = np.minimum(np.max(np.nonzero(mask), axis=1) + 4, mask.shape)
-        box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=False))
+        box = padded_bbox(mask, 3)
+        assert box is not None  # called with a non-empty result
         sub = mask[box]
         ring = ndimage.binary_dilation(sub, iterations=2) & ~sub
         if not ring.any():
@@ -568,9 +567,9 @@ class LiteMedSAM3D(Backend):
         (in-plane smoothed) intensity lies on the click's side of a threshold between the clicked value and the
         mask's median. None when the click's value is too close to the mask's for intensity to tell them apart."""
         o = self.options
-        lo = np.maximum(np.min(np.nonzero(mask), axis=1) - 2, 0)
-        hi = np.minimum(np.max(np.nonzero(mask), axis=1) + 3, mask.shape)
-        box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=False))
+        box = padded_bbox(mask, 2)
+        assert box is not None  # the exclude click lies inside the mask
+        lo = [b.start for b in box]
         sub = mask[box]
         image = ndimage.gaussian_filter(self._data[box].astype(np.float32), sigma=(0, 1, 1))
         click = tuple(int(i - a) for i, a in zip(index, lo, strict=False))
@@ -747,9 +746,9 @@ class LiteMedSAM3D(Backend):
         """The mask's outer voxels that look like what surrounds it: connected to the mask's border and, in the
         (in-plane smoothed) image, within `rim_trim` of the way from the surroundings' median to the core's. SAM
         decodes at 256 px and its masks bleed a partial-volume rim into the neighbouring tissue."""
-        lo = np.maximum(np.min(np.nonzero(mask), axis=1) - 3, 0)
-        hi = np.minimum(np.max(np.nonzero(mask), axis=1) + 4, mask.shape)
-        box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=False))
+        box = padded_bbox(mask, 3)
+        assert box is not None  # called with a non-empty mask
+        lo = [b.start for b in box]
         sub = mask[box]
         image = ndimage.gaussian_filter(self._data[box].astype(np.float32), sigma=(0, 1, 1))
         ring = ndimage.binary_dilation(sub, iterations=2) & ~sub
@@ -968,20 +967,28 @@ class LiteMedSAM3D(Backend):
 
     @staticmethod
     def _keep_prompted_components(mask: np.ndarray, pos: np.ndarray, seeds: list[int]) -> np.ndarray:
-        """Drop 3D islands that hold no include point (or, for a box alone, are not on the seed slice)."""
-        labels, n = ndimage.label(mask)
+        """Drop 3D islands that hold no include point (or, for a box alone, are not on the seed slice).
+        Labelled within the mask's bounding box: the same islands, a fraction of a glioma volume's voxels."""
+        box = padded_bbox(mask, 0)
+        if box is None:
+            return mask
+        labels, n = ndimage.label(mask[box])
         if n <= 1:
             return mask
+        lo = np.array([b.start for b in box])
         keep = set()
-        for p in np.round(pos).astype(int) if len(pos) else []:
-            if all(0 <= p[i] < mask.shape[i] for i in range(3)) and labels[tuple(p)]:
+        for p in np.round(pos).astype(int) - lo if len(pos) else []:
+            if all(0 <= p[i] < labels.shape[i] for i in range(3)) and labels[tuple(p)]:
                 keep.add(labels[tuple(p)])
         if not keep:
-            sizes = ndimage.sum(mask, labels, index=np.arange(1, n + 1))
-            on_seed = set(np.unique(labels[seeds[0]])) - {0}
+            sizes = ndimage.sum(mask[box], labels, index=np.arange(1, n + 1))
+            seed = seeds[0] - lo[0]
+            on_seed = (set(np.unique(labels[seed])) if 0 <= seed < labels.shape[0] else set()) - {0}
             ranked = [i + 1 for i in np.argsort(-sizes) if (i + 1) in on_seed] or [int(np.argmax(sizes)) + 1]
             keep.add(ranked[0])
-        return np.isin(labels, list(keep))
+        out = np.zeros(mask.shape, bool)
+        out[box] = np.isin(labels, list(keep))
+        return out
 
 
 def _intersect(a: np.ndarray, b: np.ndarray) -> np.ndarray:
