@@ -64,59 +64,43 @@ class Task:
         }
 
 
-TASKS: dict[str, Task] = {
-    "kits": Task(
-        key="kits",
-        dataset="KiTS21",
-        anatomy="kidney",
-        window=(-54.0, 247.0),
-        mean=59.53867,
-        std=55.457336,
-        organ_file="kidney.nii.gz",
-        spatial_index=(0, 1, 2),
-        organ_word="kidney",
-        split=(209, 30, 61),
-    ),
-    "lits": Task(
-        key="lits",
-        dataset="LiTS17",
-        anatomy="liver",
-        window=(-48.0, 163.0),
-        mean=60.057533,
-        std=40.198017,
-        organ_file="liver.nii.gz",
-        spatial_index=(2, 1, 0),
-        organ_word="liver",
-        split=(83, 11, 24),
-    ),
-    "pancreas": Task(
-        key="pancreas",
-        dataset="MSD Task07 Pancreas",
-        anatomy="pancreas",
-        window=(-39.0, 204.0),
-        mean=68.45214,
-        std=63.422806,
-        organ_file="pancreas.nii.gz",
-        spatial_index=(2, 1, 0),
-        organ_word="pancreas",
-        split=(196, 28, 57),
-    ),
+def _task(key: str, dataset: str, anatomy: str, window, mean: float, std: float, spatial_index, split, **extra) -> Task:
+    """One row of the table: every dataset's organ mask is `<anatomy>.nii.gz` and its organ word is the anatomy."""
+    return Task(
+        key=key,
+        dataset=dataset,
+        anatomy=anatomy,
+        window=window,
+        mean=mean,
+        std=std,
+        organ_file=f"{anatomy}.nii.gz",
+        spatial_index=spatial_index,
+        organ_word=anatomy,
+        split=split,
+        **extra,
+    )
+
+
+# key, dataset, anatomy, HU window, foreground mean and std, NIfTI -> [D, H, W] transpose, fold-0 split
+_TABLE = (
+    _task("kits", "KiTS21", "kidney", (-54.0, 247.0), 59.53867, 55.457336, (0, 1, 2), (209, 30, 61)),
+    _task("lits", "LiTS17", "liver", (-48.0, 163.0), 60.057533, 40.198017, (2, 1, 0), (83, 11, 24)),
+    _task("pancreas", "MSD Task07 Pancreas", "pancreas", (-39.0, 204.0), 68.45214, 63.422806, (2, 1, 0), (196, 28, 57)),
     # 3DSAM-adapter's fourth dataset; TAGS never trained on it. MSD Colon labels the cancer 1, not 2.
-    "colon": Task(
-        key="colon",
-        dataset="MSD Task10 Colon",
-        anatomy="colon",
-        window=(-57.0, 175.0),
-        mean=65.175035,
-        std=32.651197,
-        organ_file="colon.nii.gz",
-        spatial_index=(2, 1, 0),
-        organ_word="colon",
-        split=(89, 11, 26),
+    _task(
+        "colon",
+        "MSD Task10 Colon",
+        "colon",
+        (-57.0, 175.0),
+        65.175035,
+        32.651197,
+        (2, 1, 0),
+        (89, 11, 26),
         tumour_label=1,
         source="3DSAM-adapter only",
     ),
-}
+)
+TASKS: dict[str, Task] = {task.key: task for task in _TABLE}
 
 
 def task_for_anatomy(anatomy: str | None, *, include_adapter_only: bool = False) -> Task | None:
