@@ -93,17 +93,8 @@ class _Blob:
         return np.abs(self.rotation) @ (self.semi * (1.0 + self.wobble))
 
     def inside(self, ras: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
-        rel = [ras[n] - np.float32(self.centre[n]) for n in range(3)]
-        u = [
-            sum(rel[n] * np.float32(self.rotation[n, m]) for n in range(3)) / np.float32(self.semi[m]) for m in range(3)
-        ]
-        rho = np.sqrt(u[0] ** 2 + u[1] ** 2 + u[2] ** 2)
-        safe = np.maximum(rho, np.float32(1e-6))
-        bump = np.zeros_like(rho)
-        for wave, freq, phase, amp in zip(self.waves, self.freqs, self.phases, self.amps, strict=False):
-            along = (u[0] * np.float32(wave[0]) + u[1] * np.float32(wave[1]) + u[2] * np.float32(wave[2])) / safe
-            bump += np.float32(amp) * np.sin(np.float32(freq) * along + np.float32(phase))
-        return rho <= 1.0 + bump
+        """rho <= 1 + bump, as the sign of the level function (rho - a <= 0 exactly when rho <= a in floats)."""
+        return _level(self, ras) <= 0
 
 
 def _random_waves(rng: np.random.Generator, wobble: float, count: int = 4):
