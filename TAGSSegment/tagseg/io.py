@@ -139,6 +139,17 @@ def _noise_detail(captured: list[str]) -> str:
 _PIXEL_BYTES = {"8-bit": 1, "16-bit": 2, "32-bit": 4, "64-bit": 8}
 
 
+def _read_image(path: Path, problem: str):
+    """`sitk.ReadImage` with the libraries' own output kept off the terminal; a failure is one InputError line,
+    `<path>: <problem> (<what the library said>)`."""
+    sitk = _sitk()
+    with native_output_captured():
+        try:
+            return sitk.ReadImage(str(path))
+        except RuntimeError as exc:
+            raise InputError(f"{path}: {problem} ({_noise_detail([str(exc)])})") from None
+
+
 def _header_bytes(reader) -> tuple[tuple[int, ...], int]:
     """(size, bytes per voxel) from a reader after ReadImageInformation: nothing allocated yet."""
     sitk = _sitk()
@@ -423,13 +434,7 @@ def _read_dicom_series(
     if len(files) == 1:
         note_input(files[0])
         _check_header_budget(files[0])
-        with native_output_captured() as noise:
-            try:
-                return sitk.ReadImage(str(files[0]))
-            except RuntimeError as exc:
-                raise InputError(
-                    f"{files[0]}: cannot be read as a DICOM slice ({_noise_detail([str(exc)] + noise)})"
-                ) from None
+        return _read_image(files[0], "cannot be read as a DICOM slice")
     first = sitk.ImageFileReader()
     first.SetFileName(str(files[0]))
     with native_output_captured():
@@ -442,11 +447,7 @@ def _read_dicom_series(
     slices = []
     for file in files:
         note_input(file)
-        with native_output_captured() as noise:
-            try:
-                image = sitk.ReadImage(str(file))
-            except RuntimeError as exc:
-                raise InputError(f"{file}: a DICOM slice that cannot be read ({_noise_detail([str(exc)])})") from None
+        image = _read_image(file, "a DICOM slice that cannot be read")
         if image.GetDimension() == 3 and image.GetSize()[2] != 1 or image.GetNumberOfComponentsPerPixel() != 1:
             raise InputError(
                 f"{file}: not a single-channel 2D slice (size {image.GetSize()}); one slice per file "
@@ -599,13 +600,7 @@ def load_segmentation(path: str | os.PathLike) -> tuple[list[Volume], list[tuple
     require_regular_file(path, "segmentation")
     note_input(path)
     _check_header_budget(path)
-    with native_output_captured() as noise:
-        try:
-            image = sitk.ReadImage(str(path))
-        except RuntimeError as exc:
-            raise InputError(
-                f"{path}: cannot be read as a segmentation ({_noise_detail([str(exc)] + noise)})"
-            ) from None
+    image = _read_image(path, "cannot be read as a segmentation")
 
     def field(key: str, default: str) -> str:
         return image.GetMetaData(key).strip() if image.HasMetaDataKey(key) else default
