@@ -54,16 +54,15 @@ def _write_case(out: Path, case_id: str, image: Volume, organ: np.ndarray, tumou
     return {"image": f"./imagesTr/{case_id}.nii.gz", "label": f"./labelsTr/{case_id}.nii.gz"}
 
 
-def _dataset_json(
-    out: Path,
-    name: str,
-    description: str,
-    organ: str,
-    training: list[dict],
-    details: list[dict],
-    intensity: dict,
-    seed: int,
-) -> None:
+def _write_dataset(out: Path, name: str, description: str, organ: str, seed: int, stream: int, cases) -> Path:
+    """Write each (case id, image, organ mask, tumour mask, details) of `cases` in the MSD layout as it comes, then
+    the dataset.json listing them, with the intensity settings measured on a sample of their organ voxels."""
+    rng = np.random.default_rng([int(seed), stream])
+    training, details, samples = [], [], []
+    for case_id, image, organ_mask, tumour, detail in cases:
+        training.append(_write_case(out, case_id, image, organ_mask, tumour, organ))
+        samples.append(_sample(image.array, organ_mask, rng))
+        details.append(detail)
     write_json_atomic(
         out / "dataset.json",
         {
@@ -79,11 +78,12 @@ def _dataset_json(
             "tagseg": {
                 "generator": "tagseg.data.synthetic",
                 "seed": int(seed),
-                "intensity": intensity,
+                "intensity": _foreground_intensity(samples),
                 "cases": details,
             },
         },
     )
+    return out
 
 
 def write_synthetic_dataset(
@@ -105,48 +105,35 @@ def write_synthetic_dataset(
     out = Path(out)
     dirs = DEFAULT_DIRECTIONS if directions is None else np.asarray(directions, float)
     organ_key = organ.strip().lower()
-    rng = np.random.default_rng([int(seed), 99])
-    training, details, samples = [], [], []
-    for index in range(cases):
-        case_seed = _case_seed(seed, index)
-        try:
-            phantom = make_phantom(
-                case_seed,
-                shape_kji=tuple(shape_kji),
-                spacing_ijk=tuple(spacing_ijk),
-                directions=dirs,
-                tumour_organ=organ_key,
-            )
-        except ValueError as exc:
-            raise InputError(f"synthetic {organ} case {index}: {exc}") from None
-        parts = [m for name, m in phantom.organs.items() if name == organ_key or name.startswith(organ_key + "_")]
-        organ_mask = np.any([np.asarray(m.array) > 0 for m in parts], axis=0)
-        case_id = f"{organ_key}_{index:03d}"
-        training.append(
-            _write_case(out, case_id, phantom.image, organ_mask, np.asarray(phantom.label.array), organ_key)
-        )
-        samples.append(_sample(phantom.image.array, organ_mask, rng))
-        details.append(
-            {
-                "case_id": case_id,
+
+    def phantoms():
+        for index in range(cases):
+            case_seed = _case_seed(seed, index)
+            try:
+                phantom = make_phantom(
+                    case_seed,
+                    shape_kji=tuple(shape_kji),
+                    spacing_ijk=tuple(spacing_ijk),
+                    directions=dirs,
+                    tumour_organ=organ_key,
+                )
+            except ValueError as exc:
+                raise InputError(f"synthetic {organ} case {index}: {exc}") from None
+            parts = [m for name, m in phantom.organs.items() if name == organ_key or name.startswith(organ_key + "_")]
+            organ_mask = np.any([np.asarray(m.array) > 0 for m in parts], axis=0)
+            detail = {
+                "case_id": f"{organ_key}_{index:03d}",
                 "phantom_seed": case_seed,
                 "tumour_organ": phantom.tumour_organ,
                 "radius_mm": round(phantom.radius_mm, 3),
                 "contrast_hu": round(phantom.contrast_hu, 3),
                 "centre_ras": [round(v, 3) for v in phantom.centre_ras],
             }
-        )
-    _dataset_json(
-        out,
-        f"tagseg synthetic {organ_key} tumours",
-        "Seeded CT-like phantoms (tagseg.synth); not patient data",
-        organ_key,
-        training,
-        details,
-        _foreground_intensity(samples),
-        seed,
-    )
-    return out
+            yield detail["case_id"], phantom.image, organ_mask, np.asarray(phantom.label.array), detail
+
+    title = f"tagseg synthetic {organ_key} tumours"
+    description = "Seeded CT-like phantoms (tagseg.synth); not patient data"
+    return _write_dataset(out, title, description, organ_key, seed, 99, phantoms())
 
 
 def _organ_from_mask(mask: Volume, path: Path, organ: str, organ_labels) -> np.ndarray:
@@ -195,36 +182,25 @@ def insert_into_ct(
     if not organ_mask.any():
         raise InputError(f"{mask_path}: no {organ} voxels")
     organ_volume = image.with_array(organ_mask.astype(np.uint8), name=organ_key)
-    rng = np.random.default_rng([int(seed), 98])
-    training, details, samples = [], [], []
-    for index in range(cases):
-        case_seed = _case_seed(seed, index)
-        try:
-            new_image, tumour = insert_tumour(image, organ_volume, seed=case_seed)
-        except ValueError as exc:
-            raise InputError(f"{ct_path.name}: {exc}") from None
-        case_id = f"{organ_key}_ct_{index:03d}"
-        training.append(_write_case(out, case_id, new_image, organ_mask, np.asarray(tumour.array), organ_key))
-        samples.append(_sample(new_image.array, organ_mask, rng))
-        details.append(
-            {
-                "case_id": case_id,
+
+    def copies():
+        for index in range(cases):
+            case_seed = _case_seed(seed, index)
+            try:
+                new_image, tumour = insert_tumour(image, organ_volume, seed=case_seed)
+            except ValueError as exc:
+                raise InputError(f"{ct_path.name}: {exc}") from None
+            detail = {
+                "case_id": f"{organ_key}_ct_{index:03d}",
                 "seed": case_seed,
                 "source_ct": ct_path.name,
                 "tumour_voxels": int(np.count_nonzero(tumour.array)),
             }
-        )
-    _dataset_json(
-        out,
-        f"tagseg synthetic {organ_key} tumours in {ct_path.name}",
-        "Synthetic tumours inserted into a real CT's organ mask; the tumours are not real",
-        organ_key,
-        training,
-        details,
-        _foreground_intensity(samples),
-        seed,
-    )
-    return out
+            yield detail["case_id"], new_image, organ_mask, np.asarray(tumour.array), detail
+
+    title = f"tagseg synthetic {organ_key} tumours in {ct_path.name}"
+    description = "Synthetic tumours inserted into a real CT's organ mask; the tumours are not real"
+    return _write_dataset(out, title, description, organ_key, seed, 98, copies())
 
 
 def dataset_intensity(root: str | os.PathLike) -> dict | None:
