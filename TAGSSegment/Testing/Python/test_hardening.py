@@ -172,25 +172,13 @@ def huge_config_checkpoint(folder: Path) -> Path:
     """A config within the validation limits (embed 4096, depth 96, mlp_ratio 16) with one-element tensors."""
     import torch
 
-    from tagseg.tags.checkpoint import save_checkpoint
+    from tagseg.tags.checkpoint import save_checkpoint, task_metadata
     from tagseg.tags.config import get_preset
     from tagseg.tags.tasks import TASKS
 
     config = get_preset("tags-b").to_dict()
     config.update(embed_dim=4096, depth=96, mlp_ratio=16, num_heads=64, text_dim=4096)
-    spec = TASKS["kits"]
-    meta = {
-        "preset": config["name"],
-        "config": config,
-        "task": spec.key,
-        "anatomy": spec.anatomy,
-        "organ_labels": list(spec.organ_labels),
-        "tumour_label": spec.tumour_label,
-        "intensity": spec.intensity(),
-        "spacing_mm": [1.0, 1.0, 1.0],
-        "text": {"encoder": "open_clip:ViT-L-14:openai", "object_word": spec.key, "object_word_mode": "dataset-key"},
-        "provenance": {},
-    }
+    meta = task_metadata(TASKS["kits"], config["name"], config)
     path = folder / "huge.safetensors"
     save_checkpoint(path, {"image_encoder.pos_embed": torch.ones(1)}, meta)
     return path

@@ -29,19 +29,10 @@ class Pwn:
 
 
 def metadata(task="kits", **overrides):
-    spec = TASKS[task]
-    meta = {
-        "preset": "tags-test",
-        "config": {"depth": 2, "embed_dim": 8, "global_attn_indexes": [1]},
-        "task": spec.key,
-        "anatomy": spec.anatomy,
-        "organ_labels": list(spec.organ_labels),
-        "tumour_label": spec.tumour_label,
-        "intensity": spec.intensity(),
-        "spacing_mm": [1.0, 1.0, 1.0],
-        "text": {"encoder": "open_clip:ViT-L-14:openai", "object_word": spec.key, "object_word_mode": "dataset-key"},
-        "provenance": {"training": {"epochs": 3, "data": "synthetic"}},
-    }
+    config = {"depth": 2, "embed_dim": 8, "global_attn_indexes": [1]}
+    meta = ckpt.task_metadata(
+        TASKS[task], "tags-test", config, provenance={"training": {"epochs": 3, "data": "synthetic"}}
+    )
     meta.update(overrides)
     return meta
 

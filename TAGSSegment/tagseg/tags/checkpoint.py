@@ -60,7 +60,8 @@ from safetensors.torch import save_file
 from ..errors import ModelError, one_line
 from ..paths import sha256_file
 from .installed import INDEX_NAME, _read_index, _valid_entry, find_installed, models_dir  # noqa: F401
-from .tasks import OBJECT_WORD_MODES, TASKS
+from .tasks import OBJECT_WORD_MODES, TASKS, Task
+from .text_encoder import PAPER_TEXT_ENCODER
 
 FORMAT = "tagseg-tags"
 FORMAT_VERSION = 1
@@ -539,7 +540,7 @@ def convert_authors_checkpoint(
     preset: str = "tags-b",
     config: Mapping[str, Any],
     object_word_mode: str = "dataset-key",
-    text_encoder: str = "open_clip:ViT-L-14:openai",
+    text_encoder: str = PAPER_TEXT_ENCODER,
     extra_tensors: Mapping[str, torch.Tensor] | None = None,
     provenance: Mapping[str, Any] | None = None,
 ) -> str:
@@ -572,7 +573,24 @@ def convert_authors_checkpoint(
     info["source_file"] = source.name
     info["source_sha256"] = sha256_file(source)
 
-    metadata = {
+    metadata = task_metadata(
+        spec, preset, config, text_encoder=text_encoder, object_word_mode=object_word_mode, provenance=info
+    )
+    return save_checkpoint(dst, state, metadata, extra_tensors)
+
+
+def task_metadata(
+    spec: Task,
+    preset: str,
+    config: Mapping[str, Any],
+    *,
+    text_encoder: str = PAPER_TEXT_ENCODER,
+    object_word_mode: str = "dataset-key",
+    provenance: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The metadata of a checkpoint trained on a published task: the task table's preprocessing, organ and CLIP
+    object word stamped in, so inference checks the data against what the weights were trained on."""
+    return {
         "preset": preset,
         "config": dict(config),
         "task": spec.key,
@@ -586,9 +604,8 @@ def convert_authors_checkpoint(
             "object_word": spec.object_word(object_word_mode),
             "object_word_mode": object_word_mode,
         },
-        "provenance": info,
+        "provenance": dict(provenance or {}),
     }
-    return save_checkpoint(dst, state, metadata, extra_tensors)
 
 
 # ----------------------------------------------------------------------------------------------------------------
