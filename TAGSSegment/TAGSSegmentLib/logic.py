@@ -22,6 +22,7 @@ import time
 import zlib
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import slicer
@@ -450,30 +451,10 @@ def _boxes_list(boxes) -> list[tuple[np.ndarray, np.ndarray]]:
     return result
 
 
-class _BlockingPredict:
-    """`predict` = `predict_async(...).result()`, for both logics (in-process and engine process)."""
-
-    def predict(
-        self, volume_node, include_ras=(), exclude_ras=(), boxes_ras=(), text: str = "", anatomy: Volume | None = None
-    ) -> np.ndarray:
-        """The mask (uint8 KJI on the volume's voxel grid) for these prompts; blocks until done.
-        tagseg errors (PromptError for a click outside the volume, ...) are raised as they are."""
-        return self.predict_async(volume_node, include_ras, exclude_ras, boxes_ras, text, anatomy).result()  # type: ignore[attr-defined]
-
-
-class InProcessTAGSLogic(_BlockingPredict):
-    """The fallback: `tagseg` predictions inside Slicer's own process, on one worker thread.
-
-    Inside Slicer that thread starves (PythonQt keeps the GIL while the event loop idles, see
-    `TAGSLogic`) and a crash in native code takes Slicer with it; it is kept for setups where no engine
-    process can run (module setting "In Slicer's process").
-
-    One `tagseg.Session` is kept per source volume (at most `max_sessions`, least recently used dropped)
-    and re-created when the node, its voxels (image data MTime), its geometry or its transform change, or
-    when model/device/options change. Prompts are stateless per call: the caller (the effect) holds the
-    prompt list and Segment Editor undo holds the history. MRML is read only on the calling thread."""
-
-    max_sessions = 2
+class _Logic:
+    """What both logics (in-process and engine process) share: the settings, what the last prediction reported,
+    and `predict` = `predict_async(...).result()`. `last_progress` holds the running prediction's latest
+    progress(stage, done, total), {} before any: a GUI polls it."""
 
     def __init__(
         self,
@@ -489,8 +470,33 @@ class InProcessTAGSLogic(_BlockingPredict):
         self.warnings: list[str] = []
         self.last_timings: dict = {}
         self.last_info: dict = {}
-        # the latest progress(stage, done, total) of the running prediction, {} before any (a GUI polls it)
         self.last_progress: dict = {}
+
+    def predict(
+        self, volume_node, include_ras=(), exclude_ras=(), boxes_ras=(), text: str = "", anatomy: Volume | None = None
+    ) -> np.ndarray:
+        """The mask (uint8 KJI on the volume's voxel grid) for these prompts; blocks until done.
+        tagseg errors (PromptError for a click outside the volume, ...) are raised as they are."""
+        return self.predict_async(volume_node, include_ras, exclude_ras, boxes_ras, text, anatomy).result()  # type: ignore[attr-defined]
+
+
+class InProcessTAGSLogic(_Logic):
+    """The fallback: `tagseg` predictions inside Slicer's own process, on one worker thread.
+
+    Inside Slicer that thread starves (PythonQt keeps the GIL while the event loop idles, see
+    `TAGSLogic`) and a crash in native code takes Slicer with it; it is kept for setups where no engine
+    process can run (module setting "In Slicer's process").
+
+    One `tagseg.Session` is kept per source volume (at most `max_sessions`, least recently used dropped)
+    and re-created when the node, its voxels (image data MTime), its geometry or its transform change, or
+    when model/device/options change. Prompts are stateless per call: the caller (the effect) holds the
+    prompt list and Segment Editor undo holds the history. MRML is read only on the calling thread."""
+
+    max_sessions = 2
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """The settings as `_Logic` takes them; the sessions and the worker thread start empty."""
+        super().__init__(*args, **kwargs)
         self._sessions: OrderedDict[str, tuple[tuple, tagseg.Session]] = OrderedDict()  # worker thread only
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._pending: list[concurrent.futures.Future] = []
@@ -763,7 +769,7 @@ class _Job:
         self.submitted, self.read_seconds, self.restarted = submitted, read_seconds, False
 
 
-class TAGSLogic(_BlockingPredict):
+class TAGSLogic(_Logic):
     """Runs `tagseg` predictions for Slicer volume nodes in a `tagseg serve` engine process.
 
     By default the engine is a child process started on first use (Slicer's PythonSlicer, loopback, a random
@@ -796,16 +802,8 @@ class TAGSLogic(_BlockingPredict):
     ) -> None:
         from TAGSSegmentLib.engine import Endpoint, LocalEngine, TaskRunner
 
-        self.model = model
-        self.device = device
-        self.backend_options = dict(backend_options or {})  # used by the in-process fallback only
-        self.warn = warn
-        self.warnings: list[str] = []
-        self.last_timings: dict = {}
-        self.last_info: dict = {}
-        # the engine's latest progress(stage, done, total) for the running prediction, {} before any (as
-        # InProcessTAGSLogic's; asked for every `progress_poll_s` by poll() alongside the prediction request)
-        self.last_progress: dict = {}
+        super().__init__(model, device, backend_options, warn)  # backend_options: for the in-process fallback only
+        # last_progress is the engine's, asked for every `progress_poll_s` by poll() alongside the prediction request
         self.longest_call_s = 0.0  # longest poll()/predict_async() so far: the main-thread cost
         self._remote = Endpoint(engine_url, engine_token) if engine_url else None
         self._local = None if self._remote is not None else LocalEngine(device="auto", python=python)
