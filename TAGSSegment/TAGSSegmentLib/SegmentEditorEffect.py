@@ -139,12 +139,19 @@ description. Device and models are set in the <b>TAGS Segment</b> module.</html>
         self.statusLabel.setWordWrap(True)
         self.scriptedEffect.addOptionsWidget(self.statusLabel)
 
-        self.descriptionEdit.connect("returnPressed()", self.onDescriptionEntered)
-        self.descriptionEdit.connect("editingFinished()", self.updateMRMLFromGUI)
-        self.anatomyComboBox.connect("currentIndexChanged(int)", self.onAnatomyChanged)
-        self.includeButton.connect("toggled(bool)", self.updateMRMLFromGUI)
-        self.clearPromptsButton.connect("clicked()", self.onClearPrompts)
-        self.nextSegmentButton.connect("clicked()", self.onNextSegment)
+        for widget, signal, slot in self._optionsConnections():
+            widget.connect(signal, slot)
+
+    def _optionsConnections(self):
+        """(widget, signal, slot) of the options widgets: connected in setupOptionsFrame, disconnected in cleanup."""
+        return (
+            (self.descriptionEdit, "returnPressed()", self.onDescriptionEntered),
+            (self.descriptionEdit, "editingFinished()", self.updateMRMLFromGUI),
+            (self.anatomyComboBox, "currentIndexChanged(int)", self.onAnatomyChanged),
+            (self.includeButton, "toggled(bool)", self.updateMRMLFromGUI),
+            (self.clearPromptsButton, "clicked()", self.onClearPrompts),
+            (self.nextSegmentButton, "clicked()", self.onNextSegment),
+        )
 
     def cleanup(self):
         """Break the Qt connections and observers that would keep this object alive (Slicer issue 7392)."""
@@ -152,12 +159,8 @@ description. Device and models are set in the <b>TAGS Segment</b> module.</html>
         self._removeSceneObservers()
         self.pollTimer.disconnect("timeout()", self._poll)
         if hasattr(self, "descriptionEdit"):
-            self.descriptionEdit.disconnect("returnPressed()", self.onDescriptionEntered)
-            self.descriptionEdit.disconnect("editingFinished()", self.updateMRMLFromGUI)
-            self.anatomyComboBox.disconnect("currentIndexChanged(int)", self.onAnatomyChanged)
-            self.includeButton.disconnect("toggled(bool)", self.updateMRMLFromGUI)
-            self.clearPromptsButton.disconnect("clicked()", self.onClearPrompts)
-            self.nextSegmentButton.disconnect("clicked()", self.onNextSegment)
+            for widget, signal, slot in self._optionsConnections():
+                widget.disconnect(signal, slot)
 
     def setMRMLDefaults(self):
         self.scriptedEffect.setParameterDefault("Description", "")
