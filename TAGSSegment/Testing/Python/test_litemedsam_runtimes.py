@@ -48,6 +48,48 @@ def test_onnx_runtime_matches_torch_on_encoder_and_decoder(nets):
     assert 0.5 * np.pi * 30**2 < disc.sum() < 1.5 * np.pi * 30**2
 
 
+def test_split_decoder_is_the_network_in_torch_too(nets):
+    """The split decoder's arithmetic (slice part once, box part per box, sub-pixel upscaling) against the
+    network's own forward, in torch, before any export: within float32 rounding, batched and not."""
+    import torch
+
+    from tagseg.backends.litemedsam_decoder import BoxPart, SlicePart
+    from tagseg.backends.litemedsam_net import _box_decoder
+
+    _, torch_net = nets
+    net = torch_net.network()
+    emb = torch.from_numpy(torch_net.embedding("a", _slice))
+    boxes = torch.tensor([[[105, 85, 175, 155]], [[60, 60, 200, 200]], [[3, 0, 255, 250]]], dtype=torch.float32)
+    with torch.inference_mode():
+        reference = _box_decoder(net)(emb, boxes)
+        part = SlicePart(net.prompt_encoder, net.mask_decoder).eval()(emb)
+        box_part = BoxPart(net.prompt_encoder, net.mask_decoder).eval()
+        batched = box_part(*part, boxes)
+        one_by_one = [box_part(*part, boxes[i : i + 1]) for i in range(len(boxes))]
+    for split in (batched, tuple(torch.cat(t) for t in zip(*one_by_one, strict=True))):
+        assert split[0].shape == reference[0].shape == (3, 1, INPUT_SIZE, INPUT_SIZE)
+        assert split[1].shape == reference[1].shape == (3, 1)
+        assert (split[0] - reference[0]).abs().max() < 1e-3
+        assert (split[1] - reference[1]).abs().max() < 1e-5
+
+
+def test_a_slice_key_reuses_the_decoders_slice_part_and_changes_nothing(nets):
+    onnx, _ = nets
+    emb = onnx.embedding("b", _slice)
+    box = np.array([[100, 80, 180, 160]], np.float32)
+    fresh, fresh_iou = onnx.decode(emb, box)  # no key: nothing kept
+    kept_before = dict(onnx._slice_parts)
+    first, _ = onnx.decode(emb, box, key="b")
+    assert "b" in onnx._slice_parts and "b" not in kept_before
+    part = onnx._slice_parts["b"]
+    again, again_iou = onnx.decode(emb, box, key="b")
+    assert onnx._slice_parts["b"] is part  # reused, not recomputed
+    assert np.array_equal(fresh, first) and np.array_equal(first, again) and np.array_equal(fresh_iou, again_iou)
+    for i in range(litemedsam_net.SLICE_PARTS_KEPT + 2):  # a bounded memory: the oldest slices go
+        onnx.decode(emb, box, key=("other", i))
+    assert len(onnx._slice_parts) == litemedsam_net.SLICE_PARTS_KEPT and "b" not in onnx._slice_parts
+
+
 def test_parameter_count_constant_is_the_checkpoints(nets):
     _, torch_net = nets
     total = sum(p.numel() for p in torch_net.network().parameters())
@@ -56,7 +98,7 @@ def test_parameter_count_constant_is_the_checkpoints(nets):
 
 def test_exported_runtime_starts_without_building_the_torch_network(nets):
     """Once both exports are cached, a new process neither loads the checkpoint nor imports timm/torchvision."""
-    assert litemedsam_net.exported_path("encoder").is_file() and litemedsam_net.exported_path("decoder").is_file()
+    assert all(litemedsam_net.exported_path(p).is_file() for p in ("encoder", "decoder_slice", "decoder_box"))
     code = textwrap.dedent("""
         import sys
         from tagseg.backends.litemedsam_net import LiteMedSAM
@@ -73,7 +115,7 @@ def test_an_unreadable_cached_export_is_exported_again(tmp_path, monkeypatch):
     encoder = litemedsam_net.exported_path("encoder")
     monkeypatch.setenv("TAGSEG_CACHE_DIR", str(tmp_path))
     shutil.copyfile(encoder, litemedsam_net.exported_path("encoder"))  # only the decoder is at stake
-    broken = litemedsam_net.exported_path("decoder")
+    broken = litemedsam_net.exported_path("decoder_box")
     broken.write_bytes(b"not an onnx file")
     net = LiteMedSAM(runtime="onnxruntime")
     assert net.runtime == "onnxruntime"

@@ -180,7 +180,7 @@ class LiteMedSAM3D(Backend):
         box_keys = [(key, b.tobytes()) for b in boxes]
         missing = [i for i, k in enumerate(box_keys) if k not in self._decoded]
         if missing:
-            new_logits, new_iou = self.net.decode(emb, boxes[missing])
+            new_logits, new_iou = self.net.decode(emb, boxes[missing], key=key)
             for i, lg, io in zip(missing, new_logits, new_iou, strict=False):
                 self._decoded[box_keys[i]] = (lg.astype(np.float16), float(io))
         logits = np.stack([self._decoded[k][0] for k in box_keys]).astype(np.float32)

@@ -7,9 +7,10 @@ coordinates) and nothing about volumes.
 
 Two runtimes, the same network:
 - "onnxruntime" (the CPU default): the image encoder and the box-prompted mask decoder are exported
-  once from the verified weights into the cache folder and run in ONNX Runtime (encoder ~3x,
-  decoder ~2.5x faster than eager torch on the 2-core build machine, bench/encoder_variants.py). Once both
-  files exist, a new process builds neither the torch network nor imports timm/torchvision.
+  once from the verified weights into the cache folder and run in ONNX Runtime (encoder ~3x faster
+  than eager torch on the 2-core build machine, bench/encoder_variants.py). The decoder is exported
+  split in two (litemedsam_decoder.py): its box-independent start once per slice, the rest per box.
+  Once the files exist, a new process builds neither the torch network nor imports timm/torchvision.
 - "torch": the checkpoint in eager PyTorch (any torch device; what MedSAM's own Slicer plugin runs).
 An encoder variant "int8" (ONNX Runtime dynamic quantisation of the encoder's MatMuls) is offered for
 measurement; it is not the default (docs/DEFAULT_MODEL.md, "Speed work").
@@ -38,6 +39,9 @@ EXPECTED_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028c
 PARAMETERS_TOTAL = 9_791_300  # of the checkpoint above (a test recounts it from the torch network)
 LICENSE = "Apache-2.0 (LiteMedSAM, bowang-lab/MedSAM)"
 RUNTIMES = ("onnxruntime", "torch")
+SLICE_PARTS_KEPT = 4
+# what the split decoder's slice part hands its box part (litemedsam_decoder.py)
+SLICE_OUTPUTS = ("tokens", "t2i_keys", "t2i_values", "i2t_queries")
 ENCODER_VARIANTS = ("fp32", "int8")
 
 _ONNX_SESSIONS: dict = {}
@@ -88,7 +92,8 @@ def checkpoint_path() -> Path:
 
 
 def exported_path(part: str) -> Path:
-    """Where the ONNX export of `part` ("encoder", "encoder_int8", "decoder") of the pinned checkpoint lives."""
+    """Where the ONNX export of `part` ("encoder", "encoder_int8", "decoder_slice", "decoder_box") of the pinned
+    checkpoint lives."""
     return cache_dir() / f"litemedsam_{part}_{EXPECTED_SHA256[:12]}.onnx"
 
 
@@ -102,7 +107,8 @@ def _threads() -> int:
 
 
 def _box_decoder(net):
-    """LiteMedSAM's prompt encoder + mask decoder for box prompts only, as one (exportable) module:
+    """LiteMedSAM's prompt encoder + mask decoder for box prompts only, as the network runs them (the torch
+    runtime's decoder, and the reference the split ONNX decoder is tested against):
     (1, 256, 64, 64) embedding, (N, 1, 4) boxes -> (N, 1, 256, 256) logits, (N, 1) IoU estimates."""
     import torch
 
@@ -145,7 +151,8 @@ class LiteMedSAM:
         self._cache_size = embedding_cache_size
         self._lock = threading.Lock()
         self.stats = {"encoded": 0, "cache_hits": 0, "decoded": 0, "prefetched": 0}
-        self._encoder_session = self._decoder_session = None
+        self._encoder_session = self._slice_session = self._box_session = None
+        self._slice_parts: OrderedDict = OrderedDict()  # slice key -> the decoder's box-independent start
         # (thread, stop event, its onnxruntime.RunOptions: untyped)
         self._background: tuple[threading.Thread, threading.Event, Any] | None = None
         self.runtime = "torch"
@@ -199,11 +206,12 @@ class LiteMedSAM:
         encoder_part = "encoder" if self.encoder_variant == "fp32" else f"encoder_{self.encoder_variant}"
         try:
             self._encoder_session = self._session(encoder_part)
-            self._decoder_session = self._session("decoder")
+            self._slice_session = self._session("decoder_slice")
+            self._box_session = self._session("decoder_box")
         except ModelError:
             raise
         except Exception:
-            self._encoder_session = self._decoder_session = None
+            self._encoder_session = self._slice_session = self._box_session = None
             return False
         return True
 
@@ -221,14 +229,22 @@ class LiteMedSAM:
         """Through the one atomic writer (a half-exported network never reaches the cache)."""
         import torch
 
+        from .litemedsam_decoder import BoxPart, SlicePart
+
         net = self.network()
         args: tuple[torch.Tensor, ...]
         if part == "encoder":
             module, args = net.image_encoder, (torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE),)
             names, dynamic = (["image"], ["embedding"]), None
-        elif part == "decoder":
-            module, args = _box_decoder(net), (torch.zeros(EMBEDDING_SHAPE), torch.zeros(2, 1, 4))
-            names = (["embedding", "boxes"], ["logits", "iou"])
+        elif part == "decoder_slice":
+            module, args = SlicePart(net.prompt_encoder, net.mask_decoder).eval(), (torch.zeros(EMBEDDING_SHAPE),)
+            names, dynamic = (["embedding"], list(SLICE_OUTPUTS)), None
+        elif part == "decoder_box":
+            module = BoxPart(net.prompt_encoder, net.mask_decoder).eval()
+            with torch.inference_mode():
+                slice_part = SlicePart(net.prompt_encoder, net.mask_decoder).eval()(torch.zeros(EMBEDDING_SHAPE))
+            args = (*(t.clone() for t in slice_part), torch.zeros(2, 1, 4))
+            names = ([*SLICE_OUTPUTS, "boxes"], ["logits", "iou"])
             dynamic = {"boxes": {0: "n"}, "logits": {0: "n"}, "iou": {0: "n"}}
         elif part == "encoder_int8":
             from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -357,20 +373,39 @@ class LiteMedSAM:
         self.cancel_background()
         with self._lock:
             self._cache.clear()
+            self._slice_parts.clear()
+
+    def _slice_part(self, key, embedding: np.ndarray) -> dict:
+        """The split decoder's per-slice inputs (~10 MB), the last few slices' kept: a correction decodes its
+        candidate boxes on one slice and two boxes on each slice it propagates to."""
+        with self._lock:
+            found = self._slice_parts.get(key) if key is not None else None
+            if found is not None:
+                self._slice_parts.move_to_end(key)
+                return found
+        assert self._slice_session is not None
+        part = dict(zip(SLICE_OUTPUTS, self._slice_session.run(None, {"embedding": embedding}), strict=True))
+        if key is not None:
+            with self._lock:
+                self._slice_parts[key] = part
+                while len(self._slice_parts) > SLICE_PARTS_KEPT:
+                    self._slice_parts.popitem(last=False)
+        return part
 
     def has_embedding(self, key) -> bool:
         with self._lock:
             return key in self._cache
 
-    def decode(self, embedding: np.ndarray, boxes_256: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def decode(self, embedding: np.ndarray, boxes_256: np.ndarray, key=None) -> tuple[np.ndarray, np.ndarray]:
         """Masks for N boxes (x0, y0, x1, y1 in 256-pixel coordinates) on one embedding.
 
-        Returns logits (N, 256, 256) float32 and the IoU head's estimates (N,).
+        Returns logits (N, 256, 256) float32 and the IoU head's estimates (N,). `key` (the embedding's cache
+        key) lets the next boxes on the same slice reuse the decoder's box-independent start (ONNX Runtime).
         """
         boxes = np.ascontiguousarray(np.asarray(boxes_256, dtype=np.float32).reshape(-1, 1, 4))
         embedding = np.ascontiguousarray(embedding, dtype=np.float32)
-        if self._decoder_session is not None:
-            logits, iou = self._decoder_session.run(None, {"embedding": embedding, "boxes": boxes})
+        if self._box_session is not None:
+            logits, iou = self._box_session.run(None, {**self._slice_part(key, embedding), "boxes": boxes})
         else:
             import torch
 
