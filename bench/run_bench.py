@@ -312,6 +312,18 @@ def machine_line(results: list[dict], threads: int) -> str:
     )
 
 
+def md_table(head: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown table's lines: the header, the rule under it, one line per row."""
+    lines = ["| " + " | ".join(cells) + " |" for cells in [head, *rows]]
+    lines.insert(1, "|" + "---|" * len(head))
+    return lines
+
+
+def md_section(heading: str, intro: str, head: list[str], rows: list[list[str]]) -> list[str]:
+    """A report section: the heading, one paragraph, the table."""
+    return ["", heading, "", intro, "", *md_table(head, rows)]
+
+
 def write_report(
     args: argparse.Namespace,
     results: list[dict],
@@ -344,14 +356,6 @@ def write_report(
         f"- Cases: {', '.join(label[g] for g in groups)}. Phantoms: `make_phantom(seed=s, shape_kji=(24, 96, 96), "
         "spacing_ijk=(1.0, 1.0, 2.5), tumour_radius_mm=10)`, text = the phantom's description.",
         "- Methods: " + "; ".join(f"`{m}` = {METHOD_NOTES[m]}" for m in methods) + ".",
-        "",
-        "## Summary",
-        "",
-        "Dice: mean over cases. Times: median (min–max) over every case × repeat of the group. RSS: the "
-        "method's own process, after imports and model load, and its peak over all cases (Python, libraries, "
-        "model, the case's image, working memory; for both LiteMedSAM methods most of it is torch + ONNX "
-        "Runtime, whose memory arena grows over the first encodes).",
-        "",
     ]
     head = (
         ["method", "protocol"]
@@ -360,7 +364,7 @@ def write_report(
         + [f"refine click s, {g}" for g in groups]
         + ["RSS after load MB", "peak RSS MB"]
     )
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for m in methods:
         for p in args.protocols:
             r = t.by_key.get((m, p))
@@ -370,25 +374,26 @@ def write_report(
             cells += [fmt_range(t.samples(m, p, g, "first_s")) for g in groups]
             cells += [fmt_range(t.samples(m, p, g, "refine_s")) for g in groups]
             cells += [f"{r[k]:.0f}" if r.get(k) else "—" for k in ("rss_after_load_mb", "peak_rss_mb")]
-            lines.append("| " + " | ".join(cells) + " |")
+            rows.append(cells)
+    lines += md_section(
+        "## Summary",
+        "Dice: mean over cases. Times: median (min–max) over every case × repeat of the group. RSS: the "
+        "method's own process, after imports and model load, and its peak over all cases (Python, libraries, "
+        "model, the case's image, working memory; for both LiteMedSAM methods most of it is torch + ONNX "
+        "Runtime, whose memory arena grows over the first encodes).",
+        head,
+        rows,
+    )
 
     for ours in [m for m in OURS if m in methods]:
         base = [b for b in ("grow-from-seeds", "lms-per-slice") if b in methods]
         if not base:
             continue
-        lines += [
-            "",
-            f"### `{ours}` against the baselines (same run, same cases and prompts)",
-            "",
-            "ΔDice: mean over cases of (ours − baseline). Time ratios: median over cases of "
-            "(ours / baseline), both per-case medians; < 1 means ours is faster.",
-            "",
-        ]
         head = ["protocol"]
         for b in base:
             head += [f"ΔDice vs {b}, {g}" for g in groups]
             head += [f"first-prediction time / {b}, {groups[0]}", f"refine time / {b}, {groups[0]}"]
-        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        rows = []
         for p in args.protocols:
             cells = [p]
             for b in base:
@@ -397,18 +402,17 @@ def write_report(
                     fmt_ratio(t.ratio(ours, b, p, groups[0], "first_s")),
                     fmt_ratio(t.ratio(ours, b, p, groups[0], "refine_s")),
                 ]
-            lines.append("| " + " | ".join(cells) + " |")
+            rows.append(cells)
+        lines += md_section(
+            f"### `{ours}` against the baselines (same run, same cases and prompts)",
+            "ΔDice: mean over cases of (ours − baseline). Time ratios: median over cases of "
+            "(ours / baseline), both per-case medians; < 1 means ours is faster.",
+            head,
+            rows,
+        )
 
-    lines += [
-        "",
-        "## Per case",
-        "",
-        "Each cell: Dice · first prediction s · refine click s (medians over repeats)"
-        + "; slices encoded in brackets for LiteMedSAM methods.",
-        "",
-    ]
     head = ["case", "protocol"] + [f"`{m}`" for m in methods]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for case in t.case_names:
         for p in args.protocols:
             cells = [case, p]
@@ -427,7 +431,14 @@ def write_report(
                     continue
                 enc = f" [{r['slices_encoded']}]" if r.get("slices_encoded") is not None else ""
                 cells.append(f"{r['dice']:.3f} · {fmt_s(med(r['first_s']))} · {fmt_s(med(r['refine_s']))}{enc}")
-            lines.append("| " + " | ".join(cells) + " |")
+            rows.append(cells)
+    lines += md_section(
+        "## Per case",
+        "Each cell: Dice · first prediction s · refine click s (medians over repeats)"
+        + "; slices encoded in brackets for LiteMedSAM methods.",
+        head,
+        rows,
+    )
 
     lines += [
         "",

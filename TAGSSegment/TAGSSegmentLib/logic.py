@@ -791,18 +791,17 @@ class TAGSLogic(_Logic):
 
     def __init__(
         self,
-        model: str = "auto",
-        device: str = "auto",
-        backend_options: dict | None = None,
-        warn: Callable[[str], None] | None = None,
-        *,
+        *args: Any,
         engine_url: str | None = None,
         engine_token: str | None = None,
         python: str | None = None,
+        **kwargs: Any,
     ) -> None:
+        """The settings as `_Logic` takes them (backend_options: for the in-process fallback only), and where the
+        engine is: `engine_url`/`engine_token` for a remote one, else a local one started with `python`."""
         from TAGSSegmentLib.engine import Endpoint, LocalEngine, TaskRunner
 
-        super().__init__(model, device, backend_options, warn)  # backend_options: for the in-process fallback only
+        super().__init__(*args, **kwargs)
         # last_progress is the engine's, asked for every `progress_poll_s` by poll() alongside the prediction request
         self.longest_call_s = 0.0  # longest poll()/predict_async() so far: the main-thread cost
         self._remote = Endpoint(engine_url, engine_token) if engine_url else None

@@ -301,6 +301,11 @@ def load_volume(path: str | os.PathLike, series: str | None = None, resample_une
 
 # ---- NIfTI: sform and qform --------------------------------------------------------------------------------------
 NIFTI_XFORM_TOLERANCE_MM = 0.01
+# sizeof_hdr -> (struct letter of its reals, of its xform codes, byte offsets of pixdim, qform_code, quatern_b, srow_x)
+NIFTI_LAYOUTS = {
+    348: ("f", "h", (76, 252, 256, 280)),  # NIfTI-1
+    540: ("d", "i", (104, 344, 352, 400)),  # NIfTI-2
+}
 
 
 def _nifti_transforms(path: Path) -> tuple[int, np.ndarray | None, int, np.ndarray | None] | None:
@@ -313,17 +318,12 @@ def _nifti_transforms(path: Path) -> tuple[int, np.ndarray | None, int, np.ndarr
         return None
     for endian in "<>":
         size = struct.unpack(endian + "i", header[:4])[0] if len(header) >= 4 else 0
-        if size == 348 and len(header) >= 348:
-            pixdim = struct.unpack(endian + "8f", header[76:108])
-            qcode, scode = struct.unpack(endian + "2h", header[252:256])
-            quat = struct.unpack(endian + "6f", header[256:280])
-            srow = struct.unpack(endian + "12f", header[280:328])
-            break
-        if size == 540 and len(header) >= 540:
-            pixdim = struct.unpack(endian + "8d", header[104:168])
-            qcode, scode = struct.unpack(endian + "2i", header[344:352])
-            quat = struct.unpack(endian + "6d", header[352:400])
-            srow = struct.unpack(endian + "12d", header[400:496])
+        if size in NIFTI_LAYOUTS and len(header) >= size:
+            real, code, (at_pixdim, at_codes, at_quatern, at_srow) = NIFTI_LAYOUTS[size]
+            pixdim = struct.unpack_from(f"{endian}8{real}", header, at_pixdim)
+            qcode, scode = struct.unpack_from(f"{endian}2{code}", header, at_codes)
+            quat = struct.unpack_from(f"{endian}6{real}", header, at_quatern)
+            srow = struct.unpack_from(f"{endian}12{real}", header, at_srow)
             break
     else:
         return None
