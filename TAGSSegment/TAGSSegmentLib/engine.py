@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from tagseg.client import reply_error, unframe
-from tagseg.errors import EngineUnavailable, TagsegError
+from tagseg.errors import EngineUnavailable, TagsegError, one_line
 
 CONNECT_TIMEOUT_S = 10.0
 REPLY_TIMEOUT_S = 900.0  # a first prediction on a CPU may take minutes on a large volume
@@ -326,8 +326,7 @@ def describe_failure(exc: BaseException) -> str:
         return "the connection closed before an answer: the server exited or was killed"
     if isinstance(exc, socket.gaierror):
         return "unknown host name"
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}"[:200] if text else type(exc).__name__
+    return one_line(exc, 200, with_type=True)
 
 
 class Endpoint:
