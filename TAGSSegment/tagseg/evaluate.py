@@ -20,9 +20,10 @@ import math
 import os
 import statistics
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -253,7 +254,7 @@ def protocol_options(protocol: str, **overrides) -> dict:
     return options
 
 
-def describe_run(run: dict | None) -> tuple[str, str]:
+def describe_run(run: Mapping[str, Any] | None) -> tuple[str, str]:
     """(protocol, inference) columns from a TAGS backend's `last_run`: "paper" when the case ran exactly
     the authors' inference, else "extended: ..." naming each difference."""
     if not run:
@@ -300,7 +301,7 @@ def session_predictor(
             mask = np.asarray(session.predict().array)
             name = session.backend_name()  # the backend the session ran, with the options it got
             backend, _ = acquire_backend(name, session.device, options_for(name, session.backend_options))
-            return (mask, *describe_run(getattr(backend, "last_run", None)))
+            return (mask, *describe_run(backend.last_run))
 
     def for_case(case_id: str):
         state["case"] = case_id

@@ -4,8 +4,10 @@ source KJI indices; each does its own source->model-grid conversion through `tag
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 
@@ -35,17 +37,20 @@ class GridPrompts:
 class Backend(ABC):
     """A model behind the session interface.
 
-    Two things a backend may tell its caller besides the mask:
+    Three things a backend may tell its caller besides the mask:
     - progress: a step that can take over 2 s calls `self.report_progress(stage, done, total)` as it goes
       (per slice, per crop, ...); the Session sets `progress` to its callback around each call.
     - `crops`: after `predict`, the regions the model saw when it did not see the whole volume, so the
       result checks can tell a mask cut off by a crop's edge (`tagseg.checks.Crop`; empty = whole volume).
+    - `last_run`: after `predict`, what the inference ran when it has settings of its own (TAGS: crops,
+      precision, organ channel, text fusion), for `tagseg.evaluate`'s per-case record; empty = nothing to say.
     """
 
     name: str = ""
     # set by the Session for the duration of one call; None when nobody listens
     progress: Callable[[str, int, int], None] | None = None
     crops: tuple = ()
+    last_run: Mapping[str, Any] = MappingProxyType({})
     # the prompts every backend so far takes; a backend that can do more (or less) says so
     capabilities: frozenset[str] = frozenset({ANATOMY, BOXES, NEGATIVE_POINTS})
 
