@@ -273,3 +273,17 @@ def test_mask_bbox_and_padded_bbox_match_nonzero(seed):
             for a, n in zip(idx, mask.shape, strict=True)
         )
         assert mask[box].sum() == mask.sum()
+
+
+def test_content_key_is_remembered_until_the_voxels_change_in_place():
+    """Asked on every click, so it is remembered; the array may be a view of a buffer its owner edits (Slicer's
+    arrayFromVolume), and such an edit still gives a new key."""
+    owner = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
+    volume = Volume(owner, make_ijk_to_ras((1.0, 1.0, 2.0), (0.0, 0.0, 0.0)))
+    first = volume.content_key()
+    assert volume.content_key() == first
+    owner[2, 3, 4] += 1.0
+    edited = volume.content_key()
+    assert edited != first
+    assert Volume(owner.copy(), volume.ijk_to_ras).content_key() == edited  # a key of the voxels, not the object
+    assert Volume(owner.copy(), make_ijk_to_ras((1.0, 1.0, 3.0), (0.0, 0.0, 0.0))).content_key() != edited
