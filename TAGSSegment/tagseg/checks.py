@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .geometry import Grid
+from .geometry import Grid, mask_bbox
 
 TINY_DIAMETER_MM = 5.0
 SMALL_SPAN_FRACTION = 16.0 ** (-1.0 / 3.0)  # ellipsoid S x S/4 x S/4 has d_eq = S * 16^(-1/3)
@@ -159,9 +159,9 @@ def check_result(
             )
         )
     # the bounding box bounds every other pass to the result's neighbourhood
-    nz = [np.flatnonzero(binary.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
-    lo = np.array([n[0] for n in nz])
-    hi = np.array([n[-1] for n in nz]) + 1
+    extent = mask_bbox(binary)
+    assert extent is not None  # not empty (above)
+    lo, hi = np.array(extent[0]), np.array(extent[1])
     boundary = _boundary(binary[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]) + lo
     if len(include) or boxes:
         reach = float(np.max(_distance_to_prompts(boundary.astype(float), spacing_kji, include, boxes)))
