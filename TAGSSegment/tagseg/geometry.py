@@ -431,22 +431,26 @@ def crop_pad(array: np.ndarray, start: tuple[int, ...], size: tuple[int, ...], f
     return out
 
 
-def mask_bbox(array: np.ndarray) -> tuple[tuple[int, int, int], tuple[int, int, int]] | None:
-    """Half-open KJI bounding box of the non-zero voxels, or None for an empty mask. Per-axis reductions over
-    a shrinking slab: ~10x faster than `np.nonzero` on a whole glioma volume."""
-    arr = np.asarray(array)
-    ks = np.flatnonzero(arr.reshape(arr.shape[0], -1).any(axis=1))
-    if ks.size == 0:
-        return None
-    slab = arr[ks[0] : ks[-1] + 1]
-    js = np.flatnonzero(slab.any(axis=(0, 2)))
-    is_ = np.flatnonzero(slab[:, js[0] : js[-1] + 1].any(axis=(0, 1)))
-    return (int(ks[0]), int(js[0]), int(is_[0])), (int(ks[-1]) + 1, int(js[-1]) + 1, int(is_[-1]) + 1)
+def mask_bbox(array: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """Half-open bounding box (per axis: KJI for a volume, row/column for a slice) of the non-zero elements, or
+    None for an empty mask. Per-axis reductions over a shrinking slab: ~10x faster than `np.nonzero` on a whole
+    glioma volume."""
+    sub = np.asarray(array)
+    lo: list[int] = []
+    hi: list[int] = []
+    for axis in range(sub.ndim):
+        found = np.flatnonzero(sub.any(axis=tuple(a for a in range(sub.ndim) if a != axis)))
+        if found.size == 0:
+            return None
+        lo.append(int(found[0]))
+        hi.append(int(found[-1]) + 1)
+        sub = sub[(slice(None),) * axis + (slice(lo[-1], hi[-1]),)]
+    return tuple(lo), tuple(hi)
 
 
 def padded_bbox(array: np.ndarray, pad: int) -> tuple[slice, ...] | None:
-    """The non-zero voxels' bounding box grown by `pad` voxels on each side (clipped to the array), as
-    slices; None for an empty mask."""
+    """The non-zero elements' bounding box grown by `pad` on each side (clipped to the array), as slices; None
+    for an empty mask."""
     box = mask_bbox(array)
     if box is None:
         return None

@@ -253,13 +253,14 @@ def test_the_kji_swap_is_written_once():
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_mask_bbox_and_padded_bbox_match_nonzero(seed):
-    """The per-axis reductions give nonzero()'s extent; padding is clipped at the array's faces."""
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_mask_bbox_and_padded_bbox_match_nonzero(seed, ndim):
+    """The per-axis reductions give nonzero()'s extent, on a volume or a slice; padding is clipped at the
+    array's faces."""
     rng = np.random.default_rng(seed)
-    mask = np.zeros((7, 9, 11), bool)
+    mask = np.zeros((7, 9, 11)[3 - ndim :], bool)
     if seed:  # seed 0: an empty mask
-        k, j, i = (rng.integers(0, n, size=seed) for n in mask.shape)
-        mask[k, j, i] = True
+        mask[tuple(rng.integers(0, n, size=seed) for n in mask.shape)] = True
     found = mask_bbox(mask)
     if not mask.any():
         assert found is None and padded_bbox(mask, 2) is None

@@ -904,23 +904,31 @@ class LiteMedSAM3D(Backend):
         shrinking cap over half a step beyond each end."""
         if step <= 1 or not masks:
             return masks
+        # distances within the masks' bounding box grown by one pixel: exact there (the box holds every mask
+        # pixel and a background ring), and nothing outside it can be inside an interpolated slice
         sampling = self.spacing[1:]
         out = dict(masks)
         zs = sorted(masks)
         for z0, z1 in zip(zs[:-1], zs[1:], strict=False):
             if z1 - z0 <= 1:
                 continue
-            d0, d1 = _signed_distance(masks[z0], sampling), _signed_distance(masks[z1], sampling)
+            box = padded_bbox(masks[z0] | masks[z1], 1)
+            out.update({z: np.zeros_like(masks[z0]) for z in range(z0 + 1, z1)})
+            if box is None:
+                continue
+            d0, d1 = _signed_distance(masks[z0][box], sampling), _signed_distance(masks[z1][box], sampling)
             for z in range(z0 + 1, z1):
                 t = (z - z0) / (z1 - z0)
-                out[z] = (1 - t) * d0 + t * d1 < 0
+                out[z][box] = (1 - t) * d0 + t * d1 < 0
         for end, direction in ((zs[0], -1), (zs[-1], 1)):
-            inside = ndimage.distance_transform_edt(masks[end], sampling=sampling)
-            depth = inside.max()
+            box = padded_bbox(masks[end], 1)
+            inside = ndimage.distance_transform_edt(masks[end][box], sampling=sampling) if box else None
             for k in range(1, (step + 1) // 2):
                 z = end + direction * k
                 if 0 <= z < n_slices and z not in out:
-                    out[z] = inside > depth * k / step
+                    out[z] = np.zeros_like(masks[end])
+                    if inside is not None:
+                        out[z][box] = inside > inside.max() * k / step
         return out
 
     def _include_clicks(self, mask: np.ndarray, local_pos: np.ndarray) -> np.ndarray:
