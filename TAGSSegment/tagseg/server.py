@@ -49,7 +49,6 @@ from .volume import Volume, check_volume
 if TYPE_CHECKING:  # the model code is imported when the app is built (create_app)
     from .session import Session
 
-DEFAULT_MAX_UPLOAD_MB = 2048
 MAX_JSON_BYTES = 1 << 20
 MAX_POINTS = 1000
 MAX_BOXES = 100
@@ -555,38 +554,7 @@ def build_app(engine: Engine):
     return app
 
 
-# ---- the command ---------------------------------------------------------------------------------------
-def add_serve_command(commands) -> None:
-    serve = commands.add_parser(
-        "serve",
-        help="run the engine as a local or remote HTTP server (used by the Slicer extension)",
-        description='Serve the tagseg engine over HTTP. Prints one JSON line {"url": ..., "pid": ...} on '
-        "stdout when ready. Any address other than loopback needs --token-file. The connection is "
-        "not encrypted: reach a remote server through an SSH tunnel or a TLS proxy.",
-    )
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=0, help="port (default: 0 = any free port)")
-    serve.add_argument(
-        "--token-file",
-        metavar="FILE",
-        help="file holding the access token (first line); created with a random token if missing",
-    )
-    serve.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
-    serve.add_argument(
-        "--max-upload-mb",
-        type=float,
-        default=DEFAULT_MAX_UPLOAD_MB,
-        metavar="N",
-        help=f"largest volume accepted, in MB (default: {DEFAULT_MAX_UPLOAD_MB})",
-    )
-    serve.add_argument(
-        "--exit-with-stdin",
-        action="store_true",
-        help="stop when standard input closes (a parent process that dies takes the server along)",
-    )
-    serve.set_defaults(func=_cmd_serve)
-
-
+# ---- the command (its options: tagseg.commands.serve) --------------------------------------------------
 def read_token(path: Path, warn) -> str:
     """The token in `path`; a missing file gets a new random token (readable by the owner only)."""
     if not path.exists():
@@ -624,7 +592,8 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _cmd_serve(args, reporter) -> int:
+def serve(args, reporter) -> int:
+    """`tagseg serve` (its options: tagseg.commands.serve): check them, bind, print the ready line, serve."""
     if not 0 <= args.port <= 65535:
         raise InputError(f"--port {args.port}: a port is 0..65535")
     if not args.max_upload_mb > 0:

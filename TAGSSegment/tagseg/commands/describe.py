@@ -6,21 +6,7 @@ import argparse
 import json
 
 from ..errors import one_line
-from .common import Reporter
-
-
-def register(commands) -> None:
-    """Add `describe` to the `tagseg` subcommands."""
-    describe = commands.add_parser(
-        "describe",
-        help="show how a description (--text) is read",
-        description="How TEXT is read: anatomy, lesion word, CT window, segment name and "
-        "the terminology codes the segment gets. Reads French, German, "
-        "Spanish, Italian and Portuguese, and typos.",
-    )
-    describe.add_argument("text", metavar="TEXT", help='a description, e.g. "tumeur du pancréas"')
-    describe.add_argument("--json", action="store_true", help="print JSON")
-    describe.set_defaults(func=run)
+from .common import JSON, Command, Reporter, option
 
 
 def run(args: argparse.Namespace, reporter: Reporter) -> int:
@@ -57,3 +43,15 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
     for label, value in lines:
         print(f"{label:<10} {one_line(value)}")
     return 0
+
+
+COMMANDS = (
+    Command(
+        "describe",
+        help="show how a description (--text) is read",
+        description="How TEXT is read: anatomy, lesion word, CT window, segment name and the terminology codes the "
+        "segment gets. Reads French, German, Spanish, Italian and Portuguese, and typos.",
+        run=run,
+        options=(option("text", metavar="TEXT", help='a description, e.g. "tumeur du pancréas"'), JSON),
+    ),
+)

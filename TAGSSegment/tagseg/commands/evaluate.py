@@ -8,78 +8,11 @@ import sys
 from pathlib import Path
 
 from ..errors import InputError
-from .common import Reporter
+from .common import DATA, DEVICE, FOLD, LAYOUT, ORGAN_DIR, Command, Reporter, option, tags_extensions
 from .outputs import check_writable
 
 PROTOCOL_CHOICES = ("paper", "interactive")
 EXIT_CASES_FAILED = 3
-
-
-def register(commands) -> None:
-    """Add `evaluate` to the `tagseg` subcommands."""
-    ev = commands.add_parser(
-        "evaluate",
-        help="the paper's evaluation protocol for any model (Dice, NSD@5mm)",
-        description="Per case: clicks drawn from the tumour (seeded), one prediction, Dice and the authors' NSD "
-        "at 5 mm on the original grid. --protocol paper (default) runs TAGS as the authors' test.py "
-        "does: one crop at the floored midpoint of the clicks whatever their spread, fp32, text "
-        "unused, zeros in the organ channel when the mask misses the crop. The extensions are "
-        "opt-in flags; the CSV records per case what actually ran. A case that fails is a row with "
-        "its error; the run goes on and exits with code 3 if any case failed.",
-    )
-    ev.add_argument("--data", required=True, metavar="DIR")
-    ev.add_argument("--model", required=True, metavar="CHECKPOINT|NAME")
-    ev.add_argument("--clicks", type=int, default=3)
-    ev.add_argument("--seed", type=int, default=2)
-    ev.add_argument("--out", required=True, metavar="results.csv")
-    ev.add_argument("--layout", default="auto")
-    ev.add_argument("--organ-dir", metavar="DIR")
-    ev.add_argument("--split", metavar="FILE", help="evaluate the --subset of this split (default: every case)")
-    ev.add_argument("--fold", type=int, default=0)
-    ev.add_argument("--subset", default="test")
-    ev.add_argument("--tumour-label", type=int, default=2)
-    ev.add_argument(
-        "--text",
-        default=None,
-        help="description (default: '<organ> tumor'); picks the model with --model auto, and reaches "
-        "the model only with --text-fusion or --protocol interactive (the paper: text unused)",
-    )
-    ev.add_argument(
-        "--protocol",
-        choices=tuple(PROTOCOL_CHOICES),
-        default="paper",
-        help="paper (default): the authors' test.py; interactive: what the app does (sliding window, "
-        "bf16 on GPU, a box around the clicks as organ channel when the mask is missing)",
-    )
-    ext = ev.add_argument_group("TAGS extensions (off in --protocol paper; each flag turns one on)")
-    ext.add_argument(
-        "--sliding-window",
-        action="store_true",
-        default=None,
-        help="cover clicks wider than one crop with overlapping crops",
-    )
-    ext.add_argument(
-        "--autocast",
-        choices=("off", "bf16", "fp16", "auto"),
-        default=None,
-        help="mixed precision (paper: off = fp32; auto = bf16 on CUDA)",
-    )
-    ext.add_argument(
-        "--text-fusion",
-        type=float,
-        default=None,
-        metavar="W",
-        help="mix the text-conditioned tumour map into the result with weight W (paper: 0)",
-    )
-    ext.add_argument(
-        "--anatomy-fallback",
-        choices=("zeros", "prompt-box", "ct", "ones"),
-        default=None,
-        help="organ channel when the mask is missing or misses the crop (paper: zeros)",
-    )
-    ev.add_argument("--limit", type=int, help="only the first N cases")
-    ev.add_argument("--device", default="auto")
-    ev.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace, reporter: Reporter) -> int:
@@ -157,3 +90,49 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
         )
         return EXIT_CASES_FAILED
     return 0
+
+
+COMMANDS = (
+    Command(
+        "evaluate",
+        help="the paper's evaluation protocol for any model (Dice, NSD@5mm)",
+        description="Per case: clicks drawn from the tumour (seeded), one prediction, Dice and the authors' NSD "
+        "at 5 mm on the original grid. --protocol paper (default) runs TAGS as the authors' test.py "
+        "does: one crop at the floored midpoint of the clicks whatever their spread, fp32, text "
+        "unused, zeros in the organ channel when the mask misses the crop. The extensions are "
+        "opt-in flags; the CSV records per case what actually ran. A case that fails is a row with "
+        "its error; the run goes on and exits with code 3 if any case failed.",
+        run=run,
+        options=(
+            DATA,
+            option("--model", required=True, metavar="CHECKPOINT|NAME"),
+            option("--clicks", type=int, default=3),
+            option("--seed", type=int, default=2),
+            option("--out", required=True, metavar="results.csv"),
+            LAYOUT,
+            ORGAN_DIR,
+            option("--split", metavar="FILE", help="evaluate the --subset of this split (default: every case)"),
+            FOLD,
+            option("--subset", default="test"),
+            option("--tumour-label", type=int, default=2),
+            option(
+                "--text",
+                default=None,
+                help="description (default: '<organ> tumor'); picks the model with --model auto, and reaches "
+                "the model only with --text-fusion or --protocol interactive (the paper: text unused)",
+            ),
+            option(
+                "--protocol",
+                choices=PROTOCOL_CHOICES,
+                default="paper",
+                help="paper (default): the authors' test.py; interactive: what the app does (sliding window, "
+                "bf16 on GPU, a box around the clicks as organ channel when the mask is missing)",
+            ),
+            option("--limit", type=int, help="only the first N cases"),
+            DEVICE,
+        ),
+        groups={
+            "TAGS extensions (off in --protocol paper; each flag turns one on)": tags_extensions(paper_defaults=True)
+        },
+    ),
+)

@@ -8,19 +8,7 @@ import sys
 from typing import Any
 
 from ..errors import TagsegError
-from .common import Reporter, tagseg_version
-
-
-def register(commands) -> None:
-    """Add `info` to the `tagseg` subcommands."""
-    info = commands.add_parser("info", help="versions, devices, models and weights")
-    info.add_argument(
-        "--model",
-        metavar="NAME|PATH",
-        help="also report this model: a backend, a TAGS preset (tags-b, tags-tiny) or a checkpoint",
-    )
-    info.add_argument("--json", action="store_true", help="print JSON")
-    info.set_defaults(func=run)
+from .common import JSON, Command, Reporter, option, tagseg_version
 
 
 def _weights_info() -> dict:
@@ -118,3 +106,20 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
         for key, value in report["model"].items():
             print(f"{'  ' + key:10s} {value}")
     return 0
+
+
+COMMANDS = (
+    Command(
+        "info",
+        help="versions, devices, models and weights",
+        run=run,
+        options=(
+            option(
+                "--model",
+                metavar="NAME|PATH",
+                help="also report this model: a backend, a TAGS preset (tags-b, tags-tiny) or a checkpoint",
+            ),
+            JSON,
+        ),
+    ),
+)

@@ -8,46 +8,7 @@ import json
 from pathlib import Path
 
 from ..errors import InputError, TagsegError
-from .common import PROG, Reporter
-
-
-def register(commands) -> None:
-    """Add `weights`, `convert-checkpoint` and `models` to the `tagseg` subcommands."""
-    weights = commands.add_parser(
-        "weights",
-        help="third-party weights TAGS can use (SAM, CLIP): list, download, verify",
-        description="Downloads happen only here, on request; size, licence and SHA-256 "
-        "are shown and verified. Offline, it says what to place where.",
-    )
-    weights.add_argument("action", choices=("list", "download", "verify"))
-    weights.add_argument("name", nargs="?", help="sam-vit-b or clip-vit-l-14")
-    weights.add_argument("--json", action="store_true", help="print JSON")
-    weights.set_defaults(func=run_weights)
-
-    convert = commands.add_parser(
-        "convert-checkpoint",
-        help="convert the TAGS authors' .pth.tar into a tagseg .safetensors checkpoint",
-        description="Reads tensors only (torch.load weights_only=True); a file that would need code to run is refused.",
-    )
-    convert.add_argument("source", metavar="SRC.pth.tar")
-    convert.add_argument("output", metavar="OUT.safetensors")
-    convert.add_argument("--task", required=True, help="kits, lits or pancreas (sets window, statistics, organ)")
-    convert.add_argument("--preset", default="tags-b")
-    convert.add_argument(
-        "--object-word-mode",
-        choices=("dataset-key", "organ"),
-        default="dataset-key",
-        help="CLIP object word the checkpoint was trained with (authors: the dataset key)",
-    )
-    convert.set_defaults(func=run_convert)
-
-    models = commands.add_parser(
-        "models", help="installed TAGS checkpoints (used by --model auto): list, install, remove"
-    )
-    models.add_argument("action", choices=("list", "install", "remove"))
-    models.add_argument("target", nargs="?", metavar="FILE|SHA", help="checkpoint to install, or SHA/file to remove")
-    models.add_argument("--json", action="store_true", help="print JSON")
-    models.set_defaults(func=run_models)
+from .common import JSON, PRESET, PROG, Command, Reporter, option
 
 
 def run_weights(args: argparse.Namespace, reporter: Reporter) -> int:
@@ -117,3 +78,47 @@ def run_models(args: argparse.Namespace, reporter: Reporter) -> int:
     if not entries:
         print("  (none installed; --model auto uses the embedded default)")
     return 0
+
+
+COMMANDS = (
+    Command(
+        "weights",
+        help="third-party weights TAGS can use (SAM, CLIP): list, download, verify",
+        description="Downloads happen only here, on request; size, licence and SHA-256 are shown and verified. "
+        "Offline, it says what to place where.",
+        run=run_weights,
+        options=(
+            option("action", choices=("list", "download", "verify")),
+            option("name", nargs="?", help="sam-vit-b or clip-vit-l-14"),
+            JSON,
+        ),
+    ),
+    Command(
+        "convert-checkpoint",
+        help="convert the TAGS authors' .pth.tar into a tagseg .safetensors checkpoint",
+        description="Reads tensors only (torch.load weights_only=True); a file that would need code to run is refused.",
+        run=run_convert,
+        options=(
+            option("source", metavar="SRC.pth.tar"),
+            option("output", metavar="OUT.safetensors"),
+            option("--task", required=True, help="kits, lits or pancreas (sets window, statistics, organ)"),
+            PRESET,
+            option(
+                "--object-word-mode",
+                choices=("dataset-key", "organ"),
+                default="dataset-key",
+                help="CLIP object word the checkpoint was trained with (authors: the dataset key)",
+            ),
+        ),
+    ),
+    Command(
+        "models",
+        help="installed TAGS checkpoints (used by --model auto): list, install, remove",
+        run=run_models,
+        options=(
+            option("action", choices=("list", "install", "remove")),
+            option("target", nargs="?", metavar="FILE|SHA", help="checkpoint to install, or SHA/file to remove"),
+            JSON,
+        ),
+    ),
+)

@@ -5,17 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import Reporter
-
-
-def register(commands) -> None:
-    """Add `organs` to the `tagseg` subcommands."""
-    organs = commands.add_parser("organs", help="organ masks for the anatomy prompt with TotalSegmentator (optional)")
-    organs.add_argument("--data", required=True, metavar="DIR")
-    organs.add_argument("--anatomy", required=True, help="kidney, liver, pancreas, ...")
-    organs.add_argument("--out", required=True, metavar="ORGAN_DIR", help="writes ORGAN_DIR/<case>/<organ>.nii.gz")
-    organs.add_argument("--device", default="gpu")
-    organs.set_defaults(func=run)
+from .common import DATA, Command, Reporter, option
 
 
 def run(args: argparse.Namespace, reporter: Reporter) -> int:
@@ -34,3 +24,18 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
         print(f"{case.case_id}: {', '.join(p.name for p in written)}")
     print(f"organ masks ({'+'.join(names)}) in {out}; pass --organ-dir {out} to train/evaluate")
     return 0
+
+
+COMMANDS = (
+    Command(
+        "organs",
+        help="organ masks for the anatomy prompt with TotalSegmentator (optional)",
+        run=run,
+        options=(
+            DATA,
+            option("--anatomy", required=True, help="kidney, liver, pancreas, ..."),
+            option("--out", required=True, metavar="ORGAN_DIR", help="writes ORGAN_DIR/<case>/<organ>.nii.gz"),
+            option("--device", default="gpu"),
+        ),
+    ),
+)

@@ -11,113 +11,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import PromptError, one_line
-from .common import Reporter, close, load_image, mask_stats, predict
+from .common import DEVICE, Command, Reporter, close, load_image, mask_stats, option, predict, tags_extensions
 from .outputs import check_outputs, dicom_seg_file, write_outputs
 
-COORDINATE_OPTIONS = ("--point", "--neg-point", "--box")
+# The coordinate options, each repeatable: option -> (metavar, help).
+COORDINATES = {
+    "--point": ("R,A,S", "include click"),
+    "--neg-point": ("R,A,S", "exclude click"),
+    "--box": ("R1,A1,S1,R2,A2,S2", "box by two opposite corners"),
+}
+COORDINATE_OPTIONS = tuple(COORDINATES)
 _NUMBER_LIST = re.compile(r"^-[\d.]")
-
-
-def register(commands) -> None:
-    """Add `segment` to the `tagseg` subcommands."""
-    seg = commands.add_parser(
-        "segment",
-        help="segment IMAGE from clicks/boxes (RAS mm) and write a mask",
-        description="Segment a tumour in IMAGE. Coordinates are RAS millimetres, as "
-        "3D Slicer shows them at the mouse cursor. Write negative numbers "
-        "as --point=-12,30,5 or --point -12,30,5.",
-    )
-    seg.add_argument("image", metavar="IMAGE", help="input volume (.nii/.nii.gz/.nrrd/.mha/.mhd or a DICOM folder)")
-    seg.add_argument(
-        "-o",
-        "--output",
-        required=True,
-        metavar="OUT",
-        help="mask to write: .nii.gz/.nii/.nrrd/.mha (uint8 label map, 1 = tumour) or .seg.nrrd "
-        "(Slicer segmentation) or .dcm (DICOM SEG; needs a DICOM series as IMAGE)",
-    )
-    seg.add_argument(
-        "--dicom-seg",
-        action="store_true",
-        help="OUT is a folder: write the result there as a DICOM SEG, named <new UID>.dcm",
-    )
-    seg.add_argument("--point", action="append", default=[], metavar="R,A,S", help="include click (repeatable)")
-    seg.add_argument("--neg-point", action="append", default=[], metavar="R,A,S", help="exclude click (repeatable)")
-    seg.add_argument(
-        "--box",
-        action="append",
-        default=[],
-        metavar="R1,A1,S1,R2,A2,S2",
-        help="box by two opposite corners (repeatable)",
-    )
-    seg.add_argument("--text", default="", help='description, e.g. "pancreatic tumor" (names the segment)')
-    seg.add_argument(
-        "--anatomy",
-        metavar="MASK",
-        help="organ mask file (any grid), or a folder of per-organ masks (TotalSegmentator output: "
-        "the organ is picked from --text). Default model: the result stays inside it; "
-        "TAGS: the organ-mask input channel",
-    )
-    seg.add_argument(
-        "--anatomy-classes",
-        metavar="totalsegmentator|CLASSES.json",
-        help="class names of a multi-label --anatomy map: TotalSegmentator v2's numbering or a JSON "
-        "file {label: name} (default: MAP.json beside it, or a .seg.nrrd's segment names); the "
-        "organ is picked from --text",
-    )
-    seg.add_argument("--model", default="auto", metavar="NAME|PATH", help="model name or checkpoint (default: auto)")
-    seg.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
-    seg.add_argument("--png", metavar="OVERLAY.png", help="also write an axial overlay preview")
-    seg.add_argument("--series", metavar="UID", help="the DICOM series to read when the IMAGE folder holds several")
-    seg.add_argument(
-        "--resample-uneven-dicom",
-        action="store_true",
-        help="interpolate a DICOM series with unevenly spaced slices onto a regular grid (default: refuse it)",
-    )
-    seg.add_argument("--json", action="store_true", help="print a JSON summary instead of text")
-    seg.add_argument(
-        "--quiet",
-        action="store_true",
-        help="no progress bar (it is shown on stderr only when it is a terminal and a step takes over 2 s)",
-    )
-    tags = seg.add_argument_group("TAGS checkpoints (extensions beyond the paper; defaults = the paper)")
-    tags.add_argument(
-        "--text-fusion",
-        type=float,
-        default=0.0,
-        metavar="W",
-        help="mix the text-conditioned tumour map into the result with weight W in 0..1 (default 0)",
-    )
-    tags.add_argument(
-        "--text-only",
-        action="store_true",
-        help="without clicks: start from the text map's peak inside the --anatomy organ",
-    )
-    tags.add_argument("--sliding-window", action="store_true", help="cover prompts wider than one crop")
-    tags.add_argument(
-        "--negatives",
-        choices=("auto", "constraint"),
-        default="auto",
-        help="exclude clicks as model tokens when the checkpoint supports it (auto) or only as "
-        "constraints on the result",
-    )
-    tags.add_argument(
-        "--anatomy-fallback",
-        choices=("prompt-box", "zeros", "ct", "ones"),
-        default="prompt-box",
-        help="organ channel without --anatomy or when it misses the crop (default: a box around the "
-        "prompts + 20 mm; the paper: zeros)",
-    )
-    tags.add_argument(
-        "--autocast",
-        choices=("auto", "off", "bf16", "fp16"),
-        default="auto",
-        help="precision (default auto: bf16 on CUDA, fp32 elsewhere; the paper: off = fp32)",
-    )
-    tags.add_argument(
-        "--allow-download", action="store_true", help="let the text encoder download CLIP weights for a new description"
-    )
-    seg.set_defaults(func=run)
 
 
 def attach_negative_values(argv: Sequence[str]) -> list[str]:
@@ -321,3 +225,86 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
         print(f"text     read as {one_line(description.summary())}")
     print(f"{description.segment_name}: {stats['volume_ml']:.2f} ml ({stats['voxels']} voxels)")
     return 0
+
+
+COMMANDS = (
+    Command(
+        "segment",
+        help="segment IMAGE from clicks/boxes (RAS mm) and write a mask",
+        description="Segment a tumour in IMAGE. Coordinates are RAS millimetres, as 3D Slicer shows them at the "
+        "mouse cursor. Write negative numbers as --point=-12,30,5 or --point -12,30,5.",
+        run=run,
+        options=(
+            option("image", metavar="IMAGE", help="input volume (.nii/.nii.gz/.nrrd/.mha/.mhd or a DICOM folder)"),
+            option(
+                "-o",
+                "--output",
+                required=True,
+                metavar="OUT",
+                help="mask to write: .nii.gz/.nii/.nrrd/.mha (uint8 label map, 1 = tumour) or .seg.nrrd "
+                "(Slicer segmentation) or .dcm (DICOM SEG; needs a DICOM series as IMAGE)",
+            ),
+            option(
+                "--dicom-seg",
+                action="store_true",
+                help="OUT is a folder: write the result there as a DICOM SEG, named <new UID>.dcm",
+            ),
+            *(
+                option(flag, action="append", default=[], metavar=metavar, help=f"{text} (repeatable)")
+                for flag, (metavar, text) in COORDINATES.items()
+            ),
+            option("--text", default="", help='description, e.g. "pancreatic tumor" (names the segment)'),
+            option(
+                "--anatomy",
+                metavar="MASK",
+                help="organ mask file (any grid), or a folder of per-organ masks (TotalSegmentator output: "
+                "the organ is picked from --text). Default model: the result stays inside it; "
+                "TAGS: the organ-mask input channel",
+            ),
+            option(
+                "--anatomy-classes",
+                metavar="totalsegmentator|CLASSES.json",
+                help="class names of a multi-label --anatomy map: TotalSegmentator v2's numbering or a JSON "
+                "file {label: name} (default: MAP.json beside it, or a .seg.nrrd's segment names); the "
+                "organ is picked from --text",
+            ),
+            option("--model", default="auto", metavar="NAME|PATH", help="model name or checkpoint (default: auto)"),
+            DEVICE,
+            option("--png", metavar="OVERLAY.png", help="also write an axial overlay preview"),
+            option("--series", metavar="UID", help="the DICOM series to read when the IMAGE folder holds several"),
+            option(
+                "--resample-uneven-dicom",
+                action="store_true",
+                help="interpolate a DICOM series with unevenly spaced slices onto a regular grid (default: refuse it)",
+            ),
+            option("--json", action="store_true", help="print a JSON summary instead of text"),
+            option(
+                "--quiet",
+                action="store_true",
+                help="no progress bar (it is shown on stderr only when it is a terminal and a step takes over 2 s)",
+            ),
+        ),
+        groups={
+            "TAGS checkpoints (extensions beyond the paper; defaults = the paper)": (
+                *tags_extensions(paper_defaults=False),
+                option(
+                    "--text-only",
+                    action="store_true",
+                    help="without clicks: start from the text map's peak inside the --anatomy organ",
+                ),
+                option(
+                    "--negatives",
+                    choices=("auto", "constraint"),
+                    default="auto",
+                    help="exclude clicks as model tokens when the checkpoint supports it (auto) or only as "
+                    "constraints on the result",
+                ),
+                option(
+                    "--allow-download",
+                    action="store_true",
+                    help="let the text encoder download CLIP weights for a new description",
+                ),
+            )
+        },
+    ),
+)

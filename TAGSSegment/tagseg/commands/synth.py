@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 from ..errors import InputError
-from .common import Reporter
+from .common import Command, Reporter, option
 
 # lesion phantoms: the choices of tagseg.synth (not imported here: numpy stays out of parsing)
 LESION_EDGES = ("sharp", "soft")
@@ -18,38 +18,6 @@ LESION_DEFAULTS = {"radius_mm": "10", "edge": "sharp", "modality": "ct", "slices
 LESION_RADIUS_MM = (3.0, 40.0)
 # a phantom holds a float image, a label and organ masks plus float64 working copies: about this many bytes a voxel
 SYNTH_BYTES_PER_VOXEL = 32
-
-
-def register(commands) -> None:
-    """Add `synth` to the `tagseg` subcommands."""
-    synth = commands.add_parser("synth", help="write synthetic CT-like cases with tumours (MSD layout)")
-    synth.add_argument("--out", required=True, metavar="DIR")
-    synth.add_argument("--cases", type=int, default=8)
-    synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--organ", default="pancreas")
-    synth.add_argument("--shape", default="48,128,128", metavar="K,J,I", help="voxels per case (slices,rows,cols)")
-    synth.add_argument("--from-ct", metavar="CT", help="insert tumours into this real CT instead of phantoms")
-    synth.add_argument("--organ-mask", metavar="MASK", help="with --from-ct: the organ mask (label map) to use")
-    # Lesion phantoms (any of these four): one folder per case with image, label and organ masks, the
-    # layout of ../shared/data/lesions_dev; tagseg.synth.make_lesion_phantom describes them.
-    synth.add_argument("--radius-mm", metavar="MM", help="lesion phantoms: lesion radius, 3-40 mm (default 10)")
-    synth.add_argument(
-        "--edge",
-        choices=LESION_EDGES,
-        help="lesion phantoms: sharp, or soft (irregular, infiltrating, a gradual intensity ramp) (default sharp)",
-    )
-    synth.add_argument(
-        "--modality",
-        choices=LESION_MODALITIES,
-        help="lesion phantoms: ct (HU), mr (raw, positive) "
-        "or mr-zscored (skull-stripped, z-scored, background at the minimum) (default ct)",
-    )
-    synth.add_argument(
-        "--slices",
-        choices=LESION_SLICES,
-        help="lesion phantoms: thick (5 mm, 0.7-0.8 mm pixels) or isotropic (1 mm) (default thick)",
-    )
-    synth.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace, reporter: Reporter) -> int:
@@ -155,3 +123,41 @@ def _synth_shape(args: argparse.Namespace) -> tuple[int, int, int]:
         raise InputError(f"--shape {args.shape}: expected three integers >= 8")
     budget.check_voxels(shape, SYNTH_BYTES_PER_VOXEL, f"--shape {args.shape}: a phantom")
     return shape
+
+
+COMMANDS = (
+    Command(
+        "synth",
+        help="write synthetic CT-like cases with tumours (MSD layout)",
+        run=run,
+        options=(
+            option("--out", required=True, metavar="DIR"),
+            option("--cases", type=int, default=8),
+            option("--seed", type=int, default=0),
+            option("--organ", default="pancreas"),
+            option("--shape", default="48,128,128", metavar="K,J,I", help="voxels per case (slices,rows,cols)"),
+            option("--from-ct", metavar="CT", help="insert tumours into this real CT instead of phantoms"),
+            option("--organ-mask", metavar="MASK", help="with --from-ct: the organ mask (label map) to use"),
+            # Lesion phantoms (any of these four): one folder per case with image, label and organ masks, the
+            # layout of ../shared/data/lesions_dev; tagseg.synth.make_lesion_phantom describes them.
+            option("--radius-mm", metavar="MM", help="lesion phantoms: lesion radius, 3-40 mm (default 10)"),
+            option(
+                "--edge",
+                choices=LESION_EDGES,
+                help="lesion phantoms: sharp, or soft (irregular, infiltrating, a gradual intensity ramp) "
+                "(default sharp)",
+            ),
+            option(
+                "--modality",
+                choices=LESION_MODALITIES,
+                help="lesion phantoms: ct (HU), mr (raw, positive) "
+                "or mr-zscored (skull-stripped, z-scored, background at the minimum) (default ct)",
+            ),
+            option(
+                "--slices",
+                choices=LESION_SLICES,
+                help="lesion phantoms: thick (5 mm, 0.7-0.8 mm pixels) or isotropic (1 mm) (default thick)",
+            ),
+        ),
+    ),
+)

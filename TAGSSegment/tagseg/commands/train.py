@@ -6,64 +6,9 @@ from __future__ import annotations
 import argparse
 
 from ..errors import InputError
-from .common import Reporter
+from .common import DATA, DEVICE, FOLD, LAYOUT, ORGAN_DIR, PRESET, Command, Reporter, option
 
 TASK_CHOICES = ("kits", "lits", "pancreas", "custom")
-
-
-def register(commands) -> None:
-    """Add `train` to the `tagseg` subcommands."""
-    train = commands.add_parser(
-        "train",
-        help="train TAGS with the published recipe (torchrun for several GPUs)",
-        description="Train TAGS on a dataset folder (MSD, KiTS, LiTS or image/label pairs). "
-        "Several GPUs: torchrun --nproc_per_node N -m tagseg train ...",
-    )
-    train.add_argument("--data", required=True, metavar="DIR")
-    train.add_argument(
-        "--task",
-        required=True,
-        choices=TASK_CHOICES,
-        help="published task (window, statistics, organ, object word) or custom (from dataset.json)",
-    )
-    train.add_argument("--out", required=True, metavar="RUN_DIR")
-    train.add_argument("--preset", default="tags-b")
-    train.add_argument("--epochs", type=int, default=200)
-    train.add_argument("--lr", type=float, default=1e-4)
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument(
-        "--autocast", choices=("off", "bf16", "fp16"), default="off", help="mixed precision (the paper: off = fp32)"
-    )
-    train.add_argument("--layout", default="auto", help="auto, msd, kits, lits, folder, case-folder")
-    train.add_argument("--organ-dir", metavar="DIR", help="organ masks as DIR/<case>/<organ>.nii.gz")
-    train.add_argument(
-        "--split",
-        metavar="FILE",
-        help="3DSAM-adapter split.pkl (the paper's folds) or a tagseg split .json; without it, a "
-        "seeded 70/10/20 split of this data, saved as RUN_DIR/split.json",
-    )
-    train.add_argument("--fold", type=int, default=0)
-    train.add_argument("--tumour-label", type=int, default=None, help="tumour value in the labels (default: task's)")
-    train.add_argument(
-        "--sam-weights",
-        metavar="PTH",
-        help="sam_vit_b_01ec64.pth (tagseg weights download sam-vit-b); required unless --from-scratch",
-    )
-    train.add_argument(
-        "--from-scratch",
-        action="store_true",
-        help="train without SAM weights: the frozen backbone stays random (tests, tiny presets)",
-    )
-    train.add_argument(
-        "--text-encoder", help="open_clip spec (default: the preset's; paper: open_clip:ViT-L-14:openai)"
-    )
-    train.add_argument("--object-word-mode", choices=("dataset-key", "anatomy"), default="dataset-key")
-    train.add_argument("--point-labels", action="store_true", help="extension: learn include/exclude click labels")
-    train.add_argument("--max-steps-per-epoch", type=int, help="bound each epoch (smoke tests)")
-    train.add_argument("--cache", metavar="DIR", help="preprocessed-volume cache (default: RUN_DIR/../cache)")
-    train.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from last")
-    train.add_argument("--device", default="auto")
-    train.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace, reporter: Reporter) -> int:
@@ -110,3 +55,61 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
         print(f"best checkpoint: {result['best']}")
     prepared.close()
     return 0
+
+
+COMMANDS = (
+    Command(
+        "train",
+        help="train TAGS with the published recipe (torchrun for several GPUs)",
+        description="Train TAGS on a dataset folder (MSD, KiTS, LiTS or image/label pairs). "
+        "Several GPUs: torchrun --nproc_per_node N -m tagseg train ...",
+        run=run,
+        options=(
+            DATA,
+            option(
+                "--task",
+                required=True,
+                choices=TASK_CHOICES,
+                help="published task (window, statistics, organ, object word) or custom (from dataset.json)",
+            ),
+            option("--out", required=True, metavar="RUN_DIR"),
+            PRESET,
+            option("--epochs", type=int, default=200),
+            option("--lr", type=float, default=1e-4),
+            option("--seed", type=int, default=0),
+            option(
+                "--autocast",
+                choices=("off", "bf16", "fp16"),
+                default="off",
+                help="mixed precision (the paper: off = fp32)",
+            ),
+            LAYOUT,
+            ORGAN_DIR,
+            option(
+                "--split",
+                metavar="FILE",
+                help="3DSAM-adapter split.pkl (the paper's folds) or a tagseg split .json; without it, a "
+                "seeded 70/10/20 split of this data, saved as RUN_DIR/split.json",
+            ),
+            FOLD,
+            option("--tumour-label", type=int, default=None, help="tumour value in the labels (default: task's)"),
+            option(
+                "--sam-weights",
+                metavar="PTH",
+                help="sam_vit_b_01ec64.pth (tagseg weights download sam-vit-b); required unless --from-scratch",
+            ),
+            option(
+                "--from-scratch",
+                action="store_true",
+                help="train without SAM weights: the frozen backbone stays random (tests, tiny presets)",
+            ),
+            option("--text-encoder", help="open_clip spec (default: the preset's; paper: open_clip:ViT-L-14:openai)"),
+            option("--object-word-mode", choices=("dataset-key", "anatomy"), default="dataset-key"),
+            option("--point-labels", action="store_true", help="extension: learn include/exclude click labels"),
+            option("--max-steps-per-epoch", type=int, help="bound each epoch (smoke tests)"),
+            option("--cache", metavar="DIR", help="preprocessed-volume cache (default: RUN_DIR/../cache)"),
+            option("--resume", action="store_true", help="continue the run in RUN_DIR from last"),
+            DEVICE,
+        ),
+    ),
+)
