@@ -19,7 +19,7 @@ import random
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -492,33 +492,23 @@ class PreparedRun:
 def prepare(
     data: str | os.PathLike,
     task: str,
-    out: str | os.PathLike,
+    settings: TrainConfig,
     *,
-    preset: str = "tags-b",
-    epochs: int = 200,
-    lr: float = 1e-4,
-    seed: int = 0,
-    autocast: str = "off",
     layout: str = "auto",
     organ_dir: str | None = None,
     split: str | None = None,
     fold: int = 0,
     tumour_label: int | None = None,
-    sam_weights: str | None = None,
-    text_encoder: str | None = None,
-    object_word_mode: str = "dataset-key",
-    point_labels: bool = False,
-    max_steps_per_epoch: int | None = None,
     cache: str | None = None,
     resume: bool = False,
-    device: str = "auto",
     log: Callable[[str], None] | None = None,
 ) -> PreparedRun:
     """Check the data and the run folder, split the cases (seeded 70/10/20 without a split file), fix the
     intensity normalisation, warm the preprocessed cache and write split.json and config.json (main rank only).
 
     `task` is a published one (kits, lits, pancreas: window, statistics, organ, object word) or "custom" (from
-    the dataset.json); `log` receives the notes a user should see (default: stderr).
+    the dataset.json); `settings` are the run's own (out, preset, epochs, ...), and the config written is them
+    with what the data decides filled in; `log` receives the notes a user should see (default: stderr).
     """
     from .data import transforms as T
     from .data.datasets import check_cases, dataset_anatomy, find_cases, make_split, save_split_json, split_cases
@@ -532,14 +522,14 @@ def prepare(
 
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     spec = TASKS.get(task)
-    out = Path(out).expanduser()
+    out = Path(settings.out).expanduser()
     check_output_folder(out, resume)
-    net_preset = get_preset(preset)
+    net_preset = get_preset(settings.preset)
     tumour_label = tumour_label if tumour_label is not None else (spec.tumour_label if spec else 2)
     cases, subsets = find_cases(data, layout=layout, organ="auto", organ_dir=organ_dir, split_file=split, fold=fold)
     check_cases(cases, tumour_label=tumour_label)
     if subsets is None:
-        subsets = make_split([c.case_id for c in cases], seed)
+        subsets = make_split([c.case_id for c in cases], settings.seed)
         log(
             "no --split: a seeded 70/10/20 split of this data (saved as split.json in the run folder), "
             "not the paper's 3DSAM-adapter fold"
@@ -550,7 +540,7 @@ def prepare(
     if spec is not None:
         intensity = task_intensity(spec)
         anatomy, organ_labels = spec.anatomy, list(spec.organ_labels)
-        word = te.object_word(anatomy, mode=object_word_mode, task=spec.key)
+        word = te.object_word(anatomy, mode=settings.object_word_mode, task=spec.key)
     else:
         stats = dataset_intensity(data)
         if stats is None:
@@ -567,41 +557,32 @@ def prepare(
     preprocessed = PreprocessedCache(
         Path(cache).expanduser() if cache else out.parent / "cache", spacing_mm=net_preset.spacing_mm
     )
-    dist = init_distributed(device if device != "auto" else "cpu")
+    dist = init_distributed(settings.device if settings.device != "auto" else "cpu")
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
         preprocessed.warm(sets["train"] + sets["val"], intensity.window, tumour_label)
-        save_split_json(out / "split.json", subsets, meta={"seed": seed, "fold": fold})
+        save_split_json(out / "split.json", subsets, meta={"seed": settings.seed, "fold": fold})
     if dist.enabled:
         import torch.distributed as tdist
 
         tdist.barrier()
     task_spec = spec if spec is not None else intensity_meta
-    train_set = TrainingDataset(
-        sets["train"],
-        preprocessed,
-        T.train_transforms(task_spec, crop=crop),
-        task_spec,
-        seed,
-        tumour_label=tumour_label,
+    train_set, val_set = (
+        TrainingDataset(
+            sets[name],
+            preprocessed,
+            transforms(task_spec, crop=crop),
+            task_spec,
+            settings.seed,
+            tumour_label=tumour_label,
+        )
+        for name, transforms in (("train", T.train_transforms), ("val", T.val_transforms))
     )
-    val_set = TrainingDataset(
-        sets["val"], preprocessed, T.val_transforms(task_spec, crop=crop), task_spec, seed, tumour_label=tumour_label
-    )
-    config = TrainConfig(
+    config = replace(
+        settings,
         out=str(out),
-        preset=preset,
-        epochs=epochs,
-        lr=lr,
-        seed=seed,
-        autocast=autocast,
-        point_labels=point_labels,
-        max_steps_per_epoch=max_steps_per_epoch,
-        device=device,
-        sam_weights=sam_weights,
-        text_encoder=text_encoder,
         object_word=word,
-        object_word_mode=object_word_mode if spec else "anatomy",
+        object_word_mode=settings.object_word_mode if spec else "anatomy",
         task=spec.key if spec else "custom",
         anatomy=anatomy,
         organ_labels=organ_labels,

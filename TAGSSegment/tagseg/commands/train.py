@@ -20,30 +20,33 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
         )
     if args.sam_weights and args.from_scratch:
         raise InputError("--sam-weights and --from-scratch contradict each other; pass one")
-    from ..train import prepare
+    from ..train import TrainConfig, prepare
 
-    prepared = prepare(
-        args.data,
-        args.task,
-        args.out,
+    settings = TrainConfig(
+        out=args.out,
         preset=args.preset,
         epochs=args.epochs,
         lr=args.lr,
         seed=args.seed,
         autocast=args.autocast,
+        point_labels=args.point_labels,
+        max_steps_per_epoch=args.max_steps_per_epoch,
+        device=args.device,
+        sam_weights=args.sam_weights,
+        text_encoder=args.text_encoder,
+        object_word_mode=args.object_word_mode,
+    )
+    prepared = prepare(
+        args.data,
+        args.task,
+        settings,
         layout=args.layout,
         organ_dir=args.organ_dir,
         split=args.split,
         fold=args.fold,
         tumour_label=args.tumour_label,
-        sam_weights=args.sam_weights,
-        text_encoder=args.text_encoder,
-        object_word_mode=args.object_word_mode,
-        point_labels=args.point_labels,
-        max_steps_per_epoch=args.max_steps_per_epoch,
         cache=args.cache,
         resume=args.resume,
-        device=args.device,
     )
     result = prepared.fit(resume=args.resume)
     if prepared.dist.main:
