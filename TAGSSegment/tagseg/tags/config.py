@@ -3,7 +3,7 @@ small dimensions so that CPU tests build, train and run it in seconds."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 from ..errors import ModelError
 
@@ -120,27 +120,20 @@ class TagsConfig:
 
 TAGS_B = TagsConfig(name="tags-b")
 
-TAGS_TINY = TagsConfig(
+# tags-tiny: tags-b's checks (validate) at toy sizes, one part of the network a line.
+# fmt: off
+TAGS_TINY = replace(
+    TAGS_B,
     name="tags-tiny",
-    crop_size=32,
-    spacing_mm=1.5,
-    upsample=2,
-    patch_size=8,
-    embed_dim=64,
-    depth=4,
-    num_heads=4,
-    sam_window_size=7,
-    sam_img_size=128,
-    global_attn_indexes=(1, 3),
-    cubic_window=4,
-    neck_dim=32,
-    prompt_heads=4,
-    prompt_mlp_dim=64,
-    decoder_channels=16,
-    text_dim=64,
-    text_encoder="open_clip-random:tagseg-tiny-clip:0",
-    point_labels=True,
+    crop_size=32, spacing_mm=1.5, upsample=2, patch_size=8,             # the crop: a token grid of 32 x 2 / 8 = 8
+    embed_dim=64, depth=4, num_heads=4, text_dim=64,                     # the ViT; the text width is its width
+    sam_window_size=7, sam_img_size=128, global_attn_indexes=(1, 3),     # SAM's: 128 / 8 = 16 positions pool onto 8
+    cubic_window=4,                                                      # 3D windows that tile the token grid
+    neck_dim=32, prompt_heads=4, prompt_mlp_dim=64, decoder_channels=16,  # neck, prompt encoder, decoder
+    text_encoder="open_clip-random:tagseg-tiny-clip:0",                  # a random CLIP: no download
+    point_labels=True,                                                   # the +/- click extension, tested
 )
+# fmt: on
 
 PRESETS: dict[str, TagsConfig] = {c.name: c for c in (TAGS_B, TAGS_TINY)}
 
