@@ -7,12 +7,31 @@ as Slicer's `GetIJKToRASMatrix`. Arrays are read-only so no step can modify a ca
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Generic, TypeVar, cast, overload
 
 import numpy as np
 
 from .geometry import BOUNDS_SLACK_VOXELS, Grid, _frozen, make_ijk_to_ras  # noqa: F401  (re-exported)
+
+T = TypeVar("T")
+
+
+class _OfGrid(Generic[T]):
+    """A read-only Volume attribute that is its grid's, declared in one line rather than a property each."""
+
+    def __init__(self, read: Callable[[Grid], T]) -> None:
+        self._read = read
+
+    @overload
+    def __get__(self, volume: None, owner: type) -> _OfGrid[T]: ...
+
+    @overload
+    def __get__(self, volume: Volume, owner: type | None = None) -> T: ...
+
+    def __get__(self, volume: Volume | None, owner: type | None = None) -> T | _OfGrid[T]:
+        return self if volume is None else self._read(volume._grid)
 
 
 @dataclass(frozen=True)
@@ -49,27 +68,11 @@ class Volume:
         return self._grid
 
     # geometry: the grid's (see `tagseg.geometry.Grid`)
-    @property
-    def shape_kji(self) -> tuple[int, int, int]:
-        return self._grid.shape_kji
-
-    @property
-    def spacing_ijk(self) -> np.ndarray:
-        """Voxel size in mm along i, j, k (the lengths of the matrix columns)."""
-        return self._grid.spacing_ijk
-
-    @property
-    def spacing_kji(self) -> np.ndarray:
-        return self._grid.spacing_kji
-
-    @property
-    def directions_ijk(self) -> np.ndarray:
-        """3x3 matrix whose columns are the unit RAS directions of the i, j, k axes."""
-        return self._grid.directions_ijk
-
-    @property
-    def ras_to_ijk(self) -> np.ndarray:
-        return self._grid.ras_to_ijk
+    shape_kji = _OfGrid(lambda grid: grid.shape_kji)
+    spacing_ijk = _OfGrid(lambda grid: grid.spacing_ijk)  # voxel size in mm along i, j, k
+    spacing_kji = _OfGrid(lambda grid: grid.spacing_kji)
+    directions_ijk = _OfGrid(lambda grid: grid.directions_ijk)  # columns: unit RAS directions of i, j, k
+    ras_to_ijk = _OfGrid(lambda grid: grid.ras_to_ijk)
 
     def ras_to_kji(self, points_ras) -> np.ndarray:
         """Continuous KJI indices of RAS points, shape (N, 3)."""
