@@ -76,6 +76,49 @@ def ms_per_slice(nets: list[LiteMedSAM], images: list[np.ndarray]) -> list[float
     return [1000 * statistics.median(bucket) for bucket in times]
 
 
+def decoder_ms_per_box(net: LiteMedSAM, image: np.ndarray, rounds: int = 20) -> dict[str, float]:
+    """Median ms per box of the network's own decoder as one ONNX graph (exported here to a temporary file) and
+    of the split decoder the default runs (slice part kept, as on a correction's seed slice; and computed for
+    each box, as the first box on a new slice), one box per call, round robin after a warm-up."""
+    import tempfile
+
+    import torch
+
+    from tagseg.backends.litemedsam_net import EMBEDDING_SHAPE, _box_decoder, _onnx_session
+
+    embedding = net.embedding(("decoder-speed",), lambda: image)
+    boxes = np.array([[[96, 80, 160, 150]]], np.float32)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "reference_decoder.onnx"
+        torch.onnx.export(
+            _box_decoder(net.network()),
+            (torch.zeros(EMBEDDING_SHAPE), torch.zeros(2, 1, 4)),
+            str(path),
+            opset_version=17,
+            input_names=["embedding", "boxes"],
+            output_names=["logits", "iou"],
+            dynamic_axes={"boxes": {0: "n"}, "logits": {0: "n"}, "iou": {0: "n"}},
+            dynamo=False,
+        )
+        reference = _onnx_session(path, 2)
+        runs = {
+            "one graph (the network's decoder)": lambda: reference.run(None, {"embedding": embedding, "boxes": boxes}),
+            "split, slice part kept": lambda: net.decode(embedding, boxes[0], key=("decoder-speed",)),
+            "split, slice part per box": lambda: net.decode(embedding, boxes[0]),
+        }
+        times: dict[str, list[float]] = {name: [] for name in runs}
+        for run in runs.values():
+            for _ in range(3):
+                run()
+        for _ in range(rounds):
+            for name, run in runs.items():
+                for _ in range(3):  # three in a row: the same session warm, as a correction's seed boxes run
+                    t = time.perf_counter()
+                    run()
+                    times[name].append(time.perf_counter() - t)
+    return {name: 1000 * statistics.median(bucket) for name, bucket in times.items()}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", type=Path, default=tune_default.DEFAULT_CASES)
@@ -112,6 +155,7 @@ def main() -> int:
             ),
             flush=True,
         )
+    decoders = decoder_ms_per_box(nets[0], images[0]) if nets[0].runtime == "onnxruntime" else {}
     openvino = importlib.util.find_spec("openvino") is not None
     load = os.getloadavg()[0]
     lines = [
@@ -144,6 +188,16 @@ def main() -> int:
         lines.append("| " + " | ".join(cells) + " |")
     if not openvino:
         lines.append("| openvino | OpenVINO | not measured: openvino is not installable on this machine | | | | |")
+    if decoders:
+        reference = next(iter(decoders.values()))
+        lines += [
+            "",
+            "Box decoder (ONNX Runtime, ms per box, the same run; masks identical on the 7 dev cases):",
+            "",
+            "| decoder | ms / box | vs one graph |",
+            "|---|---|---|",
+            *(f"| {name} | {ms:.1f} | {reference / ms:.2f}x |" for name, ms in decoders.items()),
+        ]
     text = "\n".join(lines) + "\n"
     print(text)
     RESULTS.mkdir(exist_ok=True)
