@@ -25,13 +25,21 @@ class Task:
     window: tuple[float, float]       # HU clip window (lo, hi) before z-scoring
     mean: float                       # foreground mean used for z-scoring (after clipping)
     std: float                        # foreground std used for z-scoring
-    organ_file: str                   # organ-mask file the authors' loader reads next to the image
     spatial_index: tuple[int, int, int]  # transpose from the NIfTI voxel order to [D, H, W]
-    organ_word: str                   # object word for the "organ" variant of the CLIP prompts (§10 #1)
     split: tuple[int, int, int]       # fold-0 case counts (train, val, test)
     tumour_label: int = 2             # label value of the tumour in the dataset's ground truth
     source: str = "TAGS"              # "TAGS", or "3DSAM-adapter only" when TAGS never trained on it
     # fmt: on
+
+    @property
+    def organ_file(self) -> str:
+        """The organ-mask file the authors' loader reads next to the image: `<anatomy>.nii.gz` for every dataset."""
+        return f"{self.anatomy}.nii.gz"
+
+    @property
+    def organ_word(self) -> str:
+        """The object word for the "organ" variant of the CLIP prompts (§10 #1): the anatomy itself."""
+        return self.anatomy
 
     @property
     def dataset_key(self) -> str:
@@ -64,30 +72,13 @@ class Task:
         }
 
 
-def _task(key: str, dataset: str, anatomy: str, window, mean: float, std: float, spatial_index, split, **extra) -> Task:
-    """One row of the table: every dataset's organ mask is `<anatomy>.nii.gz` and its organ word is the anatomy."""
-    return Task(
-        key=key,
-        dataset=dataset,
-        anatomy=anatomy,
-        window=window,
-        mean=mean,
-        std=std,
-        organ_file=f"{anatomy}.nii.gz",
-        spatial_index=spatial_index,
-        organ_word=anatomy,
-        split=split,
-        **extra,
-    )
-
-
 # key, dataset, anatomy, HU window, foreground mean and std, NIfTI -> [D, H, W] transpose, fold-0 split
 _TABLE = (
-    _task("kits", "KiTS21", "kidney", (-54.0, 247.0), 59.53867, 55.457336, (0, 1, 2), (209, 30, 61)),
-    _task("lits", "LiTS17", "liver", (-48.0, 163.0), 60.057533, 40.198017, (2, 1, 0), (83, 11, 24)),
-    _task("pancreas", "MSD Task07 Pancreas", "pancreas", (-39.0, 204.0), 68.45214, 63.422806, (2, 1, 0), (196, 28, 57)),
+    Task("kits", "KiTS21", "kidney", (-54.0, 247.0), 59.53867, 55.457336, (0, 1, 2), (209, 30, 61)),
+    Task("lits", "LiTS17", "liver", (-48.0, 163.0), 60.057533, 40.198017, (2, 1, 0), (83, 11, 24)),
+    Task("pancreas", "MSD Task07 Pancreas", "pancreas", (-39.0, 204.0), 68.45214, 63.422806, (2, 1, 0), (196, 28, 57)),
     # 3DSAM-adapter's fourth dataset; TAGS never trained on it. MSD Colon labels the cancer 1, not 2.
-    _task(
+    Task(
         "colon",
         "MSD Task10 Colon",
         "colon",
