@@ -688,7 +688,7 @@ def volume_view(volume_node) -> tuple[Volume, tuple]:
     parent = volume_node.GetParentTransformNode()
     meta = {"node_id": volume_node.GetID(), "transform_id": parent.GetID() if parent is not None else None}
     volume = Volume(array, world, name=_node_label(volume_node), meta=meta)
-    check_volume(Volume(np.zeros((1, 1, 1), array.dtype), world, name=volume.name))
+    check_volume(volume, scan_voxels=False)
     key = (
         volume_node.GetID(),
         image.GetAddressAsString("vtkImageData"),

@@ -25,9 +25,11 @@ tissue. Measured on `Testing/Python/data/descriptions.tsv` (README, "tagseg desc
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
 from dataclasses import dataclass
+from pathlib import Path
 
 from . import intensity, terminology
 from .errors import one_line
@@ -52,115 +54,16 @@ ANATOMY_WORDS: dict[str, tuple[str, ...]] = {
     "head_neck": ("head and neck", "oropharyn", "larynx", "laryngeal", "thyroid"),
 }
 
-# The same anatomies in French, German, Spanish, Italian and Portuguese, folded (no accents). A word matches
-# whole; "word*" also matches as the start of a longer word. Short words that are also common words elsewhere
-# are left out or only used in phrases ("rim", Portuguese kidney, is "do rim": "rim enhancement" is English).
+# The same anatomies in French, German, Spanish, Italian and Portuguese, folded (no accents), in
+# resources/foreign_anatomy_words.json (anatomy -> language -> words: a vocabulary a translator edits, not
+# code). A word matches whole; "word*" also matches as the start of a longer word. Short words that are also
+# common words elsewhere are left out or only used in phrases ("rim", Portuguese kidney, is "do rim": "rim
+# enhancement" is English).
 FOREIGN_ANATOMY_WORDS: dict[str, dict[str, tuple[str, ...]]] = {
-    "pancreas": {
-        "fr": ("pancreas", "pancreatique*"),
-        "de": ("pankreas*", "bauchspeicheldruse*"),
-        "es": ("pancreas", "pancreatico*"),
-        "it": ("pancreas", "pancreatico*"),
-        "pt": ("pancreas", "pancreatico*"),
-    },
-    "liver": {
-        "fr": ("foie", "hepatique*", "hepatocarcinome*"),
-        "de": ("leber*",),
-        "es": ("higado", "hepatico*"),
-        "it": ("fegato", "epatico*", "epatica", "epatocarcinoma*"),
-        "pt": ("figado", "hepatico*"),
-    },
-    "kidney": {
-        "fr": ("rein", "reins", "renale*"),
-        "de": ("niere*",),
-        "es": ("rinon", "rinones", "renal*"),
-        "it": ("rene", "reni", "renale*"),
-        "pt": ("do rim", "no rim", "dos rins", "renal*"),
-    },
-    "lung": {
-        "fr": ("poumon*", "pulmonaire*"),
-        "de": ("lunge*",),
-        "es": ("pulmon*",),
-        "it": ("polmone*", "polmoni", "polmonare*"),
-        "pt": ("pulmao", "pulmoes", "pulmonar*"),
-    },
-    "brain": {
-        "fr": ("cerveau*", "cerebral*", "gliome*", "glioblastome*", "meningiome*"),
-        "de": ("gehirn*", "hirn*", "gliom*", "glioblastom*", "meningeom*"),
-        "es": ("cerebro*", "cerebral*", "glioma*"),
-        "it": ("cervello*", "cerebrale*", "glioma*"),
-        "pt": ("cerebro*", "cerebral*", "encefalo*"),
-    },
-    "breast": {
-        "fr": ("sein", "seins", "mammaire*"),
-        "de": ("brust*", "mamma*"),
-        "es": ("mama", "mamario*"),
-        "it": ("mammella*", "mammario*"),
-        "pt": ("mama", "mamas", "mamario*"),
-    },
-    "colon": {
-        "fr": ("colon", "rectum", "colorectal*", "rectal*"),
-        "de": ("dickdarm*", "darm*", "kolon*", "rektum*"),
-        "es": ("colon", "recto", "colorrectal*"),
-        "it": ("colon", "retto", "colorettale*"),
-        "pt": ("colon", "colo", "reto", "colorretal*"),
-    },
-    "prostate": {
-        "fr": ("prostate*",),
-        "de": ("prostata*",),
-        "es": ("prostata*",),
-        "it": ("prostata*",),
-        "pt": ("prostata*",),
-    },
-    "bladder": {
-        "fr": ("vessie*", "vesical*"),
-        "de": ("harnblase*", "blase*"),
-        "es": ("vejiga*",),
-        "it": ("vescica*", "vescicale*"),
-        "pt": ("bexiga*",),
-    },
-    "stomach": {
-        "fr": ("estomac*", "gastrique*"),
-        "de": ("magen*",),
-        "es": ("estomago*",),
-        "it": ("stomaco*",),
-        "pt": ("estomago*",),
-    },
-    "adrenal": {
-        "fr": ("surrenale*", "surrenal*"),
-        "de": ("nebenniere*",),
-        "es": ("suprarrenal*",),
-        "it": ("surrenale*", "surrenalico*"),
-        "pt": ("suprarrenal*",),
-    },
-    "spleen": {
-        "fr": ("rate", "splenique*"),
-        "de": ("milz*",),
-        "es": ("bazo", "esplenico*"),
-        "it": ("milza", "splenico*"),
-        "pt": ("baco", "esplenico*"),
-    },
-    "bone": {
-        "fr": ("osseux", "osseuse*"),
-        "de": ("knochen*",),
-        "es": ("hueso*", "oseo", "osea"),
-        "it": ("osso", "ossa", "osseo", "ossea"),
-        "pt": ("osso", "ossos", "osseo", "ossea"),
-    },
-    "lymph_node": {
-        "fr": ("ganglion", "ganglions", "ganglionnaire*", "lymphatique*"),
-        "de": ("lymphknoten*",),
-        "es": ("ganglio", "ganglios", "linfatico*"),
-        "it": ("linfonod*", "linfatico*"),
-        "pt": ("linfonod*", "linfatico*", "ganglio", "ganglios"),
-    },
-    "head_neck": {
-        "fr": ("thyroide*", "larynx", "tete et cou"),
-        "de": ("schilddruse*", "kehlkopf*", "kopf hals*"),
-        "es": ("tiroide*", "laringe", "cabeza y cuello"),
-        "it": ("tiroide*", "laringe", "testa collo", "testa e collo"),
-        "pt": ("tireoid*", "tiroide*", "laringe", "cabeca e pescoco"),
-    },
+    anatomy: {language: tuple(words) for language, words in by_language.items()}
+    for anatomy, by_language in json.loads(
+        (Path(__file__).resolve().parent / "resources" / "foreign_anatomy_words.json").read_text(encoding="utf-8")
+    ).items()
 }
 
 # words that suggest an anatomy only when no organ is named ("thyroid nodule" is not a lung nodule)

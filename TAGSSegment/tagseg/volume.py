@@ -128,8 +128,9 @@ class Volume:
         return key
 
 
-def check_volume(volume: Volume) -> None:
-    """Refuse volumes no backend can use, with a message naming the problem."""
+def check_volume(volume: Volume, scan_voxels: bool = True) -> None:
+    """Refuse volumes no backend can use, with a message naming the problem. `scan_voxels=False` checks shape,
+    voxel type and geometry only (no pass over the voxels: the Slicer main thread leaves that to the engine)."""
     from .errors import InputError
 
     array = volume.array
@@ -153,5 +154,5 @@ def check_volume(volume: Volume) -> None:
         raise InputError(
             f"{label}: the voxel axes are not perpendicular (a sheared grid); resample it to an orthogonal grid first"
         )
-    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).any():
+    if scan_voxels and np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).any():
         raise InputError(f"{label}: every voxel is NaN or infinite")

@@ -67,20 +67,9 @@ def tiny_trained(tmp_path_factory):
     organ_dir.mkdir()
     for name, mask in phantom.organs.items():
         save_volume(mask, organ_dir / f"{name}.nii.gz")
-    return SimpleNamespace(
-        model=model,
-        initial=initial,
-        history=history,
-        checkpoint=Path(checkpoint),
-        phantom=phantom,
-        organ=organ,
-        image_path=image_path,
-        label_path=label_path,
-        organ_path=organ_path,
-        organ_dir=organ_dir,
-        class_embeddings=class_embeddings,
-        word=word,
-    )
+    trained = dict(model=model, initial=initial, history=history, checkpoint=Path(checkpoint), word=word)
+    files = dict(image_path=image_path, label_path=label_path, organ_path=organ_path, organ_dir=organ_dir)
+    return SimpleNamespace(**trained, **files, phantom=phantom, organ=organ, class_embeddings=class_embeddings)
 
 
 @pytest.fixture(scope="module")

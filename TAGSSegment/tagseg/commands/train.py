@@ -9,6 +9,16 @@ from ..errors import InputError
 from .common import DATA, DEVICE, FOLD, LAYOUT, ORGAN_DIR, PRESET, Command, Reporter, option
 
 TASK_CHOICES = ("kits", "lits", "pancreas", "custom")
+# flags named as the fields of `train.TrainConfig` (the run's own settings) and the keywords of `train.prepare`
+RUN_SETTINGS = (
+    "out preset epochs lr seed autocast point_labels max_steps_per_epoch device sam_weights text_encoder "
+    "object_word_mode"
+).split()
+DATA_SETTINGS = "layout organ_dir split fold tumour_label cache resume".split()
+
+
+def _flags(args: argparse.Namespace, names: list[str]) -> dict:
+    return {name: getattr(args, name) for name in names}
 
 
 def run(args: argparse.Namespace, reporter: Reporter) -> int:
@@ -22,32 +32,8 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
         raise InputError("--sam-weights and --from-scratch contradict each other; pass one")
     from ..train import TrainConfig, prepare
 
-    settings = TrainConfig(
-        out=args.out,
-        preset=args.preset,
-        epochs=args.epochs,
-        lr=args.lr,
-        seed=args.seed,
-        autocast=args.autocast,
-        point_labels=args.point_labels,
-        max_steps_per_epoch=args.max_steps_per_epoch,
-        device=args.device,
-        sam_weights=args.sam_weights,
-        text_encoder=args.text_encoder,
-        object_word_mode=args.object_word_mode,
-    )
-    prepared = prepare(
-        args.data,
-        args.task,
-        settings,
-        layout=args.layout,
-        organ_dir=args.organ_dir,
-        split=args.split,
-        fold=args.fold,
-        tumour_label=args.tumour_label,
-        cache=args.cache,
-        resume=args.resume,
-    )
+    settings = TrainConfig(**_flags(args, RUN_SETTINGS))
+    prepared = prepare(args.data, args.task, settings, **_flags(args, DATA_SETTINGS))
     result = prepared.fit(resume=args.resume)
     if prepared.dist.main:
         last = result["history"][-1] if result["history"] else {}
