@@ -230,7 +230,7 @@ class AtomicFile:
             os.chmod(path, self.mode)
             refuse_input_as_output(self.target, self.what)
             os.replace(path, self.target)
-        except InputError:
+        except TagsegError:  # a check that refused the file says why itself
             raise
         except Exception as exc:  # noqa: BLE001 - any failure is a failed write
             raise self.fail(exc) from None

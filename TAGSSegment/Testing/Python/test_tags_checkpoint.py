@@ -380,6 +380,26 @@ def test_convert_names_what_is_missing(tmp_path):
     assert not (tmp_path / "out.safetensors").exists()
 
 
+def test_convert_checkpoint_that_cannot_load_keeps_the_earlier_file(tmp_path, capsys):
+    """`tagseg convert-checkpoint` loads the converted file before it replaces anything: an authors' file whose
+    weights do not fit the preset is refused, and a good file already at the output path stays byte for byte."""
+    from tagseg.commands import main
+
+    src = tmp_path / "best.pth.tar"
+    authors_checkpoint(src)  # converts, but its toy tensors are no tags-tiny network
+    dst = tmp_path / "model.safetensors"
+    earlier = b"an earlier conversion the user keeps"
+    dst.write_bytes(earlier)
+    code = main(["convert-checkpoint", str(src), str(dst), "--task", "lits", "--preset", "tags-tiny"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert dst.read_bytes() == earlier
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pth.tar", "model.safetensors"]  # no temp file left
+    dst.unlink()
+    assert main(["convert-checkpoint", str(src), str(dst), "--task", "lits", "--preset", "tags-tiny"]) == 2
+    assert not dst.exists()
+
+
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 @pytest.mark.parametrize("writer", ["torch.save", "pickle.dump"])
 def test_malicious_pickle_is_refused_without_running(tmp_path, writer):

@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..errors import InputError, TagsegError
+from ..errors import InputError
 from .common import JSON, PRESET, PROG, Command, Reporter, option
 
 
@@ -19,7 +19,8 @@ def run_weights(args: argparse.Namespace, reporter: Reporter) -> int:
 
 
 def run_convert(args: argparse.Namespace, reporter: Reporter) -> int:
-    """Convert the authors' checkpoint, then load the result once (a file that cannot load is removed)."""
+    """Convert the authors' checkpoint; the result is loaded once before it replaces anything (a file that cannot
+    load is refused and an earlier file of that name stays)."""
     from ..tags.checkpoint import convert_authors_checkpoint, load_model
     from ..tags.config import get_preset
 
@@ -30,13 +31,14 @@ def run_convert(args: argparse.Namespace, reporter: Reporter) -> int:
         raise InputError(f"{dst}: the output must end in .safetensors")
     config = get_preset(args.preset).to_dict()
     digest = convert_authors_checkpoint(
-        src, dst, task=args.task, preset=args.preset, config=config, object_word_mode=args.object_word_mode
+        src,
+        dst,
+        task=args.task,
+        preset=args.preset,
+        config=config,
+        object_word_mode=args.object_word_mode,
+        check=load_model,
     )
-    try:
-        load_model(dst)
-    except TagsegError:
-        dst.unlink(missing_ok=True)
-        raise
     print(f"wrote {dst} (SHA-256 {digest}); install it with: {PROG} models install {dst}")
     return 0
 

@@ -118,9 +118,12 @@ def _fsync_file(path: str | Path) -> None:
         os.fsync(handle.fileno())
 
 
-def _atomic_write(dest: Path, write: Callable[[str], object], what: str) -> str:
+def _atomic_write(
+    dest: Path, write: Callable[[str], object], what: str, check: Callable[[Path], object] | None = None
+) -> str:
     """Through the one atomic writer (tagseg.paths): a crash or an error never leaves a half-written dest nor
-    the temp file; the file is read back (safetensors header) before the rename. Returns its SHA-256."""
+    the temp file; the file is read back (safetensors header, then `check`) before the rename, so a file that
+    fails never replaces what was there. Returns its SHA-256."""
     from ..fs import WriteError, write_atomic
 
     digest: list[str] = []
@@ -129,6 +132,8 @@ def _atomic_write(dest: Path, write: Callable[[str], object], what: str) -> str:
         if dest.name.endswith(SUFFIX):
             with safe_open(str(tmp), framework="pt", device="cpu") as reader:
                 list(reader.keys())
+        if check is not None:
+            check(tmp)
         digest.append(sha256_file(tmp))
 
     try:
@@ -285,8 +290,10 @@ def save_checkpoint(
     state_dict: Mapping[str, torch.Tensor],
     metadata: Mapping[str, Any],
     extra_tensors: Mapping[str, torch.Tensor] | None = None,
+    check: Callable[[Path], object] | None = None,
 ) -> str:
     """Write a TAGS checkpoint atomically (temp file + rename, mode 0o644) and return the file's SHA-256.
+    `check(temp file)` may refuse it (raise) before it replaces anything.
 
     `format`, `format_version` and `tensors_sha256` are set here; `provenance.created` and
     `provenance.tagseg_version` are filled in when absent. `extra_tensors` are stored as ``extra.<name>``.
@@ -326,7 +333,7 @@ def save_checkpoint(
         text = json.dumps(meta, sort_keys=True, allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError) as exc:
         raise ModelError(f"cannot save {dest}: metadata is not plain JSON ({one_line(exc, 200)})") from exc
-    return _atomic_write(dest, lambda tmp: _write_tensors(tmp, tensors, {METADATA_KEY: text}), "checkpoint")
+    return _atomic_write(dest, lambda tmp: _write_tensors(tmp, tensors, {METADATA_KEY: text}), "checkpoint", check)
 
 
 @dataclass
@@ -543,9 +550,10 @@ def convert_authors_checkpoint(
     text_encoder: str = PAPER_TEXT_ENCODER,
     extra_tensors: Mapping[str, torch.Tensor] | None = None,
     provenance: Mapping[str, Any] | None = None,
+    check: Callable[[Path], object] | None = None,
 ) -> str:
     """Convert the authors' `best.pth.tar` into a TAGS checkpoint, stamping the task table's preprocessing into
-    its metadata. Returns the new file's SHA-256."""
+    its metadata. Returns the new file's SHA-256. `check`: as in `save_checkpoint`."""
     source = Path(src)
     spec = TASKS.get(task)
     if spec is None:
@@ -576,7 +584,7 @@ def convert_authors_checkpoint(
     metadata = task_metadata(
         spec, preset, config, text_encoder=text_encoder, object_word_mode=object_word_mode, provenance=info
     )
-    return save_checkpoint(dst, state, metadata, extra_tensors)
+    return save_checkpoint(dst, state, metadata, extra_tensors, check)
 
 
 def task_metadata(
