@@ -117,9 +117,16 @@ def test_an_unreadable_cached_export_is_exported_again(tmp_path, monkeypatch):
     shutil.copyfile(encoder, litemedsam_net.exported_path("encoder"))  # only the decoder is at stake
     broken = litemedsam_net.exported_path("decoder_box")
     broken.write_bytes(b"not an onnx file")
+    stale = litemedsam_net.superseded_exports("decoder_box")
+    assert stale and all(path.parent == tmp_path and path != broken for path in stale)
+    for path in stale:
+        path.write_bytes(b"an earlier export")
+    kept = tmp_path / "litemedsam_decoder_slice_unrelated.onnx"
+    kept.write_bytes(b"not this part's")
     net = LiteMedSAM(runtime="onnxruntime")
     assert net.runtime == "onnxruntime"
     assert broken.read_bytes()[:8] != b"not an o"
+    assert not any(path.exists() for path in stale) and kept.exists()  # replaced exports do not pile up
     logits, _ = net.decode(np.zeros(litemedsam_net.EMBEDDING_SHAPE, np.float32), np.array([[10, 10, 90, 90]]))
     assert logits.shape == (1, INPUT_SIZE, INPUT_SIZE)
 

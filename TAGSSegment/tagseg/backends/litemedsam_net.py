@@ -105,6 +105,17 @@ def exported_path(part: str) -> Path:
     return cache_dir() / f"litemedsam_{part}{revision}_{EXPECTED_SHA256[:12]}.onnx"
 
 
+def superseded_exports(part: str) -> list[Path]:
+    """Earlier exports `part` replaces in the cache (older revisions; for the box part also the retired one-graph
+    decoder), removed once the new one is written: ~16 MB each that nothing reads any more."""
+    sha = EXPECTED_SHA256[:12]
+    names = [f"litemedsam_{part}_{sha}.onnx"] if part in EXPORT_REVISIONS else []
+    names += [f"litemedsam_{part}_r{k}_{sha}.onnx" for k in range(2, EXPORT_REVISIONS.get(part, 0))]
+    if part == "decoder_box":
+        names.append(f"litemedsam_decoder_{sha}.onnx")
+    return [cache_dir() / name for name in names]
+
+
 def _threads() -> int:
     """Intra-op threads: torch's count when torch is loaded (a caller may have set it), else 0 = ONNX Runtime's
     default, the physical cores (importing torch only to ask would cost ~0.5 GB)."""
@@ -291,6 +302,8 @@ class LiteMedSAM:
                 )
 
         atomic_write(target, export, suffix=".onnx", what=f"the exported {part}")
+        for stale in superseded_exports(part):
+            stale.unlink(missing_ok=True)
 
     # ---- inference -------------------------------------------------------------------------------------------------
     def parameter_counts(self) -> dict:
