@@ -514,6 +514,7 @@ def test_demo_on_a_small_phantom(capsys, monkeypatch, shared_backend, tmp_path):
     scores = [float(s) for s in re.findall(r"Dice (\d\.\d+)", result.out)]
     assert len(scores) == 1 and scores[0] > MIN_DICE, result.out
     assert re.search(r"refinement \d+\.\d\d s \(ratio \d+\.\d\d\)", result.out)
+    assert re.search(r"\d\.\d{3} after a corrective (include|exclude) click", result.out), result.out
     assert "real case skipped" in result.out
     assert {"phantom_mask.nii.gz", "phantom_overlay.png", "phantom/image.nii.gz", "phantom/label.nii.gz"} <= files_in(
         tmp_path

@@ -1,5 +1,5 @@
 """`tagseg demo`: segment a synthetic phantom (a typical and a large tumour) and, when present, a real case from
-../shared/data, the way a user would: three clicks, a prediction, one refinement click, another prediction."""
+../shared/data, the way a user would: three clicks, a prediction, one corrective click, another prediction."""
 
 from __future__ import annotations
 
@@ -72,15 +72,17 @@ class _Steps:
 def _demo_case(
     name: str, image, label, text: str, seed: int, out: Path, device: str, reporter: Reporter, steps: _Steps
 ) -> dict:
-    """Three clicks, predict, one more click, predict again; writes the mask and an overlay."""
+    """Three clicks, predict, one corrective click where the first result is most wrong (the field's simulated
+    correction, `tagseg.corrective`), predict again; writes the mask and an overlay."""
     import numpy as np
 
+    from ..corrective import next_corrective_click
     from ..evaluate import dice
     from ..session import Session
 
     rng = np.random.default_rng(seed)
     clicks = _clicks_from_label(label, DEMO_CLICKS, rng)
-    refine_click = _clicks_from_label(label, 1, rng)[0]
+    refine_click, refine_positive = None, True
     session = Session(image, model="auto", device=device, warn=reporter.warn)
     interrupted: list[bool] = []
     try:
@@ -92,11 +94,16 @@ def _demo_case(
         first = predict(session, interrupted)
         first_s = time.perf_counter() - t0
         load_s = session.model_load_seconds
-        session.add_point(refine_click)
-        steps.start(f"{name}: refinement click")
-        t1 = time.perf_counter()
-        refined = predict(session, interrupted)
-        refine_s = time.perf_counter() - t1
+        correction = next_corrective_click(first.array > 0, label.array > 0, label.spacing_kji)
+        refined, refine_s = first, 0.0
+        if correction is not None:  # an exact first result needs no correction
+            refine_click = tuple(float(v) for v in image.kji_to_ras(correction[0][None])[0])
+            refine_positive = correction[1]
+            session.add_point(refine_click, positive=refine_positive)
+            steps.start(f"{name}: corrective click")
+            t1 = time.perf_counter()
+            refined = predict(session, interrupted)
+            refine_s = time.perf_counter() - t1
     finally:
         close(session, interrupted)
     mask_path = out / f"{name}_mask.nii.gz"
@@ -107,14 +114,16 @@ def _demo_case(
         ".nii.gz",
         text,
         out / f"{name}_overlay.png",
-        clicks + [refine_click],
+        clicks + ([refine_click] if refine_click is not None and refine_positive else []),
         reference=label,
+        neg_points_ras=[refine_click] if refine_click is not None and not refine_positive else [],
     )
     return {
         "case": name,
         "text": text,
         "clicks_ras": clicks,
         "refine_click_ras": refine_click,
+        "refine_click_include": refine_positive,
         "dice_first": round(dice(first.array, label.array), 4),
         "dice": round(dice(refined.array, label.array), 4),
         "first_prediction_s": round(first_s, 3),
@@ -131,7 +140,8 @@ def _print_case(result: dict) -> None:
     load = f" (incl. model load {result['model_load_s']:.2f} s)" if result.get("model_load_s") else ""
     print(
         f"{result['case']}: Dice {result['dice_first']:.3f} after {DEMO_CLICKS} clicks, "
-        f"{result['dice']:.3f} after a refinement click; {result['volume_ml']:.2f} ml"
+        f"{result['dice']:.3f} after a corrective {'include' if result['refine_click_include'] else 'exclude'} click; "
+        f"{result['volume_ml']:.2f} ml"
     )
     print(
         f"{result['case']}: first prediction {result['first_prediction_s']:.2f} s{load}, "
