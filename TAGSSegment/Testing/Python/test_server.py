@@ -286,7 +286,9 @@ def _malformed_requests(server, case):
     good = b"".join(bytes(p) for p in parts)
     header = volume_header(case.image)
     raw = np.ascontiguousarray(case.image.array).tobytes()
-    session = EngineClient(server.url, TOKEN).call("POST", "/v1/sessions", json_body={"volume": vid})[0]["session"]
+    client = EngineClient(server.url, TOKEN)
+    client.call("PUT", f"/v1/volumes/{vid}", body=parts)  # held by the server whichever tests ran before
+    session = client.call("POST", "/v1/sessions", json_body={"volume": vid})[0]["session"]
     predict = f"/v1/sessions/{session}/predict"
     click = list(case.clicks[0])
     fresh = "12" * 32  # an id the server does not hold (a known one needs no body)
