@@ -217,7 +217,7 @@ def save_dicom_seg(
 ) -> Path:
     """Write `mask` as a DICOM SEG referencing `source`'s series (a Volume loaded from a DICOM folder); a
     folder `path` gets `<SOP Instance UID>.dcm`. Returns the file written."""
-    from .fs import write_atomic
+    from .fs import atomic_write
     from .text import parse_description
 
     path = Path(path)
@@ -226,5 +226,5 @@ def save_dicom_seg(
         path = path / f"{uid}.dcm"
     entry = entry or parse_description(segment_name).terminology()
     dataset = segmentation_dataset(mask, source, segment_name, entry, sop_instance_uid=uid)
-    write_atomic(path, lambda tmp: write_verified(dataset, tmp, mask), suffix=".dcm", what="the DICOM SEG")
+    atomic_write(path, lambda tmp: write_verified(dataset, tmp, mask), suffix=".dcm", what="the DICOM SEG")
     return path

@@ -300,9 +300,6 @@ def write_text_atomic(path: str | os.PathLike, text: str, what: str = "the file"
     atomic_write(path, write, verify, suffix=path.suffix, what=what, mode=mode)
 
 
-write_atomic = atomic_write  # the name every caller used before tagseg.fs existed
-
-
 def replace_folder(work: str | os.PathLike, final: str | os.PathLike) -> None:
     """Rename a finished folder written beside `final` (a temporary sibling) into place, durably: a reader sees
     the whole folder or none of it. `final` must not exist or be an empty folder."""

@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 from .errors import InputError, ModelError
-from .fs import write_atomic
+from .fs import atomic_write
 from .text import ORGAN_LABELS
 
 INSTALL_HINT = (
@@ -63,7 +63,7 @@ def run_totalsegmentator(
             if source.is_file():
                 target = out_dir / source.name
                 # through the one atomic writer: a mask appears under its name only once it reads back whole
-                write_atomic(
+                atomic_write(
                     target,
                     functools.partial(shutil.copyfile, source),
                     _readable_mask,

@@ -112,7 +112,7 @@ def _check_grid(image: Volume, other: Volume | None, what: str) -> np.ndarray | 
 
 def _write_png_atomically(picture: Image.Image, path: Path) -> None:
     """Through the one atomic writer; the PNG is decoded again before the rename."""
-    from .fs import write_atomic
+    from .fs import atomic_write
 
     def write(tmp: Path) -> None:
         picture.save(tmp, format="PNG")
@@ -123,7 +123,7 @@ def _write_png_atomically(picture: Image.Image, path: Path) -> None:
             if again.size != picture.size:
                 raise OSError(f"the PNG read back is {again.size}, not {picture.size}")
 
-    write_atomic(path, write, verify, suffix=".png", what="the overlay")
+    atomic_write(path, write, verify, suffix=".png", what="the overlay")
 
 
 @dataclass(frozen=True)

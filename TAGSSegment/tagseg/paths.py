@@ -127,32 +127,3 @@ def require_regular_file(path: str | os.PathLike, what: str = "file") -> None:
         raise InputError(f"{path}: {what} is a folder, not a file")
     if kind != "file":
         raise InputError(f"{path}: {what} is {kind}, not a regular file")
-
-
-# ---- moved to tagseg.fs ------------------------------------------------------------------------------------------
-# The atomic writer lived here; these names still resolve (lazily: tagseg.fs imports this module, so importing it
-# at the top would be a cycle) until every caller imports them from tagseg.fs.
-_MOVED_TO_FS = frozenset(
-    {
-        "AtomicFile",
-        "WriteError",
-        "write_atomic",
-        "atomic_write",
-        "write_text_atomic",
-        "write_json_atomic",
-        "fsync_dir",
-        "make_parents",
-        "missing_parents",
-        "remove_folders",
-        "remove_stale_parts",
-        "PART_PREFIX",
-    }
-)
-
-
-def __getattr__(name: str):
-    if name in _MOVED_TO_FS:
-        from . import fs
-
-        return getattr(fs, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .errors import InputError, one_line
-from .fs import write_atomic, write_json_atomic, write_text_atomic
+from .fs import atomic_write, write_json_atomic, write_text_atomic
 from .tags import build_tags
 from .tags.losses import alignment_loss, soft_dice_loss
 from .tags.model import TagsNet
@@ -126,7 +126,7 @@ def _atomic_torch_save(obj, path: Path) -> None:
                     raise cause from None
                 raise OSError(errno.EIO, one_line(exc, 200)) from None
 
-    write_atomic(path, write, verify, suffix=path.suffix, what="the training state")
+    atomic_write(path, write, verify, suffix=path.suffix, what="the training state")
 
 
 def _crop_from_sample(sample: dict) -> tuple[torch.Tensor, torch.Tensor]:

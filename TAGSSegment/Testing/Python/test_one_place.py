@@ -99,13 +99,12 @@ def test_utility_modules_import_alone(module):
     subprocess.run([sys.executable, "-c", f"import {module}"], check=True, cwd=SOURCE, timeout=120)
 
 
-def test_paths_still_names_the_moved_writer():
-    """tagseg.paths re-exports the writer's old names until every caller imports them from tagseg.fs."""
+def test_the_writer_has_one_name_in_one_module():
+    """`tagseg.fs.atomic_write` only: no alias, no re-export from `tagseg.paths` where it used to live."""
     from tagseg import fs, paths
 
-    assert paths.write_atomic is fs.atomic_write and paths.AtomicFile is fs.AtomicFile
-    with pytest.raises(AttributeError):
-        paths.no_such_name  # noqa: B018
+    assert not hasattr(fs, "write_atomic")
+    assert not any(hasattr(paths, name) for name in ("atomic_write", "write_atomic", "AtomicFile", "WriteError"))
 
 
 COMMAND_MODULES = _modules("tagseg.commands")

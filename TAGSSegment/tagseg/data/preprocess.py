@@ -348,7 +348,7 @@ class PreprocessedCache:
     @staticmethod
     def _write_file(folder: Path, name: str, writer: Callable) -> None:
         """Through the one atomic writer; an array is read back (header and size) before the rename."""
-        from ..fs import write_atomic
+        from ..fs import atomic_write
 
         def write(tmp: Path) -> None:
             with open(tmp, "wb") as stream:
@@ -360,7 +360,7 @@ class PreprocessedCache:
             else:
                 json.loads(tmp.read_text(encoding="utf-8"))
 
-        write_atomic(folder / name, write, verify, suffix=Path(name).suffix, what="the cache entry")
+        atomic_write(folder / name, write, verify, suffix=Path(name).suffix, what="the cache entry")
 
     def _store(self, folder: Path, arrays: dict[str, np.ndarray], meta: dict, case_id: str) -> None:
         from ..fs import WriteError

@@ -124,7 +124,7 @@ def _atomic_write(
     """Through the one atomic writer (tagseg.paths): a crash or an error never leaves a half-written dest nor
     the temp file; the file is read back (safetensors header, then `check`) before the rename, so a file that
     fails never replaces what was there. Returns its SHA-256."""
-    from ..fs import WriteError, write_atomic
+    from ..fs import WriteError, atomic_write
 
     digest: list[str] = []
 
@@ -137,7 +137,7 @@ def _atomic_write(
         digest.append(sha256_file(tmp))
 
     try:
-        write_atomic(dest, lambda tmp: write(str(tmp)), verify, suffix=dest.suffix, what=what)
+        atomic_write(dest, lambda tmp: write(str(tmp)), verify, suffix=dest.suffix, what=what)
     except WriteError as exc:
         raise ModelError(str(exc)) from None
     except SafetensorError as exc:

@@ -442,7 +442,7 @@ def _write_cache(path: Path, t: torch.Tensor, encoder: TextEncoder, word: str) -
     """Through the one atomic writer, read back before the rename. Failure only costs a recompute later."""
     from safetensors.torch import save
 
-    from ..fs import write_atomic
+    from ..fs import atomic_write
 
     data = save(
         {"T": t.contiguous()}, metadata={"encoder_id": encoder.id, "object_word": word, "ensemble": ENSEMBLE_VERSION}
@@ -453,7 +453,7 @@ def _write_cache(path: Path, t: torch.Tensor, encoder: TextEncoder, word: str) -
             raise OSError(errno.EIO, "the cached embeddings read back differ from what was written")
 
     try:
-        write_atomic(
+        atomic_write(
             path, lambda tmp: tmp.write_bytes(data), verify, suffix=".safetensors", what="the text-embedding cache"
         )
     except (OSError, InputError) as exc:
