@@ -7,7 +7,7 @@ numbers match `accuracy.py` and `corrective.py`. Image encodings can be cached o
 (`--embedding-cache DIR`; a development aid, the product never writes them).
 
 Usage: python bench/tune_default.py [--cases DIR] [--protocols points,box,corrective] [--only NAME,...] [--no-text]
-       [--set option=value ...] [--sweep option=v1,v2,... --sweep ...] [--json OUT]
+       [--set option=value ...] [--sweep "option=v1;v2;..." --sweep ...] [--json OUT]
 """
 
 from __future__ import annotations
@@ -177,7 +177,7 @@ def main() -> int:
     ap.add_argument("--protocols", default="points,box,corrective")
     ap.add_argument("--only", default="")
     ap.add_argument("--set", action="append", default=[], help="option=value for litemedsam3d.Options")
-    ap.add_argument("--sweep", action="append", default=[], help="option=v1,v2,... (leave-one-case-out report)")
+    ap.add_argument("--sweep", action="append", default=[], help="option=v1;v2;... (leave-one-case-out report)")
     ap.add_argument("--embedding-cache", type=Path, default=None)
     ap.add_argument("--no-text", action="store_true", help="no description (the scoring tools' texts otherwise)")
     ap.add_argument("--json", type=Path, default=None)
