@@ -82,7 +82,7 @@ def _demo_case(
 
     rng = np.random.default_rng(seed)
     clicks = _clicks_from_label(label, DEMO_CLICKS, rng)
-    refine_click, refine_positive = None, True
+    refine_click, refine_positive = None, None
     session = Session(image, model="auto", device=device, warn=reporter.warn)
     interrupted: list[bool] = []
     try:
@@ -107,6 +107,10 @@ def _demo_case(
     finally:
         close(session, interrupted)
     mask_path = out / f"{name}_mask.nii.gz"
+    include: list[tuple[float, ...]] = list(clicks)
+    exclude: list[tuple[float, ...]] = []
+    if refine_click is not None:
+        (include if refine_positive else exclude).append(refine_click)
     write_outputs(
         refined,
         image,
@@ -114,9 +118,9 @@ def _demo_case(
         ".nii.gz",
         text,
         out / f"{name}_overlay.png",
-        clicks + ([refine_click] if refine_click is not None and refine_positive else []),
+        include,
         reference=label,
-        neg_points_ras=[refine_click] if refine_click is not None and not refine_positive else [],
+        neg_points_ras=exclude,
     )
     return {
         "case": name,
@@ -138,9 +142,10 @@ def _demo_case(
 
 def _print_case(result: dict) -> None:
     load = f" (incl. model load {result['model_load_s']:.2f} s)" if result.get("model_load_s") else ""
+    kind = {True: "include", False: "exclude"}.get(result["refine_click_include"])
+    after = f"after a corrective {kind} click" if kind else "(exact: no correction to make)"
     print(
-        f"{result['case']}: Dice {result['dice_first']:.3f} after {DEMO_CLICKS} clicks, "
-        f"{result['dice']:.3f} after a corrective {'include' if result['refine_click_include'] else 'exclude'} click; "
+        f"{result['case']}: Dice {result['dice_first']:.3f} after {DEMO_CLICKS} clicks, {result['dice']:.3f} {after}; "
         f"{result['volume_ml']:.2f} ml"
     )
     print(

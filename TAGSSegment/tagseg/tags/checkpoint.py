@@ -121,7 +121,7 @@ def _fsync_file(path: str | Path) -> None:
 def _atomic_write(
     dest: Path, write: Callable[[str], object], what: str, check: Callable[[Path], object] | None = None
 ) -> str:
-    """Through the one atomic writer (tagseg.paths): a crash or an error never leaves a half-written dest nor
+    """Through the one atomic writer (tagseg.fs): a crash or an error never leaves a half-written dest nor
     the temp file; the file is read back (safetensors header, then `check`) before the rename, so a file that
     fails never replaces what was there. Returns its SHA-256."""
     from ..fs import WriteError, atomic_write
